@@ -1,0 +1,401 @@
+//! The configuration file as written by users (TOML). Only shape and defaults live here;
+//! meaning is checked by `validate`, which turns this into a [`super::Snapshot`].
+//! Every key is documented next to its field, with its default.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Client-facing listeners. Default: none (a config with no listener is refused).
+    #[serde(default)]
+    pub listeners: Vec<ListenerSection>,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub services: Vec<ServiceSection>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    /// The built-in demo upstream (used by the embedded defaults). Default: off.
+    #[serde(default)]
+    pub demo: DemoSection,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// `"auto"` (one worker per online CPU) or a number. Default: `"auto"`.
+    #[serde(default)]
+    pub workers: Workers,
+    /// Pin worker k to CPU k (modulo the CPU count). Default: false.
+    #[serde(default)]
+    pub pin_workers: bool,
+    /// Peers (CIDRs) whose X-Forwarded-*/Forwarded headers are believed. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// On SIGTERM, how long in-flight requests may take before the process exits. Default: 30s.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// `"text"` or `"json"` logs on stderr. Default: `"text"`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// tracing filter (e.g. `"info"`, `"gatewayd=debug"`); RUST_LOG overrides it. Default: `"info"`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            workers: Workers::default(),
+            pin_workers: false,
+            trusted_proxies: Vec::new(),
+            drain_timeout: default_drain_timeout(),
+            log_format: LogFormat::default(),
+            log_level: default_log_level(),
+            limits: LimitsSection::default(),
+        }
+    }
+}
+
+/// `workers = "auto" | N`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Workers {
+    #[default]
+    #[serde(with = "auto_keyword")]
+    Auto,
+    Count(u32),
+}
+
+mod auto_keyword {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "auto" { Ok(()) } else { Err(D::Error::custom("expected \"auto\" or a number")) }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[server.limits]`: what a client may send. Each limit answers with its own status.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest request body, in bytes or with a unit ("10MiB"); larger bodies get 413. Default: 10 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_request_body: ByteSize,
+    /// Largest request head (request line + headers); larger heads get 431. Default: 32 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in one request; more get 431. Default: 100.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Longest request target (path + query); longer gets 414. Default: 8 KiB.
+    #[serde(default = "default_max_request_line")]
+    pub max_request_line: ByteSize,
+    /// A client that started a request must finish its head within this; slowloris clients are
+    /// closed. Default: 10s.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this. Default: 60s.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection. Default: 128.
+    #[serde(default = "default_h2_streams")]
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_request_body: default_max_body(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_request_line: default_max_request_line(),
+            header_read_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            h2_max_concurrent_streams: default_h2_streams(),
+        }
+    }
+}
+
+/// `[[listeners]]`: one client-facing socket, bound by every worker (SO_REUSEPORT).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// Unique name, used in metrics labels and logs. Required.
+    pub name: String,
+    /// `ip:port` to listen on. Required.
+    pub bind: String,
+    /// Accept HTTP/2 with prior knowledge (h2c) next to HTTP/1.1. Default: true.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// listen(2) backlog per worker socket. Default: 1024.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+/// `[metrics]`: the Prometheus endpoint, /healthz and /readyz.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `ip:port` of the metrics endpoint. Default: `127.0.0.1:9090`.
+    #[serde(default = "default_metrics_bind")]
+    pub bind: String,
+    /// Root of procfs for host metrics (tests point it at fixtures). Default: `/proc`.
+    #[serde(default = "default_proc_root")]
+    pub proc_root: String,
+    /// Root of sysfs for thermal, hwmon and cpufreq metrics. Default: `/sys`.
+    #[serde(default = "default_sys_root")]
+    pub sys_root: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self { bind: default_metrics_bind(), proc_root: default_proc_root(), sys_root: default_sys_root() }
+    }
+}
+
+/// `[audit]`: one JSON line per request, written off the request path.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// File to append to; SIGUSR1 reopens it (logrotate). Default: none (no audit log).
+    pub path: Option<String>,
+    /// Lines buffered between workers and the writer; when full, lines are dropped and counted.
+    /// Default: 65536.
+    pub queue_size: Option<usize>,
+}
+
+/// `[admin]`: the local control endpoint used by `gatewayd` subcommands.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Unix socket path (mode 0600). Empty string disables it. Default: `/run/gatewayd/admin.sock`.
+    #[serde(default = "default_admin_socket")]
+    pub socket: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self { socket: default_admin_socket() }
+    }
+}
+
+/// `[[services]]`: an upstream pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Unique name, referenced by routes. Required.
+    pub name: String,
+    /// `ip:port` targets. Required, at least one.
+    pub targets: Vec<String>,
+    /// `"round_robin"` or `"least_conn"`. Default: `"round_robin"`.
+    #[serde(default)]
+    pub lb: LbAlgorithm,
+    /// Time to establish a TCP connection to a target. Default: 2s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time to wait for the response head, and between two body reads. Default: 30s.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Consecutive failures (connect errors, timeouts) that eject a target. Default: 3.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// How long an ejected target is left alone before one request probes it again. Default: 10s.
+    #[serde(default = "default_fail_timeout", with = "humantime_serde")]
+    pub fail_timeout: Duration,
+    /// Other targets tried after a connect failure, for idempotent methods only. Default: 2.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Idle keep-alive connections kept per target per worker. Default: 64.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_target: usize,
+    /// An idle upstream connection older than this is closed. Default: 60s.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbAlgorithm {
+    #[default]
+    RoundRobin,
+    LeastConn,
+}
+
+/// `[[routes]]`: what requests go to which service. See the README for the priority rules.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Unique name, used in metrics labels and logs. Required.
+    pub name: String,
+    /// Service that serves this route. Required.
+    pub service: String,
+    /// Host names (`api.example.com`) or leading wildcards (`*.example.org`). Default: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path prefixes, matched on segment boundaries. Default: any path.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// HTTP methods. Default: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header name → accepted values (any of, case-insensitive). Default: none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// Remove the matched path prefix before proxying. Default: false.
+    #[serde(default)]
+    pub strip_path: bool,
+    /// Send the client's Host header upstream instead of the target address. Default: false.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+/// `[demo]`: a tiny built-in upstream so a fresh install answers something.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoSection {
+    /// Start the demo upstream. Default: false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Where it listens. Default: `127.0.0.1:8081`.
+    pub bind: Option<String>,
+}
+
+/// A byte count written as an integer or with a unit (`"64KiB"`, `"10MB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => parse_byte_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"512"`, `"64KiB"`, `"10 MB"`, `"1GiB"`. Binary and decimal units.
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("invalid size {s:?}: expected a number and a unit like \"64KiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "kib" => 1 << 10,
+        "mb" | "m" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" | "g" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("invalid size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_backlog() -> u32 {
+    1024
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(10 << 20)
+}
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(32 << 10)
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_request_line() -> ByteSize {
+    ByteSize(8 << 10)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_h2_streams() -> u32 {
+    128
+}
+fn default_metrics_bind() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_proc_root() -> String {
+    "/proc".into()
+}
+fn default_sys_root() -> String {
+    "/sys".into()
+}
+fn default_admin_socket() -> String {
+    "/run/gatewayd/admin.sock".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_fails() -> u32 {
+    3
+}
+fn default_fail_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_max_idle() -> usize {
+    64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("512"), Ok(512));
+        assert_eq!(parse_byte_size("64KiB"), Ok(65536));
+        assert_eq!(parse_byte_size("10 MB"), Ok(10_000_000));
+        assert!(parse_byte_size("ten").is_err());
+        assert!(parse_byte_size("5 parsecs").is_err());
+        assert!(parse_byte_size("99999999999999GiB").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! gatewayd: an eBPF-accelerated edge gateway. See ARCHITECTURE.md for the map.
