@@ -1,1 +1,19 @@
 //! gatewayd: an eBPF-accelerated edge gateway. See ARCHITECTURE.md for the map.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod error;
+pub mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod route;
+pub mod snapshot;
+pub mod state;
+pub mod systemd;
+pub mod upstream;
+pub mod worker;

@@ -33,7 +33,7 @@ pub struct Route {
 }
 
 /// `api.example.com` or `*.example.org` (stored as the `.example.org` suffix).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HostPattern {
     Exact(String),
     Suffix(String),
@@ -154,10 +154,11 @@ impl RouteTable {
                 return Some(found);
             }
             for (suffix, candidates) in &self.wildcard {
-                if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
-                    if let Some(found) = self.best(candidates, &req) {
-                        return Some(found);
-                    }
+                if host.len() > suffix.len()
+                    && host.ends_with(suffix.as_str())
+                    && let Some(found) = self.best(candidates, &req)
+                {
+                    return Some(found);
                 }
             }
         }
@@ -205,9 +206,11 @@ impl Route {
             return None;
         }
         for (name, accepted) in &self.headers {
-            let ok = req.headers.get_all(name).iter().any(|v| {
-                v.to_str().is_ok_and(|v| accepted.iter().any(|a| a.eq_ignore_ascii_case(v.trim())))
-            });
+            let ok = req
+                .headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| accepted.iter().any(|a| a.eq_ignore_ascii_case(v.trim()))));
             if !ok {
                 return None;
             }

@@ -307,7 +307,8 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("invalid size {s:?}: expected a number and a unit like \"64KiB\""))?;
+    let n: u64 =
+        digits.parse().map_err(|_| format!("invalid size {s:?}: expected a number and a unit like \"64KiB\""))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1_000,

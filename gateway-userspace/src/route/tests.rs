@@ -16,7 +16,7 @@ fn route(index: usize, hosts: &[&str], paths: &[&str], methods: &[&str]) -> Rout
     }
 }
 
-fn find<'a>(t: &'a RouteTable, host: &str, path: &str, method: Method) -> Option<usize> {
+fn find(t: &RouteTable, host: &str, path: &str, method: Method) -> Option<usize> {
     t.find(Some(host), path, &method, &HeaderMap::new()).map(|m| m.route.index)
 }
 

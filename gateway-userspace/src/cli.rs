@@ -1,0 +1,29 @@
+//! Command line: `gatewayd [--config FILE]` runs the daemon; subcommands are tools around it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "gatewayd", version, about = "eBPF-accelerated edge API gateway")]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, gatewayd runs on its embedded defaults.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate a configuration file; exit 0 if it is valid, 1 with the problems if not.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print the embedded default configuration.
+    Defaults,
+}

@@ -1,0 +1,254 @@
+//! The daemon's life: load config, start the control runtime (metrics, signals, reloads),
+//! start workers, tell systemd we are ready, reload on SIGHUP, drain on SIGTERM.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use thiserror::Error;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    audit::AuditMetrics,
+    config::{Config, ConfigError},
+    listener::socket,
+    logging,
+    metrics::{Metrics, Readiness, host::HostCollector, host::WorkerThreads, server::MetricsServer},
+    snapshot::Snapshot,
+    state::{PartsHolder, SharedState, StateError},
+    systemd,
+    worker::{self, WorkerEvent, WorkerSettings},
+};
+
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("listener {listener}: {source}")]
+    Listener { listener: String, source: std::io::Error },
+    #[error("workers did not bind their listeners within {0:?}")]
+    StartTimeout(Duration),
+    #[error("worker {0} stopped unexpectedly")]
+    WorkerDied(usize),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Loads the config named on the command line, or the embedded defaults.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load_file(p),
+        None => Config::embedded(),
+    }
+}
+
+/// Runs until SIGTERM/SIGINT and a drain, or a fatal error.
+pub fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    let config = load_config(config_path.as_deref())?;
+    logging::init(config.server.log_format, &config.server.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gw-control")
+        .enable_all()
+        .build()
+        .map_err(io("cannot start the control runtime"))?;
+    rt.block_on(async move {
+        let mut daemon = Daemon::start(config, config_path).await?;
+        let result = daemon.serve().await;
+        daemon.drain().await;
+        result
+    })
+}
+
+struct Daemon {
+    shared: Arc<SharedState>,
+    config_path: Option<PathBuf>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    events: mpsc::UnboundedReceiver<WorkerEvent>,
+}
+
+impl Daemon {
+    async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, DaemonError> {
+        let mut registry = Registry::default();
+        let audit_metrics = AuditMetrics::register(&mut registry);
+        let parts = PartsHolder::default();
+        let phase_parts = parts.phase_parts(&config, &audit_metrics)?;
+        let metrics_spec = config.metrics.clone();
+        let demo = config.demo;
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(1, config, phase_parts, None)));
+        let metrics = Metrics::register(&mut registry, snapshot.clone());
+        let worker_threads = Arc::new(WorkerThreads::default());
+        registry.register_collector(Box::new(HostCollector::new(
+            &metrics_spec.proc_root,
+            &metrics_spec.sys_root,
+            worker_threads.clone(),
+        )));
+        let readiness = Arc::new(Readiness::default());
+        let shared =
+            Arc::new(SharedState::new(snapshot, metrics, audit_metrics, readiness.clone(), worker_threads, parts));
+
+        MetricsServer::new(Arc::new(registry), readiness)
+            .bind(metrics_spec.addr)
+            .await
+            .map_err(io(format!("metrics endpoint {}", metrics_spec.addr)))?;
+        if let Some(addr) = demo {
+            let bound = crate::demo::start(addr).await.map_err(io(format!("demo upstream {addr}")))?;
+            tracing::info!(addr = %bound, "demo upstream listening");
+        }
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut daemon = Daemon { shared, config_path, shutdown, workers: Vec::new(), events };
+        daemon.spawn_workers(&shutdown_rx, &events_tx)?;
+        daemon.await_listening(1).await?;
+        daemon.shared.readiness.set_ready(true);
+        let snapshot = daemon.shared.snapshot.load();
+        for l in &snapshot.config.listeners {
+            tracing::info!(listener = %l.name, addr = %l.addr, http2 = l.http2, "listening");
+        }
+        tracing::info!(workers = daemon.workers.len(), config = %snapshot.config.source, metrics = %metrics_spec.addr, "gatewayd ready");
+        systemd::ready("serving");
+        Ok(daemon)
+    }
+
+    fn spawn_workers(
+        &mut self,
+        shutdown: &watch::Receiver<bool>,
+        events: &mpsc::UnboundedSender<WorkerEvent>,
+    ) -> Result<(), DaemonError> {
+        let server = self.shared.snapshot.load().config.server.clone();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for id in 0..server.workers {
+            let settings = WorkerSettings {
+                id,
+                pin_cpu: server.pin_workers.then_some(id % cpus),
+                shared: self.shared.clone(),
+                events: events.clone(),
+                shutdown: shutdown.clone(),
+            };
+            self.workers.push(worker::spawn(settings).map_err(io(format!("cannot start worker {id}")))?);
+        }
+        Ok(())
+    }
+
+    /// Waits until every worker listens for `generation`, failing on the first bind error.
+    async fn await_listening(&mut self, generation: u64) -> Result<(), DaemonError> {
+        let mut ready = vec![false; self.workers.len()];
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        while !ready.iter().all(|r| *r) {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) | Ok(None) => return Err(DaemonError::StartTimeout(START_TIMEOUT)),
+                Ok(Some(WorkerEvent::BindFailed { listener, error, .. })) => {
+                    return Err(DaemonError::Listener { listener, source: error });
+                }
+                Ok(Some(WorkerEvent::Listening { worker, generation: g })) if g >= generation => ready[worker] = true,
+                Ok(Some(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn serve(&mut self) -> Result<(), DaemonError> {
+        let mut hup = signal(SignalKind::hangup()).map_err(io("SIGHUP handler"))?;
+        let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
+        let mut usr1 = signal(SignalKind::user_defined1()).map_err(io("SIGUSR1 handler"))?;
+        let watchdog = systemd::watchdog_interval();
+        let mut tick =
+            tokio::time::interval(watchdog.map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1))));
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload().await,
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                _ = usr1.recv() => {
+                    tracing::info!("reopening the audit log");
+                    self.shared.parts.reopen_audit();
+                }
+                _ = tick.tick() => {
+                    if let Some(dead) = self.workers.iter().position(JoinHandle::is_finished) {
+                        return Err(DaemonError::WorkerDied(dead));
+                    }
+                    if watchdog.is_some() {
+                        systemd::watchdog();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reload(&mut self) {
+        systemd::reloading();
+        match self.try_reload().await {
+            Ok(generation) => {
+                self.shared.metrics.config_reloads.get_or_create(&result_label("ok")).inc();
+                tracing::info!(generation, "configuration reloaded");
+                systemd::ready("serving");
+            }
+            Err(e) => {
+                self.shared.metrics.config_reloads.get_or_create(&result_label("error")).inc();
+                tracing::error!("configuration reload failed; the running configuration stays in place:\n{e}");
+                systemd::ready("serving (last reload failed)");
+                systemd::status("serving; last reload failed, see the journal");
+            }
+        }
+    }
+
+    async fn try_reload(&mut self) -> Result<u64, DaemonError> {
+        let config = load_config(self.config_path.as_deref())?;
+        let current = self.shared.snapshot.load_full();
+        for l in &config.listeners {
+            if !current.config.listeners.iter().any(|c| c.addr == l.addr) {
+                socket::probe_bind(l.addr)
+                    .map_err(|source| DaemonError::Listener { listener: l.name.to_string(), source })?;
+            }
+        }
+        if config.server.workers != current.config.server.workers || config.metrics.addr != current.config.metrics.addr
+        {
+            tracing::warn!("changes to server.workers and metrics.bind take effect at the next restart");
+        }
+        let snapshot = self.shared.install(config)?;
+        self.await_listening(snapshot.generation).await?;
+        Ok(snapshot.generation)
+    }
+
+    async fn drain(&mut self) {
+        self.shared.readiness.set_ready(false);
+        systemd::stopping();
+        let timeout = self.shared.snapshot.load().config.server.drain_timeout;
+        tracing::info!(?timeout, "draining: no new connections, finishing in-flight requests");
+        self.shutdown.send_replace(true);
+        let workers = std::mem::take(&mut self.workers);
+        let joined = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        if tokio::time::timeout(timeout + Duration::from_secs(5), joined).await.is_err() {
+            tracing::warn!("workers did not stop in time");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn result_label(result: &'static str) -> crate::metrics::OneLabel {
+    crate::metrics::Labels([("result", crate::metrics::LabelValue::Static(result))])
+}

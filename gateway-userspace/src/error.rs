@@ -1,0 +1,115 @@
+//! Every refusal the gateway can answer with, and the one table that maps each to its HTTP
+//! status, metric reason and response. Modules define their own error enums; this wraps them.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use thiserror::Error;
+
+use crate::{pipeline::RequestError, proxy::ProxyError, upstream::ConnectError};
+
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error("no route matched the request")]
+    NoRoute,
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
+
+impl GatewayError {
+    /// The status the client gets. The single source of truth for status mapping.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::Request(e) => match e {
+                RequestError::BadPath(_) | RequestError::BadHost => StatusCode::BAD_REQUEST,
+                RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                RequestError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+                RequestError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            },
+            GatewayError::Proxy(e) => match e {
+                ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+                ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+                ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+                ProxyError::ClientBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            },
+        }
+    }
+
+    /// A stable, low-cardinality reason: the `reason` metric label and the audit log's `error`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "no_route",
+            GatewayError::Request(e) => match e {
+                RequestError::BadPath(_) => "bad_path",
+                RequestError::BadHost => "bad_host",
+                RequestError::BodyTooLarge { .. } => "body_too_large",
+                RequestError::UriTooLong { .. } => "uri_too_long",
+                RequestError::HeadersTooLarge => "headers_too_large",
+            },
+            GatewayError::Proxy(e) => match e {
+                ProxyError::NoHealthyUpstream => "no_healthy_upstream",
+                ProxyError::Connect(c) => c.reason(),
+                ProxyError::ResponseTimeout(_) => "read_timeout",
+                ProxyError::Upstream(_) => "upstream_reset",
+                ProxyError::ClientBodyTooLarge { .. } => "body_too_large",
+                ProxyError::ClientBody(_) => "client_body_error",
+            },
+        }
+    }
+
+    /// The JSON error response (status, body, and the headers some refusals carry).
+    pub fn response(&self, request_id: &str) -> Response<Bytes> {
+        let status = self.status();
+        let body = serde_json::json!({
+            "error": self.reason(),
+            "message": self.to_string(),
+            "status": status.as_u16(),
+            "request_id": request_id,
+        });
+        let mut resp = Response::new(Bytes::from(body.to_string()));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if matches!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE | StatusCode::BAD_REQUEST
+        ) {
+            // The rest of the request may still be on the wire: do not try to parse it.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn statuses_and_reasons() {
+        let cases: Vec<(GatewayError, u16, &str)> = vec![
+            (GatewayError::NoRoute, 404, "no_route"),
+            (RequestError::BodyTooLarge { limit: 1 }.into(), 413, "body_too_large"),
+            (RequestError::UriTooLong { limit: 1 }.into(), 414, "uri_too_long"),
+            (RequestError::HeadersTooLarge.into(), 431, "headers_too_large"),
+            (ProxyError::Connect(ConnectError::Refused).into(), 502, "connect_refused"),
+            (ProxyError::Connect(ConnectError::Timeout(Duration::from_secs(1))).into(), 504, "connect_timeout"),
+            (ProxyError::ResponseTimeout(Duration::from_secs(1)).into(), 504, "read_timeout"),
+            (ProxyError::NoHealthyUpstream.into(), 503, "no_healthy_upstream"),
+        ];
+        for (err, status, reason) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.reason(), reason);
+            let resp = err.response("rid");
+            let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+            assert_eq!(v["error"], reason);
+            assert_eq!(v["request_id"], "rid");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Client-facing listeners: a worker's accept loops, and serving one connection (protocol
+//! choice, limits, idle and slow-header watchdog, graceful shutdown).
+
+mod conn;
+pub mod socket;
+
+use std::{io, rc::Rc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+
+pub use conn::{Proto, serve_connection};
+
+use crate::{
+    config::ListenerSpec,
+    metrics::{LabelValue, Labels},
+    worker::WorkerLocal,
+};
+
+/// A listener's accept loop on one worker.
+pub async fn accept_loop(
+    listener: TcpListener,
+    spec: ListenerSpec,
+    worker: Rc<WorkerLocal>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let labels = Labels([("listener", LabelValue::Shared(spec.name.clone()))]);
+    let accepted = worker.metrics.shared().connections_total.get_or_create(&labels).clone();
+    let worker_label = Labels([("worker", LabelValue::Int(worker.id as u64))]);
+    let by_worker = worker.metrics.shared().worker_connections.get_or_create(&worker_label).clone();
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                accepted.inc();
+                by_worker.inc();
+                let worker = worker.clone();
+                let spec = spec.clone();
+                let shutdown = shutdown.clone();
+                tokio::task::spawn_local(async move {
+                    conn::serve_tcp(stream, peer, spec, worker, shutdown).await;
+                });
+            }
+            Err(e) => accept_error(&e).await,
+        }
+    }
+}
+
+/// Out of file descriptors or memory: back off instead of spinning; the connection waits in the
+/// backlog. Other errors (a client reset while queued) are per-connection and ignored.
+async fn accept_error(e: &io::Error) {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+            tracing::error!(error = %e, "accept failed: out of resources; backing off");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        _ => tracing::debug!(error = %e, "accept failed"),
+    }
+}

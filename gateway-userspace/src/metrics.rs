@@ -1,0 +1,338 @@
+//! Prometheus metrics (`gateway_<subsystem>_<thing>_<unit>`), the :9090 endpoint with /healthz
+//! and /readyz, and the request-metrics log phase.
+//!
+//! Request counters and latency histograms are sharded per worker (see `sharded`): each worker
+//! caches its shard handles, so recording a request takes no lock and touches no shared line.
+
+pub mod host;
+pub mod server;
+mod sharded;
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex},
+};
+
+use arc_swap::ArcSwap;
+use http::Method;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge},
+    registry::Registry,
+};
+
+pub use sharded::{CounterShard, HistogramShard, ShardedFamily};
+
+use crate::{
+    pipeline::{Phase, RequestCtx},
+    snapshot::Snapshot,
+};
+
+/// Latency buckets (seconds) for request and upstream durations.
+static LATENCY_BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Finer buckets for the gateway's own overhead.
+static OVERHEAD_BUCKETS: [f64; 12] =
+    [0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
+
+/// Labels built from static strings or shared names (no allocation to encode).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Labels<const N: usize>(pub [(&'static str, LabelValue); N]);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LabelValue {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+    Int(u64),
+}
+
+impl<const N: usize> EncodeLabelSet for Labels<N> {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> fmt::Result {
+        for (k, v) in &self.0 {
+            match v {
+                LabelValue::Static(s) => (*k, *s).encode(encoder.encode_label())?,
+                LabelValue::Shared(s) => (*k, &**s).encode(encoder.encode_label())?,
+                LabelValue::Owned(s) => (*k, s.as_str()).encode(encoder.encode_label())?,
+                LabelValue::Int(n) => (*k, *n).encode(encoder.encode_label())?,
+            }
+        }
+        Ok(())
+    }
+}
+
+pub type RequestLabels = Labels<4>;
+pub type RouteLabels = Labels<2>;
+pub type OneLabel = Labels<1>;
+
+/// Process-wide metric families owned by the core (other modules register their own).
+pub struct Metrics {
+    requests: ShardedFamily<RequestLabels, CounterShard>,
+    request_duration: ShardedFamily<RouteLabels, HistogramShard>,
+    upstream_duration: ShardedFamily<RouteLabels, HistogramShard>,
+    proxy_overhead: ShardedFamily<RouteLabels, HistogramShard>,
+    pub refusals: Family<OneLabel, Counter>,
+    pub connections_active: Family<OneLabel, Gauge>,
+    pub connections_total: Family<OneLabel, Counter>,
+    pub worker_connections: Family<OneLabel, Counter>,
+    pub config_reloads: Family<OneLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry, snapshot: Arc<ArcSwap<Snapshot>>) -> Arc<Metrics> {
+        let m = Arc::new(Metrics {
+            requests: ShardedFamily::new(&[]),
+            request_duration: ShardedFamily::new(&LATENCY_BUCKETS),
+            upstream_duration: ShardedFamily::new(&LATENCY_BUCKETS),
+            proxy_overhead: ShardedFamily::new(&OVERHEAD_BUCKETS),
+            refusals: Family::default(),
+            connections_active: Family::default(),
+            connections_total: Family::default(),
+            worker_connections: Family::default(),
+            config_reloads: Family::default(),
+        });
+        registry.register("gateway_http_requests", "Requests by route, service, method and status", m.requests.clone());
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Whole request, first byte in to last byte out",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "gateway_upstream_duration_seconds",
+            "From forwarding (connect included) to the upstream's response head",
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "gateway_proxy_overhead_seconds",
+            "Time the gateway itself spent on a request",
+            m.proxy_overhead.clone(),
+        );
+        registry.register(
+            "gateway_http_refusals",
+            "Requests the gateway answered itself, by reason",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "gateway_connections_active",
+            "Open client connections, by listener",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "gateway_connections",
+            "Accepted client connections, by listener",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "gateway_worker_connections",
+            "Accepted client connections, by worker",
+            m.worker_connections.clone(),
+        );
+        registry.register("gateway_config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
+        registry.register_collector(Box::new(UpstreamCollector(snapshot)));
+        m
+    }
+
+    /// Counts a refusal that never reached the pipeline (e.g. hyper's own 431).
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&Labels([("reason", LabelValue::Static(reason))])).inc();
+    }
+}
+
+/// (route name address, service name address, method, status).
+type RequestKey = (usize, usize, &'static str, u16);
+
+/// A worker's handles on its shards, found once per label set and then used lock-free.
+pub struct WorkerMetrics {
+    shared: Arc<Metrics>,
+    requests: RefCell<HashMap<RequestKey, Arc<CounterShard>>>,
+    durations: RefCell<HashMap<(usize, usize), Arc<RouteDurations>>>,
+    /// Keeps the names whose addresses key the maps above alive (so no address is reused).
+    _names: RefCell<Vec<Arc<str>>>,
+}
+
+struct RouteDurations {
+    request: Arc<HistogramShard>,
+    upstream: Arc<HistogramShard>,
+    overhead: Arc<HistogramShard>,
+}
+
+static NO_NAME: &str = "";
+
+fn name_key(name: Option<&Arc<str>>) -> usize {
+    name.map_or(NO_NAME.as_ptr() as usize, |n| Arc::as_ptr(n) as *const u8 as usize)
+}
+
+fn name_label(name: Option<&Arc<str>>) -> LabelValue {
+    name.map_or(LabelValue::Static(""), |n| LabelValue::Shared(n.clone()))
+}
+
+impl WorkerMetrics {
+    pub fn new(shared: Arc<Metrics>) -> Self {
+        WorkerMetrics {
+            shared,
+            requests: RefCell::default(),
+            durations: RefCell::default(),
+            _names: RefCell::default(),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Metrics> {
+        &self.shared
+    }
+
+    fn record(&self, ctx: &RequestCtx) {
+        let (route, service) = (ctx.route_name(), ctx.service_name());
+        let method = method_label(&ctx.method);
+        let key = (name_key(route), name_key(service), method, ctx.status);
+        let counter = self
+            .requests
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| self.new_request_shard(route, service, method, ctx.status))
+            .clone();
+        counter.inc();
+        let dkey = (key.0, key.1);
+        let d =
+            self.durations.borrow_mut().entry(dkey).or_insert_with(|| self.new_duration_shards(route, service)).clone();
+        d.request.observe(ctx.timings.total().as_secs_f64());
+        if let Some(up) = ctx.timings.upstream() {
+            d.upstream.observe(up.as_secs_f64());
+        }
+        d.overhead.observe(ctx.timings.gateway().as_secs_f64());
+        if let Some(reason) = ctx.error {
+            self.shared.refused(reason);
+        }
+    }
+
+    fn keep(&self, names: [Option<&Arc<str>>; 2]) {
+        self._names.borrow_mut().extend(names.into_iter().flatten().cloned());
+    }
+
+    fn new_request_shard(
+        &self,
+        route: Option<&Arc<str>>,
+        service: Option<&Arc<str>>,
+        method: &'static str,
+        status: u16,
+    ) -> Arc<CounterShard> {
+        self.keep([route, service]);
+        let labels = Labels([
+            ("route", name_label(route)),
+            ("service", name_label(service)),
+            ("method", LabelValue::Static(method)),
+            ("status", LabelValue::Int(status.into())),
+        ]);
+        self.shared.requests.new_shard(&labels)
+    }
+
+    fn new_duration_shards(&self, route: Option<&Arc<str>>, service: Option<&Arc<str>>) -> Arc<RouteDurations> {
+        self.keep([route, service]);
+        let labels = Labels([("route", name_label(route)), ("service", name_label(service))]);
+        Arc::new(RouteDurations {
+            request: self.shared.request_duration.new_shard(&labels),
+            upstream: self.shared.upstream_duration.new_shard(&labels),
+            overhead: self.shared.proxy_overhead.new_shard(&labels),
+        })
+    }
+}
+
+/// Bounded label values for methods.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// The log phase that records request metrics.
+pub struct RequestMetrics;
+
+impl Phase for RequestMetrics {
+    fn name(&self) -> &'static str {
+        "metrics"
+    }
+
+    fn on_log(&self, ctx: &RequestCtx) {
+        ctx.conn.worker.metrics.record(ctx);
+    }
+}
+
+/// `gateway_upstream_target_up{service,target}` and in-flight counts, read from the live
+/// snapshot at scrape so removed targets disappear with the reload that removed them.
+struct UpstreamCollector(Arc<ArcSwap<Snapshot>>);
+
+impl fmt::Debug for UpstreamCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UpstreamCollector")
+    }
+}
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let snapshot = self.0.load();
+        let up = |t: &crate::upstream::Target| i64::from(t.state.is_up());
+        let active = |t: &crate::upstream::Target| i64::from(t.state.active());
+        for (name, help, value) in [
+            (
+                "gateway_upstream_target_up",
+                "1 when the target is in service, 0 while ejected by passive health checks",
+                &up as &dyn Fn(&crate::upstream::Target) -> i64,
+            ),
+            ("gateway_upstream_target_active_requests", "Requests in flight to the target", &active),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for s in &snapshot.services {
+                for t in &s.targets {
+                    let labels = Labels([
+                        ("service", LabelValue::Shared(s.spec.name.clone())),
+                        ("target", LabelValue::Shared(t.label.clone())),
+                    ]);
+                    ConstGauge::new(value(t)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What /readyz reports besides "listeners up and config loaded": named checks set by
+/// subsystems (e.g. an identity provider that is unreachable).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    ready: std::sync::atomic::AtomicBool,
+    details: Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl Readiness {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sets (or with `None` clears) a named detail shown by /readyz.
+    pub fn set_detail(&self, name: &str, value: Option<String>) {
+        let mut d = self.details.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match value {
+            Some(v) => d.insert(name.to_owned(), v),
+            None => d.remove(name),
+        };
+    }
+
+    pub fn details(&self) -> std::collections::BTreeMap<String, String> {
+        self.details.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}

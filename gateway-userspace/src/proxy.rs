@@ -1,0 +1,168 @@
+//! Forwarding a routed request to its service: pick a target, get a pooled connection, send,
+//! wait for the response head; retry connect failures on another target for idempotent methods.
+
+pub mod body;
+pub mod headers;
+
+use std::{rc::Rc, time::Duration};
+
+use http::{HeaderValue, Method, Request, Response, Version, header, request, uri::PathAndQuery};
+use hyper::body::Incoming;
+use thiserror::Error;
+
+pub use body::{BodyError, BodyObserver, RequestBody, ResponseBody, UpstreamLease};
+
+use crate::upstream::{ConnectError, PickError, Service, UpstreamPool};
+
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("no healthy upstream target")]
+    NoHealthyUpstream,
+    #[error("upstream connect failed: {0}")]
+    Connect(#[source] ConnectError),
+    #[error("upstream did not answer within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("upstream connection failed: {0}")]
+    Upstream(#[source] hyper::Error),
+    #[error("request body is larger than the {limit} byte limit")]
+    ClientBodyTooLarge { limit: u64 },
+    #[error("client request body failed: {0}")]
+    ClientBody(#[source] hyper::Error),
+}
+
+/// What `forward` needs besides the request itself.
+pub struct Forward<'a> {
+    pub service: &'a Service,
+    pub pool: &'a Rc<UpstreamPool>,
+    /// Origin-form target for the upstream (path after strip_path, plus query).
+    pub path_and_query: PathAndQuery,
+    /// Host header for the upstream; `None` means the target address.
+    pub host: Option<HeaderValue>,
+}
+
+/// The upstream's response head and body, the target that served it, and its connection.
+pub struct Forwarded {
+    pub response: Response<Incoming>,
+    pub target: usize,
+    pub lease: UpstreamLease,
+}
+
+/// The target index of the last attempt, when an error happened after one was chosen.
+pub struct Failed {
+    pub error: ProxyError,
+    pub target: Option<usize>,
+}
+
+pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, body: RequestBody) -> Result<Forwarded, Failed> {
+    let service = fwd.service;
+    let spec = &service.spec;
+    let attempts = if is_idempotent(&head.method) { 1 + spec.retries } else { 1 };
+    head.version = Version::HTTP_11;
+    head.uri = fwd.path_and_query.into();
+    let mut tried = 0u64;
+    let mut last: Option<Failed> = None;
+    for _ in 0..attempts {
+        let i = match service.pick(tried) {
+            Ok(i) => i,
+            Err(PickError::NoHealthyTarget) if last.is_none() => {
+                return Err(Failed { error: ProxyError::NoHealthyUpstream, target: None });
+            }
+            Err(_) => break,
+        };
+        tried |= 1u64.checked_shl(i as u32).unwrap_or(0);
+        let target = &service.targets[i];
+        let in_flight = target.state.begin();
+        let conn = match fwd.pool.get(target.addr, spec.connect_timeout, spec.idle_timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(service = %spec.name, target = %target.label, error = %e, "upstream connect failed");
+                if target.state.record_failure(spec.max_fails, spec.fail_timeout) {
+                    tracing::warn!(service = %spec.name, target = %target.label, "target ejected after consecutive failures");
+                }
+                last = Some(Failed { error: ProxyError::Connect(e), target: Some(i) });
+                continue;
+            }
+        };
+        let host = fwd.host.clone().or_else(|| HeaderValue::from_str(&target.label).ok());
+        if let Some(h) = host {
+            head.headers.insert(header::HOST, h);
+        }
+        let request = Request::from_parts(head, body);
+        let lease = UpstreamLease {
+            pool: fwd.pool.clone(),
+            addr: target.addr,
+            sender: conn.sender,
+            max_idle: spec.max_idle_per_target,
+            in_flight,
+        };
+        return send(lease, request, conn.reused, service, i).await;
+    }
+    Err(last.unwrap_or(Failed { error: ProxyError::NoHealthyUpstream, target: None }))
+}
+
+/// Sends on a leased connection. A pooled connection the upstream closed meanwhile gives the
+/// request back unsent; then one fresh connection to the same target is tried.
+async fn send(
+    mut lease: UpstreamLease,
+    request: Request<RequestBody>,
+    reused: bool,
+    service: &Service,
+    i: usize,
+) -> Result<Forwarded, Failed> {
+    let spec = &service.spec;
+    let target = &service.targets[i];
+    let fail = |error| Failed { error, target: Some(i) };
+    let sent = tokio::time::timeout(spec.read_timeout, lease.sender.try_send_request(request)).await;
+    let error = match sent {
+        Ok(Ok(response)) => {
+            target.state.record_success();
+            return Ok(Forwarded { response, target: i, lease });
+        }
+        Err(_) => {
+            target.state.record_failure(spec.max_fails, spec.fail_timeout);
+            return Err(fail(ProxyError::ResponseTimeout(spec.read_timeout)));
+        }
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(request) if reused => {
+                let conn = match fwd_fresh(&lease, spec).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        target.state.record_failure(spec.max_fails, spec.fail_timeout);
+                        return Err(fail(ProxyError::Connect(e)));
+                    }
+                };
+                lease.sender = conn;
+                return Box::pin(send(lease, request, false, service, i)).await;
+            }
+            _ => e.into_error(),
+        },
+    };
+    Err(fail(classify(error, target)))
+}
+
+async fn fwd_fresh(
+    lease: &UpstreamLease,
+    spec: &crate::upstream::ServiceSpec,
+) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>, ConnectError> {
+    // An idle timeout of zero skips the pool: we just saw a pooled connection fail.
+    lease.pool.get(lease.addr, spec.connect_timeout, Duration::ZERO).await.map(|c| c.sender)
+}
+
+/// Separates the client's fault (its body) from the upstream's; only the latter counts against
+/// the target's health.
+fn classify(error: hyper::Error, target: &crate::upstream::Target) -> ProxyError {
+    let source = std::error::Error::source(&error);
+    if let Some(body_error) = source.and_then(|s| s.downcast_ref::<BodyError>()) {
+        return match body_error {
+            BodyError::TooLarge { limit } => ProxyError::ClientBodyTooLarge { limit: *limit },
+            _ => ProxyError::ClientBody(error),
+        };
+    }
+    target.state.record_failure(u32::MAX, Duration::ZERO);
+    ProxyError::Upstream(error)
+}
+
+/// Methods that may be sent twice (RFC 9110 9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE)
+}

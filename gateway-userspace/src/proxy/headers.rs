@@ -1,0 +1,200 @@
+//! Header rewriting between client and upstream: hop-by-hop removal, X-Forwarded-* and
+//! Forwarded (believed only from trusted proxies), request ids.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use ipnet::IpNet;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1), plus any header
+/// the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Whether `ip` is one of the configured trusted proxies.
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client address: the peer, or, when the peer is a trusted proxy, the right-most address in
+/// X-Forwarded-For that is not itself a trusted proxy (the left part can be forged by anyone).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .collect();
+    hops.iter().rev().copied().find(|ip| !is_trusted(*ip, trusted)).or(hops.first().copied()).unwrap_or(peer)
+}
+
+/// What the gateway knows about the hop it received the request on.
+pub struct Hop<'a> {
+    pub peer: IpAddr,
+    pub trusted_peer: bool,
+    pub proto: &'static str,
+    pub host: Option<&'a str>,
+}
+
+/// Sets X-Forwarded-For/-Proto/-Host and Forwarded. From a trusted peer the existing values are
+/// extended; from anyone else they are replaced, so clients cannot inject addresses.
+pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
+    let peer = hop.peer.to_canonical();
+    let xff = match (hop.trusted_peer, joined(headers, &X_FORWARDED_FOR)) {
+        (true, Some(prev)) => format!("{prev}, {peer}"),
+        _ => peer.to_string(),
+    };
+    put(headers, X_FORWARDED_FOR.clone(), &xff);
+    if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
+        put(headers, X_FORWARDED_PROTO.clone(), hop.proto);
+    }
+    if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
+        match hop.host {
+            Some(h) => put(headers, X_FORWARDED_HOST.clone(), h),
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    let node = match peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto={}", hop.proto);
+    if let Some(h) = hop.host {
+        element.push_str(&format!(";host=\"{h}\""));
+    }
+    let forwarded = match (hop.trusted_peer, joined(headers, &header::FORWARDED)) {
+        (true, Some(prev)) => format!("{prev}, {element}"),
+        _ => element,
+    };
+    put(headers, header::FORWARDED, &forwarded);
+}
+
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let parts: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// A client-supplied request id is kept when it is reasonable (visible ASCII, at most 128
+/// bytes); otherwise a new UUID is generated.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted() -> Vec<IpNet> {
+        vec!["10.0.0.0/8".parse().unwrap()]
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_inject_forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &trusted()), peer);
+        set_forwarded(&mut h, &Hop { peer, trusted_peer: false, proto: "http", host: Some("api.example.com") });
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(h[header::FORWARDED], "for=203.0.113.9;proto=http;host=\"api.example.com\"");
+    }
+
+    #[test]
+    fn trusted_proxies_are_extended() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.7, 10.1.1.1"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &trusted()), "198.51.100.7".parse::<IpAddr>().unwrap());
+        set_forwarded(&mut h, &Hop { peer, trusted_peer: true, proto: "http", host: None });
+        assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.1.1.1, 10.0.0.2");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn ipv6_forwarded_nodes_are_quoted() {
+        let mut h = HeaderMap::new();
+        let peer: IpAddr = "2001:db8::1".parse().unwrap();
+        set_forwarded(&mut h, &Hop { peer, trusted_peer: false, proto: "http", host: None });
+        assert_eq!(h[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_generated() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&h).len(), 36);
+        assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+}

@@ -1,0 +1,64 @@
+//! The immutable state a request runs against: validated config, live services and the
+//! ordered phases. Built off the request path, swapped atomically on reload; in-flight
+//! requests finish on the snapshot they started with.
+
+use crate::{
+    audit::{AuditPhase, AuditSink},
+    config::Config,
+    metrics::RequestMetrics,
+    pipeline::{LatencyHeaders, Phase, Pipeline},
+    upstream::Service,
+};
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every successful reload.
+    pub generation: u64,
+    pub config: Config,
+    /// Running services, indexed like `config.services`.
+    pub services: Vec<Service>,
+    pub pipeline: Pipeline,
+}
+
+/// A worker's handle on a snapshot: cloning it is a non-atomic `Rc` increment, so requests do
+/// not bounce the snapshot's shared reference count between CPUs.
+pub type LocalSnapshot = std::rc::Rc<SnapshotArc>;
+
+/// The `Arc` a [`LocalSnapshot`] wraps.
+#[derive(Debug)]
+pub struct SnapshotArc(pub std::sync::Arc<Snapshot>);
+
+impl std::ops::Deref for SnapshotArc {
+    type Target = Snapshot;
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
+}
+
+/// Long-lived parts a snapshot's phases hold on to (they outlive any one snapshot).
+pub struct PhaseParts {
+    pub audit: Option<AuditSink>,
+}
+
+impl Snapshot {
+    pub fn build(generation: u64, config: Config, parts: PhaseParts, previous: Option<&Snapshot>) -> Snapshot {
+        let services = config
+            .services
+            .iter()
+            .map(|spec| {
+                let old = previous.and_then(|p| p.services.iter().find(|s| s.spec.name == spec.name));
+                Service::new(spec.clone(), old)
+            })
+            .collect();
+        Snapshot { generation, config, services, pipeline: standard_pipeline(parts) }
+    }
+}
+
+/// The phases, in order. Request hooks run in this order; so do response and log hooks.
+fn standard_pipeline(parts: PhaseParts) -> Pipeline {
+    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(LatencyHeaders), Box::new(RequestMetrics)];
+    if let Some(sink) = parts.audit {
+        phases.push(Box::new(AuditPhase(sink)));
+    }
+    Pipeline::new(phases)
+}

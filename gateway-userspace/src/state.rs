@@ -1,0 +1,95 @@
+//! Process-wide state shared by the control thread and the workers.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::{
+    audit::{AuditMetrics, AuditSink},
+    config::Config,
+    metrics::{Metrics, Readiness, host::WorkerThreads},
+    snapshot::{PhaseParts, Snapshot},
+};
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot open audit log {path}: {source}")]
+    Audit { path: String, source: std::io::Error },
+}
+
+pub struct SharedState {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Bumped after every swap; workers watch it to reconcile their listeners.
+    pub generation: watch::Sender<u64>,
+    pub metrics: Arc<Metrics>,
+    pub audit_metrics: AuditMetrics,
+    pub readiness: Arc<Readiness>,
+    pub worker_threads: Arc<WorkerThreads>,
+    pub parts: PartsHolder,
+}
+
+/// Owns the long-lived pieces phases are built from, across snapshots.
+#[derive(Default)]
+pub struct PartsHolder {
+    audit: Mutex<Option<AuditSink>>,
+}
+
+impl PartsHolder {
+    /// The phases' long-lived parts for `config`: the audit writer is reused while its path
+    /// stays the same, so a reload neither reorders nor loses lines.
+    pub fn phase_parts(&self, config: &Config, audit_metrics: &AuditMetrics) -> Result<PhaseParts, StateError> {
+        let mut current = self.audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let audit = match &config.audit {
+            None => None,
+            Some(spec) => match current.as_ref() {
+                Some(sink) if sink.path() == spec.path => Some(sink.clone()),
+                _ => Some(
+                    AuditSink::start(&spec.path, spec.queue_size, audit_metrics.clone())
+                        .map_err(|source| StateError::Audit { path: spec.path.display().to_string(), source })?,
+                ),
+            },
+        };
+        current.clone_from(&audit);
+        Ok(PhaseParts { audit })
+    }
+
+    pub fn reopen_audit(&self) {
+        if let Some(sink) = self.audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            sink.reopen();
+        }
+    }
+}
+
+impl SharedState {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        audit_metrics: AuditMetrics,
+        readiness: Arc<Readiness>,
+        worker_threads: Arc<WorkerThreads>,
+        parts: PartsHolder,
+    ) -> Self {
+        let generation = snapshot.load().generation;
+        SharedState {
+            snapshot,
+            generation: watch::Sender::new(generation),
+            metrics,
+            audit_metrics,
+            readiness,
+            worker_threads,
+            parts,
+        }
+    }
+
+    /// Builds and installs a new snapshot from `config`.
+    pub fn install(&self, config: Config) -> Result<Arc<Snapshot>, StateError> {
+        let parts = self.parts.phase_parts(&config, &self.audit_metrics)?;
+        let previous = self.snapshot.load_full();
+        let snapshot = Arc::new(Snapshot::build(previous.generation + 1, config, parts, Some(&previous)));
+        self.snapshot.store(snapshot.clone());
+        self.generation.send_replace(snapshot.generation);
+        Ok(snapshot)
+    }
+}

@@ -1,0 +1,122 @@
+//! Upstream services: their targets, load balancing, passive health, and (per worker) pooled
+//! keep-alive connections.
+//!
+//! Target state (in-flight count, consecutive failures, ejection) is shared by all workers
+//! through atomics and survives config reloads, so a reload neither forgets that a target is
+//! down nor resets least-connections counts.
+
+pub mod health;
+mod pool;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+pub use health::{InFlight, TargetState};
+pub use pool::{ConnectError, PooledSender, UpstreamPool};
+
+use crate::config::LbAlgorithm;
+
+/// A service as configured (validated, not yet running).
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: Arc<str>,
+    pub targets: Vec<SocketAddr>,
+    pub lb: LbAlgorithm,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub retries: u32,
+    pub max_idle_per_target: usize,
+    pub idle_timeout: Duration,
+}
+
+/// A running service: its spec plus live target state.
+#[derive(Debug)]
+pub struct Service {
+    pub spec: ServiceSpec,
+    pub targets: Vec<Target>,
+    cursor: AtomicUsize,
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `ip:port`, precomputed for labels and logs.
+    pub label: Arc<str>,
+    pub state: Arc<TargetState>,
+}
+
+/// Why no target could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// Every target not yet tried is ejected.
+    NoHealthyTarget,
+    /// Every target was tried already.
+    Exhausted,
+}
+
+impl Service {
+    /// Builds a running service, keeping the state of targets it shares with `previous`.
+    pub fn new(spec: ServiceSpec, previous: Option<&Service>) -> Self {
+        let targets = spec
+            .targets
+            .iter()
+            .map(|&addr| {
+                let state = previous
+                    .and_then(|p| p.targets.iter().find(|t| t.addr == addr))
+                    .map_or_else(|| Arc::new(TargetState::default()), |t| t.state.clone());
+                Target { addr, label: addr.to_string().into(), state }
+            })
+            .collect();
+        Service { spec, targets, cursor: AtomicUsize::new(0) }
+    }
+
+    /// Chooses a target not in `tried` (a bit set of target indexes), honouring ejections.
+    pub fn pick(&self, tried: u64) -> Result<usize, PickError> {
+        let n = self.targets.len();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let now = health::now_ms();
+        let mut best: Option<(usize, u32)> = None;
+        let mut untried = false;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if i < 64 && tried & (1 << i) != 0 {
+                continue;
+            }
+            untried = true;
+            let state = &self.targets[i].state;
+            if !state.is_available(now) {
+                continue;
+            }
+            match self.spec.lb {
+                LbAlgorithm::RoundRobin => {
+                    best = Some((i, 0));
+                    break;
+                }
+                LbAlgorithm::LeastConn => {
+                    let active = state.active();
+                    if best.is_none_or(|(_, a)| active < a) {
+                        best = Some((i, active));
+                    }
+                }
+            }
+        }
+        match best {
+            // An ejected target whose cool-down is over gets exactly one probe request.
+            Some((i, _)) if self.targets[i].state.claim(now) => Ok(i),
+            Some(_) => Err(PickError::NoHealthyTarget),
+            None if untried => Err(PickError::NoHealthyTarget),
+            None => Err(PickError::Exhausted),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

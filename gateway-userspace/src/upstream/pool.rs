@@ -1,0 +1,136 @@
+//! Per-worker pools of idle HTTP/1.1 keep-alive connections to upstream targets.
+//! Worker-local (`Rc`/`RefCell`): no lock, no atomic, on the request path.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+use crate::proxy::RequestBody;
+
+/// Why a connection to a target could not be made.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("connection refused")]
+    Refused,
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+}
+
+impl ConnectError {
+    /// Label for metrics and the audit log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConnectError::Refused => "connect_refused",
+            ConnectError::Timeout(_) => "connect_timeout",
+            ConnectError::Io(_) => "connect_error",
+            ConnectError::Handshake(_) => "upstream_protocol",
+        }
+    }
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// A sender for one request, and whether it came from the pool.
+pub struct PooledSender {
+    pub sender: SendRequest<RequestBody>,
+    pub reused: bool,
+}
+
+#[derive(Default)]
+pub struct UpstreamPool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl UpstreamPool {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+
+    /// A ready pooled connection, or a new one.
+    pub async fn get(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Result<PooledSender, ConnectError> {
+        if let Some(sender) = self.checkout(addr, idle_timeout) {
+            return Ok(PooledSender { sender, reused: true });
+        }
+        let sender = connect(addr, connect_timeout).await?;
+        Ok(PooledSender { sender, reused: false })
+    }
+
+    fn checkout(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        // Most recently used first: keeps a few connections warm and lets the rest expire.
+        while let Some(c) = list.pop() {
+            if c.since.elapsed() < idle_timeout && c.sender.is_ready() {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response was fully read.
+    pub fn checkin(&self, addr: SocketAddr, sender: SendRequest<RequestBody>, max_idle: usize) {
+        if sender.is_closed() || max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= max_idle {
+            list.remove(0);
+        }
+        list.push(Idle { sender, since: Instant::now() });
+    }
+
+    /// Drops idle connections that expired or were closed by the upstream.
+    pub fn sweep(&self, idle_timeout: Duration) {
+        let mut idle = self.idle.borrow_mut();
+        for list in idle.values_mut() {
+            list.retain(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed());
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<RequestBody>, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout(timeout)),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused),
+        Ok(Err(e)) => return Err(ConnectError::Io(e)),
+        Ok(Ok(s)) => s,
+    };
+    // Small requests and responses: latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}

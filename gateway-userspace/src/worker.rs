@@ -1,0 +1,185 @@
+//! Workers: one OS thread each, with its own current-thread tokio runtime, its own
+//! SO_REUSEPORT listening sockets and its own upstream connection pools. Nothing on a worker's
+//! request path is shared with another worker except atomics and the current snapshot.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    rc::Rc,
+    sync::Arc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle as TaskHandle};
+
+use crate::{
+    config::ListenerSpec,
+    listener::{self, socket},
+    metrics::WorkerMetrics,
+    snapshot::{LocalSnapshot, SnapshotArc},
+    state::SharedState,
+    upstream::UpstreamPool,
+};
+
+/// What a worker reports to the control thread.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// The worker's listeners match snapshot `generation`.
+    Listening {
+        worker: usize,
+        generation: u64,
+    },
+    BindFailed {
+        worker: usize,
+        listener: String,
+        error: std::io::Error,
+    },
+}
+
+/// A worker's thread-local context, shared by its tasks.
+pub struct WorkerLocal {
+    pub id: usize,
+    pub shared: Arc<SharedState>,
+    pub pool: Rc<UpstreamPool>,
+    pub metrics: WorkerMetrics,
+    cached: RefCell<Option<LocalSnapshot>>,
+    pub open_connections: Cell<usize>,
+}
+
+impl WorkerLocal {
+    /// The current snapshot. Re-wrapped only when a reload swapped it, so per request this is
+    /// one arc-swap load and a non-atomic `Rc` clone.
+    pub fn snapshot(&self) -> LocalSnapshot {
+        let current = self.shared.snapshot.load();
+        let mut cached = self.cached.borrow_mut();
+        match cached.as_ref() {
+            Some(s) if Arc::ptr_eq(&s.0, &current) => s.clone(),
+            _ => {
+                let fresh = Rc::new(SnapshotArc(arc_swap::Guard::into_inner(current)));
+                *cached = Some(fresh.clone());
+                fresh
+            }
+        }
+    }
+}
+
+pub struct WorkerSettings {
+    pub id: usize,
+    pub pin_cpu: Option<usize>,
+    pub shared: Arc<SharedState>,
+    pub events: tokio::sync::mpsc::UnboundedSender<WorkerEvent>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn spawn(settings: WorkerSettings) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("gw-worker-{}", settings.id)).spawn(move || run(settings))
+}
+
+fn run(s: WorkerSettings) {
+    if let Some(cpu) = s.pin_cpu {
+        pin_to_cpu(cpu);
+    }
+    s.shared.worker_threads.register(s.id, nix::unistd::gettid().as_raw());
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = s.id, error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, serve(&s));
+    s.shared.worker_threads.unregister(s.id);
+}
+
+async fn serve(s: &WorkerSettings) {
+    let worker = Rc::new(WorkerLocal {
+        id: s.id,
+        shared: s.shared.clone(),
+        pool: UpstreamPool::new(),
+        metrics: WorkerMetrics::new(s.shared.metrics.clone()),
+        cached: RefCell::new(None),
+        open_connections: Cell::new(0),
+    });
+    let mut listeners: HashMap<ListenerSpec, TaskHandle<()>> = HashMap::new();
+    let mut generations = s.shared.generation.subscribe();
+    let mut shutdown = s.shutdown.clone();
+    tokio::task::spawn_local(sweep_pool(worker.clone()));
+    loop {
+        reconcile(&worker, &mut listeners, s);
+        tokio::select! {
+            changed = generations.changed() => if changed.is_err() { break },
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
+        }
+    }
+    // Draining: close the listening sockets, then let connections finish (each got the
+    // shutdown signal and is shutting down gracefully).
+    for (_, task) in listeners.drain() {
+        task.abort();
+    }
+    let deadline = tokio::time::Instant::now() + worker.snapshot().config.server.drain_timeout;
+    while worker.open_connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if worker.open_connections.get() > 0 {
+        tracing::warn!(
+            worker = s.id,
+            open = worker.open_connections.get(),
+            "drain deadline reached; closing remaining connections"
+        );
+    }
+}
+
+/// Makes this worker's listening sockets match the current snapshot.
+fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, TaskHandle<()>>, s: &WorkerSettings) {
+    let snapshot = worker.snapshot();
+    let wanted = &snapshot.config.listeners;
+    listeners.retain(|spec, task| {
+        let keep = wanted.contains(spec);
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for spec in wanted {
+        if listeners.contains_key(spec) {
+            continue;
+        }
+        match socket::bind_reuseport(spec.addr, spec.backlog).and_then(TcpListener::from_std) {
+            Ok(l) => {
+                let task = tokio::task::spawn_local(listener::accept_loop(
+                    l,
+                    spec.clone(),
+                    worker.clone(),
+                    s.shutdown.clone(),
+                ));
+                listeners.insert(spec.clone(), task);
+            }
+            Err(error) => {
+                tracing::error!(worker = s.id, listener = %spec.name, addr = %spec.addr, %error, "cannot bind listener");
+                let _ = s.events.send(WorkerEvent::BindFailed { worker: s.id, listener: spec.name.to_string(), error });
+            }
+        }
+    }
+    let _ = s.events.send(WorkerEvent::Listening { worker: s.id, generation: snapshot.generation });
+}
+
+async fn sweep_pool(worker: Rc<WorkerLocal>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let idle =
+            worker.snapshot().services.iter().map(|s| s.spec.idle_timeout).min().unwrap_or(Duration::from_secs(60));
+        worker.pool.sweep(idle);
+    }
+}
+
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok()
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+    {
+        tracing::warn!(cpu, error = %e, "cannot pin worker to its CPU");
+    }
+}

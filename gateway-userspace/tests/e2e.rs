@@ -1,0 +1,14 @@
+//! End-to-end tests: the real `gatewayd` binary, real upstream servers and clients on loopback.
+//! One test binary (faster to link); each file under `e2e/` is one area.
+
+mod e2e {
+    pub mod support;
+
+    mod config_cli;
+    mod headers;
+    mod lifecycle;
+    mod limits;
+    mod observability;
+    mod routing;
+    mod upstreams;
+}

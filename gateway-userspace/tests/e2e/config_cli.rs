@@ -1,0 +1,57 @@
+use std::process::Command;
+
+use super::support::*;
+
+#[test]
+fn check_config_accepts_good_and_locates_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        basic_config(&Ports { listen: free_port(), metrics: free_port(), dir: dir.path().into() }, 1, ""),
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check-config"]).arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[listeners]]\nname = \"a\"\nbind = \"0.0.0.0:80\"\n\n[[services]]\nname = \"s\"\ntargets = [\"127.0.0.1:1\"]\nlb = \"fastest\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check-config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:8:"), "no file:line in {err}");
+    assert!(err.contains("fastest"), "{err}");
+
+    let dup = dir.path().join("dup.toml");
+    std::fs::write(
+        &dup,
+        "[[listeners]]\nname = \"a\"\nbind = \"0.0.0.0:80\"\n[[services]]\nname = \"s\"\ntargets = [\"127.0.0.1:1\"]\n\
+         [[routes]]\nname = \"first\"\nservice = \"s\"\npaths = [\"/p\"]\n[[routes]]\nname = \"second\"\nservice = \"s\"\npaths = [\"/p\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check-config"]).arg(&dup).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dup.toml:11:") && err.contains("\"first\"") && err.contains("\"second\""), "{err}");
+}
+
+#[test]
+fn a_config_that_cannot_start_exits_non_zero_with_the_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let p = Ports { listen: free_port(), metrics: taken.local_addr().unwrap(), dir: dir.path().into() };
+    std::fs::write(&path, basic_config(&p, 1, "")).unwrap();
+    let out = Command::new(BIN).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("metrics endpoint"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

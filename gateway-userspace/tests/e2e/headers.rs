@@ -1,0 +1,73 @@
+use http_body_util::Full;
+
+use super::support::*;
+
+fn config(p: &Ports, u: &Upstream, trusted: &str) -> String {
+    let mut c = basic_config(
+        p,
+        1,
+        &format!(
+            "[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nservice = \"s\"\n[[routes]]\nname = \"keep-host\"\nservice = \"s\"\npaths = [\"/keep\"]\npreserve_host = true\n",
+            u.addr
+        ),
+    );
+    c = c.replace("drain_timeout", &format!("trusted_proxies = [{trusted}]\ndrain_timeout"));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_headers_from_untrusted_clients_are_replaced() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| config(p, &u, ""));
+    let r = send(
+        &client(),
+        req("GET", &gw.url("/x"), "api.example.com")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "https")
+            .header("forwarded", "for=6.6.6.6")
+            .header("connection", "x-drop-me")
+            .header("x-drop-me", "1")
+            .header("x-request-id", "client-id-1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "http");
+    assert_eq!(h["x-forwarded-host"][0], "api.example.com");
+    assert_eq!(h["forwarded"][0], "for=127.0.0.1;proto=http;host=\"api.example.com\"");
+    assert!(h.get("x-drop-me").is_none(), "hop-by-hop header named in Connection was forwarded");
+    assert_eq!(h["x-request-id"][0], "client-id-1");
+    assert_eq!(h["host"][0], u.addr.to_string(), "upstream Host is the target unless preserve_host");
+    // response side: request id echoed, hop-by-hop stripped, latency headers added
+    assert_eq!(r.header("x-request-id"), Some("client-id-1"));
+    assert!(r.header("x-upstream-private").is_none());
+    assert!(r.header("connection").is_none_or(|v| !v.contains("x-upstream-private")));
+    assert!(r.header("x-gateway-upstream-latency").unwrap().parse::<u64>().is_ok());
+    assert!(r.header("x-gateway-proxy-latency").unwrap().parse::<u64>().is_ok());
+    let timing = r.header("server-timing").unwrap();
+    assert!(timing.contains("upstream;dur=") && timing.contains("gateway;dur="), "{timing}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_proxies_are_extended_and_host_can_be_preserved() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| config(p, &u, "\"127.0.0.0/8\""));
+    let r = send(
+        &client(),
+        req("GET", &gw.url("/keep/it"), "shop.example.com")
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("x-forwarded-proto", "https")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"][0], "198.51.100.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "https");
+    assert_eq!(h["host"][0], "shop.example.com");
+    // a generated request id is a UUID
+    let id = h["x-request-id"][0].as_str().unwrap();
+    assert_eq!(id.len(), 36, "{id}");
+}

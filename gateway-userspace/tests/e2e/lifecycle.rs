@@ -1,0 +1,78 @@
+use std::{net::TcpStream, time::Duration};
+
+use http_body_util::Full;
+use nix::sys::signal::Signal;
+
+use super::support::*;
+
+fn routes(u: &Upstream, extra_route: &str) -> String {
+    format!(
+        "[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"one\"\nservice = \"s\"\npaths = [\"/one\"]\nstrip_path = true\n{extra_route}",
+        u.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_applies_good_config_and_keeps_running_on_bad() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| basic_config(p, 2, &routes(&u, "")));
+    assert_eq!(get(&gw.url("/two")).await.status.as_u16(), 404);
+
+    let good =
+        basic_config(&gw.ports, 2, &routes(&u, "[[routes]]\nname = \"two\"\nservice = \"s\"\npaths = [\"/two\"]\n"));
+    assert!(gw.reload(&good), "good reload refused:\n{}", gw.stderr());
+    assert_eq!(get(&gw.url("/two")).await.status.as_u16(), 200);
+
+    let bad = good.replace("paths = [\"/two\"]", "paths = [\"two\"]");
+    assert!(!gw.reload(&bad), "bad config was accepted");
+    assert_eq!(get(&gw.url("/two")).await.status.as_u16(), 200, "the old config keeps serving");
+    assert_eq!(gw.metric("gateway_config_reloads_total", &[("result", "error")]), 1.0);
+    assert!(gw.stderr().contains("routes[1].paths[0]"), "the reason is logged:\n{}", gw.stderr());
+
+    // A listener added by reload is bound by every worker; the old one keeps working.
+    let extra = free_port();
+    let more = good.replace("[metrics]", &format!("[[listeners]]\nname = \"extra\"\nbind = \"{extra}\"\n\n[metrics]"));
+    assert!(gw.reload(&more), "{}", gw.stderr());
+    assert_eq!(get(&format!("http://{extra}/two")).await.status.as_u16(), 200);
+    assert_eq!(get(&gw.url("/one")).await.status.as_u16(), 200);
+    // ...and removing it closes it.
+    assert!(gw.reload(&good));
+    assert!(eventually(Duration::from_secs(3), || TcpStream::connect(extra).is_err().then_some(())).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let u = Upstream::start("u");
+    let mut gw = Gateway::start(|p| basic_config(p, 2, &routes(&u, "")));
+    let url = gw.url("/one/slow/1500");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    assert!(
+        eventually(Duration::from_secs(3), || (u.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1)
+            .then_some(()))
+        .is_some()
+    );
+    gw.signal(Signal::SIGTERM);
+    // New connections are refused once the listeners are closed.
+    let listen = gw.ports.listen;
+    assert!(eventually(Duration::from_secs(2), || TcpStream::connect(listen).is_err().then_some(())).is_some());
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status.as_u16(), 200, "the in-flight request completed during the drain");
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_spread_over_several_workers() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| basic_config(p, 4, &routes(&u, "")));
+    for _ in 0..40 {
+        // A fresh client per request: a fresh connection, so the kernel picks a socket each time.
+        let r = send(&client(), http::Request::get(gw.url("/one")).body(Full::default()).unwrap()).await;
+        assert_eq!(r.status.as_u16(), 200);
+    }
+    let m = gw.metrics();
+    let busy = (0..4)
+        .filter(|w| metric_value(&m, "gateway_worker_connections_total", &[("worker", &w.to_string())]) > 0.0)
+        .count();
+    assert!(busy > 1, "all connections landed on one worker:\n{m}");
+}

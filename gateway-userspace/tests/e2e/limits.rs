@@ -1,0 +1,135 @@
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use super::support::*;
+
+fn config(p: &Ports, u: &Upstream) -> String {
+    basic_config(
+        p,
+        1,
+        &format!(
+            r#"
+[server.limits]
+max_request_body = "1KiB"
+max_header_bytes = "4KiB"
+max_headers = 20
+max_request_line = 1024
+header_read_timeout = "1s"
+idle_timeout = "1500ms"
+
+[[services]]
+name = "s"
+targets = ["{}"]
+
+[[routes]]
+name = "r"
+service = "s"
+"#,
+            u.addr
+        ),
+    )
+}
+
+fn status(raw: &str) -> u16 {
+    raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {raw:?}"))
+}
+
+#[test]
+fn oversized_requests_get_their_statuses() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| config(p, &u));
+    let addr = gw.ports.listen;
+
+    // 413: declared too large, refused before reading
+    let r = raw_request(addr, b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n").unwrap();
+    assert_eq!(status(&r), 413, "{r}");
+    assert!(r.contains("body_too_large"));
+
+    // 413: chunked, found too large while streaming
+    let mut chunked = b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"200\r\n");
+        chunked.extend_from_slice(&[b'a'; 0x200]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let r = raw_request(addr, &chunked).unwrap();
+    assert_eq!(status(&r), 413, "{r}");
+
+    // a body under the limit passes
+    let r =
+        raw_request(addr, b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc").unwrap();
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(r.contains("\"body_len\":3"), "{r}");
+
+    // 414: request target too long
+    let long = format!("GET /{} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", "a".repeat(2000));
+    let r = raw_request(addr, long.as_bytes()).unwrap();
+    assert_eq!(status(&r), 414, "{r}");
+
+    // 431: too many header fields
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(status(&raw_request(addr, many.as_bytes()).unwrap()), 431);
+
+    // 431: one huge header field
+    let big = format!("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nx-big: {}\r\n\r\n", "b".repeat(6000));
+    assert_eq!(status(&raw_request(addr, big.as_bytes()).unwrap()), 431);
+
+    // Bodies stream: the chunked request reached the upstream before it grew too large, and was
+    // aborted there. Nothing refused on its head did.
+    assert_eq!(u.requests(), 2, "only the small POST and the aborted chunked one reached the upstream");
+    let m = gw.metrics();
+    assert!(metric_value(&m, "gateway_http_refusals_total", &[("reason", "body_too_large")]) >= 2.0, "{m}");
+    assert!(metric_value(&m, "gateway_http_refusals_total", &[("reason", "uri_too_long")]) >= 1.0);
+    assert!(metric_value(&m, "gateway_http_refusals_total", &[("reason", "headers_too_large")]) >= 2.0);
+}
+
+/// Reads until EOF or timeout; returns how long it took to see EOF.
+fn time_to_close(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn slowloris_and_idle_connections_are_closed() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| config(p, &u));
+
+    // A head that never completes is closed after header_read_timeout (1 s), not idle_timeout.
+    let mut slow = TcpStream::connect(gw.ports.listen).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").unwrap();
+    let closed = time_to_close(&mut slow, Duration::from_secs(5)).expect("slow client was not closed");
+    assert!(closed < Duration::from_millis(1450), "closed after {closed:?}");
+    assert!(
+        eventually(Duration::from_secs(2), || (gw
+            .metric("gateway_http_refusals_total", &[("reason", "header_timeout")])
+            >= 1.0)
+            .then_some(()))
+        .is_some()
+    );
+
+    // An idle keep-alive connection is closed after idle_timeout (1.5 s).
+    let mut idle = TcpStream::connect(gw.ports.listen).unwrap();
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed = time_to_close(&mut idle, Duration::from_secs(5)).expect("idle connection was not closed");
+    assert!(closed >= Duration::from_millis(1000), "closed too early: {closed:?}");
+}

@@ -1,0 +1,411 @@
+//! Starts and stops the pieces end-to-end tests need: gatewayd with a temporary config,
+//! upstream HTTP servers with observable behaviour, and clients. Readiness is awaited by
+//! polling, never by fixed sleeps.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatewayd");
+
+/// A free loopback port (bound then released; the small race is acceptable in tests).
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr")
+}
+
+/// Addresses and paths a config template can use.
+pub struct Ports {
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+    pub dir: PathBuf,
+}
+
+/// A running gatewayd.
+pub struct Gateway {
+    child: Option<Child>,
+    pub ports: Ports,
+    pub config_path: PathBuf,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Writes the config produced by `config` and starts gatewayd; panics if it does not become
+    /// ready within 20 s (with its stderr in the message).
+    pub fn start(config: impl Fn(&Ports) -> String) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = Ports { listen: free_port(), metrics: free_port(), dir: dir.path().to_owned() };
+        let config_path = dir.path().join("gatewayd.toml");
+        std::fs::write(&config_path, config(&ports)).expect("write config");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn gatewayd");
+        let mut gw = Gateway { child: Some(child), ports, config_path, stderr_path, _dir: dir };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("gatewayd exited early with {status}:\n{}", self.stderr());
+            }
+            if raw_get(self.ports.metrics, "/readyz").is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("gatewayd not ready in time:\n{}", self.stderr());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ports.listen, path)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("kill");
+    }
+
+    pub fn metrics(&self) -> String {
+        raw_get(self.ports.metrics, "/metrics").expect("scrape metrics")
+    }
+
+    /// Sum of every sample of `name` whose labels include all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(), name, labels)
+    }
+
+    /// Rewrites the config, sends SIGHUP and waits for the reload to be counted.
+    pub fn reload(&self, config: &str) -> bool {
+        let ok_before = self.metric("gateway_config_reloads_total", &[("result", "ok")]);
+        let err_before = self.metric("gateway_config_reloads_total", &[("result", "error")]);
+        std::fs::write(&self.config_path, config).expect("write config");
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        let ok = eventually(Duration::from_secs(10), || {
+            let ok = self.metric("gateway_config_reloads_total", &[("result", "ok")]);
+            let err = self.metric("gateway_config_reloads_total", &[("result", "error")]);
+            (ok > ok_before || err > err_before).then_some(ok > ok_before)
+        });
+        ok.unwrap_or_else(|| panic!("reload was not counted:\n{}", self.stderr()))
+    }
+
+    /// Waits for the process to exit (after a signal) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gatewayd did not exit in time:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn audit_lines(&self, path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
+            .collect()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or gives up after `timeout`.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            if metric != name {
+                return None;
+            }
+            let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// A one-shot HTTP/1.1 GET over a plain socket; returns the raw response text.
+pub fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+}
+
+/// Sends raw bytes and reads until the server closes (or 10 s pass).
+pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(bytes)?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A simple response as tests see it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("read body").to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body }
+}
+
+pub async fn get(url: &str) -> Reply {
+    send(&client(), Request::get(url).body(Full::default()).expect("request")).await
+}
+
+/// A request builder shortcut with a Host header.
+pub fn req(method: &str, url: &str, host: &str) -> http::request::Builder {
+    Request::builder().method(method).uri(url).header("host", host)
+}
+
+/// An upstream HTTP server with observable behaviour:
+/// - `/slow/<ms>`: waits, then echoes;
+/// - `/status/<code>`: answers that status;
+/// - `/bytes/<n>`: n bytes of body;
+/// - anything else: JSON echo of the request (method, path, query, headers, body length, name).
+///
+/// It counts accepted connections and requests, and the requests in flight.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub in_flight: Arc<AtomicUsize>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn start(name: &'static str) -> Upstream {
+        Self::start_on(name, free_port())
+    }
+
+    pub fn start_on(name: &'static str, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).expect("bind upstream");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let counters = (connections.clone(), requests.clone(), in_flight.clone());
+        let thread = std::thread::spawn(move || {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => return,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            counters.0.fetch_add(1, Ordering::SeqCst);
+                            let c = counters.clone();
+                            tokio::spawn(async move {
+                                let svc = service_fn(move |req| {
+                                    let c = c.clone();
+                                    async move { Ok::<_, Infallible>(upstream_handle(name, req, &c).await) }
+                                });
+                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        Upstream { addr, connections, requests, in_flight, shutdown: Some(tx), thread: Some(thread) }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Counters = (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>);
+
+async fn upstream_handle(name: &'static str, req: Request<Incoming>, c: &Counters) -> Response<Full<Bytes>> {
+    c.1.fetch_add(1, Ordering::SeqCst);
+    c.2.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_owned();
+    let mut seg = path.trim_start_matches('/').splitn(2, '/');
+    let resp = match (seg.next().unwrap_or(""), seg.next()) {
+        ("status", Some(code)) => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"status\n")));
+            *r.status_mut() =
+                code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            r
+        }
+        ("bytes", Some(n)) => Response::new(Full::new(Bytes::from(vec![b'x'; n.parse().unwrap_or(0)]))),
+        (first, rest) => {
+            if let ("slow", Some(ms)) = (first, rest) {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            }
+            echo(name, req).await
+        }
+    };
+    c.2.fetch_sub(1, Ordering::SeqCst);
+    resp
+}
+
+async fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let headers: HashMap<String, Vec<String>> = parts
+        .headers
+        .keys()
+        .map(|k| {
+            (
+                k.to_string(),
+                parts.headers.get_all(k).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect(),
+            )
+        })
+        .collect();
+    let v = serde_json::json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert("connection", http::HeaderValue::from_static("keep-alive, x-upstream-private"));
+    r.headers_mut().insert("x-upstream-private", http::HeaderValue::from_static("secret"));
+    r
+}
+
+/// A config with one listener, metrics, and the given extra TOML (services, routes, …).
+pub fn basic_config(p: &Ports, workers: usize, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+workers = {workers}
+drain_timeout = "10s"
+
+[[listeners]]
+name = "public"
+bind = "{listen}"
+
+[metrics]
+bind = "{metrics}"
+proc_root = "/proc"
+
+[admin]
+socket = ""
+
+{extra}
+"#,
+        listen = p.listen,
+        metrics = p.metrics,
+    )
+}
