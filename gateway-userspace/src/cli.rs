@@ -11,6 +11,11 @@ pub struct Cli {
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Admin socket of the running daemon. Default: `admin.socket` from --config, else
+    /// /run/gatewayd/admin.sock.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -26,4 +31,8 @@ pub enum Command {
     },
     /// Print the embedded default configuration.
     Defaults,
+    /// Ask the running daemon (through its admin socket) to reload its configuration.
+    Reload,
+    /// Show the running daemon's status (through its admin socket).
+    Status,
 }

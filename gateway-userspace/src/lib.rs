@@ -1,5 +1,6 @@
 //! gatewayd: an eBPF-accelerated edge gateway. See ARCHITECTURE.md for the map.
 
+pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -1,43 +1,69 @@
 //! `gatewayd`: a thin script over the library.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use gateway_userspace::{
+    admin,
     cli::{Cli, Command},
     config::{Config, EMBEDDED_DEFAULTS},
     daemon,
 };
+use http::Method;
+
+const DEFAULT_ADMIN_SOCKET: &str = "/run/gatewayd/admin.sock";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => match daemon::run(cli.config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("gatewayd: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::CheckConfig { file } => match Config::load_file(&file) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} listeners, {} services, {} routes)",
-                    file.display(),
-                    c.listeners.len(),
-                    c.services.len(),
-                    c.routes.routes().len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+    let result = match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::Run => daemon::run(cli.config.clone()).map_err(|e| e.to_string()),
+        Command::CheckConfig { file } => check_config(file),
         Command::Defaults => {
             print!("{EMBEDDED_DEFAULTS}");
-            ExitCode::SUCCESS
+            Ok(())
+        }
+        Command::Reload => admin_call(&cli, Method::POST, "/v1/reload"),
+        Command::Status => admin_call(&cli, Method::GET, "/v1/status"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatewayd: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn check_config(file: &std::path::Path) -> Result<(), String> {
+    let c = Config::load_file(file).map_err(|e| e.to_string())?;
+    println!(
+        "{}: ok ({} listeners, {} services, {} routes)",
+        file.display(),
+        c.listeners.len(),
+        c.services.len(),
+        c.routes.routes().len()
+    );
+    Ok(())
+}
+
+/// The admin socket: --admin-socket, else the one --config names, else the default.
+fn admin_socket(cli: &Cli) -> Result<PathBuf, String> {
+    if let Some(p) = &cli.admin_socket {
+        return Ok(p.clone());
+    }
+    match &cli.config {
+        Some(file) => {
+            let c = Config::load_file(file).map_err(|e| e.to_string())?;
+            c.admin_socket
+                .ok_or_else(|| format!("{}: the admin socket is disabled (admin.socket = \"\")", file.display()))
+        }
+        None => Ok(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+    }
+}
+
+fn admin_call(cli: &Cli, method: Method, path: &str) -> Result<(), String> {
+    let socket = admin_socket(cli)?;
+    let answer = admin::call_blocking(&socket, method, path, None).map_err(|e| e.to_string())?;
+    println!("{answer:#}");
+    Ok(())
 }

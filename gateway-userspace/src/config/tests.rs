@@ -139,3 +139,10 @@ fn sizes_and_durations_parse() {
     assert_eq!(c.server.limits.max_header_bytes, 16384);
     assert_eq!(c.server.limits.idle_timeout, std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn packaged_example_config_is_valid() {
+    let text = include_str!("../../../packaging/gatewayd.toml");
+    let c = Config::load_str(text, "packaging/gatewayd.toml").unwrap();
+    assert_eq!(c.routes.routes().len(), 1);
+}

@@ -76,3 +76,38 @@ async fn connections_spread_over_several_workers() {
         .count();
     assert!(busy > 1, "all connections landed on one worker:\n{m}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_socket_reports_status_and_reloads() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| {
+        basic_config(p, 1, &routes(&u, ""))
+            .replace("socket = \"\"", &format!("socket = \"{}\"", p.dir.join("admin.sock").display()))
+    });
+    let socket = gw.ports.dir.join("admin.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the admin socket is private");
+    let run =
+        |args: &[&str]| std::process::Command::new(BIN).arg("--admin-socket").arg(&socket).args(args).output().unwrap();
+    let out = run(&["status"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["ready"], true);
+
+    let with_two = std::fs::read_to_string(&gw.config_path).unwrap()
+        + "[[routes]]\nname = \"two\"\nservice = \"s\"\npaths = [\"/two\"]\n";
+    std::fs::write(&gw.config_path, &with_two).unwrap();
+    let out = run(&["reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(get(&gw.url("/two")).await.status.as_u16(), 200);
+
+    std::fs::write(&gw.config_path, with_two.replace("[\"/two\"]", "[\"two\"]")).unwrap();
+    let out = run(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "a refused reload is an error for the CLI");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("routes[1].paths[0]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

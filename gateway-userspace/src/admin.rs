@@ -1,0 +1,202 @@
+//! The local admin endpoint: HTTP/1.1 on a unix socket (mode 0600, so only the service user and
+//! root can use it). `gatewayd` subcommands are its client. Commands that change daemon state
+//! are sent to the control loop, which owns that state.
+
+use std::{
+    convert::Infallible,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::{
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+use crate::state::SharedState;
+
+/// Largest admin request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A command for the control loop, with where to send the answer.
+pub enum AdminCommand {
+    Reload(oneshot::Sender<Result<u64, String>>),
+}
+
+#[derive(Debug, Error)]
+pub enum AdminError {
+    #[error("admin socket {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("admin request failed: {0}")]
+    Http(String),
+    #[error("admin endpoint answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+}
+
+pub struct AdminServer {
+    shared: Arc<SharedState>,
+    commands: mpsc::Sender<AdminCommand>,
+}
+
+impl AdminServer {
+    /// Binds the socket (replacing a stale one) and serves on the current runtime.
+    pub fn start(
+        path: &Path,
+        shared: Arc<SharedState>,
+        commands: mpsc::Sender<AdminCommand>,
+    ) -> Result<(), AdminError> {
+        let io = |source| AdminError::Io { path: path.display().to_string(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let server = Arc::new(AdminServer { shared, commands });
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(req).await) }
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let Ok(body) = Limited::new(body, MAX_BODY).collect().await.map(|b| b.to_bytes()) else {
+            return json(StatusCode::PAYLOAD_TOO_LARGE, &serde_json::json!({"error": "body_too_large"}));
+        };
+        tracing::info!(method = %parts.method, path = parts.uri.path(), "admin request");
+        match (&parts.method, parts.uri.path()) {
+            (&Method::GET, "/v1/status") => self.status(),
+            (&Method::POST, "/v1/reload") => self.reload().await,
+            _ => {
+                drop(body);
+                json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}))
+            }
+        }
+    }
+
+    fn status(&self) -> Response<Full<Bytes>> {
+        let s = self.shared.snapshot.load();
+        let listeners: Vec<_> = s
+            .config
+            .listeners
+            .iter()
+            .map(|l| serde_json::json!({"name": &*l.name, "bind": l.addr.to_string()}))
+            .collect();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config": s.config.source,
+                "generation": s.generation,
+                "workers": s.config.server.workers,
+                "ready": self.shared.readiness.is_ready(),
+                "listeners": listeners,
+                "routes": s.config.routes.routes().len(),
+                "services": s.services.len(),
+            }),
+        )
+    }
+
+    async fn reload(&self) -> Response<Full<Bytes>> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(AdminCommand::Reload(tx)).await.is_err() {
+            return json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "shutting_down"}));
+        }
+        match rx.await {
+            Ok(Ok(generation)) => {
+                json(StatusCode::OK, &serde_json::json!({"reloaded": true, "generation": generation}))
+            }
+            Ok(Err(reason)) => {
+                json(StatusCode::UNPROCESSABLE_ENTITY, &serde_json::json!({"reloaded": false, "error": reason}))
+            }
+            Err(_) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "shutting_down"})),
+        }
+    }
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{v}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A client for the admin socket (used by `gatewayd` subcommands).
+pub struct AdminClient {
+    path: PathBuf,
+}
+
+impl AdminClient {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        AdminClient { path: path.into() }
+    }
+
+    /// Sends one request and returns the JSON answer; non-2xx statuses are errors.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, AdminError> {
+        let stream = UnixStream::connect(&self.path)
+            .await
+            .map_err(|source| AdminError::Io { path: self.path.display().to_string(), source })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| AdminError::Http(e.to_string()))?;
+        tokio::spawn(conn);
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "gatewayd")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| AdminError::Http(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| AdminError::Http(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(|e| AdminError::Http(e.to_string()))?.to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if !status.is_success() {
+            return Err(AdminError::Status { status, body: text });
+        }
+        serde_json::from_str(&text).map_err(|e| AdminError::Http(format!("bad JSON from admin endpoint: {e}")))
+    }
+}
+
+/// Runs an admin call from synchronous code (the CLI).
+pub fn call_blocking(
+    path: &Path,
+    method: Method,
+    uri: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, AdminError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AdminError::Http(e.to_string()))?;
+    rt.block_on(AdminClient::new(path).call(method, uri, body))
+}
