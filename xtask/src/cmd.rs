@@ -48,7 +48,7 @@ pub fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|out| out.status.success())
 }
 
-/// Runs `f` and prints how long it took; the label shows up in `test`'s summary too.
+/// Runs `f` and prints its outcome and how long it took.
 pub fn timed<T>(label: &str, f: impl FnOnce() -> Result<T>) -> (Duration, Result<T>) {
     let start = Instant::now();
     let result = f();
@@ -58,6 +58,7 @@ pub fn timed<T>(label: &str, f: impl FnOnce() -> Result<T>) -> (Duration, Result
     (elapsed, result)
 }
 
+/// `1.2s`
 pub fn seconds(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }

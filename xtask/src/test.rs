@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{
     cmd::{cargo, exec, seconds, timed},
@@ -22,20 +22,23 @@ const STEPS: &[(&str, &[&str])] = &[
 ];
 
 pub fn run() -> Result<()> {
-    let mut summary: Vec<(&str, Duration, bool)> = Vec::new();
-    let (elapsed, result) = timed("deps", deps::ensure);
-    summary.push(("deps", elapsed, result.is_ok()));
-    let mut result = result;
-    for (name, args) in STEPS {
-        if result.is_err() {
-            break;
-        }
-        let (elapsed, step) = timed(name, || exec(cargo().args(*args)));
-        summary.push((name, elapsed, step.is_ok()));
-        result = step.map_err(|e| e.context(format!("test step `{name}` failed")));
-    }
+    let mut summary = Vec::new();
+    let result = run_steps(&mut summary);
     print_summary(&summary);
     result
+}
+
+fn run_steps(summary: &mut Vec<(&'static str, Duration, bool)>) -> Result<()> {
+    let mut step = |name: &'static str, f: &dyn Fn() -> Result<()>| {
+        let (elapsed, result) = timed(name, f);
+        summary.push((name, elapsed, result.is_ok()));
+        result.with_context(|| format!("test step `{name}` failed"))
+    };
+    step("deps", &deps::ensure)?;
+    for (name, args) in STEPS {
+        step(name, &|| exec(cargo().args(*args)))?;
+    }
+    Ok(())
 }
 
 fn print_summary(steps: &[(&str, Duration, bool)]) {
