@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod ebpf;
 pub mod error;
 pub mod listener;
 pub mod logging;

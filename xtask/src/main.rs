@@ -1,1 +1,66 @@
-fn main() {}
+//! `cargo xtask`: the project's build and test pipeline. `run` and `test` are the README's contract
+//! and CI runs `test` (`.ci/run`) on fresh machines, so every command installs what it needs first
+//! (see `deps`).
+
+mod build;
+mod cmd;
+mod deps;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test gatewayd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the other commands need: Debian packages, nightly rust-src, bpf-linker.
+    Deps,
+    /// Build the default workspace members (the eBPF programs included).
+    Build(build::Options),
+    /// Build and run gatewayd (release by default) until Ctrl-C.
+    Run(run::Options),
+    /// What CI runs: fmt check, clippy, all tests (eBPF ones included; needs root).
+    Test,
+    /// Kernel-dependent tests (kTLS, old kernels) inside qemu.
+    VmTest,
+    /// Benchmarks against TARGET.
+    Bench {
+        /// What to benchmark.
+        target: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // While still single-threaded (it changes the environment): children such as aya-build look
+    // for bpf-linker in ~/.cargo/bin.
+    match cmd::put_cargo_bin_on_path().and_then(|()| dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            // The whole context chain, without a backtrace: these errors name the failing command.
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Deps => deps::ensure()?,
+        Command::Build(opts) => build::run(&opts)?,
+        Command::Run(opts) => return run::run(&opts),
+        Command::Test => test::run()?,
+        Command::VmTest => bail!("vm-test: not implemented yet"),
+        Command::Bench { target } => bail!("bench {target}: not implemented yet"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,51 @@
+//! `cargo xtask test`: everything CI checks (`.ci/run`), in order, stopping at the first failure.
+//! The eBPF tests attach real programs in private network namespaces, so this runs as root.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    cmd::{cargo, exec, seconds, timed},
+    deps,
+};
+
+/// Cargo invocations, run in the workspace root. No `--workspace`: that would take in
+/// gateway-ebpf, which only builds for the BPF target (gateway-userspace's build script does
+/// that), so these cover the default members.
+const STEPS: &[(&str, &[&str])] = &[
+    ("fmt", &["fmt", "--all", "--", "--check"]),
+    ("clippy", &["clippy", "--locked", "--all-targets", "--", "-D", "warnings"]),
+    // Unit, integration (eBPF in netns included) and doc tests.
+    ("test", &["test", "--locked"]),
+    // Later: vm-test (kernel-dependent tests in qemu) joins here once it exists.
+];
+
+pub fn run() -> Result<()> {
+    let mut summary = Vec::new();
+    let result = run_steps(&mut summary);
+    print_summary(&summary);
+    result
+}
+
+fn run_steps(summary: &mut Vec<(&'static str, Duration, bool)>) -> Result<()> {
+    let mut step = |name: &'static str, f: &dyn Fn() -> Result<()>| {
+        let (elapsed, result) = timed(name, f);
+        summary.push((name, elapsed, result.is_ok()));
+        result.with_context(|| format!("test step `{name}` failed"))
+    };
+    step("deps", &deps::ensure)?;
+    for (name, args) in STEPS {
+        step(name, &|| exec(cargo().args(*args)))?;
+    }
+    Ok(())
+}
+
+fn print_summary(steps: &[(&str, Duration, bool)]) {
+    eprintln!("\nxtask test summary:");
+    for (name, elapsed, ok) in steps {
+        eprintln!("  {:<6}  {:<7}  {:>8}", if *ok { "ok" } else { "FAILED" }, name, seconds(*elapsed));
+    }
+    let total: Duration = steps.iter().map(|(_, elapsed, _)| *elapsed).sum();
+    eprintln!("  total            {:>8}", seconds(total));
+}
