@@ -13,7 +13,7 @@ use thiserror::Error;
 
 pub use schema::{LbAlgorithm, LogFormat};
 
-use crate::{route::RouteTable, upstream::ServiceSpec};
+use crate::{budget::BudgetSpec, kv::KvSpec, ratelimit::LayerSpec, route::RouteTable, upstream::ServiceSpec};
 
 /// The configuration `gatewayd` runs on when started without `--config`: HTTP on
 /// 127.0.0.1:8080, metrics on 127.0.0.1:9090, and `/demo` routed to the built-in demo upstream.
@@ -32,6 +32,12 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     pub routes: RouteTable,
     pub demo: Option<SocketAddr>,
+    /// `[redis]`, shared by the fleet.
+    pub redis: Option<KvSpec>,
+    /// `[[rate_limits]]`, in evaluation order.
+    pub rate_limits: Vec<LayerSpec>,
+    /// `[[token_budgets]]`.
+    pub token_budgets: Vec<BudgetSpec>,
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,7 @@ use crate::{
     listener::socket,
     logging,
     metrics::{Metrics, Readiness, host::HostCollector, host::WorkerThreads, server::MetricsServer},
+    ratelimit::LimitState,
     snapshot::Snapshot,
     state::{PartsHolder, SharedState, StateError},
     systemd,
@@ -93,7 +94,8 @@ impl Daemon {
     async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, DaemonError> {
         let mut registry = Registry::default();
         let audit_metrics = AuditMetrics::register(&mut registry);
-        let parts = PartsHolder::default();
+        let limits = LimitState::register(&mut registry);
+        let parts = PartsHolder::default().with_limits(limits.clone());
         let phase_parts = parts.phase_parts(&config, &audit_metrics)?;
         let metrics_spec = config.metrics.clone();
         let demo = config.demo;
@@ -123,6 +125,9 @@ impl Daemon {
             AdminServer::start(path, shared.clone(), admin_tx)?;
             tracing::info!(socket = %path.display(), "admin endpoint listening");
         }
+        // Redis-backed policies should not start on their fail mode just because the first
+        // connection attempt is still in flight.
+        limits.settled().await;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut daemon = Daemon { shared, config_path, shutdown, workers: Vec::new(), events, admin };

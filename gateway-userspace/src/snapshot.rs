@@ -2,11 +2,16 @@
 //! ordered phases. Built off the request path, swapped atomically on reload; in-flight
 //! requests finish on the snapshot they started with.
 
+use std::sync::Arc;
+
 use crate::{
     audit::{AuditPhase, AuditSink},
+    budget::BudgetPhase,
     config::Config,
+    kv::Kv,
     metrics::RequestMetrics,
     pipeline::{LatencyHeaders, Phase, Pipeline},
+    ratelimit::{LimitState, RateLimitPhase},
     upstream::Service,
 };
 
@@ -38,6 +43,10 @@ impl std::ops::Deref for SnapshotArc {
 /// Long-lived parts a snapshot's phases hold on to (they outlive any one snapshot).
 pub struct PhaseParts {
     pub audit: Option<AuditSink>,
+    /// Rate-limit and budget stores, clock and metrics.
+    pub limits: Arc<LimitState>,
+    /// The `[redis]` handle, when configured.
+    pub kv: Option<Kv>,
 }
 
 impl Snapshot {
@@ -50,13 +59,22 @@ impl Snapshot {
                 Service::new(spec.clone(), old)
             })
             .collect();
-        Snapshot { generation, config, services, pipeline: standard_pipeline(parts) }
+        let pipeline = standard_pipeline(&config, parts);
+        Snapshot { generation, config, services, pipeline }
     }
 }
 
 /// The phases, in order. Request hooks run in this order; so do response and log hooks.
-fn standard_pipeline(parts: PhaseParts) -> Pipeline {
-    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(LatencyHeaders), Box::new(RequestMetrics)];
+fn standard_pipeline(config: &Config, parts: PhaseParts) -> Pipeline {
+    let mut phases: Vec<Box<dyn Phase>> = Vec::new();
+    if !config.rate_limits.is_empty() {
+        phases.push(Box::new(RateLimitPhase::new(config, parts.limits.clone(), parts.kv.clone())));
+    }
+    if !config.token_budgets.is_empty() {
+        phases.push(Box::new(BudgetPhase::new(config, parts.limits.clone(), parts.kv.clone())));
+    }
+    phases.push(Box::new(LatencyHeaders));
+    phases.push(Box::new(RequestMetrics));
     if let Some(sink) = parts.audit {
         phases.push(Box::new(AuditPhase(sink)));
     }

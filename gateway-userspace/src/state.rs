@@ -1,6 +1,6 @@
 //! Process-wide state shared by the control thread and the workers.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -10,6 +10,7 @@ use crate::{
     audit::{AuditMetrics, AuditSink},
     config::Config,
     metrics::{Metrics, Readiness, host::WorkerThreads},
+    ratelimit::{LimitMetrics, LimitState, SystemClock},
     snapshot::{PhaseParts, Snapshot},
 };
 
@@ -34,9 +35,24 @@ pub struct SharedState {
 #[derive(Default)]
 pub struct PartsHolder {
     audit: Mutex<Option<AuditSink>>,
+    limits: OnceLock<Arc<LimitState>>,
 }
 
 impl PartsHolder {
+    /// Uses `limits` (registered with the metrics) for rate limits and budgets.
+    pub fn with_limits(self, limits: Arc<LimitState>) -> Self {
+        let _ = self.limits.set(limits);
+        self
+    }
+
+    /// Limiter state kept across reloads (memory counters survive, the Redis handle is reused
+    /// while `[redis]` is unchanged).
+    pub fn limits(&self) -> &Arc<LimitState> {
+        self.limits.get_or_init(|| {
+            Arc::new(LimitState::new(Arc::new(SystemClock), Arc::new(LimitMetrics::default()), Default::default()))
+        })
+    }
+
     /// The phases' long-lived parts for `config`: the audit writer is reused while its path
     /// stays the same, so a reload neither reorders nor loses lines.
     pub fn phase_parts(&self, config: &Config, audit_metrics: &AuditMetrics) -> Result<PhaseParts, StateError> {
@@ -52,7 +68,9 @@ impl PartsHolder {
             },
         };
         current.clone_from(&audit);
-        Ok(PhaseParts { audit })
+        let limits = self.limits().clone();
+        let kv = limits.kv_for(config.redis.as_ref());
+        Ok(PhaseParts { audit, limits, kv })
     }
 
     pub fn reopen_audit(&self) {

@@ -6,6 +6,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
+mod limits;
+pub use limits::*;
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +31,14 @@ pub struct FileConfig {
     /// The built-in demo upstream (used by the embedded defaults). Default: off.
     #[serde(default)]
     pub demo: DemoSection,
+    /// Redis shared by the fleet. Default: none.
+    pub redis: Option<RedisSection>,
+    /// Rate-limit layers, in evaluation order. Default: none.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSection>,
+    /// Daily token budgets. Default: none.
+    #[serde(default)]
+    pub token_budgets: Vec<TokenBudgetSection>,
 }
 
 /// `[server]`: process-wide settings.

@@ -21,6 +21,8 @@ use crate::{
     upstream::ServiceSpec,
 };
 
+mod limits;
+
 const DEFAULT_AUDIT_QUEUE: usize = 65_536;
 const DEFAULT_DEMO_BIND: &str = "127.0.0.1:8081";
 
@@ -78,7 +80,24 @@ impl Validator<'_> {
             None
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
-        Config { source: self.file.to_owned(), server, listeners, metrics, audit, admin_socket, services, routes, demo }
+        let redis = self.redis(&f);
+        let mut layer_names = HashSet::new();
+        let rate_limits = self.rate_limits(&f, redis.is_some(), &mut layer_names);
+        let token_budgets = self.token_budgets(&f, redis.is_some(), &mut layer_names);
+        Config {
+            source: self.file.to_owned(),
+            server,
+            listeners,
+            metrics,
+            audit,
+            admin_socket,
+            services,
+            routes,
+            demo,
+            redis,
+            rate_limits,
+            token_budgets,
+        }
     }
 
     fn server(&mut self, f: &FileConfig) -> ServerSettings {
