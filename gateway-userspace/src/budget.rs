@@ -41,8 +41,8 @@ use crate::{
     pipeline::{Phase, RequestCtx, Step},
     ratelimit::{
         Backend, DecisionCounters, DecisionResult, Key, KeySource, LimitState, key,
-        poll_once, unreachable_wait,
         memory::{ShardedStore, Slot},
+        poll_once, unreachable_wait,
     },
 };
 
@@ -127,12 +127,13 @@ impl Slot for BudgetSlot {
     }
 }
 
-/// KEYS: the day's counter. ARGV: tokens, expiry (Unix ms). Returns the new total.
+/// KEYS: the day's counter. ARGV: tokens, time to live (ms; relative, so the Redis clock does
+/// not have to agree with ours). Returns the new total.
 static CHARGE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local used = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return used
 ",
     )
@@ -182,7 +183,9 @@ impl Budgets {
     /// Tokens used so far on `day`.
     pub async fn used(&self, counter: &Counter, day: Day) -> Result<u64, KvError> {
         match (&counter.redis_key, &self.kv) {
-            (Some(k), Some(kv)) => Ok(kv.query::<Option<u64>>("budget_check", redis::cmd("GET").arg(k)).await?.unwrap_or(0)),
+            (Some(k), Some(kv)) => {
+                Ok(kv.query::<Option<u64>>("budget_check", redis::cmd("GET").arg(k)).await?.unwrap_or(0))
+            }
             (Some(_), None) => Err(KvError::Unavailable),
             (None, _) => Ok(self.used_memory(counter, day)),
         }
@@ -199,7 +202,7 @@ impl Budgets {
                 let (kv2, key) = (kv.clone(), k.clone());
                 kv.spawn_detached("budget_charge", async move {
                     let mut call = CHARGE.prepare_invoke();
-                    call.key(&key).arg(tokens).arg(day.ends_ms + KEEP_AFTER_DAY);
+                    call.key(&key).arg(tokens).arg((day.ends_ms + KEEP_AFTER_DAY).saturating_sub(now_ms).max(1));
                     if let Err(e) = kv2.script::<u64>("budget_charge", &call).await {
                         tracing::debug!(error = %e, tokens, "token budget charge lost");
                     }

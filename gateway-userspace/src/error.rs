@@ -80,6 +80,16 @@ impl GatewayError {
         }
     }
 
+    /// Server errors whose cause is already logged once where it happened (a Redis outage), so
+    /// a refusal per request would only flood the log.
+    pub fn logged_at_source(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::RateLimit(RateLimitError::Unavailable { .. })
+                | GatewayError::Budget(BudgetError::Unavailable { .. })
+        )
+    }
+
     /// When the client may try again (`Retry-After`, whole seconds, at least one).
     pub fn retry_after(&self) -> Option<u64> {
         let after = match self {

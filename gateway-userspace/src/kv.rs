@@ -309,7 +309,9 @@ async fn supervise(weak: Weak<Inner>) {
                     inner.conn.store(Some(Arc::new(c)));
                     inner.metrics.set_up(&inner.target, true);
                     match down_since.take() {
-                        Some(since) => tracing::info!(target_addr = %inner.target, down_for = ?since.elapsed(), "redis reachable again"),
+                        Some(since) => {
+                            tracing::info!(target_addr = %inner.target, down_for = ?since.elapsed(), "redis reachable again")
+                        }
                         None => tracing::info!(target_addr = %inner.target, "redis connected"),
                     }
                     failures = 0;

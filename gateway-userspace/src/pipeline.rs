@@ -228,7 +228,7 @@ fn proxied_response(
 
 fn refusal(mut ctx: Box<RequestCtx>, snapshot: &Snapshot, error: &GatewayError) -> Response<ResponseBody> {
     let status = error.status();
-    if status.is_server_error() {
+    if status.is_server_error() && !error.logged_at_source() {
         tracing::warn!(request_id = ?ctx.request_id, reason = error.reason(), error = %error, "request failed");
     } else {
         tracing::debug!(request_id = ?ctx.request_id, reason = error.reason(), error = %error, "request refused");

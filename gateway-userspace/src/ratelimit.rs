@@ -136,7 +136,9 @@ impl LimitState {
         if let Some(kv) = kv {
             let within = kv.spec().connect_timeout + Duration::from_millis(200);
             if !kv.settled(within).await {
-                tracing::warn!("starting without redis; policies that use it apply their on_redis_error mode until it is reachable");
+                tracing::warn!(
+                    "starting without redis; policies that use it apply their on_redis_error mode until it is reachable"
+                );
             }
         }
     }
@@ -302,7 +304,9 @@ fn conclude(
         Err(source) => {
             counters.count(worker, DecisionResult::Error);
             match layer.backend {
-                Backend::Redis(FailMode::Closed) => Err(RateLimitError::Unavailable { layer: layer.name.clone(), source }),
+                Backend::Redis(FailMode::Closed) => {
+                    Err(RateLimitError::Unavailable { layer: layer.name.clone(), source })
+                }
                 _ => Ok(()),
             }
         }

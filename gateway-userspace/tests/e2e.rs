@@ -4,11 +4,13 @@
 mod e2e {
     pub mod support;
 
+    mod budget;
     mod config_cli;
     mod headers;
     mod lifecycle;
     mod limits;
     mod observability;
+    mod ratelimit;
     mod routing;
     mod upstreams;
 }

@@ -56,7 +56,8 @@ impl Zone {
         let now = Timestamp::from_millisecond(i64::try_from(now_ms).ok()?).ok()?;
         let date = now.to_zoned_datetime(self.tz.clone()).date();
         let next = date.tomorrow().ok()?.to_zoned_datetime(self.tz.clone()).ok()?;
-        let id = u32::try_from(i32::from(date.year()) * 10_000 + i32::from(date.month()) * 100 + i32::from(date.day())).ok()?;
+        let id = u32::try_from(i32::from(date.year()) * 10_000 + i32::from(date.month()) * 100 + i32::from(date.day()))
+            .ok()?;
         Some(Day { id, ends_ms: u64::try_from(next.timestamp().as_millisecond()).ok()? })
     }
 }

@@ -18,11 +18,7 @@ use memchr::memmem;
 use serde_json::Value;
 
 use super::request::RequestFacts;
-use crate::{
-    pipeline::RequestCtx,
-    proxy::BodyObserver,
-    ratelimit::LimitMetrics,
-};
+use crate::{pipeline::RequestCtx, proxy::BodyObserver, ratelimit::LimitMetrics};
 
 /// Largest JSON body (request or response) copied for parsing; larger ones are not read.
 pub const MAX_JSON_COPY: usize = 1 << 20;
@@ -107,7 +103,10 @@ fn array(v: Option<&Value>) -> impl Iterator<Item = &Value> {
 
 /// How the body is read.
 enum Reader {
-    Json { copy: Vec<u8>, too_large: bool },
+    Json {
+        copy: Vec<u8>,
+        too_large: bool,
+    },
     Sse(Sse),
     /// Neither JSON nor SSE: only the header (if any) can say.
     Opaque,

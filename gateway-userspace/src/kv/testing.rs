@@ -117,8 +117,9 @@ impl RedisCluster {
             let (port, bus) = (free_port(), free_port());
             let node_dir = dir.path().join(format!("n{i}"));
             std::fs::create_dir(&node_dir).expect("node dir");
-            let extra = ["--cluster-enabled", "yes", "--cluster-port", &bus.to_string(), "--cluster-node-timeout", "5000"]
-                .map(String::from);
+            let extra =
+                ["--cluster-enabled", "yes", "--cluster-port", &bus.to_string(), "--cluster-node-timeout", "5000"]
+                    .map(String::from);
             children.push(spawn_redis(&node_dir, port, &extra));
             ports.push(port);
         }

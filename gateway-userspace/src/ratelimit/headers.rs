@@ -126,10 +126,7 @@ mod tests {
     #[test]
     fn the_tightest_layer_of_a_window_wins() {
         let mut h = HeaderMap::new();
-        apply(
-            &[d("a", Window::Minute, 100, 50, 10_000, true), d("b", Window::Minute, 10, 0, 12_500, false)],
-            &mut h,
-        );
+        apply(&[d("a", Window::Minute, 100, 50, 10_000, true), d("b", Window::Minute, 10, 0, 12_500, false)], &mut h);
         assert_eq!(h["x-ratelimit-limit-minute"], "10");
         assert_eq!(h["x-ratelimit-remaining-minute"], "0");
         assert_eq!(h["x-ratelimit-reset"], "1700000013");

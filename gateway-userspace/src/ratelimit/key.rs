@@ -198,10 +198,7 @@ mod tests {
     #[test]
     fn sources_parse() {
         assert_eq!("ip".parse::<KeySource>(), Ok(KeySource::Ip));
-        assert_eq!(
-            "header:X-Tenant".parse::<KeySource>(),
-            Ok(KeySource::Header(HeaderName::from_static("x-tenant")))
-        );
+        assert_eq!("header:X-Tenant".parse::<KeySource>(), Ok(KeySource::Header(HeaderName::from_static("x-tenant"))));
         assert!("header:bad name".parse::<KeySource>().is_err());
         assert!("cookie".parse::<KeySource>().unwrap_err().contains("unknown key"));
     }

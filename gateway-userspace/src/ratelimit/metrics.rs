@@ -105,7 +105,10 @@ impl LimitMetrics {
 
     pub fn uncounted(&self, route: &Arc<str>, reason: &'static str) {
         self.uncounted
-            .get_or_create(&Labels([("route", LabelValue::Shared(route.clone())), ("reason", LabelValue::Static(reason))]))
+            .get_or_create(&Labels([
+                ("route", LabelValue::Shared(route.clone())),
+                ("reason", LabelValue::Static(reason)),
+            ]))
             .inc();
     }
 }

@@ -168,7 +168,8 @@ mod tests {
     #[test]
     fn retry_after_is_the_first_admitting_instant() {
         let t = 1000;
-        for (prev, cur, limit) in [(10, 0, 10), (10, 5, 10), (0, 10, 10), (7, 3, 10), (3, 10, 10), (1, 0, 1), (25, 4, 20), (0, 30, 10)]
+        for (prev, cur, limit) in
+            [(10, 0, 10), (10, 5, 10), (0, 10, 10), (7, 3, 10), (3, 10, 10), (1, 0, 1), (25, 4, 20), (0, 30, 10)]
         {
             for now in [5_000, 5_001, 5_250, 5_500, 5_999] {
                 let pos = Position::of(now, t);
@@ -176,9 +177,12 @@ mod tests {
                     continue;
                 }
                 let expected = brute_force(prev, cur, now, t, limit);
-                assert_eq!(retry_after(prev, cur, pos, limit), expected, "prev={prev} cur={cur} limit={limit} now={now}");
+                assert_eq!(
+                    retry_after(prev, cur, pos, limit),
+                    expected,
+                    "prev={prev} cur={cur} limit={limit} now={now}"
+                );
             }
         }
     }
-
 }
