@@ -340,7 +340,8 @@ impl BudgetPhase {
 
     /// Starts reading the request body for the model and MCP tool calls (JSON bodies only).
     fn observe_request(ctx: &mut RequestCtx, head: &http_request::Parts) {
-        if !is_json(head.headers.get(header::CONTENT_TYPE)) {
+        let declared = head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if !is_json(head.headers.get(header::CONTENT_TYPE)) || declared.is_some_and(|n| n > usage::MAX_JSON_COPY) {
             return;
         }
         let facts = Arc::new(Mutex::new(RequestFacts::default()));

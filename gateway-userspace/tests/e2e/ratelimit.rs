@@ -320,3 +320,16 @@ fn a_redis_cluster_keeps_exact_counts_per_key() {
     }
     assert_eq!(gw.metric("gateway_redis_up", &[]), 1.0);
 }
+
+#[test]
+fn counters_survive_a_reload() {
+    let u = Upstream::start("u");
+    let layer = "[[rate_limits]]\nname = \"r\"\nkey = \"ip\"\nlimit = 2\nwindow = \"hour\"\n";
+    let gw = Gateway::start(|p| config(p, 1, &u, layer));
+    clear_of_window_edge(3600, 30);
+    assert_eq!(request(gw.ports.listen, "/v1/x", &[]).status, 200);
+    assert_eq!(request(gw.ports.listen, "/v1/x", &[]).status, 200);
+    let changed = config(&gw.ports, 1, &u, &format!("{layer}overrides = {{ \"10.9.9.9\" = 50 }}\n"));
+    assert!(gw.reload(&changed), "reloaded:\n{}", gw.stderr());
+    assert_eq!(request(gw.ports.listen, "/v1/x", &[]).status, 429, "the count survived the reload");
+}

@@ -244,3 +244,146 @@ fn window(w: WindowName) -> Window {
         WindowName::Day => Window::Day,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, Problem};
+
+    const BASE: &str = r#"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:18080"
+
+[metrics]
+bind = "127.0.0.1:19090"
+
+[[services]]
+name = "s"
+targets = ["127.0.0.1:5000"]
+
+[[routes]]
+name = "chat"
+service = "s"
+paths = ["/v1"]
+"#;
+
+    fn load(extra: &str) -> Result<Config, Vec<Problem>> {
+        match Config::load_str(&format!("{BASE}{extra}"), "t.toml") {
+            Ok(c) => Ok(c),
+            Err(ConfigError::Invalid(p)) => Err(p),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn keys(extra: &str) -> Vec<String> {
+        load(extra).expect_err("invalid").into_iter().map(|p| format!("{}: {}", p.key, p.reason)).collect()
+    }
+
+    #[test]
+    fn the_seed_layers_load() {
+        let c = load(
+            r#"
+[redis]
+url = "redis://:secret@127.0.0.1:6379/0"
+
+[[rate_limits]]
+name = "per-ip"
+key = "ip"
+limit = 100
+window = "minute"
+
+[[rate_limits]]
+name = "per-user"
+routes = ["chat"]
+key = ["user", "api_key"]
+limit = 1000
+window = "hour"
+backend = "redis"
+on_redis_error = "fail_open"
+overrides = { "partner-a" = 5000 }
+
+[[token_budgets]]
+name = "workspace-daily"
+daily_tokens = 1000000
+timezone = "+02:00"
+usage_header = "x-usage-tokens"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.rate_limits.len(), 2);
+        assert_eq!(c.rate_limits[1].routes, Some(vec![0]));
+        assert_eq!(c.rate_limits[1].backend, crate::ratelimit::Backend::Redis(crate::kv::FailMode::Open));
+        assert_eq!(c.rate_limits[1].overrides["partner-a"], 5000);
+        assert_eq!(c.token_budgets[0].key, vec![crate::ratelimit::KeySource::Workspace], "default key");
+        let redis = c.redis.unwrap();
+        assert_eq!(redis.timeout, std::time::Duration::from_millis(50));
+        assert_eq!(&*redis.key_prefix, "gatewayd");
+    }
+
+    #[test]
+    fn redis_needs_an_explicit_fail_mode_and_a_redis_section() {
+        let k =
+            keys("[[rate_limits]]\nname = \"a\"\nkey = \"ip\"\nlimit = 1\nwindow = \"second\"\nbackend = \"redis\"\n");
+        assert!(k.iter().any(|k| k.starts_with("rate_limits[0].backend: ") && k.contains("[redis]")), "{k:?}");
+        assert!(k.iter().any(|k| k.starts_with("rate_limits[0]: ") && k.contains("on_redis_error")), "{k:?}");
+        let k = keys(
+            "[[rate_limits]]\nname = \"a\"\nkey = \"ip\"\nlimit = 1\nwindow = \"second\"\non_redis_error = \"fail_open\"\n",
+        );
+        assert!(k[0].starts_with("rate_limits[0].on_redis_error: only applies"), "{k:?}");
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let k = keys(
+            r#"
+[redis]
+url = "rediss://10.0.0.1:6380"
+cluster = ["redis://a:1"]
+
+[[rate_limits]]
+name = "bad name"
+routes = ["nope"]
+key = ["ip", "cookie", "ip"]
+limit = 0
+window = "minute"
+ipv6_prefix = 0
+
+[[token_budgets]]
+name = "bad name"
+daily_tokens = 0
+timezone = "Mars/Olympus"
+usage_header = "bad header"
+"#,
+        );
+        for expected in [
+            "redis.cluster: set either url",
+            "rate_limits[0].name: name \"bad name\" must be",
+            "rate_limits[0].routes[0]: unknown route \"nope\"",
+            "rate_limits[0].key[1]: unknown key \"cookie\"",
+            "rate_limits[0].key[2]: key source \"ip\" is listed twice",
+            "rate_limits[0].limit: must be between 1 and",
+            "rate_limits[0].ipv6_prefix: must be between 1 and 128",
+            "token_budgets[0].daily_tokens: must be at least 1",
+            "token_budgets[0].timezone: unknown time zone",
+            "token_budgets[0].usage_header: invalid header name",
+        ] {
+            assert!(k.iter().any(|k| k.starts_with(expected)), "missing {expected:?} in {k:#?}");
+        }
+        let k = keys("[redis]\nurl = \"rediss://h:1\"\n");
+        assert!(k[0].contains("TLS to Redis"), "{k:?}");
+    }
+
+    #[test]
+    fn names_are_unique_across_limits_and_budgets() {
+        let k = keys(
+            "[[rate_limits]]\nname = \"x\"\nkey = \"ip\"\nlimit = 1\nwindow = \"day\"\n[[token_budgets]]\nname = \"x\"\ndaily_tokens = 5\n",
+        );
+        assert!(k[0].starts_with("token_budgets[0].name: name \"x\" is used by another"), "{k:?}");
+    }
+
+    #[test]
+    fn unknown_windows_are_refused_with_the_choices() {
+        let p = load("[[rate_limits]]\nname = \"x\"\nkey = \"ip\"\nlimit = 1\nwindow = \"fortnight\"\n").unwrap_err();
+        assert!(p[0].reason.contains("second") && p[0].reason.contains("day"), "{}", p[0].reason);
+    }
+}
