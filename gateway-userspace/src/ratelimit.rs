@@ -44,7 +44,7 @@ use crate::{
 use memory::{KeyHasher, ShardedStore, WindowSlot};
 use window::{Outcome, Position};
 
-/// Keys per memory store (rate limits, budgets): about 30 MB each when full.
+/// Keys per memory store (rate limits, budgets): a few tens of MB each when full.
 pub const MEMORY_CAPACITY: usize = 1_000_000;
 /// How often dead memory entries are dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
