@@ -33,7 +33,7 @@ const RESULTS: [&str; 3] = ["allowed", "limited", "error"];
 pub struct LimitMetrics {
     decisions: ShardedFamily<Labels<3>, CounterShard>,
     /// (route, layer, worker) → its three counters; reused by later snapshots.
-    resolved: Mutex<HashMap<(Arc<str>, Arc<str>, usize), WorkerCounters>>,
+    resolved: Mutex<HashMap<CountersKey, WorkerCounters>>,
     tokens: Family<TokenLabels, Counter>,
     uncounted: Family<Labels<2>, Counter>,
 }
@@ -112,6 +112,9 @@ impl LimitMetrics {
             .inc();
     }
 }
+
+/// (route, layer, worker).
+type CountersKey = (Arc<str>, Arc<str>, usize);
 
 /// One worker's counters of one (route, layer) pair, indexed by [`DecisionResult`].
 type WorkerCounters = Arc<[Arc<CounterShard>; 3]>;
