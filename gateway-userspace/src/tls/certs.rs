@@ -178,8 +178,6 @@ fn write(path: &Path, contents: &str, mode: u32) -> Result<(), CertsError> {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use rustls::server::danger::ClientCertVerifier;
-
     use super::*;
     use crate::tls::{CertFacts, certified_key, load_certs, load_roots};
 

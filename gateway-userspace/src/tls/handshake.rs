@@ -131,9 +131,9 @@ fn fail(listener: &TlsListener<'_>, peer: SocketAddr, metrics: &WorkerTlsMetrics
     let client_cert = matches!(failure.result, "no_client_cert" | "unknown_ca" | "expired" | "revoked" | "bad_usage");
     if client_cert {
         // Partners' certificate problems are what operators are asked about: say it at info.
-        tracing::info!(listener = %listener.name, %peer, result = failure.result, reason = %failure.detail, "TLS handshake refused: client certificate");
+        tracing::info!(listener = %listener.name, %peer, result = %failure.result, reason = %failure.detail, "TLS handshake refused: client certificate");
     } else {
-        tracing::debug!(listener = %listener.name, %peer, result = failure.result, reason = %failure.detail, "TLS handshake failed");
+        tracing::debug!(listener = %listener.name, %peer, result = %failure.result, reason = %failure.detail, "TLS handshake failed");
     }
 }
 

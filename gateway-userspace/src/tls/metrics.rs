@@ -87,12 +87,13 @@ impl TlsMetrics {
 }
 
 type HandshakeKey = (usize, &'static str, &'static str, &'static str);
+type DurationKey = (usize, &'static str, bool);
 
 /// A worker's handles on its shards, found once per label set.
 pub struct WorkerTlsMetrics {
     shared: Arc<TlsMetrics>,
     handshakes: RefCell<HashMap<HandshakeKey, Arc<CounterShard>>>,
-    durations: RefCell<HashMap<(usize, &'static str, bool), Arc<HistogramShard>>>,
+    durations: RefCell<HashMap<DurationKey, Arc<HistogramShard>>>,
     connections: RefCell<HashMap<(usize, &'static str), Arc<CounterShard>>>,
     /// Keeps the listener names whose addresses key the maps alive.
     names: RefCell<Vec<Arc<str>>>,

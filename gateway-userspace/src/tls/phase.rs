@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue, request};
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::{CertFacts, VerifyStatus};
+use super::{CertFacts, ClientAuth, VerifyStatus};
 use crate::{
     error::GatewayError,
     pipeline::{Phase, RequestCtx, Step},
@@ -78,8 +78,15 @@ impl Phase for ClientCertPhase {
         let conn = ctx.conn.clone();
         let status = conn.tls.as_ref().map_or(VerifyStatus::Absent, |t| t.client_status(&snapshot, &conn.listener));
         head.headers.insert(&CLIENT_CERT_VERIFY, HeaderValue::from_static(status.as_str()));
-        let requirement =
+        let mut requirement =
             ctx.route.and_then(|r| snapshot.config.routes.get(r)).map(|r| r.client_cert).unwrap_or_default();
+        let listener_requires =
+            snapshot.tls.listener(&conn.listener).is_some_and(|s| s.spec.client_auth == ClientAuth::Required);
+        if requirement == ClientCertRequirement::Optional && listener_requires {
+            // The handshake demanded a certificate; one that no longer verifies (a CRL reload)
+            // must not keep the connection useful.
+            requirement = ClientCertRequirement::Required;
+        }
         let facts = match status {
             VerifyStatus::Success => conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()).and_then(|c| c.facts()),
             _ => None,
