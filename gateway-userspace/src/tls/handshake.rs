@@ -80,7 +80,8 @@ pub async fn accept(
     };
     let conn = stream.connection();
     let facts = Facts::of(conn);
-    let mut client_cert = conn.peer_certificates().map(|c| ClientCert::verified(c.to_vec(), listener.generation));
+    // Only listeners with client_auth ask for (and verify) certificates.
+    let client_cert = conn.peer_certificates().map(|c| ClientCert::verified(c.to_vec(), listener.generation));
     if facts.resumed
         && let (Some(cert), Some(trust)) = (&client_cert, &listener.server.spec.client_trust)
         && let Err(e) = trust.verify(&cert.chain)
@@ -89,9 +90,6 @@ pub async fn accept(
         // ticket was issued must not get back in that way.
         fail(&listener, peer, metrics, Failure { result: classify_tls(&e), detail: describe(&e) });
         return None;
-    }
-    if listener.server.spec.client_trust.is_none() {
-        client_cert = None;
     }
     metrics.handshake(listener.name, facts.version, facts.cipher, "ok");
     metrics.handshake_duration(listener.name, facts.version, facts.resumed, start.elapsed().as_secs_f64());
