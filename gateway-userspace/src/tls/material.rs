@@ -285,6 +285,30 @@ mod tests {
     }
 
     #[test]
+    fn every_supported_key_type_loads_and_mismatches_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let algs: [(&str, rcgen::KeyPair); 4] = [
+            ("p256", rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()),
+            ("p384", rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap()),
+            ("ed25519", rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap()),
+            ("rsa", rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap()),
+        ];
+        for (name, key) in &algs {
+            let cert = rcgen::CertificateParams::new(vec![format!("{name}.test")]).unwrap().self_signed(key).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.crt")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+            let (_, facts) =
+                certified_key(&dir.path().join(format!("{name}.crt")), &dir.path().join(format!("{name}.key")))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(facts.dns_names, vec![format!("{name}.test")]);
+        }
+        let err = certified_key(&dir.path().join("p256.crt"), &dir.path().join("p384.key")).unwrap_err();
+        assert!(err.contains("does not match the certificate"), "{err}");
+        let err = certified_key(&dir.path().join("p256.key"), &dir.path().join("p256.key")).unwrap_err();
+        assert!(err.contains("no \"BEGIN CERTIFICATE\" block"), "{err}");
+    }
+
+    #[test]
     fn facts_of_a_generated_certificate() {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["API.example.com".into(), "10.0.0.1".into()]).unwrap();
