@@ -6,7 +6,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use thiserror::Error;
 
 use crate::{
-    budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError, upstream::ConnectError,
+    budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError, tls::ClientCertError,
+    upstream::ConnectError,
 };
 
 #[derive(Debug, Error)]
@@ -17,6 +18,8 @@ pub enum GatewayError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    ClientCert(#[from] ClientCertError),
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
     #[error(transparent)]
@@ -43,6 +46,7 @@ impl GatewayError {
                 ProxyError::ClientBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             },
+            GatewayError::ClientCert(_) => StatusCode::FORBIDDEN,
             GatewayError::RateLimit(RateLimitError::Limited { .. })
             | GatewayError::Budget(BudgetError::Exhausted { .. }) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::RateLimit(RateLimitError::Unavailable { .. })
@@ -68,6 +72,11 @@ impl GatewayError {
                 ProxyError::Upstream(_) => "upstream_reset",
                 ProxyError::ClientBodyTooLarge { .. } => "body_too_large",
                 ProxyError::ClientBody(_) => "client_body_error",
+            },
+            GatewayError::ClientCert(e) => match e {
+                ClientCertError::Required => "client_cert_required",
+                ClientCertError::Invalid => "client_cert_invalid",
+                ClientCertError::UnknownConsumer => "unknown_consumer",
             },
             GatewayError::RateLimit(e) => match e {
                 RateLimitError::Limited { .. } => "rate_limited",
@@ -147,6 +156,9 @@ mod tests {
             (ProxyError::Connect(ConnectError::Timeout(Duration::from_secs(1))).into(), 504, "connect_timeout"),
             (ProxyError::ResponseTimeout(Duration::from_secs(1)).into(), 504, "read_timeout"),
             (ProxyError::NoHealthyUpstream.into(), 503, "no_healthy_upstream"),
+            (ClientCertError::Required.into(), 403, "client_cert_required"),
+            (ClientCertError::Invalid.into(), 403, "client_cert_invalid"),
+            (ClientCertError::UnknownConsumer.into(), 403, "unknown_consumer"),
             (
                 RateLimitError::Limited {
                     layer: "ip".into(),

@@ -12,6 +12,7 @@ use crate::{
     metrics::RequestMetrics,
     pipeline::{LatencyHeaders, Phase, Pipeline},
     ratelimit::{LimitState, RateLimitPhase},
+    tls::{ClientCertPhase, TlsParts, TlsRuntime, UpstreamTls},
     upstream::Service,
 };
 
@@ -23,6 +24,8 @@ pub struct Snapshot {
     /// Running services, indexed like `config.services`.
     pub services: Vec<Service>,
     pub pipeline: Pipeline,
+    /// The listeners' TLS server configs.
+    pub tls: TlsRuntime,
 }
 
 /// A worker's handle on a snapshot: cloning it is a non-atomic `Rc` increment, so requests do
@@ -43,6 +46,7 @@ impl std::ops::Deref for SnapshotArc {
 /// Long-lived parts a snapshot's phases hold on to (they outlive any one snapshot).
 pub struct PhaseParts {
     pub audit: Option<AuditSink>,
+    pub tls: TlsParts,
     /// Rate-limit and budget stores, clock and metrics.
     pub limits: Arc<LimitState>,
     /// The `[redis]` handle, when configured.
@@ -56,17 +60,21 @@ impl Snapshot {
             .iter()
             .map(|spec| {
                 let old = previous.and_then(|p| p.services.iter().find(|s| s.spec.name == spec.name));
-                Service::new(spec.clone(), old)
+                let mut service = Service::new(spec.clone(), old);
+                service.tls =
+                    spec.tls.as_ref().map(|t| UpstreamTls::new(t, spec.name.clone(), parts.tls.metrics.clone()));
+                service
             })
             .collect();
+        let tls = TlsRuntime::build(&config.listener_tls, &parts.tls);
         let pipeline = standard_pipeline(&config, parts);
-        Snapshot { generation, config, services, pipeline }
+        Snapshot { generation, config, services, pipeline, tls }
     }
 }
 
 /// The phases, in order. Request hooks run in this order; so do response and log hooks.
 fn standard_pipeline(config: &Config, parts: PhaseParts) -> Pipeline {
-    let mut phases: Vec<Box<dyn Phase>> = Vec::new();
+    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(ClientCertPhase)];
     if !config.rate_limits.is_empty() {
         phases.push(Box::new(RateLimitPhase::new(config, parts.limits.clone(), parts.kv.clone())));
     }

@@ -12,6 +12,7 @@ use crate::{
     metrics::{Metrics, Readiness, host::WorkerThreads},
     ratelimit::{LimitMetrics, LimitState, SystemClock},
     snapshot::{PhaseParts, Snapshot},
+    tls::TlsParts,
 };
 
 #[derive(Debug, Error)]
@@ -32,13 +33,23 @@ pub struct SharedState {
 }
 
 /// Owns the long-lived pieces phases are built from, across snapshots.
-#[derive(Default)]
 pub struct PartsHolder {
     audit: Mutex<Option<AuditSink>>,
+    /// Session-ticket keys, the session cache, the kTLS decision and the TLS metrics.
+    tls: TlsParts,
+    /// Rate-limit and budget stores, clock, metrics and the Redis handle.
     limits: OnceLock<Arc<LimitState>>,
 }
 
 impl PartsHolder {
+    pub fn new(tls: TlsParts) -> Self {
+        PartsHolder { audit: Mutex::new(None), tls, limits: OnceLock::new() }
+    }
+
+    pub fn tls(&self) -> &TlsParts {
+        &self.tls
+    }
+
     /// Uses `limits` (registered with the metrics) for rate limits and budgets.
     pub fn with_limits(self, limits: Arc<LimitState>) -> Self {
         let _ = self.limits.set(limits);
@@ -70,7 +81,7 @@ impl PartsHolder {
         current.clone_from(&audit);
         let limits = self.limits().clone();
         let kv = limits.kv_for(config.redis.as_ref());
-        Ok(PhaseParts { audit, limits, kv })
+        Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv })
     }
 
     pub fn reopen_audit(&self) {

@@ -2,6 +2,7 @@
 //! One test binary (faster to link); each file under `e2e/` is one area.
 
 mod e2e {
+    pub mod pki;
     pub mod support;
 
     mod budget;
@@ -12,5 +13,6 @@ mod e2e {
     mod observability;
     mod ratelimit;
     mod routing;
+    mod tls;
     mod upstreams;
 }

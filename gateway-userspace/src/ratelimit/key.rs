@@ -104,7 +104,7 @@ pub fn find<'a>(
     sources.iter().find_map(|source| {
         let value = match source {
             KeySource::Ip => Value::Ip(mask(ctx.client_ip, ipv6_prefix)),
-            KeySource::Consumer => Value::Text(ctx.identity.consumer.as_deref()?.as_bytes()),
+            KeySource::Consumer => Value::Text(ctx.identity.consumer.as_ref()?.name.as_bytes()),
             KeySource::User => Value::Text(ctx.identity.user_id.as_deref()?.as_bytes()),
             KeySource::Workspace => Value::Text(ctx.identity.workspace_id.as_deref()?.as_bytes()),
             KeySource::ApiKey => Value::Text(header(head, &API_KEY_HEADER)?),
