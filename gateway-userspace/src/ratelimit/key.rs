@@ -25,7 +25,7 @@ const MAX_VALUE: usize = 256;
 pub enum KeySource {
     /// The client address (after `trusted_proxies`); IPv6 by prefix (see `ipv6_prefix`).
     Ip,
-    /// The consumer an identity phase resolved (`RequestCtx::identity.consumer`).
+    /// The `[[consumers]]` entry the credentials map to (`RequestCtx::identity.consumer`).
     Consumer,
     /// The authenticated user (`RequestCtx::identity.user_id`, e.g. a JWT `sub`).
     User,

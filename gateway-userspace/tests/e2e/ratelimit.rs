@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::support::*;
+use super::{pki::*, support::*};
 
 /// A raw response: status, headers (lower-case names), body.
 struct Raw {
@@ -145,8 +145,7 @@ fn the_seed_curl_loop_gets_exact_counts_and_headers() {
 #[test]
 fn layers_run_in_order_and_partners_get_their_own_limits() {
     let u = Upstream::start("u");
-    // Seed 003 scenario 2: partners with different SLAs, keyed by consumer (here, until the
-    // identity phases set it, by the partner header).
+    // Partners with different SLAs, keyed by consumer, else (no certificate here) by a header.
     let layers = r#"
 [[rate_limits]]
 name = "partners"
@@ -332,4 +331,79 @@ fn counters_survive_a_reload() {
     let changed = config(&gw.ports, 1, &u, &format!("{layer}overrides = {{ \"10.9.9.9\" = 50 }}\n"));
     assert!(gw.reload(&changed), "reloaded:\n{}", gw.stderr());
     assert_eq!(request(gw.ports.listen, "/v1/x", &[]).status, 429, "the count survived the reload");
+}
+
+/// Seed 003, scenario 2: partners authenticated by client certificates (mTLS), each with its
+/// own SLA, from one `consumer` layer with overrides.
+#[tokio::test(flavor = "multi_thread")]
+async fn partners_identified_by_client_certificates_get_their_own_slas() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let partners = Ca::new("partner CA");
+    let server = ca.server(&["localhost"]);
+    let (a, b) = (partners.client("partner-a"), partners.client("partner-b"));
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        partners.write(&p.dir, "partners-ca");
+        format!(
+            r#"
+[server]
+workers = 2
+
+[[listeners]]
+name = "mtls"
+bind = "{listen}"
+
+[listeners.tls]
+certificates = [{{ cert = "server.crt", key = "server.key" }}]
+client_auth = "required"
+client_ca = ["partners-ca.crt"]
+
+[metrics]
+bind = "{metrics}"
+
+[admin]
+socket = ""
+
+[[services]]
+name = "s"
+targets = ["{upstream}"]
+
+[[routes]]
+name = "partner-api"
+service = "s"
+client_cert = "consumer"
+
+[[consumers]]
+name = "partner-a"
+client_certs = [{{ subject_cn = "partner-a" }}]
+
+[[consumers]]
+name = "partner-b"
+client_certs = [{{ subject_cn = "partner-b" }}]
+
+[[rate_limits]]
+name = "partner-sla"
+key = "consumer"
+limit = 1
+window = "hour"
+overrides = {{ "partner-a" = 5, "partner-b" = 3 }}
+"#,
+            listen = p.listen,
+            metrics = p.metrics,
+            upstream = u.addr,
+        )
+    });
+    clear_of_window_edge(3600, 30);
+    for (leaf, sla) in [(&a, 5u64), (&b, 3)] {
+        let mut conn = Https::connect(gw.ports.listen, "localhost", client_config(&ca, Some(leaf), &[])).await.unwrap();
+        for i in 1..=sla {
+            let r = conn.get("/orders", &[]).await.unwrap();
+            assert_eq!(r.status.as_u16(), 200, "request {i} of {sla}");
+            assert_eq!(r.header("x-ratelimit-limit-hour"), Some(sla.to_string().as_str()));
+        }
+        let r = conn.get("/orders", &[]).await.unwrap();
+        assert_eq!(r.status.as_u16(), 429);
+        assert_eq!(r.json()["error"], "rate_limited");
+    }
 }
