@@ -2,6 +2,7 @@
 //! and CI runs `test` (`.ci/run`) on fresh machines, so every command installs what it needs first
 //! (see `deps`).
 
+mod bench;
 mod build;
 mod cmd;
 mod deps;
@@ -32,11 +33,8 @@ enum Command {
     Test,
     /// Kernel-dependent tests (kTLS, old kernels) inside qemu.
     VmTest,
-    /// Benchmarks against TARGET.
-    Bench {
-        /// What to benchmark.
-        target: String,
-    },
+    /// Run a benchmark and write bench/results/<TARGET>.md.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -60,7 +58,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run(opts) => return run::run(&opts),
         Command::Test => test::run()?,
         Command::VmTest => bail!("vm-test: not implemented yet"),
-        Command::Bench { target } => bail!("bench {target}: not implemented yet"),
+        Command::Bench(opts) => bench::run(&opts)?,
     }
     Ok(ExitCode::SUCCESS)
 }
