@@ -70,6 +70,33 @@ impl Subject {
     }
 }
 
+/// How much of some CPUs' capacity *other* processes (builds, other tenants) used while a
+/// measurement ran: the noise indicator of every raw run.
+pub struct Background<'a> {
+    /// The CPUs that should have been ours alone.
+    pub cpus: &'a cpus::CpuList,
+    /// Our processes pinned there (their CPU time is not background).
+    pub own: Vec<procfs::Tree>,
+}
+
+impl Background<'_> {
+    /// Runs `f`; returns its result and the share (0 to 1) of `cpus`' capacity that processes
+    /// other than `own` were busy during it.
+    pub fn measure<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+        let own = |trees: &[procfs::Tree]| -> Result<std::time::Duration> {
+            trees.iter().map(|t| t.cpu_time()).sum::<Result<std::time::Duration>>()
+        };
+        let start = std::time::Instant::now();
+        let busy = procfs::cpus_busy_time(&self.cpus.0)?;
+        let mine = own(&self.own)?;
+        let result = f()?;
+        let busy = procfs::cpus_busy_time(&self.cpus.0)?.saturating_sub(busy);
+        let mine = own(&self.own)?.saturating_sub(mine);
+        let capacity = start.elapsed().as_secs_f64() * self.cpus.len() as f64;
+        Ok((result, (busy.saturating_sub(mine).as_secs_f64() / capacity).clamp(0.0, 1.0)))
+    }
+}
+
 /// Runs `f` for every subject, `reps` times, interleaved (rep 1: A B C, rep 2: A B C, …);
 /// returns the results per subject, in rep order.
 pub fn interleave<S, T>(reps: u32, subjects: &[S], mut f: impl FnMut(u32, &S) -> Result<T>) -> Result<Vec<Vec<T>>> {

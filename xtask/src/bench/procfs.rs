@@ -83,6 +83,30 @@ impl Tree {
     }
 }
 
+/// Busy time (everything but idle and iowait; steal included: it was taken from us) of `cpus`,
+/// summed, from /proc/stat.
+pub fn cpus_busy_time(cpus: &[usize]) -> Result<Duration> {
+    let stat = fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let ticks = parse_cpus_busy(&stat, cpus)?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_tick()?))
+}
+
+fn parse_cpus_busy(stat: &str, cpus: &[usize]) -> Result<u64> {
+    let mut total = 0;
+    for &cpu in cpus {
+        let prefix = format!("cpu{cpu} ");
+        let line =
+            stat.lines().find(|l| l.starts_with(&prefix)).with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
+        // user nice system idle iowait irq softirq steal (guest time is inside user)
+        let f: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+        if f.len() < 8 {
+            bail!("short /proc/stat line {line:?}");
+        }
+        total += f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
+    }
+    Ok(total)
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Memory {
     pub rss_bytes: u64,
@@ -150,6 +174,14 @@ mod tests {
         let tricky = "7 (a) b) R 1 7 7 0 -1 0 0 0 0 0 5 6 0 0";
         assert_eq!(parse_stat(tricky).ok().map(|s| (s.ppid, s.cpu_ticks)), Some((1, 11)));
         assert!(parse_stat("7 (x) R").is_err());
+    }
+
+    #[test]
+    fn busy_time_leaves_out_idle_and_iowait() {
+        let stat = "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 100 1 20 5000 7 0 3 2 0 0\ncpu1 200 0 30 4000 0 1 1 0 0 0\n";
+        assert_eq!(parse_cpus_busy(stat, &[0]).ok(), Some(126));
+        assert_eq!(parse_cpus_busy(stat, &[0, 1]).ok(), Some(126 + 232));
+        assert!(parse_cpus_busy(stat, &[2]).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{fs, net::SocketAddr, path::Path, process::Command, time::Duration};
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    Options, Subject,
+    Background, Options, Subject,
     cpus::{CpuList, CpuPlan},
     free_port, gatewayd_binary, http,
     idle::{self, IdleResult},
@@ -42,11 +42,14 @@ const NGINX: usize = 2;
 struct MaxRun {
     wrk: WrkResult,
     cpu_us_per_request: f64,
+    /// Share of the proxy CPUs other processes used meanwhile.
+    background: f64,
 }
 
 struct RateRun {
     oha: OhaResult,
     cpu_us_per_request: f64,
+    background: f64,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -98,6 +101,7 @@ pub fn run(opts: &Options) -> Result<()> {
     for s in &subjects {
         sanity_check(s)?;
     }
+    let background = Background { cpus: &plan.subject, own: vec![subjects[GATEWAYD].tree, subjects[NGINX].tree] };
     let mut services = [upstream, gw, nginx];
     let mut alive = || -> Result<()> { services.iter_mut().try_for_each(Service::check_alive) };
 
@@ -110,10 +114,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let wrk = Wrk { connections: opts.connections, duration: Duration::from_secs(opts.duration) };
     let max_runs = interleave(opts.reps, &subjects, |_, s| {
         let cpu = s.tree.cpu_time()?;
-        let w = wrk.run(&plan.load, &s.url())?;
+        let (w, background) = background.measure(|| wrk.run(&plan.load, &s.url()))?;
         let cpu = s.tree.cpu_time()? - cpu;
         alive()?;
-        Ok(MaxRun { cpu_us_per_request: cpu.as_secs_f64() * 1e6 / w.requests as f64, wrk: w })
+        Ok(MaxRun { cpu_us_per_request: cpu.as_secs_f64() * 1e6 / w.requests as f64, wrk: w, background })
     })?;
     let max_rps: Vec<f64> =
         max_runs.iter().map(|runs| median(&runs.iter().map(|r| r.wrk.rps).collect::<Vec<_>>())).collect();
@@ -126,10 +130,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let oha = Oha { connections: opts.connections, duration: Duration::from_secs(opts.duration), rate };
     let rate_runs = interleave(opts.reps, &subjects, |_, s| {
         let cpu = s.tree.cpu_time()?;
-        let o = oha.run(&plan.load, &s.url())?;
+        let (o, background) = background.measure(|| oha.run(&plan.load, &s.url()))?;
         let cpu = s.tree.cpu_time()? - cpu;
         alive()?;
-        Ok(RateRun { cpu_us_per_request: cpu.as_secs_f64() * 1e6 / o.requests as f64, oha: o })
+        Ok(RateRun { cpu_us_per_request: cpu.as_secs_f64() * 1e6 / o.requests as f64, oha: o, background })
     })?;
 
     // Memory per idle keep-alive connection, once per subject.
@@ -379,16 +383,25 @@ fn write_report(
         false,
     );
 
+    let all_background: Vec<f64> = max_runs
+        .iter()
+        .flatten()
+        .map(|r| r.background)
+        .chain(rate_runs.iter().flatten().map(|r| r.background))
+        .collect();
     let mut rep = Report::new("Benchmark: proxy");
     rep.paragraph(&format!(
         "Written by `cargo xtask bench proxy` on {} (gatewayd {}). Medians of {} interleaved runs per \
-         subject; raw runs below. The machine was shared with other builds: load average {} at the \
-         start, {} at the end.",
+         subject; raw runs below. Load average {} at the start, {} at the end; other processes used a \
+         median {} of the proxy CPUs during the runs (\"background\" in the raw runs: on a quiet \
+         machine it is about 0%; well above that, latency and throughput say more about the \
+         neighbours than about the proxies).",
         setup.machine.date,
         report::git_revision(),
         setup.opts.reps,
         setup.machine.loadavg,
-        setup.load_after
+        setup.load_after,
+        percent(median(&all_background)),
     ));
     rep.heading("Summary");
     rep.table(&["", "upstream direct", "gatewayd", "nginx", "gatewayd / nginx"], &rows);
@@ -401,6 +414,19 @@ fn write_report(
          each having served one request, divided by their number. Userspace memory only: the kernel's \
          socket buffers are the same for every subject and not included.",
     );
+
+    let short: Vec<String> = by_run(subjects, rate_runs)
+        .filter(|(_, _, run)| run.oha.rps < 0.95 * r as f64)
+        .map(|(i, subject, run)| format!("{} (run {i}: {} req/s)", subject.name, num(run.oha.rps, 0)))
+        .collect();
+    if !short.is_empty() {
+        rep.paragraph(&format!(
+            "**Warning:** some runs did not sustain the fixed rate of {r} req/s: {}. Their latency \
+             is that of an overloaded server (requests queue in the client and the latency correction \
+             counts the wait).",
+            short.join(", ")
+        ));
+    }
 
     rep.heading("Goals");
     let cpu_g = med(&rate_cpu, GATEWAYD);
@@ -443,10 +469,14 @@ fn write_report(
                 run.wrk.requests.to_string(),
                 run.wrk.socket_errors.to_string(),
                 num(run.cpu_us_per_request, 1),
+                percent(run.background),
             ]
         })
         .collect();
-    rep.table(&["run", "subject", "requests/s", "requests", "socket errors", "CPU µs/request"], &raw);
+    rep.table(
+        &["run", "subject", "requests/s", "requests", "socket errors", "CPU µs/request", "background on proxy CPUs"],
+        &raw,
+    );
 
     rep.heading(&format!("Raw runs: fixed rate {r} req/s (oha, open loop, latency-corrected)"));
     let raw: Vec<Vec<String>> = by_run(subjects, rate_runs)
@@ -459,10 +489,23 @@ fn write_report(
                 num(run.oha.p99 * 1e3, 3),
                 num(run.oha.p999 * 1e3, 3),
                 num(run.cpu_us_per_request, 1),
+                percent(run.background),
             ]
         })
         .collect();
-    rep.table(&["run", "subject", "achieved req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/request"], &raw);
+    rep.table(
+        &[
+            "run",
+            "subject",
+            "achieved req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "CPU µs/request",
+            "background on proxy CPUs",
+        ],
+        &raw,
+    );
 
     rep.heading(&format!("Idle keep-alive connections ({} per subject)", setup.opts.idle_connections));
     rep.paragraph(
@@ -495,6 +538,13 @@ fn write_report(
             "closed again: PSS / RSS KiB",
         ],
         &rows,
+    );
+    rep.paragraph(
+        "nginx allocates its connection structures for all `worker_connections` when a worker \
+         starts (and touches them while linking the free list), so that part of its per-connection \
+         cost is in \"before\", not in the growth; its growth is what a connection adds on top \
+         (nginx frees a keep-alive connection's request buffers while it is idle). \"closed again\" \
+         shows what the allocator kept after the connections were gone.",
     );
 
     rep.heading("Setup");
@@ -542,4 +592,9 @@ fn by_run<'a, T>(subjects: &'a [Subject], results: &'a [Vec<T>]) -> impl Iterato
     (0..reps).flat_map(move |i| {
         subjects.iter().zip(results).filter_map(move |(subject, runs)| Some((i + 1, subject, runs.get(i)?)))
     })
+}
+
+/// `0.123` → `12.3%`.
+fn percent(share: f64) -> String {
+    if share.is_finite() { format!("{:.1}%", share * 100.0) } else { "–".to_owned() }
 }
