@@ -38,6 +38,7 @@ const IDLE_GOAL_BYTES: f64 = 4096.0;
 const DIRECT: usize = 0;
 const GATEWAYD: usize = 1;
 const NGINX: usize = 2;
+const DIRECT_NAME: &str = "upstream direct";
 
 struct MaxRun {
     wrk: WrkResult,
@@ -94,7 +95,7 @@ pub fn run(opts: &Options) -> Result<()> {
     nginx.wait_http_ok(nginx_addr, "/", READY_TIMEOUT)?;
 
     let subjects = [
-        Subject { name: "upstream direct", addr: upstream_addr, tree: upstream.tree() },
+        Subject { name: DIRECT_NAME, addr: upstream_addr, tree: upstream.tree() },
         Subject { name: "gatewayd", addr: gw_addr, tree: gw.tree() },
         Subject { name: "nginx", addr: nginx_addr, tree: nginx.tree() },
     ];
@@ -383,11 +384,11 @@ fn write_report(
         false,
     );
 
-    let all_background: Vec<f64> = max_runs
+    // Direct runs leave the proxy CPUs idle for anyone: only the proxies' runs say how much of
+    // their CPUs the neighbours took.
+    let all_background: Vec<f64> = [GATEWAYD, NGINX]
         .iter()
-        .flatten()
-        .map(|r| r.background)
-        .chain(rate_runs.iter().flatten().map(|r| r.background))
+        .flat_map(|&s| max_runs[s].iter().map(|r| r.background).chain(rate_runs[s].iter().map(|r| r.background)))
         .collect();
     let mut rep = Report::new("Benchmark: proxy");
     rep.paragraph(&format!(
@@ -469,7 +470,7 @@ fn write_report(
                 run.wrk.requests.to_string(),
                 run.wrk.socket_errors.to_string(),
                 num(run.cpu_us_per_request, 1),
-                percent(run.background),
+                background(subject, run.background),
             ]
         })
         .collect();
@@ -489,7 +490,7 @@ fn write_report(
                 num(run.oha.p99 * 1e3, 3),
                 num(run.oha.p999 * 1e3, 3),
                 num(run.cpu_us_per_request, 1),
-                percent(run.background),
+                background(subject, run.background),
             ]
         })
         .collect();
@@ -592,6 +593,12 @@ fn by_run<'a, T>(subjects: &'a [Subject], results: &'a [Vec<T>]) -> impl Iterato
     (0..reps).flat_map(move |i| {
         subjects.iter().zip(results).filter_map(move |(subject, runs)| Some((i + 1, subject, runs.get(i)?)))
     })
+}
+
+/// The background share of a proxy's run; `–` for the direct runs, which do not use the proxy
+/// CPUs.
+fn background(subject: &Subject, share: f64) -> String {
+    if subject.name == DIRECT_NAME { "–".to_owned() } else { percent(share) }
 }
 
 /// `0.123` → `12.3%`.
