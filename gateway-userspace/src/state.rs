@@ -11,6 +11,7 @@ use crate::{
     config::Config,
     metrics::{Metrics, Readiness, host::WorkerThreads},
     snapshot::{PhaseParts, Snapshot},
+    tls::TlsParts,
 };
 
 #[derive(Debug, Error)]
@@ -31,12 +32,21 @@ pub struct SharedState {
 }
 
 /// Owns the long-lived pieces phases are built from, across snapshots.
-#[derive(Default)]
 pub struct PartsHolder {
     audit: Mutex<Option<AuditSink>>,
+    /// Session-ticket keys, the session cache, the kTLS decision and the TLS metrics.
+    tls: TlsParts,
 }
 
 impl PartsHolder {
+    pub fn new(tls: TlsParts) -> Self {
+        PartsHolder { audit: Mutex::new(None), tls }
+    }
+
+    pub fn tls(&self) -> &TlsParts {
+        &self.tls
+    }
+
     /// The phases' long-lived parts for `config`: the audit writer is reused while its path
     /// stays the same, so a reload neither reorders nor loses lines.
     pub fn phase_parts(&self, config: &Config, audit_metrics: &AuditMetrics) -> Result<PhaseParts, StateError> {
@@ -52,7 +62,7 @@ impl PartsHolder {
             },
         };
         current.clone_from(&audit);
-        Ok(PhaseParts { audit })
+        Ok(PhaseParts { audit, tls: self.tls.clone() })
     }
 
     pub fn reopen_audit(&self) {

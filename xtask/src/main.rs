@@ -8,10 +8,12 @@ mod cmd;
 mod deps;
 mod run;
 mod test;
+mod vm;
+mod vm_test;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -32,7 +34,11 @@ enum Command {
     /// What CI runs: fmt check, clippy, all tests (eBPF ones included; needs root).
     Test,
     /// Kernel-dependent tests (kTLS, old kernels) inside qemu.
-    VmTest,
+    VmTest {
+        /// Run only this scenario.
+        #[arg(long)]
+        scenario: Option<String>,
+    },
     /// Run a benchmark and write bench/results/<TARGET>.md.
     Bench(bench::Options),
 }
@@ -57,7 +63,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Build(opts) => build::run(&opts)?,
         Command::Run(opts) => return run::run(&opts),
         Command::Test => test::run()?,
-        Command::VmTest => bail!("vm-test: not implemented yet"),
+        Command::VmTest { scenario } => {
+            deps::ensure()?;
+            vm_test::run(cmd::workspace_root(), scenario.as_deref())?
+        }
         Command::Bench(opts) => bench::run(&opts)?,
     }
     Ok(ExitCode::SUCCESS)
