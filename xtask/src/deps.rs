@@ -11,7 +11,8 @@ use crate::cmd::{capture, cargo, exec, succeeds, workspace_root};
 const APT_PACKAGES: &[&str] = &[
     // Rate-limit and jti revocation tests run a real redis-server.
     "redis-server",
-    // Benchmarks: nginx as upstream; wrk, h2load (nghttp2-client) and hey as load generators.
+    // Benchmarks (and their self-test): nginx as upstream and as the reference proxy; wrk, h2load
+    // (nghttp2-client) and hey as load generators.
     "nginx",
     "wrk",
     "nghttp2-client",
