@@ -15,7 +15,8 @@ const APT_PACKAGES: &[&str] = &[
     "redis-tools",
     // Token budget days in IANA time zones (jiff reads the system's zoneinfo).
     "tzdata",
-    // Benchmarks: nginx as upstream; wrk, h2load (nghttp2-client) and hey as load generators.
+    // Benchmarks (and their self-test): nginx as upstream and as the reference proxy; wrk, h2load
+    // (nghttp2-client) and hey as load generators.
     "nginx",
     "wrk",
     "nghttp2-client",
