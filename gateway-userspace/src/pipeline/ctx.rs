@@ -31,8 +31,11 @@ pub struct ConnInfo {
     pub last_active: Cell<Instant>,
     /// When the first byte of a not-yet-complete request head arrived.
     pub head_started: Cell<Option<Instant>>,
-    /// Wakes the connection watchdog when a head starts, so its deadline is exact.
-    pub head_notify: tokio::sync::Notify,
+    /// Wakes the connection watchdog when a head starts or the last request ends, so its
+    /// deadlines (slow header, park, idle) are exact.
+    pub watchdog_wake: tokio::sync::Notify,
+    /// Set while an idle HTTP/1 connection is being parked (see `listener::conn`).
+    pub park: Cell<bool>,
     /// The TLS session (version, SNI, client certificate), on TLS listeners.
     pub tls: Option<crate::tls::TlsInfo>,
 }
@@ -204,6 +207,9 @@ impl RequestCtx {
         }
         self.conn.active.set(self.conn.active.get().saturating_sub(1));
         self.conn.last_active.set(Instant::now());
+        if self.conn.active.get() == 0 {
+            self.conn.watchdog_wake.notify_one();
+        }
     }
 }
 
