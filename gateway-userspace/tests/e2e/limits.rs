@@ -142,7 +142,7 @@ fn idle_connections_park_and_keep_serving() {
     let gw = Gateway::start(|p| config(p, &u).replace("idle_timeout = \"1500ms\"", "idle_timeout = \"30s\""));
     let mut s = TcpStream::connect(gw.ports.listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut exchange = |s: &mut TcpStream, path: &str| {
+    let exchange = |s: &mut TcpStream, path: &str| {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes()).unwrap();
         let mut buf = vec![0u8; 8192];
         let n = s.read(&mut buf).unwrap();
