@@ -12,6 +12,12 @@ use gateway_userspace::{
 };
 use http::Method;
 
+/// mimalloc: per-thread free lists suit thread-per-core workers, and it returns freed pages to
+/// the system (glibc's malloc kept hundreds of MB after 10k idle connections closed; see
+/// bench/results/proxy-idle-memory.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_ADMIN_SOCKET: &str = "/run/gatewayd/admin.sock";
 
 fn main() -> ExitCode {

@@ -173,14 +173,16 @@ pub async fn serve_connection<I: ClientIo>(
     let mut shutdown = shutdown;
     while let Some(io) = conn_io.take() {
         let parkable = proto == Proto::Http1 && io.inner.park_socket().is_some();
+        // Boxed: the hyper connection exists only while the connection is not parked, so its
+        // state must not be part of this (long-lived) future.
         let ended = match proto {
             Proto::Http1 => {
                 let http = Reusable(Some(h1_builder(&limits).serve_connection(TokioIo::new(io), service(&conn))));
-                drive(http, &conn, proto, &limits, &mut shutdown, parkable).await
+                Box::pin(drive(http, &conn, proto, &limits, &mut shutdown, parkable)).await
             }
             Proto::Http2 => {
                 let http = h2_builder(&limits).serve_connection(TokioIo::new(io), service(&conn));
-                drive(http, &conn, proto, &limits, &mut shutdown, false).await.map(|()| None)
+                Box::pin(drive(http, &conn, proto, &limits, &mut shutdown, false)).await.map(|()| None)
             }
         };
         let parts = match ended {
@@ -208,7 +210,8 @@ pub async fn serve_connection<I: ClientIo>(
             .get_or_create(&Labels([("listener", LabelValue::Shared(conn.listener.clone()))]))
             .inc();
         let mut io = parts.io.into_inner();
-        io.prefix = parts.read_buf;
+        // Read-ahead bytes only: an empty buffer would keep hyper's 8 KiB allocation alive.
+        io.prefix = if parts.read_buf.is_empty() { Bytes::new() } else { parts.read_buf };
         if io.prefix.is_empty() && !wait_parked(&io, &conn, &limits, &mut shutdown).await {
             return;
         }

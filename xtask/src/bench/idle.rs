@@ -14,6 +14,8 @@ use super::{
 
 /// How long the subject may take to accept (or notice the closing of) all the connections.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the connections sit idle after their request before memory is measured.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
 /// Descriptors a proxy may still hold once the client connections are closed: upstream
 /// connections opened for the requests (sequential requests need one).
 const UPSTREAM_SLACK: usize = 16;
@@ -73,6 +75,9 @@ pub fn measure(tree: Tree, addr: SocketAddr, path: &str, n: usize) -> Result<Idl
             bail!("request on idle connection {i}: status {}", response.status);
         }
     }
+    // "Idle" means idle for a moment: long enough for a proxy to do what it does with idle
+    // connections (gatewayd parks them after 1 s; see listener/conn.rs).
+    std::thread::sleep(IDLE_SETTLE);
     let after_request = tree.memory()?;
 
     drop(conns);
