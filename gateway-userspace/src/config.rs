@@ -5,6 +5,7 @@
 mod locate;
 pub mod schema;
 mod validate;
+mod xdp;
 
 use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -12,6 +13,7 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 pub use schema::{LbAlgorithm, LogFormat};
+pub use xdp::{FeedbackReason, FeedbackSpec, RateSpec, SteeringPolicy, XdpSpec};
 
 use crate::{route::RouteTable, upstream::ServiceSpec};
 
@@ -32,6 +34,7 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     pub routes: RouteTable,
     pub demo: Option<SocketAddr>,
+    pub xdp: XdpSpec,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +46,7 @@ pub struct ServerSettings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub limits: Limits,
+    pub steering: SteeringPolicy,
 }
 
 /// What a client may send; each limit has its own refusal status.

@@ -38,6 +38,8 @@ impl std::ops::Deref for SnapshotArc {
 /// Long-lived parts a snapshot's phases hold on to (they outlive any one snapshot).
 pub struct PhaseParts {
     pub audit: Option<AuditSink>,
+    /// The XDP feedback loop, when `[xdp.feedback]` is on.
+    pub feedback: Option<std::sync::Arc<crate::ebpf::Offenders>>,
 }
 
 impl Snapshot {
@@ -59,6 +61,9 @@ fn standard_pipeline(parts: PhaseParts) -> Pipeline {
     let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(LatencyHeaders), Box::new(RequestMetrics)];
     if let Some(sink) = parts.audit {
         phases.push(Box::new(AuditPhase(sink)));
+    }
+    if let Some(offenders) = parts.feedback {
+        phases.push(Box::new(crate::ebpf::FeedbackPhase(offenders)));
     }
     Pipeline::new(phases)
 }

@@ -28,12 +28,16 @@ pub struct SharedState {
     pub readiness: Arc<Readiness>,
     pub worker_threads: Arc<WorkerThreads>,
     pub parts: PartsHolder,
+    /// The XDP guard and connection steering, when configured (set once at startup).
+    pub ebpf: crate::ebpf::EbpfState,
 }
 
 /// Owns the long-lived pieces phases are built from, across snapshots.
 #[derive(Default)]
 pub struct PartsHolder {
     audit: Mutex<Option<AuditSink>>,
+    /// The XDP feedback loop, when the guard runs (its thresholds follow the config).
+    offenders: Mutex<Option<Arc<crate::ebpf::Offenders>>>,
 }
 
 impl PartsHolder {
@@ -52,7 +56,13 @@ impl PartsHolder {
             },
         };
         current.clone_from(&audit);
-        Ok(PhaseParts { audit })
+        let offenders = self.offenders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let feedback = offenders.clone().filter(|_| config.xdp.feedback.is_some());
+        Ok(PhaseParts { audit, feedback })
+    }
+
+    pub fn set_offenders(&self, offenders: Option<Arc<crate::ebpf::Offenders>>) {
+        *self.offenders.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = offenders;
     }
 
     pub fn reopen_audit(&self) {
@@ -80,6 +90,7 @@ impl SharedState {
             readiness,
             worker_threads,
             parts,
+            ebpf: crate::ebpf::EbpfState::default(),
         }
     }
 

@@ -6,6 +6,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
+mod xdp;
+pub use xdp::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection};
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +31,9 @@ pub struct FileConfig {
     /// The built-in demo upstream (used by the embedded defaults). Default: off.
     #[serde(default)]
     pub demo: DemoSection,
+    /// The XDP/TC guard. Default: off.
+    #[serde(default)]
+    pub xdp: XdpSection,
 }
 
 /// `[server]`: process-wide settings.
@@ -54,6 +60,10 @@ pub struct ServerSection {
     pub log_level: String,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// How new connections are spread over workers: `"none"` (kernel hash), `"cpu"` (the
+    /// receiving CPU's worker) or `"client_hash"` (per client address). Default: `"none"`.
+    #[serde(default)]
+    pub steering: SteeringPolicy,
 }
 
 impl Default for ServerSection {
@@ -66,6 +76,7 @@ impl Default for ServerSection {
             log_format: LogFormat::default(),
             log_level: default_log_level(),
             limits: LimitsSection::default(),
+            steering: SteeringPolicy::default(),
         }
     }
 }

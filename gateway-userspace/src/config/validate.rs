@@ -21,6 +21,8 @@ use crate::{
     upstream::ServiceSpec,
 };
 
+mod xdp;
+
 const DEFAULT_AUDIT_QUEUE: usize = 65_536;
 const DEFAULT_DEMO_BIND: &str = "127.0.0.1:8081";
 
@@ -78,7 +80,19 @@ impl Validator<'_> {
             None
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
-        Config { source: self.file.to_owned(), server, listeners, metrics, audit, admin_socket, services, routes, demo }
+        let xdp = self.xdp(&f.xdp);
+        Config {
+            source: self.file.to_owned(),
+            server,
+            listeners,
+            metrics,
+            audit,
+            admin_socket,
+            services,
+            routes,
+            demo,
+            xdp,
+        }
     }
 
     fn server(&mut self, f: &FileConfig) -> ServerSettings {
@@ -115,8 +129,10 @@ impl Validator<'_> {
         if l.header_read_timeout.is_zero() || l.idle_timeout.is_zero() {
             self.problem(limits_path(), "timeouts must be greater than zero");
         }
+        let steering = self.steering(s.steering, workers);
         ServerSettings {
             workers,
+            steering,
             pin_workers: s.pin_workers,
             trusted_proxies,
             drain_timeout: s.drain_timeout,
