@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     // vm-test: Debian kernels under qemu (TCG) with a busybox initramfs (kTLS, kernel 5.10).
     "qemu-system-x86",
     "busybox-static",
+    "xz-utils",
+    "kmod",
     // eBPF tests: netns and veth (ip), pings across the veth, inspecting programs and maps.
     "iproute2",
     "iputils-ping",

@@ -7,6 +7,8 @@ mod cmd;
 mod deps;
 mod run;
 mod test;
+mod vm;
+mod vm_test;
 
 use std::process::ExitCode;
 
@@ -31,7 +33,11 @@ enum Command {
     /// What CI runs: fmt check, clippy, all tests (eBPF ones included; needs root).
     Test,
     /// Kernel-dependent tests (kTLS, old kernels) inside qemu.
-    VmTest,
+    VmTest {
+        /// Run only this scenario.
+        #[arg(long)]
+        scenario: Option<String>,
+    },
     /// Benchmarks against TARGET.
     Bench {
         /// What to benchmark.
@@ -59,7 +65,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Build(opts) => build::run(&opts)?,
         Command::Run(opts) => return run::run(&opts),
         Command::Test => test::run()?,
-        Command::VmTest => bail!("vm-test: not implemented yet"),
+        Command::VmTest { scenario } => {
+            deps::ensure()?;
+            vm_test::run(cmd::workspace_root(), scenario.as_deref())?
+        }
         Command::Bench { target } => bail!("bench {target}: not implemented yet"),
     }
     Ok(ExitCode::SUCCESS)

@@ -18,7 +18,6 @@ const STEPS: &[(&str, &[&str])] = &[
     ("clippy", &["clippy", "--locked", "--all-targets", "--", "-D", "warnings"]),
     // Unit, integration (eBPF in netns included) and doc tests.
     ("test", &["test", "--locked"]),
-    // Later: vm-test (kernel-dependent tests in qemu) joins here once it exists.
 ];
 
 pub fn run() -> Result<()> {
@@ -38,6 +37,8 @@ fn run_steps(summary: &mut Vec<(&'static str, Duration, bool)>) -> Result<()> {
     for (name, args) in STEPS {
         step(name, &|| exec(cargo().args(*args)))?;
     }
+    // Kernel-dependent tests (kTLS, 5.10/6.1/6.12) in qemu guests.
+    step("vm-test", &|| crate::vm_test::run(crate::cmd::workspace_root(), None))?;
     Ok(())
 }
 
