@@ -14,6 +14,7 @@ mod parse;
 use core::{
     arch::asm,
     ffi::c_void,
+    mem::MaybeUninit,
     ptr::{read_volatile, write_volatile},
 };
 
@@ -207,14 +208,17 @@ fn new_source(key: &SourceKey, cfg: &GuardConfig, now: u64, syn: bool, ifindex: 
 /// A fresh bucket pair with this first packet (burst ≥ 1, so it always passes) already paid.
 #[inline(always)]
 fn insert(key: &SourceKey, cfg: &GuardConfig, now: u64, syn: bool) -> Verdict {
-    let state = SourceState {
-        tat_ns: now + cfg.pkt_interval_ns,
-        syn_tat_ns: if syn { now + cfg.syn_interval_ns } else { 0 },
-        dropped: 0,
-        syn_dropped: 0,
-    };
+    let mut state = MaybeUninit::<SourceState>::uninit();
+    let p = state.as_mut_ptr();
+    // Field by field and volatile: a struct literal with zero fields becomes a call to memset.
+    unsafe {
+        write_volatile(&raw mut (*p).tat_ns, now + cfg.pkt_interval_ns);
+        write_volatile(&raw mut (*p).syn_tat_ns, if syn { now + cfg.syn_interval_ns } else { 0 });
+        write_volatile(&raw mut (*p).dropped, 0);
+        write_volatile(&raw mut (*p).syn_dropped, 0);
+    }
     // BPF_NOEXIST: another CPU inserting the same source first is fine.
-    let _ = SOURCES.insert(key, &state, 1);
+    let _ = SOURCES.insert(key, unsafe { state.assume_init_ref() }, 1);
     Verdict::Pass
 }
 

@@ -65,7 +65,12 @@ pub enum XdpCommand {
     Unblock { cidr: String },
     /// Run the guard's programs on crafted frames in this kernel (BPF_PROG_TEST_RUN); needs root.
     /// Exits 1 if any case fails.
-    Selftest,
+    Selftest {
+        /// Also attach to this loopback-like interface in every mode and judge real packets sent
+        /// to 127.0.0.1, and check connection steering on real sockets.
+        #[arg(long, value_name = "IFACE")]
+        attach: Option<String>,
+    },
     /// Measure ns per packet of the guard's paths with BPF_PROG_TEST_RUN; needs root.
     #[command(hide = true)]
     Bench {

@@ -98,8 +98,12 @@ fn xdp(cli: &Cli, command: &XdpCommand) -> Result<(), String> {
             println!("{answer:#}");
             Ok(())
         }
-        XdpCommand::Selftest => {
-            let report = ebpf::selftest::run().map_err(|e| e.to_string())?;
+        XdpCommand::Selftest { attach } => {
+            let mut report = ebpf::selftest::run().map_err(|e| e.to_string())?;
+            if let Some(iface) = attach {
+                let attached = ebpf::selftest::run_attach(iface).map_err(|e| e.to_string())?;
+                report.cases.extend(attached.cases);
+            }
             println!("{report}");
             if report.passed() { Ok(()) } else { Err("self-test failed".into()) }
         }

@@ -2,6 +2,7 @@
 //! One test binary (faster to link); each file under `e2e/` is one area.
 
 mod e2e {
+    pub mod netns;
     pub mod support;
 
     mod config_cli;
@@ -10,5 +11,7 @@ mod e2e {
     mod limits;
     mod observability;
     mod routing;
+    mod steering;
     mod upstreams;
+    mod xdp;
 }

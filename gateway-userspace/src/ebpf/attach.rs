@@ -196,12 +196,23 @@ impl XdpGuard {
             }
             AttachMode::Tc => {
                 let tc_error = |e| program_error(TC_PROGRAM, "attach", e);
-                // clsact may exist already (EEXIST); any real problem shows at attach.
-                let _ = tc::qdisc_add_clsact(iface);
+                // clsact may exist already (EEXIST); a real problem is reported with the attach
+                // error it causes (on TCX kernels no qdisc is needed at all).
+                let clsact = tc::qdisc_add_clsact(iface).err().map(|e| e.to_string());
                 // A netlink filter outlives its process: drop the one an earlier run left.
                 let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, TC_PROGRAM);
                 let program = tc(&mut self.ebpf)?;
-                let id = program.attach(iface, TcAttachType::Ingress).map_err(tc_error)?;
+                let id = program.attach(iface, TcAttachType::Ingress).map_err(|e| match &clsact {
+                    Some(qdisc) if !qdisc.contains("exists") => EbpfError::Attach {
+                        iface: iface.to_owned(),
+                        attempts: format!(
+                            "adding the clsact qdisc failed ({qdisc}; is the sch_ingress module available?), \
+                             then: {}",
+                            program_error(TC_PROGRAM, "attach", e)
+                        ),
+                    },
+                    _ => tc_error(e),
+                })?;
                 let link = program.take_link(id).map_err(tc_error)?;
                 if !kernel_at_least(6, 6) {
                     return Ok(Link::TcNetlink(link));

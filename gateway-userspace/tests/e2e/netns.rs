@@ -61,6 +61,15 @@ impl Netns {
         })
     }
 
+    /// Runs `f` on a background thread inside this namespace.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let ns = File::open(self.path()).unwrap_or_else(|e| panic!("open {}: {e} (tests need root)", self.name));
+        std::thread::spawn(move || {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+
     /// A command that starts inside this namespace (network only: mounts and bpffs are the
     /// host's, so pins outlive the process like in production).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
