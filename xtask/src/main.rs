@@ -2,6 +2,7 @@
 //! and CI runs `test` (`.ci/run`) on fresh machines, so every command installs what it needs first
 //! (see `deps`).
 
+mod bench_xdp;
 mod build;
 mod cmd;
 mod deps;
@@ -69,6 +70,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             deps::ensure()?;
             vm_test::run(cmd::workspace_root(), scenario.as_deref())?
         }
+        Command::Bench { target } if target == "xdp" => bench_xdp::run()?,
         Command::Bench { target } => bail!("bench {target}: not implemented yet"),
     }
     Ok(ExitCode::SUCCESS)

@@ -137,6 +137,22 @@ strip_path = true
             .expect("run gatewayd cli")
     }
 
+    /// Rewrites the `[xdp]` part of the config, sends SIGHUP and waits for the reload to count.
+    fn reload(&self, listen: Ipv4Addr, xdp: &str) -> bool {
+        let ok_before = self.metric("gateway_config_reloads_total", &[("result", "ok")]);
+        let err_before = self.metric("gateway_config_reloads_total", &[("result", "error")]);
+        let config = Self::config(listen, &self.dir.path().join("admin.sock"), xdp);
+        std::fs::write(self.dir.path().join("gatewayd.toml"), config).expect("config");
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+        eventually(Duration::from_secs(10), || {
+            let ok = self.metric("gateway_config_reloads_total", &[("result", "ok")]);
+            let err = self.metric("gateway_config_reloads_total", &[("result", "error")]);
+            (ok > ok_before || err > err_before).then_some(ok > ok_before)
+        })
+        .unwrap_or_else(|| panic!("reload not counted:\n{}", self.stderr()))
+    }
+
     fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
@@ -437,4 +453,44 @@ fn pins_keep_the_guard_across_a_restart_and_lock_out_a_second_instance() {
     let fourth = NsGateway::start(&net.gw, net.gw_addr, &xdp(true, false));
     assert!(fourth.stderr().contains("removed the guard an earlier run left attached"), "{}", fourth.stderr());
     assert!(!guard_attached(&net.gw));
+}
+
+#[test]
+fn reload_updates_lists_and_limits_in_place() {
+    let net = VethPair::new("rl", 37, 2);
+    let [client, other] = [net.clients[0], net.clients[1]];
+    let pins = PinDir::new("rl");
+    let xdp = |deny: &str, syn_burst: u32| {
+        format!(
+            "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\ndeny = [{deny}]\n\n\
+             [xdp.syn_limit]\nrate = 1\nburst = {syn_burst}\n",
+            pins.0.display()
+        )
+    };
+    let gw = NsGateway::start(&net.gw, net.gw_addr, &xdp("", 100));
+    let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
+    assert_eq!(get_from(&net.peer, client, dst, "/demo/hello", SHORT), Ok(200));
+
+    // Deny the client: applied to the map, nothing reattached.
+    assert!(gw.reload(net.gw_addr, &xdp(&format!("\"{client}/32\""), 100)), "{}", gw.stderr());
+    assert!(get_from(&net.peer, client, dst, "/demo/hello", SHORT).is_err(), "the newly denied source is still served");
+    assert_eq!(get_from(&net.peer, other, dst, "/demo/hello", SHORT), Ok(200));
+    let log = gw.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("settings and lists updated") && l.contains("deny_added") && l.contains('1')),
+        "{log}"
+    );
+    assert_eq!(log.matches("xdp guard attached").count(), 1, "the guard was reattached:\n{log}");
+
+    // Lift the deny, and tighten the SYN burst to one: the second new connection in a second is dropped.
+    assert!(gw.reload(net.gw_addr, &xdp("", 1)));
+    let first = get_from(&net.peer, client, dst, "/demo/hello", SHORT);
+    let second = get_from(&net.peer, client, dst, "/demo/hello", SHORT);
+    assert!(first == Ok(200) || second == Ok(200), "the lifted deny still applies: {first:?} {second:?}");
+    assert!(first.is_err() || second.is_err(), "a SYN burst of 1 let two connections through in a row");
+    assert!(gw.packets("drop_syn_ratelimit") >= 1.0);
+
+    // A bad section is refused and changes nothing.
+    assert!(!gw.reload(net.gw_addr, &xdp("\"10.0.0.1/8\"", 100)));
+    assert!(gw.stderr().contains("host bits set"), "{}", gw.stderr());
 }

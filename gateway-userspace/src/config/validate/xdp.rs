@@ -179,3 +179,107 @@ impl Validator<'_> {
         policy
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, FeedbackReason, Problem, RateSpec, SteeringPolicy};
+    use crate::ebpf::AttachMode;
+
+    const BASE: &str =
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:18080\"\n[metrics]\nbind = \"127.0.0.1:19090\"\n";
+
+    fn load(extra: &str) -> Result<Config, Vec<Problem>> {
+        match Config::load_str(&format!("{BASE}{extra}"), "t.toml") {
+            Ok(c) => Ok(c),
+            Err(ConfigError::Invalid(p)) => Err(p),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn problem(extra: &str, key: &str) -> String {
+        let problems = load(extra).expect_err("should be refused");
+        problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem at {key}: {problems:?}"))
+            .reason
+            .clone()
+    }
+
+    #[test]
+    fn defaults_are_off_and_documented_values() {
+        let c = load("").unwrap();
+        let x = &c.xdp;
+        assert!(!x.enabled && x.feedback.is_none() && x.mode.is_none());
+        assert_eq!(x.pin_path, std::path::PathBuf::from("/sys/fs/bpf/gatewayd"));
+        assert_eq!((x.max_sources, x.ipv4_prefix, x.ipv6_prefix, x.new_sources_per_cpu), (262_144, 32, 64, 10_000));
+        assert_eq!(x.rate_limit, Some(RateSpec { rate: 20_000, burst: 40_000 }));
+        assert_eq!(x.syn_limit, Some(RateSpec { rate: 200, burst: 400 }));
+        assert_eq!(c.server.steering, SteeringPolicy::None);
+    }
+
+    #[test]
+    fn a_full_section_loads() {
+        let c = load(
+            r#"
+[server]
+workers = 4
+steering = "client_hash"
+[xdp]
+enabled = true
+interfaces = ["eth0", "eth1"]
+mode = "tc"
+allow = ["10.0.0.0/8", "2001:db8::1"]
+deny = ["192.0.2.0/24", "::ffff:198.51.100.0/120"]
+ipv6_prefix = 56
+[xdp.rate_limit]
+rate = 1000
+[xdp.syn_limit]
+enabled = false
+[xdp.feedback]
+enabled = true
+threshold = 5
+window = "30s"
+block_for = "1h"
+reasons = ["auth"]
+"#,
+        )
+        .unwrap();
+        let x = &c.xdp;
+        assert_eq!(x.mode, Some(AttachMode::Tc));
+        assert_eq!(x.rate_limit, Some(RateSpec { rate: 1000, burst: 2000 }));
+        assert_eq!(x.syn_limit, None);
+        assert_eq!(x.deny[1].to_string(), "198.51.100.0/24", "IPv4-mapped prefixes become IPv4");
+        assert_eq!(x.allow[1].to_string(), "2001:db8::1/128");
+        let f = x.feedback.as_ref().unwrap();
+        assert_eq!((f.threshold, f.reasons.as_slice()), (5, &[FeedbackReason::Auth][..]));
+        assert_eq!(c.server.steering, SteeringPolicy::ClientHash);
+    }
+
+    #[test]
+    fn mistakes_are_located_and_explained() {
+        assert!(problem("[xdp]\nenabled = true\n", "xdp.interfaces").contains("at least one interface"));
+        assert!(problem("[xdp]\ninterfaces = [\"eth0\", \"eth0\"]\n", "xdp.interfaces[1]").contains("twice"));
+        assert!(problem("[xdp]\ninterfaces = [\"a/b\"]\n", "xdp.interfaces[0]").contains("invalid interface name"));
+        assert!(problem("[xdp]\nmode = \"native\"\n", "xdp.mode").contains("xdp-driver"));
+        assert!(problem("[xdp]\ndeny = [\"10.1.2.3/8\"]\n", "xdp.deny[0]").contains("did you mean \"10.0.0.0/8\""));
+        assert!(problem("[xdp]\ndeny = [\"nonsense\"]\n", "xdp.deny[0]").contains("invalid CIDR"));
+        assert!(
+            problem("[xdp]\nallow = [\"10.0.0.0/8\"]\ndeny = [\"10.0.0.0/8\"]\n", "xdp.deny[0]")
+                .contains("also in xdp.allow")
+        );
+        assert!(problem("[xdp]\nipv6_prefix = 0\n", "xdp.ipv6_prefix").contains("between 1 and 128"));
+        assert!(problem("[xdp]\nipv4_prefix = 33\n", "xdp.ipv4_prefix").contains("between 1 and 32"));
+        assert!(problem("[xdp]\nmax_sources = 10\n", "xdp.max_sources").contains("between 1024"));
+        assert!(problem("[xdp.rate_limit]\nrate = 0\n", "xdp.rate_limit.rate").contains("between 1"));
+        assert!(problem("[xdp.syn_limit]\nburst = 0\n", "xdp.syn_limit.burst").contains("between 1"));
+        assert!(problem("[xdp.feedback]\nenabled = true\n", "xdp.feedback.enabled").contains("needs xdp.enabled"));
+        assert!(
+            problem("[xdp.feedback]\nreasons = [\"teapot\"]\n", "xdp.feedback.reasons[0]").contains("unknown reason")
+        );
+        assert!(problem("[server]\nworkers = 300\nsteering = \"cpu\"\n", "server.steering").contains("at most 256"));
+        let unknown = load("[xdp]\nenabeld = true\n").expect_err("unknown key");
+        assert_eq!(unknown[0].key, "enabeld");
+        assert_eq!(unknown[0].line, 7, "{unknown:?}");
+    }
+}
