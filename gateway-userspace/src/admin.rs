@@ -119,6 +119,13 @@ impl AdminServer {
                 "listeners": listeners,
                 "routes": s.config.routes.routes().len(),
                 "services": s.services.len(),
+                "xdp": self.shared.ebpf.xdp.get().map(|x| {
+                    x.attachments()
+                        .into_iter()
+                        .map(|(iface, mode)| serde_json::json!({"iface": iface, "mode": mode.label()}))
+                        .collect::<Vec<_>>()
+                }),
+                "steering": self.shared.ebpf.steering.get().map(|st| st.policy().label()),
             }),
         )
     }

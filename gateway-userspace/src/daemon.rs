@@ -168,7 +168,7 @@ impl Daemon {
             let _ = shared.ebpf.xdp.set(x);
         }
         if let Some(s) = steering {
-            tracing::info!(policy = ?s.policy(), "connection steering on");
+            tracing::info!(policy = s.policy().label(), "connection steering on");
             let _ = shared.ebpf.steering.set(s);
         }
 

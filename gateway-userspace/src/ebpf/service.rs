@@ -257,6 +257,11 @@ impl XdpService {
         Ok(TopReport { tracked_sources: tracked, entries })
     }
 
+    /// `(iface, mode)` of every attachment.
+    pub fn attachments(&self) -> Vec<(String, AttachMode)> {
+        lock(&self.guard).attachments().into_iter().map(|(iface, _, mode)| (iface, mode)).collect()
+    }
+
     /// Counters and gauges for the metrics endpoint.
     pub fn snapshot(&self) -> Snapshot {
         let guard = lock(&self.guard);

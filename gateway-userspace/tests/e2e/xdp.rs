@@ -337,6 +337,8 @@ fn admin_blocks_unblocks_and_lists_top_offenders() {
     let gw = NsGateway::start(&net.gw, net.gw_addr, &xdp);
     let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
     assert_eq!(get_from(&net.peer, target, dst, "/demo/hello", SHORT), Ok(200));
+    let status: serde_json::Value = serde_json::from_slice(&gw.cli(&["status"]).stdout).expect("status JSON");
+    assert_eq!(status["xdp"], serde_json::json!([{"iface": GW_IF, "mode": "xdp-skb"}]), "{status}");
 
     let out = gw.cli(&["xdp", "block", &target.to_string(), "--for", "10m"]);
     assert!(out.status.success(), "block failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -142,6 +142,17 @@ pub enum SteeringPolicy {
     ClientHash,
 }
 
+impl SteeringPolicy {
+    /// As written in the config.
+    pub const fn label(self) -> &'static str {
+        match self {
+            SteeringPolicy::None => "none",
+            SteeringPolicy::Cpu => "cpu",
+            SteeringPolicy::ClientHash => "client_hash",
+        }
+    }
+}
+
 fn default_mode() -> String {
     "auto".into()
 }
