@@ -7,7 +7,7 @@ pub mod schema;
 mod validate;
 mod xdp;
 
-use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use thiserror::Error;
@@ -15,7 +15,7 @@ use thiserror::Error;
 pub use schema::{LbAlgorithm, LogFormat};
 pub use xdp::{FeedbackReason, FeedbackSpec, RateSpec, SteeringPolicy, XdpSpec};
 
-use crate::{route::RouteTable, upstream::ServiceSpec};
+use crate::{consumer::Consumers, route::RouteTable, tls::ServerTlsSpec, upstream::ServiceSpec};
 
 /// The configuration `gatewayd` runs on when started without `--config`: HTTP on
 /// 127.0.0.1:8080, metrics on 127.0.0.1:9090, and `/demo` routed to the built-in demo upstream.
@@ -35,6 +35,9 @@ pub struct Config {
     pub routes: RouteTable,
     pub demo: Option<SocketAddr>,
     pub xdp: XdpSpec,
+    /// TLS of the listeners that terminate it, by listener name (material loaded and checked).
+    pub listener_tls: BTreeMap<Arc<str>, Arc<ServerTlsSpec>>,
+    pub consumers: Arc<Consumers>,
 }
 
 #[derive(Debug, Clone)]

@@ -27,6 +27,7 @@ use crate::{
     snapshot::Snapshot,
     state::{PartsHolder, SharedState, StateError},
     systemd,
+    tls::{ExpiryCollector, KtlsSupport, TlsMetrics, TlsParts},
     worker::{self, WorkerEvent, WorkerSettings},
 };
 
@@ -50,6 +51,8 @@ pub enum DaemonError {
     Admin(#[from] AdminError),
     #[error("eBPF: {0}")]
     Ebpf(#[from] EbpfError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -148,13 +151,16 @@ impl Daemon {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(EbpfCollector { xdp: xdp.clone(), steering: steering.clone() }));
         let audit_metrics = AuditMetrics::register(&mut registry);
-        let parts = PartsHolder::default();
+        let ktls = KtlsSupport::probe().await;
+        tracing::info!(supported = ktls.supported(), "{}", ktls.describe());
+        let parts = PartsHolder::new(TlsParts::new(ktls, TlsMetrics::register(&mut registry))?);
         parts.set_offenders(xdp.as_ref().map(|x| x.offenders().clone()));
         let phase_parts = parts.phase_parts(&config, &audit_metrics)?;
         let metrics_spec = config.metrics.clone();
         let demo = config.demo;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(1, config, phase_parts, None)));
         let metrics = Metrics::register(&mut registry, snapshot.clone());
+        registry.register_collector(Box::new(ExpiryCollector(snapshot.clone())));
         let worker_threads = Arc::new(WorkerThreads::default());
         registry.register_collector(Box::new(HostCollector::new(
             &metrics_spec.proc_root,

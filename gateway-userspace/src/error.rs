@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use thiserror::Error;
 
-use crate::{pipeline::RequestError, proxy::ProxyError, upstream::ConnectError};
+use crate::{pipeline::RequestError, proxy::ProxyError, tls::ClientCertError, upstream::ConnectError};
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -15,6 +15,8 @@ pub enum GatewayError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    ClientCert(#[from] ClientCertError),
 }
 
 impl GatewayError {
@@ -37,6 +39,7 @@ impl GatewayError {
                 ProxyError::ClientBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             },
+            GatewayError::ClientCert(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -58,6 +61,11 @@ impl GatewayError {
                 ProxyError::Upstream(_) => "upstream_reset",
                 ProxyError::ClientBodyTooLarge { .. } => "body_too_large",
                 ProxyError::ClientBody(_) => "client_body_error",
+            },
+            GatewayError::ClientCert(e) => match e {
+                ClientCertError::Required => "client_cert_required",
+                ClientCertError::Invalid => "client_cert_invalid",
+                ClientCertError::UnknownConsumer => "unknown_consumer",
             },
         }
     }
@@ -102,6 +110,9 @@ mod tests {
             (ProxyError::Connect(ConnectError::Timeout(Duration::from_secs(1))).into(), 504, "connect_timeout"),
             (ProxyError::ResponseTimeout(Duration::from_secs(1)).into(), 504, "read_timeout"),
             (ProxyError::NoHealthyUpstream.into(), 503, "no_healthy_upstream"),
+            (ClientCertError::Required.into(), 403, "client_cert_required"),
+            (ClientCertError::Invalid.into(), 403, "client_cert_invalid"),
+            (ClientCertError::UnknownConsumer.into(), 403, "unknown_consumer"),
         ];
         for (err, status, reason) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");

@@ -7,6 +7,7 @@ use crate::{
     config::Config,
     metrics::RequestMetrics,
     pipeline::{LatencyHeaders, Phase, Pipeline},
+    tls::{ClientCertPhase, TlsParts, TlsRuntime, UpstreamTls},
     upstream::Service,
 };
 
@@ -18,6 +19,8 @@ pub struct Snapshot {
     /// Running services, indexed like `config.services`.
     pub services: Vec<Service>,
     pub pipeline: Pipeline,
+    /// The listeners' TLS server configs.
+    pub tls: TlsRuntime,
 }
 
 /// A worker's handle on a snapshot: cloning it is a non-atomic `Rc` increment, so requests do
@@ -40,6 +43,7 @@ pub struct PhaseParts {
     pub audit: Option<AuditSink>,
     /// The XDP feedback loop, when `[xdp.feedback]` is on.
     pub feedback: Option<std::sync::Arc<crate::ebpf::Offenders>>,
+    pub tls: TlsParts,
 }
 
 impl Snapshot {
@@ -49,16 +53,21 @@ impl Snapshot {
             .iter()
             .map(|spec| {
                 let old = previous.and_then(|p| p.services.iter().find(|s| s.spec.name == spec.name));
-                Service::new(spec.clone(), old)
+                let mut service = Service::new(spec.clone(), old);
+                service.tls =
+                    spec.tls.as_ref().map(|t| UpstreamTls::new(t, spec.name.clone(), parts.tls.metrics.clone()));
+                service
             })
             .collect();
-        Snapshot { generation, config, services, pipeline: standard_pipeline(parts) }
+        let tls = TlsRuntime::build(&config.listener_tls, &parts.tls);
+        Snapshot { generation, config, services, pipeline: standard_pipeline(parts), tls }
     }
 }
 
 /// The phases, in order. Request hooks run in this order; so do response and log hooks.
 fn standard_pipeline(parts: PhaseParts) -> Pipeline {
-    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(LatencyHeaders), Box::new(RequestMetrics)];
+    let mut phases: Vec<Box<dyn Phase>> =
+        vec![Box::new(ClientCertPhase), Box::new(LatencyHeaders), Box::new(RequestMetrics)];
     if let Some(sink) = parts.audit {
         phases.push(Box::new(AuditPhase(sink)));
     }

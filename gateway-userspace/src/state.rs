@@ -11,6 +11,7 @@ use crate::{
     config::Config,
     metrics::{Metrics, Readiness, host::WorkerThreads},
     snapshot::{PhaseParts, Snapshot},
+    tls::TlsParts,
 };
 
 #[derive(Debug, Error)]
@@ -33,14 +34,23 @@ pub struct SharedState {
 }
 
 /// Owns the long-lived pieces phases are built from, across snapshots.
-#[derive(Default)]
 pub struct PartsHolder {
     audit: Mutex<Option<AuditSink>>,
+    /// Session-ticket keys, the session cache, the kTLS decision and the TLS metrics.
+    tls: TlsParts,
     /// The XDP feedback loop, when the guard runs (its thresholds follow the config).
     offenders: Mutex<Option<Arc<crate::ebpf::Offenders>>>,
 }
 
 impl PartsHolder {
+    pub fn new(tls: TlsParts) -> Self {
+        PartsHolder { audit: Mutex::new(None), tls, offenders: Mutex::new(None) }
+    }
+
+    pub fn tls(&self) -> &TlsParts {
+        &self.tls
+    }
+
     /// The phases' long-lived parts for `config`: the audit writer is reused while its path
     /// stays the same, so a reload neither reorders nor loses lines.
     pub fn phase_parts(&self, config: &Config, audit_metrics: &AuditMetrics) -> Result<PhaseParts, StateError> {
@@ -58,7 +68,7 @@ impl PartsHolder {
         current.clone_from(&audit);
         let offenders = self.offenders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let feedback = offenders.clone().filter(|_| config.xdp.feedback.is_some());
-        Ok(PhaseParts { audit, feedback })
+        Ok(PhaseParts { audit, tls: self.tls.clone(), feedback })
     }
 
     pub fn set_offenders(&self, offenders: Option<Arc<crate::ebpf::Offenders>>) {

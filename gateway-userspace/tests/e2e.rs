@@ -3,6 +3,7 @@
 
 mod e2e {
     pub mod netns;
+    pub mod pki;
     pub mod support;
 
     mod config_cli;
@@ -12,6 +13,7 @@ mod e2e {
     mod observability;
     mod routing;
     mod steering;
+    mod tls;
     mod upstreams;
     mod xdp;
 }

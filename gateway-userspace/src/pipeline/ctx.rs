@@ -33,6 +33,8 @@ pub struct ConnInfo {
     pub head_started: Cell<Option<Instant>>,
     /// Wakes the connection watchdog when a head starts, so its deadline is exact.
     pub head_notify: tokio::sync::Notify,
+    /// The TLS session (version, SNI, client certificate), on TLS listeners.
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 /// How a request ended.
@@ -80,6 +82,8 @@ impl Timings {
 pub struct Identity {
     pub user_id: Option<String>,
     pub workspace_id: Option<String>,
+    /// The `[[consumers]]` entry the request's credentials belong to.
+    pub consumer: Option<crate::consumer::Consumer>,
 }
 
 /// What the upstream reported about an AI/MCP exchange.
