@@ -201,15 +201,25 @@ fn is_bpffs(path: &Path) -> bool {
 /// Makes sure `dir` can hold pins: mounts bpffs at [`BPFFS`] when `dir` is under it and it is not
 /// mounted, then creates `dir`.
 fn ensure_pin_dir(dir: &Path) -> Result<(), EbpfError> {
-    // Two loads racing would stack two bpffs mounts on the same directory.
+    // Two loads racing (threads here, or gatewayd processes starting together) would stack two
+    // bpffs mounts, and pins made in the lower one would vanish from view: serialize on a lock
+    // of the mount point itself, and look again once holding it.
     static MOUNT: Mutex<()> = Mutex::new(());
     let _serialized = MOUNT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let bpffs = Path::new(BPFFS);
     if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
         let bpffs_error = |source| EbpfError::Bpffs { path: BPFFS, source };
         std::fs::create_dir_all(bpffs).map_err(bpffs_error)?;
-        mount(Some("bpf"), bpffs, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|e| bpffs_error(e.into()))?;
-        tracing::info!(path = BPFFS, "mounted bpffs");
+        let mount_point = File::open(bpffs).map_err(bpffs_error)?;
+        // SAFETY: flock(2) on a descriptor owned here; released when it closes.
+        if unsafe { libc::flock(mount_point.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(bpffs_error(io::Error::last_os_error()));
+        }
+        if !is_bpffs(bpffs) {
+            mount(Some("bpf"), bpffs, Some("bpf"), MsFlags::empty(), None::<&str>)
+                .map_err(|e| bpffs_error(e.into()))?;
+            tracing::info!(path = BPFFS, "mounted bpffs");
+        }
     }
     std::fs::create_dir_all(dir).map_err(EbpfError::pin(dir))?;
     if !is_bpffs(dir) {
