@@ -529,8 +529,10 @@ impl Suite<'_> {
         self.guard.deny_insert(net("192.0.2.64/26"), deny_entry(monotonic_ns().saturating_sub(1)))?;
         self.expect("expired deny entry no longer applies", &tcp("192.0.2.70").bytes, Verdict::Pass)?;
         let ttl = Duration::from_millis(100);
-        self.guard.deny_insert(net("192.0.2.128/26"), deny_entry(monotonic_ns() + ttl.as_nanos() as u64))?;
+        // Before the expiry is computed: both clocks are CLOCK_MONOTONIC, so a pass seen at
+        // `start + elapsed` is early only if elapsed < ttl.
         let start = Instant::now();
+        self.guard.deny_insert(net("192.0.2.128/26"), deny_entry(monotonic_ns() + ttl.as_nanos() as u64))?;
         self.expect("timed deny entry applies", &tcp("192.0.2.130").bytes, Verdict::DropDenyList)?;
         let failure = self.until_pass(&tcp("192.0.2.131").bytes, Duration::from_secs(2))?;
         let early = start.elapsed() < ttl;
