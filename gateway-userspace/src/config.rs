@@ -15,7 +15,10 @@ use thiserror::Error;
 pub use schema::{LbAlgorithm, LogFormat};
 pub use xdp::{FeedbackReason, FeedbackSpec, RateSpec, SteeringPolicy, XdpSpec};
 
-use crate::{consumer::Consumers, route::RouteTable, tls::ServerTlsSpec, upstream::ServiceSpec};
+use crate::{
+    budget::BudgetSpec, consumer::Consumers, kv::KvSpec, ratelimit::LayerSpec, route::RouteTable, tls::ServerTlsSpec,
+    upstream::ServiceSpec,
+};
 
 /// The configuration `gatewayd` runs on when started without `--config`: HTTP on
 /// 127.0.0.1:8080, metrics on 127.0.0.1:9090, and `/demo` routed to the built-in demo upstream.
@@ -38,6 +41,12 @@ pub struct Config {
     /// TLS of the listeners that terminate it, by listener name (material loaded and checked).
     pub listener_tls: BTreeMap<Arc<str>, Arc<ServerTlsSpec>>,
     pub consumers: Arc<Consumers>,
+    /// `[redis]`, shared by the fleet.
+    pub redis: Option<KvSpec>,
+    /// `[[rate_limits]]`, in evaluation order.
+    pub rate_limits: Vec<LayerSpec>,
+    /// `[[token_budgets]]`.
+    pub token_budgets: Vec<BudgetSpec>,
 }
 
 #[derive(Debug, Clone)]

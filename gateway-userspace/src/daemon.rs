@@ -24,6 +24,7 @@ use crate::{
     listener::socket,
     logging,
     metrics::{Metrics, Readiness, host::HostCollector, host::WorkerThreads, server::MetricsServer},
+    ratelimit::LimitState,
     snapshot::Snapshot,
     state::{PartsHolder, SharedState, StateError},
     systemd,
@@ -151,9 +152,11 @@ impl Daemon {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(EbpfCollector { xdp: xdp.clone(), steering: steering.clone() }));
         let audit_metrics = AuditMetrics::register(&mut registry);
+        let limits = LimitState::register(&mut registry);
         let ktls = KtlsSupport::probe().await;
         tracing::info!(supported = ktls.supported(), "{}", ktls.describe());
-        let parts = PartsHolder::new(TlsParts::new(ktls, TlsMetrics::register(&mut registry))?);
+        let parts =
+            PartsHolder::new(TlsParts::new(ktls, TlsMetrics::register(&mut registry))?).with_limits(limits.clone());
         parts.set_offenders(xdp.as_ref().map(|x| x.offenders().clone()));
         let phase_parts = parts.phase_parts(&config, &audit_metrics)?;
         let metrics_spec = config.metrics.clone();
@@ -192,6 +195,9 @@ impl Daemon {
             AdminServer::start(path, shared.clone(), admin_tx)?;
             tracing::info!(socket = %path.display(), "admin endpoint listening");
         }
+        // Redis-backed policies should not start on their fail mode just because the first
+        // connection attempt is still in flight.
+        limits.settled().await;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut daemon = Daemon { shared, config_path, shutdown, workers: Vec::new(), events, admin };

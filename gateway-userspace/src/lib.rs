@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod consumer;
@@ -9,11 +10,13 @@ pub mod daemon;
 pub mod demo;
 pub mod ebpf;
 pub mod error;
+pub mod kv;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod snapshot;
 pub mod state;

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub connections_active: Family<OneLabel, Gauge>,
     pub connections_total: Family<OneLabel, Counter>,
     pub worker_connections: Family<OneLabel, Counter>,
+    pub connections_parked: Family<OneLabel, Counter>,
     pub config_reloads: Family<OneLabel, Counter>,
 }
 
@@ -92,6 +93,7 @@ impl Metrics {
             connections_active: Family::default(),
             connections_total: Family::default(),
             worker_connections: Family::default(),
+            connections_parked: Family::default(),
             config_reloads: Family::default(),
         });
         registry.register("gateway_http_requests", "Requests by route, service, method and status", m.requests.clone());
@@ -129,6 +131,11 @@ impl Metrics {
             "gateway_worker_connections",
             "Accepted client connections, by worker",
             m.worker_connections.clone(),
+        );
+        registry.register(
+            "gateway_connections_parked",
+            "Idle HTTP/1 connections parked: their HTTP state released until the next request",
+            m.connections_parked.clone(),
         );
         registry.register("gateway_config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
         registry.register_collector(Box::new(UpstreamCollector(snapshot)));

@@ -2,11 +2,16 @@
 //! ordered phases. Built off the request path, swapped atomically on reload; in-flight
 //! requests finish on the snapshot they started with.
 
+use std::sync::Arc;
+
 use crate::{
     audit::{AuditPhase, AuditSink},
+    budget::BudgetPhase,
     config::Config,
+    kv::Kv,
     metrics::RequestMetrics,
     pipeline::{LatencyHeaders, Phase, Pipeline},
+    ratelimit::{LimitState, RateLimitPhase},
     tls::{ClientCertPhase, TlsParts, TlsRuntime, UpstreamTls},
     upstream::Service,
 };
@@ -44,6 +49,10 @@ pub struct PhaseParts {
     /// The XDP feedback loop, when `[xdp.feedback]` is on.
     pub feedback: Option<std::sync::Arc<crate::ebpf::Offenders>>,
     pub tls: TlsParts,
+    /// Rate-limit and budget stores, clock and metrics.
+    pub limits: Arc<LimitState>,
+    /// The `[redis]` handle, when configured.
+    pub kv: Option<Kv>,
 }
 
 impl Snapshot {
@@ -60,14 +69,22 @@ impl Snapshot {
             })
             .collect();
         let tls = TlsRuntime::build(&config.listener_tls, &parts.tls);
-        Snapshot { generation, config, services, pipeline: standard_pipeline(parts), tls }
+        let pipeline = standard_pipeline(&config, parts);
+        Snapshot { generation, config, services, pipeline, tls }
     }
 }
 
 /// The phases, in order. Request hooks run in this order; so do response and log hooks.
-fn standard_pipeline(parts: PhaseParts) -> Pipeline {
-    let mut phases: Vec<Box<dyn Phase>> =
-        vec![Box::new(ClientCertPhase), Box::new(LatencyHeaders), Box::new(RequestMetrics)];
+fn standard_pipeline(config: &Config, parts: PhaseParts) -> Pipeline {
+    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(ClientCertPhase)];
+    if !config.rate_limits.is_empty() {
+        phases.push(Box::new(RateLimitPhase::new(config, parts.limits.clone(), parts.kv.clone())));
+    }
+    if !config.token_budgets.is_empty() {
+        phases.push(Box::new(BudgetPhase::new(config, parts.limits.clone(), parts.kv.clone())));
+    }
+    phases.push(Box::new(LatencyHeaders));
+    phases.push(Box::new(RequestMetrics));
     if let Some(sink) = parts.audit {
         phases.push(Box::new(AuditPhase(sink)));
     }

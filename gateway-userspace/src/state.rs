@@ -1,6 +1,6 @@
 //! Process-wide state shared by the control thread and the workers.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -10,6 +10,7 @@ use crate::{
     audit::{AuditMetrics, AuditSink},
     config::Config,
     metrics::{Metrics, Readiness, host::WorkerThreads},
+    ratelimit::{LimitMetrics, LimitState, SystemClock},
     snapshot::{PhaseParts, Snapshot},
     tls::TlsParts,
 };
@@ -38,17 +39,33 @@ pub struct PartsHolder {
     audit: Mutex<Option<AuditSink>>,
     /// Session-ticket keys, the session cache, the kTLS decision and the TLS metrics.
     tls: TlsParts,
+    /// Rate-limit and budget stores, clock, metrics and the Redis handle.
+    limits: OnceLock<Arc<LimitState>>,
     /// The XDP feedback loop, when the guard runs (its thresholds follow the config).
     offenders: Mutex<Option<Arc<crate::ebpf::Offenders>>>,
 }
 
 impl PartsHolder {
     pub fn new(tls: TlsParts) -> Self {
-        PartsHolder { audit: Mutex::new(None), tls, offenders: Mutex::new(None) }
+        PartsHolder { audit: Mutex::new(None), tls, limits: OnceLock::new(), offenders: Mutex::new(None) }
     }
 
     pub fn tls(&self) -> &TlsParts {
         &self.tls
+    }
+
+    /// Uses `limits` (registered with the metrics) for rate limits and budgets.
+    pub fn with_limits(self, limits: Arc<LimitState>) -> Self {
+        let _ = self.limits.set(limits);
+        self
+    }
+
+    /// Limiter state kept across reloads (memory counters survive, the Redis handle is reused
+    /// while `[redis]` is unchanged).
+    pub fn limits(&self) -> &Arc<LimitState> {
+        self.limits.get_or_init(|| {
+            Arc::new(LimitState::new(Arc::new(SystemClock), Arc::new(LimitMetrics::default()), Default::default()))
+        })
     }
 
     /// The phases' long-lived parts for `config`: the audit writer is reused while its path
@@ -66,9 +83,11 @@ impl PartsHolder {
             },
         };
         current.clone_from(&audit);
+        let limits = self.limits().clone();
+        let kv = limits.kv_for(config.redis.as_ref());
         let offenders = self.offenders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let feedback = offenders.clone().filter(|_| config.xdp.feedback.is_some());
-        Ok(PhaseParts { audit, tls: self.tls.clone(), feedback })
+        Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv, feedback })
     }
 
     pub fn set_offenders(&self, offenders: Option<Arc<crate::ebpf::Offenders>>) {

@@ -6,11 +6,13 @@ mod e2e {
     pub mod pki;
     pub mod support;
 
+    mod budget;
     mod config_cli;
     mod headers;
     mod lifecycle;
     mod limits;
     mod observability;
+    mod ratelimit;
     mod routing;
     mod steering;
     mod tls;

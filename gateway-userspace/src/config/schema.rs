@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 mod xdp;
 pub use xdp::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection};
+mod limits;
+pub use limits::*;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -37,6 +39,14 @@ pub struct FileConfig {
     /// The parties that call the gateway and their credentials. Default: none.
     #[serde(default)]
     pub consumers: Vec<ConsumerSection>,
+    /// Redis shared by the fleet. Default: none.
+    pub redis: Option<RedisSection>,
+    /// Rate-limit layers, in evaluation order. Default: none.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSection>,
+    /// Daily token budgets. Default: none.
+    #[serde(default)]
+    pub token_budgets: Vec<TokenBudgetSection>,
 }
 
 /// `[server]`: process-wide settings.

@@ -23,6 +23,7 @@ use crate::{
     upstream::ServiceSpec,
 };
 
+mod limits;
 mod xdp;
 
 const DEFAULT_AUDIT_QUEUE: usize = 65_536;
@@ -86,6 +87,10 @@ impl Validator<'_> {
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
         let xdp = self.xdp(&f.xdp);
+        let redis = self.redis(&f);
+        let mut layer_names = HashSet::new();
+        let rate_limits = self.rate_limits(&f, redis.is_some(), &mut layer_names);
+        let token_budgets = self.token_budgets(&f, redis.is_some(), &mut layer_names);
         Config {
             source: self.file.to_owned(),
             server,
@@ -99,6 +104,9 @@ impl Validator<'_> {
             xdp,
             listener_tls,
             consumers,
+            redis,
+            rate_limits,
+            token_budgets,
         }
     }
 

@@ -4,6 +4,12 @@
 //! and slow-header timeouts are one setting there. We keep them apart: a watchdog closes a
 //! connection whose request head is not complete `header_read_timeout` after its first byte
 //! (slowloris), and an idle connection after `idle_timeout`.
+//!
+//! Idle HTTP/1 connections are *parked*: hyper keeps an 8 KiB read buffer, an 8 KiB write buffer
+//! and per-request state for as long as a connection lives, so after `PARK_AFTER` without a
+//! request the connection hands hyper an end-of-stream, takes its socket back (hyper's
+//! `without_shutdown`), waits for readability holding nothing but the socket, and builds a fresh
+//! hyper connection when the next request arrives. Busy connections never park.
 
 use std::{
     cell::Cell,
@@ -17,13 +23,16 @@ use std::{
     time::Instant,
 };
 
-use hyper::{Request, body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::conn::auto,
+use bytes::Bytes;
+use hyper::{
+    Request,
+    body::Incoming,
+    server::conn::{http1, http2},
+    service::service_fn,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
     sync::watch,
     time::{Duration, sleep_until},
@@ -33,6 +42,7 @@ use crate::{
     config::{Limits, ListenerSpec},
     metrics::{LabelValue, Labels},
     pipeline::{self, ConnInfo},
+    proxy::ResponseBody,
     tls,
     worker::WorkerLocal,
 };
@@ -61,11 +71,13 @@ pub(super) async fn serve_tcp(
     // without rebinding its socket.
     if let (Some(server), Some(parts)) = (snapshot.tls.listener(&spec.name), snapshot.tls.parts()) {
         let listener = tls::TlsListener { name: &spec.name, server, generation: snapshot.generation, parts };
-        let accepted = tls::accept(stream, peer, listener, &worker.tls_metrics, limits.header_read_timeout).await;
+        // Boxed: the handshake's state would otherwise size every plain connection's task.
+        let accepted =
+            Box::pin(tls::accept(stream, peer, listener, &worker.tls_metrics, limits.header_read_timeout)).await;
         let Some(accepted) = accepted else { return };
         drop(snapshot);
         let conn = conn_info(worker, &spec, peer, local, Some(accepted.info));
-        return serve_connection(accepted.io, accepted.proto, conn, limits, shutdown).await;
+        return Box::pin(serve_connection(accepted.io, accepted.proto, conn, limits, shutdown)).await;
     }
     drop(snapshot);
     let proto = if spec.http2 { detect(&stream, limits.header_read_timeout).await } else { Proto::Http1 };
@@ -89,7 +101,8 @@ fn conn_info(
         active: Cell::new(0),
         last_active: Cell::new(Instant::now()),
         head_started: Cell::new(None),
-        head_notify: tokio::sync::Notify::new(),
+        watchdog_wake: tokio::sync::Notify::new(),
+        park: Cell::new(false),
         tls,
     })
 }
@@ -115,17 +128,35 @@ async fn detect(stream: &TcpStream, timeout: Duration) -> Proto {
     }
 }
 
+/// A client stream. `park_socket` gives the socket to wait on while an idle HTTP/1 connection is
+/// parked, for streams that hold no data of their own between requests (plain TCP); streams with
+/// userspace buffers (rustls) are never parked.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + 'static {
+    fn park_socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl ClientIo for TcpStream {
+    fn park_socket(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl ClientIo for tls::TlsIo {}
+
+/// An idle HTTP/1 connection is parked after this long without a request.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// Serves HTTP on an established (possibly TLS) stream until it closes, times out, or
 /// `shutdown` flips and in-flight requests are done.
-pub async fn serve_connection<I>(
+pub async fn serve_connection<I: ClientIo>(
     io: I,
     proto: Proto,
     conn: Rc<ConnInfo>,
     limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + 'static,
-{
+    shutdown: watch::Receiver<bool>,
+) {
     let shared = conn.worker.metrics.shared().clone();
     let gauge = shared
         .connections_active
@@ -138,51 +169,202 @@ pub async fn serve_connection<I>(
         gauge.dec();
         worker.open_connections.set(worker.open_connections.get() - 1);
     });
-    let builder = builder(proto, &limits);
-    let svc_conn = conn.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let c = svc_conn.clone();
-        async move { Ok::<_, Infallible>(pipeline::serve(req, c).await) }
-    });
-    let io = TokioIo::new(WatchedIo { inner: io, conn: conn.clone() });
-    let mut http = pin!(builder.serve_connection(io, service));
+    let mut conn_io = Some(WatchedIo { inner: io, conn: conn.clone(), prefix: Bytes::new() });
+    let mut shutdown = shutdown;
+    while let Some(io) = conn_io.take() {
+        let parkable = proto == Proto::Http1 && io.inner.park_socket().is_some();
+        let ended = match proto {
+            Proto::Http1 => {
+                let http = Reusable(Some(h1_builder(&limits).serve_connection(TokioIo::new(io), service(&conn))));
+                drive(http, &conn, proto, &limits, &mut shutdown, parkable).await
+            }
+            Proto::Http2 => {
+                let http = h2_builder(&limits).serve_connection(TokioIo::new(io), service(&conn));
+                drive(http, &conn, proto, &limits, &mut shutdown, false).await.map(|()| None)
+            }
+        };
+        let parts = match ended {
+            Ok(Some(parts)) if conn.park.get() => parts,
+            Ok(Some(parts)) => {
+                // Ended for good: shut down as hyper would have (TLS close_notify, FIN).
+                let mut io = parts.io.into_inner();
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.inner.shutdown()).await;
+                return;
+            }
+            Ok(None) => return,
+            Err(End::Error(e)) => {
+                connection_error(&conn, &*e);
+                return;
+            }
+            Err(End::SlowHeader) => {
+                shared.refused("header_timeout");
+                tracing::debug!(peer = %conn.peer, "closing a connection whose request head did not arrive in time");
+                return;
+            }
+        };
+        conn.park.set(false);
+        shared
+            .connections_parked
+            .get_or_create(&Labels([("listener", LabelValue::Shared(conn.listener.clone()))]))
+            .inc();
+        let mut io = parts.io.into_inner();
+        io.prefix = parts.read_buf;
+        if io.prefix.is_empty() && !wait_parked(&io, &conn, &limits, &mut shutdown).await {
+            return;
+        }
+        conn_io = Some(io);
+    }
+}
+
+fn service(
+    conn: &Rc<ConnInfo>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = hyper::Response<ResponseBody>,
+    Error = Infallible,
+    Future = ServeFuture,
+> {
+    let conn = conn.clone();
+    service_fn(move |req: Request<Incoming>| -> ServeFuture {
+        // Boxed: hyper keeps a slot for this future for the connection's whole life, and the
+        // request path's state machine is several KiB.
+        let c = conn.clone();
+        Box::pin(async move { Ok(pipeline::serve(req, c).await) })
+    })
+}
+
+type ServeFuture = Pin<Box<dyn Future<Output = Result<hyper::Response<ResponseBody>, Infallible>>>>;
+
+/// Why `drive` stopped without the connection ending on its own.
+enum End {
+    Error(Box<dyn std::error::Error + Send + Sync>),
+    SlowHeader,
+}
+
+/// Graceful shutdown for both hyper connection types.
+trait GracefulShutdown {
+    fn shutdown_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulShutdown for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shutdown_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// An HTTP/1 connection that, when it ends, gives its socket back instead of shutting it down
+/// (for parking).
+struct Reusable<I, S: hyper::service::HttpService<Incoming>>(Option<http1::Connection<I, S>>);
+
+impl<I, S> Future for Reusable<I, S>
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    S::Future: Unpin,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = Result<Option<http1::Parts<I, S>>, hyper::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(conn) = self.0.as_mut() else { return Poll::Ready(Ok(None)) };
+        std::task::ready!(conn.poll_without_shutdown(cx))?;
+        Poll::Ready(Ok(self.0.take().map(http1::Connection::into_parts)))
+    }
+}
+
+impl<I, S> GracefulShutdown for Reusable<I, S>
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown_gracefully(mut self: Pin<&mut Self>) {
+        if let Some(conn) = self.0.as_mut() {
+            Pin::new(conn).graceful_shutdown();
+        }
+    }
+}
+
+/// Runs a hyper connection under the watchdog until it ends, the client is too slow, or it goes
+/// idle long enough to park (then it is made to end, with `conn.park` set).
+async fn drive<F, T, E>(
+    http: F,
+    conn: &ConnInfo,
+    proto: Proto,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+    parkable: bool,
+) -> Result<T, End>
+where
+    F: Future<Output = Result<T, E>> + GracefulShutdown,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut http = pin!(http);
     let mut timer = pin!(sleep_until(tokio::time::Instant::now() + limits.idle_timeout));
     let mut closing = false;
     loop {
         tokio::select! {
-            result = http.as_mut() => {
-                if let Err(e) = result {
-                    connection_error(&conn, &*e);
-                }
-                return;
-            }
+            result = http.as_mut() => return result.map_err(|e| End::Error(e.into())),
             () = timer.as_mut() => {
-                match watchdog(&conn, proto, &limits) {
+                match watchdog(conn, proto, limits, parkable && !closing) {
                     Watch::Next(at) => timer.as_mut().reset(at.into()),
-                    Watch::SlowHeader => {
-                        shared.refused("header_timeout");
-                        tracing::debug!(peer = %conn.peer, "closing a connection whose request head did not arrive in time");
-                        return;
+                    Watch::SlowHeader => return Err(End::SlowHeader),
+                    Watch::Park => {
+                        // Wake hyper's read: it sees end-of-stream and finishes without shutdown.
+                        conn.park.set(true);
+                        timer.as_mut().reset((Instant::now() + limits.idle_timeout).into());
                     }
                     Watch::Idle if !closing => {
                         closing = true;
-                        http.as_mut().graceful_shutdown();
+                        http.as_mut().shutdown_gracefully();
                         timer.as_mut().reset((Instant::now() + Duration::from_secs(1)).into());
                     }
-                    Watch::Idle => return,
+                    Watch::Idle => return Err(End::Error("idle connection did not close".into())),
                 }
             }
-            () = conn.head_notify.notified() => {
-                if let Watch::Next(at) = watchdog(&conn, proto, &limits) {
-                    timer.as_mut().reset(at.into());
-                }
+            () = conn.watchdog_wake.notified() => {
+                // Recompute the deadline only; acting on it is the timer's job.
+                let deadline = match watchdog(conn, proto, limits, parkable && !closing) {
+                    Watch::Next(at) => at,
+                    _ => Instant::now(),
+                };
+                timer.as_mut().reset(deadline.into());
             }
             Ok(()) = shutdown.changed(), if !closing => {
                 if *shutdown.borrow() {
                     closing = true;
-                    http.as_mut().graceful_shutdown();
+                    conn.park.set(false);
+                    http.as_mut().shutdown_gracefully();
                 }
             }
+        }
+    }
+}
+
+/// Waits, holding only the socket, until the parked connection has bytes to read (true), or its
+/// idle time is up or the worker drains (false: close it).
+async fn wait_parked<I: ClientIo>(
+    io: &WatchedIo<I>,
+    conn: &ConnInfo,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let Some(socket) = io.inner.park_socket() else { return true };
+    let deadline = conn.last_active.get() + limits.idle_timeout;
+    loop {
+        tokio::select! {
+            ready = socket.readable() => return ready.is_ok(),
+            () = sleep_until(deadline.into()) => return false,
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return false },
         }
     }
 }
@@ -190,10 +372,11 @@ pub async fn serve_connection<I>(
 enum Watch {
     Next(Instant),
     SlowHeader,
+    Park,
     Idle,
 }
 
-fn watchdog(conn: &ConnInfo, proto: Proto, limits: &Limits) -> Watch {
+fn watchdog(conn: &ConnInfo, proto: Proto, limits: &Limits, may_park: bool) -> Watch {
     let now = Instant::now();
     if conn.active.get() > 0 {
         // Requests in flight: their own timeouts apply.
@@ -203,17 +386,19 @@ fn watchdog(conn: &ConnInfo, proto: Proto, limits: &Limits) -> Watch {
         let deadline = started + limits.header_read_timeout;
         return if now >= deadline { Watch::SlowHeader } else { Watch::Next(deadline) };
     }
-    let deadline = conn.last_active.get() + limits.idle_timeout;
-    if now >= deadline { Watch::Idle } else { Watch::Next(deadline) }
+    let idle_deadline = conn.last_active.get() + limits.idle_timeout;
+    if now >= idle_deadline {
+        return Watch::Idle;
+    }
+    if may_park && !conn.park.get() {
+        let park_at = conn.last_active.get() + PARK_AFTER;
+        return if now >= park_at { Watch::Park } else { Watch::Next(park_at.min(idle_deadline)) };
+    }
+    Watch::Next(idle_deadline)
 }
 
-fn builder(proto: Proto, limits: &Limits) -> auto::Builder<LocalExec> {
-    let mut b = auto::Builder::new(LocalExec);
-    b = match proto {
-        Proto::Http1 => b.http1_only(),
-        Proto::Http2 => b.http2_only(),
-    };
-    let mut h1 = b.http1();
+fn h1_builder(limits: &Limits) -> http1::Builder {
+    let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     // hyper answers 431 itself past its buffer; smaller limits are enforced per request.
     h1.max_buf_size(limits.max_header_bytes.max(8192));
@@ -221,13 +406,17 @@ fn builder(proto: Proto, limits: &Limits) -> auto::Builder<LocalExec> {
         // hyper moves header parsing to the heap when this is set: only pay for it if asked.
         h1.max_headers(limits.max_headers);
     }
-    let mut h2 = b.http2();
+    h1
+}
+
+fn h2_builder(limits: &Limits) -> http2::Builder<LocalExec> {
+    let mut h2 = http2::Builder::new(LocalExec);
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    b
+    h2
 }
 
 fn connection_error(conn: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
@@ -250,21 +439,43 @@ fn connection_error(conn: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
     }
 }
 
-/// Notes when a request head starts arriving on an otherwise idle connection.
+/// The client stream as hyper sees it: notes when a request head starts arriving on an idle
+/// connection, replays bytes a parked hyper connection had read ahead, and ends the stream when
+/// the connection is to be parked and nothing is waiting to be read.
 struct WatchedIo<I> {
     inner: I,
     conn: Rc<ConnInfo>,
+    prefix: Bytes,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            self.note_head_start();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && self.conn.active.get() == 0 && self.conn.head_started.get().is_none() {
-            self.conn.head_started.set(Some(Instant::now()));
-            self.conn.head_notify.notify_one();
+        if buf.filled().len() > before {
+            self.note_head_start();
+        } else if polled.is_pending() && self.conn.park.get() && self.conn.active.get() == 0 {
+            // Nothing to read and time to park: end-of-stream ends hyper's connection (without
+            // shutting the socket down).
+            return Poll::Ready(Ok(()));
         }
         polled
+    }
+}
+
+impl<I> WatchedIo<I> {
+    fn note_head_start(&self) {
+        if self.conn.active.get() == 0 && self.conn.head_started.get().is_none() {
+            self.conn.head_started.set(Some(Instant::now()));
+            self.conn.watchdog_wake.notify_one();
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, header, request};
 
 use crate::{
-    proxy::{BodyObserver, headers},
+    proxy::{BodyObserver, RequestObserver, headers},
     snapshot::LocalSnapshot,
     worker::WorkerLocal,
 };
@@ -31,8 +31,11 @@ pub struct ConnInfo {
     pub last_active: Cell<Instant>,
     /// When the first byte of a not-yet-complete request head arrived.
     pub head_started: Cell<Option<Instant>>,
-    /// Wakes the connection watchdog when a head starts, so its deadline is exact.
-    pub head_notify: tokio::sync::Notify,
+    /// Wakes the connection watchdog when a head starts or the last request ends, so its
+    /// deadlines (slow header, park, idle) are exact.
+    pub watchdog_wake: tokio::sync::Notify,
+    /// Set while an idle HTTP/1 connection is being parked (see `listener::conn`).
+    pub park: Cell<bool>,
     /// The TLS session (version, SNI, client certificate), on TLS listeners.
     pub tls: Option<crate::tls::TlsInfo>,
 }
@@ -119,6 +122,8 @@ pub struct RequestCtx {
     pub usage: Usage,
     /// Observers attached by phases to the response body.
     pub response_observers: Vec<Box<dyn BodyObserver>>,
+    /// Observers attached by phases to the request body (handed to it when it is forwarded).
+    pub request_observers: Vec<Box<dyn RequestObserver>>,
     /// Phase-private data.
     pub extensions: http::Extensions,
 }
@@ -155,6 +160,7 @@ impl RequestCtx {
             identity: Identity::default(),
             usage: Usage::default(),
             response_observers: Vec::new(),
+            request_observers: Vec::new(),
             extensions: http::Extensions::new(),
         }
     }
@@ -187,10 +193,12 @@ impl RequestCtx {
         }
         self.outcome = Some(outcome);
         self.timings.end = Some(Instant::now());
-        if outcome == Outcome::Completed {
-            let mut observers = std::mem::take(&mut self.response_observers);
-            for o in &mut observers {
+        let mut observers = std::mem::take(&mut self.response_observers);
+        for o in &mut observers {
+            if outcome == Outcome::Completed {
                 o.on_end(self);
+            } else {
+                o.on_abort(self);
             }
         }
         let snapshot = self.snapshot.clone();
@@ -199,6 +207,9 @@ impl RequestCtx {
         }
         self.conn.active.set(self.conn.active.get().saturating_sub(1));
         self.conn.last_active.set(Instant::now());
+        if self.conn.active.get() == 0 {
+            self.conn.watchdog_wake.notify_one();
+        }
     }
 }
 

@@ -133,3 +133,43 @@ fn slowloris_and_idle_connections_are_closed() {
     let closed = time_to_close(&mut idle, Duration::from_secs(5)).expect("idle connection was not closed");
     assert!(closed >= Duration::from_millis(1000), "closed too early: {closed:?}");
 }
+
+/// An idle HTTP/1 connection gives hyper's buffers back (it is parked) and still serves the next
+/// request on the same socket, including bytes that arrive while it is parked.
+#[test]
+fn idle_connections_park_and_keep_serving() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| config(p, &u).replace("idle_timeout = \"1500ms\"", "idle_timeout = \"30s\""));
+    let mut s = TcpStream::connect(gw.ports.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let exchange = |s: &mut TcpStream, path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes()).unwrap();
+        let mut buf = vec![0u8; 8192];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(exchange(&mut s, "/one").starts_with("HTTP/1.1 200"));
+    let parked = eventually(Duration::from_secs(5), || {
+        (gw.metric("gateway_connections_parked_total", &[("listener", "public")]) >= 1.0).then_some(())
+    });
+    assert!(parked.is_some(), "the idle connection was not parked");
+    let r = exchange(&mut s, "/two");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("\"path\":\"/two\""), "{r}");
+    // Two requests in one write after another park: the second is replayed from the read-ahead.
+    assert!(
+        eventually(Duration::from_secs(5), || (gw.metric("gateway_connections_parked_total", &[]) >= 2.0)
+            .then_some(()))
+        .is_some()
+    );
+    s.write_all(b"GET /three HTTP/1.1\r\nHost: h\r\n\r\nGET /four HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    let mut got = String::new();
+    let mut buf = vec![0u8; 8192];
+    while !got.contains("/four") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("/three"));
+    assert_eq!(gw.metric("gateway_connections_total", &[]), 1.0, "one client connection throughout");
+}
