@@ -2,4 +2,5 @@
 //! `no_std`, `#[repr(C)]`, no padding surprises: both sides read the same bytes.
 #![no_std]
 
+pub mod steer;
 pub mod xdp;

@@ -1,29 +1,231 @@
+//! The guard: one XDP program and one TC ingress classifier with the same logic, plus an empty
+//! XDP program (the benchmark's floor). Pipeline per frame: parse → allow list (bypass) → deny
+//! list (drop) → new-source guard → per-source packet bucket and SYN bucket → pass.
+//!
+//! Must load on Linux 5.10: no atomic whose result is used, bounded loops only, no helpers newer
+//! than 5.10. Map layouts and names come from `gateway_common::xdp`.
 #![no_std]
 #![no_main]
+// The one atomic the guard needs is written as the exact BPF instruction (see `atomic_add`).
+#![feature(asm_experimental_arch)]
 
-use aya_ebpf::{bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext};
-use gateway_common::xdp::{VERDICT_COUNT, Verdict};
+mod parse;
 
-#[map(name = "GW_VERDICTS")]
-static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERDICT_COUNT, 0);
+use core::{
+    arch::asm,
+    ffi::c_void,
+    mem::MaybeUninit,
+    ptr::{read_volatile, write_volatile},
+};
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::{bpf_ktime_get_ns, generated::bpf_map_lookup_elem},
+    macros::{classifier, map, xdp},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::{TcContext, XdpContext},
+};
+use gateway_common::xdp::{
+    COUNTER_ENTRIES, DEFAULT_MAX_SOURCES, DenyEntry, GuardConfig, MAX_LIST_ENTRIES, NEW_SOURCE_INSERTED,
+    NEW_SOURCE_OVER_CAP, NewSourceWindow, OVERFLOW_KEY, SourceKey, SourceState, Verdict, counter_index, flags,
+};
+use parse::Parsed;
+
+#[map(name = "GW_CONFIG")]
+static CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "GW_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+
+#[map(name = "GW_SOURCES")]
+static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+
+#[map(name = "GW_ALLOW")]
+static ALLOW: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+
+#[map(name = "GW_DENY")]
+static DENY: LpmTrie<[u32; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
+
+#[map(name = "GW_NEWSRC")]
+static NEW_SOURCES: PerCpuArray<NewSourceWindow> = PerCpuArray::with_max_entries(1, 0);
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+/// Header bytes the TC program makes sure are in the linear part of the skb.
+const TC_HEADER_BYTES: u32 = 128;
 
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
-    match try_gateway_xdp(&ctx) {
-        Ok(action) => action,
-        Err(()) => xdp_action::XDP_ABORTED,
-    }
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    if guard(ctx.data(), ctx.data_end(), ifindex).is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
-fn try_gateway_xdp(_ctx: &XdpContext) -> Result<u32, ()> {
-    count(Verdict::Pass);
-    Ok(xdp_action::XDP_PASS)
+#[classifier]
+pub fn gateway_tc(ctx: TcContext) -> i32 {
+    // Headers of a non-linear skb may sit outside the directly readable part: pull them in first,
+    // or a well-formed packet would look truncated.
+    let want = ctx.len().min(TC_HEADER_BYTES);
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
+    }
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // UNSPEC rather than OK: later filters on the device still run.
+    if guard(ctx.data(), ctx.data_end(), ifindex).is_drop() { TC_ACT_SHOT as i32 } else { TC_ACT_UNSPEC }
+}
+
+#[xdp]
+pub fn gateway_xdp_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
-fn count(verdict: Verdict) {
-    if let Some(slot) = VERDICTS.get_ptr_mut(verdict as u32) {
-        // Per-CPU slot: no other CPU writes it, so a plain add is race free.
+fn guard(data: usize, end: usize, ifindex: u32) -> Verdict {
+    let verdict = classify(data, end, ifindex);
+    count(ifindex, verdict as u32);
+    verdict
+}
+
+#[inline(always)]
+fn classify(data: usize, end: usize, ifindex: u32) -> Verdict {
+    let Some(cfg) = CONFIG.get(0) else { return Verdict::Pass };
+    let f = cfg.flags;
+    if f & flags::ENABLED == 0 {
+        return Verdict::Pass;
+    }
+    let (addr, v4, syn) = match parse::parse(data, end) {
+        Parsed::NotIp => return Verdict::Pass,
+        Parsed::Malformed => return Verdict::DropMalformed,
+        Parsed::Ip { addr, v4, syn } => (addr, v4, syn),
+    };
+    let lpm = Key::new(128, addr);
+    if f & flags::ALLOW != 0 && ALLOW.get(&lpm).is_some() {
+        return Verdict::PassAllowList;
+    }
+    if f & flags::DENY != 0 && denied(&lpm) {
+        return Verdict::DropDenyList;
+    }
+    if f & (flags::RATE | flags::SYN) == 0 {
+        return Verdict::Pass;
+    }
+    let mask = if v4 { &cfg.mask_v4 } else { &cfg.mask_v6 };
+    let key = SourceKey { addr: [addr[0] & mask[0], addr[1] & mask[1], addr[2] & mask[2], addr[3] & mask[3]] };
+    let now = unsafe { bpf_ktime_get_ns() };
+    match SOURCES.get_ptr_mut(&key) {
+        Some(state) => limit(state, cfg, now, syn),
+        None => new_source(&key, cfg, now, syn, ifindex),
+    }
+}
+
+/// A deny entry applies until it expires; the program checks expiry itself so a timed block
+/// ends on time even while the daemon is down.
+#[inline(always)]
+fn denied(lpm: &Key<[u32; 4]>) -> bool {
+    // The typed `get` only hands out a shared reference; the hit count needs the value pointer.
+    let entry = unsafe {
+        bpf_map_lookup_elem(&DENY as *const _ as *mut c_void, lpm as *const _ as *const c_void) as *mut DenyEntry
+    };
+    if entry.is_null() {
+        return false;
+    }
+    let expires = unsafe { read_volatile(&(*entry).expires_ns) };
+    if expires != 0 && unsafe { bpf_ktime_get_ns() } >= expires {
+        return false;
+    }
+    // Racy across CPUs; an approximate count is all `xdp top` needs.
+    unsafe { write_volatile(&mut (*entry).hits, read_volatile(&(*entry).hits) + 1) };
+    true
+}
+
+#[inline(always)]
+fn limit(state: *mut SourceState, cfg: &GuardConfig, now: u64, syn: bool) -> Verdict {
+    let f = cfg.flags;
+    unsafe {
+        if syn
+            && f & flags::SYN != 0
+            && !gcra(&raw mut (*state).syn_tat_ns, now, cfg.syn_interval_ns, cfg.syn_tolerance_ns)
+        {
+            write_volatile(&mut (*state).syn_dropped, read_volatile(&(*state).syn_dropped) + 1);
+            return Verdict::DropSynRateLimit;
+        }
+        if f & flags::RATE != 0 && !gcra(&raw mut (*state).tat_ns, now, cfg.pkt_interval_ns, cfg.pkt_tolerance_ns) {
+            write_volatile(&mut (*state).dropped, read_volatile(&(*state).dropped) + 1);
+            return Verdict::DropRateLimit;
+        }
+    }
+    Verdict::Pass
+}
+
+/// GCRA: passes while the theoretical arrival time is at most `tolerance` ahead of now, and then
+/// moves it `interval` further. The move is a fire-and-forget atomic add (its result unused: fine
+/// on 5.10), so concurrent passes on other CPUs are never lost; only the reset of an idle bucket
+/// is a plain store.
+#[inline(always)]
+unsafe fn gcra(tat: *mut u64, now: u64, interval: u64, tolerance: u64) -> bool {
+    let t = unsafe { read_volatile(tat) };
+    if t > now.saturating_add(tolerance) {
+        return false;
+    }
+    if t <= now {
+        unsafe { write_volatile(tat, now + interval) };
+    } else {
+        unsafe { atomic_add(tat, interval) };
+    }
+    true
+}
+
+/// `lock *(u64 *)(dst + 0) += value`: the atomic add without fetch, which every kernel since 4.x
+/// accepts (5.10 rejects the fetching form). Written as the instruction itself because core's
+/// `fetch_add` is not available for the BPF target, and so no compiler can turn it into the
+/// fetching form.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, value: u64) {
+    unsafe { asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) dst, in(reg) value, options(nostack)) };
+}
+
+/// A source without a bucket. Each CPU inserts at most `new_sources_per_sec` new buckets per
+/// second, so a spoofed flood cannot evict every tracked source from the LRU; beyond that budget
+/// new sources share the overflow bucket.
+#[inline(always)]
+fn new_source(key: &SourceKey, cfg: &GuardConfig, now: u64, syn: bool, ifindex: u32) -> Verdict {
+    let Some(window) = NEW_SOURCES.get_ptr_mut(0) else { return Verdict::Pass };
+    // Per-CPU value: this CPU is its only writer.
+    let window = unsafe { &mut *window };
+    if now.wrapping_sub(window.start_ns) >= NS_PER_SEC {
+        window.start_ns = now;
+        window.inserted = 0;
+    }
+    if window.inserted >= cfg.new_sources_per_sec {
+        count(ifindex, NEW_SOURCE_OVER_CAP);
+        return match SOURCES.get_ptr_mut(&OVERFLOW_KEY) {
+            Some(state) => limit(state, cfg, now, syn),
+            None => insert(&OVERFLOW_KEY, cfg, now, syn),
+        };
+    }
+    window.inserted += 1;
+    count(ifindex, NEW_SOURCE_INSERTED);
+    insert(key, cfg, now, syn)
+}
+
+/// A fresh bucket pair with this first packet (burst ≥ 1, so it always passes) already paid.
+#[inline(always)]
+fn insert(key: &SourceKey, cfg: &GuardConfig, now: u64, syn: bool) -> Verdict {
+    let mut state = MaybeUninit::<SourceState>::uninit();
+    let p = state.as_mut_ptr();
+    // Field by field and volatile: a struct literal with zero fields becomes a call to memset.
+    unsafe {
+        write_volatile(&raw mut (*p).tat_ns, now + cfg.pkt_interval_ns);
+        write_volatile(&raw mut (*p).syn_tat_ns, if syn { now + cfg.syn_interval_ns } else { 0 });
+        write_volatile(&raw mut (*p).dropped, 0);
+        write_volatile(&raw mut (*p).syn_dropped, 0);
+    }
+    // BPF_NOEXIST: another CPU inserting the same source first is fine.
+    let _ = SOURCES.insert(key, unsafe { state.assume_init_ref() }, 1);
+    Verdict::Pass
+}
+
+#[inline(always)]
+fn count(ifindex: u32, counter: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter_index(ifindex, counter)) {
+        // Per-CPU slot: no other CPU writes it.
         unsafe { *slot += 1 };
     }
 }

@@ -90,6 +90,9 @@ impl AdminServer {
         match (&parts.method, parts.uri.path()) {
             (&Method::GET, "/v1/status") => self.status(),
             (&Method::POST, "/v1/reload") => self.reload().await,
+            (&Method::GET, "/v1/xdp/top") => self.xdp_top(parts.uri.query()).await,
+            (&Method::POST, "/v1/xdp/block") => self.xdp_block(&body),
+            (&Method::POST, "/v1/xdp/unblock") => self.xdp_unblock(&body),
             _ => {
                 drop(body);
                 json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}))
@@ -116,6 +119,13 @@ impl AdminServer {
                 "listeners": listeners,
                 "routes": s.config.routes.routes().len(),
                 "services": s.services.len(),
+                "xdp": self.shared.ebpf.xdp.get().map(|x| {
+                    x.attachments()
+                        .into_iter()
+                        .map(|(iface, mode)| serde_json::json!({"iface": iface, "mode": mode.label()}))
+                        .collect::<Vec<_>>()
+                }),
+                "steering": self.shared.ebpf.steering.get().map(|st| st.policy().label()),
             }),
         )
     }
@@ -135,6 +145,132 @@ impl AdminServer {
             Err(_) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "shutting_down"})),
         }
     }
+}
+
+// The XDP guard's run-time controls. Changes are logged by the guard itself.
+impl AdminServer {
+    fn xdp(&self) -> Result<Arc<crate::ebpf::XdpService>, Box<Response<Full<Bytes>>>> {
+        self.shared.ebpf.xdp.get().cloned().ok_or_else(|| {
+            Box::new(json(
+                StatusCode::CONFLICT,
+                &serde_json::json!({"error": "xdp_disabled", "message": "the XDP guard is not enabled (xdp.enabled)"}),
+            ))
+        })
+    }
+
+    async fn xdp_top(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+        let xdp = match self.xdp() {
+            Ok(x) => x,
+            Err(resp) => return *resp,
+        };
+        let n = query
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("n=")))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(20)
+            .clamp(1, 10_000);
+        // Walks the whole source table: off the control thread.
+        match tokio::task::spawn_blocking(move || xdp.top(n)).await {
+            Ok(Ok(report)) => json(StatusCode::OK, &serde_json::to_value(report).unwrap_or_default()),
+            Ok(Err(e)) => json(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({"error": e.to_string()})),
+            Err(_) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "shutting_down"})),
+        }
+    }
+
+    fn xdp_block(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        let xdp = match self.xdp() {
+            Ok(x) => x,
+            Err(resp) => return *resp,
+        };
+        let req: BlockRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return bad_request(&format!("expected {{\"cidr\": \"203.0.113.0/24\", \"for_secs\": 600}}: {e}"));
+            }
+        };
+        let net = match parse_net(&req.cidr) {
+            Ok(n) => n,
+            Err(resp) => return *resp,
+        };
+        let duration = req.for_secs.filter(|s| *s > 0).map(std::time::Duration::from_secs);
+        match xdp.block(net, duration, gateway_common::xdp::DenyOrigin::Admin) {
+            Ok(outcome) => json(StatusCode::OK, &serde_json::to_value(outcome).unwrap_or_default()),
+            Err(reason) => json(StatusCode::CONFLICT, &serde_json::json!({"error": "not_blocked", "message": reason})),
+        }
+    }
+
+    fn xdp_unblock(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        let xdp = match self.xdp() {
+            Ok(x) => x,
+            Err(resp) => return *resp,
+        };
+        let req: UnblockRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return bad_request(&format!("expected {{\"cidr\": \"203.0.113.0/24\"}}: {e}")),
+        };
+        let net = match parse_net(&req.cidr) {
+            Ok(n) => n,
+            Err(resp) => return *resp,
+        };
+        match xdp.unblock(net) {
+            Ok(true) => json(StatusCode::OK, &serde_json::json!({"unblocked": net.to_string()})),
+            Ok(false) => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "not_blocked", "message": format!("{net} is not blocked")}),
+            ),
+            Err(reason) => {
+                json(StatusCode::CONFLICT, &serde_json::json!({"error": "not_unblocked", "message": reason}))
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockRequest {
+    cidr: String,
+    for_secs: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnblockRequest {
+    cidr: String,
+}
+
+fn parse_net(raw: &str) -> Result<ipnet::IpNet, Box<Response<Full<Bytes>>>> {
+    raw.parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            Box::new(bad_request(&format!(
+                "invalid CIDR {raw:?}: expected e.g. \"203.0.113.0/24\" or \"198.51.100.7\""
+            )))
+        })
+}
+
+fn bad_request(message: &str) -> Response<Full<Bytes>> {
+    json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": "bad_request", "message": message}))
+}
+
+/// `gatewayd xdp top` as a table.
+pub fn format_top(report: &serde_json::Value) -> String {
+    let mut out = format!("tracked sources: {}\n", report["tracked_sources"]);
+    out.push_str(&format!("{:<44} {:>12} {:>12}  {:<10} {}\n", "SOURCE", "DROPPED", "SYN DROPPED", "KIND", "EXPIRES"));
+    for e in report["entries"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let expires = match e["expires_in_secs"].as_u64() {
+            Some(s) => humantime::format_duration(std::time::Duration::from_secs(s)).to_string(),
+            None => "-".to_owned(),
+        };
+        out.push_str(&format!(
+            "{:<44} {:>12} {:>12}  {:<10} {}\n",
+            e["source"].as_str().unwrap_or("?"),
+            e["dropped"],
+            e["syn_dropped"],
+            e["kind"].as_str().unwrap_or("?"),
+            expires
+        ));
+    }
+    out
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {

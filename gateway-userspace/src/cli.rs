@@ -1,6 +1,6 @@
 //! Command line: `gatewayd [--config FILE]` runs the daemon; subcommands are tools around it.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -35,9 +35,61 @@ pub enum Command {
     Reload,
     /// Show the running daemon's status (through its admin socket).
     Status,
+    /// The XDP guard: top offenders, run-time blocks, self-test.
+    Xdp {
+        #[command(subcommand)]
+        command: XdpCommand,
+    },
     /// Certificates for development and tests.
     #[command(subcommand)]
     Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum XdpCommand {
+    /// List the sources (and deny entries) with the most drops.
+    Top {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+        /// Print the admin endpoint's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop everything from CIDR (or an address) at the NIC, until unblocked or for a while.
+    Block {
+        /// e.g. 203.0.113.0/24, 2001:db8::/48 or 198.51.100.7
+        cidr: String,
+        /// How long, e.g. 10m, 2h; default: until `gatewayd xdp unblock`.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Remove a run-time block.
+    Unblock { cidr: String },
+    /// Run the guard's programs on crafted frames in this kernel (BPF_PROG_TEST_RUN); needs root.
+    /// Exits 1 if any case fails.
+    Selftest {
+        /// Also attach to this loopback-like interface in every mode and judge real packets sent
+        /// to 127.0.0.1, and check connection steering on real sockets.
+        #[arg(long, value_name = "IFACE")]
+        attach: Option<String>,
+    },
+    /// Measure ns per packet of the guard's paths with BPF_PROG_TEST_RUN; needs root.
+    #[command(hide = true)]
+    Bench {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 2_000_000)]
+        repeat: u32,
+        /// Distinct sources for the new-source path.
+        #[arg(long, default_value_t = 20_000)]
+        sources: u32,
+        /// Rounds; the best of each measurement is kept.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Write the Markdown report here (else print it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@
 mod locate;
 pub mod schema;
 mod validate;
+mod xdp;
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -12,6 +13,7 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 pub use schema::{LbAlgorithm, LogFormat};
+pub use xdp::{FeedbackReason, FeedbackSpec, RateSpec, SteeringPolicy, XdpSpec};
 
 use crate::{
     budget::BudgetSpec, consumer::Consumers, kv::KvSpec, ratelimit::LayerSpec, route::RouteTable, tls::ServerTlsSpec,
@@ -35,6 +37,7 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     pub routes: RouteTable,
     pub demo: Option<SocketAddr>,
+    pub xdp: XdpSpec,
     /// TLS of the listeners that terminate it, by listener name (material loaded and checked).
     pub listener_tls: BTreeMap<Arc<str>, Arc<ServerTlsSpec>>,
     pub consumers: Arc<Consumers>,
@@ -55,6 +58,7 @@ pub struct ServerSettings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub limits: Limits,
+    pub steering: SteeringPolicy,
 }
 
 /// What a client may send; each limit has its own refusal status.

@@ -19,7 +19,8 @@ use tokio::{
 use crate::{
     admin::{AdminCommand, AdminError, AdminServer},
     audit::AuditMetrics,
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, SteeringPolicy},
+    ebpf::{EbpfCollector, EbpfError, Steering, XdpService},
     listener::socket,
     logging,
     metrics::{Metrics, Readiness, host::HostCollector, host::WorkerThreads, server::MetricsServer},
@@ -49,6 +50,8 @@ pub enum DaemonError {
     WorkerDied(usize),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("eBPF: {0}")]
+    Ebpf(#[from] EbpfError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -93,15 +96,68 @@ struct Daemon {
     admin: mpsc::Receiver<AdminCommand>,
 }
 
+/// Starts the XDP guard and steering as configured (or clears what a guard kept attached by an
+/// earlier run left behind when the guard is now disabled).
+type EbpfParts = (Option<Arc<XdpService>>, Option<Arc<Steering>>);
+
+fn start_ebpf(config: &Config) -> Result<EbpfParts, DaemonError> {
+    let xdp = if config.xdp.enabled {
+        Some(XdpService::start(&config.xdp, &config.server.trusted_proxies)?)
+    } else {
+        match crate::ebpf::remove_stale_pins(&config.xdp.pin_path) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(path = %config.xdp.pin_path.display(), pins = n, "xdp is disabled: removed the guard an earlier run left attached")
+            }
+            Err(EbpfError::Busy(path)) => {
+                tracing::debug!(path = %path.display(), "pin directory in use by another process")
+            }
+            Err(error) => tracing::warn!(%error, "cannot remove stale xdp pins"),
+        }
+        None
+    };
+    let steering = match config.server.steering {
+        SteeringPolicy::None => None,
+        policy => match Steering::new(policy, config.server.workers) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                if let Some(x) = &xdp {
+                    x.shutdown();
+                }
+                return Err(e.into());
+            }
+        },
+    };
+    Ok((xdp, steering))
+}
+
 impl Daemon {
     async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, DaemonError> {
+        let (xdp, steering) = start_ebpf(&config)?;
+        let started = Self::start_with(config, config_path, xdp.clone(), steering).await;
+        if started.is_err()
+            && let Some(xdp) = xdp
+        {
+            xdp.shutdown();
+        }
+        started
+    }
+
+    async fn start_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        xdp: Option<Arc<XdpService>>,
+        steering: Option<Arc<Steering>>,
+    ) -> Result<Daemon, DaemonError> {
         let mut registry = Registry::default();
+        registry.register_collector(Box::new(EbpfCollector { xdp: xdp.clone(), steering: steering.clone() }));
         let audit_metrics = AuditMetrics::register(&mut registry);
         let limits = LimitState::register(&mut registry);
         let ktls = KtlsSupport::probe().await;
         tracing::info!(supported = ktls.supported(), "{}", ktls.describe());
         let parts =
             PartsHolder::new(TlsParts::new(ktls, TlsMetrics::register(&mut registry))?).with_limits(limits.clone());
+        parts.set_offenders(xdp.as_ref().map(|x| x.offenders().clone()));
         let phase_parts = parts.phase_parts(&config, &audit_metrics)?;
         let metrics_spec = config.metrics.clone();
         let demo = config.demo;
@@ -117,6 +173,13 @@ impl Daemon {
         let readiness = Arc::new(Readiness::default());
         let shared =
             Arc::new(SharedState::new(snapshot, metrics, audit_metrics, readiness.clone(), worker_threads, parts));
+        if let Some(x) = xdp {
+            let _ = shared.ebpf.xdp.set(x);
+        }
+        if let Some(s) = steering {
+            tracing::info!(policy = s.policy().label(), "connection steering on");
+            let _ = shared.ebpf.steering.set(s);
+        }
 
         MetricsServer::new(Arc::new(registry), readiness)
             .bind(metrics_spec.addr)
@@ -253,9 +316,18 @@ impl Daemon {
                     .map_err(|source| DaemonError::Listener { listener: l.name.to_string(), source })?;
             }
         }
-        if config.server.workers != current.config.server.workers || config.metrics.addr != current.config.metrics.addr
+        if config.server.workers != current.config.server.workers
+            || config.metrics.addr != current.config.metrics.addr
+            || config.server.steering != current.config.server.steering
         {
-            tracing::warn!("changes to server.workers and metrics.bind take effect at the next restart");
+            tracing::warn!(
+                "changes to server.workers, server.steering and metrics.bind take effect at the next restart"
+            );
+        }
+        match self.shared.ebpf.xdp.get() {
+            Some(xdp) => xdp.apply(&config.xdp, &config.server.trusted_proxies)?,
+            None if config.xdp.enabled => tracing::warn!("xdp.enabled takes effect at the next restart"),
+            None => {}
         }
         let snapshot = self.shared.install(config)?;
         self.await_listening(snapshot.generation).await?;
@@ -276,6 +348,9 @@ impl Daemon {
         });
         if tokio::time::timeout(timeout + Duration::from_secs(5), joined).await.is_err() {
             tracing::warn!("workers did not stop in time");
+        }
+        if let Some(xdp) = self.shared.ebpf.xdp.get() {
+            xdp.shutdown();
         }
         tracing::info!("stopped");
     }

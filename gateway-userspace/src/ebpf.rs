@@ -1,14 +1,46 @@
-//! The only module that talks to aya: loads the XDP guard built from `gateway-ebpf`, attaches it to
-//! interfaces and reads its verdict counters. The rest of the daemon sees [`XdpGuard`] only.
+//! The only module that talks to aya. It loads the programs built from `gateway-ebpf` and owns
+//! everything about them:
+//!
+//! - `guard`: the XDP/TC guard object: load (memlock, bpffs, pinned maps under a pin-lock),
+//!   attach with the mode fallback (`attach`), config and list maps written as diffs (`lists`),
+//!   counters, per-source state, `BPF_PROG_TEST_RUN`.
+//! - `service`: the guard inside the daemon: start, reload (diff and apply), runtime blocks with
+//!   expiry, `xdp top`, shutdown (detach, or keep it attached across a restart).
+//! - `offenders`: the L7 → L3 feedback loop (repeat offenders into the deny list).
+//! - `steering`: the `sk_reuseport` program choosing each new connection's worker.
+//! - `metrics`: the `gateway_xdp_*` and `gateway_steering_*` families, read at scrape.
+//! - `selftest` and `bench`: test_run cases and measurements (`gatewayd xdp selftest|bench`).
 
-use std::{io, path::Path, sync::Mutex};
+mod attach;
+pub mod bench;
+mod guard;
+mod lists;
+mod metrics;
+pub mod offenders;
+pub mod selftest;
+mod service;
+pub mod steering;
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
+};
+
+pub use attach::AttachMode;
+pub use guard::{GuardProgram, LoadOptions, XdpGuard, remove_stale_pins};
+pub use lists::{net_of_key, normalize_net};
+pub use metrics::EbpfCollector;
+pub use offenders::{FeedbackPhase, Offenders};
+pub use service::{BlockOutcome, TopEntry, TopReport, XdpService};
+pub use steering::Steering;
 
 use aya::{
-    Ebpf,
-    maps::{MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::MapError,
+    programs::{ProgramError, links::LinkError},
 };
-use gateway_common::xdp::{VERDICT_COUNT, VERDICTS_MAP};
 use nix::{
     mount::{MsFlags, mount},
     sys::{
@@ -17,52 +49,36 @@ use nix::{
     },
 };
 
-/// The object `build.rs` (aya-build) compiled from `gateway-ebpf`; aya needs it 8-byte aligned.
-static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-xdp"));
-
-/// The `#[xdp]` entry point in `gateway-ebpf/src/main.rs`.
-const XDP_PROGRAM: &str = "gateway_xdp";
-
-/// Where the daemon pins its maps and links; mounted by [`XdpGuard::load`] when missing.
+/// The usual bpffs mount point; mounted by the daemon when missing (it is not mounted at boot
+/// everywhere).
 pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Linux `IFNAMSIZ` minus the trailing NUL.
 const MAX_IFACE_LEN: usize = 15;
 
-/// Verdict counters, indexed by [`gateway_common::xdp::Verdict`].
-pub type VerdictCounts = [u64; VERDICT_COUNT as usize];
+/// Counters of one interface: the six verdicts, then new sources inserted and over the cap.
+pub type Counters = [u64; gateway_common::xdp::COUNTERS_PER_SLOT as usize];
 
-/// Where in the receive path the program runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttachMode {
-    /// Native XDP in the driver, before an skb exists; fails on drivers without XDP support.
-    Driver,
-    /// Generic XDP on the skb; works on every interface, slower.
-    Skb,
+/// The eBPF parts of the running daemon, reachable from the admin endpoint and the workers.
+#[derive(Default)]
+pub struct EbpfState {
+    pub xdp: OnceLock<Arc<XdpService>>,
+    pub steering: OnceLock<Arc<Steering>>,
 }
 
-impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
-        match self {
-            AttachMode::Driver => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        }
-    }
-}
-
-/// Everything that can go wrong between the embedded object and a running, attached program.
+/// Everything that can go wrong between the embedded objects and running, attached programs.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     /// The embedded object could not be parsed, or its maps could not be created.
     #[error("cannot load the eBPF object: {0}")]
     Object(#[source] aya::EbpfError),
-    /// The object lacks a program this module expects (gateway-ebpf and this file disagree).
+    /// The object lacks a program this module expects (gateway-ebpf and this module disagree).
     #[error("program {0:?} is missing from the eBPF object")]
     MissingProgram(&'static str),
     /// The object lacks a map this module expects (gateway-ebpf and gateway-common disagree).
     #[error("map {0:?} is missing from the eBPF object")]
     MissingMap(&'static str),
-    /// The kernel verifier refused the program; the log says which instruction and why.
+    /// The kernel verifier refused a program; the log says which instruction and why.
     #[error("the kernel rejected program {program:?}: {source}\nverifier log:\n{verifier_log}")]
     Verifier {
         program: &'static str,
@@ -71,7 +87,7 @@ pub enum EbpfError {
         verifier_log: String,
     },
     /// Any other failure of a program operation (wrong type, syscall error, ...).
-    #[error("cannot {action} program {program:?}: {source}")]
+    #[error("cannot {action} program {program:?}: {}", chain(source))]
     Program {
         action: &'static str,
         program: &'static str,
@@ -81,20 +97,32 @@ pub enum EbpfError {
     /// The interface name cannot be a Linux interface name.
     #[error("invalid interface name {0:?}: expected 1 to 15 characters, no '/', ':', NUL or whitespace")]
     InterfaceName(String),
-    /// Attaching failed: unknown interface, or no native XDP support in driver mode.
-    #[error("cannot attach XDP to {iface} in {mode:?} mode: {source}")]
-    Attach {
-        iface: String,
-        mode: AttachMode,
-        #[source]
-        source: ProgramError,
-    },
-    /// A map had an unexpected shape or could not be read.
+    /// No interface of that name in the daemon's network namespace.
+    #[error("no network interface {0:?}")]
+    NoInterface(String),
+    /// Every mode that was tried failed; each attempt's error is listed.
+    #[error("cannot attach to {iface}: {attempts}")]
+    Attach { iface: String, attempts: String },
+    /// A map had an unexpected shape or could not be read or written.
     #[error("map {map:?}: {source}")]
     Map {
         map: &'static str,
         #[source]
         source: MapError,
+    },
+    /// A pinned link could not be opened, updated or pinned.
+    #[error("pinned link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    /// A filesystem operation on the pin directory failed.
+    #[error("{path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     /// bpffs is not mounted and could not be mounted.
     #[error("cannot mount bpffs at {path}: {source}")]
@@ -103,80 +131,54 @@ pub enum EbpfError {
         #[source]
         source: io::Error,
     },
+    /// The pin directory is not on a bpffs.
+    #[error("{0} is not on a bpf filesystem (pin paths must be under a bpffs mount such as /sys/fs/bpf)")]
+    NotBpffs(PathBuf),
+    /// Another process holds the pin directory: a second instance must not attach twice.
+    #[error(
+        "{0} is in use by another gatewayd (or another process holding its lock); stop it, or give this \
+         instance its own xdp.pin_path"
+    )]
+    Busy(PathBuf),
+    /// Steering supports a bounded number of workers.
+    #[error("steering supports at most {max} workers, not {workers}")]
+    TooManyWorkers { workers: usize, max: u32 },
 }
 
-/// The loaded XDP guard. Attachments are removed when it is dropped.
-pub struct XdpGuard {
-    ebpf: Ebpf,
-    verdicts: PerCpuArray<MapData, u64>,
-    links: Vec<(String, XdpLinkId)>,
-}
-
-impl XdpGuard {
-    /// Loads the embedded program into the kernel (verified, not yet attached).
-    pub fn load() -> Result<Self, EbpfError> {
-        raise_memlock_limit();
-        ensure_bpffs()?;
-        let mut ebpf = Ebpf::load(XDP_OBJECT).map_err(EbpfError::Object)?;
-        program(&mut ebpf)?.load().map_err(|e| program_error("load", e))?;
-        let map = ebpf.take_map(VERDICTS_MAP).ok_or(EbpfError::MissingMap(VERDICTS_MAP))?;
-        let verdicts = PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { map: VERDICTS_MAP, source })?;
-        Ok(XdpGuard { ebpf, verdicts, links: Vec::new() })
+impl EbpfError {
+    fn map(map: &'static str) -> impl FnOnce(MapError) -> EbpfError {
+        move |source| EbpfError::Map { map, source }
     }
 
-    /// Attaches to `iface` in the calling thread's network namespace.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), EbpfError> {
-        validate_iface(iface)?;
-        let link = program(&mut self.ebpf)?.attach(iface, mode.xdp_mode()).map_err(|source| EbpfError::Attach {
-            iface: iface.to_owned(),
-            mode,
-            source,
-        })?;
-        self.links.push((iface.to_owned(), link));
-        Ok(())
-    }
-
-    /// Verdict counters summed over all CPUs since load.
-    pub fn verdict_counts(&self) -> Result<VerdictCounts, EbpfError> {
-        let mut counts = [0; VERDICT_COUNT as usize];
-        for (index, count) in (0u32..).zip(counts.iter_mut()) {
-            let per_cpu =
-                self.verdicts.get(&index, 0).map_err(|source| EbpfError::Map { map: VERDICTS_MAP, source })?;
-            *count = per_cpu.iter().sum();
-        }
-        Ok(counts)
+    fn pin(path: &Path) -> impl FnOnce(io::Error) -> EbpfError + '_ {
+        move |source| EbpfError::Pin { path: path.to_owned(), source }
     }
 }
 
-impl Drop for XdpGuard {
-    fn drop(&mut self) {
-        // aya would detach silently when the program is dropped; doing it here lets a failure be seen.
-        let links = std::mem::take(&mut self.links);
-        let Ok(xdp) = program(&mut self.ebpf) else { return };
-        for (iface, link) in links {
-            if let Err(error) = xdp.detach(link) {
-                tracing::warn!(%iface, %error, "cannot detach XDP program");
-            }
-        }
+/// An error and its sources on one line (aya's syscall errors keep the errno in their source).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
     }
+    out
 }
 
-fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
-    let program = ebpf.program_mut(XDP_PROGRAM).ok_or(EbpfError::MissingProgram(XDP_PROGRAM))?;
-    program.try_into().map_err(|e| program_error("use as XDP", e))
-}
-
-fn program_error(action: &'static str, error: ProgramError) -> EbpfError {
+/// Turns a program error into the verifier error when it is one.
+fn program_error(program: &'static str, action: &'static str, error: ProgramError) -> EbpfError {
     match error {
         ProgramError::LoadError { io_error, verifier_log } => {
-            EbpfError::Verifier { program: XDP_PROGRAM, source: io_error, verifier_log: verifier_log.to_string() }
+            EbpfError::Verifier { program, source: io_error, verifier_log: verifier_log.to_string() }
         }
-        source => EbpfError::Program { action, program: XDP_PROGRAM, source },
+        source => EbpfError::Program { action, program, source },
     }
 }
 
 /// aya would panic on an interior NUL, and the kernel rejects the rest with a vaguer error.
-fn validate_iface(iface: &str) -> Result<(), EbpfError> {
+pub fn validate_iface(iface: &str) -> Result<(), EbpfError> {
     let bad_char = |c: char| c == '/' || c == ':' || c == '\0' || c.is_whitespace();
     if iface.is_empty() || iface.len() > MAX_IFACE_LEN || iface.contains(bad_char) {
         return Err(EbpfError::InterfaceName(iface.to_owned()));
@@ -192,20 +194,70 @@ fn raise_memlock_limit() {
     }
 }
 
-/// Mounts bpffs at [`BPFFS`] unless it is already there (it is not mounted at boot everywhere).
-fn ensure_bpffs() -> Result<(), EbpfError> {
-    // Two loads racing would stack two bpffs mounts on the same directory.
+fn is_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
+}
+
+/// Makes sure `dir` can hold pins: mounts bpffs at [`BPFFS`] when `dir` is under it and it is not
+/// mounted, then creates `dir`.
+fn ensure_pin_dir(dir: &Path) -> Result<(), EbpfError> {
+    // Two loads racing (threads here, or gatewayd processes starting together) would stack two
+    // bpffs mounts, and pins made in the lower one would vanish from view: serialize on a lock
+    // of the mount point itself, and look again once holding it.
     static MOUNT: Mutex<()> = Mutex::new(());
-    let _serialized = MOUNT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let path = Path::new(BPFFS);
-    if statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC) {
-        return Ok(());
+    let _serialized = MOUNT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bpffs = Path::new(BPFFS);
+    if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        let bpffs_error = |source| EbpfError::Bpffs { path: BPFFS, source };
+        std::fs::create_dir_all(bpffs).map_err(bpffs_error)?;
+        let mount_point = File::open(bpffs).map_err(bpffs_error)?;
+        // SAFETY: flock(2) on a descriptor owned here; released when it closes.
+        if unsafe { libc::flock(mount_point.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(bpffs_error(io::Error::last_os_error()));
+        }
+        if !is_bpffs(bpffs) {
+            mount(Some("bpf"), bpffs, Some("bpf"), MsFlags::empty(), None::<&str>)
+                .map_err(|e| bpffs_error(e.into()))?;
+            tracing::info!(path = BPFFS, "mounted bpffs");
+        }
     }
-    let bpffs_error = |source| EbpfError::Bpffs { path: BPFFS, source };
-    std::fs::create_dir_all(path).map_err(bpffs_error)?;
-    mount(Some("bpf"), path, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|e| bpffs_error(e.into()))?;
-    tracing::info!(path = BPFFS, "mounted bpffs");
+    std::fs::create_dir_all(dir).map_err(EbpfError::pin(dir))?;
+    if !is_bpffs(dir) {
+        return Err(EbpfError::NotBpffs(dir.to_owned()));
+    }
     Ok(())
+}
+
+/// An exclusive `flock` on the pin directory, held while a guard uses it: a second instance (or
+/// a stale-pin cleanup) sees it and keeps its hands off. Released when the process exits, however
+/// it exits.
+#[derive(Debug)]
+struct PinLock {
+    _dir: File,
+}
+
+impl PinLock {
+    fn acquire(dir: &Path) -> Result<PinLock, EbpfError> {
+        let file = File::open(dir).map_err(EbpfError::pin(dir))?;
+        // SAFETY: a plain flock(2) on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = io::Error::last_os_error();
+            return Err(match error.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => EbpfError::Busy(dir.to_owned()),
+                _ => EbpfError::Pin { path: dir.to_owned(), source: error },
+            });
+        }
+        Ok(PinLock { _dir: file })
+    }
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock `bpf_ktime_get_ns` reads, so deny-entry expiries
+/// written here are what the program compares against.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
 }
 
 #[cfg(test)]
@@ -220,5 +272,12 @@ mod tests {
         for good in ["lo", "eth0", "veth-gw-a", "abcdefghijklmno"] {
             assert!(validate_iface(good).is_ok(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn monotonic_clock_advances() {
+        let a = monotonic_ns();
+        let b = monotonic_ns();
+        assert!(a > 0 && b >= a);
     }
 }

@@ -5,9 +5,9 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Parser;
 use gateway_userspace::{
     admin,
-    cli::{CertsCommand, Cli, Command},
+    cli::{CertsCommand, Cli, Command, XdpCommand},
     config::{Config, EMBEDDED_DEFAULTS},
-    daemon,
+    daemon, ebpf,
     tls::certs,
 };
 use http::Method;
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         }
         Command::Reload => admin_call(&cli, Method::POST, "/v1/reload"),
         Command::Status => admin_call(&cli, Method::GET, "/v1/status"),
+        Command::Xdp { command } => xdp(&cli, command),
         Command::Certs(CertsCommand::Init { out, cn, san, days, client_cn, key_type, force }) => {
             let options = certs::InitOptions {
                 out: out.clone(),
@@ -93,4 +94,55 @@ fn admin_call(cli: &Cli, method: Method, path: &str) -> Result<(), String> {
     let answer = admin::call_blocking(&socket, method, path, None).map_err(|e| e.to_string())?;
     println!("{answer:#}");
     Ok(())
+}
+
+fn xdp(cli: &Cli, command: &XdpCommand) -> Result<(), String> {
+    match command {
+        XdpCommand::Top { count, json } => {
+            let socket = admin_socket(cli)?;
+            let answer = admin::call_blocking(&socket, Method::GET, &format!("/v1/xdp/top?n={count}"), None)
+                .map_err(|e| e.to_string())?;
+            if *json {
+                println!("{answer:#}");
+            } else {
+                print!("{}", admin::format_top(&answer));
+            }
+            Ok(())
+        }
+        XdpCommand::Block { cidr, duration } => {
+            let body = serde_json::json!({"cidr": cidr, "for_secs": duration.map(|d| d.as_secs())});
+            let socket = admin_socket(cli)?;
+            let answer =
+                admin::call_blocking(&socket, Method::POST, "/v1/xdp/block", Some(body)).map_err(|e| e.to_string())?;
+            println!("{answer:#}");
+            Ok(())
+        }
+        XdpCommand::Unblock { cidr } => {
+            let body = serde_json::json!({"cidr": cidr});
+            let socket = admin_socket(cli)?;
+            let answer = admin::call_blocking(&socket, Method::POST, "/v1/xdp/unblock", Some(body))
+                .map_err(|e| e.to_string())?;
+            println!("{answer:#}");
+            Ok(())
+        }
+        XdpCommand::Selftest { attach } => {
+            let mut report = ebpf::selftest::run().map_err(|e| e.to_string())?;
+            if let Some(iface) = attach {
+                let attached = ebpf::selftest::run_attach(iface).map_err(|e| e.to_string())?;
+                report.cases.extend(attached.cases);
+            }
+            println!("{report}");
+            if report.passed() { Ok(()) } else { Err("self-test failed".into()) }
+        }
+        XdpCommand::Bench { repeat, sources, rounds, out } => {
+            let report = ebpf::bench::run(*repeat, *sources, *rounds).map_err(|e| e.to_string())?;
+            let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            let markdown = report.markdown(&date[..10]);
+            match out {
+                Some(path) => std::fs::write(path, &markdown).map_err(|e| format!("{}: {e}", path.display()))?,
+                None => print!("{markdown}"),
+            }
+            Ok(())
+        }
+    }
 }

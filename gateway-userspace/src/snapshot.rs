@@ -46,6 +46,8 @@ impl std::ops::Deref for SnapshotArc {
 /// Long-lived parts a snapshot's phases hold on to (they outlive any one snapshot).
 pub struct PhaseParts {
     pub audit: Option<AuditSink>,
+    /// The XDP feedback loop, when `[xdp.feedback]` is on.
+    pub feedback: Option<std::sync::Arc<crate::ebpf::Offenders>>,
     pub tls: TlsParts,
     /// Rate-limit and budget stores, clock and metrics.
     pub limits: Arc<LimitState>,
@@ -85,6 +87,9 @@ fn standard_pipeline(config: &Config, parts: PhaseParts) -> Pipeline {
     phases.push(Box::new(RequestMetrics));
     if let Some(sink) = parts.audit {
         phases.push(Box::new(AuditPhase(sink)));
+    }
+    if let Some(offenders) = parts.feedback {
+        phases.push(Box::new(crate::ebpf::FeedbackPhase(offenders)));
     }
     Pipeline::new(phases)
 }

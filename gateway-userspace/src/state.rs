@@ -30,6 +30,8 @@ pub struct SharedState {
     pub readiness: Arc<Readiness>,
     pub worker_threads: Arc<WorkerThreads>,
     pub parts: PartsHolder,
+    /// The XDP guard and connection steering, when configured (set once at startup).
+    pub ebpf: crate::ebpf::EbpfState,
 }
 
 /// Owns the long-lived pieces phases are built from, across snapshots.
@@ -39,11 +41,13 @@ pub struct PartsHolder {
     tls: TlsParts,
     /// Rate-limit and budget stores, clock, metrics and the Redis handle.
     limits: OnceLock<Arc<LimitState>>,
+    /// The XDP feedback loop, when the guard runs (its thresholds follow the config).
+    offenders: Mutex<Option<Arc<crate::ebpf::Offenders>>>,
 }
 
 impl PartsHolder {
     pub fn new(tls: TlsParts) -> Self {
-        PartsHolder { audit: Mutex::new(None), tls, limits: OnceLock::new() }
+        PartsHolder { audit: Mutex::new(None), tls, limits: OnceLock::new(), offenders: Mutex::new(None) }
     }
 
     pub fn tls(&self) -> &TlsParts {
@@ -81,7 +85,13 @@ impl PartsHolder {
         current.clone_from(&audit);
         let limits = self.limits().clone();
         let kv = limits.kv_for(config.redis.as_ref());
-        Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv })
+        let offenders = self.offenders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let feedback = offenders.clone().filter(|_| config.xdp.feedback.is_some());
+        Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv, feedback })
+    }
+
+    pub fn set_offenders(&self, offenders: Option<Arc<crate::ebpf::Offenders>>) {
+        *self.offenders.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = offenders;
     }
 
     pub fn reopen_audit(&self) {
@@ -109,6 +119,7 @@ impl SharedState {
             readiness,
             worker_threads,
             parts,
+            ebpf: crate::ebpf::EbpfState::default(),
         }
     }
 

@@ -115,9 +115,10 @@ async fn serve(s: &WorkerSettings) {
             changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
         }
     }
-    // Draining: close the listening sockets, then let connections finish (each got the
-    // shutdown signal and is shutting down gracefully).
-    for (_, task) in listeners.drain() {
+    // Draining: close the listening sockets (out of steering first), then let connections
+    // finish (each got the shutdown signal and is shutting down gracefully).
+    for (spec, task) in listeners.drain() {
+        unsteer(&s.shared, &spec, s.id);
         task.abort();
     }
     let deadline = tokio::time::Instant::now() + worker.snapshot().config.server.drain_timeout;
@@ -140,6 +141,7 @@ fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, Tas
     listeners.retain(|spec, task| {
         let keep = wanted.contains(spec);
         if !keep {
+            unsteer(&s.shared, spec, s.id);
             task.abort();
         }
         keep
@@ -148,7 +150,10 @@ fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, Tas
         if listeners.contains_key(spec) {
             continue;
         }
-        match socket::bind_reuseport(spec.addr, spec.backlog).and_then(TcpListener::from_std) {
+        match socket::bind_reuseport(spec.addr, spec.backlog)
+            .inspect(|l| steer(&s.shared, spec, s.id, l))
+            .and_then(TcpListener::from_std)
+        {
             Ok(l) => {
                 let task = tokio::task::spawn_local(listener::accept_loop(
                     l,
@@ -165,6 +170,23 @@ fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, Tas
         }
     }
     let _ = s.events.send(WorkerEvent::Listening { worker: s.id, generation: snapshot.generation });
+}
+
+/// Hands a new listening socket to connection steering (index = worker id). A failure leaves the
+/// socket to the kernel's own SO_REUSEPORT hash, which still serves it.
+fn steer(shared: &SharedState, spec: &ListenerSpec, worker: usize, socket: &std::net::TcpListener) {
+    if let Some(steering) = shared.ebpf.steering.get()
+        && let Err(error) = steering.register(spec.addr, worker, socket)
+    {
+        tracing::error!(worker, listener = %spec.name, %error, "cannot steer connections to this socket");
+    }
+}
+
+/// Takes a socket out of steering before it is closed, so no new connection is steered to it.
+fn unsteer(shared: &SharedState, spec: &ListenerSpec, worker: usize) {
+    if let Some(steering) = shared.ebpf.steering.get() {
+        steering.unregister(spec.addr, worker);
+    }
 }
 
 async fn sweep_pool(worker: Rc<WorkerLocal>) {

@@ -2,6 +2,7 @@
 //! One test binary (faster to link); each file under `e2e/` is one area.
 
 mod e2e {
+    pub mod netns;
     pub mod pki;
     pub mod support;
 
@@ -13,6 +14,8 @@ mod e2e {
     mod observability;
     mod ratelimit;
     mod routing;
+    mod steering;
     mod tls;
     mod upstreams;
+    mod xdp;
 }

@@ -15,6 +15,7 @@ mod process;
 mod procfs;
 mod proxy;
 mod report;
+mod xdp;
 
 use std::{
     fs,
@@ -49,11 +50,14 @@ pub struct Options {
 enum Target {
     /// gatewayd vs nginx as a reverse proxy vs the upstream directly: rps, latency, CPU, memory.
     Proxy,
+    /// The XDP guard: ns per packet of its paths next to an empty XDP program (BPF_PROG_TEST_RUN).
+    Xdp,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
     match opts.target {
         Target::Proxy => proxy::run(opts),
+        Target::Xdp => xdp::run(),
     }
 }
 

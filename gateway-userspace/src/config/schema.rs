@@ -6,6 +6,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
+mod xdp;
+pub use xdp::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection};
 mod limits;
 pub use limits::*;
 
@@ -31,6 +33,9 @@ pub struct FileConfig {
     /// The built-in demo upstream (used by the embedded defaults). Default: off.
     #[serde(default)]
     pub demo: DemoSection,
+    /// The XDP/TC guard. Default: off.
+    #[serde(default)]
+    pub xdp: XdpSection,
     /// The parties that call the gateway and their credentials. Default: none.
     #[serde(default)]
     pub consumers: Vec<ConsumerSection>,
@@ -68,6 +73,10 @@ pub struct ServerSection {
     pub log_level: String,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// How new connections are spread over workers: `"none"` (kernel hash), `"cpu"` (the
+    /// receiving CPU's worker) or `"client_hash"` (per client address). Default: `"none"`.
+    #[serde(default)]
+    pub steering: SteeringPolicy,
 }
 
 impl Default for ServerSection {
@@ -80,6 +89,7 @@ impl Default for ServerSection {
             log_format: LogFormat::default(),
             log_level: default_log_level(),
             limits: LimitsSection::default(),
+            steering: SteeringPolicy::default(),
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::{
 };
 
 mod limits;
+mod xdp;
 
 const DEFAULT_AUDIT_QUEUE: usize = 65_536;
 const DEFAULT_DEMO_BIND: &str = "127.0.0.1:8081";
@@ -85,6 +86,7 @@ impl Validator<'_> {
             None
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
+        let xdp = self.xdp(&f.xdp);
         let redis = self.redis(&f);
         let mut layer_names = HashSet::new();
         let rate_limits = self.rate_limits(&f, redis.is_some(), &mut layer_names);
@@ -99,6 +101,7 @@ impl Validator<'_> {
             services,
             routes,
             demo,
+            xdp,
             listener_tls,
             consumers,
             redis,
@@ -141,8 +144,10 @@ impl Validator<'_> {
         if l.header_read_timeout.is_zero() || l.idle_timeout.is_zero() {
             self.problem(limits_path(), "timeouts must be greater than zero");
         }
+        let steering = self.steering(s.steering, workers);
         ServerSettings {
             workers,
+            steering,
             pin_workers: s.pin_workers,
             trusted_proxies,
             drain_timeout: s.drain_timeout,

@@ -1,0 +1,79 @@
+//! The validated `[xdp]` section and `[server] steering`.
+
+use std::{path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+
+pub use super::schema::SteeringPolicy;
+use crate::ebpf::AttachMode;
+
+/// The guard's settings. `enabled = false` leaves the rest at its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpSpec {
+    pub enabled: bool,
+    pub interfaces: Vec<String>,
+    /// `None`: automatic (native XDP, generic XDP, TC).
+    pub mode: Option<AttachMode>,
+    pub pin_path: PathBuf,
+    pub keep_attached: bool,
+    pub max_sources: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub new_sources_per_cpu: u64,
+    /// Normalized (host bits cleared), without duplicates.
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    /// `None`: that limit is off.
+    pub rate_limit: Option<RateSpec>,
+    pub syn_limit: Option<RateSpec>,
+    pub feedback: Option<FeedbackSpec>,
+}
+
+/// A token bucket: `rate` per second, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    pub rate: u64,
+    pub burst: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackSpec {
+    pub threshold: u32,
+    pub window: Duration,
+    pub block_for: Duration,
+    pub reasons: Vec<FeedbackReason>,
+    pub max_tracked: usize,
+}
+
+/// Which L7 refusals count against a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeedbackReason {
+    /// 401 and 403 answered by the gateway (failed or missing authentication).
+    Auth,
+    /// 429 answered by the gateway.
+    RateLimit,
+    /// The gateway's own 404 (no route: scanners).
+    NotFound,
+}
+
+impl FeedbackReason {
+    pub const ALL: [FeedbackReason; 3] = [FeedbackReason::Auth, FeedbackReason::RateLimit, FeedbackReason::NotFound];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            FeedbackReason::Auth => "auth",
+            FeedbackReason::RateLimit => "rate_limit",
+            FeedbackReason::NotFound => "not_found",
+        }
+    }
+
+    /// The reason behind a refusal status, if it is one that counts.
+    pub const fn of_status(status: u16) -> Option<FeedbackReason> {
+        match status {
+            401 | 403 => Some(FeedbackReason::Auth),
+            429 => Some(FeedbackReason::RateLimit),
+            404 => Some(FeedbackReason::NotFound),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Nanoseconds per packet of the guard's paths, measured with `BPF_PROG_TEST_RUN` (the kernel
+//! times its own loop, so no syscall is counted), next to an empty XDP program measured in the
+//! same run: the floor. `cargo xtask bench xdp` runs it and writes `bench/results/xdp.md`.
+
+use std::{fmt::Write as _, time::Duration};
+
+use gateway_common::xdp::{DenyEntry, DenyOrigin, GuardConfig, flags, prefix_mask};
+
+use super::{
+    EbpfError, GuardProgram, LoadOptions, XdpGuard,
+    selftest::frames::{FrameSpec, L4},
+};
+
+/// One measured path.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub name: &'static str,
+    pub ns_per_packet: f64,
+    pub method: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub kernel: String,
+    pub cpu: String,
+    pub measurements: Vec<Measurement>,
+}
+
+/// Runs every measurement `rounds` times and keeps each one's best (least disturbed) round.
+pub fn run(repeat: u32, distinct_sources: u32, rounds: u32) -> Result<BenchReport, EbpfError> {
+    let thread = std::thread::Builder::new()
+        .name("xdp-bench".into())
+        .spawn(move || {
+            pin_to_current_cpu();
+            let mut best: Vec<Measurement> = Vec::new();
+            for _ in 0..rounds.max(1) {
+                let round = measure(repeat, distinct_sources)?;
+                if best.is_empty() {
+                    best = round;
+                } else {
+                    for (b, m) in best.iter_mut().zip(round) {
+                        if m.ns_per_packet < b.ns_per_packet {
+                            *b = m;
+                        }
+                    }
+                }
+            }
+            Ok(best)
+        })
+        .map_err(|source| EbpfError::Pin { path: "bench thread".into(), source })?;
+    let measurements = thread.join().unwrap_or_else(|_| Ok(Vec::new()))?;
+    Ok(BenchReport { kernel: kernel_release(), cpu: cpu_model(), measurements })
+}
+
+fn measure(repeat: u32, distinct: u32) -> Result<Vec<Measurement>, EbpfError> {
+    let mut guard = XdpGuard::load(&LoadOptions { pin_dir: None, max_sources: distinct.max(1024) * 2 })?;
+    let known = FrameSpec::new("198.51.100.7", L4::TcpData).build().bytes;
+    let per = |d: Duration| d.as_nanos() as f64;
+    let mut out = Vec::new();
+    let looped = format!("test_run, repeat {repeat}, one frame");
+
+    let (_, d) = guard.test_run(GuardProgram::Empty, &known, repeat)?;
+    out.push(Measurement { name: "empty XDP program (floor)", ns_per_packet: per(d), method: looped.clone() });
+
+    // The guard on, but neither buckets nor lists: config lookup, parsing and the counter.
+    let mut parse_only = settings(1_000_000_000, 1_000_000_000, 1_000_000);
+    parse_only.flags = flags::ENABLED;
+    guard.write_config(&parse_only)?;
+    let (_, d) = guard.test_run(GuardProgram::Xdp, &known, repeat)?;
+    out.push(Measurement {
+        name: "guard on, no buckets or lists (parse + count)",
+        ns_per_packet: per(d),
+        method: looped.clone(),
+    });
+
+    // Known source, both lists in use (one lookup each), unlimited buckets: the pass path.
+    guard.write_config(&settings(1_000_000_000, 1_000_000_000, 1_000_000))?;
+    guard.set_allow(&[cidr("10.99.0.0/16")])?;
+    guard.deny_insert(cidr("10.98.0.0/16"), deny(0))?;
+    guard.test_run(GuardProgram::Xdp, &known, 1)?;
+    let (_, d) = guard.test_run(GuardProgram::Xdp, &known, repeat)?;
+    out.push(Measurement {
+        name: "known source, pass (allow + deny lists in use)",
+        ns_per_packet: per(d),
+        method: looped.clone(),
+    });
+
+    guard.set_allow(&[])?;
+    guard.deny_remove(cidr("10.98.0.0/16"))?;
+    let (_, d) = guard.test_run(GuardProgram::Xdp, &known, repeat)?;
+    out.push(Measurement { name: "known source, pass (lists empty)", ns_per_packet: per(d), method: looped.clone() });
+
+    // Drop: a bucket of 1 packet/s, exhausted by the priming run.
+    guard.clear_sources()?;
+    guard.write_config(&settings(1, 1, 1_000_000))?;
+    guard.test_run(GuardProgram::Xdp, &known, 1)?;
+    let (_, d) = guard.test_run(GuardProgram::Xdp, &known, repeat)?;
+    out.push(Measurement { name: "known source, drop (rate limit)", ns_per_packet: per(d), method: looped.clone() });
+
+    guard.deny_insert(cidr("198.51.100.0/24"), deny(0))?;
+    let (_, d) = guard.test_run(GuardProgram::Xdp, &known, repeat)?;
+    out.push(Measurement { name: "deny-listed source, drop", ns_per_packet: per(d), method: looped.clone() });
+    guard.deny_remove(cidr("198.51.100.0/24"))?;
+
+    // New sources: each frame from an address never seen; one run per frame.
+    guard.clear_sources()?;
+    guard.write_config(&settings(1_000_000_000, 1_000_000_000, u64::MAX))?;
+    let frames: Vec<Vec<u8>> = (0..distinct)
+        .map(|i| {
+            let [a, b, c, d] = (0x0a00_0000u32 + i).to_be_bytes();
+            FrameSpec::new(&format!("{a}.{b}.{c}.{d}"), L4::TcpSyn).build().bytes
+        })
+        .collect();
+    let single = format!("test_run, repeat 1, mean over {distinct} frames");
+    let mut insert = Duration::ZERO;
+    let mut floor = Duration::ZERO;
+    for f in &frames {
+        insert += guard.test_run(GuardProgram::Xdp, f, 1)?.1;
+        floor += guard.test_run(GuardProgram::Empty, f, 1)?.1;
+    }
+    let n = f64::from(distinct.max(1));
+    out.push(Measurement {
+        name: "empty XDP program, single runs (floor)",
+        ns_per_packet: per(floor) / n,
+        method: single.clone(),
+    });
+    out.push(Measurement { name: "new source, insert", ns_per_packet: per(insert) / n, method: single });
+    Ok(out)
+}
+
+fn settings(rate: u64, burst: u64, new_per_sec: u64) -> GuardConfig {
+    let interval = (1_000_000_000 / rate).max(1);
+    GuardConfig {
+        flags: flags::ENABLED | flags::RATE | flags::SYN,
+        mask_v4: prefix_mask(128),
+        mask_v6: prefix_mask(64),
+        pkt_interval_ns: interval,
+        pkt_tolerance_ns: interval * (burst - 1),
+        syn_interval_ns: interval,
+        syn_tolerance_ns: interval * (burst - 1),
+        new_sources_per_sec: new_per_sec,
+    }
+}
+
+fn deny(expires_ns: u64) -> DenyEntry {
+    DenyEntry { expires_ns, hits: 0, origin: DenyOrigin::Admin as u32, _pad: 0 }
+}
+
+fn cidr(s: &str) -> ipnet::IpNet {
+    s.parse().expect("a constant CIDR")
+}
+
+fn pin_to_current_cpu() {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let mut set = nix::sched::CpuSet::new();
+    if cpu >= 0 && set.set(cpu as usize).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl BenchReport {
+    /// The known-source pass path (lists in use) over the empty program.
+    pub fn known_over_floor(&self) -> Option<f64> {
+        let floor = self.measurements.first()?.ns_per_packet;
+        let known = self.measurements.iter().find(|m| m.name.starts_with("known source, pass"))?.ns_per_packet;
+        (floor > 0.0).then(|| known / floor)
+    }
+
+    pub fn markdown(&self, date: &str) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# XDP guard: nanoseconds per packet\n");
+        let _ =
+            writeln!(s, "Measured {date} with `cargo xtask bench xdp` (`gatewayd xdp bench`): `BPF_PROG_TEST_RUN` on");
+        let _ = writeln!(s, "crafted frames, the kernel timing its own loop; each row is the best of several rounds.");
+        let _ = writeln!(s, "Kernel {}, CPU {}.\n", self.kernel, self.cpu);
+        let _ = writeln!(s, "| Path | ns/packet | × floor | Method |");
+        let _ = writeln!(s, "| --- | ---: | ---: | --- |");
+        let looped_floor = self.measurements.first().map_or(0.0, |m| m.ns_per_packet);
+        let single_floor =
+            self.measurements.iter().find(|m| m.name.contains("single runs")).map_or(0.0, |m| m.ns_per_packet);
+        for m in &self.measurements {
+            let floor = if m.method.contains("repeat 1,") { single_floor } else { looped_floor };
+            let ratio = if floor > 0.0 { format!("{:.1}", m.ns_per_packet / floor) } else { "-".into() };
+            let _ = writeln!(s, "| {} | {:.1} | {ratio} | {} |", m.name, m.ns_per_packet, m.method);
+        }
+        if let Some(r) = self.known_over_floor() {
+            let verdict = if r <= 2.0 { "met" } else { "not met" };
+            let _ = writeln!(
+                s,
+                "\nGoal: the known-source pass path within 2× of the empty program: **{verdict}** ({r:.1}×)."
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nWhat the pass path pays for beyond the floor: the config lookup, parsing and the verdict counter \
+             (the \"parse + count\" row), the allow and deny LPM lookups (the difference between the two pass \
+             rows), and `bpf_ktime_get_ns`, the LRU lookup of the source's bucket and the atomic add that charges \
+             it (the rest). The clock read and the hash lookup are the bulk and cannot be skipped by a rate \
+             limiter that must run on 5.10 (no coarse clock helper there); the known-source path stays within a \
+             few times the floor, far below what the kernel stack spends on a packet it then has to drop. \
+             Single runs (repeat 1) include the kernel's per-call setup, so they are compared with an empty \
+             program measured the same way."
+        );
+        s
+    }
+}

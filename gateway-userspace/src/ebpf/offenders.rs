@@ -1,0 +1,197 @@
+//! The L7 → L3 feedback loop: sources the gateway keeps refusing (failed authentication, L7
+//! rate limits, scans hitting no route) are put in the XDP deny list for a cool-down, so repeat
+//! offenders stop costing TLS handshakes and requests. Off unless `[xdp.feedback]` enables it.
+//!
+//! Other modules report through [`Offenders::report`] (`Send + Sync`, cheap, never blocks on the
+//! kernel): the [`FeedbackPhase`] does it for every refusal the gateway answers itself with 401,
+//! 403, 429 or 404, so an auth or rate-limit phase needs no code of its own — refusing with the
+//! right status is enough. Code outside the request pipeline (a TLS handshake failure, say) calls
+//! `report` directly with the TCP peer address.
+//!
+//! The peer address is what counts, never `X-Forwarded-For`: the guard sees packets, and
+//! blocking a client behind a proxy would block the proxy. Peers in `server.trusted_proxies` and
+//! in the allow list are never reported.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    net::IpAddr,
+    sync::{Arc, Mutex, mpsc::SyncSender},
+    time::Instant,
+};
+
+use arc_swap::ArcSwapOption;
+use ipnet::IpNet;
+
+use super::service::Command;
+use crate::{
+    config::{FeedbackReason, FeedbackSpec},
+    pipeline::{Phase, RequestCtx},
+};
+
+const SHARDS: usize = 16;
+
+/// Counts refusals per source and asks the guard to block a source that crosses the threshold.
+pub struct Offenders {
+    policy: ArcSwapOption<Policy>,
+    shards: Box<[Mutex<HashMap<IpAddr, Window>>]>,
+    hasher: RandomState,
+    commands: SyncSender<Command>,
+}
+
+struct Policy {
+    spec: FeedbackSpec,
+    /// Never reported: trusted proxies and allow-listed sources.
+    exempt: Vec<IpNet>,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    count: u32,
+}
+
+/// A source to block, sent to the guard's maintenance thread.
+#[derive(Debug, Clone)]
+pub struct Offence {
+    pub ip: IpAddr,
+    pub reason: FeedbackReason,
+    pub count: u32,
+}
+
+impl Offenders {
+    pub(super) fn new(commands: SyncSender<Command>) -> Offenders {
+        Offenders {
+            policy: ArcSwapOption::empty(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            commands,
+        }
+    }
+
+    /// Replaces the thresholds (`None`: off; counts so far are forgotten).
+    pub fn set_policy(&self, spec: Option<&FeedbackSpec>, exempt: Vec<IpNet>) {
+        self.policy.store(spec.map(|spec| Arc::new(Policy { spec: spec.clone(), exempt })));
+        for shard in self.shards.iter() {
+            shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        }
+    }
+
+    /// Whether reports are being counted.
+    pub fn enabled(&self) -> bool {
+        self.policy.load().is_some()
+    }
+
+    /// One refusal of `peer` (the TCP peer address) for `reason`.
+    pub fn report(&self, peer: IpAddr, reason: FeedbackReason) {
+        let guard = self.policy.load();
+        let Some(policy) = guard.as_deref() else { return };
+        if !policy.spec.reasons.contains(&reason) {
+            return;
+        }
+        let ip = peer.to_canonical();
+        if policy.exempt.iter().any(|net| net.contains(&ip)) {
+            return;
+        }
+        let now = Instant::now();
+        let shard = &self.shards[self.hasher.hash_one(ip) as usize % SHARDS];
+        let mut windows = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let per_shard = policy.spec.max_tracked.div_ceil(SHARDS).max(1);
+        if !windows.contains_key(&ip) && windows.len() >= per_shard {
+            let window = policy.spec.window;
+            windows.retain(|_, w| now.duration_since(w.start) < window);
+            if windows.len() >= per_shard {
+                // Full of live windows: this source is not counted until some expire.
+                return;
+            }
+        }
+        let w = windows.entry(ip).or_insert(Window { start: now, count: 0 });
+        if now.duration_since(w.start) >= policy.spec.window {
+            *w = Window { start: now, count: 0 };
+        }
+        w.count += 1;
+        if w.count == policy.spec.threshold {
+            let offence = Offence { ip, reason, count: w.count };
+            // Never blocks a request: when the maintenance thread is behind, the next refusal
+            // in a new window tries again.
+            if self.commands.try_send(Command::Block(offence)).is_err() {
+                tracing::warn!(%ip, "xdp feedback: block request dropped (maintenance thread busy)");
+            }
+        }
+    }
+}
+
+/// The log phase that reports the gateway's own 401/403/429/404 refusals.
+pub struct FeedbackPhase(pub Arc<Offenders>);
+
+impl Phase for FeedbackPhase {
+    fn name(&self) -> &'static str {
+        "xdp_feedback"
+    }
+
+    fn on_log(&self, ctx: &RequestCtx) {
+        if ctx.error.is_none() {
+            // Proxied: the upstream's statuses are not ours to punish.
+            return;
+        }
+        if let Some(reason) = FeedbackReason::of_status(ctx.status) {
+            self.0.report(ctx.conn.peer.ip(), reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, time::Duration};
+
+    use super::*;
+
+    fn spec(threshold: u32) -> FeedbackSpec {
+        FeedbackSpec {
+            threshold,
+            window: Duration::from_secs(60),
+            block_for: Duration::from_secs(600),
+            reasons: vec![FeedbackReason::Auth, FeedbackReason::NotFound],
+            max_tracked: 1024,
+        }
+    }
+
+    #[test]
+    fn crossing_the_threshold_asks_for_one_block() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let o = Offenders::new(tx);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        o.report(ip, FeedbackReason::Auth);
+        assert!(rx.try_recv().is_err(), "off until a policy is set");
+        o.set_policy(Some(&spec(3)), vec!["10.0.0.0/8".parse().unwrap()]);
+        for _ in 0..2 {
+            o.report(ip, FeedbackReason::Auth);
+        }
+        assert!(rx.try_recv().is_err());
+        o.report(ip, FeedbackReason::RateLimit); // not a counted reason
+        assert!(rx.try_recv().is_err());
+        o.report("::ffff:192.0.2.7".parse().unwrap(), FeedbackReason::NotFound);
+        match rx.try_recv() {
+            Ok(Command::Block(Offence { ip: got, count: 3, .. })) => assert_eq!(got, ip),
+            other => panic!("expected a block request, got {other:?}"),
+        }
+        o.report(ip, FeedbackReason::Auth);
+        assert!(rx.try_recv().is_err(), "one request per window");
+        for _ in 0..10 {
+            o.report("10.1.2.3".parse().unwrap(), FeedbackReason::Auth);
+        }
+        assert!(rx.try_recv().is_err(), "exempt sources are never reported");
+    }
+
+    #[test]
+    fn tracking_is_bounded() {
+        let (tx, _rx) = mpsc::sync_channel(8);
+        let o = Offenders::new(tx);
+        o.set_policy(Some(&FeedbackSpec { max_tracked: 32, ..spec(100) }), Vec::new());
+        for i in 0..10_000u32 {
+            o.report(IpAddr::from(i.to_be_bytes()), FeedbackReason::Auth);
+        }
+        let tracked: usize = o.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(tracked <= 32, "{tracked} sources tracked");
+    }
+}

@@ -1,0 +1,498 @@
+//! The XDP/TC guard in front of the real gatewayd: the daemon runs in one private network
+//! namespace with the guard on its veth end, clients live in the other with several addresses.
+//! One address floods and is dropped after its burst while another keeps getting 200; a
+//! deny-listed address gets nothing; an allow-listed one floods and is still served — in native
+//! XDP, generic XDP and TC mode. Also: `gatewayd xdp block|unblock|top`, the L7 → L3 feedback
+//! loop, and pins that keep the guard (and its buckets and counters) across a restart while
+//! locking out a second instance. Needs root.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use gateway_userspace::ebpf::remove_stale_pins;
+use socket2::{Domain, Socket, Type};
+
+use super::{
+    netns::{GW_IF, Netns, VethPair},
+    support::{BIN, eventually, metric_value, raw_get},
+};
+
+const HTTP_PORT: u16 = 8080;
+const METRICS: &str = "127.0.0.1:9090";
+
+/// gatewayd running inside a namespace, with the demo upstream behind `/demo`.
+struct NsGateway<'a> {
+    ns: &'a Netns,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    stderr_path: PathBuf,
+}
+
+impl<'a> NsGateway<'a> {
+    fn config(listen: Ipv4Addr, admin: &std::path::Path, xdp: &str) -> String {
+        format!(
+            r#"
+[server]
+workers = 2
+drain_timeout = "2s"
+
+[[listeners]]
+name = "public"
+bind = "{listen}:{HTTP_PORT}"
+
+[metrics]
+bind = "{METRICS}"
+
+[admin]
+socket = "{admin}"
+
+[demo]
+enabled = true
+bind = "127.0.0.1:8081"
+
+[[services]]
+name = "demo"
+targets = ["127.0.0.1:8081"]
+
+[[routes]]
+name = "demo"
+service = "demo"
+paths = ["/demo"]
+strip_path = true
+
+{xdp}
+"#,
+            admin = admin.display()
+        )
+    }
+
+    /// Starts gatewayd and waits until it is ready; `Err` with its stderr if it exits first.
+    fn try_start(ns: &'a Netns, listen: Ipv4Addr, xdp: &str) -> Result<NsGateway<'a>, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("gatewayd.toml");
+        std::fs::write(&config_path, Self::config(listen, &dir.path().join("admin.sock"), xdp)).expect("config");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = ns
+            .command(BIN)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn gatewayd");
+        let mut gw = NsGateway { ns, child: Some(child), dir, stderr_path };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = gw.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                gw.child = None;
+                return Err(format!("gatewayd exited with {status}:\n{}", gw.stderr()));
+            }
+            let ready = ns.run(|| raw_get(METRICS.parse().unwrap(), "/readyz"));
+            if ready.is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+                return Ok(gw);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("gatewayd not ready in time:\n{}", gw.stderr()));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn start(ns: &'a Netns, listen: Ipv4Addr, xdp: &str) -> NsGateway<'a> {
+        Self::try_start(ns, listen, xdp).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.ns.run(|| raw_get(METRICS.parse().unwrap(), "/metrics")).expect("scrape");
+        metric_value(&text, name, labels)
+    }
+
+    fn packets(&self, verdict: &str) -> f64 {
+        self.metric("gateway_xdp_packets_total", &[("iface", GW_IF), ("verdict", verdict)])
+    }
+
+    /// `gatewayd --admin-socket … ARGS` (the admin socket is a path: no namespace needed).
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--admin-socket")
+            .arg(self.dir.path().join("admin.sock"))
+            .args(args)
+            .output()
+            .expect("run gatewayd cli")
+    }
+
+    /// Rewrites the `[xdp]` part of the config, sends SIGHUP and waits for the reload to count.
+    fn reload(&self, listen: Ipv4Addr, xdp: &str) -> bool {
+        let ok_before = self.metric("gateway_config_reloads_total", &[("result", "ok")]);
+        let err_before = self.metric("gateway_config_reloads_total", &[("result", "error")]);
+        let config = Self::config(listen, &self.dir.path().join("admin.sock"), xdp);
+        std::fs::write(self.dir.path().join("gatewayd.toml"), config).expect("config");
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+        eventually(Duration::from_secs(10), || {
+            let ok = self.metric("gateway_config_reloads_total", &[("result", "ok")]);
+            let err = self.metric("gateway_config_reloads_total", &[("result", "error")]);
+            (ok > ok_before || err > err_before).then_some(ok > ok_before)
+        })
+        .unwrap_or_else(|| panic!("reload not counted:\n{}", self.stderr()))
+    }
+
+    fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gatewayd did not stop:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NsGateway<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// GET `path` from source address `src`: the status, or why there was none.
+fn get_from(ns: &Netns, src: Ipv4Addr, dst: SocketAddr, path: &str, timeout: Duration) -> Result<u16, String> {
+    let path = path.to_owned();
+    ns.run(move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+        s.bind(&SocketAddr::from((src, 0)).into()).map_err(|e| format!("bind {src}: {e}"))?;
+        s.connect_timeout(&dst.into(), timeout).map_err(|e| format!("connect from {src}: {e}"))?;
+        let mut stream: TcpStream = s.into();
+        stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).map_err(|e| format!("read from {src}: {e}"))?;
+        let text = String::from_utf8_lossy(&out);
+        text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status in {text:?}"))
+    })
+}
+
+/// UDP datagrams from `src` to the gateway's address, up to about 20000 per second, until dropped.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(ns: &Netns, src: Ipv4Addr, dst: Ipv4Addr) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = ns.spawn(move || {
+            let socket = UdpSocket::bind((src, 0)).expect("bind flood source");
+            // Evenly spread (not bursts with pauses, which would leave the bucket room to refill
+            // for the flooder's own connection attempts).
+            while !flag.load(Ordering::Relaxed) {
+                for _ in 0..20 {
+                    let _ = socket.send_to(b"flood", (dst, 9));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Flood { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A pin directory of its own, removed (links detached) at the end of the test.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> PinDir {
+        PinDir(PathBuf::from(format!("/sys/fs/bpf/gwtest-{}-{tag}", std::process::id())))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = remove_stale_pins(&self.0) {
+            eprintln!("cleanup {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn guard_attached(ns: &Netns) -> bool {
+    let link = ns.ip_output(&["link", "show", "dev", GW_IF]);
+    let tc = ns.run(|| Command::new("tc").args(["filter", "show", "dev", GW_IF, "ingress"]).output());
+    link.contains("xdp") || tc.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("gateway_tc"))
+}
+
+const SHORT: Duration = Duration::from_secs(1);
+
+fn flood_dropped_others_served(mode: &str, tag: &str, subnet: u8) {
+    let net = VethPair::new(tag, subnet, 4);
+    let [flooder, client, denied, allowed] = [net.clients[0], net.clients[1], net.clients[2], net.clients[3]];
+    let pins = PinDir::new(tag);
+    let xdp = format!(
+        r#"
+[xdp]
+enabled = true
+interfaces = ["{GW_IF}"]
+mode = "{mode}"
+pin_path = "{pins}"
+deny = ["{denied}/32"]
+allow = ["{allowed}"]
+
+[xdp.rate_limit]
+rate = 50
+burst = 100
+
+[xdp.syn_limit]
+rate = 20
+burst = 40
+"#,
+        pins = pins.0.display()
+    );
+    let mut gw = NsGateway::start(&net.gw, net.gw_addr, &xdp);
+    let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
+    assert_eq!(gw.metric("gateway_xdp_mode", &[("iface", GW_IF), ("mode", mode)]), 1.0, "{}", gw.stderr());
+    let log = gw.stderr();
+    assert!(log.lines().any(|l| l.contains("xdp guard attached") && l.contains(mode)), "attach not logged:\n{log}");
+    assert_eq!(get_from(&net.peer, client, dst, "/demo/hello", SHORT), Ok(200));
+
+    let _floods = [Flood::start(&net.peer, flooder, net.gw_addr), Flood::start(&net.peer, allowed, net.gw_addr)];
+    eventually(Duration::from_secs(10), || (gw.packets("drop_ratelimit") > 100.0).then_some(()))
+        .unwrap_or_else(|| panic!("{mode}: the flood was not rate limited:\n{}", gw.stderr()));
+    assert!(get_from(&net.peer, flooder, dst, "/demo/hello", SHORT).is_err(), "{mode}: the flooding source was served");
+    for _ in 0..3 {
+        assert_eq!(
+            get_from(&net.peer, client, dst, "/demo/hello", SHORT),
+            Ok(200),
+            "{mode}: the quiet source was refused"
+        );
+    }
+    assert!(get_from(&net.peer, denied, dst, "/demo/hello", SHORT).is_err(), "{mode}: the denied source was served");
+    assert!(gw.packets("drop_denylist") >= 1.0, "{mode}: no drop_denylist counted");
+    assert_eq!(
+        get_from(&net.peer, allowed, dst, "/demo/hello", SHORT),
+        Ok(200),
+        "{mode}: the allow-listed source was refused"
+    );
+    assert!(gw.packets("pass_allowlist") > 100.0, "{mode}: the allow-listed flood was not counted as pass_allowlist");
+    assert!(gw.metric("gateway_xdp_tracked_sources", &[]) >= 0.0);
+
+    assert!(gw.stop().success(), "{mode}: unclean exit:\n{}", gw.stderr());
+    assert!(!guard_attached(&net.gw), "{mode}: the guard stayed attached after a normal stop");
+}
+
+#[test]
+fn flood_is_dropped_while_others_are_served_native_xdp() {
+    flood_dropped_others_served("xdp-driver", "fd", 31);
+}
+
+#[test]
+fn flood_is_dropped_while_others_are_served_generic_xdp() {
+    flood_dropped_others_served("xdp-skb", "fs", 32);
+}
+
+#[test]
+fn flood_is_dropped_while_others_are_served_tc() {
+    flood_dropped_others_served("tc", "ft", 33);
+}
+
+#[test]
+fn admin_blocks_unblocks_and_lists_top_offenders() {
+    let net = VethPair::new("adm", 34, 2);
+    let [target, flooder] = [net.clients[0], net.clients[1]];
+    let pins = PinDir::new("adm");
+    let xdp = format!(
+        "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\ndeny = [\"192.0.2.0/24\"]\n\n[xdp.rate_limit]\nrate = 50\nburst = 100\n",
+        pins.0.display()
+    );
+    let gw = NsGateway::start(&net.gw, net.gw_addr, &xdp);
+    let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
+    assert_eq!(get_from(&net.peer, target, dst, "/demo/hello", SHORT), Ok(200));
+    let status: serde_json::Value = serde_json::from_slice(&gw.cli(&["status"]).stdout).expect("status JSON");
+    assert_eq!(status["xdp"], serde_json::json!([{"iface": GW_IF, "mode": "xdp-skb"}]), "{status}");
+
+    let out = gw.cli(&["xdp", "block", &target.to_string(), "--for", "10m"]);
+    assert!(out.status.success(), "block failed: {}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
+    assert_eq!(answer["cidr"], format!("{target}/32"));
+    assert_eq!(answer["expires_in_secs"], 600);
+    assert!(get_from(&net.peer, target, dst, "/demo/hello", SHORT).is_err(), "blocked source still served");
+    assert_eq!(gw.metric("gateway_xdp_deny_entries", &[("origin", "admin")]), 1.0);
+    assert_eq!(gw.metric("gateway_xdp_blocks_total", &[("origin", "admin")]), 1.0);
+
+    {
+        let _flood = Flood::start(&net.peer, flooder, net.gw_addr);
+        eventually(Duration::from_secs(10), || (gw.packets("drop_ratelimit") > 50.0).then_some(()))
+            .expect("flood rate limited");
+    }
+    let top = gw.cli(&["xdp", "top", "-n", "5"]);
+    assert!(top.status.success(), "top failed: {}", String::from_utf8_lossy(&top.stderr));
+    let table = String::from_utf8_lossy(&top.stdout);
+    let flooder_line = table.lines().nth(2).unwrap_or_default();
+    assert!(flooder_line.starts_with(&format!("{flooder}/32")) && flooder_line.contains("rate_limit"), "top:\n{table}");
+    assert!(table.lines().any(|l| l.starts_with(&format!("{target}/32")) && l.contains("admin")), "top:\n{table}");
+
+    let refused = gw.cli(&["xdp", "unblock", "192.0.2.0/24"]);
+    assert!(!refused.status.success(), "a config entry was unblocked at run time");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("configuration"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let out = gw.cli(&["xdp", "unblock", &target.to_string()]);
+    assert!(out.status.success(), "unblock failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(get_from(&net.peer, target, dst, "/demo/hello", SHORT), Ok(200), "unblocked source refused");
+    let bad = gw.cli(&["xdp", "block", "not-a-cidr"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("invalid CIDR"));
+
+    let log = gw.stderr();
+    assert!(log.lines().any(|l| l.contains("xdp: blocked") && l.contains("admin")), "{log}");
+    assert!(log.contains("xdp: unblocked"), "{log}");
+}
+
+#[test]
+fn repeat_offenders_are_blocked_by_the_feedback_loop_then_released() {
+    let net = VethPair::new("fb", 35, 2);
+    let [scanner, client] = [net.clients[0], net.clients[1]];
+    let pins = PinDir::new("fb");
+    let xdp = format!(
+        "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\n\n\
+         [xdp.feedback]\nenabled = true\nthreshold = 5\nwindow = \"1m\"\nblock_for = \"3s\"\nreasons = [\"not_found\"]\n",
+        pins.0.display()
+    );
+    let gw = NsGateway::start(&net.gw, net.gw_addr, &xdp);
+    let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
+    for i in 0..4 {
+        assert_eq!(get_from(&net.peer, scanner, dst, &format!("/wp-admin/{i}"), SHORT), Ok(404));
+    }
+    assert_eq!(get_from(&net.peer, scanner, dst, "/demo/hello", SHORT), Ok(200), "blocked before the threshold");
+    assert_eq!(get_from(&net.peer, scanner, dst, "/.env", SHORT), Ok(404));
+    eventually(Duration::from_secs(5), || {
+        (gw.metric("gateway_xdp_blocks_total", &[("origin", "feedback")]) == 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no feedback block:\n{}", gw.stderr()));
+    assert!(get_from(&net.peer, scanner, dst, "/demo/hello", SHORT).is_err(), "the repeat offender is still served");
+    assert_eq!(get_from(&net.peer, client, dst, "/demo/hello", SHORT), Ok(200), "an innocent source was refused");
+    assert!(gw.stderr().contains("repeat offender"), "{}", gw.stderr());
+    // The cool-down ends by itself.
+    eventually(Duration::from_secs(10), || {
+        get_from(&net.peer, scanner, dst, "/demo/hello", SHORT).ok().filter(|s| *s == 200)
+    })
+    .unwrap_or_else(|| panic!("the block did not expire:\n{}", gw.stderr()));
+    eventually(Duration::from_secs(5), || gw.stderr().contains("block expired").then_some(()))
+        .unwrap_or_else(|| panic!("expiry not logged:\n{}", gw.stderr()));
+}
+
+#[test]
+fn pins_keep_the_guard_across_a_restart_and_lock_out_a_second_instance() {
+    let net = VethPair::new("rs", 36, 1);
+    let flooder = net.clients[0];
+    let pins = PinDir::new("rs");
+    let xdp = |keep: bool, enabled: bool| {
+        format!(
+            "[xdp]\nenabled = {enabled}\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\n\
+             keep_attached_on_restart = {keep}\n\n[xdp.rate_limit]\nrate = 50\nburst = 100\n",
+            pins.0.display()
+        )
+    };
+    let mut first = NsGateway::start(&net.gw, net.gw_addr, &xdp(true, true));
+    {
+        let _flood = Flood::start(&net.peer, flooder, net.gw_addr);
+        eventually(Duration::from_secs(10), || (first.packets("drop_ratelimit") > 100.0).then_some(()))
+            .expect("flood rate limited");
+    }
+    let dropped = first.packets("drop_ratelimit");
+
+    let other = Netns::new("rs2");
+    match NsGateway::try_start(&other, Ipv4Addr::LOCALHOST, &xdp(true, true).replace(GW_IF, "lo")) {
+        Ok(_) => panic!("a second instance started on a pin directory in use"),
+        Err(stderr) => assert!(stderr.contains("in use by another gatewayd"), "{stderr}"),
+    }
+
+    assert!(first.stop().success(), "{}", first.stderr());
+    assert!(first.stderr().contains("left attached"), "{}", first.stderr());
+    assert!(guard_attached(&net.gw), "the guard was detached although keep_attached_on_restart is set");
+
+    let mut second = NsGateway::start(&net.gw, net.gw_addr, &xdp(false, true));
+    assert!(second.stderr().contains("adopted the guard's pinned link"), "{}", second.stderr());
+    assert!(second.packets("drop_ratelimit") >= dropped, "pinned counters were reset");
+    assert!(second.stop().success());
+    assert!(!guard_attached(&net.gw), "keep_attached_on_restart = false, yet the guard stayed");
+
+    // A run that keeps it, then a run with the guard disabled: the stale guard is removed.
+    let mut third = NsGateway::start(&net.gw, net.gw_addr, &xdp(true, true));
+    assert!(third.stop().success());
+    assert!(guard_attached(&net.gw));
+    let fourth = NsGateway::start(&net.gw, net.gw_addr, &xdp(true, false));
+    assert!(fourth.stderr().contains("removed the guard an earlier run left attached"), "{}", fourth.stderr());
+    assert!(!guard_attached(&net.gw));
+}
+
+#[test]
+fn reload_updates_lists_and_limits_in_place() {
+    let net = VethPair::new("rl", 37, 2);
+    let [client, other] = [net.clients[0], net.clients[1]];
+    let pins = PinDir::new("rl");
+    let xdp = |deny: &str, syn_burst: u32| {
+        format!(
+            "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\ndeny = [{deny}]\n\n\
+             [xdp.syn_limit]\nrate = 1\nburst = {syn_burst}\n",
+            pins.0.display()
+        )
+    };
+    let gw = NsGateway::start(&net.gw, net.gw_addr, &xdp("", 100));
+    let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
+    assert_eq!(get_from(&net.peer, client, dst, "/demo/hello", SHORT), Ok(200));
+
+    // Deny the client: applied to the map, nothing reattached.
+    assert!(gw.reload(net.gw_addr, &xdp(&format!("\"{client}/32\""), 100)), "{}", gw.stderr());
+    assert!(get_from(&net.peer, client, dst, "/demo/hello", SHORT).is_err(), "the newly denied source is still served");
+    assert_eq!(get_from(&net.peer, other, dst, "/demo/hello", SHORT), Ok(200));
+    let log = gw.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("settings and lists updated") && l.contains("deny_added") && l.contains('1')),
+        "{log}"
+    );
+    assert_eq!(log.matches("xdp guard attached").count(), 1, "the guard was reattached:\n{log}");
+
+    // Lift the deny, and tighten the SYN burst to one: the second new connection in a second is dropped.
+    assert!(gw.reload(net.gw_addr, &xdp("", 1)));
+    let first = get_from(&net.peer, client, dst, "/demo/hello", SHORT);
+    let second = get_from(&net.peer, client, dst, "/demo/hello", SHORT);
+    assert!(first == Ok(200) || second == Ok(200), "the lifted deny still applies: {first:?} {second:?}");
+    assert!(first.is_err() || second.is_err(), "a SYN burst of 1 let two connections through in a row");
+    assert!(gw.packets("drop_syn_ratelimit") >= 1.0);
+
+    // A bad section is refused and changes nothing.
+    assert!(!gw.reload(net.gw_addr, &xdp("\"10.0.0.1/8\"", 100)));
+    assert!(gw.stderr().contains("host bits set"), "{}", gw.stderr());
+}
