@@ -90,6 +90,7 @@ impl AdminServer {
         match (&parts.method, parts.uri.path()) {
             (&Method::GET, "/v1/status") => self.status(),
             (&Method::POST, "/v1/reload") => self.reload().await,
+            (&Method::POST, "/v1/revoke") => self.revoke(&body).await,
             _ => {
                 drop(body);
                 json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}))
@@ -133,6 +134,40 @@ impl AdminServer {
                 json(StatusCode::UNPROCESSABLE_ENTITY, &serde_json::json!({"reloaded": false, "error": reason}))
             }
             Err(_) => json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "shutting_down"})),
+        }
+    }
+}
+
+impl AdminServer {
+    /// `{"jti": "…", "until": <unix seconds>}`: adds the jti to the revocation list until then.
+    async fn revoke(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Revoke {
+            jti: String,
+            until: u64,
+        }
+        let req: Revoke = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "bad_request", "message": format!("expected {{\"jti\": string, \"until\": unix seconds}}: {e}")}),
+                );
+            }
+        };
+        let Some(revocations) = self.shared.parts.auth().revocations() else {
+            return json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "not_ready"}));
+        };
+        match revocations.revoke(&req.jti, req.until, "admin").await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({"revoked": true, "jti": req.jti, "until": req.until})),
+            Err(e @ crate::auth::RevocationError::Store(_)) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "store_unavailable", "message": e.to_string()}),
+            ),
+            Err(e) => {
+                json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": "bad_request", "message": e.to_string()}))
+            }
         }
     }
 }

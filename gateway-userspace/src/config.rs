@@ -32,6 +32,8 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     pub routes: RouteTable,
     pub demo: Option<SocketAddr>,
+    /// Identity: issuers, policies (per route), consumers, identity headers.
+    pub auth: Arc<crate::auth::AuthSpec>,
 }
 
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ use tokio::{
 use crate::{
     admin::{AdminCommand, AdminError, AdminServer},
     audit::AuditMetrics,
+    auth::{AuthEnv, AuthMetrics},
     config::{Config, ConfigError},
     listener::socket,
     logging,
@@ -93,7 +94,9 @@ impl Daemon {
     async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, DaemonError> {
         let mut registry = Registry::default();
         let audit_metrics = AuditMetrics::register(&mut registry);
-        let parts = PartsHolder::default();
+        let readiness = Arc::new(Readiness::default());
+        let parts =
+            PartsHolder::new(AuthEnv { metrics: AuthMetrics::register(&mut registry), readiness: readiness.clone() });
         let phase_parts = parts.phase_parts(&config, &audit_metrics)?;
         let metrics_spec = config.metrics.clone();
         let demo = config.demo;
@@ -105,7 +108,6 @@ impl Daemon {
             &metrics_spec.sys_root,
             worker_threads.clone(),
         )));
-        let readiness = Arc::new(Readiness::default());
         let shared =
             Arc::new(SharedState::new(snapshot, metrics, audit_metrics, readiness.clone(), worker_threads, parts));
 

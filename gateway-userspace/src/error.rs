@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use thiserror::Error;
 
-use crate::{pipeline::RequestError, proxy::ProxyError, upstream::ConnectError};
+use crate::{auth::AuthError, pipeline::RequestError, proxy::ProxyError, upstream::ConnectError};
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -15,6 +15,8 @@ pub enum GatewayError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl GatewayError {
@@ -37,6 +39,7 @@ impl GatewayError {
                 ProxyError::ClientBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             },
+            GatewayError::Auth(e) => e.status(),
         }
     }
 
@@ -59,6 +62,7 @@ impl GatewayError {
                 ProxyError::ClientBodyTooLarge { .. } => "body_too_large",
                 ProxyError::ClientBody(_) => "client_body_error",
             },
+            GatewayError::Auth(e) => e.reason(),
         }
     }
 
@@ -81,6 +85,14 @@ impl GatewayError {
             // The rest of the request may still be on the wire: do not try to parse it.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let GatewayError::Auth(e) = self {
+            if let Some(challenge) = e.challenge() {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            if let Some(secs) = e.retry_after() {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+        }
         resp
     }
 }
@@ -102,6 +114,9 @@ mod tests {
             (ProxyError::Connect(ConnectError::Timeout(Duration::from_secs(1))).into(), 504, "connect_timeout"),
             (ProxyError::ResponseTimeout(Duration::from_secs(1)).into(), 504, "read_timeout"),
             (ProxyError::NoHealthyUpstream.into(), 503, "no_healthy_upstream"),
+            (AuthError::Expired.into(), 401, "expired"),
+            (AuthError::InsufficientScope { required: "read".into() }.into(), 403, "insufficient_scope"),
+            (AuthError::IdpUnavailable.into(), 503, "idp_unavailable"),
         ];
         for (err, status, reason) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");
@@ -111,5 +126,10 @@ mod tests {
             assert_eq!(v["error"], reason);
             assert_eq!(v["request_id"], "rid");
         }
+        let resp = GatewayError::from(AuthError::BadAudience).response("rid");
+        let challenge = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer realm=\"gatewayd\", error=\"invalid_token\""), "{challenge}");
+        let resp = GatewayError::from(AuthError::IdpUnavailable).response("rid");
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
     }
 }

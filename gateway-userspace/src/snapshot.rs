@@ -4,6 +4,7 @@
 
 use crate::{
     audit::{AuditPhase, AuditSink},
+    auth::IdentifyPhase,
     config::Config,
     metrics::RequestMetrics,
     pipeline::{LatencyHeaders, Phase, Pipeline},
@@ -38,6 +39,7 @@ impl std::ops::Deref for SnapshotArc {
 /// Long-lived parts a snapshot's phases hold on to (they outlive any one snapshot).
 pub struct PhaseParts {
     pub audit: Option<AuditSink>,
+    pub identify: IdentifyPhase,
 }
 
 impl Snapshot {
@@ -56,7 +58,9 @@ impl Snapshot {
 
 /// The phases, in order. Request hooks run in this order; so do response and log hooks.
 fn standard_pipeline(parts: PhaseParts) -> Pipeline {
-    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(LatencyHeaders), Box::new(RequestMetrics)];
+    // Identity first: later phases (limits) key on who the client is.
+    let mut phases: Vec<Box<dyn Phase>> =
+        vec![Box::new(parts.identify), Box::new(LatencyHeaders), Box::new(RequestMetrics)];
     if let Some(sink) = parts.audit {
         phases.push(Box::new(AuditPhase(sink)));
     }

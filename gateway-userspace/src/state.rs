@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::{
     audit::{AuditMetrics, AuditSink},
+    auth::{AuthEnv, AuthHolder},
     config::Config,
     metrics::{Metrics, Readiness, host::WorkerThreads},
     snapshot::{PhaseParts, Snapshot},
@@ -31,12 +32,21 @@ pub struct SharedState {
 }
 
 /// Owns the long-lived pieces phases are built from, across snapshots.
-#[derive(Default)]
 pub struct PartsHolder {
     audit: Mutex<Option<AuditSink>>,
+    /// Issuers' key caches and the revocation list.
+    auth: AuthHolder,
 }
 
 impl PartsHolder {
+    pub fn new(auth: AuthEnv) -> Self {
+        PartsHolder { audit: Mutex::default(), auth: AuthHolder::new(auth) }
+    }
+
+    pub fn auth(&self) -> &AuthHolder {
+        &self.auth
+    }
+
     /// The phases' long-lived parts for `config`: the audit writer is reused while its path
     /// stays the same, so a reload neither reorders nor loses lines.
     pub fn phase_parts(&self, config: &Config, audit_metrics: &AuditMetrics) -> Result<PhaseParts, StateError> {
@@ -52,7 +62,8 @@ impl PartsHolder {
             },
         };
         current.clone_from(&audit);
-        Ok(PhaseParts { audit })
+        drop(current);
+        Ok(PhaseParts { audit, identify: self.auth.phase(config.auth.clone()) })
     }
 
     pub fn reopen_audit(&self) {

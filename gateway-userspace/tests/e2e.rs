@@ -2,10 +2,12 @@
 //! One test binary (faster to link); each file under `e2e/` is one area.
 
 mod e2e {
+    pub mod idp;
     pub mod support;
 
     mod config_cli;
     mod headers;
+    mod identity;
     mod lifecycle;
     mod limits;
     mod observability;

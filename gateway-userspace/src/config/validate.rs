@@ -1,6 +1,8 @@
 //! File schema → validated [`Config`]. Collects every problem instead of stopping at the first,
 //! and locates each one in the source text.
 
+mod auth;
+
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr, ToSocketAddrs},
@@ -78,7 +80,19 @@ impl Validator<'_> {
             None
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
-        Config { source: self.file.to_owned(), server, listeners, metrics, audit, admin_socket, services, routes, demo }
+        let auth = Arc::new(self.auth(&f));
+        Config {
+            source: self.file.to_owned(),
+            server,
+            listeners,
+            metrics,
+            audit,
+            admin_socket,
+            services,
+            routes,
+            demo,
+            auth,
+        }
     }
 
     fn server(&mut self, f: &FileConfig) -> ServerSettings {
