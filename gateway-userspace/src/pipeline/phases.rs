@@ -30,7 +30,10 @@ impl Phase for LatencyHeaders {
         }
         set(head, &PROXY_LATENCY, &format!("{}", gateway.round() as u64));
         let _ = write!(timing, "gateway;dur={gateway:.3}");
-        set(head, &SERVER_TIMING, &timing);
+        // Appended: an upstream's own Server-Timing entries stay.
+        if let Ok(v) = HeaderValue::from_str(&timing) {
+            head.headers.append(SERVER_TIMING.clone(), v);
+        }
     }
 }
 

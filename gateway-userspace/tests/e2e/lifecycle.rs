@@ -111,3 +111,35 @@ async fn admin_socket_reports_status_and_reloads() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The sd_notify protocol as systemd sees it (Type=notify): READY=1 once listening, RELOADING=1
+/// then READY=1 around a reload, WATCHDOG=1 pings, STOPPING=1 on SIGTERM.
+#[test]
+fn speaks_sd_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let u = Upstream::start("u");
+    let env = [("NOTIFY_SOCKET", path.display().to_string()), ("WATCHDOG_USEC", "400000".to_owned())];
+    let mut gw = Gateway::start_with_env(|p| basic_config(p, 1, &routes(&u, "")), &env);
+    let mut seen = String::new();
+    let mut wait_for = |needle: &str, seen: &mut String| {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(needle) {
+            let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no {needle} (got {seen:?}): {e}"));
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    };
+    wait_for("READY=1", &mut seen);
+    wait_for("WATCHDOG=1", &mut seen);
+    seen.clear();
+    gw.signal(Signal::SIGHUP);
+    wait_for("RELOADING=1", &mut seen);
+    assert!(seen.contains("MONOTONIC_USEC="), "{seen}");
+    wait_for("READY=1", &mut seen);
+    gw.signal(Signal::SIGTERM);
+    wait_for("STOPPING=1", &mut seen);
+    assert!(gw.wait_exit(Duration::from_secs(10)).success());
+}

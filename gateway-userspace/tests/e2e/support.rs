@@ -53,6 +53,11 @@ impl Gateway {
     /// Writes the config produced by `config` and starts gatewayd; panics if it does not become
     /// ready within 20 s (with its stderr in the message).
     pub fn start(config: impl Fn(&Ports) -> String) -> Gateway {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(config: impl Fn(&Ports) -> String, env: &[(&str, String)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = Ports { listen: free_port(), metrics: free_port(), dir: dir.path().to_owned() };
         let config_path = dir.path().join("gatewayd.toml");
@@ -63,6 +68,7 @@ impl Gateway {
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
