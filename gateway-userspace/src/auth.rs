@@ -15,6 +15,12 @@
 //! - `identify`: the request phase that ties them together, strips client-supplied identity
 //!   headers and sets ours.
 //!
+//! Every refusal goes through `IdentifyPhase::refused` (metric, then `GatewayError::Auth`). That is
+//! where repeat offenders are to be reported to the eBPF L7→L3 feedback (issue 4) once it exists:
+//! `ctx.client_ip` for the reasons that mean forgery or probing (`bad_signature`, `malformed`,
+//! `unknown_kid`, `invalid_api_key`), never for `missing`, `expired` or `idp_unavailable`, which
+//! honest clients hit.
+//!
 //! No request waits for the network to validate a JWT whose key is known: keys come from memory.
 //! A request whose `kid` is unknown waits (at most `fetch_timeout`) for the one refetch that at
 //! most every `unknown_kid_refetch_interval` is allowed; other unknown-`kid` requests inside that
