@@ -195,6 +195,12 @@ impl AuthHolder {
                 None => jwks::IssuerKeys::start(i, &self.env),
             })
             .collect();
+        for old in running.iter().filter(|o| !issuers.iter().any(|n| Arc::ptr_eq(n, o))) {
+            old.retire();
+            if !spec.issuers.iter().any(|i| i.name == old.spec().name) {
+                old.forget();
+            }
+        }
         running.clone_from(&issuers);
         drop(running);
         let mut current = self.revocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

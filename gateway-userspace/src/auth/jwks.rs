@@ -265,6 +265,9 @@ pub struct IssuerKeys {
     reported_failing: AtomicBool,
     /// Unix ms of the last rate-limited warning.
     last_warning_ms: AtomicU64,
+    /// Replaced or removed by a reload: stops refreshing and reporting (the current cache of
+    /// the same name owns the readiness detail and the gauges).
+    retired: AtomicBool,
     env: AuthEnv,
 }
 
@@ -298,6 +301,7 @@ impl IssuerKeys {
             reported_closed: AtomicBool::new(false),
             reported_failing: AtomicBool::new(false),
             last_warning_ms: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
             env: env.clone(),
         });
         let name = spec.name.clone();
@@ -317,9 +321,26 @@ impl IssuerKeys {
         this
     }
 
+    /// Stops the refresh task and all reporting; requests still in flight on an older snapshot
+    /// keep using the keys.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Clears what a removed issuer left in `/readyz` and the gauges.
+    pub fn forget(&self) {
+        self.env.readiness.set_detail(&self.detail_name(), None);
+        self.env.metrics.forget_issuer(&self.spec.name);
+    }
+
     /// A running cache can serve a new config's issuer if everything it fetches with is equal.
     pub fn reusable_for(&self, spec: &IssuerSpec) -> bool {
         self.spec.name == spec.name && self.spec.fetch_identity() == spec.fetch_identity()
+    }
+
+    pub fn spec(&self) -> &IssuerSpec {
+        &self.spec
     }
 
     fn detail_name(&self) -> String {
@@ -435,7 +456,9 @@ impl IssuerKeys {
             tracing::info!(issuer = %self.spec.name, kids = ?set.kids(), previous = ?current.kids(), skipped = ?skipped, "issuer keys updated");
             self.keys.store(Arc::new(set));
             self.version.fetch_add(1, Ordering::AcqRel);
-            self.env.metrics.set_keys(&self.spec.name, self.keys.load().len());
+            if !self.retired.load(Ordering::Acquire) {
+                self.env.metrics.set_keys(&self.spec.name, self.keys.load().len());
+            }
         }
         let ttl = max_age(&answer.headers).unwrap_or(self.spec.refresh.max_interval);
         Ok(ttl.clamp(self.spec.refresh.min_interval, self.spec.refresh.max_interval))
@@ -443,6 +466,9 @@ impl IssuerKeys {
 
     /// Reports state transitions once each: log line, readiness detail, gauge.
     fn report(&self, now_ms: u64, error: Option<&str>) {
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
         let name = &self.spec.name;
         let detail = self.detail_name();
         match self.freshness(now_ms) {
@@ -492,13 +518,6 @@ impl IssuerKeys {
     }
 }
 
-impl Drop for IssuerKeys {
-    fn drop(&mut self) {
-        self.env.readiness.set_detail(&self.detail_name(), None);
-        self.env.metrics.forget_issuer(&self.spec.name);
-    }
-}
-
 #[derive(Deserialize)]
 struct Discovery {
     issuer: String,
@@ -512,7 +531,7 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, wake: Arc<Notify>, client: IdpClie
     let mut failures: u32 = 0;
     loop {
         let (next_fetch, error) = {
-            let Some(this) = weak.upgrade() else { return };
+            let Some(this) = weak.upgrade().filter(|t| !t.retired.load(Ordering::Acquire)) else { return };
             this.fetching.store(true, Ordering::Release);
             let result = this.fetch(&client).await;
             this.fetching.store(false, Ordering::Release);
@@ -539,7 +558,7 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, wake: Arc<Notify>, client: IdpClie
         // report the switch to fail-closed when it happens, not at the next attempt).
         loop {
             let until = {
-                let Some(this) = weak.upgrade() else { return };
+                let Some(this) = weak.upgrade().filter(|t| !t.retired.load(Ordering::Acquire)) else { return };
                 let grace = this
                     .grace_deadline_ms()
                     .filter(|_| !this.reported_closed.load(Ordering::Acquire))
@@ -553,7 +572,7 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, wake: Arc<Notify>, client: IdpClie
             if woken || tokio::time::Instant::now() >= next_fetch {
                 break;
             }
-            let Some(this) = weak.upgrade() else { return };
+            let Some(this) = weak.upgrade().filter(|t| !t.retired.load(Ordering::Acquire)) else { return };
             this.report(unix_now_ms(), error.as_deref());
         }
     }
