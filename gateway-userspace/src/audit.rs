@@ -18,7 +18,10 @@ use std::{
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use serde::Serialize;
 
-use crate::pipeline::{Outcome, Phase, RequestCtx};
+use crate::{
+    pipeline::{Outcome, Phase, RequestCtx},
+    tls::VerifyStatus,
+};
 
 /// One line of the audit log. Field names follow the seed's format.
 #[derive(Debug, Serialize)]
@@ -45,6 +48,18 @@ pub struct AuditRecord {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub listener: String,
+    /// The consumer the request's credentials belong to (`[[consumers]]` name).
+    pub consumer: Option<String>,
+    /// TLS version of the client connection (`TLSv1.3`), absent on plain HTTP.
+    pub tls_version: Option<&'static str>,
+    /// Client certificate status: `absent`, `failed` or `success`.
+    pub client_cert_verify: &'static str,
+    /// Subject DN (RFC 4514), SANs, SHA-256 fingerprint (hex) and serial (hex) of a verified
+    /// client certificate.
+    pub client_cert_subject: Option<String>,
+    pub client_cert_san: Vec<String>,
+    pub client_cert_sha256: Option<String>,
+    pub client_cert_serial: Option<String>,
     /// Why the gateway answered itself (`no_route`, `connect_refused`, …), or how the request
     /// ended early (`client_aborted`, `upstream_body_failed`).
     pub error: Option<&'static str>,
@@ -58,6 +73,12 @@ impl AuditRecord {
             Some(Outcome::UpstreamBodyFailed) => Some("upstream_body_failed"),
             _ => None,
         });
+        let tls = ctx.conn.tls.as_ref();
+        let verify = tls.map_or(VerifyStatus::Absent, |t| t.client_status(&ctx.snapshot, &ctx.conn.listener));
+        let cert = match verify {
+            VerifyStatus::Success => tls.and_then(|t| t.client_cert.as_ref()).and_then(|c| c.facts()),
+            _ => None,
+        };
         AuditRecord {
             timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             request_id: ctx.request_id.to_str().unwrap_or_default().to_owned(),
@@ -80,6 +101,13 @@ impl AuditRecord {
             bytes_received: ctx.bytes_received.get(),
             bytes_sent: ctx.bytes_sent,
             listener: ctx.conn.listener.to_string(),
+            consumer: ctx.identity.consumer.as_ref().map(|c| c.name.to_string()),
+            tls_version: tls.map(|t| t.version),
+            client_cert_verify: verify.as_str(),
+            client_cert_subject: cert.map(|c| c.subject.clone()),
+            client_cert_san: cert.map(|c| c.sans.clone()).unwrap_or_default(),
+            client_cert_sha256: cert.map(|c| c.sha256_hex()),
+            client_cert_serial: cert.map(|c| c.serial.clone()),
             error,
         }
     }

@@ -46,4 +46,37 @@ pub enum Command {
         #[arg(long, value_name = "TIME")]
         until: String,
     },
+    /// Certificates for development and tests.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a development CA, a server certificate and a client certificate (ca.crt/ca.key,
+    /// server.crt/server.key, client.crt/client.key and client.pem with both).
+    Init {
+        /// Directory to write the files to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Common name of the server certificate.
+        #[arg(long, default_value = "localhost")]
+        cn: String,
+        /// Names of the server certificate (DNS names or IP addresses); repeat the option or
+        /// separate with commas.
+        #[arg(long, value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])]
+        san: Vec<String>,
+        /// Validity of the server and client certificates, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Common name of the client certificate.
+        #[arg(long, default_value = "gatewayd-client")]
+        client_cn: String,
+        /// Key algorithm.
+        #[arg(long, value_enum, default_value_t = crate::tls::certs::KeyType::EcdsaP256)]
+        key_type: crate::tls::certs::KeyType,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }

@@ -6,14 +6,14 @@ mod locate;
 pub mod schema;
 mod validate;
 
-use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use thiserror::Error;
 
 pub use schema::{LbAlgorithm, LogFormat};
 
-use crate::{route::RouteTable, upstream::ServiceSpec};
+use crate::{consumer::Consumers, route::RouteTable, tls::ServerTlsSpec, upstream::ServiceSpec};
 
 /// The configuration `gatewayd` runs on when started without `--config`: HTTP on
 /// 127.0.0.1:8080, metrics on 127.0.0.1:9090, and `/demo` routed to the built-in demo upstream.
@@ -32,6 +32,9 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     pub routes: RouteTable,
     pub demo: Option<SocketAddr>,
+    /// TLS of the listeners that terminate it, by listener name (material loaded and checked).
+    pub listener_tls: BTreeMap<Arc<str>, Arc<ServerTlsSpec>>,
+    pub consumers: Arc<Consumers>,
     /// Identity: issuers, policies (per route), consumers, identity headers.
     pub auth: Arc<crate::auth::AuthSpec>,
 }

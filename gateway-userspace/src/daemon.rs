@@ -27,6 +27,7 @@ use crate::{
     snapshot::Snapshot,
     state::{PartsHolder, SharedState, StateError},
     systemd,
+    tls::{ExpiryCollector, KtlsSupport, TlsMetrics, TlsParts},
     worker::{self, WorkerEvent, WorkerSettings},
 };
 
@@ -48,6 +49,8 @@ pub enum DaemonError {
     WorkerDied(usize),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -95,13 +98,18 @@ impl Daemon {
         let mut registry = Registry::default();
         let audit_metrics = AuditMetrics::register(&mut registry);
         let readiness = Arc::new(Readiness::default());
-        let parts =
-            PartsHolder::new(AuthEnv { metrics: AuthMetrics::register(&mut registry), readiness: readiness.clone() });
+        let ktls = KtlsSupport::probe().await;
+        tracing::info!(supported = ktls.supported(), "{}", ktls.describe());
+        let parts = PartsHolder::new(
+            TlsParts::new(ktls, TlsMetrics::register(&mut registry))?,
+            AuthEnv { metrics: AuthMetrics::register(&mut registry), readiness: readiness.clone() },
+        );
         let phase_parts = parts.phase_parts(&config, &audit_metrics)?;
         let metrics_spec = config.metrics.clone();
         let demo = config.demo;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(1, config, phase_parts, None)));
         let metrics = Metrics::register(&mut registry, snapshot.clone());
+        registry.register_collector(Box::new(ExpiryCollector(snapshot.clone())));
         let worker_threads = Arc::new(WorkerThreads::default());
         registry.register_collector(Box::new(HostCollector::new(
             &metrics_spec.proc_root,

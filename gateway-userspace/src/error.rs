@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use thiserror::Error;
 
-use crate::{auth::AuthError, pipeline::RequestError, proxy::ProxyError, upstream::ConnectError};
+use crate::{auth::AuthError, pipeline::RequestError, proxy::ProxyError, tls::ClientCertError, upstream::ConnectError};
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -17,6 +17,8 @@ pub enum GatewayError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    ClientCert(#[from] ClientCertError),
 }
 
 impl GatewayError {
@@ -40,6 +42,7 @@ impl GatewayError {
                 ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             },
             GatewayError::Auth(e) => e.status(),
+            GatewayError::ClientCert(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -63,6 +66,11 @@ impl GatewayError {
                 ProxyError::ClientBody(_) => "client_body_error",
             },
             GatewayError::Auth(e) => e.reason(),
+            GatewayError::ClientCert(e) => match e {
+                ClientCertError::Required => "client_cert_required",
+                ClientCertError::Invalid => "client_cert_invalid",
+                ClientCertError::UnknownConsumer => "unknown_consumer",
+            },
         }
     }
 
@@ -117,6 +125,9 @@ mod tests {
             (AuthError::Expired.into(), 401, "expired"),
             (AuthError::InsufficientScope { required: "read".into() }.into(), 403, "insufficient_scope"),
             (AuthError::IdpUnavailable.into(), 503, "idp_unavailable"),
+            (ClientCertError::Required.into(), 403, "client_cert_required"),
+            (ClientCertError::Invalid.into(), 403, "client_cert_invalid"),
+            (ClientCertError::UnknownConsumer.into(), 403, "unknown_consumer"),
         ];
         for (err, status, reason) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");

@@ -5,9 +5,10 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Parser;
 use gateway_userspace::{
     admin,
-    cli::{Cli, Command},
+    cli::{CertsCommand, Cli, Command},
     config::{Config, EMBEDDED_DEFAULTS},
     daemon,
+    tls::certs,
 };
 use http::Method;
 
@@ -25,6 +26,18 @@ fn main() -> ExitCode {
         Command::Reload => admin_call(&cli, Method::POST, "/v1/reload"),
         Command::Status => admin_call(&cli, Method::GET, "/v1/status"),
         Command::Revoke { jti, until } => revoke(&cli, jti, until),
+        Command::Certs(CertsCommand::Init { out, cn, san, days, client_cn, key_type, force }) => {
+            let options = certs::InitOptions {
+                out: out.clone(),
+                cn: cn.clone(),
+                sans: san.clone(),
+                days: *days,
+                client_cn: client_cn.clone(),
+                key_type: *key_type,
+                force: *force,
+            };
+            certs_init(&options)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,6 +46,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn certs_init(options: &certs::InitOptions) -> Result<(), String> {
+    let files = certs::init(options).map_err(|e| e.to_string())?;
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {

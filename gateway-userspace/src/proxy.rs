@@ -72,9 +72,11 @@ pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, body: RequestBo
         tried |= 1u64.checked_shl(i as u32).unwrap_or(0);
         let target = &service.targets[i];
         let in_flight = target.state.begin();
-        let conn = match fwd.pool.get(target.addr, spec.connect_timeout, spec.idle_timeout).await {
+        let endpoint = service.endpoint(i);
+        let conn = match fwd.pool.get(&endpoint, spec.connect_timeout, spec.idle_timeout).await {
             Ok(c) => c,
             Err(e) => {
+                count_tls(service, &e);
                 tracing::warn!(service = %spec.name, target = %target.label, error = %e, "upstream connect failed");
                 if target.state.record_failure(spec.max_fails, spec.fail_timeout) {
                     tracing::warn!(service = %spec.name, target = %target.label, "target ejected after consecutive failures");
@@ -90,7 +92,7 @@ pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, body: RequestBo
         let request = Request::from_parts(head, body);
         let lease = UpstreamLease {
             pool: fwd.pool.clone(),
-            addr: target.addr,
+            endpoint,
             sender: conn.sender,
             max_idle: spec.max_idle_per_target,
             in_flight,
@@ -127,6 +129,7 @@ async fn send(
                 let conn = match fwd_fresh(&lease, spec).await {
                     Ok(c) => c,
                     Err(e) => {
+                        count_tls(service, &e);
                         target.state.record_failure(spec.max_fails, spec.fail_timeout);
                         return Err(fail(ProxyError::Connect(e)));
                     }
@@ -137,7 +140,7 @@ async fn send(
             _ => e.into_error(),
         },
     };
-    Err(fail(classify(error, target)))
+    Err(fail(classify(error, service, i)))
 }
 
 async fn fwd_fresh(
@@ -145,18 +148,37 @@ async fn fwd_fresh(
     spec: &crate::upstream::ServiceSpec,
 ) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>, ConnectError> {
     // An idle timeout of zero skips the pool: we just saw a pooled connection fail.
-    lease.pool.get(lease.addr, spec.connect_timeout, Duration::ZERO).await.map(|c| c.sender)
+    lease.pool.get(&lease.endpoint, spec.connect_timeout, Duration::ZERO).await.map(|c| c.sender)
+}
+
+/// `gateway_upstream_tls_errors_total{service,reason}`.
+fn count_tls(service: &Service, e: &ConnectError) {
+    if let (ConnectError::Tls(t), Some(tls)) = (e, &service.tls) {
+        tls.count(t);
+    }
 }
 
 /// Separates the client's fault (its body) from the upstream's; only the latter counts against
-/// the target's health.
-fn classify(error: hyper::Error, target: &crate::upstream::Target) -> ProxyError {
+/// the target's health. A TLS alert on the first exchange is the upstream refusing our TLS (in
+/// TLS 1.3 it rejects a client certificate after our side of the handshake is done): that is a
+/// TLS connect failure, with its reason.
+fn classify(error: hyper::Error, service: &Service, i: usize) -> ProxyError {
+    let target = &service.targets[i];
     let source = std::error::Error::source(&error);
     if let Some(body_error) = source.and_then(|s| s.downcast_ref::<BodyError>()) {
         return match body_error {
             BodyError::TooLarge { limit } => ProxyError::ClientBodyTooLarge { limit: *limit },
             _ => ProxyError::ClientBody(error),
         };
+    }
+    if service.tls.is_some()
+        && let Some(tls) = crate::tls::tls_error_in(target.addr, &error)
+    {
+        let e = ConnectError::Tls(tls);
+        count_tls(service, &e);
+        tracing::warn!(service = %service.spec.name, target = %target.label, error = %e, "upstream refused the TLS session");
+        target.state.record_failure(service.spec.max_fails, service.spec.fail_timeout);
+        return ProxyError::Connect(e);
     }
     target.state.record_failure(u32::MAX, Duration::ZERO);
     ProxyError::Upstream(error)

@@ -30,6 +30,8 @@ pub struct Route {
     pub headers: Vec<(HeaderName, Vec<String>)>,
     pub strip_path: bool,
     pub preserve_host: bool,
+    /// What the route asks of the client certificate (checked by `tls::ClientCertPhase`).
+    pub client_cert: crate::tls::ClientCertRequirement,
 }
 
 /// `api.example.com` or `*.example.org` (stored as the `.example.org` suffix).

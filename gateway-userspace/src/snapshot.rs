@@ -8,6 +8,7 @@ use crate::{
     config::Config,
     metrics::RequestMetrics,
     pipeline::{LatencyHeaders, Phase, Pipeline},
+    tls::{ClientCertPhase, TlsParts, TlsRuntime, UpstreamTls},
     upstream::Service,
 };
 
@@ -19,6 +20,8 @@ pub struct Snapshot {
     /// Running services, indexed like `config.services`.
     pub services: Vec<Service>,
     pub pipeline: Pipeline,
+    /// The listeners' TLS server configs.
+    pub tls: TlsRuntime,
 }
 
 /// A worker's handle on a snapshot: cloning it is a non-atomic `Rc` increment, so requests do
@@ -40,6 +43,7 @@ impl std::ops::Deref for SnapshotArc {
 pub struct PhaseParts {
     pub audit: Option<AuditSink>,
     pub identify: IdentifyPhase,
+    pub tls: TlsParts,
 }
 
 impl Snapshot {
@@ -49,18 +53,23 @@ impl Snapshot {
             .iter()
             .map(|spec| {
                 let old = previous.and_then(|p| p.services.iter().find(|s| s.spec.name == spec.name));
-                Service::new(spec.clone(), old)
+                let mut service = Service::new(spec.clone(), old);
+                service.tls =
+                    spec.tls.as_ref().map(|t| UpstreamTls::new(t, spec.name.clone(), parts.tls.metrics.clone()));
+                service
             })
             .collect();
-        Snapshot { generation, config, services, pipeline: standard_pipeline(parts) }
+        let tls = TlsRuntime::build(&config.listener_tls, &parts.tls);
+        Snapshot { generation, config, services, pipeline: standard_pipeline(parts), tls }
     }
 }
 
 /// The phases, in order. Request hooks run in this order; so do response and log hooks.
 fn standard_pipeline(parts: PhaseParts) -> Pipeline {
-    // Identity first: later phases (limits) key on who the client is.
+    // Client certificate first (consumer by certificate), then identity (tokens, API keys,
+    // policies: it reads the certificate's consumer); later phases (limits) key on who it is.
     let mut phases: Vec<Box<dyn Phase>> =
-        vec![Box::new(parts.identify), Box::new(LatencyHeaders), Box::new(RequestMetrics)];
+        vec![Box::new(ClientCertPhase), Box::new(parts.identify), Box::new(LatencyHeaders), Box::new(RequestMetrics)];
     if let Some(sink) = parts.audit {
         phases.push(Box::new(AuditPhase(sink)));
     }

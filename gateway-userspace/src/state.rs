@@ -12,6 +12,7 @@ use crate::{
     config::Config,
     metrics::{Metrics, Readiness, host::WorkerThreads},
     snapshot::{PhaseParts, Snapshot},
+    tls::TlsParts,
 };
 
 #[derive(Debug, Error)]
@@ -34,13 +35,19 @@ pub struct SharedState {
 /// Owns the long-lived pieces phases are built from, across snapshots.
 pub struct PartsHolder {
     audit: Mutex<Option<AuditSink>>,
+    /// Session-ticket keys, the session cache, the kTLS decision and the TLS metrics.
+    tls: TlsParts,
     /// Issuers' key caches and the revocation list.
     auth: AuthHolder,
 }
 
 impl PartsHolder {
-    pub fn new(auth: AuthEnv) -> Self {
-        PartsHolder { audit: Mutex::default(), auth: AuthHolder::new(auth) }
+    pub fn new(tls: TlsParts, auth: AuthEnv) -> Self {
+        PartsHolder { audit: Mutex::new(None), tls, auth: AuthHolder::new(auth) }
+    }
+
+    pub fn tls(&self) -> &TlsParts {
+        &self.tls
     }
 
     pub fn auth(&self) -> &AuthHolder {
@@ -63,7 +70,7 @@ impl PartsHolder {
         };
         current.clone_from(&audit);
         drop(current);
-        Ok(PhaseParts { audit, identify: self.auth.phase(config.auth.clone()) })
+        Ok(PhaseParts { audit, tls: self.tls.clone(), identify: self.auth.phase(config.auth.clone()) })
     }
 
     pub fn reopen_audit(&self) {

@@ -18,7 +18,7 @@ use std::{
 };
 
 pub use health::{InFlight, TargetState};
-pub use pool::{ConnectError, PooledSender, UpstreamPool};
+pub use pool::{ConnectError, Endpoint, PooledSender, UpstreamPool};
 
 use crate::config::LbAlgorithm;
 
@@ -35,6 +35,8 @@ pub struct ServiceSpec {
     pub retries: u32,
     pub max_idle_per_target: usize,
     pub idle_timeout: Duration,
+    /// TLS towards the targets (`tls = true`).
+    pub tls: Option<Arc<crate::tls::UpstreamTlsSpec>>,
 }
 
 /// A running service: its spec plus live target state.
@@ -42,6 +44,8 @@ pub struct ServiceSpec {
 pub struct Service {
     pub spec: ServiceSpec,
     pub targets: Vec<Target>,
+    /// The service's upstream TLS, per target (set by the snapshot, which owns the metrics).
+    pub tls: Option<crate::tls::UpstreamTls>,
     cursor: AtomicUsize,
 }
 
@@ -51,6 +55,13 @@ pub struct Target {
     /// `ip:port`, precomputed for labels and logs.
     pub label: Arc<str>,
     pub state: Arc<TargetState>,
+}
+
+impl Service {
+    /// How to reach target `i`: its address, and its TLS endpoint for a TLS service.
+    pub fn endpoint(&self, i: usize) -> Endpoint {
+        Endpoint { addr: self.targets[i].addr, tls: self.tls.as_ref().and_then(|t| t.endpoints.get(i).cloned()) }
+    }
 }
 
 /// Why no target could be chosen.
@@ -75,7 +86,7 @@ impl Service {
                 Target { addr, label: addr.to_string().into(), state }
             })
             .collect();
-        Service { spec, targets, cursor: AtomicUsize::new(0) }
+        Service { spec, targets, tls: None, cursor: AtomicUsize::new(0) }
     }
 
     /// Chooses a target not in `tried` (a bit set of target indexes), honouring ejections.

@@ -43,6 +43,7 @@ pub struct WorkerLocal {
     pub shared: Arc<SharedState>,
     pub pool: Rc<UpstreamPool>,
     pub metrics: WorkerMetrics,
+    pub tls_metrics: crate::tls::WorkerTlsMetrics,
     cached: RefCell<Option<LocalSnapshot>>,
     pub open_connections: Cell<usize>,
 }
@@ -99,6 +100,7 @@ async fn serve(s: &WorkerSettings) {
         shared: s.shared.clone(),
         pool: UpstreamPool::new(),
         metrics: WorkerMetrics::new(s.shared.metrics.clone()),
+        tls_metrics: crate::tls::WorkerTlsMetrics::new(s.shared.parts.tls().metrics.clone()),
         cached: RefCell::new(None),
         open_connections: Cell::new(0),
     });

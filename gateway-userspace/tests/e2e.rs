@@ -3,6 +3,7 @@
 
 mod e2e {
     pub mod idp;
+    pub mod pki;
     pub mod support;
 
     mod config_cli;
@@ -12,5 +13,6 @@ mod e2e {
     mod limits;
     mod observability;
     mod routing;
+    mod tls;
     mod upstreams;
 }

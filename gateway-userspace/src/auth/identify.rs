@@ -31,7 +31,8 @@ use super::{
 };
 use crate::{
     error::GatewayError,
-    pipeline::{ConnInfo, Phase, RequestCtx, Step},
+    pipeline::{Phase, RequestCtx, Step},
+    tls::VerifyStatus,
 };
 
 static NEXT_PHASE_ID: AtomicU64 = AtomicU64::new(1);
@@ -157,7 +158,7 @@ impl IdentifyPhase {
 
     /// Runs the policy as far as it can without I/O.
     fn decide(&self, ctx: &RequestCtx, head: &request::Parts, policy: &Policy, now: Now, waited: Waited) -> Decision {
-        let presented = match self.presented(head, &ctx.conn, policy) {
+        let presented = match self.presented(head, ctx, policy) {
             Ok(p) => p,
             Err(e) => return Decision::Done(Err(e)),
         };
@@ -189,7 +190,13 @@ impl IdentifyPhase {
                     Some(consumer) => outcome.consumer = Some(consumer),
                     None => return Decision::Done(Err(AuthError::InvalidApiKey)),
                 },
-                Credential::Mtls => outcome.cert = true,
+                Credential::Mtls => {
+                    outcome.cert = true;
+                    // The client-certificate phase found its consumer, if it has one.
+                    if outcome.consumer.is_none() {
+                        outcome.consumer = self.cert_consumer(ctx);
+                    }
+                }
             }
         }
         if !any {
@@ -313,12 +320,19 @@ impl IdentifyPhase {
         })))
     }
 
+    /// The index (in `spec.consumers`) of the consumer the client-certificate phase mapped the
+    /// connection's certificate to.
+    fn cert_consumer(&self, ctx: &RequestCtx) -> Option<usize> {
+        let consumer = ctx.identity.consumer.as_ref()?;
+        self.spec.consumer_by_name.get(&consumer.name).copied()
+    }
+
     /// Finds the credentials the policy accepts. Refuses ambiguity: several Authorization
     /// headers, or different tokens in the header, query and cookies (token smuggling).
     fn presented<'h>(
         &self,
         head: &'h request::Parts,
-        conn: &ConnInfo,
+        ctx: &RequestCtx,
         policy: &Policy,
     ) -> Result<Presented<'h>, AuthError> {
         let mut p = Presented::default();
@@ -373,7 +387,7 @@ impl IdentifyPhase {
             }
         }
         if policy.accepts(Credential::Mtls) || policy.accepts(Credential::Jwt) {
-            p.cert = client_cert_sha256(conn);
+            p.cert = client_cert_sha256(ctx);
         }
         Ok(p)
     }
@@ -389,10 +403,12 @@ impl IdentifyPhase {
             h.insert(&names.user, u.header.clone());
             ctx.identity.user_id = Some(u.text.to_string());
         }
-        if let Some(c) = consumer {
+        if let (Some(c), Some(index)) = (consumer, outcome.consumer) {
             h.insert(&names.consumer_username, c.name.header.clone());
             h.insert(&names.consumer_id, c.id.header.clone());
-            ctx.identity.consumer = Some(c.name.text.to_string());
+            if ctx.identity.consumer.is_none() {
+                ctx.identity.consumer = ctx.snapshot.config.consumers.get(index).cloned();
+            }
         }
         let workspace = token.and_then(|v| v.claims.workspace.as_ref()).or(consumer.and_then(|c| c.workspace.as_ref()));
         if let Some(w) = workspace {
@@ -468,7 +484,7 @@ impl IdentifyPhase {
         policy: &Policy,
         index: usize,
     ) -> Result<(), AuthError> {
-        let presented = self.presented(head, &ctx.conn, policy)?;
+        let presented = self.presented(head, ctx, policy)?;
         let token = presented.bearer.as_deref().unwrap_or_default();
         let spec = &self.spec.issuers[index];
         let (Some(settings), Some(client)) = (spec.introspection.as_ref(), self.introspectors[index].as_ref()) else {
@@ -532,6 +548,11 @@ impl Phase for IdentifyPhase {
         for name in self.spec.headers.all() {
             head.headers.remove(name);
         }
+        // A consumer the client-certificate phase identified is asserted under our names too.
+        if let Some(c) = self.cert_consumer(ctx).map(|i| &self.spec.consumers[i]) {
+            head.headers.insert(&self.spec.headers.consumer_username, c.name.header.clone());
+            head.headers.insert(&self.spec.headers.consumer_id, c.id.header.clone());
+        }
         let policy = match ctx.route.and_then(|r| self.spec.route_policies.get(r)) {
             Some(RoutePolicy::Open) => return Step::Continue,
             Some(RoutePolicy::Policy(p)) => &self.spec.policies[*p],
@@ -583,10 +604,14 @@ fn joined(a: &HeaderValue, b: &HeaderValue) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&v).ok()
 }
 
-/// The SHA-256 of the connection's verified client certificate (RFC 8705 `x5t#S256`), on TLS
-/// connections that presented one. Plain TCP connections have none.
-fn client_cert_sha256(_conn: &ConnInfo) -> Option<[u8; 32]> {
-    None
+/// The SHA-256 of the connection's client certificate (RFC 8705 `x5t#S256`), when it verifies
+/// against the current snapshot's CAs and CRLs. Plain TCP connections have none.
+fn client_cert_sha256(ctx: &RequestCtx) -> Option<[u8; 32]> {
+    let tls = ctx.conn.tls.as_ref()?;
+    if tls.client_status(&ctx.snapshot, &ctx.conn.listener) != VerifyStatus::Success {
+        return None;
+    }
+    tls.client_cert.as_ref()?.sha256()
 }
 
 #[cfg(test)]

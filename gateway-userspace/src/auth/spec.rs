@@ -1,7 +1,7 @@
 //! The validated `[auth]` and `[[consumers]]` configuration: what the identity phase needs,
 //! nothing file-shaped (header names parsed, static keys loaded, policies resolved to indices).
 
-use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
@@ -15,7 +15,10 @@ pub struct AuthSpec {
     pub route_policies: Vec<RoutePolicy>,
     pub policies: Vec<Policy>,
     pub issuers: Vec<IssuerSpec>,
+    /// Indexed like `Config::consumers` (the `[[consumers]]` order).
     pub consumers: Vec<ConsumerSpec>,
+    /// Consumer name → index (for consumers identified by their client certificate).
+    pub consumer_by_name: HashMap<Arc<str>, usize>,
     pub api_keys: ApiKeys,
     pub tokens: TokenSources,
     pub api_key_header: HeaderName,
@@ -35,6 +38,7 @@ impl AuthSpec {
             policies: Vec::new(),
             issuers: Vec::new(),
             consumers: Vec::new(),
+            consumer_by_name: HashMap::new(),
             api_keys: ApiKeys::default(),
             tokens: TokenSources { uri_params: Vec::new(), cookies: Vec::new(), max_size: 8192 },
             api_key_header: HeaderName::from_static("x-api-key"),
@@ -265,6 +269,24 @@ pub mod interned {
 
     pub fn named(s: &str) -> Result<Named, String> {
         Ok(Named { text: s.into(), header: header_value(s)? })
+    }
+
+    /// Like [`named`], with bytes outside visible ASCII percent-encoded in the header value
+    /// (consumer names may be any UTF-8).
+    pub fn named_lenient(s: &str) -> Named {
+        let mut encoded = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if encoded.is_empty() {
+            encoded.push('-');
+        }
+        let header = header_value(&encoded).unwrap_or_else(|_| HeaderValue::from_static("-"));
+        Named { text: s.into(), header }
     }
 }
 

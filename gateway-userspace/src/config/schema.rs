@@ -32,7 +32,7 @@ pub struct FileConfig {
     /// (then every route must say `auth = "none"`).
     #[serde(default)]
     pub auth: AuthSection,
-    /// API consumers and their keys. Default: none.
+    /// The parties that call the gateway and their credentials. Default: none.
     #[serde(default)]
     pub consumers: Vec<ConsumerSection>,
 }
@@ -160,6 +160,93 @@ pub struct ListenerSection {
     /// listen(2) backlog per worker socket. Default: 1024.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// Terminate TLS on this listener (HTTPS). Default: none (plain HTTP).
+    pub tls: Option<ListenerTlsSection>,
+}
+
+/// `[listeners.tls]`: TLS termination. Paths are relative to the config file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSection {
+    /// Server certificates (chain + key, PEM; RSA, ECDSA P-256/P-384 or Ed25519), chosen by SNI.
+    /// Required, at least one.
+    pub certificates: Vec<CertificateSection>,
+    /// `"1.3"`, or `"1.2"` to also accept TLS 1.2 (ECDHE with AEAD suites only). Default: `"1.3"`.
+    #[serde(default)]
+    pub min_version: crate::tls::MinVersion,
+    /// Refuse handshakes whose SNI names no certificate (and those without SNI) instead of
+    /// serving the default certificate. Default: false.
+    #[serde(default)]
+    pub strict_sni: bool,
+    /// Session resumption with tickets (keys rotate every 6 hours). Default: true.
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+    /// Move the session into the kernel after the handshake when the kernel supports it (kTLS).
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub ktls: bool,
+    /// Client certificates: `"none"`, `"optional"` or `"required"`. Default: `"none"`.
+    #[serde(default)]
+    pub client_auth: crate::tls::ClientAuth,
+    /// CA bundles (PEM) client certificates must chain to. Required unless client_auth is "none".
+    #[serde(default)]
+    pub client_ca: Vec<String>,
+    /// Certificate revocation lists (PEM or DER) for client certificates. With CRLs, a client
+    /// certificate whose issuer has no CRL here, or whose CRL is past nextUpdate, is refused.
+    /// Default: none.
+    #[serde(default)]
+    pub client_crl: Vec<String>,
+}
+
+/// One server certificate of a TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// PEM file with the certificate chain, leaf first. Required.
+    pub cert: String,
+    /// PEM file with the private key. Required.
+    pub key: String,
+    /// SNI names this certificate is served for (`*.example.com` for one label). Default: the
+    /// certificate's DNS names.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Served when the SNI names no certificate (or is absent). Default: the first certificate.
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// `[[consumers]]`: a party that calls the gateway, with its credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSection {
+    /// Unique name (the `X-Consumer-Name` header, audit and logs). Required.
+    pub name: String,
+    /// Unique stable identifier (`X-Consumer-Id`). Default: the name.
+    pub id: Option<String>,
+    /// Client certificates that identify this consumer. Default: none.
+    #[serde(default)]
+    pub client_certs: Vec<ClientCertCredential>,
+    /// SHA-256 digests of its API keys: `"sha256:<64 hex>"` (`printf %s "$KEY" | sha256sum`).
+    /// Default: none.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Scopes the consumer is granted (by its API keys and client certificates). Default: none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Its workspace (`X-Workspace-Id`, audit `workspace_id`). Default: none.
+    pub workspace_id: Option<String>,
+}
+
+/// How a client certificate identifies a consumer: exactly one key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertCredential {
+    /// SHA-256 fingerprint of the certificate (hex, colons allowed): this exact certificate.
+    pub sha256: Option<String>,
+    /// Subject common name, as issued by any CA the listener trusts.
+    pub subject_cn: Option<String>,
+    /// A subject alternative name as gatewayd writes it: `DNS:…`, `URI:…`, `email:…`, `IP:…`.
+    pub san: Option<String>,
 }
 
 /// `[metrics]`: the Prometheus endpoint, /healthz and /readyz.
@@ -241,6 +328,20 @@ pub struct ServiceSection {
     /// An idle upstream connection older than this is closed. Default: 60s.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Speak TLS to the targets (HTTPS upstream). Default: false.
+    #[serde(default)]
+    pub tls: bool,
+    /// CA bundles (PEM) that verify the targets' certificates. Default: the system's CAs.
+    #[serde(default)]
+    pub tls_ca: Vec<String>,
+    /// Name sent as SNI and verified in the targets' certificates. Default: each target's host
+    /// as written in `targets` (a DNS name, or an IP address checked against IP SANs).
+    pub tls_server_name: Option<String>,
+    /// Client certificate chain (PEM) gatewayd presents to the targets (upstream mTLS).
+    /// Default: none. Needs `tls_client_key`.
+    pub tls_client_cert: Option<String>,
+    /// Private key (PEM) of `tls_client_cert`.
+    pub tls_client_key: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -277,6 +378,11 @@ pub struct RouteSection {
     /// Send the client's Host header upstream instead of the target address. Default: false.
     #[serde(default)]
     pub preserve_host: bool,
+    /// `"optional"` (whatever the listener allows), `"required"` (a verified client certificate,
+    /// else 403) or `"consumer"` (a verified certificate of a `[[consumers]]` entry, else 403).
+    /// Default: `"optional"`.
+    #[serde(default)]
+    pub client_cert: crate::tls::ClientCertRequirement,
     /// `"none"` (open to anyone) or the name of an `[[auth.policies]]` entry. Default:
     /// `auth.default_policy`; a route with neither is refused at load.
     pub auth: Option<String>,
@@ -526,25 +632,6 @@ pub enum FailMode {
     #[default]
     FailClosed,
     FailOpen,
-}
-
-/// `[[consumers]]`: an API client.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsumerSection {
-    /// Unique name (`X-Consumer-Username`). Required.
-    pub name: String,
-    /// Stable id (`X-Consumer-Id`, the user id of its requests). Default: the name.
-    pub id: Option<String>,
-    /// SHA-256 digests of its API keys: `"sha256:<64 hex>"` (`printf %s "$KEY" | sha256sum`).
-    /// Default: none.
-    #[serde(default)]
-    pub api_keys: Vec<String>,
-    /// Scopes its API keys grant. Default: none.
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    /// Its workspace (`X-Workspace-Id`, audit `workspace_id`). Default: none.
-    pub workspace_id: Option<String>,
 }
 
 /// A byte count written as an integer or with a unit (`"64KiB"`, `"10MB"`).

@@ -2,6 +2,7 @@
 //! and locates each one in the source text.
 
 mod auth;
+mod tls;
 
 use std::{
     collections::HashSet,
@@ -71,8 +72,11 @@ impl Validator<'_> {
         let listeners = self.listeners(&f);
         let metrics = self.metrics(&f, &listeners);
         let audit = self.audit(&f);
+        let listener_tls = self.listener_tls(&f);
         let services = self.services(&f.services);
         let routes = self.routes(&f.routes, &services);
+        let consumers = Arc::new(self.consumers(&f));
+        self.route_client_certs(&f, &listener_tls, &consumers);
         let demo = if f.demo.enabled {
             let bind = f.demo.bind.as_deref().unwrap_or(DEFAULT_DEMO_BIND);
             self.socket_addr(root("demo").key("bind"), bind)
@@ -92,6 +96,8 @@ impl Validator<'_> {
             routes,
             demo,
             auth,
+            listener_tls,
+            consumers,
         }
     }
 
@@ -202,15 +208,20 @@ impl Validator<'_> {
                 self.problem(path().key("targets"), "at least one target is required");
             }
             let mut targets = Vec::new();
+            let mut hosts = Vec::new();
             for (j, t) in s.targets.iter().enumerate() {
                 match resolve_target(t) {
                     Ok(addr) if targets.contains(&addr) => {
                         self.problem(path().key("targets").index(j), format!("target {t:?} is listed twice"));
                     }
-                    Ok(addr) => targets.push(addr),
+                    Ok(addr) => {
+                        targets.push(addr);
+                        hosts.push((j, t.as_str()));
+                    }
                     Err(reason) => self.problem(path().key("targets").index(j), reason),
                 }
             }
+            let tls = self.service_tls(s, i, &hosts);
             if s.connect_timeout.is_zero() || s.read_timeout.is_zero() {
                 self.problem(path(), "connect_timeout and read_timeout must be greater than zero");
             }
@@ -228,6 +239,7 @@ impl Validator<'_> {
                 retries: s.retries,
                 max_idle_per_target: s.max_idle_per_target,
                 idle_timeout: s.idle_timeout,
+                tls,
             });
         }
         out
@@ -255,6 +267,7 @@ impl Validator<'_> {
                 headers: self.route_headers(r, i),
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
+                client_cert: r.client_cert,
             };
             routes.push(route);
         }

@@ -33,6 +33,7 @@ use crate::{
     config::{Limits, ListenerSpec},
     metrics::{LabelValue, Labels},
     pipeline::{self, ConnInfo},
+    tls,
     worker::WorkerLocal,
 };
 
@@ -54,20 +55,43 @@ pub(super) async fn serve_tcp(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let limits = worker.snapshot().config.server.limits;
+    let snapshot = worker.snapshot();
+    let limits = snapshot.config.server.limits;
+    // TLS or not is the current snapshot's say: a reload can add or drop a listener's TLS
+    // without rebinding its socket.
+    if let (Some(server), Some(parts)) = (snapshot.tls.listener(&spec.name), snapshot.tls.parts()) {
+        let listener = tls::TlsListener { name: &spec.name, server, generation: snapshot.generation, parts };
+        let accepted = tls::accept(stream, peer, listener, &worker.tls_metrics, limits.header_read_timeout).await;
+        let Some(accepted) = accepted else { return };
+        drop(snapshot);
+        let conn = conn_info(worker, &spec, peer, local, Some(accepted.info));
+        return serve_connection(accepted.io, accepted.proto, conn, limits, shutdown).await;
+    }
+    drop(snapshot);
     let proto = if spec.http2 { detect(&stream, limits.header_read_timeout).await } else { Proto::Http1 };
-    let conn = Rc::new(ConnInfo {
+    let conn = conn_info(worker, &spec, peer, local, None);
+    serve_connection(stream, proto, conn, limits, shutdown).await;
+}
+
+fn conn_info(
+    worker: Rc<WorkerLocal>,
+    spec: &ListenerSpec,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<tls::TlsInfo>,
+) -> Rc<ConnInfo> {
+    Rc::new(ConnInfo {
         worker,
         listener: spec.name.clone(),
         peer,
         local,
-        scheme: "http",
+        scheme: if tls.is_some() { "https" } else { "http" },
         active: Cell::new(0),
         last_active: Cell::new(Instant::now()),
         head_started: Cell::new(None),
         head_notify: tokio::sync::Notify::new(),
-    });
-    serve_connection(stream, proto, conn, limits, shutdown).await;
+        tls,
+    })
 }
 
 /// Sniffs the HTTP/2 prior-knowledge preface without consuming it.

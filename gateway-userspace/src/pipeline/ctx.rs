@@ -33,6 +33,8 @@ pub struct ConnInfo {
     pub head_started: Cell<Option<Instant>>,
     /// Wakes the connection watchdog when a head starts, so its deadline is exact.
     pub head_notify: tokio::sync::Notify,
+    /// The TLS session (version, SNI, client certificate), on TLS listeners.
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 /// How a request ended.
@@ -81,8 +83,8 @@ pub struct Identity {
     /// The token's user claim (`sub` by default), or the API consumer's id.
     pub user_id: Option<String>,
     pub workspace_id: Option<String>,
-    /// The consumer name, when an API key (or client certificate) identified one.
-    pub consumer: Option<String>,
+    /// The `[[consumers]]` entry the request's credentials belong to.
+    pub consumer: Option<crate::consumer::Consumer>,
     /// How the request was authenticated: `jwt`, `introspection`, `api_key` or `mtls`.
     pub credential: Option<&'static str>,
 }

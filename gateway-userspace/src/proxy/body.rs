@@ -4,7 +4,6 @@
 
 use std::{
     cell::Cell,
-    net::SocketAddr,
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, ready},
@@ -93,7 +92,7 @@ impl Body for RequestBody {
 /// An upstream connection borrowed for one request; back to the pool when the response body ends.
 pub struct UpstreamLease {
     pub pool: Rc<UpstreamPool>,
-    pub addr: SocketAddr,
+    pub endpoint: crate::upstream::Endpoint,
     pub sender: SendRequest<RequestBody>,
     pub max_idle: usize,
     pub in_flight: InFlight,
@@ -132,7 +131,7 @@ impl ResponseBody {
         if let Source::Upstream { lease, .. } = &mut self.source
             && let (Some(l), Outcome::Completed) = (lease.take(), outcome)
         {
-            l.pool.checkin(l.addr, l.sender, l.max_idle);
+            l.pool.checkin(&l.endpoint, l.sender, l.max_idle);
         }
         if let Some(mut ctx) = self.ctx.take() {
             ctx.finish(outcome);

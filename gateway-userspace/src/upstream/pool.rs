@@ -1,5 +1,7 @@
-//! Per-worker pools of idle HTTP/1.1 keep-alive connections to upstream targets.
-//! Worker-local (`Rc`/`RefCell`): no lock, no atomic, on the request path.
+//! Per-worker pools of idle HTTP/1.1 keep-alive connections to upstream targets, plain or TLS.
+//! Worker-local (`Rc`/`RefCell`): no lock, no atomic, on the request path. Connections are
+//! pooled per (address, TLS settings), so plain and TLS connections (or two TLS settings, say
+//! before and after a client-certificate change) never mix.
 
 use std::{
     cell::RefCell,
@@ -7,6 +9,7 @@ use std::{
     io,
     net::SocketAddr,
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,7 +18,10 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::proxy::RequestBody;
+use crate::{
+    proxy::RequestBody,
+    tls::{TlsEndpoint, UpstreamTlsError},
+};
 
 /// Why a connection to a target could not be made.
 #[derive(Debug, Error)]
@@ -28,6 +34,8 @@ pub enum ConnectError {
     Io(#[source] io::Error),
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
+    #[error(transparent)]
+    Tls(#[from] UpstreamTlsError),
 }
 
 impl ConnectError {
@@ -38,6 +46,7 @@ impl ConnectError {
             ConnectError::Timeout(_) => "connect_timeout",
             ConnectError::Io(_) => "connect_error",
             ConnectError::Handshake(_) => "upstream_protocol",
+            ConnectError::Tls(_) => "upstream_tls",
         }
     }
 }
@@ -53,9 +62,26 @@ pub struct PooledSender {
     pub reused: bool,
 }
 
+/// How to reach one target.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<TlsEndpoint>>,
+}
+
+impl Endpoint {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Endpoint { addr, tls: None }
+    }
+
+    fn key(&self) -> (SocketAddr, u64) {
+        (self.addr, self.tls.as_ref().map_or(0, |t| t.pool_key))
+    }
+}
+
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<HashMap<(SocketAddr, u64), Vec<Idle>>>,
 }
 
 impl UpstreamPool {
@@ -66,20 +92,20 @@ impl UpstreamPool {
     /// A ready pooled connection, or a new one.
     pub async fn get(
         &self,
-        addr: SocketAddr,
+        endpoint: &Endpoint,
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Result<PooledSender, ConnectError> {
-        if let Some(sender) = self.checkout(addr, idle_timeout) {
+        if let Some(sender) = self.checkout(endpoint, idle_timeout) {
             return Ok(PooledSender { sender, reused: true });
         }
-        let sender = connect(addr, connect_timeout).await?;
+        let sender = connect(endpoint, connect_timeout).await?;
         Ok(PooledSender { sender, reused: false })
     }
 
-    fn checkout(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, endpoint: &Endpoint, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&endpoint.key())?;
         // Most recently used first: keeps a few connections warm and lets the rest expire.
         while let Some(c) = list.pop() {
             if c.since.elapsed() < idle_timeout && c.sender.is_ready() {
@@ -90,12 +116,12 @@ impl UpstreamPool {
     }
 
     /// Returns a connection whose response was fully read.
-    pub fn checkin(&self, addr: SocketAddr, sender: SendRequest<RequestBody>, max_idle: usize) {
+    pub fn checkin(&self, endpoint: &Endpoint, sender: SendRequest<RequestBody>, max_idle: usize) {
         if sender.is_closed() || max_idle == 0 {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(endpoint.key()).or_default();
         if list.len() >= max_idle {
             list.remove(0);
         }
@@ -116,17 +142,39 @@ impl UpstreamPool {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<RequestBody>, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(ConnectError::Timeout(timeout)),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused),
-        Ok(Err(e)) => return Err(ConnectError::Io(e)),
-        Ok(Ok(s)) => s,
+/// TCP connect, and the TLS handshake for TLS endpoints, within `timeout` together.
+async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<SendRequest<RequestBody>, ConnectError> {
+    let addr = endpoint.addr;
+    let connected = async {
+        let stream = match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused),
+            Err(e) => return Err(ConnectError::Io(e)),
+            Ok(s) => s,
+        };
+        // Small requests and responses: latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        match &endpoint.tls {
+            None => Ok(Stream::Plain(stream)),
+            Some(tls) => Ok(Stream::Tls(Box::new(crate::tls::connect_upstream(stream, addr, tls).await?))),
+        }
     };
-    // Small requests and responses: latency matters more than packet count.
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+    let stream = tokio::time::timeout(timeout, connected).await.map_err(|_| ConnectError::Timeout(timeout))??;
+    match stream {
+        Stream::Plain(s) => handshake(s).await,
+        Stream::Tls(s) => handshake(*s).await,
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn handshake<I>(io: I) -> Result<SendRequest<RequestBody>, ConnectError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(ConnectError::Handshake)?;
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");

@@ -14,6 +14,7 @@ fn spec(lb: LbAlgorithm, n: u16) -> ServiceSpec {
         retries: 1,
         max_idle_per_target: 4,
         idle_timeout: Duration::from_secs(1),
+        tls: None,
     }
 }
 

@@ -124,7 +124,7 @@ fn speaks_sd_notify() {
     let env = [("NOTIFY_SOCKET", path.display().to_string()), ("WATCHDOG_USEC", "400000".to_owned())];
     let mut gw = Gateway::start_with_env(|p| basic_config(p, 1, &routes(&u, "")), &env);
     let mut seen = String::new();
-    let mut wait_for = |needle: &str, seen: &mut String| {
+    let wait_for = |needle: &str, seen: &mut String| {
         let mut buf = [0u8; 4096];
         while !seen.contains(needle) {
             let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no {needle} (got {seen:?}): {e}"));

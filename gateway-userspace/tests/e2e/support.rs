@@ -278,6 +278,15 @@ impl Upstream {
     }
 
     pub fn start_on(name: &'static str, addr: SocketAddr) -> Upstream {
+        Self::start_with(name, addr, None)
+    }
+
+    /// An HTTPS upstream (its server config may require client certificates).
+    pub fn start_tls(name: &'static str, tls: Arc<rustls::ServerConfig>) -> Upstream {
+        Self::start_with(name, free_port(), Some(tls))
+    }
+
+    fn start_with(name: &'static str, addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
         let listener = TcpListener::bind(addr).expect("bind upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -298,14 +307,24 @@ impl Upstream {
                             let Ok((stream, _)) = accepted else { continue };
                             counters.0.fetch_add(1, Ordering::SeqCst);
                             let c = counters.clone();
+                            let tls = tls.clone();
                             tokio::spawn(async move {
                                 let svc = service_fn(move |req| {
                                     let c = c.clone();
                                     async move { Ok::<_, Infallible>(upstream_handle(name, req, &c).await) }
                                 });
-                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
+                                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                                match tls {
+                                    None => {
+                                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                                    }
+                                    Some(config) => {
+                                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await else {
+                                            return;
+                                        };
+                                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                                    }
+                                }
                             });
                         }
                     }

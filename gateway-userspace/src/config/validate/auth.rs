@@ -81,7 +81,8 @@ impl Validator<'_> {
         let api_key_header = self.header_name(at().key("api_key_header"), &a.api_key_header);
         let headers = self.identity_headers(a);
         let issuers: Vec<IssuerSpec> = a.issuers.iter().enumerate().filter_map(|(i, s)| self.issuer(i, s)).collect();
-        let (consumers, api_keys) = self.consumers(&f.consumers);
+        let (consumers, api_keys) = self.consumer_credentials(&f.consumers);
+        let consumer_by_name = consumers.iter().enumerate().map(|(i, c)| (c.name.text.clone(), i)).collect();
         let policies = self.policies(a, &issuers);
         let route_policies = self.route_policies(f, &policies);
         let revocation = RevocationSpec {
@@ -96,6 +97,7 @@ impl Validator<'_> {
             policies,
             issuers,
             consumers,
+            consumer_by_name,
             api_keys,
             tokens: TokenSources {
                 uri_params: a.uri_param_names.clone(),
@@ -373,32 +375,15 @@ impl Validator<'_> {
         })
     }
 
-    fn consumers(&mut self, sections: &[ConsumerSection]) -> (Vec<ConsumerSpec>, ApiKeys) {
+    /// The consumers' identity parts (their names and certificates are checked by the TLS
+    /// validation, which builds `Config::consumers` in the same order).
+    fn consumer_credentials(&mut self, sections: &[ConsumerSection]) -> (Vec<ConsumerSpec>, ApiKeys) {
         let mut out = Vec::new();
         let mut keys = ApiKeys::default();
-        let mut names = HashSet::new();
-        let mut ids = HashSet::new();
         for (i, c) in sections.iter().enumerate() {
             let at = || root("consumers").index(i);
             let id = c.id.as_deref().unwrap_or(&c.name);
-            let named = |v: &str| interned::named(v);
-            let (name, id_named) = match (named(&c.name), named(id)) {
-                (Ok(n), Ok(d)) => (n, d),
-                (Err(reason), _) => {
-                    self.problem(at().key("name"), reason);
-                    continue;
-                }
-                (_, Err(reason)) => {
-                    self.problem(at().key("id"), reason);
-                    continue;
-                }
-            };
-            if !names.insert(c.name.clone()) {
-                self.problem(at().key("name"), format!("consumer name {:?} is used twice", c.name));
-            }
-            if !ids.insert(id.to_owned()) {
-                self.problem(at().key("id"), format!("consumer id {id:?} is used twice"));
-            }
+            let (name, id_named) = (interned::named_lenient(&c.name), interned::named_lenient(id));
             for (j, raw) in c.api_keys.iter().enumerate() {
                 match ApiKeyDigest::parse(raw) {
                     Ok(d) if !keys.insert(d, out.len()) => {

@@ -1,0 +1,279 @@
+//! TLS at the edge: termination with rustls (SNI certificate selection, TLS 1.3 always, TLS 1.2
+//! opt-in, ALPN, rotating session tickets), client certificates (CA bundles, CRLs,
+//! none/optional/required, precise failure reasons), kernel TLS offload after the handshake,
+//! TLS (and mTLS) towards upstreams, handshake and certificate-expiry metrics, the per-route
+//! client-certificate phase, and `gatewayd certs init`.
+//!
+//! Material is read and checked when the config is validated (a bad file fails the reload with
+//! a located error and the old material keeps serving); each snapshot then builds one
+//! `ServerConfig` per listener around long-lived parts (the session-ticket rotator, the session
+//! cache, the kTLS decision), so resumption survives reloads and established connections keep
+//! the session they negotiated.
+
+pub mod certs;
+mod client_auth;
+mod handshake;
+mod ktls;
+mod material;
+mod metrics;
+mod phase;
+mod store;
+mod upstream;
+
+use std::{
+    cell::{Cell, OnceCell},
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use rustls::{
+    ServerConfig,
+    pki_types::CertificateDer,
+    server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions},
+};
+use serde::Deserialize;
+
+pub use client_auth::{ClientAuth, ClientTrust, RESULTS as HANDSHAKE_RESULTS};
+pub use handshake::{Accepted, TlsIo, TlsListener, accept};
+pub use ktls::KtlsSupport;
+pub use material::{CertFacts, certified_key, load_certs, load_crls, load_key, load_roots, parse_sha256, provider};
+pub use metrics::{ExpiryCollector, TlsMetrics, WorkerTlsMetrics};
+pub use phase::{ClientCertError, ClientCertPhase, ClientCertRequirement, identity_headers};
+pub use store::{CertStore, ServerCert};
+pub use upstream::{
+    TlsEndpoint, UpstreamTls, UpstreamTlsError, UpstreamTlsSpec, connect as connect_upstream, tls_error_in,
+};
+
+use crate::snapshot::Snapshot;
+
+/// The lowest TLS version a listener accepts. TLS 1.3 is always on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum MinVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// A listener's validated TLS settings, with its material loaded.
+#[derive(Debug)]
+pub struct ServerTlsSpec {
+    pub certs: Arc<CertStore>,
+    pub min_version: MinVersion,
+    pub client_auth: ClientAuth,
+    /// Present unless `client_auth = "none"`.
+    pub client_trust: Option<ClientTrust>,
+    pub session_tickets: bool,
+    /// Offload to the kernel after the handshake, where the kernel supports it.
+    pub ktls: bool,
+    /// Offer `h2` in ALPN (the listener's `http2`).
+    pub h2: bool,
+}
+
+impl ServerTlsSpec {
+    fn server_config(&self, parts: &TlsParts) -> Arc<ServerConfig> {
+        let versions: &[&rustls::SupportedProtocolVersion] = match self.min_version {
+            MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            MinVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3");
+        let builder = match &self.client_trust {
+            Some(trust) => builder.with_client_cert_verifier(trust.verifier.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(self.certs.clone());
+        config.alpn_protocols =
+            if self.h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+        if self.session_tickets {
+            config.ticketer = parts.ticketer.clone();
+        } else {
+            config.send_tls13_tickets = 0;
+        }
+        config.session_storage = parts.sessions.clone();
+        config.enable_secret_extraction = self.ktls && parts.ktls.supported();
+        Arc::new(config)
+    }
+}
+
+/// TLS parts that outlive snapshots: the session-ticket key rotator (new keys every 6 hours,
+/// tickets accepted for 12), the TLS 1.2 session-id cache, the kTLS decision and the metrics.
+#[derive(Clone)]
+pub struct TlsParts {
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+    pub ktls: Arc<KtlsSupport>,
+    pub metrics: Arc<TlsMetrics>,
+}
+
+/// TLS 1.2 clients without ticket support resume from this many cached sessions.
+const SESSION_CACHE_SIZE: usize = 4096;
+
+impl TlsParts {
+    pub fn new(ktls: KtlsSupport, metrics: Arc<TlsMetrics>) -> Result<TlsParts, rustls::Error> {
+        metrics.set_ktls_supported(ktls.supported());
+        Ok(TlsParts {
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            ktls: Arc::new(ktls),
+            metrics,
+        })
+    }
+}
+
+impl std::fmt::Debug for TlsParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsParts").field("ktls", &self.ktls.supported()).finish_non_exhaustive()
+    }
+}
+
+/// A listener's TLS for one snapshot.
+#[derive(Debug)]
+pub struct ServerTls {
+    pub spec: Arc<ServerTlsSpec>,
+    pub config: Arc<ServerConfig>,
+    /// Offload this listener's connections (configured and supported).
+    pub ktls: bool,
+}
+
+/// The TLS part of a snapshot: per listener name, its server TLS.
+#[derive(Debug, Default)]
+pub struct TlsRuntime {
+    listeners: HashMap<Arc<str>, Arc<ServerTls>>,
+    parts: Option<TlsParts>,
+}
+
+impl TlsRuntime {
+    pub fn build(specs: &BTreeMap<Arc<str>, Arc<ServerTlsSpec>>, parts: &TlsParts) -> TlsRuntime {
+        let listeners = specs
+            .iter()
+            .map(|(name, spec)| {
+                let server = ServerTls {
+                    spec: spec.clone(),
+                    config: spec.server_config(parts),
+                    ktls: spec.ktls && parts.ktls.supported(),
+                };
+                (name.clone(), Arc::new(server))
+            })
+            .collect();
+        TlsRuntime { listeners, parts: Some(parts.clone()) }
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<ServerTls>> {
+        self.listeners.get(name)
+    }
+
+    pub fn parts(&self) -> Option<&TlsParts> {
+        self.parts.as_ref()
+    }
+}
+
+/// What the TLS handshake of a client connection established. Read by phases through
+/// `ConnInfo::tls` (identity, certificate-bound tokens).
+#[derive(Debug)]
+pub struct TlsInfo {
+    /// `"TLSv1.3"` or `"TLSv1.2"`.
+    pub version: &'static str,
+    /// IANA-style suite name, e.g. `"TLS13_AES_128_GCM_SHA256"`.
+    pub cipher: &'static str,
+    /// The server name the client asked for (SNI), if any.
+    pub sni: Option<Box<str>>,
+    /// The ALPN protocol agreed on (`"h2"`, `"http/1.1"`), if any.
+    pub alpn: Option<&'static str>,
+    pub resumed: bool,
+    /// The session runs in the kernel (kTLS).
+    pub ktls: bool,
+    /// The certificate the client presented and that verified at handshake time.
+    pub client_cert: Option<ClientCert>,
+}
+
+impl TlsInfo {
+    /// The client certificate's status for a request on `snapshot`: a reload that changed the
+    /// listener's CAs or CRLs (a partner's certificate revoked) re-verifies it once per
+    /// connection, so established connections are held to the new rules.
+    pub fn client_status(&self, snapshot: &Snapshot, listener: &str) -> VerifyStatus {
+        match &self.client_cert {
+            None => VerifyStatus::Absent,
+            Some(c) => c.status(snapshot, listener),
+        }
+    }
+}
+
+/// A client certificate chain (end entity first) and, lazily, its facts.
+pub struct ClientCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    facts: OnceCell<Option<CertFacts>>,
+    /// (snapshot generation, verified) of the last check.
+    checked: Cell<(u64, bool)>,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert").field("facts", &self.facts()).finish_non_exhaustive()
+    }
+}
+
+impl ClientCert {
+    /// A chain that verified on the snapshot of `generation`.
+    pub fn verified(chain: Vec<CertificateDer<'static>>, generation: u64) -> Self {
+        ClientCert { chain, facts: OnceCell::new(), checked: Cell::new((generation, true)) }
+    }
+
+    /// Subject, SANs, fingerprint, serial (parsed on first use).
+    pub fn facts(&self) -> Option<&CertFacts> {
+        self.facts.get_or_init(|| self.chain.first().and_then(|c| CertFacts::parse(c).ok())).as_ref()
+    }
+
+    /// SHA-256 of the end-entity certificate (RFC 8705 `x5t#S256` is its base64url).
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.facts().map(|f| f.sha256)
+    }
+
+    fn status(&self, snapshot: &Snapshot, listener: &str) -> VerifyStatus {
+        let (generation, ok) = self.checked.get();
+        let ok = if generation == snapshot.generation {
+            ok
+        } else {
+            let trust = snapshot.tls.listener(listener).and_then(|s| s.spec.client_trust.as_ref());
+            let ok = match trust {
+                Some(t) => match t.verify(&self.chain) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::info!(listener, reason = client_auth::classify_tls(&e), error = %client_auth::describe(&e),
+                            "a client certificate accepted earlier no longer verifies after the reload");
+                        false
+                    }
+                },
+                // The listener no longer verifies client certificates: nothing vouches for it.
+                None => false,
+            };
+            self.checked.set((snapshot.generation, ok));
+            ok
+        };
+        if ok { VerifyStatus::Success } else { VerifyStatus::Failed }
+    }
+}
+
+/// The client certificate status of a request, in the vocabulary of nginx's
+/// `$ssl_client_verify` as Kong/Cloudflare report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyStatus {
+    /// No certificate was presented.
+    Absent,
+    /// A certificate was presented but does not verify (now): e.g. revoked by a reload.
+    Failed,
+    /// A certificate was presented and verified.
+    Success,
+}
+
+impl VerifyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyStatus::Absent => "absent",
+            VerifyStatus::Failed => "failed",
+            VerifyStatus::Success => "success",
+        }
+    }
+}

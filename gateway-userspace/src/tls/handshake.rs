@@ -1,0 +1,223 @@
+//! The server side of a client connection's TLS: handshake (bounded by the listener's
+//! header-read timeout), classification and counting of failures, connection facts for the
+//! phases, ALPN → protocol, and the kTLS switch.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use rustls::{ProtocolVersion, server::ServerConnection};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+use super::{
+    ClientCert, ServerTls, TlsInfo, TlsParts,
+    client_auth::{Failure, classify_io, classify_tls, describe},
+    metrics::WorkerTlsMetrics,
+};
+use crate::listener::Proto;
+
+/// A client connection after its handshake: in rustls, or handed to the kernel.
+pub enum TlsIo {
+    Rustls(TlsStream<TcpStream>),
+    /// In rustls on a stream prepared for kTLS whose suite the kernel cannot take.
+    Corked(TlsStream<ktls::CorkStream<TcpStream>>),
+    Kernel(ktls::KtlsStream<TcpStream>),
+}
+
+/// A successful handshake.
+pub struct Accepted {
+    pub io: TlsIo,
+    pub info: TlsInfo,
+    pub proto: Proto,
+}
+
+/// Where a handshake runs: the listener's TLS for the snapshot of `generation`.
+pub struct TlsListener<'a> {
+    pub name: &'a Arc<str>,
+    pub server: &'a ServerTls,
+    pub generation: u64,
+    pub parts: &'a TlsParts,
+}
+
+/// Runs the handshake. Failures are counted (`gateway_tls_handshakes_total{result}`), logged
+/// once, and end the connection (`None`).
+pub async fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: TlsListener<'_>,
+    metrics: &WorkerTlsMetrics,
+    timeout: Duration,
+) -> Option<Accepted> {
+    let start = Instant::now();
+    let acceptor = TlsAcceptor::from(listener.server.config.clone());
+    let handshake = async {
+        if listener.server.ktls {
+            acceptor.accept(ktls::CorkStream::new(stream)).await.map(Either::Corked)
+        } else {
+            acceptor.accept(stream).await.map(Either::Plain)
+        }
+    };
+    let stream = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            fail(&listener, peer, metrics, classify_io(&e));
+            return None;
+        }
+        Err(_) => {
+            let detail = format!("no complete handshake within {timeout:?}");
+            fail(&listener, peer, metrics, Failure { result: "timeout", detail });
+            return None;
+        }
+    };
+    let conn = stream.connection();
+    let facts = Facts::of(conn);
+    // Only listeners with client_auth ask for (and verify) certificates.
+    let client_cert = conn.peer_certificates().map(|c| ClientCert::verified(c.to_vec(), listener.generation));
+    if facts.resumed
+        && let (Some(cert), Some(trust)) = (&client_cert, &listener.server.spec.client_trust)
+        && let Err(e) = trust.verify(&cert.chain)
+    {
+        // rustls does not re-verify on resumption: a certificate revoked (or expired) since the
+        // ticket was issued must not get back in that way.
+        fail(&listener, peer, metrics, Failure { result: classify_tls(&e), detail: describe(&e) });
+        return None;
+    }
+    metrics.handshake(listener.name, facts.version, facts.cipher, "ok");
+    metrics.handshake_duration(listener.name, facts.version, facts.resumed, start.elapsed().as_secs_f64());
+
+    let suite = conn.negotiated_cipher_suite();
+    let io = match stream {
+        Either::Plain(s) => TlsIo::Rustls(s),
+        Either::Corked(s) if suite.is_some_and(|s| listener.parts.ktls.is_compatible(s)) => {
+            match ktls::config_ktls_server(s).await {
+                Ok(k) => TlsIo::Kernel(k),
+                Err(e) => {
+                    // The probe said yes; the stream is gone either way.
+                    tracing::warn!(listener = %listener.name, %peer, error = %e, "kTLS offload failed; connection closed");
+                    return None;
+                }
+            }
+        }
+        Either::Corked(s) => TlsIo::Corked(s),
+    };
+    let ktls = matches!(io, TlsIo::Kernel(_));
+    metrics.connection(listener.name, if ktls { "ktls" } else { "userspace" });
+    let proto = if facts.alpn == Some("h2") { Proto::Http2 } else { Proto::Http1 };
+    let info = TlsInfo {
+        version: facts.version,
+        cipher: facts.cipher,
+        sni: facts.sni,
+        alpn: facts.alpn,
+        resumed: facts.resumed,
+        ktls,
+        client_cert,
+    };
+    Some(Accepted { io, info, proto })
+}
+
+fn fail(listener: &TlsListener<'_>, peer: SocketAddr, metrics: &WorkerTlsMetrics, failure: Failure) {
+    metrics.handshake(listener.name, "", "", failure.result);
+    let client_cert = matches!(failure.result, "no_client_cert" | "unknown_ca" | "expired" | "revoked" | "bad_usage");
+    if client_cert {
+        // Partners' certificate problems are what operators are asked about: say it at info.
+        tracing::info!(listener = %listener.name, %peer, result = %failure.result, reason = %failure.detail, "TLS handshake refused: client certificate");
+    } else {
+        tracing::debug!(listener = %listener.name, %peer, result = %failure.result, reason = %failure.detail, "TLS handshake failed");
+    }
+}
+
+enum Either {
+    Plain(TlsStream<TcpStream>),
+    Corked(TlsStream<ktls::CorkStream<TcpStream>>),
+}
+
+impl Either {
+    fn connection(&self) -> &ServerConnection {
+        match self {
+            Either::Plain(s) => s.get_ref().1,
+            Either::Corked(s) => s.get_ref().1,
+        }
+    }
+}
+
+struct Facts {
+    version: &'static str,
+    cipher: &'static str,
+    sni: Option<Box<str>>,
+    alpn: Option<&'static str>,
+    resumed: bool,
+}
+
+impl Facts {
+    fn of(conn: &ServerConnection) -> Facts {
+        let version = match conn.protocol_version() {
+            Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "other",
+        };
+        let cipher = conn.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("other");
+        let alpn = match conn.alpn_protocol() {
+            Some(b"h2") => Some("h2"),
+            Some(b"http/1.1") => Some("http/1.1"),
+            _ => None,
+        };
+        Facts {
+            version,
+            cipher,
+            sni: conn.server_name().map(Box::from),
+            alpn,
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            TlsIo::Rustls($s) => $e,
+            TlsIo::Corked($s) => $e,
+            TlsIo::Kernel($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TlsIo::Rustls(s) => s.is_write_vectored(),
+            TlsIo::Corked(s) => s.is_write_vectored(),
+            TlsIo::Kernel(s) => s.is_write_vectored(),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The client-certificate phase: per-route requirements (a verified certificate, or one that
+//! belongs to a configured consumer), certificate → consumer mapping, and the identity headers
+//! sent upstream. Every client-supplied copy of those headers is removed first, on every
+//! request and every listener, so an upstream can trust them.
+
+use std::fmt::Write as _;
+
+use http::{HeaderName, HeaderValue, request};
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::{CertFacts, ClientAuth, VerifyStatus};
+use crate::{
+    error::GatewayError,
+    pipeline::{Phase, RequestCtx, Step},
+};
+
+/// `client_cert` of a route.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertRequirement {
+    /// Whatever the listener allows.
+    #[default]
+    Optional,
+    /// A verified client certificate (403 without one), even on an `optional` listener.
+    Required,
+    /// A verified client certificate that maps to a `[[consumers]]` entry (403 otherwise):
+    /// removing the consumer and reloading offboards the partner.
+    Consumer,
+}
+
+/// Refusals of this phase (all 403: the client is known to the TLS layer, and not allowed).
+#[derive(Debug, Error)]
+pub enum ClientCertError {
+    #[error("this route requires a client certificate")]
+    Required,
+    #[error("the client certificate does not verify against the current CAs and CRLs")]
+    Invalid,
+    #[error("the client certificate does not belong to a known consumer")]
+    UnknownConsumer,
+}
+
+pub static CLIENT_CERT_VERIFY: HeaderName = HeaderName::from_static("x-client-cert-verify");
+pub static CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+pub static CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
+pub static CLIENT_CERT_SHA256: HeaderName = HeaderName::from_static("x-client-cert-sha256");
+pub static CLIENT_CERT_SERIAL: HeaderName = HeaderName::from_static("x-client-cert-serial");
+pub static CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
+pub static CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
+
+/// Every header this phase owns; clients' copies never reach an upstream.
+pub fn identity_headers() -> [&'static HeaderName; 7] {
+    [
+        &CLIENT_CERT_VERIFY,
+        &CLIENT_CERT_SUBJECT,
+        &CLIENT_CERT_SAN,
+        &CLIENT_CERT_SHA256,
+        &CLIENT_CERT_SERIAL,
+        &CONSUMER_NAME,
+        &CONSUMER_ID,
+    ]
+}
+
+/// See the module documentation. Runs first, so later identity phases (JWT with certificate-
+/// bound tokens) see its decision in `ctx.identity`.
+pub struct ClientCertPhase;
+
+impl Phase for ClientCertPhase {
+    fn name(&self) -> &'static str {
+        "client-cert"
+    }
+
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx, head: &'a mut request::Parts) -> Step<'a> {
+        for name in identity_headers() {
+            head.headers.remove(name);
+        }
+        let snapshot = ctx.snapshot.clone();
+        let conn = ctx.conn.clone();
+        let status = conn.tls.as_ref().map_or(VerifyStatus::Absent, |t| t.client_status(&snapshot, &conn.listener));
+        head.headers.insert(&CLIENT_CERT_VERIFY, HeaderValue::from_static(status.as_str()));
+        let mut requirement =
+            ctx.route.and_then(|r| snapshot.config.routes.get(r)).map(|r| r.client_cert).unwrap_or_default();
+        let listener_requires =
+            snapshot.tls.listener(&conn.listener).is_some_and(|s| s.spec.client_auth == ClientAuth::Required);
+        if requirement == ClientCertRequirement::Optional && listener_requires {
+            // The handshake demanded a certificate; one that no longer verifies (a CRL reload)
+            // must not keep the connection useful.
+            requirement = ClientCertRequirement::Required;
+        }
+        let facts = match status {
+            VerifyStatus::Success => conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()).and_then(|c| c.facts()),
+            _ => None,
+        };
+        let Some(facts) = facts else {
+            return match (requirement, status) {
+                (ClientCertRequirement::Optional, _) => Step::Continue,
+                (_, VerifyStatus::Failed) => refuse(ClientCertError::Invalid),
+                _ => refuse(ClientCertError::Required),
+            };
+        };
+        set_cert_headers(head, facts);
+        match snapshot.config.consumers.by_certificate(facts) {
+            Some(consumer) => {
+                head.headers.insert(&CONSUMER_NAME, header_value(&consumer.name));
+                head.headers.insert(&CONSUMER_ID, header_value(&consumer.id));
+                ctx.identity.consumer = Some(consumer.clone());
+                Step::Continue
+            }
+            None if requirement == ClientCertRequirement::Consumer => {
+                tracing::info!(listener = %conn.listener, subject = %facts.subject, sha256 = %facts.sha256_hex(),
+                    "client certificate maps to no consumer");
+                refuse(ClientCertError::UnknownConsumer)
+            }
+            None => Step::Continue,
+        }
+    }
+}
+
+fn refuse(e: ClientCertError) -> Step<'static> {
+    Step::Refuse(GatewayError::ClientCert(e))
+}
+
+fn set_cert_headers(head: &mut request::Parts, facts: &CertFacts) {
+    head.headers.insert(&CLIENT_CERT_SUBJECT, header_value(&facts.subject));
+    if !facts.sans.is_empty() {
+        head.headers.insert(&CLIENT_CERT_SAN, header_value(&facts.sans.join(", ")));
+    }
+    head.headers.insert(&CLIENT_CERT_SHA256, header_value(&facts.sha256_hex()));
+    head.headers.insert(&CLIENT_CERT_SERIAL, header_value(&facts.serial));
+}
+
+/// Visible ASCII and spaces as they are; anything else (UTF-8 in a DN, control characters)
+/// percent-encoded, so the value is always a valid header and cannot split one.
+pub fn header_value(s: &str) -> HeaderValue {
+    if let Ok(v) = HeaderValue::from_str(s)
+        && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        return v;
+    }
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_always_safe() {
+        assert_eq!(header_value("CN=a,O=b"), "CN=a,O=b");
+        assert_eq!(header_value("CN=Müller"), "CN=M%C3%BCller");
+        assert_eq!(header_value("CN=a\r\nX-Evil: 1"), "CN=a%0D%0AX-Evil: 1");
+    }
+}

@@ -1,0 +1,781 @@
+//! TLS at the edge, with real clients (rustls here, Debian's curl and openssl) and real
+//! certificates (rcgen): versions, ALPN, SNI, resumption, client certificates and their
+//! failure reasons, per-route requirements, consumers and offboarding by reload, certificate
+//! and CRL reloads, upstream (m)TLS, the kTLS decision, `gatewayd certs init`.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use rustls::ProtocolVersion;
+
+use super::{pki::*, support::*};
+
+/// One TLS listener ("tls") on `p.listen` with the given `[listeners.tls]` body. Routes are open
+/// (`[auth] default_policy = "none"`) unless `extra` has an `[auth]` table of its own.
+fn tls_config(p: &Ports, tls: &str, extra: &str) -> String {
+    let open = if extra.contains("[auth]") { "" } else { "[auth]\ndefault_policy = \"none\"\n" };
+    format!(
+        r#"
+[server]
+workers = 1
+drain_timeout = "5s"
+
+[[listeners]]
+name = "tls"
+bind = "{listen}"
+
+[listeners.tls]
+{tls}
+
+[metrics]
+bind = "{metrics}"
+
+[admin]
+socket = ""
+
+{open}
+{extra}
+"#,
+        listen = p.listen,
+        metrics = p.metrics,
+    )
+}
+
+const CERT: &str = r#"certificates = [{ cert = "server.crt", key = "server.key" }]"#;
+
+fn service(u: &Upstream) -> String {
+    format!("[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\n", u.addr)
+}
+
+fn handshakes(gw: &Gateway, result: &str) -> f64 {
+    gw.metric("gateway_tls_handshakes_total", &[("listener", "tls"), ("result", result)])
+}
+
+/// Waits until the handshake counter for `result` reaches `n` (the server counts after the
+/// client has seen the outcome).
+fn await_handshakes(gw: &Gateway, result: &str, n: f64) {
+    let got = eventually(Duration::from_secs(5), || (handshakes(gw, result) >= n).then_some(()));
+    assert!(got.is_some(), "expected {n} handshakes with result {result}:\n{}", gw.metrics());
+}
+
+/// `openssl s_client` against the gateway with stdin closed; (exit success, output).
+fn s_client(addr: std::net::SocketAddr, args: &[&str]) -> (bool, String) {
+    s_client_input(addr, args, b"")
+}
+
+/// `openssl s_client` with `input` on stdin (then EOF).
+fn s_client_input(addr: std::net::SocketAddr, args: &[&str], input: &[u8]) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl must be installed (cargo xtask deps)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write to openssl");
+    drop(stdin);
+    let out = child.wait_with_output().expect("openssl output");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// curl against the gateway; (exit success, stdout, stderr).
+fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl must be installed (cargo xtask deps)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls13_with_alpn_h2_and_http1_end_to_end() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let server = ca.server(&["localhost", "127.0.0.1"]);
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        tls_config(p, CERT, &service(&u))
+    });
+
+    let mut h2 =
+        Https::connect(gw.ports.listen, "localhost", client_config(&ca, None, &["h2", "http/1.1"])).await.unwrap();
+    assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(h2.version, Some(ProtocolVersion::TLSv1_3));
+    for _ in 0..3 {
+        let r = h2.get("/hello", &[]).await.unwrap();
+        assert_eq!(r.status.as_u16(), 200);
+        assert_eq!(r.json()["headers"]["x-forwarded-proto"][0], "https");
+        assert_eq!(r.json()["headers"]["x-client-cert-verify"][0], "absent");
+    }
+    let mut h1 = Https::connect(gw.ports.listen, "localhost", client_config(&ca, None, &[])).await.unwrap();
+    assert_eq!(h1.alpn, None);
+    assert_eq!(h1.get("/one", &[]).await.unwrap().status.as_u16(), 200);
+
+    // Debian's curl, over HTTP/2 and verifying the chain against the CA.
+    let ca_file = ca.write(&gw.ports.dir, "ca");
+    let url = format!("https://localhost:{}/curl", gw.ports.listen.port());
+    let (ok, out, err) =
+        curl(&["--http2", "--cacert", path(&ca_file), "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &url]);
+    assert!(ok, "curl failed: {err}");
+    assert_eq!(out, "2 200");
+
+    await_handshakes(&gw, "ok", 3.0);
+    assert_eq!(gw.metric("gateway_tls_handshakes_total", &[("version", "TLSv1.3"), ("result", "ok")]), 3.0);
+    assert!(
+        gw.metric("gateway_tls_handshake_duration_seconds_count", &[("listener", "tls"), ("resumed", "false")]) >= 3.0
+    );
+    assert_eq!(u.requests(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_protocol_versions_are_refused_and_tls12_is_opt_in() {
+    let ca = Ca::new("edge CA");
+    let server = ca.server(&["localhost"]);
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        tls_config(p, CERT, "")
+    });
+    // SECLEVEL=0 makes OpenSSL 3 actually offer TLS 1.0/1.1, so the refusal is the gateway's.
+    for version in ["-tls1", "-tls1_1", "-tls1_2"] {
+        let (ok, out) =
+            s_client(gw.ports.listen, &[version, "-cipher", "DEFAULT@SECLEVEL=0", "-servername", "localhost"]);
+        assert!(!ok, "{version} must be refused:\n{out}");
+    }
+    await_handshakes(&gw, "protocol", 3.0);
+    let (ok, out) = s_client(gw.ports.listen, &["-tls1_3", "-servername", "localhost", "-brief"]);
+    assert!(ok, "TLS 1.3 must work:\n{out}");
+    assert!(out.contains("TLSv1.3"), "{out}");
+
+    // With min_version = "1.2", TLS 1.2 (AEAD suites only) is accepted; 1.1 still is not.
+    let gw12 = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        tls_config(p, &format!("{CERT}\nmin_version = \"1.2\""), "")
+    });
+    let (ok, out) = s_client(gw12.ports.listen, &["-tls1_2", "-servername", "localhost", "-brief"]);
+    assert!(ok, "TLS 1.2 must work when enabled:\n{out}");
+    assert!(out.contains("ECDHE") && out.contains("GCM") || out.contains("CHACHA20"), "{out}");
+    let (ok, _) = s_client(gw12.ports.listen, &["-tls1_2", "-cipher", "AES128-SHA256", "-servername", "localhost"]);
+    assert!(!ok, "a CBC, non-ECDHE suite must not be negotiated");
+    let (ok, _) = s_client(gw12.ports.listen, &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]);
+    assert!(!ok);
+    await_handshakes(&gw12, "ok", 1.0);
+    assert_eq!(gw12.metric("gateway_tls_handshakes_total", &[("version", "TLSv1.2"), ("result", "ok")]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sni_selects_exact_wildcard_and_default_certificates() {
+    let ca = Ca::new("edge CA");
+    let (api, wild, fallback, rsa) = (
+        ca.server(&["api.example.com"]),
+        ca.server(&["*.example.org"]),
+        ca.server(&["fallback.test"]),
+        ca.server_rsa(&["rsa.example.net"]),
+    );
+    let certs = r#"certificates = [
+  { cert = "api.crt", key = "api.key" },
+  { cert = "wild.crt", key = "wild.key" },
+  { cert = "fallback.crt", key = "fallback.key", default = true },
+  { cert = "rsa.crt", key = "rsa.key" },
+]"#;
+    let gw = Gateway::start(|p| {
+        api.write(&p.dir, "api");
+        wild.write(&p.dir, "wild");
+        fallback.write(&p.dir, "fallback");
+        rsa.write(&p.dir, "rsa");
+        tls_config(p, certs, "")
+    });
+    let cfg = client_config(&ca, None, &[]);
+    let cn = |sni: &'static str| {
+        let cfg = cfg.clone();
+        let addr = gw.ports.listen;
+        async move { Https::connect(addr, sni, cfg).await.map(|c| c.peer_cn.unwrap_or_default()) }
+    };
+    assert_eq!(cn("api.example.com").await.unwrap(), "api.example.com");
+    assert_eq!(cn("www.example.org").await.unwrap(), "*.example.org");
+    assert_eq!(cn("rsa.example.net").await.unwrap(), "rsa.example.net");
+    // No certificate for the name: the default is served (and the client rejects it).
+    assert!(cn("unknown.test").await.is_err());
+    assert!(cn("a.b.example.org").await.is_err(), "a wildcard covers one label");
+    // curl verifies the name against the selected certificate.
+    let ca_file = ca.write(&gw.ports.dir, "ca");
+    let port = gw.ports.listen.port();
+    let (ok, _, err) = curl(&[
+        "--cacert",
+        path(&ca_file),
+        "--resolve",
+        &format!("www.example.org:{port}:127.0.0.1"),
+        "-o",
+        "/dev/null",
+        &format!("https://www.example.org:{port}/"),
+    ]);
+    assert!(ok, "curl with SNI www.example.org: {err}");
+    // Expiry gauges name each certificate.
+    let api_expiry = gw.metric(
+        "gateway_tls_certificate_expiry_timestamp_seconds",
+        &[("listener", "tls"), ("name", "api.example.com")],
+    );
+    let (_, parsed) = x509_parser::parse_x509_certificate(&api.der).unwrap();
+    assert_eq!(api_expiry, parsed.validity().not_after.timestamp() as f64);
+
+    // strict_sni refuses names without a certificate instead of serving the default.
+    let strict = Gateway::start(|p| {
+        api.write(&p.dir, "server");
+        tls_config(p, &format!("{CERT}\nstrict_sni = true"), "")
+    });
+    assert!(Https::connect(strict.ports.listen, "other.example.com", cfg.clone()).await.is_err());
+    assert!(Https::connect(strict.ports.listen, "api.example.com", cfg.clone()).await.is_ok());
+    await_handshakes(&strict, "bad_sni", 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_resume_with_tickets() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let server = ca.server(&["localhost"]);
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        tls_config(p, CERT, &service(&u))
+    });
+    // One client config = one session store: the second connection presents a ticket.
+    let cfg = client_config(&ca, None, &[]);
+    let mut first = Https::connect(gw.ports.listen, "localhost", cfg.clone()).await.unwrap();
+    assert!(!first.resumed);
+    // Tickets arrive after the handshake; a request makes sure they were read.
+    assert_eq!(first.get("/a", &[]).await.unwrap().status.as_u16(), 200);
+    let mut second = Https::connect(gw.ports.listen, "localhost", cfg).await.unwrap();
+    assert!(second.resumed, "the second connection should resume");
+    assert_eq!(second.get("/b", &[]).await.unwrap().status.as_u16(), 200);
+    let resumed = eventually(Duration::from_secs(5), || {
+        let n = gw.metric("gateway_tls_handshake_duration_seconds_count", &[("resumed", "true")]);
+        (n >= 1.0).then_some(n)
+    });
+    assert_eq!(resumed, Some(1.0));
+
+    // openssl: save the session, reconnect with it.
+    let sess = gw.ports.dir.join("sess.pem");
+    let ca_file = ca.write(&gw.ports.dir, "ca");
+    // A whole request (the gateway closes after it), so the tickets sent after the handshake
+    // are read before openssl saves the session.
+    let (ok, out) = s_client_input(
+        gw.ports.listen,
+        &["-servername", "localhost", "-CAfile", path(&ca_file), "-sess_out", path(&sess), "-ign_eof"],
+        b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(ok, "{out}");
+    let (ok, out) =
+        s_client(gw.ports.listen, &["-servername", "localhost", "-CAfile", path(&ca_file), "-sess_in", path(&sess)]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Reused, TLSv1.3"), "openssl did not resume:\n{out}");
+}
+
+/// A listener requiring client certificates from `ca` (with a CRL), and a service.
+fn mtls_listener(mode: &str, crl: bool) -> String {
+    let crl = if crl { "client_crl = [\"clients.crl\"]" } else { "" };
+    format!("{CERT}\nclient_auth = \"{mode}\"\nclient_ca = [\"clients-ca.crt\"]\n{crl}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_client_certificates_refuse_absent_untrusted_expired_revoked_and_wrong_usage() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let clients = Ca::new("partner CA");
+    let rogue = Ca::new("rogue CA");
+    let server = ca.server(&["localhost"]);
+    let (good, revoked, expired, wrong) = (
+        clients.client("partner-a"),
+        clients.client("partner-revoked"),
+        clients.expired_client("partner-expired"),
+        clients.server_only_client("partner-server-cert"),
+    );
+    let untrusted = rogue.client("partner-a");
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        clients.write(&p.dir, "clients-ca");
+        std::fs::write(p.dir.join("clients.crl"), clients.crl(1, &[&revoked])).unwrap();
+        tls_config(p, &mtls_listener("required", true), &service(&u))
+    });
+    let addr = gw.ports.listen;
+    let r = https_get(addr, client_config(&ca, Some(&good), &[]), "/ok").await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    let echo = r.json();
+    assert_eq!(echo["headers"]["x-client-cert-verify"][0], "success");
+    assert_eq!(echo["headers"]["x-client-cert-subject"][0], "CN=partner-a,O=gatewayd tests");
+    assert_eq!(echo["headers"]["x-client-cert-sha256"][0], good.sha256_hex());
+
+    for (cert, result) in [
+        (None, "no_client_cert"),
+        (Some(&untrusted), "unknown_ca"),
+        (Some(&expired), "expired"),
+        (Some(&revoked), "revoked"),
+        (Some(&wrong), "bad_usage"),
+    ] {
+        let before = handshakes(&gw, result);
+        let r = https_get(addr, client_config(&ca, cert, &[]), "/refused").await;
+        assert!(r.is_err(), "{result}: the request must fail, got {r:?}");
+        await_handshakes(&gw, result, before + 1.0);
+    }
+    assert_eq!(u.requests(), 1, "refused clients never reach the upstream");
+    let log = gw.stderr();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("TLS handshake refused: client certificate")).collect();
+    assert_eq!(refusals.len(), 5, "one log line per refusal:\n{log}");
+    assert!(refusals[3].contains("revoked"), "{log}");
+
+    // The same with curl: a client certificate file pair, then none.
+    let ca_file = ca.write(&gw.ports.dir, "ca");
+    let (cert, key) = good.write(&gw.ports.dir, "good");
+    let url = format!("https://localhost:{}/curl", addr.port());
+    let (ok, _, err) =
+        curl(&["--cacert", path(&ca_file), "--cert", path(&cert), "--key", path(&key), "-o", "/dev/null", &url]);
+    assert!(ok, "{err}");
+    let (ok, _, _) = curl(&["--cacert", path(&ca_file), "-o", "/dev/null", &url]);
+    assert!(!ok, "curl without a client certificate must fail");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn optional_listener_routes_require_certificates_and_identity_is_forwarded_and_audited() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let clients = Ca::new("partner CA");
+    let server = ca.server(&["localhost"]);
+    let partner = clients.client("partner-a");
+    let routes = |p: &Ports| {
+        format!(
+            r#"
+[audit]
+path = "{audit}"
+
+[[services]]
+name = "s"
+targets = ["{u}"]
+
+[[routes]]
+name = "open"
+service = "s"
+paths = ["/open"]
+
+[[routes]]
+name = "partners"
+service = "s"
+paths = ["/partners"]
+client_cert = "required"
+"#,
+            audit = p.dir.join("audit.log").display(),
+            u = u.addr
+        )
+    };
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        clients.write(&p.dir, "clients-ca");
+        tls_config(p, &mtls_listener("optional", false), &routes(p))
+    });
+    let forged =
+        [("x-client-cert-subject", "CN=admin"), ("x-client-cert-verify", "success"), ("x-consumer-name", "root")];
+
+    // No certificate: public routes work, with forged identity headers replaced.
+    let mut anon = Https::connect(gw.ports.listen, "localhost", client_config(&ca, None, &[])).await.unwrap();
+    let r = anon.get("/open/x", &forged).await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-client-cert-verify"][0], "absent");
+    assert!(h.get("x-client-cert-subject").is_none() && h.get("x-consumer-name").is_none(), "{h}");
+    let r = anon.get("/partners/x", &forged).await.unwrap();
+    assert_eq!(r.status.as_u16(), 403);
+    assert_eq!(r.json()["error"], "client_cert_required");
+
+    // A verified certificate: both routes, identity forwarded, forged copies gone.
+    let mut partner_conn =
+        Https::connect(gw.ports.listen, "localhost", client_config(&ca, Some(&partner), &[])).await.unwrap();
+    let r = partner_conn.get("/partners/x", &forged).await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-client-cert-verify"], serde_json::json!(["success"]));
+    assert_eq!(h["x-client-cert-subject"], serde_json::json!(["CN=partner-a,O=gatewayd tests"]));
+    assert_eq!(h["x-client-cert-sha256"][0], partner.sha256_hex());
+    assert!(h["x-client-cert-serial"][0].as_str().is_some_and(|s| s.len() == 32), "{h}");
+    assert!(h.get("x-consumer-name").is_none(), "no consumer is configured: {h}");
+
+    assert_eq!(gw.metric("gateway_http_refusals_total", &[("reason", "client_cert_required")]), 1.0);
+    let audit = gw.ports.dir.join("audit.log");
+    let lines = eventually(Duration::from_secs(5), || {
+        let l = gw.audit_lines(&audit);
+        (l.len() >= 3).then_some(l)
+    })
+    .expect("audit lines");
+    let mine = lines.iter().find(|l| l["route"] == "partners" && l["status_code"] == 200).expect("partner line");
+    assert_eq!(mine["client_cert_verify"], "success");
+    assert_eq!(mine["client_cert_subject"], "CN=partner-a,O=gatewayd tests");
+    assert_eq!(mine["client_cert_sha256"], partner.sha256_hex());
+    assert_eq!(mine["tls_version"], "TLSv1.3");
+    let refused = lines.iter().find(|l| l["status_code"] == 403).expect("refusal line");
+    assert_eq!(refused["client_cert_verify"], "absent");
+    assert_eq!(refused["error"], "client_cert_required");
+}
+
+fn consumer_config(u: &Upstream, consumers: &str) -> String {
+    format!(
+        r#"
+[[services]]
+name = "s"
+targets = ["{u}"]
+
+[[routes]]
+name = "partner-api"
+service = "s"
+client_cert = "consumer"
+
+{consumers}
+"#,
+        u = u.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumers_are_mapped_from_certificates_and_offboarded_by_reload() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let clients = Ca::new("partner CA");
+    let server = ca.server(&["localhost"]);
+    let (a, b) = (clients.client("producer-api-client"), clients.client("partner-b"));
+    let onboarded = format!(
+        r#"
+[[consumers]]
+name = "producer"
+id = "c-001"
+client_certs = [{{ subject_cn = "producer-api-client" }}]
+
+[[consumers]]
+name = "partner-b"
+client_certs = [{{ sha256 = "{}" }}]
+"#,
+        b.sha256_hex()
+    );
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        clients.write(&p.dir, "clients-ca");
+        tls_config(p, &mtls_listener("optional", false), &consumer_config(&u, &onboarded))
+    });
+    let mut conn_a = Https::connect(gw.ports.listen, "localhost", client_config(&ca, Some(&a), &[])).await.unwrap();
+    let r = conn_a.get("/orders", &[]).await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.json()["headers"]["x-consumer-name"][0], "producer");
+    assert_eq!(r.json()["headers"]["x-consumer-id"][0], "c-001");
+    let r = https_get(gw.ports.listen, client_config(&ca, Some(&b), &[]), "/orders").await.unwrap();
+    assert_eq!(r.json()["headers"]["x-consumer-name"][0], "partner-b");
+    // A verified certificate of nobody in particular.
+    let stranger = clients.client("stranger");
+    let r = https_get(gw.ports.listen, client_config(&ca, Some(&stranger), &[]), "/orders").await.unwrap();
+    assert_eq!(r.status.as_u16(), 403);
+    assert_eq!(r.json()["error"], "unknown_consumer");
+
+    // Offboard "producer": after the reload its requests are refused, on the connection it
+    // already has too; partner-b is unaffected.
+    let remaining = onboarded.split("[[consumers]]").nth(2).map(|s| format!("[[consumers]]{s}")).unwrap();
+    let config = tls_config(&gw.ports, &mtls_listener("optional", false), &consumer_config(&u, &remaining));
+    assert!(gw.reload(&config), "{}", gw.stderr());
+    let r = conn_a.get("/orders", &[]).await.unwrap();
+    assert_eq!(r.status.as_u16(), 403);
+    assert_eq!(r.json()["error"], "unknown_consumer");
+    let r = https_get(gw.ports.listen, client_config(&ca, Some(&a), &[]), "/orders").await.unwrap();
+    assert_eq!(r.status.as_u16(), 403);
+    let r = https_get(gw.ports.listen, client_config(&ca, Some(&b), &[]), "/orders").await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crl_reload_revokes_new_and_established_connections() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let clients = Ca::new("partner CA");
+    let server = ca.server(&["localhost"]);
+    let partner = clients.client("partner-a");
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        clients.write(&p.dir, "clients-ca");
+        std::fs::write(p.dir.join("clients.crl"), clients.crl(1, &[])).unwrap();
+        tls_config(p, &mtls_listener("required", true), &service(&u))
+    });
+    let cfg = client_config(&ca, Some(&partner), &[]);
+    let mut established = Https::connect(gw.ports.listen, "localhost", cfg.clone()).await.unwrap();
+    assert_eq!(established.get("/a", &[]).await.unwrap().status.as_u16(), 200);
+
+    // The CA revokes the partner; the new CRL is installed with a reload.
+    std::fs::write(gw.ports.dir.join("clients.crl"), clients.crl(2, &[&partner])).unwrap();
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    assert!(gw.reload(&config));
+    let r = established.get("/b", &[]).await.unwrap();
+    assert_eq!(r.status.as_u16(), 403, "the established connection is held to the new CRL");
+    assert_eq!(r.json()["error"], "client_cert_invalid");
+    // New handshakes, full or resumed with the earlier ticket, are refused.
+    let before = handshakes(&gw, "revoked");
+    assert!(https_get(gw.ports.listen, cfg.clone(), "/c").await.is_err());
+    await_handshakes(&gw, "revoked", before + 1.0);
+    assert!(https_get(gw.ports.listen, client_config(&ca, Some(&partner), &[]), "/d").await.is_err());
+    await_handshakes(&gw, "revoked", before + 2.0);
+    assert_eq!(u.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_reload_without_dropping_connections_and_bad_files_keep_the_old_ones() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let (old, new) = (ca.server(&["localhost", "old.test"]), ca.server(&["localhost", "new.test"]));
+    let gw = Gateway::start(|p| {
+        old.write(&p.dir, "server");
+        tls_config(p, CERT, &service(&u))
+    });
+    let cfg = client_config(&ca, None, &[]);
+    let mut established = Https::connect(gw.ports.listen, "localhost", cfg.clone()).await.unwrap();
+    assert_eq!(established.peer_cn.as_deref(), Some("localhost"));
+    assert_eq!(established.get("/1", &[]).await.unwrap().status.as_u16(), 200);
+
+    new.write(&gw.ports.dir, "server");
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    assert!(gw.reload(&config));
+    let fresh = Https::connect(gw.ports.listen, "new.test", cfg.clone()).await;
+    assert!(fresh.is_ok(), "the new certificate (for new.test) is served: {:?}", fresh.err());
+    assert!(Https::connect(gw.ports.listen, "old.test", cfg.clone()).await.is_err(), "the old one is gone");
+    assert_eq!(established.get("/2", &[]).await.unwrap().status.as_u16(), 200, "established connections stay");
+
+    // A broken key file: the reload fails, located; the running certificate keeps serving.
+    std::fs::write(gw.ports.dir.join("server.key"), "not a key").unwrap();
+    assert!(!gw.reload(&config));
+    assert!(gw.stderr().contains("listeners[0].tls.certificates[0].key"), "{}", gw.stderr());
+    assert!(Https::connect(gw.ports.listen, "new.test", cfg.clone()).await.is_ok());
+    assert_eq!(established.get("/3", &[]).await.unwrap().status.as_u16(), 200);
+    assert_eq!(gw.metric("gateway_config_reloads_total", &[("result", "error")]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_mtls_presents_our_certificate_and_reports_failures() {
+    let ca = Ca::new("internal CA");
+    let upstream_cert = ca.server(&["dogcatcher-api"]);
+    let gateway_client = ca.client("kong-client");
+    let rogue = Ca::new("rogue CA");
+    let untrusted_client = rogue.client("kong-client");
+    let dogcatcher = Upstream::start_tls("dogcatcher", server_config(&upstream_cert, Some(&ca)));
+    let edge_ca = Ca::new("edge CA");
+    let edge = edge_ca.server(&["localhost"]);
+    let services = |client: &str| {
+        format!(
+            r#"
+[[services]]
+name = "dogcatcher"
+targets = ["{addr}"]
+tls = true
+tls_ca = ["internal-ca.crt"]
+tls_server_name = "dogcatcher-api"
+{client}
+retries = 0
+
+[[services]]
+name = "wrong-ca"
+targets = ["{addr}"]
+tls = true
+tls_ca = ["rogue-ca.crt"]
+tls_server_name = "dogcatcher-api"
+retries = 0
+
+[[routes]]
+name = "mtls"
+service = "dogcatcher"
+paths = ["/dogcatcher-mtls"]
+strip_path = true
+
+[[routes]]
+name = "wrong-ca"
+service = "wrong-ca"
+paths = ["/wrong-ca"]
+"#,
+            addr = dogcatcher.addr
+        )
+    };
+    let good = services("tls_client_cert = \"kong-client.crt\"\ntls_client_key = \"kong-client.key\"");
+    let gw = Gateway::start(|p| {
+        edge.write(&p.dir, "server");
+        ca.write(&p.dir, "internal-ca");
+        rogue.write(&p.dir, "rogue-ca");
+        gateway_client.write(&p.dir, "kong-client");
+        untrusted_client.write(&p.dir, "untrusted-client");
+        tls_config(p, CERT, &good)
+    });
+    let cfg = client_config(&edge_ca, None, &[]);
+    let r = https_get(gw.ports.listen, cfg.clone(), "/dogcatcher-mtls/api/dogs/").await.unwrap();
+    assert_eq!(r.status.as_u16(), 200, "{:?}", r.body);
+    assert_eq!(r.json()["upstream"], "dogcatcher");
+    assert_eq!(r.json()["path"], "/api/dogs/");
+    let (_, parsed) = x509_parser::parse_x509_certificate(&gateway_client.der).unwrap();
+    assert_eq!(
+        gw.metric("gateway_upstream_tls_certificate_expiry_timestamp_seconds", &[("service", "dogcatcher")]),
+        parsed.validity().not_after.timestamp() as f64
+    );
+
+    // The upstream does not trust gatewayd's certificate: 502, with the reason counted.
+    let r = https_get(gw.ports.listen, cfg.clone(), "/wrong-ca/x").await.unwrap();
+    assert_eq!(r.status.as_u16(), 502);
+    assert_eq!(r.json()["error"], "upstream_tls");
+    assert_eq!(
+        gw.metric("gateway_upstream_tls_errors_total", &[("service", "wrong-ca"), ("reason", "unknown_ca")]),
+        1.0
+    );
+
+    let bad = services("tls_client_cert = \"untrusted-client.crt\"\ntls_client_key = \"untrusted-client.key\"");
+    assert!(gw.reload(&tls_config(&gw.ports, CERT, &bad)));
+    let r = https_get(gw.ports.listen, cfg.clone(), "/dogcatcher-mtls/api/dogs/").await.unwrap();
+    assert_eq!(r.status.as_u16(), 502);
+    assert_eq!(r.json()["error"], "upstream_tls");
+    assert_eq!(
+        gw.metric(
+            "gateway_upstream_tls_errors_total",
+            &[("service", "dogcatcher"), ("reason", "client_cert_rejected")]
+        ),
+        1.0
+    );
+    let nocert = services("");
+    assert!(gw.reload(&tls_config(&gw.ports, CERT, &nocert)));
+    let r = https_get(gw.ports.listen, cfg, "/dogcatcher-mtls/api/dogs/").await.unwrap();
+    assert_eq!(r.status.as_u16(), 502);
+    assert_eq!(
+        gw.metric(
+            "gateway_upstream_tls_errors_total",
+            &[("service", "dogcatcher"), ("reason", "client_cert_required")]
+        ),
+        1.0
+    );
+    assert!(gw.stderr().contains("upstream refused the TLS session"), "{}", gw.stderr());
+    assert_eq!(dogcatcher.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ktls_is_decided_at_startup_and_large_bodies_stream_intact() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let server = ca.server(&["localhost"]);
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        tls_config(p, CERT, &service(&u))
+    });
+    let mut c = Https::connect(gw.ports.listen, "localhost", client_config(&ca, None, &[])).await.unwrap();
+    let r = c.get("/bytes/4194304", &[]).await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.body.len(), 4 << 20);
+    assert!(r.body.iter().all(|b| *b == b'x'));
+    let supported = gw.metric("gateway_ktls_supported", &[]);
+    let log = gw.stderr();
+    let mode = if supported == 1.0 {
+        assert!(log.contains("kTLS available"), "{log}");
+        "ktls"
+    } else {
+        // This host's kernel has no CONFIG_TLS: the fallback is rustls, said loudly.
+        assert!(log.contains("kTLS unavailable"), "{log}");
+        "userspace"
+    };
+    let n = eventually(Duration::from_secs(5), || {
+        let n = gw.metric("gateway_tls_connections_total", &[("listener", "tls"), ("mode", mode)]);
+        (n >= 1.0).then_some(n)
+    });
+    assert_eq!(n, Some(1.0), "{}", gw.metrics());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certs_init_makes_a_pki_for_mtls_with_curl() {
+    let u = Upstream::start("u");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["certs", "init", "--out"])
+        .arg(dir.path())
+        .args(["--cn", "dogcatcher-api", "--san", "localhost,127.0.0.1", "--days", "30", "--client-cn", "kong-client"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key", "client.pem"] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    let d = dir.path().display().to_string();
+    let listener = format!(
+        "certificates = [{{ cert = \"{d}/server.crt\", key = \"{d}/server.key\" }}]\nclient_auth = \"required\"\nclient_ca = [\"{d}/ca.crt\"]"
+    );
+    let gw = Gateway::start(|p| tls_config(p, &listener, &service(&u)));
+    let url = format!("https://127.0.0.1:{}/hello", gw.ports.listen.port());
+    let (ok, body, err) = curl(&["--cacert", &format!("{d}/ca.crt"), "--cert", &format!("{d}/client.pem"), &url]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["headers"]["x-client-cert-subject"][0], "CN=kong-client");
+    let (ok, _, _) = curl(&["--cacert", &format!("{d}/ca.crt"), &url]);
+    assert!(!ok, "no client certificate: refused");
+    let (ok, out) = s_client(
+        gw.ports.listen,
+        &[
+            "-cert",
+            &format!("{d}/client.crt"),
+            "-key",
+            &format!("{d}/client.key"),
+            "-CAfile",
+            &format!("{d}/ca.crt"),
+            "-verify_return_error",
+            "-brief",
+        ],
+    );
+    assert!(ok, "{out}");
+    // The same files again are refused without --force.
+    let again = Command::new(BIN).args(["certs", "init", "--out"]).arg(dir.path()).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn check_config_locates_tls_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("edge CA");
+    let (a, b) = (ca.server(&["a.test"]), ca.server(&["b.test"]));
+    a.write(dir.path(), "a");
+    b.write(dir.path(), "b");
+    let text = r#"
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:8443"
+
+[listeners.tls]
+certificates = [{ cert = "a.crt", key = "b.key" }, { cert = "missing.crt", key = "b.key" }]
+client_auth = "optional"
+
+[[services]]
+name = "s"
+targets = ["127.0.0.1:5000"]
+tls_client_cert = "a.crt"
+
+[[routes]]
+name = "r"
+service = "s"
+client_cert = "consumer"
+
+[[consumers]]
+name = "p"
+client_certs = [{ san = "partner.example" }]
+"#;
+    let file = dir.path().join("gatewayd.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "listeners[0].tls.certificates[0].key: ",
+        "does not match the certificate",
+        "listeners[0].tls.certificates[1].cert: cannot read",
+        "listeners[0].tls.client_ca: client certificates need at least one CA bundle",
+        "services[0].tls_client_cert: has no effect without `tls = true`",
+        "consumers[0].client_certs[0]: invalid san",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
