@@ -97,8 +97,9 @@ enum Check<T> {
 #[derive(Default)]
 struct Outcome {
     token: Option<Rc<Validated>>,
+    /// Index into `spec.consumers`: from the API key, else from the client certificate.
     consumer: Option<usize>,
-    cert: bool,
+    api_key: bool,
 }
 
 /// The credentials a request carries (only the kinds its policy accepts are looked for).
@@ -187,11 +188,13 @@ impl IdentifyPhase {
                     }
                 }
                 Credential::ApiKey => match self.spec.api_keys.find(presented.api_key.unwrap_or_default()) {
-                    Some(consumer) => outcome.consumer = Some(consumer),
+                    Some(consumer) => {
+                        outcome.consumer = Some(consumer);
+                        outcome.api_key = true;
+                    }
                     None => return Decision::Done(Err(AuthError::InvalidApiKey)),
                 },
                 Credential::Mtls => {
-                    outcome.cert = true;
                     // The client-certificate phase found its consumer, if it has one.
                     if outcome.consumer.is_none() {
                         outcome.consumer = self.cert_consumer(ctx);
@@ -429,10 +432,10 @@ impl IdentifyPhase {
             h.remove(header::AUTHORIZATION);
             h.remove(&self.spec.api_key_header);
         }
-        let credential = match (token, consumer, outcome.cert) {
-            (Some(v), _, _) => v.credential,
-            (None, Some(_), _) => "api_key",
-            _ => "mtls",
+        let credential = match (token, outcome.api_key) {
+            (Some(v), _) => v.credential,
+            (None, true) => "api_key",
+            (None, false) => "mtls",
         };
         ctx.identity.credential = Some(credential);
         if let Some(route) = ctx.route_name() {

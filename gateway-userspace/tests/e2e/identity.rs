@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-use super::{idp::*, support::*};
+use super::{idp::*, pki::*, support::*};
 
 /// Listener, metrics, admin socket, audit log, one upstream, an open route (`/open`) and the
 /// routes `/api` (policy `users`), `/both`, `/either`, `/keys`, `/closed`, `/fo` as the `auth`
@@ -568,4 +568,121 @@ async fn tokens_are_read_from_configured_query_parameters_and_cookies() {
     )
     .await;
     assert_eq!(r.json()["error"], "malformed");
+}
+
+/// A TLS listener asking for (optional) client certificates from `clients-ca.crt`, the
+/// identity config `auth`, and routes `/api` (policy `users`), `/mtls` (`mtls-only`), `/both`.
+fn tls_identity_config(p: &Ports, up: &Upstream, auth: &str) -> String {
+    format!(
+        r#"
+[server]
+workers = 1
+drain_timeout = "5s"
+
+[[listeners]]
+name = "tls"
+bind = "{listen}"
+
+[listeners.tls]
+certificates = [{{ cert = "server.crt", key = "server.key" }}]
+client_auth = "optional"
+client_ca = ["clients-ca.crt"]
+
+[metrics]
+bind = "{metrics}"
+
+[admin]
+socket = ""
+
+[[services]]
+name = "s"
+targets = ["{up}"]
+
+{auth}
+
+[[routes]]
+name = "api"
+service = "s"
+paths = ["/api"]
+auth = "users"
+
+[[routes]]
+name = "mtls"
+service = "s"
+paths = ["/mtls"]
+auth = "mtls-only"
+
+[[routes]]
+name = "both"
+service = "s"
+paths = ["/both"]
+auth = "both"
+"#,
+        listen = p.listen,
+        metrics = p.metrics,
+        up = up.addr,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_bound_tokens_are_accepted_only_with_their_certificate() {
+    let idp = Idp::start();
+    let key = Key::es256();
+    idp.set_keys(vec![key.jwk("k")]);
+    let up = Upstream::start("u");
+    let (edge, clients) = (Ca::new("edge CA"), Ca::new("partner CA"));
+    let server = edge.server(&["localhost"]);
+    let (alice, mallory) = (clients.client("alice-app"), clients.client("mallory-app"));
+    let auth = format!(
+        "{}\n[[auth.policies]]\nname = \"mtls-only\"\nany_of = [\"mtls\"]\nscopes = [\"read\"]\n\
+         [[auth.policies]]\nname = \"both\"\nall_of = [\"mtls\", \"jwt\"]\n\
+         [[consumers]]\nname = \"alice-app\"\nid = \"c-alice\"\nclient_certs = [{{ sha256 = \"{}\" }}]\nscopes = [\"read\"]\n",
+        idp_auth(&idp, "", ""),
+        alice.sha256_hex()
+    );
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        clients.write(&p.dir, "clients-ca");
+        tls_identity_config(p, &up, &auth)
+    });
+    let addr = gw.ports.listen;
+    let thumbprint = b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &alice.der).as_ref());
+    let mut claims = idp.claims("alice");
+    claims["cnf"] = json!({ "x5t#S256": thumbprint });
+    let bound = key.token(json!({"kid": "k"}), &claims);
+    let unbound = key.token(json!({"kid": "k"}), &idp.claims("bob"));
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let mut as_alice = Https::connect(addr, "localhost", client_config(&edge, Some(&alice), &[])).await.unwrap();
+    let mut as_mallory = Https::connect(addr, "localhost", client_config(&edge, Some(&mallory), &[])).await.unwrap();
+    let mut anonymous = Https::connect(addr, "localhost", client_config(&edge, None, &[])).await.unwrap();
+
+    let r = as_alice.get("/api/x", &[("authorization", &bearer(&bound))]).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(header(&r, "x-forwarded-user").as_deref(), Some("alice"));
+    // The same (now cached) token on another client's certificate, and on none.
+    let r = as_mallory.get("/api/x", &[("authorization", &bearer(&bound))]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (401, Some("cert_mismatch")));
+    let r = anonymous.get("/api/x", &[("authorization", &bearer(&bound))]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (401, Some("cert_required")));
+    assert_eq!(as_alice.get("/api/x", &[("authorization", &bearer(&bound))]).await.unwrap().status, 200);
+    // Unbound tokens do not care about certificates.
+    assert_eq!(anonymous.get("/api/x", &[("authorization", &bearer(&unbound))]).await.unwrap().status, 200);
+
+    // The mtls credential: a verified certificate, its consumer's scopes.
+    let r = as_alice.get("/mtls/x", &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(header(&r, "x-consumer-username").as_deref(), Some("alice-app"));
+    assert_eq!(header(&r, "x-consumer-id").as_deref(), Some("c-alice"));
+    assert_eq!(header(&r, "x-forwarded-user").as_deref(), Some("c-alice"));
+    let r = as_mallory.get("/mtls/x", &[]).await.unwrap();
+    assert_eq!(r.json()["error"], "insufficient_scope", "a certificate without a consumer has no scopes");
+    let r = anonymous.get("/mtls/x", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (401, Some("missing")));
+
+    // all_of: the certificate alone is not enough; with the bound token it is.
+    assert_eq!(as_alice.get("/both/x", &[]).await.unwrap().json()["error"], "missing");
+    assert_eq!(as_alice.get("/both/x", &[("authorization", &bearer(&bound))]).await.unwrap().status, 200);
+    assert_eq!(gw.metric("gateway_auth_failures_total", &[("route", "api"), ("reason", "cert_mismatch")]), 1.0);
+    assert_eq!(gw.metric("gateway_auth_successes_total", &[("route", "mtls"), ("credential", "mtls")]), 1.0);
 }
