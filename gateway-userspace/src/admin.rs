@@ -117,6 +117,12 @@ impl AdminServer {
                 "listeners": listeners,
                 "routes": s.config.routes.routes().len(),
                 "services": s.services.len(),
+                "auth": {
+                    "issuers": s.config.auth.issuers.iter().map(|i| &*i.name).collect::<Vec<_>>(),
+                    "policies": s.config.auth.policies.len(),
+                    "consumers": s.config.auth.consumers.len(),
+                    "revoked_jtis": self.shared.parts.auth().revocations().map_or(0, |r| r.local_len()),
+                },
             }),
         )
     }

@@ -29,27 +29,6 @@ pub struct AuthSpec {
     pub revocation: RevocationSpec,
 }
 
-impl AuthSpec {
-    /// No issuers, no policies, every route open: what a config without `[auth]` and with
-    /// explicit `auth = "none"` routes amounts to. Used by tests.
-    pub fn open(routes: usize) -> AuthSpec {
-        AuthSpec {
-            route_policies: vec![RoutePolicy::Open; routes],
-            policies: Vec::new(),
-            issuers: Vec::new(),
-            consumers: Vec::new(),
-            consumer_by_name: HashMap::new(),
-            api_keys: ApiKeys::default(),
-            tokens: TokenSources { uri_params: Vec::new(), cookies: Vec::new(), max_size: 8192 },
-            api_key_header: HeaderName::from_static("x-api-key"),
-            leeway: 30,
-            token_cache_size: 1024,
-            headers: IdentityHeaders::default(),
-            revocation: RevocationSpec::default(),
-        }
-    }
-}
-
 /// Where bearer tokens are read from besides `Authorization: Bearer`.
 #[derive(Debug, Clone)]
 pub struct TokenSources {
