@@ -686,3 +686,31 @@ async fn certificate_bound_tokens_are_accepted_only_with_their_certificate() {
     assert_eq!(gw.metric("gateway_auth_failures_total", &[("route", "api"), ("reason", "cert_mismatch")]), 1.0);
     assert_eq!(gw.metric("gateway_auth_successes_total", &[("route", "mtls"), ("credential", "mtls")]), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_idp_is_trusted_through_its_ca_file_only() {
+    let ca = Ca::new("IdP CA");
+    let idp = Idp::start_tls(server_config(&ca.server(&["localhost"]), None));
+    let key = Key::rsa();
+    idp.set_keys(vec![key.jwk("k")]);
+    let up = Upstream::start("u");
+    let token = key.token(json!({"kid": "k"}), &idp.claims("alice"));
+    let gw = Gateway::start(|p| {
+        ca.write(&p.dir, "idp-ca");
+        config(p, &up, 1, &idp_auth(&idp, "", "ca_file = \"idp-ca.crt\""))
+    });
+    let r = call(&gw, "/api/x", Some(&token)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(idp.jwks_hits() >= 1);
+
+    // Another CA: the IdP's certificate does not verify, so no keys, so no tokens.
+    let other = Ca::new("other CA");
+    let gw = Gateway::start(|p| {
+        other.write(&p.dir, "idp-ca");
+        config(p, &up, 1, &idp_auth(&idp, "", "ca_file = \"idp-ca.crt\""))
+    });
+    let r = call(&gw, "/api/x", Some(&token)).await;
+    assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (503, Some("idp_unavailable")));
+    let ready = raw_get(gw.ports.metrics, "/readyz").unwrap();
+    assert!(ready.contains("auth.issuer.idp") && ready.contains("no keys yet") && ready.contains("TLS"), "{ready}");
+}

@@ -153,11 +153,25 @@ pub struct Idp {
 
 impl Idp {
     pub fn start() -> Idp {
+        Self::start_with(None)
+    }
+
+    /// The IdP over HTTPS with `tls` (issuer `https://localhost:<port>/realms/api`).
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> Idp {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Idp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind idp");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
+        let issuer = match tls {
+            Some(_) => format!("https://localhost:{}/realms/api", addr.port()),
+            None => format!("http://{addr}/realms/api"),
+        };
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let state = Arc::new(State {
-            issuer: format!("http://{addr}/realms/api"),
+            issuer,
             keys: Mutex::default(),
             cache_control: Mutex::new(None),
             introspection: Mutex::default(),
@@ -180,14 +194,22 @@ impl Idp {
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
                             let st = st.clone();
+                            let acceptor = acceptor.clone();
                             tokio::spawn(async move {
                                 let svc = service_fn(move |req| {
                                     let st = st.clone();
                                     async move { Ok::<_, Infallible>(handle(&st, req).await) }
                                 });
-                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
+                                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                                match acceptor {
+                                    None => {
+                                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                                    }
+                                    Some(a) => {
+                                        let Ok(tls) = a.accept(stream).await else { return };
+                                        let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                                    }
+                                }
                             });
                         }
                     }
