@@ -13,7 +13,10 @@ use thiserror::Error;
 
 pub use schema::{LbAlgorithm, LogFormat};
 
-use crate::{consumer::Consumers, route::RouteTable, tls::ServerTlsSpec, upstream::ServiceSpec};
+use crate::{
+    budget::BudgetSpec, consumer::Consumers, kv::KvSpec, ratelimit::LayerSpec, route::RouteTable, tls::ServerTlsSpec,
+    upstream::ServiceSpec,
+};
 
 /// The configuration `gatewayd` runs on when started without `--config`: HTTP on
 /// 127.0.0.1:8080, metrics on 127.0.0.1:9090, and `/demo` routed to the built-in demo upstream.
@@ -37,6 +40,12 @@ pub struct Config {
     pub consumers: Arc<Consumers>,
     /// Identity: issuers, policies (per route), consumers, identity headers.
     pub auth: Arc<crate::auth::AuthSpec>,
+    /// `[redis]`, shared by the fleet.
+    pub redis: Option<KvSpec>,
+    /// `[[rate_limits]]`, in evaluation order.
+    pub rate_limits: Vec<LayerSpec>,
+    /// `[[token_budgets]]`.
+    pub token_budgets: Vec<BudgetSpec>,
 }
 
 #[derive(Debug, Clone)]

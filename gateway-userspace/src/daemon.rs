@@ -24,6 +24,7 @@ use crate::{
     listener::socket,
     logging,
     metrics::{Metrics, Readiness, host::HostCollector, host::WorkerThreads, server::MetricsServer},
+    ratelimit::LimitState,
     snapshot::Snapshot,
     state::{PartsHolder, SharedState, StateError},
     systemd,
@@ -98,12 +99,14 @@ impl Daemon {
         let mut registry = Registry::default();
         let audit_metrics = AuditMetrics::register(&mut registry);
         let readiness = Arc::new(Readiness::default());
+        let limits = LimitState::register(&mut registry);
         let ktls = KtlsSupport::probe().await;
         tracing::info!(supported = ktls.supported(), "{}", ktls.describe());
         let parts = PartsHolder::new(
             TlsParts::new(ktls, TlsMetrics::register(&mut registry))?,
             AuthEnv { metrics: AuthMetrics::register(&mut registry), readiness: readiness.clone() },
-        );
+        )
+        .with_limits(limits.clone());
         let phase_parts = parts.phase_parts(&config, &audit_metrics)?;
         let metrics_spec = config.metrics.clone();
         let demo = config.demo;
@@ -133,6 +136,9 @@ impl Daemon {
             AdminServer::start(path, shared.clone(), admin_tx)?;
             tracing::info!(socket = %path.display(), "admin endpoint listening");
         }
+        // Redis-backed policies should not start on their fail mode just because the first
+        // connection attempt is still in flight.
+        limits.settled().await;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut daemon = Daemon { shared, config_path, shutdown, workers: Vec::new(), events, admin };

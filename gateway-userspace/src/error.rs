@@ -5,7 +5,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use thiserror::Error;
 
-use crate::{auth::AuthError, pipeline::RequestError, proxy::ProxyError, tls::ClientCertError, upstream::ConnectError};
+use crate::{
+    auth::AuthError, budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError,
+    tls::ClientCertError, upstream::ConnectError,
+};
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -19,6 +22,10 @@ pub enum GatewayError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     ClientCert(#[from] ClientCertError),
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
 }
 
 impl GatewayError {
@@ -43,6 +50,10 @@ impl GatewayError {
             },
             GatewayError::Auth(e) => e.status(),
             GatewayError::ClientCert(_) => StatusCode::FORBIDDEN,
+            GatewayError::RateLimit(RateLimitError::Limited { .. })
+            | GatewayError::Budget(BudgetError::Exhausted { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimit(RateLimitError::Unavailable { .. })
+            | GatewayError::Budget(BudgetError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -71,21 +82,56 @@ impl GatewayError {
                 ClientCertError::Invalid => "client_cert_invalid",
                 ClientCertError::UnknownConsumer => "unknown_consumer",
             },
+            GatewayError::RateLimit(e) => match e {
+                RateLimitError::Limited { .. } => "rate_limited",
+                RateLimitError::Unavailable { .. } => "ratelimit_unavailable",
+            },
+            GatewayError::Budget(e) => match e {
+                BudgetError::Exhausted { .. } => "token_budget_exhausted",
+                BudgetError::Unavailable { .. } => "token_budget_unavailable",
+            },
         }
+    }
+
+    /// Server errors whose cause is already logged once where it happened (a Redis outage), so
+    /// a refusal per request would only flood the log.
+    pub fn logged_at_source(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::RateLimit(RateLimitError::Unavailable { .. })
+                | GatewayError::Budget(BudgetError::Unavailable { .. })
+        )
+    }
+
+    /// When the client may try again (`Retry-After`, whole seconds, at least one).
+    pub fn retry_after(&self) -> Option<u64> {
+        let after = match self {
+            GatewayError::RateLimit(e) => e.retry_after(),
+            GatewayError::Budget(e) => e.retry_after(),
+            _ => return None,
+        };
+        Some(after.as_millis().div_ceil(1000).max(1) as u64)
     }
 
     /// The JSON error response (status, body, and the headers some refusals carry).
     pub fn response(&self, request_id: &str) -> Response<Bytes> {
         let status = self.status();
-        let body = serde_json::json!({
+        let retry_after = self.retry_after();
+        let mut body = serde_json::json!({
             "error": self.reason(),
             "message": self.to_string(),
             "status": status.as_u16(),
             "request_id": request_id,
         });
+        if let Some(secs) = retry_after {
+            body["retry_after"] = secs.into();
+        }
         let mut resp = Response::new(Bytes::from(body.to_string()));
         *resp.status_mut() = status;
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if matches!(
             status,
             StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE | StatusCode::BAD_REQUEST
@@ -128,6 +174,34 @@ mod tests {
             (ClientCertError::Required.into(), 403, "client_cert_required"),
             (ClientCertError::Invalid.into(), 403, "client_cert_invalid"),
             (ClientCertError::UnknownConsumer.into(), 403, "unknown_consumer"),
+            (
+                RateLimitError::Limited {
+                    layer: "ip".into(),
+                    limit: 100,
+                    window: crate::ratelimit::Window::Minute,
+                    retry_after: Duration::from_millis(12_001),
+                }
+                .into(),
+                429,
+                "rate_limited",
+            ),
+            (
+                RateLimitError::Unavailable { layer: "ip".into(), source: crate::kv::KvError::Unavailable }.into(),
+                503,
+                "ratelimit_unavailable",
+            ),
+            (
+                BudgetError::Exhausted {
+                    budget: "ws".into(),
+                    limit: 10,
+                    used: 12,
+                    zone: "UTC".into(),
+                    retry_after: Duration::from_secs(3600),
+                }
+                .into(),
+                429,
+                "token_budget_exhausted",
+            ),
         ];
         for (err, status, reason) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");
@@ -136,6 +210,11 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
             assert_eq!(v["error"], reason);
             assert_eq!(v["request_id"], "rid");
+            if status == 429 {
+                let secs = resp.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
+                assert!(secs == 13 || secs == 3600, "{secs}");
+                assert_eq!(v["retry_after"], secs);
+            }
         }
         let resp = GatewayError::from(AuthError::BadAudience).response("rid");
         let challenge = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();

@@ -139,7 +139,8 @@ async fn run(
     };
     prepare_upstream_headers(ctx, snapshot, &mut head, host.as_deref());
     let service = &snapshot.services[route.service];
-    let body = RequestBody::new(body, limits.max_request_body, ctx.bytes_received.clone());
+    let body = RequestBody::new(body, limits.max_request_body, ctx.bytes_received.clone())
+        .observed(std::mem::take(&mut ctx.request_observers));
     ctx.timings.upstream_start = Some(Instant::now());
     let fwd = Forward { service, pool: &ctx.conn.worker.pool, path_and_query, host: preserved_host };
     match proxy::forward(fwd, head, body).await {
@@ -227,7 +228,7 @@ fn proxied_response(
 
 fn refusal(mut ctx: Box<RequestCtx>, snapshot: &Snapshot, error: &GatewayError) -> Response<ResponseBody> {
     let status = error.status();
-    if status.is_server_error() {
+    if status.is_server_error() && !error.logged_at_source() {
         tracing::warn!(request_id = ?ctx.request_id, reason = error.reason(), error = %error, "request failed");
     } else {
         tracing::debug!(request_id = ?ctx.request_id, reason = error.reason(), error = %error, "request refused");

@@ -10,7 +10,7 @@ use http::{HeaderValue, Method, Request, Response, Version, header, request, uri
 use hyper::body::Incoming;
 use thiserror::Error;
 
-pub use body::{BodyError, BodyObserver, RequestBody, ResponseBody, UpstreamLease};
+pub use body::{BodyError, BodyObserver, RequestBody, RequestObserver, ResponseBody, UpstreamLease};
 
 use crate::upstream::{ConnectError, PickError, Service, UpstreamPool};
 

@@ -2,12 +2,17 @@
 //! ordered phases. Built off the request path, swapped atomically on reload; in-flight
 //! requests finish on the snapshot they started with.
 
+use std::sync::Arc;
+
 use crate::{
     audit::{AuditPhase, AuditSink},
     auth::IdentifyPhase,
+    budget::BudgetPhase,
     config::Config,
+    kv::Kv,
     metrics::RequestMetrics,
     pipeline::{LatencyHeaders, Phase, Pipeline},
+    ratelimit::{LimitState, RateLimitPhase},
     tls::{ClientCertPhase, TlsParts, TlsRuntime, UpstreamTls},
     upstream::Service,
 };
@@ -44,6 +49,10 @@ pub struct PhaseParts {
     pub audit: Option<AuditSink>,
     pub identify: IdentifyPhase,
     pub tls: TlsParts,
+    /// Rate-limit and budget stores, clock and metrics.
+    pub limits: Arc<LimitState>,
+    /// The `[redis]` handle, when configured.
+    pub kv: Option<Kv>,
 }
 
 impl Snapshot {
@@ -60,16 +69,24 @@ impl Snapshot {
             })
             .collect();
         let tls = TlsRuntime::build(&config.listener_tls, &parts.tls);
-        Snapshot { generation, config, services, pipeline: standard_pipeline(parts), tls }
+        let pipeline = standard_pipeline(&config, parts);
+        Snapshot { generation, config, services, pipeline, tls }
     }
 }
 
 /// The phases, in order. Request hooks run in this order; so do response and log hooks.
-fn standard_pipeline(parts: PhaseParts) -> Pipeline {
+fn standard_pipeline(config: &Config, parts: PhaseParts) -> Pipeline {
     // Client certificate first (consumer by certificate), then identity (tokens, API keys,
-    // policies: it reads the certificate's consumer); later phases (limits) key on who it is.
-    let mut phases: Vec<Box<dyn Phase>> =
-        vec![Box::new(ClientCertPhase), Box::new(parts.identify), Box::new(LatencyHeaders), Box::new(RequestMetrics)];
+    // policies: it reads the certificate's consumer); the limits key on who the client is.
+    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(ClientCertPhase), Box::new(parts.identify)];
+    if !config.rate_limits.is_empty() {
+        phases.push(Box::new(RateLimitPhase::new(config, parts.limits.clone(), parts.kv.clone())));
+    }
+    if !config.token_budgets.is_empty() {
+        phases.push(Box::new(BudgetPhase::new(config, parts.limits.clone(), parts.kv.clone())));
+    }
+    phases.push(Box::new(LatencyHeaders));
+    phases.push(Box::new(RequestMetrics));
     if let Some(sink) = parts.audit {
         phases.push(Box::new(AuditPhase(sink)));
     }

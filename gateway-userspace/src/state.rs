@@ -1,6 +1,6 @@
 //! Process-wide state shared by the control thread and the workers.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -11,6 +11,7 @@ use crate::{
     auth::{AuthEnv, AuthHolder},
     config::Config,
     metrics::{Metrics, Readiness, host::WorkerThreads},
+    ratelimit::{LimitMetrics, LimitState, SystemClock},
     snapshot::{PhaseParts, Snapshot},
     tls::TlsParts,
 };
@@ -37,13 +38,15 @@ pub struct PartsHolder {
     audit: Mutex<Option<AuditSink>>,
     /// Session-ticket keys, the session cache, the kTLS decision and the TLS metrics.
     tls: TlsParts,
+    /// Rate-limit and budget stores, clock, metrics and the Redis handle.
+    limits: OnceLock<Arc<LimitState>>,
     /// Issuers' key caches and the revocation list.
     auth: AuthHolder,
 }
 
 impl PartsHolder {
     pub fn new(tls: TlsParts, auth: AuthEnv) -> Self {
-        PartsHolder { audit: Mutex::new(None), tls, auth: AuthHolder::new(auth) }
+        PartsHolder { audit: Mutex::new(None), tls, limits: OnceLock::new(), auth: AuthHolder::new(auth) }
     }
 
     pub fn tls(&self) -> &TlsParts {
@@ -52,6 +55,20 @@ impl PartsHolder {
 
     pub fn auth(&self) -> &AuthHolder {
         &self.auth
+    }
+
+    /// Uses `limits` (registered with the metrics) for rate limits and budgets.
+    pub fn with_limits(self, limits: Arc<LimitState>) -> Self {
+        let _ = self.limits.set(limits);
+        self
+    }
+
+    /// Limiter state kept across reloads (memory counters survive, the Redis handle is reused
+    /// while `[redis]` is unchanged).
+    pub fn limits(&self) -> &Arc<LimitState> {
+        self.limits.get_or_init(|| {
+            Arc::new(LimitState::new(Arc::new(SystemClock), Arc::new(LimitMetrics::default()), Default::default()))
+        })
     }
 
     /// The phases' long-lived parts for `config`: the audit writer is reused while its path
@@ -70,7 +87,10 @@ impl PartsHolder {
         };
         current.clone_from(&audit);
         drop(current);
-        Ok(PhaseParts { audit, tls: self.tls.clone(), identify: self.auth.phase(config.auth.clone()) })
+        let limits = self.limits().clone();
+        let kv = limits.kv_for(config.redis.as_ref());
+        let identify = self.auth.phase(config.auth.clone());
+        Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv, identify })
     }
 
     pub fn reopen_audit(&self) {

@@ -6,12 +6,14 @@ mod e2e {
     pub mod pki;
     pub mod support;
 
+    mod budget;
     mod config_cli;
     mod headers;
     mod identity;
     mod lifecycle;
     mod limits;
     mod observability;
+    mod ratelimit;
     mod routing;
     mod tls;
     mod upstreams;

@@ -9,9 +9,14 @@ use crate::cmd::{capture, cargo, exec, succeeds, workspace_root};
 
 /// Debian packages the pipeline uses, installed with apt when missing.
 const APT_PACKAGES: &[&str] = &[
-    // Rate-limit and jti revocation tests run a real redis-server.
+    // Rate-limit and jti revocation tests run a real redis-server (and redis-cli builds a
+    // Redis Cluster from three of them).
     "redis-server",
-    // Benchmarks: nginx as upstream; wrk, h2load (nghttp2-client) and hey as load generators.
+    "redis-tools",
+    // Token budget days in IANA time zones (jiff reads the system's zoneinfo).
+    "tzdata",
+    // Benchmarks (and their self-test): nginx as upstream and as the reference proxy; wrk, h2load
+    // (nghttp2-client) and hey as load generators.
     "nginx",
     "wrk",
     "nghttp2-client",

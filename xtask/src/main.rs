@@ -2,6 +2,7 @@
 //! and CI runs `test` (`.ci/run`) on fresh machines, so every command installs what it needs first
 //! (see `deps`).
 
+mod bench;
 mod build;
 mod cmd;
 mod deps;
@@ -12,7 +13,7 @@ mod vm_test;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -38,11 +39,8 @@ enum Command {
         #[arg(long)]
         scenario: Option<String>,
     },
-    /// Benchmarks against TARGET.
-    Bench {
-        /// What to benchmark.
-        target: String,
-    },
+    /// Run a benchmark and write bench/results/<TARGET>.md.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -69,7 +67,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             deps::ensure()?;
             vm_test::run(cmd::workspace_root(), scenario.as_deref())?
         }
-        Command::Bench { target } => bail!("bench {target}: not implemented yet"),
+        Command::Bench(opts) => bench::run(&opts)?,
     }
     Ok(ExitCode::SUCCESS)
 }

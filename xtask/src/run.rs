@@ -88,7 +88,7 @@ fn spawn(binary: &Path, args: &[OsString], blocked: SigSet) -> Result<Child> {
     cmd.spawn().with_context(|| format!("cannot start {}", binary.display()))
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     // Cargo resolves a relative CARGO_TARGET_DIR against its cwd, the workspace root here.
     env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), |dir| workspace_root().join(dir))
 }

@@ -153,8 +153,39 @@ poweroff -f
     )
 }
 
-/// Boots qemu with the serial console on stdout, killing it after `timeout`.
+/// Boots qemu with the serial console on stdout, killing it after `timeout`. Under TCG on a busy
+/// machine a guest occasionally hangs before its kernel starts; a boot that shows no sign of the
+/// init script within `BOOT_DEADLINE` is retried (twice at most).
 fn boot(vmlinuz: &Path, initramfs: &Path, timeout: Duration) -> Result<String> {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        match boot_once(vmlinuz, initramfs, timeout)? {
+            Boot::Finished(console) => return Ok(console),
+            Boot::TimedOut(console) => bail!("the guest did not finish within {timeout:?}\n{}", tail(&console)),
+            Boot::NeverStarted(console) if attempt < ATTEMPTS => {
+                eprintln!(
+                    "xtask: vm: the guest did not start within {BOOT_DEADLINE:?} (attempt {attempt}); retrying\n{}",
+                    tail(&console)
+                );
+            }
+            Boot::NeverStarted(console) => bail!("the guest never started ({ATTEMPTS} attempts)\n{}", tail(&console)),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// How long the kernel may take to reach our init script.
+const BOOT_DEADLINE: Duration = Duration::from_secs(60);
+/// Printed by the init script as soon as it runs.
+const STARTED_MARKER: &str = "vm: kernel";
+
+enum Boot {
+    Finished(String),
+    TimedOut(String),
+    NeverStarted(String),
+}
+
+fn boot_once(vmlinuz: &Path, initramfs: &Path, timeout: Duration) -> Result<Boot> {
     let mut child = Command::new("qemu-system-x86_64")
         .args([
             "-machine",
@@ -182,25 +213,35 @@ fn boot(vmlinuz: &Path, initramfs: &Path, timeout: Duration) -> Result<String> {
         .spawn()
         .context("starting qemu-system-x86_64 (qemu-system-x86)")?;
     let mut stdout = child.stdout.take().context("qemu stdout")?;
+    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = console.clone();
     let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(&buf[..n]);
+        }
     });
+    let text =
+        || String::from_utf8_lossy(&console.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned();
     let start = Instant::now();
-    let mut timed_out = false;
+    let mut outcome = None;
     while child.try_wait()?.is_none() {
-        if start.elapsed() > timeout {
+        if start.elapsed() > BOOT_DEADLINE && !text().contains(STARTED_MARKER) {
+            outcome = Some(Boot::NeverStarted as fn(String) -> Boot);
+        } else if start.elapsed() > timeout {
+            outcome = Some(Boot::TimedOut as fn(String) -> Boot);
+        }
+        if outcome.is_some() {
             let _ = child.kill();
-            timed_out = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.wait();
-    let console = reader.join().unwrap_or_default();
-    if timed_out {
-        bail!("the guest did not finish within {timeout:?}\n{}", tail(&console));
-    }
-    Ok(console)
+    let _ = reader.join();
+    let out = text();
+    Ok(outcome.map_or(Boot::Finished(out.clone()), |make| make(out)))
 }

@@ -6,6 +6,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::Deserialize;
 
+mod limits;
+pub use limits::*;
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +38,14 @@ pub struct FileConfig {
     /// The parties that call the gateway and their credentials. Default: none.
     #[serde(default)]
     pub consumers: Vec<ConsumerSection>,
+    /// Redis shared by the fleet. Default: none.
+    pub redis: Option<RedisSection>,
+    /// Rate-limit layers, in evaluation order. Default: none.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSection>,
+    /// Daily token budgets. Default: none.
+    #[serde(default)]
+    pub token_budgets: Vec<TokenBudgetSection>,
 }
 
 /// `[server]`: process-wide settings.

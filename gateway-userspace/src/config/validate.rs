@@ -24,6 +24,8 @@ use crate::{
     upstream::ServiceSpec,
 };
 
+mod limits;
+
 const DEFAULT_AUDIT_QUEUE: usize = 65_536;
 const DEFAULT_DEMO_BIND: &str = "127.0.0.1:8081";
 
@@ -85,6 +87,10 @@ impl Validator<'_> {
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
         let auth = Arc::new(self.auth(&f));
+        let redis = self.redis(&f);
+        let mut layer_names = HashSet::new();
+        let rate_limits = self.rate_limits(&f, redis.is_some(), &mut layer_names);
+        let token_budgets = self.token_budgets(&f, redis.is_some(), &mut layer_names);
         Config {
             source: self.file.to_owned(),
             server,
@@ -98,6 +104,9 @@ impl Validator<'_> {
             auth,
             listener_tls,
             consumers,
+            redis,
+            rate_limits,
+            token_budgets,
         }
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, header, request};
 
 use crate::{
-    proxy::{BodyObserver, headers},
+    proxy::{BodyObserver, RequestObserver, headers},
     snapshot::LocalSnapshot,
     worker::WorkerLocal,
 };
@@ -122,6 +122,8 @@ pub struct RequestCtx {
     pub usage: Usage,
     /// Observers attached by phases to the response body.
     pub response_observers: Vec<Box<dyn BodyObserver>>,
+    /// Observers attached by phases to the request body (handed to it when it is forwarded).
+    pub request_observers: Vec<Box<dyn RequestObserver>>,
     /// Phase-private data.
     pub extensions: http::Extensions,
 }
@@ -158,6 +160,7 @@ impl RequestCtx {
             identity: Identity::default(),
             usage: Usage::default(),
             response_observers: Vec::new(),
+            request_observers: Vec::new(),
             extensions: http::Extensions::new(),
         }
     }
@@ -190,10 +193,12 @@ impl RequestCtx {
         }
         self.outcome = Some(outcome);
         self.timings.end = Some(Instant::now());
-        if outcome == Outcome::Completed {
-            let mut observers = std::mem::take(&mut self.response_observers);
-            for o in &mut observers {
+        let mut observers = std::mem::take(&mut self.response_observers);
+        for o in &mut observers {
+            if outcome == Outcome::Completed {
                 o.on_end(self);
+            } else {
+                o.on_abort(self);
             }
         }
         let snapshot = self.snapshot.clone();

@@ -39,6 +39,18 @@ pub trait BodyObserver {
     fn on_data(&mut self, data: &Bytes);
     /// Called once when the body ended cleanly, before the log phases run.
     fn on_end(&mut self, ctx: &mut RequestCtx);
+    /// Called once instead of `on_end` when the body did not end cleanly (client gone, upstream
+    /// failed), before the log phases run: what was seen so far may still count.
+    fn on_abort(&mut self, _ctx: &mut RequestCtx) {}
+}
+
+/// Something that watches the request body go upstream (e.g. MCP tool calls). It runs where
+/// the body is polled (the upstream connection's task), so it cannot reach the request context:
+/// share state with a phase through the observer itself.
+pub trait RequestObserver {
+    fn on_data(&mut self, data: &Bytes);
+    /// Called once when the whole body was read.
+    fn on_end(&mut self);
 }
 
 /// The client's request body on its way upstream.
@@ -46,15 +58,28 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     limit: u64,
     received: Rc<Cell<u64>>,
+    observers: Vec<Box<dyn RequestObserver>>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64, received: Rc<Cell<u64>>) -> Self {
-        RequestBody { inner: Some(inner), limit, received }
+        RequestBody { inner: Some(inner), limit, received, observers: Vec::new() }
     }
 
     pub fn empty() -> Self {
-        RequestBody { inner: None, limit: 0, received: Rc::default() }
+        RequestBody { inner: None, limit: 0, received: Rc::default(), observers: Vec::new() }
+    }
+
+    /// Adds observers that see the body as it is sent.
+    pub fn observed(mut self, observers: Vec<Box<dyn RequestObserver>>) -> Self {
+        self.observers = observers;
+        self
+    }
+
+    fn ended(&mut self) {
+        for mut o in std::mem::take(&mut self.observers) {
+            o.on_end();
+        }
     }
 }
 
@@ -65,7 +90,10 @@ impl Body for RequestBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
         let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
-            None => return Poll::Ready(None),
+            None => {
+                self.ended();
+                return Poll::Ready(None);
+            }
             Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
             Some(Ok(f)) => f,
         };
@@ -74,8 +102,15 @@ impl Body for RequestBody {
             self.received.set(total);
             if total > self.limit {
                 self.inner = None;
+                self.observers.clear();
                 return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
             }
+            for o in &mut self.observers {
+                o.on_data(data);
+            }
+        }
+        if self.inner.as_ref().is_some_and(Body::is_end_stream) {
+            self.ended();
         }
         Poll::Ready(Some(Ok(frame)))
     }

@@ -38,7 +38,9 @@ async fn metrics_count_requests_and_latencies() {
     assert_eq!(metric_value(&m, "gateway_proxy_overhead_seconds_count", &[("route", "r")]), 4.0);
     assert_eq!(metric_value(&m, "gateway_request_duration_seconds_bucket", &[("route", "r"), ("le", "+Inf")]), 4.0);
     assert_eq!(metric_value(&m, "gateway_upstream_target_up", &[("service", "s")]), 1.0);
-    assert_eq!(metric_value(&m, "gateway_connections_active", &[("listener", "public")]), 1.0, "{m}");
+    // The client pool may hold a second connection it opened while the first was returned to it.
+    let active = metric_value(&m, "gateway_connections_active", &[("listener", "public")]);
+    assert!((1.0..=2.0).contains(&active), "{m}");
     // host metrics from the real /proc
     assert!(m.contains("gateway_cpu_seconds_total{"), "no host CPU metrics:\n{m}");
     assert!(m.contains("gateway_worker_cpu_seconds_total{"), "no worker CPU metrics:\n{m}");

@@ -437,3 +437,289 @@ socket = ""
         metrics = p.metrics,
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Redis: a real redis-server (and a real three-master Redis Cluster) on free loopback ports.
+// They fail loudly when redis-server is missing: `cargo xtask deps` installs it.
+
+fn free_tcp_port() -> u16 {
+    free_port().port()
+}
+
+/// Sends one inline command and returns the raw reply (enough for PING and CLUSTER INFO).
+pub fn redis_command(port: u16, command: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    s.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn spawn_redis(dir: &Path, port: u16, extra: &[String]) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start redis-server (install it with `cargo xtask deps`)")
+}
+
+fn wait_redis(port: u16, reply: &str, command: &str) {
+    let ok = eventually(Duration::from_secs(20), || {
+        redis_command(port, command).is_ok_and(|r| r.contains(reply)).then_some(())
+    });
+    assert!(ok.is_some(), "redis on port {port} did not answer {command} with {reply}");
+}
+
+/// One redis-server; `kill` and `restart` keep its port.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut s = RedisServer { port: free_tcp_port(), child: None, dir: tempfile::tempdir().expect("tempdir") };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as when the Redis host dies.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing is persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn_redis(self.dir.path(), self.port, &[]));
+        wait_redis(self.port, "+PONG", "PING");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three masters on loopback, slots split by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ports = Vec::new();
+        let mut children = Vec::new();
+        for i in 0..3 {
+            let (port, bus) = (free_tcp_port(), free_tcp_port());
+            let node_dir = dir.path().join(format!("n{i}"));
+            std::fs::create_dir(&node_dir).expect("node dir");
+            let extra =
+                ["--cluster-enabled", "yes", "--cluster-port", &bus.to_string(), "--cluster-node-timeout", "5000"]
+                    .map(String::from);
+            children.push(spawn_redis(&node_dir, port, &extra));
+            ports.push(port);
+        }
+        for &p in &ports {
+            wait_redis(p, "+PONG", "PING");
+        }
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("cannot run redis-cli (install redis-server with `cargo xtask deps`)");
+        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        for &p in &ports {
+            wait_redis(p, "cluster_state:ok", "CLUSTER INFO");
+        }
+        RedisCluster { ports, children, _dir: dir }
+    }
+
+    /// The TOML list of seed nodes.
+    pub fn toml_nodes(&self) -> String {
+        let nodes: Vec<String> = self.ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
+        format!("[{}]", nodes.join(", "))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A fake LLM / MCP upstream, OpenAI-compatible:
+// - `POST /v1/chat/completions`: JSON with `usage`, or server-sent events when the request
+//   body has `"stream": true` (the last data event carries `usage`, then `[DONE]`);
+// - `POST /mcp`: a JSON-RPC result.
+// - `GET /v1/models`: JSON without usage.
+// Request headers steer it: `x-fake-tokens` (total tokens in the body's usage, default 150),
+// `x-fake-tools` (comma-separated tool calls in the response), `x-fake-usage-header: N` (report N
+// tokens in an `x-usage-tokens` response header), `x-fake-hold` (stream: send the first event,
+// then wait for `FakeLlm::release` before the rest).
+
+/// A response body fed through a channel, so the fake upstream can stream with pauses.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+pub struct FakeLlm {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    hold: Arc<tokio::sync::Notify>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeLlm {
+    pub fn start() -> FakeLlm {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake llm");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let hold = Arc::new(tokio::sync::Notify::new());
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let (count, gate) = (requests.clone(), hold.clone());
+        let thread = std::thread::spawn(move || {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => return,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let (count, gate) = (count.clone(), gate.clone());
+                            tokio::spawn(async move {
+                                let svc = service_fn(move |req| {
+                                    count.fetch_add(1, Ordering::SeqCst);
+                                    let gate = gate.clone();
+                                    async move { Ok::<_, Infallible>(fake_llm(req, gate).await) }
+                                });
+                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        FakeLlm { addr, requests, hold, shutdown: Some(tx), thread: Some(thread) }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Lets a held stream (`x-fake-hold`) finish.
+    pub fn release(&self) {
+        self.hold.notify_one();
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.hold.notify_one();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn fake_llm(req: Request<Incoming>, hold: Arc<tokio::sync::Notify>) -> Response<ChannelBody> {
+    let (parts, body) = req.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let tokens: u64 = header("x-fake-tokens").and_then(|t| t.parse().ok()).unwrap_or(150);
+    let tools: Vec<String> =
+        header("x-fake-tools").map(|t| t.split(',').map(str::to_owned).collect()).unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let model = request["model"].as_str().unwrap_or("fake-model").to_owned();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut resp = Response::new(ChannelBody(rx));
+    if let Some(reported) = header("x-fake-usage-header") {
+        resp.headers_mut().insert("x-usage-tokens", http::HeaderValue::from_str(&reported).expect("header value"));
+    }
+    if parts.uri.path() == "/v1/models" {
+        resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+        let _ = tx.send(Bytes::from_static(b"{\"object\":\"list\",\"data\":[]}")).await;
+        return resp;
+    }
+    if parts.uri.path() == "/mcp" {
+        let result = serde_json::json!({"jsonrpc": "2.0", "id": request["id"], "result": {"content": []}});
+        resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+        let _ = tx.send(Bytes::from(result.to_string())).await;
+        return resp;
+    }
+    let calls: Vec<serde_json::Value> = tools
+        .iter()
+        .map(|t| serde_json::json!({"type": "function", "function": {"name": t, "arguments": "{}"}}))
+        .collect();
+    let usage = serde_json::json!({"prompt_tokens": tokens / 3, "completion_tokens": tokens - tokens / 3, "total_tokens": tokens});
+    if request["stream"].as_bool() == Some(true) {
+        resp.headers_mut().insert("content-type", http::HeaderValue::from_static("text/event-stream"));
+        let held = header("x-fake-hold").is_some();
+        tokio::spawn(async move {
+            let event = |v: serde_json::Value| Bytes::from(format!("data: {v}\n\n"));
+            let first =
+                serde_json::json!({"model": model, "choices": [{"delta": {"role": "assistant", "content": "Hel"}}]});
+            let _ = tx.send(event(first)).await;
+            if held {
+                hold.notified().await;
+            }
+            let second =
+                serde_json::json!({"model": model, "choices": [{"delta": {"content": "lo", "tool_calls": calls}}]});
+            let _ = tx.send(event(second)).await;
+            let last = serde_json::json!({"model": model, "choices": [], "usage": usage});
+            let _ = tx.send(event(last)).await;
+            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        });
+        return resp;
+    }
+    let full = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello", "tool_calls": calls}}],
+        "usage": usage,
+    });
+    resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+    let _ = tx.send(Bytes::from(full.to_string())).await;
+    resp
+}

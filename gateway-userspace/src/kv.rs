@@ -1,0 +1,367 @@
+//! Redis, the store for state that spans gateway nodes (rate-limit counters, token budgets; later
+//! jti revocations and introspection results). One [`Kv`] per configured `[redis]`: a single
+//! node or a Redis Cluster behind one handle.
+//!
+//! The contract every caller gets:
+//! - **Bounded waits.** Every command has the configured `timeout`; a worker never waits longer.
+//! - **Fail fast while down.** Connection errors (and three timeouts in a row) mark Redis down:
+//!   later calls fail at once with [`KvError::Unavailable`] instead of waiting, and the caller
+//!   applies its explicit [`FailMode`].
+//! - **Reconnects off the request path.** A supervisor task on the control runtime (`gw-control`)
+//!   reconnects with exponential backoff and jitter, pings every second while up, and keeps
+//!   `gateway_redis_up` true. Outages and recoveries are logged once each.
+//! - **One round trip per decision.** Callers send one command or one Lua script (EVALSHA; the
+//!   script is loaded on the first NOSCRIPT only) whose keys share a hash tag, so in a cluster it
+//!   touches one slot.
+//!
+//! Adding an operation: build a `redis::Cmd` or a `redis::ScriptInvocation` and call
+//! [`Kv::query`] or [`Kv::script`] with a short static `op` name (the metrics' `command` label).
+//! Fire-and-forget writes go through [`Kv::spawn_detached`] so they run on the control runtime.
+
+mod conn;
+mod metrics;
+
+use std::{
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwapOption;
+use redis::FromRedisValue;
+use thiserror::Error;
+use tokio::sync::{Notify, watch};
+
+pub use conn::Conn;
+pub use metrics::KvMetrics;
+
+/// How often the supervisor pings a connected Redis (and so how fast an idle outage shows).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Timeouts in a row that count as an outage.
+const TIMEOUTS_BEFORE_DOWN: u32 = 3;
+/// Detached commands in flight beyond which new ones are dropped (and counted).
+const MAX_DETACHED: usize = 10_000;
+
+/// The validated `[redis]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvSpec {
+    pub servers: KvServers,
+    /// Per command; past it the caller's fail mode applies.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Prepended to every key (`<prefix>:rl:…`), so fleets can share a Redis.
+    pub key_prefix: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvServers {
+    /// `redis://[user:password@]host:port[/db]` or `redis+unix:///path`.
+    Single(String),
+    /// Seed nodes of a Redis Cluster (`redis://host:port`).
+    Cluster(Vec<String>),
+}
+
+impl KvServers {
+    /// For logs and the `target` metric label: addresses without credentials.
+    pub fn redacted(&self) -> String {
+        match self {
+            KvServers::Single(url) => redact(url),
+            KvServers::Cluster(nodes) => {
+                format!("cluster:{}", nodes.iter().map(|n| redact(n)).collect::<Vec<_>>().join(","))
+            }
+        }
+    }
+}
+
+/// `redis://user:secret@host:6379/0` → `redis://host:6379/0`.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// What a caller does when Redis cannot answer: chosen per policy, never implied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Let the request through (and count it as `result="error"`).
+    Open,
+    /// Refuse the request with 503.
+    Closed,
+}
+
+#[derive(Debug, Clone, Error)]
+pub enum KvError {
+    #[error("redis is unreachable")]
+    Unavailable,
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis command failed: {0}")]
+    Command(String),
+}
+
+impl KvError {
+    /// The `kind` label of `gateway_redis_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KvError::Unavailable => "unavailable",
+            KvError::Timeout(_) => "timeout",
+            KvError::Command(_) => "command",
+        }
+    }
+}
+
+/// A handle on one Redis deployment. Cheap to clone; `Send + Sync`, usable from any worker.
+#[derive(Clone)]
+pub struct Kv {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv").field("target", &self.inner.target).field("up", &self.is_up()).finish()
+    }
+}
+
+struct Inner {
+    spec: KvSpec,
+    target: String,
+    /// `None` while down.
+    conn: ArcSwapOption<Conn>,
+    /// Wakes the supervisor (a connection was lost).
+    wake: Arc<Notify>,
+    /// Flips to true once the first connection attempt has finished, either way.
+    settled: watch::Sender<bool>,
+    timeouts_in_a_row: AtomicU32,
+    detached: AtomicUsize,
+    runtime: tokio::runtime::Handle,
+    metrics: KvMetrics,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.metrics.forget(&self.target);
+    }
+}
+
+impl Kv {
+    /// Starts the supervisor (which connects) on the current runtime: call this on the control
+    /// runtime. Never blocks; see [`Kv::settled`].
+    pub fn start(spec: KvSpec, metrics: KvMetrics) -> Kv {
+        let target = spec.servers.redacted();
+        if metrics.adopt(&target) {
+            metrics.set_up(&target, false);
+        }
+        let inner = Arc::new(Inner {
+            spec,
+            target,
+            conn: ArcSwapOption::empty(),
+            wake: Arc::new(Notify::new()),
+            settled: watch::Sender::new(false),
+            timeouts_in_a_row: AtomicU32::new(0),
+            detached: AtomicUsize::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            metrics,
+        });
+        inner.runtime.spawn(supervise(Arc::downgrade(&inner)));
+        Kv { inner }
+    }
+
+    pub fn spec(&self) -> &KvSpec {
+        &self.inner.spec
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.inner.conn.load().is_some()
+    }
+
+    /// Waits (at most `within`) until the first connection attempt has finished, so a starting
+    /// daemon does not apply fail modes to its first requests for nothing. True when up.
+    pub async fn settled(&self, within: Duration) -> bool {
+        let mut rx = self.inner.settled.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|s| *s)).await;
+        self.is_up()
+    }
+
+    /// `<key_prefix>:<rest>`.
+    pub fn key(&self, rest: std::fmt::Arguments<'_>) -> String {
+        format!("{}:{rest}", self.inner.spec.key_prefix)
+    }
+
+    /// Runs one command.
+    pub async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, KvError> {
+        let mut conn = self.conn(op)?;
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.inner.spec.timeout, cmd.query_async(&mut conn)).await;
+        self.finish(op, started, result)
+    }
+
+    /// Runs one Lua script: EVALSHA, loading the script only when Redis answers NOSCRIPT.
+    pub async fn script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, KvError> {
+        let mut conn = self.conn(op)?;
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.inner.spec.timeout, invocation.invoke_async(&mut conn)).await;
+        self.finish(op, started, result)
+    }
+
+    /// Runs `work` on the control runtime, off the worker (for writes nobody waits for). Dropped
+    /// and counted when too many are already in flight.
+    pub fn spawn_detached(&self, op: &'static str, work: impl Future<Output = ()> + Send + 'static) {
+        let inner = &self.inner;
+        if inner.detached.fetch_add(1, Ordering::Relaxed) >= MAX_DETACHED {
+            inner.detached.fetch_sub(1, Ordering::Relaxed);
+            inner.metrics.error(op, "dropped");
+            return;
+        }
+        let guard = DetachedGuard(self.inner.clone());
+        inner.runtime.spawn(async move {
+            work.await;
+            drop(guard);
+        });
+    }
+
+    fn conn(&self, op: &'static str) -> Result<Conn, KvError> {
+        match &*self.inner.conn.load() {
+            Some(c) => Ok(Conn::clone(c)),
+            None => {
+                self.inner.metrics.error(op, KvError::Unavailable.kind());
+                Err(KvError::Unavailable)
+            }
+        }
+    }
+
+    fn finish<T>(
+        &self,
+        op: &'static str,
+        started: Instant,
+        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, KvError> {
+        let inner = &self.inner;
+        inner.metrics.observe(op, started.elapsed());
+        let error = match result {
+            Ok(Ok(v)) => {
+                inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                return Ok(v);
+            }
+            Err(_) => {
+                if inner.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_DOWN {
+                    inner.mark_down(&format!("{TIMEOUTS_BEFORE_DOWN} commands in a row timed out"));
+                }
+                KvError::Timeout(inner.spec.timeout)
+            }
+            Ok(Err(e)) if conn::is_connection_error(&e) => {
+                inner.mark_down(&e.to_string());
+                KvError::Unavailable
+            }
+            Ok(Err(e)) => KvError::Command(e.to_string()),
+        };
+        inner.metrics.error(op, error.kind());
+        Err(error)
+    }
+}
+
+struct DetachedGuard(Arc<Inner>);
+
+impl Drop for DetachedGuard {
+    fn drop(&mut self) {
+        self.0.detached.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    /// Drops the connection (once per outage: logs, gauge, wakes the supervisor).
+    fn mark_down(&self, why: &str) {
+        if self.conn.swap(None).is_some() {
+            self.metrics.set_up(&self.target, false);
+            tracing::warn!(target_addr = %self.target, reason = why, "redis unreachable; policies that use it apply their on_redis_error mode until it is back");
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Connects, reconnects with backoff, and pings while connected. Holds only a weak reference
+/// between steps, so it ends soon after the last [`Kv`] handle is dropped (e.g. a reload that
+/// changed `[redis]`).
+async fn supervise(weak: Weak<Inner>) {
+    let mut failures = 0u32;
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.conn.load().is_none() {
+            let started = Instant::now();
+            let connected = conn::connect(&inner.spec).await;
+            inner.metrics.observe("connect", started.elapsed());
+            match connected {
+                Ok(c) => {
+                    inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                    inner.conn.store(Some(Arc::new(c)));
+                    inner.metrics.set_up(&inner.target, true);
+                    match down_since.take() {
+                        Some(since) => {
+                            tracing::info!(target_addr = %inner.target, down_for = ?since.elapsed(), "redis reachable again")
+                        }
+                        None => tracing::info!(target_addr = %inner.target, "redis connected"),
+                    }
+                    failures = 0;
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::warn!(target_addr = %inner.target, error = %e, "cannot connect to redis; retrying with backoff");
+                    } else {
+                        tracing::debug!(target_addr = %inner.target, error = %e, attempt = failures + 1, "redis connect failed");
+                    }
+                    down_since.get_or_insert_with(Instant::now);
+                    failures += 1;
+                }
+            }
+            inner.settled.send_replace(true);
+            if failures > 0 {
+                let delay = backoff(&inner.spec, failures);
+                drop(inner);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        }
+        let wake = inner.wake.clone();
+        drop(inner);
+        tokio::select! {
+            () = wake.notified() => {
+                down_since.get_or_insert_with(Instant::now);
+            }
+            () = tokio::time::sleep(HEALTH_INTERVAL) => ping(&weak).await,
+        }
+    }
+}
+
+async fn ping(weak: &Weak<Inner>) {
+    let Some(inner) = weak.upgrade() else { return };
+    let kv = Kv { inner };
+    // Errors mark the connection down inside `finish`; a timeout counts towards it.
+    let _ = kv.query::<String>("ping", &redis::cmd("PING")).await;
+}
+
+/// `reconnect_min · 2^(n-1)`, capped at `reconnect_max`, minus up to 20 % jitter so a fleet does
+/// not reconnect in lockstep.
+fn backoff(spec: &KvSpec, failures: u32) -> Duration {
+    use std::hash::BuildHasher;
+    let base = spec.reconnect_min.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(spec.reconnect_max);
+    let noise = std::collections::hash_map::RandomState::new().hash_one(failures) % 1000;
+    base.saturating_sub(base.mul_f64(noise as f64 / 5000.0))
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;

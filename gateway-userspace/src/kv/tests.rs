@@ -1,0 +1,92 @@
+use std::time::{Duration, Instant};
+
+use super::{
+    testing::{RedisServer, eventually},
+    *,
+};
+
+fn kv(server: &RedisServer) -> Kv {
+    Kv::start(server.spec(), KvMetrics::default())
+}
+
+#[tokio::test]
+async fn commands_and_scripts_run_once_connected() {
+    let server = RedisServer::start();
+    let kv = kv(&server);
+    assert!(kv.settled(Duration::from_secs(2)).await, "connects at start");
+    let pong: String = kv.query("ping", &redis::cmd("PING")).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    let mut call = script.prepare_invoke();
+    call.key(kv.key(format_args!("t:{{a}}"))).arg(5);
+    // The first call loads the script (NOSCRIPT), later ones only send its hash.
+    assert_eq!(kv.script::<i64>("incr", &call).await.unwrap(), 5);
+    assert_eq!(kv.script::<i64>("incr", &call).await.unwrap(), 10);
+    assert_eq!(kv.key(format_args!("x")), "test:x");
+}
+
+#[tokio::test]
+async fn an_outage_fails_fast_and_recovery_needs_no_restart() {
+    let mut server = RedisServer::start();
+    let kv = kv(&server);
+    assert!(kv.settled(Duration::from_secs(2)).await);
+    server.kill();
+    // The first command after the kill notices; the ones after it fail without waiting.
+    let _ = kv.query::<String>("ping", &redis::cmd("PING")).await;
+    assert!(eventually(Duration::from_secs(3), async || !kv.is_up()).await, "outage detected");
+    let started = Instant::now();
+    let err = kv.query::<String>("ping", &redis::cmd("PING")).await.unwrap_err();
+    assert!(matches!(err, KvError::Unavailable), "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(50), "failing fast, not waiting: {:?}", started.elapsed());
+
+    server.restart();
+    assert!(eventually(Duration::from_secs(5), async || kv.is_up()).await, "reconnected by the supervisor");
+    let pong: String = kv.query("ping", &redis::cmd("PING")).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[tokio::test]
+async fn a_hung_server_costs_at_most_the_timeout() {
+    let server = RedisServer::start();
+    let kv = kv(&server);
+    assert!(kv.settled(Duration::from_secs(2)).await);
+    server.pause(true);
+    for _ in 0..TIMEOUTS_BEFORE_DOWN {
+        let started = Instant::now();
+        let err = kv.query::<String>("ping", &redis::cmd("PING")).await.unwrap_err();
+        assert!(matches!(err, KvError::Timeout(_)), "{err:?}");
+        let took = started.elapsed();
+        assert!(took < kv.spec().timeout + Duration::from_millis(150), "{took:?}");
+    }
+    assert!(!kv.is_up(), "timeouts in a row count as an outage");
+    server.pause(false);
+    assert!(eventually(Duration::from_secs(5), async || kv.is_up()).await, "back once it answers again");
+}
+
+#[tokio::test]
+async fn starting_without_redis_connects_later() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let kv = kv(&server);
+    assert!(!kv.settled(Duration::from_secs(2)).await, "first attempt failed");
+    server.restart();
+    assert!(eventually(Duration::from_secs(5), async || kv.is_up()).await);
+}
+
+#[test]
+fn credentials_never_reach_logs_or_labels() {
+    assert_eq!(KvServers::Single("redis://u:s3cret@10.0.0.1:6379/2".into()).redacted(), "redis://10.0.0.1:6379/2");
+    assert_eq!(
+        KvServers::Cluster(vec!["redis://:pw@a:1".into(), "redis://b:2".into()]).redacted(),
+        "cluster:redis://a:1,redis://b:2"
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap_with_jitter() {
+    let spec = testing::spec(KvServers::Single(String::new()));
+    for (failures, nominal) in [(1, 20), (2, 40), (3, 80), (5, 200), (30, 200)] {
+        let d = backoff(&spec, failures).as_millis() as u64;
+        assert!(d <= nominal && d >= nominal * 4 / 5, "failures={failures}: {d}ms");
+    }
+}

@@ -1,0 +1,287 @@
+//! Token budgets end to end, against a fake OpenAI-compatible upstream: charged from JSON and
+//! from server-sent events (without buffering the stream), the upstream's usage header, the audit
+//! fields, MCP tool calls, exhaustion and the reset at the budget's midnight, and Redis.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+
+use super::support::*;
+
+fn config(p: &Ports, llm: &FakeLlm, budget: &str) -> String {
+    basic_config(
+        p,
+        2,
+        &format!(
+            r#"
+[audit]
+path = "{audit}"
+
+[[services]]
+name = "llm"
+targets = ["{llm}"]
+
+[[routes]]
+name = "chat"
+service = "llm"
+paths = ["/v1"]
+auth = "tenants"
+
+[[routes]]
+name = "mcp"
+service = "llm"
+paths = ["/mcp"]
+auth = "tenants"
+
+{tenants}
+
+{budget}
+"#,
+            audit = p.dir.join("audit.log").display(),
+            llm = llm.addr,
+            tenants = tenants(),
+        ),
+    )
+}
+
+/// The workspaces the tests use, each an API consumer: a workspace comes from the caller's
+/// authenticated identity (a client-sent `X-Workspace-Id` is removed by the identify phase).
+const WORKSPACES: [&str; 7] = ["workspace-123", "workspace-456", "ws-daily", "ws-mcp", "ws-r", "ws-stream", "ws-tiny"];
+
+fn tenants() -> String {
+    let mut t = String::from("[auth]\n[[auth.policies]]\nname = \"tenants\"\nany_of = [\"api_key\"]\n");
+    for ws in WORKSPACES {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, api_key(ws).as_bytes());
+        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        t.push_str(&format!(
+            "[[consumers]]\nname = \"{ws}\"\napi_keys = [\"sha256:{hex}\"]\nworkspace_id = \"{ws}\"\n"
+        ));
+    }
+    t
+}
+
+fn api_key(workspace: &str) -> String {
+    format!("key-{workspace}")
+}
+
+const BUDGET: &str = r#"
+[[token_budgets]]
+name = "ws-daily"
+routes = ["chat", "mcp"]
+daily_tokens = 1000
+"#;
+
+fn chat(gw: &Gateway, workspace: &str, stream: bool, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let body = serde_json::json!({
+        "model": "llama-3.3-8b-instruct",
+        "messages": [{"role": "user", "content": "Hello"}],
+        "stream": stream,
+    });
+    let mut b = req("POST", &gw.url("/v1/chat/completions"), "api.test")
+        .header("content-type", "application/json")
+        .header("x-api-key", api_key(workspace));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::from(body.to_string())).unwrap()
+}
+
+/// A request that costs nothing (no usage in the response): reads the budget headers.
+async fn probe(gw: &Gateway, workspace: &str) -> Reply {
+    let r = req("GET", &gw.url("/v1/models"), "api.test").header("x-api-key", api_key(workspace));
+    send(&client(), r.body(Full::default()).unwrap()).await
+}
+
+async fn used_becomes(gw: &Gateway, workspace: &str, used: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = probe(gw, workspace).await;
+        if r.header("x-token-budget-used") == Some(&used.to_string()) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "used never became {used}: {:?}", r.headers);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn audit_line(gw: &Gateway, path: &str, n: usize) -> Vec<serde_json::Value> {
+    let file = gw.ports.dir.join("audit.log");
+    eventually(Duration::from_secs(10), || {
+        let lines: Vec<_> = gw.audit_lines(&file).into_iter().filter(|l| l["path"] == path).collect();
+        (lines.len() >= n).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("no {n} audit lines for {path}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budgets_are_charged_from_json_and_sse_usage() {
+    let llm = FakeLlm::start();
+    let gw = Gateway::start(|p| config(p, &llm, BUDGET));
+    let c = client();
+
+    let r =
+        send(&c, chat(&gw, "workspace-123", false, &[("x-fake-tokens", "150"), ("x-fake-tools", "search,calculator")]))
+            .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-token-budget-limit"), Some("1000"));
+    assert_eq!(r.header("x-token-budget-used"), Some("0"));
+    assert_eq!(r.header("x-token-budget-remaining"), Some("1000"));
+    assert!(r.json()["usage"]["total_tokens"] == 150, "the body passes through unchanged");
+    used_becomes(&gw, "workspace-123", 150).await;
+
+    let r = send(&c, chat(&gw, "workspace-123", true, &[("x-fake-tokens", "200"), ("x-fake-tools", "lookup")])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-token-budget-used"), Some("150"));
+    assert!(String::from_utf8_lossy(&r.body).ends_with("data: [DONE]\n\n"));
+    used_becomes(&gw, "workspace-123", 350).await;
+    assert_eq!(probe(&gw, "workspace-456").await.header("x-token-budget-used"), Some("0"), "per workspace");
+
+    let lines = audit_line(&gw, "/v1/chat/completions", 2);
+    assert_eq!(lines[0]["tokens_used"], 150);
+    assert_eq!(lines[0]["model_name"], "llama-3.3-8b-instruct");
+    assert_eq!(lines[0]["tools_used"], serde_json::json!(["search", "calculator"]));
+    assert_eq!(lines[0]["workspace_id"], "workspace-123");
+    assert_eq!(lines[1]["tokens_used"], 200);
+    assert_eq!(lines[1]["tools_used"], serde_json::json!(["lookup"]));
+    let m = gw.metrics();
+    assert_eq!(metric_value(&m, "gateway_token_budget_tokens_total", &[("route", "chat")]), 350.0, "{m}");
+    assert!(!m.contains("gateway_token_budget_tokens_total{route=\"chat\",workspace"), "no workspace label by default");
+    assert!(
+        metric_value(&m, "gateway_ratelimit_decisions_total", &[("layer", "ws-daily"), ("result", "allowed")]) >= 2.0
+    );
+    assert!(
+        metric_value(&m, "gateway_token_budget_uncounted_total", &[("route", "chat"), ("reason", "no_usage")]) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_are_counted_without_being_buffered() {
+    let llm = FakeLlm::start();
+    let gw = Gateway::start(|p| config(p, &llm, BUDGET));
+    let resp =
+        client().request(chat(&gw, "ws-stream", true, &[("x-fake-tokens", "42"), ("x-fake-hold", "1")])).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    // The upstream holds the rest of the stream: the first event still reaches the client.
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("first event not buffered");
+    let first = first.expect("a frame").expect("data").into_data().expect("data frame");
+    assert!(String::from_utf8_lossy(&first).contains("Hel"), "{first:?}");
+    llm.release();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&rest).contains("\"total_tokens\":42"));
+    used_becomes(&gw, "ws-stream", 42).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_tool_calls_and_the_usage_header_reach_the_audit_log() {
+    let llm = FakeLlm::start();
+    let budget = format!("{BUDGET}usage_header = \"x-usage-tokens\"\n");
+    let gw = Gateway::start(|p| config(p, &llm, &budget));
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "search", "arguments": {"q": "rust"}}});
+    let r = req("POST", &gw.url("/mcp"), "api.test")
+        .header("content-type", "application/json")
+        .header("x-api-key", api_key("ws-mcp"))
+        .body(Full::from(call.to_string()))
+        .unwrap();
+    let r = send(&client(), r).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["id"], 7);
+    let line = &audit_line(&gw, "/mcp", 1)[0];
+    assert_eq!(line["tools_used"], serde_json::json!(["search"]));
+    assert_eq!(line["tokens_used"], serde_json::Value::Null);
+
+    // The upstream's header wins over the body's usage.
+    let r =
+        send(&client(), chat(&gw, "ws-mcp", false, &[("x-fake-tokens", "10"), ("x-fake-usage-header", "33")])).await;
+    assert_eq!(r.status, 200);
+    used_becomes(&gw, "ws-mcp", 33).await;
+}
+
+/// An offset that puts local midnight `secs` seconds from now (`±HH:MM:SS`).
+fn offset_with_midnight_in(secs: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut offset = (86_400 - secs as i64 - now.rem_euclid(86_400)).rem_euclid(86_400);
+    if offset > 43_200 {
+        offset -= 86_400;
+    }
+    let (sign, o) = if offset < 0 { ('-', -offset) } else { ('+', offset) };
+    format!("{sign}{:02}:{:02}:{:02}", o / 3600, o % 3600 / 60, o % 60)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exhausted_budget_refuses_until_midnight_in_its_time_zone() {
+    let llm = FakeLlm::start();
+    let budget = |zone: &str| {
+        format!("[[token_budgets]]\nname = \"tiny\"\nroutes = [\"chat\"]\ndaily_tokens = 100\ntimezone = \"{zone}\"\n")
+    };
+    let gw = Gateway::start(|p| config(p, &llm, &budget("UTC")));
+    // Once it runs (startup time does not matter), move the budget's midnight a few seconds
+    // ahead: a reload keeps the counters.
+    let zone = offset_with_midnight_in(6);
+    assert!(gw.reload(&config(&gw.ports, &llm, &budget(&zone))), "reload to {zone}:\n{}", gw.stderr());
+    let r = send(&client(), chat(&gw, "ws-tiny", false, &[("x-fake-tokens", "150")])).await;
+    assert_eq!(r.status, 200, "the request that crosses the budget is served");
+    // Charged: the budget is exhausted until the day rolls over.
+    let refused = eventually(Duration::from_secs(5), || {
+        let r = futures_block(probe(&gw, "ws-tiny"));
+        (r.status == 429).then_some(r)
+    })
+    .expect("refused once exhausted");
+    let body = refused.json();
+    assert_eq!(body["error"], "token_budget_exhausted");
+    assert!(body["message"].as_str().unwrap().contains("150 of 100 tokens"), "{body}");
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=7).contains(&retry), "Retry-After {retry} is the time to midnight");
+    assert_eq!(refused.header("x-token-budget-remaining"), Some("0"));
+    let reached = llm.requests();
+    assert_eq!(futures_block(probe(&gw, "ws-tiny")).status, 429);
+    assert_eq!(llm.requests(), reached, "refused requests never reach the upstream");
+    // After local midnight the budget is fresh.
+    let fresh = eventually(Duration::from_secs(20), || {
+        let r = futures_block(probe(&gw, "ws-tiny"));
+        (r.status == 200).then_some(r)
+    })
+    .expect("served again after midnight");
+    assert_eq!(fresh.header("x-token-budget-used"), Some("0"));
+}
+
+/// Runs a future to completion from a synchronous polling closure (inside a multi-thread
+/// runtime).
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_budgets_are_shared_and_fail_as_configured() {
+    let llm = FakeLlm::start();
+    let mut redis = RedisServer::start();
+    let budget = format!(
+        "[redis]\nurl = \"{}\"\ntimeout = \"200ms\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n\n[[token_budgets]]\nname = \"shared\"\nroutes = [\"chat\"]\ndaily_tokens = 500\nbackend = \"redis\"\non_redis_error = \"fail_closed\"\nworkspace_label = true\n",
+        redis.url()
+    );
+    let a = Gateway::start(|p| config(p, &llm, &budget));
+    let b = Gateway::start(|p| config(p, &llm, &budget));
+    let r = send(&client(), chat(&a, "ws-r", true, &[("x-fake-tokens", "120")])).await;
+    assert_eq!(r.status, 200);
+    // Charged through one gateway, seen by the other.
+    used_becomes(&b, "ws-r", 120).await;
+    let m = a.metrics();
+    assert_eq!(
+        metric_value(&m, "gateway_token_budget_tokens_total", &[("route", "chat"), ("workspace", "ws-r")]),
+        120.0,
+        "{m}"
+    );
+
+    redis.kill();
+    let r = eventually(Duration::from_secs(5), || {
+        let r = futures_block(probe(&a, "ws-r"));
+        (r.status == 503).then_some(r)
+    })
+    .expect("fails closed");
+    assert_eq!(r.json()["error"], "token_budget_unavailable");
+    redis.restart();
+    let back = eventually(Duration::from_secs(10), || (futures_block(probe(&a, "ws-r")).status == 200).then_some(()));
+    assert!(back.is_some(), "recovers without a restart");
+}

@@ -1,0 +1,134 @@
+//! `cargo xtask bench <name>`: benchmarks that measure the speed goals (never timed assertions in
+//! tests). Each writes `bench/results/<name>.md`.
+//!
+//! The parts every benchmark shares live in the submodules: CPU pinning that keeps the subject
+//! apart from the load (`cpus`), pinned processes stopped on drop and awaited by polling
+//! (`process`), CPU time, memory and descriptors of a process tree (`procfs`), the load
+//! generators (`load`: wrk, oha), idle-connection memory (`idle`), and the report (`report`).
+//! Runs are interleaved (A B C A B C …) so that drift on a shared machine hits every subject alike.
+
+mod cpus;
+mod http;
+mod idle;
+mod load;
+mod process;
+mod procfs;
+mod proxy;
+mod report;
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::run::target_dir;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// The benchmark to run.
+    #[arg(value_enum)]
+    target: Target,
+    /// Measured runs of each kind per subject (interleaved); the report shows their medians.
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Seconds each measured load run lasts.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent keep-alive connections of the load generators.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Idle keep-alive connections opened to measure memory per connection.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Target {
+    /// gatewayd vs nginx as a reverse proxy vs the upstream directly: rps, latency, CPU, memory.
+    Proxy,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    match opts.target {
+        Target::Proxy => proxy::run(opts),
+    }
+}
+
+/// Something a benchmark sends load to, and the processes whose cost is measured.
+pub struct Subject {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub tree: procfs::Tree,
+}
+
+impl Subject {
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+/// How much of some CPUs' capacity *other* processes (builds, other tenants) used while a
+/// measurement ran: the noise indicator of every raw run.
+pub struct Background<'a> {
+    /// The CPUs that should have been ours alone.
+    pub cpus: &'a cpus::CpuList,
+    /// Our processes pinned there (their CPU time is not background).
+    pub own: Vec<procfs::Tree>,
+}
+
+impl Background<'_> {
+    /// Runs `f`; returns its result and the share (0 to 1) of `cpus`' capacity that processes
+    /// other than `own` were busy during it.
+    pub fn measure<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+        let own = |trees: &[procfs::Tree]| -> Result<std::time::Duration> {
+            trees.iter().map(|t| t.cpu_time()).sum::<Result<std::time::Duration>>()
+        };
+        let start = std::time::Instant::now();
+        let busy = procfs::cpus_busy_time(&self.cpus.0)?;
+        let mine = own(&self.own)?;
+        let result = f()?;
+        let busy = procfs::cpus_busy_time(&self.cpus.0)?.saturating_sub(busy);
+        let mine = own(&self.own)?.saturating_sub(mine);
+        let capacity = start.elapsed().as_secs_f64() * self.cpus.len() as f64;
+        Ok((result, (busy.saturating_sub(mine).as_secs_f64() / capacity).clamp(0.0, 1.0)))
+    }
+}
+
+/// Runs `f` for every subject, `reps` times, interleaved (rep 1: A B C, rep 2: A B C, …);
+/// returns the results per subject, in rep order.
+pub fn interleave<S, T>(reps: u32, subjects: &[S], mut f: impl FnMut(u32, &S) -> Result<T>) -> Result<Vec<Vec<T>>> {
+    let mut results: Vec<Vec<T>> = subjects.iter().map(|_| Vec::new()).collect();
+    for rep in 0..reps {
+        for (i, subject) in subjects.iter().enumerate() {
+            results[i].push(f(rep, subject)?);
+        }
+    }
+    Ok(results)
+}
+
+/// A free loopback port (bound, then released for the subject to bind).
+pub fn free_port() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// `target/bench/<name>/`, emptied: configs and logs of this run, kept for inspection.
+pub fn run_dir(name: &str) -> Result<PathBuf> {
+    let dir = target_dir().join("bench").join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot empty {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The release gatewayd binary (built by the benchmark first).
+pub fn gatewayd_binary() -> PathBuf {
+    target_dir().join("release").join("gatewayd")
+}
+
+#[cfg(test)]
+mod tests;

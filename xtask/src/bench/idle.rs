@@ -1,0 +1,83 @@
+//! Memory per idle keep-alive connection: open many connections to a subject, measure its
+//! memory (PSS and RSS of its process tree) before, with the connections merely open, after one
+//! request on each (the keep-alive state that matters), and after they are closed again.
+
+use std::{net::SocketAddr, net::TcpStream, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+use super::{
+    http,
+    procfs::{Memory, Tree},
+};
+
+/// How long the subject may take to accept (or notice the closing of) all the connections.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Descriptors a proxy may still hold once the client connections are closed: upstream
+/// connections opened for the requests (sequential requests need one).
+const UPSTREAM_SLACK: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct IdleResult {
+    pub connections: usize,
+    pub before: Memory,
+    /// Connected, no request sent yet.
+    pub connected: Memory,
+    /// One request answered on each, then idle.
+    pub after_request: Memory,
+    /// All closed again (what the allocator kept).
+    pub released: Memory,
+}
+
+impl IdleResult {
+    /// PSS growth per connection from `before` to `state`, in bytes.
+    pub fn pss_per_connection(&self, state: &Memory) -> f64 {
+        (state.pss_bytes as f64 - self.before.pss_bytes as f64) / self.connections as f64
+    }
+
+    pub fn rss_per_connection(&self, state: &Memory) -> f64 {
+        (state.rss_bytes as f64 - self.before.rss_bytes as f64) / self.connections as f64
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (children inherit it: the subject
+/// needs one descriptor per connection too) and returns it.
+pub fn raise_fd_limit() -> Result<u64> {
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(RLIMIT_NOFILE)")?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit(RLIMIT_NOFILE)")?;
+    Ok(hard)
+}
+
+/// Opens `n` connections to `addr` (served by `tree`), sends `GET path` on each one after the
+/// other (sequentially, so a proxy needs a single upstream connection) and measures the
+/// subject's memory at each step. The connections are closed before this returns.
+pub fn measure(tree: Tree, addr: SocketAddr, path: &str, n: usize) -> Result<IdleResult> {
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if n as u64 + 64 > soft {
+        bail!("{n} idle connections need more descriptors than the limit of {soft} (see raise_fd_limit)");
+    }
+    let fds_before = tree.open_fds()?;
+    let before = tree.memory()?;
+
+    let mut conns: Vec<TcpStream> = Vec::with_capacity(n);
+    for i in 0..n {
+        conns.push(http::connect(addr).with_context(|| format!("idle connection {i} of {n}"))?);
+    }
+    tree.wait_for_fds("the connections to be accepted", SETTLE_TIMEOUT, |fds| fds >= fds_before + n)?;
+    let connected = tree.memory()?;
+
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let response = http::request(conn, addr, path).with_context(|| format!("request on idle connection {i}"))?;
+        if response.status != 200 {
+            bail!("request on idle connection {i}: status {}", response.status);
+        }
+    }
+    let after_request = tree.memory()?;
+
+    drop(conns);
+    // A proxy may keep the upstream connection(s) these requests opened.
+    tree.wait_for_fds("the connections to be closed", SETTLE_TIMEOUT, |fds| fds <= fds_before + UPSTREAM_SLACK)?;
+    let released = tree.memory()?;
+    Ok(IdleResult { connections: n, before, connected, after_request, released })
+}

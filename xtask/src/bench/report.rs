@@ -1,0 +1,193 @@
+//! Writing `bench/results/<name>.md`: tables of raw numbers and medians, ratios against a
+//! baseline, and what is needed to reproduce them (machine, versions, date, commands, configs).
+
+use std::{fmt::Write as _, fs, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use crate::cmd::{capture, workspace_root};
+
+/// A markdown document built section by section.
+#[derive(Default)]
+pub struct Report {
+    text: String,
+}
+
+impl Report {
+    pub fn new(title: &str) -> Self {
+        let mut r = Self::default();
+        r.line(&format!("# {title}"));
+        r.blank();
+        r
+    }
+
+    pub fn heading(&mut self, text: &str) {
+        self.line(&format!("## {text}"));
+        self.blank();
+    }
+
+    pub fn paragraph(&mut self, text: &str) {
+        self.line(text);
+        self.blank();
+    }
+
+    /// A table; every row should have as many cells as the header.
+    pub fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
+        self.line(&format!("| {} |", header.join(" | ")));
+        self.line(&format!("|{}", " --- |".repeat(header.len())));
+        for row in rows {
+            self.line(&format!("| {} |", row.join(" | ")));
+        }
+        self.blank();
+    }
+
+    /// A fenced block (commands, configuration files).
+    pub fn code(&mut self, lang: &str, body: &str) {
+        self.line(&format!("```{lang}"));
+        self.line(body.trim_end());
+        self.line("```");
+        self.blank();
+    }
+
+    /// Writes `bench/results/<name>.md` and returns its path.
+    pub fn write(&self, name: &str) -> Result<PathBuf> {
+        let dir = workspace_root().join("bench").join("results");
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{name}.md"));
+        fs::write(&path, &self.text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    fn line(&mut self, text: &str) {
+        let _ = writeln!(self.text, "{text}");
+    }
+
+    fn blank(&mut self) {
+        self.text.push('\n');
+    }
+}
+
+/// The median (the mean of the middle two for an even count); NaN for no values.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) { (sorted[mid - 1] + sorted[mid]) / 2.0 } else { sorted[mid] }
+}
+
+/// `a / b` as `1.23×`, or `–` when it is meaningless.
+pub fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b != 0.0 { format!("{:.2}×", a / b) } else { "–".to_owned() }
+}
+
+/// A number with `digits` decimals, `–` for NaN.
+pub fn num(value: f64, digits: usize) -> String {
+    if value.is_finite() { format!("{value:.digits$}") } else { "–".to_owned() }
+}
+
+/// Facts about the machine and the moment, for the report's setup section.
+pub struct Machine {
+    pub date: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory: String,
+    pub loadavg: String,
+}
+
+impl Machine {
+    pub fn read() -> Self {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .map_or_else(|| "unknown".to_owned(), |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0));
+        Self {
+            date: output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])),
+            kernel: output(Command::new("uname").args(["-srm"])),
+            cpu_model,
+            cpus,
+            memory,
+            loadavg: loadavg(),
+        }
+    }
+}
+
+/// The 1, 5 and 15 minute load averages: how busy the machine was (others share it).
+pub fn loadavg() -> String {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The first line a command prints (on stdout, or stderr: `nginx -v`), or `unknown`.
+pub fn version_of(cmd: &mut Command) -> String {
+    match cmd.output() {
+        Ok(out) => {
+            let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
+            String::from_utf8_lossy(&text).lines().next().unwrap_or("unknown").trim().to_owned()
+        }
+        Err(_) => "unknown".to_owned(),
+    }
+}
+
+/// The commit being measured, `-dirty` when the worktree has changes.
+pub fn git_revision() -> String {
+    let root = workspace_root();
+    let rev = capture(Command::new("git").arg("-C").arg(root).args(["rev-parse", "--short", "HEAD"]))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let dirty =
+        capture(Command::new("git").arg("-C").arg(root).args(["status", "--porcelain", "--untracked-files=no"]))
+            .is_ok_and(|s| !s.trim().is_empty());
+    if dirty { format!("{rev}-dirty") } else { rev }
+}
+
+fn output(cmd: &mut Command) -> String {
+    capture(cmd).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// A command as it would be typed (for the report's command section).
+pub fn shell_line(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[f64::NAN, 5.0]), 5.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn ratios_and_numbers() {
+        assert_eq!(ratio(3.0, 2.0), "1.50×");
+        assert_eq!(ratio(1.0, 0.0), "–");
+        assert_eq!(ratio(f64::NAN, 2.0), "–");
+        assert_eq!(num(1.23456, 2), "1.23");
+        assert_eq!(num(f64::NAN, 1), "–");
+    }
+
+    #[test]
+    fn tables_render_as_markdown() {
+        let mut r = Report::new("T");
+        r.table(&["a", "b"], &[vec!["1".into(), "2".into()]]);
+        assert_eq!(r.text, "# T\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n");
+    }
+}

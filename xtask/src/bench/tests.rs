@@ -1,0 +1,63 @@
+//! The framework against real processes: a pinned nginx, wrk, CPU and memory readings, idle
+//! connections. nginx and wrk come with `cargo xtask deps`; without them this fails.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{
+    cpus::CpuList, free_port, http, idle, interleave, load::Wrk, process::Service, proxy::nginx_upstream_conf,
+};
+
+#[test]
+fn runs_are_interleaved_and_grouped_by_subject() {
+    let mut order = Vec::new();
+    let results = interleave(2, &["a", "b", "c"], |rep, s| {
+        order.push(format!("{s}{rep}"));
+        Ok(rep)
+    })
+    .ok();
+    assert_eq!(order, ["a0", "b0", "c0", "a1", "b1", "c1"]);
+    assert_eq!(results, Some(vec![vec![0, 1], vec![0, 1], vec![0, 1]]));
+}
+
+#[test]
+fn a_pinned_nginx_is_loaded_and_measured() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("xtask-bench-test-{}", std::process::id()));
+    let result = load_and_measure(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn load_and_measure(dir: &std::path::Path) -> Result<()> {
+    let cpus = CpuList(CpuList::allowed()?.0.into_iter().take(1).collect());
+    let addr = free_port()?;
+    let conf = nginx_upstream_conf(dir, addr, 1, 1024)?;
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let mut cmd = cpus.taskset("nginx");
+    cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(dir.join("nginx.conf"));
+    let mut nginx = Service::start("test nginx", cmd, &dir.join("stdout.log"))?;
+    nginx.wait_http_ok(addr, "/", Duration::from_secs(20))?;
+    let tree = nginx.tree();
+
+    // The master and its one worker, pinned where taskset put them.
+    let pids = tree.pids()?;
+    assert_eq!(pids.len(), 2, "nginx master and worker: {pids:?}");
+    for pid in &pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim);
+        assert_eq!(allowed, Some(cpus.to_string().as_str()), "pid {pid}");
+    }
+
+    let cpu_before = tree.cpu_time()?;
+    let wrk = Wrk { connections: 4, duration: Duration::from_secs(1) }.run(&cpus, &format!("http://{addr}/"))?;
+    assert!(wrk.requests > 100 && wrk.rps > 100.0, "{wrk:?}");
+    assert!(tree.cpu_time()? > cpu_before, "serving {} requests took no CPU time", wrk.requests);
+
+    let idle = idle::measure(tree, addr, "/", 200)?;
+    assert!(idle.connected.rss_bytes > 0 && idle.after_request.pss_bytes > 0);
+    // Closed again: back to (about) the descriptors it had.
+    assert!(tree.open_fds()? < 50, "{} descriptors left open", tree.open_fds()?);
+    assert_eq!(http::get(addr, "/")?.body, b"ok");
+    nginx.stop()
+}
