@@ -31,7 +31,7 @@ fn phase() -> &'static IdentifyPhase {
         );
         let config = Config::load_str(&config, "fuzz.toml").unwrap();
         let holder = AuthHolder::new(AuthEnv { metrics: AuthMetrics::default(), readiness: Arc::new(Readiness::default()) });
-        holder.phase(config.auth.clone())
+        holder.phase(config.auth.clone(), None)
     })
 }
 

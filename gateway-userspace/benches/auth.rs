@@ -129,7 +129,7 @@ scopes = ["read"]
     let config = Config::load_str(&config, "bench.toml").unwrap_or_else(|e| panic!("{e}"));
     let holder =
         AuthHolder::new(AuthEnv { metrics: AuthMetrics::default(), readiness: Arc::new(Readiness::default()) });
-    let phase = holder.phase(config.auth.clone());
+    let phase = holder.phase(config.auth.clone(), None);
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut rows = Vec::new();

@@ -57,7 +57,7 @@ pub use spec::{
     RevocationSpec, RevocationStoreKind, TokenSources, interned,
 };
 
-use crate::metrics::Readiness;
+use crate::{kv::Kv, metrics::Readiness};
 
 /// Why a request was refused by the identity phase. `reason()` is the `reason` label of
 /// `gateway_auth_failures_total` and the audit log's `error`; the description goes to the client
@@ -185,7 +185,7 @@ impl AuthHolder {
 
     /// The phase for `spec`, reusing running issuers and the revocation list where the
     /// configuration allows. Starts refresh tasks on the current runtime (the control runtime).
-    pub fn phase(&self, spec: Arc<AuthSpec>) -> IdentifyPhase {
+    pub fn phase(&self, spec: Arc<AuthSpec>, kv: Option<Kv>) -> IdentifyPhase {
         let mut running = self.issuers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let issuers: Vec<Arc<jwks::IssuerKeys>> = spec
             .issuers
@@ -204,9 +204,10 @@ impl AuthHolder {
         running.clone_from(&issuers);
         drop(running);
         let mut current = self.revocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let kv = kv.filter(|_| spec.revocation.store == RevocationStoreKind::Redis);
         let revocations = match current.as_ref() {
-            Some(r) if r.spec() == &spec.revocation => r.clone(),
-            _ => Arc::new(Revocations::new(spec.revocation.clone(), self.env.metrics.clone())),
+            Some(r) if r.reusable_for(&spec.revocation, kv.as_ref()) => r.clone(),
+            _ => Revocations::new(spec.revocation.clone(), kv, self.env.metrics.clone()),
         };
         *current = Some(revocations.clone());
         drop(current);

@@ -89,7 +89,7 @@ impl PartsHolder {
         drop(current);
         let limits = self.limits().clone();
         let kv = limits.kv_for(config.redis.as_ref());
-        let identify = self.auth.phase(config.auth.clone());
+        let identify = self.auth.phase(config.auth.clone(), kv.clone());
         Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv, identify })
     }
 

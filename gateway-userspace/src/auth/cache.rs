@@ -51,6 +51,8 @@ pub fn hash(token: &str) -> TokenHash {
 pub struct WorkerCache {
     phase: u64,
     tokens: LruCache<TokenHash, Entry>,
+    /// jti → unix ms until which the shared revocation store's "not revoked" may be reused.
+    not_revoked: LruCache<Box<str>, u64>,
 }
 
 thread_local! {
@@ -66,7 +68,7 @@ impl WorkerCache {
             }
             let cache = slot.get_or_insert_with(|| {
                 let cap = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
-                WorkerCache { phase, tokens: LruCache::new(cap) }
+                WorkerCache { phase, tokens: LruCache::new(cap), not_revoked: LruCache::new(cap) }
             });
             f(cache)
         })
@@ -78,6 +80,14 @@ impl WorkerCache {
 
     pub fn put(&mut self, hash: TokenHash, entry: Entry) {
         self.tokens.put(hash, entry);
+    }
+
+    pub fn not_revoked_until(&mut self, jti: &str) -> Option<u64> {
+        self.not_revoked.get(jti).copied()
+    }
+
+    pub fn set_not_revoked(&mut self, jti: &str, until_ms: u64) {
+        self.not_revoked.put(jti.into(), until_ms);
     }
 
     #[cfg(test)]

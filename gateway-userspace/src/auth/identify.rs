@@ -26,7 +26,7 @@ use super::{
     introspection::{Introspected, introspect},
     jwks::{Freshness, IssuerKeys},
     jwt::{self, ClaimsOf},
-    revocation::Revocations,
+    revocation::{Lookup, Revocations},
     unix_now_ms,
 };
 use crate::{
@@ -74,6 +74,8 @@ impl Now {
 struct Waited {
     keys: bool,
     introspected: bool,
+    /// The shared revocation store was asked (and answered "not revoked", or failed open).
+    revocation: bool,
 }
 
 enum Decision {
@@ -81,12 +83,14 @@ enum Decision {
     Io(Io),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Io {
     /// Wait for a key refresh of this issuer (unknown `kid`, or no keys yet).
     Keys(usize),
     /// Introspect the opaque token at this issuer.
     Introspect(usize),
+    /// Ask the shared revocation store about this jti.
+    Revocation(Box<str>),
 }
 
 enum Check<T> {
@@ -140,10 +144,13 @@ impl IdentifyPhase {
     pub fn check_bearer(&self, policy: usize, token: &str) -> Result<(), AuthError> {
         let policy = self.spec.policies.get(policy).ok_or(AuthError::Missing("a policy".into()))?;
         let now = Now::get();
-        match self.bearer(policy, token, now, Waited { keys: true, introspected: true }) {
+        match self.bearer(policy, token, now, Waited { keys: true, introspected: true, revocation: false }) {
             Check::Ready(Ok(v)) => {
                 let outcome = Outcome { token: Some(v), ..Outcome::default() };
-                self.checks(policy, &Presented::default(), outcome, now).map(|_| ())
+                match self.checks(policy, &Presented::default(), outcome, now, Waited::default()) {
+                    Check::Ready(r) => r.map(|_| ()),
+                    Check::Io(_) => Err(AuthError::RevocationUnavailable),
+                }
             }
             Check::Ready(Err(e)) => Err(e),
             Check::Io(_) => Err(AuthError::IdpUnavailable),
@@ -205,7 +212,10 @@ impl IdentifyPhase {
         if !any {
             return Decision::Done(Err(AuthError::Missing(policy.wanted.clone())));
         }
-        Decision::Done(self.checks(policy, &presented, outcome, now))
+        match self.checks(policy, &presented, outcome, now, waited) {
+            Check::Ready(r) => Decision::Done(r),
+            Check::Io(io) => Decision::Io(io),
+        }
     }
 
     /// What holds per request even for a cached token: certificate binding, revocation, scopes.
@@ -215,7 +225,23 @@ impl IdentifyPhase {
         presented: &Presented<'_>,
         outcome: Outcome,
         now: Now,
-    ) -> Result<Outcome, AuthError> {
+        waited: Waited,
+    ) -> Check<Outcome> {
+        match self.checks_inner(policy, presented, &outcome, now, waited) {
+            Ok(None) => Check::Ready(Ok(outcome)),
+            Ok(Some(io)) => Check::Io(io),
+            Err(e) => Check::Ready(Err(e)),
+        }
+    }
+
+    fn checks_inner(
+        &self,
+        policy: &Policy,
+        presented: &Presented<'_>,
+        outcome: &Outcome,
+        now: Now,
+        waited: Waited,
+    ) -> Result<Option<Io>, AuthError> {
         if let Some(v) = &outcome.token {
             if let Some(bound) = &v.claims.cert_thumbprint {
                 match &presented.cert {
@@ -224,10 +250,19 @@ impl IdentifyPhase {
                     Some(_) => return Err(AuthError::CertMismatch),
                 }
             }
-            if let Some(jti) = &v.claims.jti
-                && self.revocations.is_revoked_locally(jti, now.secs)
-            {
-                return Err(AuthError::Revoked);
+            if let Some(jti) = &v.claims.jti {
+                if self.revocations.is_revoked_locally(jti, now.secs) {
+                    return Err(AuthError::Revoked);
+                }
+                if self.revocations.shared() && !waited.revocation {
+                    // A recent "not revoked" is reused only while revocations are being heard.
+                    let fresh = self.revocations.subscribed()
+                        && WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.not_revoked_until(jti))
+                            .is_some_and(|until| until > now.ms);
+                    if !fresh {
+                        return Ok(Some(Io::Revocation(jti.clone())));
+                    }
+                }
             }
         }
         let token_scopes = outcome.token.as_ref().map_or(&[][..], |v| &v.claims.scopes[..]);
@@ -236,7 +271,7 @@ impl IdentifyPhase {
         if lacking {
             return Err(AuthError::InsufficientScope { required: policy.scopes_joined.clone() });
         }
-        Ok(outcome)
+        Ok(None)
     }
 
     /// A bearer token: from the cache, or validated now (JWT), or after I/O.
@@ -466,6 +501,22 @@ impl IdentifyPhase {
                     waited.introspected = true;
                     if let Err(e) = self.introspect(ctx, head, policy, index).await {
                         return Err(self.refused(ctx, e));
+                    }
+                }
+                Io::Revocation(jti) => {
+                    waited.revocation = true;
+                    match self.revocations.lookup(&jti).await {
+                        Ok(Lookup::Revoked(_)) => return Err(self.refused(ctx, AuthError::Revoked)),
+                        Ok(Lookup::NotRevoked) => {
+                            let until = unix_now_ms() + self.revocations.spec().cache_ttl.as_millis() as u64;
+                            WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.set_not_revoked(&jti, until));
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "revocation lookup failed");
+                            if !self.revocations.store_failed() {
+                                return Err(self.refused(ctx, AuthError::RevocationUnavailable));
+                            }
+                        }
                     }
                 }
             }

@@ -293,4 +293,6 @@ impl Default for RevocationSpec {
 pub enum RevocationStoreKind {
     /// This process only (lost at restart).
     Memory,
+    /// Redis (`[redis]`), shared by the fleet, with pub/sub.
+    Redis,
 }

@@ -618,7 +618,8 @@ pub struct PolicySection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationSection {
-    /// `"memory"`: this process only, lost at restart. Default: `"memory"`.
+    /// `"memory"`: this process only, lost at restart; `"redis"`: shared through `[redis]`
+    /// (keys expire with the tokens; pub/sub tells every node at once). Default: `"memory"`.
     #[serde(default)]
     pub store: RevocationStore,
     /// When the shared store cannot answer: `"fail_closed"` (503) or `"fail_open"`.
@@ -635,6 +636,7 @@ pub struct RevocationSection {
 pub enum RevocationStore {
     #[default]
     Memory,
+    Redis,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -714,3 +714,64 @@ async fn an_https_idp_is_trusted_through_its_ca_file_only() {
     let ready = raw_get(gw.ports.metrics, "/readyz").unwrap();
     assert!(ready.contains("auth.issuer.idp") && ready.contains("no keys yet") && ready.contains("TLS"), "{ready}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_on_one_gateway_is_refused_by_another_sharing_redis() {
+    let mut redis = RedisServer::start();
+    let idp = Idp::start();
+    let key = Key::es256();
+    idp.set_keys(vec![key.jwk("k")]);
+    let up = Upstream::start("u");
+    let shared = format!(
+        "[redis]\nurl = \"{}\"\ntimeout = \"200ms\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n{}",
+        redis.url(),
+        idp_auth(
+            &idp,
+            "[auth.revocation]\nstore = \"redis\"\non_store_error = \"fail_closed\"\ncache_ttl = \"60s\"",
+            ""
+        )
+    );
+    let (a, b) = (Gateway::start(|p| config(p, &up, 2, &shared)), Gateway::start(|p| config(p, &up, 2, &shared)));
+    let mut claims = idp.claims("alice");
+    claims["jti"] = json!("shared-1");
+    let exp = claims["exp"].as_u64().unwrap();
+    let token = key.token(json!({"kid": "k"}), &claims);
+    // Both validated it and cached "not revoked" (for 60 s).
+    for gw in [&a, &b] {
+        for _ in 0..3 {
+            assert_eq!(call(gw, "/api/x", Some(&token)).await.status, 200);
+        }
+    }
+    let out = Command::new(BIN)
+        .arg("--admin-socket")
+        .arg(a.ports.dir.join("admin.sock"))
+        .args(["revoke", "--jti", "shared-1", "--until", &exp.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The other node hears it over pub/sub: refused well before its cache would expire.
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(5), || {
+        (futures_block(call(&b, "/api/x", Some(&token))).status == 401).then_some(())
+    })
+    .expect("the second gateway still accepts the revoked token");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert_eq!(call(&b, "/api/x", Some(&token)).await.json()["error"], "revoked");
+    assert_eq!(b.metric("gateway_auth_revocations_total", &[("source", "peer")]), 1.0);
+    // The key expires with the token.
+    let ttl = redis_command(redis.port, "TTL gatewayd:auth:revoked:shared-1\r\n").unwrap();
+    assert!(ttl.trim().trim_start_matches(':').parse::<u64>().is_ok_and(|t| t > 200 && t <= 300), "{ttl}");
+
+    // A gateway started after the revocation finds it in Redis.
+    let c = Gateway::start(|p| config(p, &up, 1, &shared));
+    assert_eq!(call(&c, "/api/x", Some(&token)).await.json()["error"], "revoked");
+
+    // Redis down: an unknown jti cannot be checked, and fail_closed refuses it (503).
+    redis.kill();
+    let mut fresh = idp.claims("bob");
+    fresh["jti"] = json!("never-seen");
+    let r = call(&c, "/api/x", Some(&key.token(json!({"kid": "k"}), &fresh))).await;
+    assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (503, Some("revocation_unavailable")));
+    assert!(c.metric("gateway_auth_revocation_store_errors_total", &[("result", "fail_closed")]) >= 1.0);
+    assert_eq!(call(&c, "/api/x", Some(&token)).await.json()["error"], "revoked", "the local list still holds");
+}

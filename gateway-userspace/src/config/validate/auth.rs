@@ -85,9 +85,16 @@ impl Validator<'_> {
         let consumer_by_name = consumers.iter().enumerate().map(|(i, c)| (c.name.text.clone(), i)).collect();
         let policies = self.policies(a, &issuers);
         let route_policies = self.route_policies(f, &policies);
+        if a.revocation.store == RevocationStore::Redis && f.redis.is_none() {
+            self.problem(root("auth").key("revocation").key("store"), "\"redis\" needs a [redis] section");
+        }
+        if a.revocation.cache_ttl.is_some_and(|t| t.as_secs() > 300) {
+            self.problem(root("auth").key("revocation").key("cache_ttl"), "must be at most 5m");
+        }
         let revocation = RevocationSpec {
             store: match a.revocation.store {
                 RevocationStore::Memory => RevocationStoreKind::Memory,
+                RevocationStore::Redis => RevocationStoreKind::Redis,
             },
             on_store_error: fail_mode(a.revocation.on_store_error),
             cache_ttl: a.revocation.cache_ttl.unwrap_or(std::time::Duration::from_secs(5)),

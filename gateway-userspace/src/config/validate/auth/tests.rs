@@ -254,3 +254,13 @@ fn introspection_needs_an_endpoint_and_a_secret() {
         problems("[[auth.issuers]]\nname = \"a\"\nissuer = \"https://a\"\naudiences = [\"x\"]\ndiscovery = false\n");
     assert!(has(&p, "auth.issuers[0].discovery", "needs keys"), "{p:?}");
 }
+
+#[test]
+fn a_shared_revocation_store_needs_redis() {
+    let p = problems("[auth]\ndefault_policy = \"none\"\n[auth.revocation]\nstore = \"redis\"\ncache_ttl = \"1h\"\n");
+    assert!(has(&p, "auth.revocation.store", "[redis]"), "{p:?}");
+    assert!(has(&p, "auth.revocation.cache_ttl", "at most 5m"), "{p:?}");
+    let c = load("[redis]\nurl = \"redis://127.0.0.1:6379\"\n[auth]\ndefault_policy = \"none\"\n[auth.revocation]\nstore = \"redis\"\non_store_error = \"fail_open\"\n").unwrap();
+    assert_eq!(c.auth.revocation.store, crate::auth::RevocationStoreKind::Redis);
+    assert_eq!(c.auth.revocation.on_store_error, OutageMode::FailOpen);
+}
