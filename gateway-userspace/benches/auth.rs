@@ -3,7 +3,9 @@
 //! revocation and scope checks), through the identify phase's own code path.
 //!
 //! `cargo bench -p gateway-userspace --bench auth [-- --json]`; `cargo xtask bench auth` runs it
-//! and writes `bench/results/auth.md`. Measures, never asserts.
+//! and writes `bench/results/auth.md`. Measures, never asserts. `-- --mint DIR` instead writes an
+//! ES256 public key (`DIR/bench.pem`) and a day-long token signed with it (`DIR/token`), for the
+//! HTTP part of `cargo xtask bench auth`.
 
 use std::{hint::black_box, sync::Arc, time::Instant};
 
@@ -50,7 +52,7 @@ impl Key {
         };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let header = json!({"alg": alg, "kid": kid, "typ": "JWT"});
-        let claims = json!({"iss": "https://idp.bench", "aud": "api", "sub": format!("user-{sub}"), "exp": now + 3600,
+        let claims = json!({"iss": "https://idp.bench", "aud": "api", "sub": format!("user-{sub}"), "exp": now + 86400,
             "iat": now, "jti": format!("jti-{sub}"), "scope": "read write", "workspace_id": "ws-1"});
         let b = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
         let input = format!("{}.{}", b(&header), b(&claims));
@@ -86,8 +88,22 @@ fn stats(mut ns: Vec<u64>) -> Stats {
     }
 }
 
+/// Writes `dir/bench.pem` (public key, kid "bench") and `dir/token` (ES256, issuer
+/// `https://idp.bench`, audience `api`, scope `read`, valid for a day).
+fn mint(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = Key::Es256(EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap());
+    std::fs::write(dir.join("bench.pem"), key.pem()).unwrap();
+    std::fs::write(dir.join("token"), key.token("bench", 0)).unwrap();
+}
+
 fn main() {
-    let json_out = std::env::args().any(|a| a == "--json");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(dir) = args.iter().position(|a| a == "--mint").and_then(|i| args.get(i + 1)) {
+        mint(std::path::Path::new(dir));
+        return;
+    }
+    let json_out = args.iter().any(|a| a == "--json");
     let dir = std::env::temp_dir().join(format!("gatewayd-auth-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let keys = [

@@ -7,6 +7,7 @@
 //! generators (`load`: wrk, oha), idle-connection memory (`idle`), and the report (`report`).
 //! Runs are interleaved (A B C A B C …) so that drift on a shared machine hits every subject alike.
 
+mod auth;
 mod cpus;
 mod http;
 mod idle;
@@ -49,11 +50,15 @@ pub struct Options {
 enum Target {
     /// gatewayd vs nginx as a reverse proxy vs the upstream directly: rps, latency, CPU, memory.
     Proxy,
+    /// Token validation (µs, cold and cached, RS256/ES256/EdDSA) and an authenticated route vs
+    /// an open one through gatewayd.
+    Auth,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
     match opts.target {
         Target::Proxy => proxy::run(opts),
+        Target::Auth => auth::run(opts),
     }
 }
 
