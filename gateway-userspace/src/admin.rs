@@ -93,6 +93,7 @@ impl AdminServer {
             (&Method::GET, "/v1/xdp/top") => self.xdp_top(parts.uri.query()).await,
             (&Method::POST, "/v1/xdp/block") => self.xdp_block(&body),
             (&Method::POST, "/v1/xdp/unblock") => self.xdp_unblock(&body),
+            (&Method::POST, "/v1/revoke") => self.revoke(&body).await,
             _ => {
                 drop(body);
                 json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}))
@@ -126,6 +127,12 @@ impl AdminServer {
                         .collect::<Vec<_>>()
                 }),
                 "steering": self.shared.ebpf.steering.get().map(|st| st.policy().label()),
+                "auth": {
+                    "issuers": s.config.auth.issuers.iter().map(|i| &*i.name).collect::<Vec<_>>(),
+                    "policies": s.config.auth.policies.len(),
+                    "consumers": s.config.auth.consumers.len(),
+                    "revoked_jtis": self.shared.parts.auth().revocations().map_or(0, |r| r.local_len()),
+                },
             }),
         )
     }
@@ -219,6 +226,40 @@ impl AdminServer {
             ),
             Err(reason) => {
                 json(StatusCode::CONFLICT, &serde_json::json!({"error": "not_unblocked", "message": reason}))
+            }
+        }
+    }
+}
+
+impl AdminServer {
+    /// `{"jti": "…", "until": <unix seconds>}`: adds the jti to the revocation list until then.
+    async fn revoke(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Revoke {
+            jti: String,
+            until: u64,
+        }
+        let req: Revoke = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "bad_request", "message": format!("expected {{\"jti\": string, \"until\": unix seconds}}: {e}")}),
+                );
+            }
+        };
+        let Some(revocations) = self.shared.parts.auth().revocations() else {
+            return json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "not_ready"}));
+        };
+        match revocations.revoke(&req.jti, req.until, "admin").await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({"revoked": true, "jti": req.jti, "until": req.until})),
+            Err(e @ crate::auth::RevocationError::Store(_)) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "store_unavailable", "message": e.to_string()}),
+            ),
+            Err(e) => {
+                json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": "bad_request", "message": e.to_string()}))
             }
         }
     }

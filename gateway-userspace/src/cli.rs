@@ -40,6 +40,17 @@ pub enum Command {
         #[command(subcommand)]
         command: XdpCommand,
     },
+    /// Revoke a token by its `jti` until it expires (through the admin socket; with a shared
+    /// revocation store, every node refuses it).
+    Revoke {
+        /// The token's `jti` claim.
+        #[arg(long)]
+        jti: String,
+        /// When the revocation may lapse: the token's `exp`, as unix seconds or RFC 3339
+        /// (`2026-11-24T12:00:00Z`).
+        #[arg(long, value_name = "TIME")]
+        until: String,
+    },
     /// Certificates for development and tests.
     #[command(subcommand)]
     Certs(CertsCommand),

@@ -41,6 +41,8 @@ pub struct Config {
     /// TLS of the listeners that terminate it, by listener name (material loaded and checked).
     pub listener_tls: BTreeMap<Arc<str>, Arc<ServerTlsSpec>>,
     pub consumers: Arc<Consumers>,
+    /// Identity: issuers, policies (per route), consumers, identity headers.
+    pub auth: Arc<crate::auth::AuthSpec>,
     /// `[redis]`, shared by the fleet.
     pub redis: Option<KvSpec>,
     /// `[[rate_limits]]`, in evaluation order.

@@ -19,6 +19,7 @@ use tokio::{
 use crate::{
     admin::{AdminCommand, AdminError, AdminServer},
     audit::AuditMetrics,
+    auth::{AuthEnv, AuthMetrics},
     config::{Config, ConfigError, SteeringPolicy},
     ebpf::{EbpfCollector, EbpfError, Steering, XdpService},
     listener::socket,
@@ -152,11 +153,15 @@ impl Daemon {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(EbpfCollector { xdp: xdp.clone(), steering: steering.clone() }));
         let audit_metrics = AuditMetrics::register(&mut registry);
+        let readiness = Arc::new(Readiness::default());
         let limits = LimitState::register(&mut registry);
         let ktls = KtlsSupport::probe().await;
         tracing::info!(supported = ktls.supported(), "{}", ktls.describe());
-        let parts =
-            PartsHolder::new(TlsParts::new(ktls, TlsMetrics::register(&mut registry))?).with_limits(limits.clone());
+        let parts = PartsHolder::new(
+            TlsParts::new(ktls, TlsMetrics::register(&mut registry))?,
+            AuthEnv { metrics: AuthMetrics::register(&mut registry), readiness: readiness.clone() },
+        )
+        .with_limits(limits.clone());
         parts.set_offenders(xdp.as_ref().map(|x| x.offenders().clone()));
         let phase_parts = parts.phase_parts(&config, &audit_metrics)?;
         let metrics_spec = config.metrics.clone();
@@ -170,7 +175,6 @@ impl Daemon {
             &metrics_spec.sys_root,
             worker_threads.clone(),
         )));
-        let readiness = Arc::new(Readiness::default());
         let shared =
             Arc::new(SharedState::new(snapshot, metrics, audit_metrics, readiness.clone(), worker_threads, parts));
         if let Some(x) = xdp {

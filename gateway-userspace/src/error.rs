@@ -6,8 +6,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use thiserror::Error;
 
 use crate::{
-    budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError, tls::ClientCertError,
-    upstream::ConnectError,
+    auth::AuthError, budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError,
+    tls::ClientCertError, upstream::ConnectError,
 };
 
 #[derive(Debug, Error)]
@@ -18,6 +18,8 @@ pub enum GatewayError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error(transparent)]
     ClientCert(#[from] ClientCertError),
     #[error(transparent)]
@@ -46,6 +48,7 @@ impl GatewayError {
                 ProxyError::ClientBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             },
+            GatewayError::Auth(e) => e.status(),
             GatewayError::ClientCert(_) => StatusCode::FORBIDDEN,
             GatewayError::RateLimit(RateLimitError::Limited { .. })
             | GatewayError::Budget(BudgetError::Exhausted { .. }) => StatusCode::TOO_MANY_REQUESTS,
@@ -73,6 +76,7 @@ impl GatewayError {
                 ProxyError::ClientBodyTooLarge { .. } => "body_too_large",
                 ProxyError::ClientBody(_) => "client_body_error",
             },
+            GatewayError::Auth(e) => e.reason(),
             GatewayError::ClientCert(e) => match e {
                 ClientCertError::Required => "client_cert_required",
                 ClientCertError::Invalid => "client_cert_invalid",
@@ -135,6 +139,14 @@ impl GatewayError {
             // The rest of the request may still be on the wire: do not try to parse it.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let GatewayError::Auth(e) = self {
+            if let Some(challenge) = e.challenge() {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            if let Some(secs) = e.retry_after() {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+        }
         resp
     }
 }
@@ -156,6 +168,9 @@ mod tests {
             (ProxyError::Connect(ConnectError::Timeout(Duration::from_secs(1))).into(), 504, "connect_timeout"),
             (ProxyError::ResponseTimeout(Duration::from_secs(1)).into(), 504, "read_timeout"),
             (ProxyError::NoHealthyUpstream.into(), 503, "no_healthy_upstream"),
+            (AuthError::Expired.into(), 401, "expired"),
+            (AuthError::InsufficientScope { required: "read".into() }.into(), 403, "insufficient_scope"),
+            (AuthError::IdpUnavailable.into(), 503, "idp_unavailable"),
             (ClientCertError::Required.into(), 403, "client_cert_required"),
             (ClientCertError::Invalid.into(), 403, "client_cert_invalid"),
             (ClientCertError::UnknownConsumer.into(), 403, "unknown_consumer"),
@@ -201,5 +216,10 @@ mod tests {
                 assert_eq!(v["retry_after"], secs);
             }
         }
+        let resp = GatewayError::from(AuthError::BadAudience).response("rid");
+        let challenge = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer realm=\"gatewayd\", error=\"invalid_token\""), "{challenge}");
+        let resp = GatewayError::from(AuthError::IdpUnavailable).response("rid");
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
     }
 }

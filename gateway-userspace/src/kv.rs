@@ -20,6 +20,7 @@
 
 mod conn;
 mod metrics;
+mod pubsub;
 
 use std::{
     sync::{
@@ -36,6 +37,7 @@ use tokio::sync::{Notify, watch};
 
 pub use conn::Conn;
 pub use metrics::KvMetrics;
+pub use pubsub::Subscription;
 
 /// How often the supervisor pings a connected Redis (and so how fast an idle outage shows).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);

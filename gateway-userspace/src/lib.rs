@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod auth;
 pub mod budget;
 pub mod cli;
 pub mod config;

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Reload => admin_call(&cli, Method::POST, "/v1/reload"),
         Command::Status => admin_call(&cli, Method::GET, "/v1/status"),
         Command::Xdp { command } => xdp(&cli, command),
+        Command::Revoke { jti, until } => revoke(&cli, jti, until),
         Command::Certs(CertsCommand::Init { out, cn, san, days, client_cn, key_type, force }) => {
             let options = certs::InitOptions {
                 out: out.clone(),
@@ -90,8 +91,12 @@ fn admin_socket(cli: &Cli) -> Result<PathBuf, String> {
 }
 
 fn admin_call(cli: &Cli, method: Method, path: &str) -> Result<(), String> {
+    admin_call_with(cli, method, path, None)
+}
+
+fn admin_call_with(cli: &Cli, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<(), String> {
     let socket = admin_socket(cli)?;
-    let answer = admin::call_blocking(&socket, method, path, None).map_err(|e| e.to_string())?;
+    let answer = admin::call_blocking(&socket, method, path, body).map_err(|e| e.to_string())?;
     println!("{answer:#}");
     Ok(())
 }
@@ -145,4 +150,17 @@ fn xdp(cli: &Cli, command: &XdpCommand) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `--until` as unix seconds or an RFC 3339 time.
+fn revoke(cli: &Cli, jti: &str, until: &str) -> Result<(), String> {
+    let until = match until.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => humantime::parse_rfc3339_weak(until)
+            .map_err(|e| format!("--until {until:?}: expected unix seconds or an RFC 3339 time ({e})"))?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| format!("--until {until:?} is before 1970"))?
+            .as_secs(),
+    };
+    admin_call_with(cli, Method::POST, "/v1/revoke", Some(serde_json::json!({"jti": jti, "until": until})))
 }

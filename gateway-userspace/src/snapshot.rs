@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::{
     audit::{AuditPhase, AuditSink},
+    auth::IdentifyPhase,
     budget::BudgetPhase,
     config::Config,
     kv::Kv,
@@ -48,6 +49,7 @@ pub struct PhaseParts {
     pub audit: Option<AuditSink>,
     /// The XDP feedback loop, when `[xdp.feedback]` is on.
     pub feedback: Option<std::sync::Arc<crate::ebpf::Offenders>>,
+    pub identify: IdentifyPhase,
     pub tls: TlsParts,
     /// Rate-limit and budget stores, clock and metrics.
     pub limits: Arc<LimitState>,
@@ -76,7 +78,9 @@ impl Snapshot {
 
 /// The phases, in order. Request hooks run in this order; so do response and log hooks.
 fn standard_pipeline(config: &Config, parts: PhaseParts) -> Pipeline {
-    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(ClientCertPhase)];
+    // Client certificate first (consumer by certificate), then identity (tokens, API keys,
+    // policies: it reads the certificate's consumer); the limits key on who the client is.
+    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(ClientCertPhase), Box::new(parts.identify)];
     if !config.rate_limits.is_empty() {
         phases.push(Box::new(RateLimitPhase::new(config, parts.limits.clone(), parts.kv.clone())));
     }

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::{
     audit::{AuditMetrics, AuditSink},
+    auth::{AuthEnv, AuthHolder},
     config::Config,
     metrics::{Metrics, Readiness, host::WorkerThreads},
     ratelimit::{LimitMetrics, LimitState, SystemClock},
@@ -43,15 +44,27 @@ pub struct PartsHolder {
     limits: OnceLock<Arc<LimitState>>,
     /// The XDP feedback loop, when the guard runs (its thresholds follow the config).
     offenders: Mutex<Option<Arc<crate::ebpf::Offenders>>>,
+    /// Issuers' key caches and the revocation list.
+    auth: AuthHolder,
 }
 
 impl PartsHolder {
-    pub fn new(tls: TlsParts) -> Self {
-        PartsHolder { audit: Mutex::new(None), tls, limits: OnceLock::new(), offenders: Mutex::new(None) }
+    pub fn new(tls: TlsParts, auth: AuthEnv) -> Self {
+        PartsHolder {
+            audit: Mutex::new(None),
+            tls,
+            limits: OnceLock::new(),
+            offenders: Mutex::new(None),
+            auth: AuthHolder::new(auth),
+        }
     }
 
     pub fn tls(&self) -> &TlsParts {
         &self.tls
+    }
+
+    pub fn auth(&self) -> &AuthHolder {
+        &self.auth
     }
 
     /// Uses `limits` (registered with the metrics) for rate limits and budgets.
@@ -83,11 +96,14 @@ impl PartsHolder {
             },
         };
         current.clone_from(&audit);
+        drop(current);
         let limits = self.limits().clone();
         let kv = limits.kv_for(config.redis.as_ref());
         let offenders = self.offenders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let feedback = offenders.clone().filter(|_| config.xdp.feedback.is_some());
-        Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv, feedback })
+        drop(offenders);
+        let identify = self.auth.phase(config.auth.clone(), kv.clone());
+        Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv, identify, feedback })
     }
 
     pub fn set_offenders(&self, offenders: Option<Arc<crate::ebpf::Offenders>>) {

@@ -2,6 +2,7 @@
 //! One test binary (faster to link); each file under `e2e/` is one area.
 
 mod e2e {
+    pub mod idp;
     pub mod netns;
     pub mod pki;
     pub mod support;
@@ -9,6 +10,7 @@ mod e2e {
     mod budget;
     mod config_cli;
     mod headers;
+    mod identity;
     mod lifecycle;
     mod limits;
     mod observability;

@@ -7,6 +7,7 @@
 //! generators (`load`: wrk, oha), idle-connection memory (`idle`), and the report (`report`).
 //! Runs are interleaved (A B C A B C …) so that drift on a shared machine hits every subject alike.
 
+mod auth;
 mod cpus;
 mod http;
 mod idle;
@@ -52,12 +53,16 @@ enum Target {
     Proxy,
     /// The XDP guard: ns per packet of its paths next to an empty XDP program (BPF_PROG_TEST_RUN).
     Xdp,
+    /// Token validation (µs, cold and cached, RS256/ES256/EdDSA) and an authenticated route vs
+    /// an open one through gatewayd.
+    Auth,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
     match opts.target {
         Target::Proxy => proxy::run(opts),
         Target::Xdp => xdp::run(),
+        Target::Auth => auth::run(opts),
     }
 }
 

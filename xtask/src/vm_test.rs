@@ -144,6 +144,7 @@ name = "demo"
 service = "demo"
 paths = ["/demo"]
 strip_path = true
+auth = "none"
 EOF
 gatewayd --config /tmp/gw.toml > /tmp/gw.log 2>&1 &
 i=0

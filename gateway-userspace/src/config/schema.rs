@@ -36,6 +36,10 @@ pub struct FileConfig {
     /// The XDP/TC guard. Default: off.
     #[serde(default)]
     pub xdp: XdpSection,
+    /// Identity: token issuers, route policies, token sources, identity headers. Default: none
+    /// (then every route must say `auth = "none"`).
+    #[serde(default)]
+    pub auth: AuthSection,
     /// The parties that call the gateway and their credentials. Default: none.
     #[serde(default)]
     pub consumers: Vec<ConsumerSection>,
@@ -243,6 +247,15 @@ pub struct ConsumerSection {
     /// Client certificates that identify this consumer. Default: none.
     #[serde(default)]
     pub client_certs: Vec<ClientCertCredential>,
+    /// SHA-256 digests of its API keys: `"sha256:<64 hex>"` (`printf %s "$KEY" | sha256sum`).
+    /// Default: none.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Scopes the consumer is granted (by its API keys and client certificates). Default: none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Its workspace (`X-Workspace-Id`, audit `workspace_id`). Default: none.
+    pub workspace_id: Option<String>,
 }
 
 /// How a client certificate identifies a consumer: exactly one key.
@@ -391,6 +404,9 @@ pub struct RouteSection {
     /// Default: `"optional"`.
     #[serde(default)]
     pub client_cert: crate::tls::ClientCertRequirement,
+    /// `"none"` (open to anyone) or the name of an `[[auth.policies]]` entry. Default:
+    /// `auth.default_policy`; a route with neither is refused at load.
+    pub auth: Option<String>,
 }
 
 /// `[demo]`: a tiny built-in upstream so a fresh install answers something.
@@ -402,6 +418,243 @@ pub struct DemoSection {
     pub enabled: bool,
     /// Where it listens. Default: `127.0.0.1:8081`.
     pub bind: Option<String>,
+}
+
+/// `[auth]`: who may call which route. See the README's identity section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Policy of routes that name none: `"none"` (open) or a policy name. Default: unset, and
+    /// then every route must set `auth`.
+    pub default_policy: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`. Default: 30s.
+    #[serde(default = "default_auth_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Longest accepted bearer token, in bytes; longer ones are refused (401 malformed).
+    /// Default: 8KiB.
+    #[serde(default = "default_max_token_size")]
+    pub max_token_size: ByteSize,
+    /// Query parameters a bearer token is also read from (Kong's `uri_param_names`). Tokens in
+    /// URLs end up in logs: prefer the Authorization header. Default: none.
+    #[serde(default)]
+    pub uri_param_names: Vec<String>,
+    /// Cookies a bearer token is also read from (Kong's `cookie_names`). Default: none.
+    #[serde(default)]
+    pub cookie_names: Vec<String>,
+    /// Header that carries API keys. Default: `"X-API-Key"`.
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: String,
+    /// Validated tokens cached per worker (keyed by the token's SHA-256, until it expires).
+    /// Default: 10000.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
+    #[serde(default)]
+    pub headers: IdentityHeadersSection,
+    /// Trusted token issuers. Default: none.
+    #[serde(default)]
+    pub issuers: Vec<IssuerSection>,
+    /// Named policies that routes refer to. Default: none.
+    #[serde(default)]
+    pub policies: Vec<PolicySection>,
+    #[serde(default)]
+    pub revocation: RevocationSection,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            default_policy: None,
+            leeway: default_auth_leeway(),
+            max_token_size: default_max_token_size(),
+            uri_param_names: Vec::new(),
+            cookie_names: Vec::new(),
+            api_key_header: default_api_key_header(),
+            token_cache_size: default_token_cache_size(),
+            headers: IdentityHeadersSection::default(),
+            issuers: Vec::new(),
+            policies: Vec::new(),
+            revocation: RevocationSection::default(),
+        }
+    }
+}
+
+/// `[auth.headers]`: identity headers set upstream after authentication. Client-supplied
+/// headers with these names are always removed, on every route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeadersSection {
+    /// The user (token's user claim, or the API consumer's id). Default: `"X-Forwarded-User"`.
+    #[serde(default = "default_user_header")]
+    pub user: String,
+    /// The API consumer's name. Default: `"X-Consumer-Username"`.
+    #[serde(default = "default_consumer_username_header")]
+    pub consumer_username: String,
+    /// The API consumer's id. Default: `"X-Consumer-Id"`.
+    #[serde(default = "default_consumer_id_header")]
+    pub consumer_id: String,
+    /// Granted scopes, space-separated. Default: `"X-Authenticated-Scope"`.
+    #[serde(default = "default_scope_header")]
+    pub scope: String,
+    /// The workspace (token's workspace claim, or the consumer's). Default: `"X-Workspace-Id"`.
+    #[serde(default = "default_workspace_header")]
+    pub workspace: String,
+    /// Forward the client's credentials (Authorization header, API key header) upstream after
+    /// checking them. Default: false (removed).
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+impl Default for IdentityHeadersSection {
+    fn default() -> Self {
+        IdentityHeadersSection {
+            user: default_user_header(),
+            consumer_username: default_consumer_username_header(),
+            consumer_id: default_consumer_id_header(),
+            scope: default_scope_header(),
+            workspace: default_workspace_header(),
+            forward_credentials: false,
+        }
+    }
+}
+
+/// `[[auth.issuers]]`: a token issuer (an OIDC identity provider, or static keys).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    /// Unique name: policies refer to it, metrics label it. Required.
+    pub name: String,
+    /// The exact `iss` of its tokens (and the base of OIDC discovery). Required.
+    pub issuer: String,
+    /// `aud` must contain one of these. Required, at least one.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms: RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    /// Default: all of them (each key still only verifies its own type).
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Fetch `<issuer>/.well-known/openid-configuration` for `jwks_uri` (and the introspection
+    /// endpoint). Default: true unless `jwks_uri`, `jwks_file` or `keys` is set.
+    pub discovery: Option<bool>,
+    /// JWKS URL, fetched and refreshed in the background. Default: none.
+    pub jwks_uri: Option<String>,
+    /// A JWKS file, read at (re)load. Default: none.
+    pub jwks_file: Option<String>,
+    /// Static PEM public keys, read at (re)load. Default: none.
+    #[serde(default)]
+    pub keys: Vec<StaticKeySection>,
+    /// PEM file of the CAs that sign the IdP's HTTPS certificate. Default: the system's roots.
+    pub ca_file: Option<String>,
+    /// Longest time fetched keys go without a refresh; also the refresh period when
+    /// Cache-Control says nothing shorter. Default: 10m.
+    #[serde(default = "default_refresh_interval", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Shortest refresh period, whatever Cache-Control says. Default: 30s.
+    #[serde(default = "default_min_refresh_interval", with = "humantime_serde")]
+    pub min_refresh_interval: Duration,
+    /// A token with an unknown `kid` triggers at most one refetch per this. Default: 10s.
+    #[serde(default = "default_unknown_kid_refetch_interval", with = "humantime_serde")]
+    pub unknown_kid_refetch_interval: Duration,
+    /// Deadline of one discovery or JWKS fetch. Default: 5s.
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// How long cached keys stay in use while refreshes fail. Default: 5m.
+    #[serde(default = "default_idp_outage_grace", with = "humantime_serde")]
+    pub idp_outage_grace: Duration,
+    /// Past the grace period: `"fail_closed"` (refuse the issuer's tokens, 503) or
+    /// `"fail_open"` (keep using the old keys). Default: `"fail_closed"`.
+    #[serde(default)]
+    pub on_idp_outage: FailMode,
+    /// Claim naming the user (`X-Forwarded-User`, audit `user_id`). Default: `"sub"`.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Claim naming the workspace (`X-Workspace-Id`, audit `workspace_id`). Default:
+    /// `"workspace_id"`.
+    #[serde(default = "default_workspace_claim")]
+    pub workspace_claim: String,
+    /// RFC 7662 introspection of opaque tokens. Default: off.
+    pub introspection: Option<IntrospectionSection>,
+}
+
+/// `[[auth.issuers.keys]]`: a static public key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticKeySection {
+    /// The `kid` tokens name it by. Default: none (tokens without `kid` try every key).
+    pub kid: Option<String>,
+    /// PEM file with a `PUBLIC KEY` (RSA ≥ 2048 bits, P-256, P-384 or Ed25519). Required.
+    pub pem_file: String,
+}
+
+/// `[auth.issuers.introspection]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSection {
+    /// Introspection endpoint. Default: the discovery document's `introspection_endpoint`.
+    pub endpoint: Option<String>,
+    /// The gateway's client id at the IdP. Required.
+    pub client_id: String,
+    /// File holding the client secret (kept out of the config file). Required.
+    pub client_secret_file: String,
+    /// Active answers are reused up to this long (never past the token's `exp`). Default: 60s.
+    #[serde(default = "default_introspection_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Inactive answers are reused this long. Default: 10s.
+    #[serde(default = "default_introspection_negative_ttl", with = "humantime_serde")]
+    pub negative_cache_ttl: Duration,
+    /// Deadline of one introspection call. Default: 2s.
+    #[serde(default = "default_introspection_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// `[[auth.policies]]`: what a route requires. Exactly one of `any_of`, `all_of`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Unique name, referenced by routes' `auth`. Required.
+    pub name: String,
+    /// One of these credentials suffices: `"jwt"`, `"api_key"`, `"mtls"`.
+    pub any_of: Option<Vec<String>>,
+    /// Every one of these credentials is required.
+    pub all_of: Option<Vec<String>>,
+    /// Issuers whose tokens are accepted. Default: every issuer.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Scopes that must all be granted (else 403 insufficient_scope). Default: none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `[auth.revocation]`: the jti denylist.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationSection {
+    /// `"memory"`: this process only, lost at restart; `"redis"`: shared through `[redis]`
+    /// (keys expire with the tokens; pub/sub tells every node at once). Default: `"memory"`.
+    #[serde(default)]
+    pub store: RevocationStore,
+    /// When the shared store cannot answer: `"fail_closed"` (503) or `"fail_open"`.
+    /// Default: `"fail_closed"`.
+    #[serde(default)]
+    pub on_store_error: FailMode,
+    /// How long a worker reuses a "not revoked" answer of the shared store. Default: 5s.
+    #[serde(default, with = "humantime_serde")]
+    pub cache_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationStore {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    #[default]
+    FailClosed,
+    FailOpen,
 }
 
 /// A byte count written as an integer or with a unit (`"64KiB"`, `"10MB"`).
@@ -505,6 +758,63 @@ fn default_retries() -> u32 {
 }
 fn default_max_idle() -> usize {
     64
+}
+fn default_auth_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_token_size() -> ByteSize {
+    ByteSize(8 << 10)
+}
+fn default_api_key_header() -> String {
+    "X-API-Key".into()
+}
+fn default_token_cache_size() -> usize {
+    10_000
+}
+fn default_user_header() -> String {
+    "X-Forwarded-User".into()
+}
+fn default_consumer_username_header() -> String {
+    "X-Consumer-Username".into()
+}
+fn default_consumer_id_header() -> String {
+    "X-Consumer-Id".into()
+}
+fn default_scope_header() -> String {
+    "X-Authenticated-Scope".into()
+}
+fn default_workspace_header() -> String {
+    "X-Workspace-Id".into()
+}
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_min_refresh_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_unknown_kid_refetch_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idp_outage_grace() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_workspace_claim() -> String {
+    "workspace_id".into()
+}
+fn default_introspection_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_introspection_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_introspection_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ hosts = ["api.example.com", "*.example.org"]
 paths = ["/payments"]
 methods = ["GET", "POST"]
 strip_path = true
+
+[auth]
+default_policy = "none"
 "#;
 
 fn problems(text: &str) -> Vec<Problem> {

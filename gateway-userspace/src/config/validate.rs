@@ -1,6 +1,7 @@
 //! File schema → validated [`Config`]. Collects every problem instead of stopping at the first,
 //! and locates each one in the source text.
 
+mod auth;
 mod tls;
 
 use std::{
@@ -87,6 +88,7 @@ impl Validator<'_> {
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
         let xdp = self.xdp(&f.xdp);
+        let auth = Arc::new(self.auth(&f));
         let redis = self.redis(&f);
         let mut layer_names = HashSet::new();
         let rate_limits = self.rate_limits(&f, redis.is_some(), &mut layer_names);
@@ -102,6 +104,7 @@ impl Validator<'_> {
             routes,
             demo,
             xdp,
+            auth,
             listener_tls,
             consumers,
             redis,

@@ -80,13 +80,16 @@ impl Timings {
     }
 }
 
-/// Who the client is, once an identify phase has run.
+/// Who the client is, once the identify phase has run (all `None` on open routes).
 #[derive(Debug, Default, Clone)]
 pub struct Identity {
+    /// The token's user claim (`sub` by default), or the API consumer's id.
     pub user_id: Option<String>,
     pub workspace_id: Option<String>,
     /// The `[[consumers]]` entry the request's credentials belong to.
     pub consumer: Option<crate::consumer::Consumer>,
+    /// How the request was authenticated: `jwt`, `introspection`, `api_key` or `mtls`.
+    pub credential: Option<&'static str>,
 }
 
 /// What the upstream reported about an AI/MCP exchange.

@@ -15,8 +15,6 @@ use crate::pipeline::RequestCtx;
 
 /// `X-Workspace-Id`: the workspace when no identity phase set one (the seed's header).
 pub static WORKSPACE_HEADER: HeaderName = HeaderName::from_static("x-workspace-id");
-/// `X-API-Key`: the `api_key` source until the identity phases resolve keys to consumers.
-pub static API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Longest key value taken from a request; longer values are treated as absent.
 const MAX_VALUE: usize = 256;
@@ -107,7 +105,15 @@ pub fn find<'a>(
             KeySource::Consumer => Value::Text(ctx.identity.consumer.as_ref()?.name.as_bytes()),
             KeySource::User => Value::Text(ctx.identity.user_id.as_deref()?.as_bytes()),
             KeySource::Workspace => Value::Text(ctx.identity.workspace_id.as_deref()?.as_bytes()),
-            KeySource::ApiKey => Value::Text(header(head, &API_KEY_HEADER)?),
+            KeySource::ApiKey => match header(head, &ctx.snapshot.config.auth.api_key_header) {
+                Some(v) => Value::Text(v),
+                // The identify phase removes a verified key before proxying: its consumer stands
+                // for it (one consumer, one budget, whichever of its keys was used).
+                None if ctx.identity.credential == Some("api_key") => {
+                    Value::Text(ctx.identity.consumer.as_ref()?.name.as_bytes())
+                }
+                None => return None,
+            },
             KeySource::Header(name) => Value::Text(header(head, name)?),
         };
         match value {
@@ -122,7 +128,9 @@ fn header<'a>(head: &'a request::Parts, name: &HeaderName) -> Option<&'a [u8]> {
 }
 
 /// Takes the workspace from `X-Workspace-Id` when no identity phase set one, so limits, budgets
-/// and the audit log all see it.
+/// and the audit log all see it. The identify phase removes client-supplied copies of its own
+/// workspace header (by default this one), so this only applies when `[auth.headers] workspace`
+/// names another header: the operator's explicit choice to trust a client-sent workspace.
 pub fn adopt_workspace_header(ctx: &mut RequestCtx, head: &request::Parts) {
     if ctx.identity.workspace_id.is_some() {
         return;

@@ -27,18 +27,43 @@ targets = ["{llm}"]
 name = "chat"
 service = "llm"
 paths = ["/v1"]
+auth = "tenants"
 
 [[routes]]
 name = "mcp"
 service = "llm"
 paths = ["/mcp"]
+auth = "tenants"
+
+{tenants}
 
 {budget}
 "#,
             audit = p.dir.join("audit.log").display(),
             llm = llm.addr,
+            tenants = tenants(),
         ),
     )
+}
+
+/// The workspaces the tests use, each an API consumer: a workspace comes from the caller's
+/// authenticated identity (a client-sent `X-Workspace-Id` is removed by the identify phase).
+const WORKSPACES: [&str; 7] = ["workspace-123", "workspace-456", "ws-daily", "ws-mcp", "ws-r", "ws-stream", "ws-tiny"];
+
+fn tenants() -> String {
+    let mut t = String::from("[auth]\n[[auth.policies]]\nname = \"tenants\"\nany_of = [\"api_key\"]\n");
+    for ws in WORKSPACES {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, api_key(ws).as_bytes());
+        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        t.push_str(&format!(
+            "[[consumers]]\nname = \"{ws}\"\napi_keys = [\"sha256:{hex}\"]\nworkspace_id = \"{ws}\"\n"
+        ));
+    }
+    t
+}
+
+fn api_key(workspace: &str) -> String {
+    format!("key-{workspace}")
 }
 
 const BUDGET: &str = r#"
@@ -56,7 +81,7 @@ fn chat(gw: &Gateway, workspace: &str, stream: bool, headers: &[(&str, &str)]) -
     });
     let mut b = req("POST", &gw.url("/v1/chat/completions"), "api.test")
         .header("content-type", "application/json")
-        .header("x-workspace-id", workspace);
+        .header("x-api-key", api_key(workspace));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -65,7 +90,7 @@ fn chat(gw: &Gateway, workspace: &str, stream: bool, headers: &[(&str, &str)]) -
 
 /// A request that costs nothing (no usage in the response): reads the budget headers.
 async fn probe(gw: &Gateway, workspace: &str) -> Reply {
-    let r = req("GET", &gw.url("/v1/models"), "api.test").header("x-workspace-id", workspace);
+    let r = req("GET", &gw.url("/v1/models"), "api.test").header("x-api-key", api_key(workspace));
     send(&client(), r.body(Full::default()).unwrap()).await
 }
 
@@ -157,7 +182,7 @@ async fn mcp_tool_calls_and_the_usage_header_reach_the_audit_log() {
     let call = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "search", "arguments": {"q": "rust"}}});
     let r = req("POST", &gw.url("/mcp"), "api.test")
         .header("content-type", "application/json")
-        .header("x-workspace-id", "ws-mcp")
+        .header("x-api-key", api_key("ws-mcp"))
         .body(Full::from(call.to_string()))
         .unwrap();
     let r = send(&client(), r).await;

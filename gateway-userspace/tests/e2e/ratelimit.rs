@@ -373,6 +373,8 @@ targets = ["{upstream}"]
 name = "partner-api"
 service = "s"
 client_cert = "consumer"
+# The client-certificate phase does the identification.
+auth = "none"
 
 [[consumers]]
 name = "partner-a"

@@ -43,6 +43,7 @@ targets = ["{upstream}"]
 [[routes]]
 name = "all"
 service = "up"
+auth = "none"
 "#,
         listen = p.listen,
         metrics = p.metrics,

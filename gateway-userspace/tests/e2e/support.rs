@@ -409,8 +409,10 @@ async fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     r
 }
 
-/// A config with one listener, metrics, and the given extra TOML (services, routes, …).
+/// A config with one listener, metrics, and the given extra TOML (services, routes, …). Routes
+/// are open (`[auth] default_policy = "none"`) unless `extra` has an `[auth]` table of its own.
 pub fn basic_config(p: &Ports, workers: usize, extra: &str) -> String {
+    let open = if extra.contains("[auth]") { "" } else { "[auth]\ndefault_policy = \"none\"\n" };
     format!(
         r#"
 [server]
@@ -428,6 +430,7 @@ proc_root = "/proc"
 [admin]
 socket = ""
 
+{open}
 {extra}
 "#,
         listen = p.listen,

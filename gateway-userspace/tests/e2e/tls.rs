@@ -9,8 +9,10 @@ use rustls::ProtocolVersion;
 
 use super::{pki::*, support::*};
 
-/// One TLS listener ("tls") on `p.listen` with the given `[listeners.tls]` body.
+/// One TLS listener ("tls") on `p.listen` with the given `[listeners.tls]` body. Routes are open
+/// (`[auth] default_policy = "none"`) unless `extra` has an `[auth]` table of its own.
 fn tls_config(p: &Ports, tls: &str, extra: &str) -> String {
+    let open = if extra.contains("[auth]") { "" } else { "[auth]\ndefault_policy = \"none\"\n" };
     format!(
         r#"
 [server]
@@ -30,6 +32,7 @@ bind = "{metrics}"
 [admin]
 socket = ""
 
+{open}
 {extra}
 "#,
         listen = p.listen,

@@ -69,6 +69,7 @@ name = "demo"
 service = "demo"
 paths = ["/demo"]
 strip_path = true
+auth = "none"
 
 {xdp}
 "#,

@@ -30,7 +30,15 @@ pub struct Wrk {
 
 impl Wrk {
     pub fn command(&self, cpus: &CpuList, url: &str) -> Command {
+        self.command_with(cpus, url, &[])
+    }
+
+    /// With extra request headers (`-H "name: value"`).
+    pub fn command_with(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)]) -> Command {
         let mut cmd = cpus.taskset("wrk");
+        for (name, value) in headers {
+            cmd.args(["-H", &format!("{name}: {value}")]);
+        }
         cmd.args(["-t", &cpus.len().to_string()])
             .args(["-c", &self.connections.to_string()])
             .args(["-d", &format!("{}s", self.duration.as_secs())])
@@ -40,7 +48,11 @@ impl Wrk {
 
     /// Runs it; fails if wrk fails, saw no request, or got any non-2xx answer.
     pub fn run(&self, cpus: &CpuList, url: &str) -> Result<WrkResult> {
-        let mut cmd = self.command(cpus, url);
+        self.run_with(cpus, url, &[])
+    }
+
+    pub fn run_with(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)]) -> Result<WrkResult> {
+        let mut cmd = self.command_with(cpus, url, headers);
         announce(&cmd);
         let out = capture(&mut cmd)?;
         let result = parse_wrk(&out).with_context(|| format!("cannot read wrk's output:\n{out}"))?;
@@ -102,7 +114,15 @@ pub struct Oha {
 
 impl Oha {
     pub fn command(&self, cpus: &CpuList, url: &str) -> Command {
+        self.command_with(cpus, url, &[])
+    }
+
+    /// With extra request headers (`-H "name: value"`).
+    pub fn command_with(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)]) -> Command {
         let mut cmd = cpus.taskset("oha");
+        for (name, value) in headers {
+            cmd.args(["-H", &format!("{name}: {value}")]);
+        }
         cmd.args(["-z", &format!("{}s", self.duration.as_secs())])
             .args(["-c", &self.connections.to_string()])
             .args(["-q", &self.rate.to_string()])
@@ -116,7 +136,11 @@ impl Oha {
     /// Runs it; fails if oha fails, saw no request, or got any non-2xx answer or error (other
     /// than the requests cut off by the end of the run).
     pub fn run(&self, cpus: &CpuList, url: &str) -> Result<OhaResult> {
-        let mut cmd = self.command(cpus, url);
+        self.run_with(cpus, url, &[])
+    }
+
+    pub fn run_with(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)]) -> Result<OhaResult> {
+        let mut cmd = self.command_with(cpus, url, headers);
         announce(&cmd);
         let out = capture(&mut cmd)?;
         let result = parse_oha(&out).with_context(|| format!("cannot read oha's JSON output:\n{out}"))?;

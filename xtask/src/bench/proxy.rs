@@ -190,7 +190,7 @@ fn sanity_check(s: &Subject) -> Result<()> {
 }
 
 /// Starts nginx with `conf` under `prefix`; returns it and its command line.
-fn start_nginx(name: &str, cpus: &CpuList, prefix: &Path, conf: &str) -> Result<(Service, String)> {
+pub(super) fn start_nginx(name: &str, cpus: &CpuList, prefix: &Path, conf: &str) -> Result<(Service, String)> {
     let conf_path = prefix.join("nginx.conf");
     fs::write(&conf_path, conf)?;
     let mut cmd = cpus.taskset("nginx");
@@ -227,6 +227,7 @@ max_idle_per_target = {UPSTREAM_KEEPALIVE}
 [[routes]]
 name = "all"
 service = "upstream"
+auth = "none"
 "#
     )
 }

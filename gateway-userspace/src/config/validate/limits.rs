@@ -265,6 +265,7 @@ targets = ["127.0.0.1:5000"]
 name = "chat"
 service = "s"
 paths = ["/v1"]
+auth = "none"
 "#;
 
     fn load(extra: &str) -> Result<Config, Vec<Problem>> {

@@ -1,0 +1,308 @@
+//! The `jti` denylist. Every token with a `jti` is checked on every request, cached or not.
+//!
+//! The local denylist is a copy-on-write map read lock-free by the workers (`ArcSwap`): a check
+//! is one atomic load and a hash lookup. Revocations are rare, so a write copies the map (and
+//! drops entries whose token has expired anyway).
+//!
+//! - `store = "memory"`: that is the whole story; revocations apply to this process, at once,
+//!   and are lost at restart.
+//! - `store = "redis"`: a revocation is `SET <prefix>:auth:revoked:<jti> <until> EXAT <until>`
+//!   (the key lives exactly as long as the token) and a PUBLISH on `<prefix>:auth:revocations`.
+//!   Every node subscribes and adds what it hears to its local denylist, so a revocation made on
+//!   one node is refused by all of them within a pub/sub round trip. A jti the local list does
+//!   not know is looked up in Redis (`GET`) once per `cache_ttl` per worker; while the
+//!   subscription is down those answers are not reused, since a revocation could be missed.
+//!   When Redis cannot answer, `on_store_error` decides: 503 or let through, counted.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use super::{AuthMetrics, OutageMode, RevocationSpec, RevocationStoreKind, unix_now};
+use crate::kv::Kv;
+
+/// Longest jti accepted for revocation.
+const MAX_JTI: usize = 256;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RevocationError {
+    #[error("invalid jti: {0}")]
+    InvalidJti(&'static str),
+    #[error("until ({until}) is not in the future: a token expired by then needs no revocation")]
+    InThePast { until: u64 },
+    #[error("the revocation store failed: {0}")]
+    Store(String),
+}
+
+/// The shared store (Redis).
+struct Remote {
+    kv: Kv,
+    channel: String,
+    /// Whether the pub/sub subscription is up (else cached "not revoked" answers are not reused).
+    live: Arc<AtomicBool>,
+    /// Dropped with the `Revocations`: ends the subscription task.
+    _alive: watch::Sender<()>,
+}
+
+pub struct Revocations {
+    spec: RevocationSpec,
+    /// jti → unix seconds until which it is revoked (the token's expiry).
+    denylist: ArcSwap<HashMap<Box<str>, u64>>,
+    write: Mutex<()>,
+    remote: Option<Remote>,
+    metrics: AuthMetrics,
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations").field("spec", &self.spec).field("local", &self.denylist.load().len()).finish()
+    }
+}
+
+/// What a lookup in the shared store found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    NotRevoked,
+    /// Revoked until then (now also on the local list).
+    Revoked(u64),
+}
+
+impl Revocations {
+    /// A memory store, or with `kv` (required by `store = "redis"`) the shared one, whose
+    /// subscription starts on the current runtime (the control runtime).
+    pub fn new(spec: RevocationSpec, kv: Option<Kv>, metrics: AuthMetrics) -> Arc<Self> {
+        Arc::new_cyclic(|weak: &Weak<Revocations>| {
+            let remote = match (spec.store, kv) {
+                (RevocationStoreKind::Redis, Some(kv)) => Some(Remote::start(kv, weak.clone())),
+                (RevocationStoreKind::Redis, None) => {
+                    // Validation requires [redis]; without it every lookup fails by the fail mode.
+                    tracing::error!("revocation store is redis but no [redis] handle exists");
+                    None
+                }
+                (RevocationStoreKind::Memory, _) => None,
+            };
+            Revocations {
+                spec,
+                denylist: ArcSwap::from_pointee(HashMap::new()),
+                write: Mutex::new(()),
+                remote,
+                metrics,
+            }
+        })
+    }
+
+    pub fn spec(&self) -> &RevocationSpec {
+        &self.spec
+    }
+
+    /// Whether this list can serve a new config (same settings, same Redis connection).
+    pub fn reusable_for(&self, spec: &RevocationSpec, kv: Option<&Kv>) -> bool {
+        self.spec == *spec
+            && match (&self.remote, kv) {
+                (Some(r), Some(kv)) => r.kv.same(kv),
+                (None, _) => spec.store == RevocationStoreKind::Memory,
+                (Some(_), None) => false,
+            }
+    }
+
+    /// Whether `jti` is on the local denylist (at unix time `now`).
+    pub fn is_revoked_locally(&self, jti: &str, now: u64) -> bool {
+        let list = self.denylist.load();
+        !list.is_empty() && list.get(jti).is_some_and(|until| *until > now)
+    }
+
+    /// Whether jtis must also be looked up in a shared store.
+    pub fn shared(&self) -> bool {
+        self.spec.store == RevocationStoreKind::Redis
+    }
+
+    /// Whether "not revoked" answers of the shared store may be reused (its revocations are
+    /// being heard).
+    pub fn subscribed(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.live.load(Ordering::Acquire))
+    }
+
+    /// Looks `jti` up in the shared store.
+    pub async fn lookup(&self, jti: &str) -> Result<Lookup, RevocationError> {
+        let Some(remote) = &self.remote else { return Err(RevocationError::Store("no redis".into())) };
+        let key = remote.key(jti);
+        let until: Option<u64> =
+            remote.kv.query("auth_revoked_get", redis::cmd("GET").arg(&key)).await.map_err(store_error)?;
+        match until {
+            Some(until) => {
+                self.insert_local(jti, until);
+                Ok(Lookup::Revoked(until))
+            }
+            None => Ok(Lookup::NotRevoked),
+        }
+    }
+
+    /// Counts a failed lookup; true when the request may go on (`fail_open`).
+    pub fn store_failed(&self) -> bool {
+        let open = self.spec.on_store_error == OutageMode::FailOpen;
+        self.metrics.revocation_store_error(open);
+        open
+    }
+
+    /// Revokes `jti` until `until` (unix seconds, normally the token's `exp`): locally at once,
+    /// and in the shared store for every node.
+    pub async fn revoke(&self, jti: &str, until: u64, source: &'static str) -> Result<(), RevocationError> {
+        validate(jti, until)?;
+        self.insert_local(jti, until);
+        if let Some(remote) = &self.remote {
+            let set = redis::cmd("SET").arg(remote.key(jti)).arg(until).arg("EXAT").arg(until).clone();
+            remote.kv.query::<()>("auth_revoke", &set).await.map_err(store_error)?;
+            let message = format!("{until} {jti}");
+            remote.kv.publish(&remote.channel, message.as_bytes()).await.map_err(store_error)?;
+        }
+        self.metrics.revoked(source);
+        tracing::info!(jti, until, source, "token revoked");
+        Ok(())
+    }
+
+    /// Adds to the local denylist only (also used for revocations heard from other nodes).
+    pub fn insert_local(&self, jti: &str, until: u64) {
+        let _guard = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = unix_now();
+        let current = self.denylist.load();
+        if current.get(jti).is_some_and(|u| *u >= until) {
+            return;
+        }
+        let mut next: HashMap<Box<str>, u64> =
+            current.iter().filter(|(_, u)| **u > now).map(|(k, u)| (k.clone(), *u)).collect();
+        next.insert(jti.into(), until);
+        self.denylist.store(Arc::new(next));
+    }
+
+    /// A revocation published by some node: `<until> <jti>`.
+    fn heard(&self, message: &[u8]) {
+        let parsed = std::str::from_utf8(message)
+            .ok()
+            .and_then(|m| m.split_once(' '))
+            .and_then(|(until, jti)| Some((until.parse::<u64>().ok()?, jti)));
+        match parsed {
+            Some((until, jti)) if validate(jti, until).is_ok() => {
+                if !self.is_revoked_locally(jti, unix_now()) {
+                    self.insert_local(jti, until);
+                    self.metrics.revoked("peer");
+                    tracing::debug!(jti, until, "revocation heard from another node");
+                }
+            }
+            Some(_) => {}
+            None => tracing::warn!("ignoring a malformed message on the revocation channel"),
+        }
+    }
+
+    /// Entries on the local denylist (expired ones included until the next write).
+    pub fn local_len(&self) -> usize {
+        self.denylist.load().len()
+    }
+}
+
+impl Remote {
+    fn start(kv: Kv, revocations: Weak<Revocations>) -> Remote {
+        let channel = kv.key(format_args!("auth:revocations"));
+        let live = Arc::new(AtomicBool::new(false));
+        let (alive, mut dropped) = watch::channel(());
+        let mut sub = kv.subscribe(channel.clone());
+        let flag = live.clone();
+        let listen = async move {
+            loop {
+                tokio::select! {
+                    _ = dropped.changed() => return,
+                    changed = sub.live.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        flag.store(*sub.live.borrow_and_update(), Ordering::Release);
+                    }
+                    message = sub.messages.recv() => {
+                        let Some(message) = message else { return };
+                        let Some(r) = revocations.upgrade() else { return };
+                        r.heard(&message);
+                    }
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(listen);
+            }
+            Err(_) => tracing::error!(
+                "no runtime for the revocation subscription; other nodes' revocations are looked up in redis"
+            ),
+        }
+        Remote { kv, channel, live, _alive: alive }
+    }
+
+    fn key(&self, jti: &str) -> String {
+        self.kv.key(format_args!("auth:revoked:{jti}"))
+    }
+}
+
+fn store_error(e: crate::kv::KvError) -> RevocationError {
+    RevocationError::Store(e.to_string())
+}
+
+/// Checks what `gatewayd revoke` and the admin endpoint accept.
+pub fn validate(jti: &str, until: u64) -> Result<(), RevocationError> {
+    if jti.is_empty() || jti.len() > MAX_JTI {
+        return Err(RevocationError::InvalidJti("must be 1 to 256 bytes"));
+    }
+    if jti.chars().any(char::is_control) {
+        return Err(RevocationError::InvalidJti("must not contain control characters"));
+    }
+    if until <= unix_now() {
+        return Err(RevocationError::InThePast { until });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn revoked_until_expiry() {
+        let r = Revocations::new(RevocationSpec::default(), None, AuthMetrics::default());
+        let now = unix_now();
+        assert!(!r.is_revoked_locally("a", now));
+        block_on(r.revoke("a", now + 60, "admin")).unwrap();
+        assert!(r.is_revoked_locally("a", now));
+        assert!(!r.is_revoked_locally("a", now + 61), "an entry lapses with the token");
+        assert!(!r.is_revoked_locally("b", now));
+        assert_eq!(
+            block_on(r.revoke("", now + 60, "admin")),
+            Err(RevocationError::InvalidJti("must be 1 to 256 bytes"))
+        );
+        assert!(matches!(block_on(r.revoke("c", now - 1, "admin")), Err(RevocationError::InThePast { .. })));
+        // A shorter revocation never shortens a longer one.
+        r.insert_local("a", now + 10);
+        assert!(r.is_revoked_locally("a", now + 30));
+        assert!(!r.shared() && !r.subscribed());
+    }
+
+    #[test]
+    fn published_messages_are_parsed_strictly() {
+        let r = Revocations::new(RevocationSpec::default(), None, AuthMetrics::default());
+        let until = unix_now() + 60;
+        r.heard(format!("{until} tok-1").as_bytes());
+        assert!(r.is_revoked_locally("tok-1", unix_now()));
+        for bad in ["", "x y", "123", "5 old-token", "99999999999 \u{7}"] {
+            r.heard(bad.as_bytes());
+        }
+        assert_eq!(r.local_len(), 1);
+    }
+}

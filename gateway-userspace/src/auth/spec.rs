@@ -1,0 +1,298 @@
+//! The validated `[auth]` and `[[consumers]]` configuration: what the identity phase needs,
+//! nothing file-shaped (header names parsed, static keys loaded, policies resolved to indices).
+
+use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
+
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+
+pub use super::jwt::Named;
+use super::{ApiKeys, KeySet, Policy, RoutePolicy};
+
+#[derive(Debug)]
+pub struct AuthSpec {
+    /// Indexed like the file's `[[routes]]` (a route's `index`).
+    pub route_policies: Vec<RoutePolicy>,
+    pub policies: Vec<Policy>,
+    pub issuers: Vec<IssuerSpec>,
+    /// Indexed like `Config::consumers` (the `[[consumers]]` order).
+    pub consumers: Vec<ConsumerSpec>,
+    /// Consumer name → index (for consumers identified by their client certificate).
+    pub consumer_by_name: HashMap<Arc<str>, usize>,
+    pub api_keys: ApiKeys,
+    pub tokens: TokenSources,
+    pub api_key_header: HeaderName,
+    /// Clock skew tolerated on `exp`, `nbf`, `iat`, in seconds.
+    pub leeway: u64,
+    pub token_cache_size: usize,
+    pub headers: IdentityHeaders,
+    pub revocation: RevocationSpec,
+}
+
+/// Where bearer tokens are read from besides `Authorization: Bearer`.
+#[derive(Debug, Clone)]
+pub struct TokenSources {
+    pub uri_params: Vec<String>,
+    pub cookies: Vec<String>,
+    /// Longest accepted token in bytes.
+    pub max_size: usize,
+}
+
+/// Names of the identity headers sent upstream (and always removed from client requests).
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub user: HeaderName,
+    pub consumer_username: HeaderName,
+    pub consumer_id: HeaderName,
+    pub scope: HeaderName,
+    pub workspace: HeaderName,
+    /// Forward the client's credentials (`Authorization`, the API key header) upstream after
+    /// validating them.
+    pub forward_credentials: bool,
+}
+
+impl IdentityHeaders {
+    pub fn all(&self) -> [&HeaderName; 5] {
+        [&self.user, &self.consumer_username, &self.consumer_id, &self.scope, &self.workspace]
+    }
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            user: HeaderName::from_static("x-forwarded-user"),
+            consumer_username: HeaderName::from_static("x-consumer-username"),
+            consumer_id: HeaderName::from_static("x-consumer-id"),
+            scope: HeaderName::from_static("x-authenticated-scope"),
+            workspace: HeaderName::from_static("x-workspace-id"),
+            forward_credentials: false,
+        }
+    }
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerSpec {
+    /// The config name (metrics label, policies refer to it).
+    pub name: Arc<str>,
+    /// The exact `iss` value.
+    pub issuer: Arc<str>,
+    /// `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted from this issuer (never HMAC, never `none`).
+    pub algorithms: Vec<Algorithm>,
+    pub keys: KeySource,
+    pub refresh: RefreshSpec,
+    /// PEM file of CAs trusted for the IdP's HTTPS certificate; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// TLS settings for HTTPS calls to the IdP (built from `ca_file` when some URL is HTTPS).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The claim that names the user (`X-Forwarded-User`, audit `user_id`).
+    pub user_claim: String,
+    /// The claim that names the workspace (`X-Workspace-Id`, audit `workspace_id`).
+    pub workspace_claim: String,
+    pub introspection: Option<IntrospectionSpec>,
+}
+
+impl IssuerSpec {
+    /// What a running key cache depends on: same value, same cache (kept across reloads).
+    pub fn fetch_identity(&self) -> (&str, &KeySource, &RefreshSpec, Option<&PathBuf>, Option<&str>) {
+        (
+            &self.issuer,
+            &self.keys,
+            &self.refresh,
+            self.ca_file.as_ref(),
+            self.introspection.as_ref().and_then(|i| i.endpoint.as_deref()),
+        )
+    }
+}
+
+/// Where an issuer's keys come from.
+#[derive(Clone)]
+pub enum KeySource {
+    /// `<issuer>/.well-known/openid-configuration` → `jwks_uri` (and `introspection_endpoint`).
+    Discovery { url: String },
+    /// A JWKS URL.
+    JwksUri { url: String },
+    /// Keys loaded from files at (re)load time; never refreshed, never stale.
+    Static { keys: Arc<KeySet>, files: Vec<PathBuf> },
+    /// Only opaque tokens through introspection: no signing keys at all.
+    None,
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Discovery { url } => write!(f, "Discovery({url})"),
+            KeySource::JwksUri { url } => write!(f, "JwksUri({url})"),
+            KeySource::Static { keys, files } => write!(f, "Static({} keys from {files:?})", keys.len()),
+            KeySource::None => f.write_str("None"),
+        }
+    }
+}
+
+impl PartialEq for KeySource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (KeySource::Discovery { url: a }, KeySource::Discovery { url: b }) => a == b,
+            (KeySource::JwksUri { url: a }, KeySource::JwksUri { url: b }) => a == b,
+            // Files are re-read at every reload: a reload picks up replaced key files.
+            (KeySource::Static { keys: a, .. }, KeySource::Static { keys: b, .. }) => Arc::ptr_eq(a, b),
+            (KeySource::None, KeySource::None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How keys fetched from the network are kept fresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshSpec {
+    /// Longest time fetched keys are used without a refresh (and the refresh period when the
+    /// response says nothing shorter).
+    pub max_interval: Duration,
+    /// Shortest refresh period, whatever Cache-Control says.
+    pub min_interval: Duration,
+    /// At most one refetch per this interval is triggered by tokens with an unknown `kid`.
+    pub unknown_kid_interval: Duration,
+    pub fetch_timeout: Duration,
+    /// How long the issuer keeps working on cached keys while refreshes fail.
+    pub outage_grace: Duration,
+    pub on_outage: OutageMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutageMode {
+    /// After the grace period, refuse every token of the issuer (503 `idp_unavailable`).
+    FailClosed,
+    /// Keep validating with the last keys fetched, however old.
+    FailOpen,
+}
+
+/// RFC 7662 token introspection for opaque tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IntrospectionSpec {
+    /// `None`: the `introspection_endpoint` of the discovery document.
+    pub endpoint: Option<String>,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Active results are reused up to this long (never past the token's `exp`).
+    pub cache_ttl: Duration,
+    /// Inactive results are reused this long.
+    pub negative_cache_ttl: Duration,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for IntrospectionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntrospectionSpec")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("cache_ttl", &self.cache_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An API consumer. Its names are interned as `'static` header values (see [`interned`]).
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// `X-Consumer-Username`.
+    pub name: Named,
+    /// `X-Consumer-Id`, and the user id of requests authenticated with its API keys.
+    pub id: Named,
+    /// Scopes its API keys grant.
+    pub scopes: Vec<Arc<str>>,
+    pub scope_header: Option<HeaderValue>,
+    pub workspace: Option<Named>,
+}
+
+/// Header names and values taken from the configuration are interned as `'static`: cloning a
+/// static `HeaderName`/`HeaderValue` touches no reference count, so workers inserting them into
+/// every request share no cache line. The set only grows with distinct configured strings.
+pub mod interned {
+    use std::{
+        collections::HashSet,
+        sync::{Mutex, OnceLock},
+    };
+
+    use http::{HeaderName, HeaderValue};
+
+    use super::Named;
+
+    fn intern(s: &str) -> &'static str {
+        static SET: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+        let mut set = SET.get_or_init(Mutex::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match set.get(s) {
+            Some(existing) => existing,
+            None => {
+                let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
+                set.insert(leaked);
+                leaked
+            }
+        }
+    }
+
+    pub fn header_name(s: &str) -> Result<HeaderName, String> {
+        let lower = s.to_ascii_lowercase();
+        HeaderName::from_bytes(lower.as_bytes()).map_err(|_| format!("invalid header name {s:?}"))?;
+        Ok(HeaderName::from_static(intern(&lower)))
+    }
+
+    pub fn header_value(s: &str) -> Result<HeaderValue, String> {
+        let visible = !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if !visible {
+            return Err(format!("{s:?} must be non-empty visible ASCII (it is sent as a header value)"));
+        }
+        Ok(HeaderValue::from_static(intern(s)))
+    }
+
+    pub fn named(s: &str) -> Result<Named, String> {
+        Ok(Named { text: s.into(), header: header_value(s)? })
+    }
+
+    /// Like [`named`], with bytes outside visible ASCII percent-encoded in the header value
+    /// (consumer names may be any UTF-8).
+    pub fn named_lenient(s: &str) -> Named {
+        let mut encoded = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if encoded.is_empty() {
+            encoded.push('-');
+        }
+        let header = header_value(&encoded).unwrap_or_else(|_| HeaderValue::from_static("-"));
+        Named { text: s.into(), header }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationSpec {
+    pub store: RevocationStoreKind,
+    /// When the shared store cannot answer.
+    pub on_store_error: OutageMode,
+    /// How long a worker reuses a "not revoked" answer from the shared store (revocations
+    /// published by other nodes apply at once regardless).
+    pub cache_ttl: Duration,
+}
+
+impl Default for RevocationSpec {
+    fn default() -> Self {
+        RevocationSpec {
+            store: RevocationStoreKind::Memory,
+            on_store_error: OutageMode::FailClosed,
+            cache_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationStoreKind {
+    /// This process only (lost at restart).
+    Memory,
+    /// Redis (`[redis]`), shared by the fleet, with pub/sub.
+    Redis,
+}
