@@ -152,6 +152,10 @@ impl Kernel {
             return Ok(());
         }
         let src = self.modules_dir()?;
+        // A tree unpacked by an older xtask may lack modules.dep: make it now.
+        if !src.join("modules.dep").exists() {
+            exec(Command::new("depmod").arg("-b").arg(&self.unpacked).arg(&self.version))?;
+        }
         let dest = tree.join("lib/modules").join(&self.version);
         let deps = parse_modules_dep(&fs::read_to_string(src.join("modules.dep")).context("reading modules.dep")?);
         let mut wanted = BTreeSet::new();
