@@ -48,25 +48,40 @@ const LARGE_LEN: usize = 1 << 20;
 /// What one phase measures.
 pub struct Phase {
     pub name: &'static str,
-    /// What one unit of `Run::units` is, for the tables.
+    /// What one unit of `Run::units` is, for the tables, singular and plural.
     pub unit: &'static str,
+    pub units: &'static str,
     pub key: KeyKind,
     pub work: Work,
 }
 
 fn phases() -> [Phase; 4] {
     [
-        Phase { name: "full handshakes, ECDSA P-256", unit: "handshake", key: KeyKind::EcdsaP256, work: Work::Full },
-        Phase { name: "full handshakes, RSA-2048", unit: "handshake", key: KeyKind::Rsa2048, work: Work::Full },
+        Phase {
+            name: "full handshakes, ECDSA P-256",
+            unit: "handshake",
+            units: "handshakes",
+            key: KeyKind::EcdsaP256,
+            work: Work::Full,
+        },
+        Phase {
+            name: "full handshakes, RSA-2048",
+            unit: "handshake",
+            units: "handshakes",
+            key: KeyKind::Rsa2048,
+            work: Work::Full,
+        },
         Phase {
             name: "resumed handshakes (ECDSA P-256 certificate)",
             unit: "handshake",
+            units: "handshakes",
             key: KeyKind::EcdsaP256,
             work: Work::Resumed,
         },
         Phase {
             name: "1 MiB responses over keep-alive",
             unit: "MiB",
+            units: "MiB",
             key: KeyKind::EcdsaP256,
             work: Work::Download { path: LARGE_PATH.to_owned(), len: LARGE_LEN },
         },

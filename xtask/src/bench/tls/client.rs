@@ -150,7 +150,7 @@ impl Prepared {
 /// One thread's state between preparing and running.
 enum Worker {
     Handshakes { target: Target, config: Arc<ClientConfig>, expect: HandshakeKind },
-    Download { stream: BufReader<StreamOwned<ClientConnection, TcpStream>>, path: String, len: usize },
+    Download { stream: Box<BufReader<StreamOwned<ClientConnection, TcpStream>>>, path: String, len: usize },
 }
 
 impl Worker {
@@ -168,7 +168,8 @@ impl Worker {
                 Ok(Self::Handshakes { target: target.clone(), config, expect: HandshakeKind::Resumed })
             }
             Work::Download { path, len } => {
-                let mut stream = BufReader::with_capacity(64 * 1024, connect(target, &config(target, false)?)?);
+                let mut stream =
+                    Box::new(BufReader::with_capacity(64 * 1024, connect(target, &config(target, false)?)?));
                 download(&mut stream, path, *len)?;
                 check_session(stream.get_ref(), HandshakeKind::Full)?;
                 Ok(Self::Download { stream, path: path.clone(), len: *len })

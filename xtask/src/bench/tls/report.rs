@@ -47,10 +47,10 @@ pub fn write(subjects: &[Subject], results: &[(Phase, Vec<Vec<Run>>)], setup: &S
             row.push(ratio(v[0], v[1]));
             row
         };
-        let u = phase.unit;
-        rows.push(row(format!("{}: {u}s/s", phase.name), Run::rate, 0));
+        let (u, us) = (phase.unit, phase.units);
+        rows.push(row(format!("{}: {us}/s", phase.name), Run::rate, 0));
         rows.push(row(format!("{}: server CPU µs per {u}", phase.name), Run::cpu_us_per_unit, 1));
-        rows.push(row(format!("{}: **{u}s per server core-second**", phase.name), Run::per_core_second, 0));
+        rows.push(row(format!("{}: **{us} per server core-second**", phase.name), Run::per_core_second, 0));
     }
     let mut header = vec![""];
     header.extend(&names);
@@ -64,6 +64,13 @@ pub fn write(subjects: &[Subject], results: &[(Phase, Vec<Vec<Run>>)], setup: &S
          CPU busy\" in the raw runs: near 100%, the rate is the server's limit). For the CPU rows, lower is \
          better; for the others, higher.",
     );
+
+    rep.paragraph(&format!(
+        "nginx is Debian's package, linked with Debian's OpenSSL ({}); OpenSSL 3.0's handshake path is widely \
+         reported to be slower than 1.1.1's and than later 3.x releases', so an nginx built on another TLS library \
+         may do better than this one. The comparison is with what a Debian machine runs.",
+        report::version_of(Command::new("openssl").arg("version"))
+    ));
 
     rep.heading("Goals");
     let mut goal_rows = Vec::new();
@@ -84,7 +91,7 @@ pub fn write(subjects: &[Subject], results: &[(Phase, Vec<Vec<Run>>)], setup: &S
 
     for (phase, runs) in results {
         rep.heading(&format!("Raw runs: {}", phase.name));
-        let u = phase.unit;
+        let (u, us) = (phase.unit, phase.units);
         let reps = runs.iter().map(Vec::len).max().unwrap_or(0);
         let mut raw = Vec::new();
         for i in 0..reps {
@@ -102,8 +109,8 @@ pub fn write(subjects: &[Subject], results: &[(Phase, Vec<Vec<Run>>)], setup: &S
                 ]);
             }
         }
-        let per_second = format!("{u}s/s");
-        let count = format!("{u}s");
+        let per_second = format!("{us}/s");
+        let count = us.to_owned();
         let cpu = format!("server CPU µs/{u}");
         rep.table(
             &["run", "subject", &per_second, &count, "seconds", &cpu, "server CPU busy", "background on subject CPUs"],
@@ -224,7 +231,8 @@ fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             let matches = labels.iter().all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
             if matches { value.split_whitespace().next()?.parse::<f64>().ok() } else { None }
         })
-        .sum()
+        // Not `sum()`: an empty f64 sum is -0.
+        .fold(0.0, |a, b| a + b)
 }
 
 /// The version of `package` in the workspace's Cargo.lock (the first, if several), or `unknown`.
