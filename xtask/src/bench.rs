@@ -16,6 +16,7 @@ mod process;
 mod procfs;
 mod proxy;
 mod report;
+mod tls;
 mod xdp;
 
 use std::{
@@ -36,10 +37,11 @@ pub struct Options {
     /// Measured runs of each kind per subject (interleaved); the report shows their medians.
     #[arg(long, default_value_t = 3)]
     reps: u32,
-    /// Seconds each measured load run lasts.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
-    /// Concurrent keep-alive connections of the load generators.
+    /// Seconds each measured load run lasts [default: 10; tls: 5].
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Concurrent keep-alive connections of the load generators (tls: client threads, each with
+    /// one connection at a time).
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Idle keep-alive connections opened to measure memory per connection.
@@ -56,6 +58,16 @@ enum Target {
     /// Token validation (µs, cold and cached, RS256/ES256/EdDSA) and an authenticated route vs
     /// an open one through gatewayd.
     Auth,
+    /// TLS termination, gatewayd vs nginx with the same certificates: full handshakes/s (ECDSA
+    /// P-256, RSA-2048), resumed handshakes/s, 1 MiB responses over keep-alive, CPU per unit.
+    Tls,
+}
+
+impl Options {
+    /// Each measured run's length: `--duration`, else the benchmark's default.
+    fn duration(&self, default_secs: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(self.duration.unwrap_or(default_secs))
+    }
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -63,6 +75,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Proxy => proxy::run(opts),
         Target::Xdp => xdp::run(),
         Target::Auth => auth::run(opts),
+        Target::Tls => tls::run(opts),
     }
 }
 

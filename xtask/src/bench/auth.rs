@@ -110,7 +110,7 @@ pub fn run(opts: &Options) -> Result<()> {
     for r in &routes {
         warm.run_with(&plan.load, &r.url, &headers)?;
     }
-    let wrk = Wrk { connections: opts.connections, duration: Duration::from_secs(opts.duration) };
+    let wrk = Wrk { connections: opts.connections, duration: opts.duration(10) };
     let max_runs = interleave(opts.reps, &routes, |_, r| {
         let cpu = r.tree.cpu_time()?;
         let (w, background) = background.measure(|| wrk.run_with(&plan.load, &r.url, &headers))?;
@@ -124,7 +124,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if rate == 0 {
         bail!("gatewayd sustained under 200 requests/s ({max_rps:?}); something is wrong");
     }
-    let oha = Oha { connections: opts.connections, duration: Duration::from_secs(opts.duration), rate };
+    let oha = Oha { connections: opts.connections, duration: opts.duration(10), rate };
     let rate_runs = interleave(opts.reps, &routes, |_, r| {
         let cpu = r.tree.cpu_time()?;
         let (o, background) = background.measure(|| oha.run_with(&plan.load, &r.url, &headers))?;
@@ -217,7 +217,7 @@ pub fn run(opts: &Options) -> Result<()> {
         "Medians of {} interleaved runs per route, {} s each, {} connections, {workers} gatewayd worker(s) pinned to \
          CPUs {} (load generators on {}). Other processes used a median {}% of gatewayd's CPUs during the runs.",
         opts.reps,
-        opts.duration,
+        opts.duration(10).as_secs(),
         opts.connections,
         plan.subject,
         plan.load,
@@ -234,7 +234,7 @@ pub fn run(opts: &Options) -> Result<()> {
         &format!(
             "cargo xtask bench auth --reps {} --duration {} --connections {}\n# micro part alone:\ncargo bench -p gateway-userspace --bench auth\n{}\n{}",
             opts.reps,
-            opts.duration,
+            opts.duration(10).as_secs(),
             opts.connections,
             report::shell_line(&wrk.command_with(&plan.load, &routes[1].url, &[("Authorization", "Bearer …")])),
             gw_line,

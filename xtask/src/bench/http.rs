@@ -48,7 +48,7 @@ pub fn request(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Result<R
     read_response(&mut BufReader::new(stream)).with_context(|| format!("read the response from {addr}"))
 }
 
-fn read_response(reader: &mut impl std::io::BufRead) -> Result<Response> {
+pub(super) fn read_response(reader: &mut impl std::io::BufRead) -> Result<Response> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let status = line

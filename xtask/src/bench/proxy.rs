@@ -112,7 +112,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
 
     // Highest rate, closed loop.
-    let wrk = Wrk { connections: opts.connections, duration: Duration::from_secs(opts.duration) };
+    let wrk = Wrk { connections: opts.connections, duration: opts.duration(10) };
     let max_runs = interleave(opts.reps, &subjects, |_, s| {
         let cpu = s.tree.cpu_time()?;
         let (w, background) = background.measure(|| wrk.run(&plan.load, &s.url()))?;
@@ -128,7 +128,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if rate == 0 {
         bail!("the proxies sustained under 200 requests/s ({max_rps:?}); something is wrong");
     }
-    let oha = Oha { connections: opts.connections, duration: Duration::from_secs(opts.duration), rate };
+    let oha = Oha { connections: opts.connections, duration: opts.duration(10), rate };
     let rate_runs = interleave(opts.reps, &subjects, |_, s| {
         let cpu = s.tree.cpu_time()?;
         let (o, background) = background.measure(|| oha.run(&plan.load, &s.url()))?;
@@ -234,7 +234,7 @@ auth = "none"
 
 /// Directives both nginx instances share: foreground, files under the prefix, enough
 /// descriptors for the idle-connection measurement, no access log.
-fn nginx_common(prefix: &Path, workers: usize, nofile: u64) -> Result<String> {
+pub(super) fn nginx_common(prefix: &Path, workers: usize, nofile: u64) -> Result<String> {
     fs::create_dir_all(prefix)?;
     let p = prefix.display();
     Ok(format!(
@@ -250,7 +250,7 @@ events {{
     ))
 }
 
-fn nginx_temp_paths(prefix: &Path) -> String {
+pub(super) fn nginx_temp_paths(prefix: &Path) -> String {
     let p = prefix.display();
     format!(
         "    client_body_temp_path {p}/client_body;
@@ -566,7 +566,7 @@ fn write_report(
                 format!(
                     "{} × {} s per subject and phase, interleaved (direct, gatewayd, nginx, direct, …), after a {} s warm-up each; {} connections",
                     o.reps,
-                    o.duration,
+                    o.duration(10).as_secs(),
                     WARMUP.as_secs(),
                     o.connections
                 ),

@@ -58,6 +58,11 @@ impl Report {
         Ok(path)
     }
 
+    #[cfg(test)]
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     fn line(&mut self, text: &str) {
         let _ = writeln!(self.text, "{text}");
     }
