@@ -569,11 +569,11 @@ impl IdentifyPhase {
         };
         let digest = cache::hash(token);
         let fleet = self.shared[index].as_ref();
-        if let Some(fleet) = fleet {
-            if let Some(entry) = self.shared_lookup(fleet, index, settings, &digest).await? {
-                WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.put(digest, entry));
-                return Ok(());
-            }
+        if let Some(fleet) = fleet
+            && let Some(entry) = self.shared_lookup(fleet, index, settings, &digest).await?
+        {
+            WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.put(digest, entry));
+            return Ok(());
         }
         let keys = &self.issuers[index];
         if keys.introspection_endpoint().is_none() && keys.freshness(unix_now_ms()) == Freshness::NotYet {
