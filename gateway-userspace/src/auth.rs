@@ -9,7 +9,8 @@
 //!   background on the control runtime within Cache-Control bounds; unknown `kid` refetch limited
 //!   to one per interval; IdP outage grace, then fail closed.
 //! - `cache`: the per-worker validated-token cache (SHA-256 of the token → claims, until `exp`).
-//! - `introspection`: RFC 7662 for opaque tokens, with client credentials, cached.
+//! - `introspection`: RFC 7662 for opaque tokens, with client credentials, cached per worker
+//!   and, with `cache = "redis"`, fleet-wide.
 //! - `api_key`: consumers' API keys, stored as SHA-256 digests, compared in constant time.
 //! - `revocation`: the `jti` denylist (local, and shared through Redis when configured).
 //! - `identify`: the request phase that ties them together, strips client-supplied identity
@@ -53,8 +54,8 @@ pub use metrics::AuthMetrics;
 pub use policy::{Credential, Mode, Policy, RoutePolicy};
 pub use revocation::{RevocationError, Revocations};
 pub use spec::{
-    AuthSpec, ConsumerSpec, IdentityHeaders, IntrospectionSpec, IssuerSpec, KeySource, Named, OutageMode, RefreshSpec,
-    RevocationSpec, RevocationStoreKind, TokenSources, interned,
+    AuthSpec, ConsumerSpec, IdentityHeaders, IntrospectionCacheKind, IntrospectionSpec, IssuerSpec, KeySource, Named,
+    OutageMode, RefreshSpec, RevocationSpec, RevocationStoreKind, TokenSources, interned,
 };
 
 use crate::{kv::Kv, metrics::Readiness};
@@ -204,14 +205,14 @@ impl AuthHolder {
         running.clone_from(&issuers);
         drop(running);
         let mut current = self.revocations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let kv = kv.filter(|_| spec.revocation.store == RevocationStoreKind::Redis);
+        let revocation_kv = kv.clone().filter(|_| spec.revocation.store == RevocationStoreKind::Redis);
         let revocations = match current.as_ref() {
-            Some(r) if r.reusable_for(&spec.revocation, kv.as_ref()) => r.clone(),
-            _ => Revocations::new(spec.revocation.clone(), kv, self.env.metrics.clone()),
+            Some(r) if r.reusable_for(&spec.revocation, revocation_kv.as_ref()) => r.clone(),
+            _ => Revocations::new(spec.revocation.clone(), revocation_kv, self.env.metrics.clone()),
         };
         *current = Some(revocations.clone());
         drop(current);
-        IdentifyPhase::new(spec, issuers, revocations, self.env.metrics.clone())
+        IdentifyPhase::new(spec, issuers, revocations, kv, self.env.metrics.clone())
     }
 
     /// The running revocation list (for the admin endpoint).

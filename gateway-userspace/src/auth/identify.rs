@@ -20,10 +20,13 @@ use aws_lc_rs::constant_time::verify_slices_are_equal;
 use http::{HeaderValue, header, request};
 
 use super::{
-    AuthError, AuthMetrics, AuthSpec, Credential, Mode, Policy, RoutePolicy,
-    cache::{self, Entry, Validated, WorkerCache},
+    AuthError, AuthMetrics, AuthSpec, Credential, IntrospectionCacheKind, IntrospectionSpec, Mode, Policy, RoutePolicy,
+    cache::{self, Entry, TokenHash, Validated, WorkerCache},
     idp_http::IdpClient,
-    introspection::{Introspected, introspect},
+    introspection::{
+        Introspected, introspect,
+        shared::{self, SharedAnswers, Stored},
+    },
     jwks::{Freshness, IssuerKeys},
     jwt::{self, ClaimsOf},
     revocation::{Lookup, Revocations},
@@ -31,6 +34,7 @@ use super::{
 };
 use crate::{
     error::GatewayError,
+    kv::Kv,
     pipeline::{Phase, RequestCtx, Step},
     tls::VerifyStatus,
 };
@@ -45,6 +49,8 @@ pub struct IdentifyPhase {
     issuers: Vec<Arc<IssuerKeys>>,
     /// Introspection clients, indexed like `spec.issuers` (`None` without introspection).
     introspectors: Vec<Option<IdpClient>>,
+    /// The fleet-wide introspection cache, indexed like `spec.issuers` (`cache = "redis"`).
+    shared: Vec<Option<SharedAnswers>>,
     revocations: Arc<Revocations>,
     metrics: AuthMetrics,
 }
@@ -119,15 +125,32 @@ impl IdentifyPhase {
         spec: Arc<AuthSpec>,
         issuers: Vec<Arc<IssuerKeys>>,
         revocations: Arc<Revocations>,
+        kv: Option<Kv>,
         metrics: AuthMetrics,
     ) -> Self {
         let introspectors =
             spec.issuers.iter().map(|i| i.introspection.as_ref().map(|_| IdpClient::new(i.tls.clone()))).collect();
+        let shared = spec
+            .issuers
+            .iter()
+            .map(|i| {
+                let settings = i.introspection.as_ref().filter(|s| s.cache == IntrospectionCacheKind::Redis)?;
+                match &kv {
+                    Some(kv) => Some(SharedAnswers::new(kv.clone(), i, settings)),
+                    None => {
+                        // Validation requires [redis]; without it answers stay per worker.
+                        tracing::error!(issuer = %i.name, "introspection cache is redis but no [redis] handle exists");
+                        None
+                    }
+                }
+            })
+            .collect();
         IdentifyPhase {
             id: NEXT_PHASE_ID.fetch_add(1, Ordering::Relaxed),
             spec,
             issuers,
             introspectors,
+            shared,
             revocations,
             metrics,
         }
@@ -544,6 +567,14 @@ impl IdentifyPhase {
         let (Some(settings), Some(client)) = (spec.introspection.as_ref(), self.introspectors[index].as_ref()) else {
             return Err(AuthError::IdpUnavailable);
         };
+        let digest = cache::hash(token);
+        let fleet = self.shared[index].as_ref();
+        if let Some(fleet) = fleet
+            && let Some(entry) = self.shared_lookup(fleet, index, settings, &digest).await?
+        {
+            WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.put(digest, entry));
+            return Ok(());
+        }
         let keys = &self.issuers[index];
         if keys.introspection_endpoint().is_none() && keys.freshness(unix_now_ms()) == Freshness::NotYet {
             // The endpoint comes from discovery, which has not answered yet: wait for it once.
@@ -560,35 +591,101 @@ impl IdentifyPhase {
         let answer = introspect(client, &endpoint, settings, token).await;
         self.metrics.validation("introspection", started.elapsed().as_secs_f64());
         let now = Now::get();
-        let digest = cache::hash(token);
-        let entry = match answer {
-            Ok(Introspected::Active(claims)) => {
-                self.metrics.introspection("active");
-                let claims = jwt::check_claims(&claims, spec, now.secs, self.spec.leeway, ClaimsOf::Introspection)?;
-                let mut valid_until = now.secs + settings.cache_ttl.as_secs();
-                if let Some(exp) = claims.expires {
-                    valid_until = valid_until.min(exp.saturating_add(self.spec.leeway));
-                }
-                Entry::Valid(Rc::new(Validated {
-                    issuer: index,
-                    keys_version: 0,
-                    valid_until,
-                    claims,
-                    credential: "introspection",
-                }))
-            }
-            Ok(Introspected::Inactive) => {
-                self.metrics.introspection("inactive");
-                Entry::Inactive { until: now.secs + settings.negative_cache_ttl.as_secs() }
-            }
+        let answer = match answer {
+            Ok(answer) => answer,
             Err(why) => {
                 self.metrics.introspection("error");
                 self.issuers[index].warn_limited(&why);
                 return Err(AuthError::IdpUnavailable);
             }
         };
+        self.metrics.introspection(match answer {
+            Introspected::Active(_) => "active",
+            Introspected::Inactive => "inactive",
+        });
+        let entry = self.entry(index, settings, &answer, now.secs, now)?;
+        if let Some(fleet) = fleet {
+            let ttl = match &entry {
+                Entry::Valid(v) => shared::active_ttl(settings.cache_ttl, v.claims.expires, now.ms),
+                Entry::Inactive { .. } => Some(settings.negative_cache_ttl),
+            };
+            if let Some(ttl) = ttl {
+                fleet.put(&digest, &Stored { at: now.secs, answer }, ttl);
+            }
+        }
         WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.put(digest, entry));
         Ok(())
+    }
+
+    /// What an introspection answer given at `at` (unix seconds) means for this issuer now:
+    /// active ones are checked like claims and reused up to `cache_ttl` after `at` (never past
+    /// `exp`), inactive ones `negative_cache_ttl` after `at`.
+    fn entry(
+        &self,
+        index: usize,
+        settings: &IntrospectionSpec,
+        answer: &Introspected,
+        at: u64,
+        now: Now,
+    ) -> Result<Entry, AuthError> {
+        // Another node's clock may run ahead: never reuse an answer longer than from now.
+        let at = at.min(now.secs);
+        match answer {
+            Introspected::Active(claims) => {
+                let spec = &self.spec.issuers[index];
+                let claims = jwt::check_claims(claims, spec, now.secs, self.spec.leeway, ClaimsOf::Introspection)?;
+                let mut valid_until = at + settings.cache_ttl.as_secs();
+                if let Some(exp) = claims.expires {
+                    valid_until = valid_until.min(exp.saturating_add(self.spec.leeway));
+                }
+                Ok(Entry::Valid(Rc::new(Validated {
+                    issuer: index,
+                    keys_version: 0,
+                    valid_until,
+                    claims,
+                    credential: "introspection",
+                })))
+            }
+            Introspected::Inactive => Ok(Entry::Inactive { until: at + settings.negative_cache_ttl.as_secs() }),
+        }
+    }
+
+    /// Looks the token up in the fleet-wide cache. `None` (ask the IdP) on a miss, on a stale
+    /// entry and whenever Redis cannot answer: the shared cache never refuses a request itself.
+    /// A found answer is checked like one from the IdP (a refusal is this node's own).
+    async fn shared_lookup(
+        &self,
+        shared: &SharedAnswers,
+        index: usize,
+        settings: &IntrospectionSpec,
+        digest: &TokenHash,
+    ) -> Result<Option<Entry>, AuthError> {
+        let stored = match shared.get(digest).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                self.metrics.introspection_cache("miss");
+                return Ok(None);
+            }
+            Err(e) => {
+                self.metrics.introspection_cache("error");
+                tracing::debug!(error = %e, "introspection cache lookup failed; asking the IdP");
+                return Ok(None);
+            }
+        };
+        // Read after the lookup: the entry must be fresh when the phase decides again.
+        let now = Now::get();
+        let entry = self.entry(index, settings, &stored.answer, stored.at, now);
+        let fresh = match &entry {
+            Ok(Entry::Valid(v)) => v.valid_until > now.secs,
+            Ok(Entry::Inactive { until }) => *until > now.secs,
+            Err(_) => true,
+        };
+        if !fresh {
+            self.metrics.introspection_cache("miss");
+            return Ok(None);
+        }
+        self.metrics.introspection_cache("hit");
+        entry.map(Some)
     }
 }
 

@@ -1,7 +1,10 @@
 //! RFC 7662 token introspection, for opaque (non-JWT) bearer tokens: `POST token=…` to the IdP's
 //! introspection endpoint, authenticated with the gateway's client credentials (HTTP Basic,
 //! RFC 6749 2.3.1). The identify phase caches answers per worker: active ones up to
-//! `cache_ttl` (never past the token's `exp`), inactive ones for `negative_cache_ttl`.
+//! `cache_ttl` (never past the token's `exp`), inactive ones for `negative_cache_ttl`; with
+//! `cache = "redis"` the answers are also shared by the fleet (`shared`).
+
+pub mod shared;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use serde_json::{Map, Value};
@@ -65,6 +68,7 @@ mod tests {
             cache_ttl: Duration::from_secs(1),
             negative_cache_ttl: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
+            cache: crate::auth::IntrospectionCacheKind::Memory,
         };
         let header = basic_auth(&spec);
         let decoded = STANDARD.decode(header.strip_prefix("Basic ").unwrap()).unwrap();

@@ -29,6 +29,7 @@ struct Inner {
     revocations: Family<Labels<1>, Counter>,
     revocation_errors: Family<Labels<1>, Counter>,
     introspections: Family<Labels<1>, Counter>,
+    introspection_cache: Family<Labels<1>, Counter>,
 }
 
 /// Registered once at startup; cheap to clone.
@@ -56,6 +57,7 @@ impl Default for AuthMetrics {
             revocations: Family::default(),
             revocation_errors: Family::default(),
             introspections: Family::default(),
+            introspection_cache: Family::default(),
         }))
     }
 }
@@ -135,6 +137,11 @@ impl AuthMetrics {
             "gateway_auth_introspections",
             "RFC 7662 introspection calls, by result (active, inactive, error)",
             i.introspections.clone(),
+        );
+        registry.register(
+            "gateway_auth_introspection_cache",
+            "Lookups in the shared (Redis) introspection cache, by result (hit, miss, error: Redis could not answer or held an unusable value; the IdP is asked)",
+            i.introspection_cache.clone(),
         );
         m
     }
@@ -238,5 +245,9 @@ impl AuthMetrics {
 
     pub fn introspection(&self, result: &'static str) {
         self.0.introspections.get_or_create(&one("result", LabelValue::Static(result))).inc();
+    }
+
+    pub fn introspection_cache(&self, result: &'static str) {
+        self.0.introspection_cache.get_or_create(&one("result", LabelValue::Static(result))).inc();
     }
 }

@@ -180,6 +180,16 @@ pub struct IntrospectionSpec {
     /// Inactive results are reused this long.
     pub negative_cache_ttl: Duration,
     pub timeout: Duration,
+    /// Whether answers are also shared through Redis.
+    pub cache: IntrospectionCacheKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionCacheKind {
+    /// Each worker's token cache only.
+    Memory,
+    /// Also `<key_prefix>:auth:introspection:<SHA-256(token)>` in Redis (`[redis]`), for the fleet.
+    Redis,
 }
 
 impl fmt::Debug for IntrospectionSpec {
@@ -189,6 +199,7 @@ impl fmt::Debug for IntrospectionSpec {
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
             .field("cache_ttl", &self.cache_ttl)
+            .field("cache", &self.cache)
             .finish_non_exhaustive()
     }
 }

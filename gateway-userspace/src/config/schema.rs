@@ -604,6 +604,20 @@ pub struct IntrospectionSection {
     /// Deadline of one introspection call. Default: 2s.
     #[serde(default = "default_introspection_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Where answers are cached: `"memory"` (each worker's token cache only) or `"redis"` (also
+    /// shared through `[redis]`, so one introspection serves every node; Redis down or slow
+    /// falls back to the IdP). Default: `"memory"`.
+    #[serde(default)]
+    pub cache: IntrospectionCache,
+}
+
+/// `[auth.issuers.introspection] cache`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionCache {
+    #[default]
+    Memory,
+    Redis,
 }
 
 /// `[[auth.policies]]`: what a route requires. Exactly one of `any_of`, `all_of`.

@@ -775,3 +775,113 @@ async fn a_revocation_on_one_gateway_is_refused_by_another_sharing_redis() {
     assert!(c.metric("gateway_auth_revocation_store_errors_total", &[("result", "fail_closed")]) >= 1.0);
     assert_eq!(call(&c, "/api/x", Some(&token)).await.json()["error"], "revoked", "the local list still holds");
 }
+
+/// `gatewayd:auth:introspection:<hex SHA-256(token)>`: the shared introspection cache's key.
+fn introspection_key(token: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    format!("gatewayd:auth:introspection:{}", d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn redis_has(port: u16, key: &str) -> bool {
+    redis_command(port, &format!("EXISTS {key}")).is_ok_and(|r| r.trim() == ":1")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_answers_are_shared_through_redis_and_redis_is_only_an_optimisation() {
+    let mut redis = RedisServer::start();
+    let idp = Idp::start();
+    idp.set_keys(vec![Key::ed().jwk("k")]);
+    let exp = now() + 300;
+    idp.set_introspection(
+        "opaque-shared",
+        json!({"active": true, "sub": "svc-1", "scope": "read", "exp": exp, "aud": "api", "iss": idp.issuer(),
+               "workspace_id": "ws-2", "private": "not for the cache"}),
+    );
+    let up = Upstream::start("u");
+    let start = || {
+        Gateway::start(|p| {
+            std::fs::write(p.dir.join("idp-secret"), format!("{}\n", idp.client_secret())).unwrap();
+            let intro = format!(
+                "[auth.issuers.introspection]\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\ncache = \"redis\"\n\
+                 cache_ttl = \"60s\"\nnegative_cache_ttl = \"30s\"\n",
+                idp.client_id(),
+                p.dir.join("idp-secret").display()
+            );
+            let auth = format!(
+                "[redis]\nurl = \"{}\"\ntimeout = \"200ms\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n{}",
+                redis.url(),
+                idp_auth(&idp, "", "").replace("[[auth.policies]]", &format!("{intro}\n[[auth.policies]]"))
+            );
+            config(p, &up, 2, &auth)
+        })
+    };
+    let (a, b) = (start(), start());
+    for gw in [&a, &b] {
+        let up = eventually(Duration::from_secs(5), || (gw.metric("gateway_redis_up", &[]) == 1.0).then_some(()));
+        assert!(up.is_some(), "the gateway did not connect to redis");
+    }
+    let cache = |gw: &Gateway, result: &str| gw.metric("gateway_auth_introspection_cache_total", &[("result", result)]);
+
+    // Active: introspected once, through A; B takes A's answer from Redis.
+    let r = call(&a, "/api/x", Some("opaque-shared")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(idp.introspection_hits(), 1);
+    assert_eq!(cache(&a, "miss"), 1.0);
+    let key = introspection_key("opaque-shared");
+    assert!(eventually(Duration::from_secs(5), || redis_has(redis.port, &key).then_some(())).is_some(), "not stored");
+    for _ in 0..4 {
+        let r = call(&b, "/api/x", Some("opaque-shared")).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(header(&r, "x-forwarded-user").as_deref(), Some("svc-1"));
+        assert_eq!(header(&r, "x-workspace-id").as_deref(), Some("ws-2"));
+        assert_eq!(header(&r, "x-authenticated-scope").as_deref(), Some("read"));
+    }
+    assert_eq!(idp.introspection_hits(), 1, "B asked the IdP again");
+    assert!(cache(&b, "hit") >= 1.0 && cache(&b, "miss") == 0.0, "{}", b.metrics());
+    assert_eq!(b.metric("gateway_auth_introspections_total", &[]), 0.0);
+    // Kept no longer than cache_ttl; the value holds neither the token, the secret nor what
+    // identify does not read.
+    let pttl = redis_command(redis.port, &format!("PTTL {key}")).unwrap();
+    assert!(pttl.trim().trim_start_matches(':').parse::<u64>().is_ok_and(|t| t > 50_000 && t <= 60_000), "{pttl}");
+    let value = redis_command(redis.port, &format!("GET {key}")).unwrap();
+    assert!(value.contains("svc-1") && value.contains(r#""active":true"#), "{value}");
+    for secret in ["opaque-shared", idp.client_secret(), "not for the cache"] {
+        assert!(!value.contains(secret), "{value}");
+    }
+
+    // Inactive answers are shared too (for negative_cache_ttl).
+    let r = call(&a, "/api/x", Some("opaque-dead")).await;
+    assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (401, Some("inactive_token")));
+    assert_eq!(idp.introspection_hits(), 2);
+    let key = introspection_key("opaque-dead");
+    assert!(eventually(Duration::from_secs(5), || redis_has(redis.port, &key).then_some(())).is_some(), "not stored");
+    let r = call(&b, "/api/x", Some("opaque-dead")).await;
+    assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (401, Some("inactive_token")));
+    assert_eq!(idp.introspection_hits(), 2, "B asked the IdP about the inactive token");
+    let pttl = redis_command(redis.port, &format!("PTTL {key}")).unwrap();
+    assert!(pttl.trim().trim_start_matches(':').parse::<u64>().is_ok_and(|t| t > 20_000 && t <= 30_000), "{pttl}");
+
+    // Write access to Redis does not mint identities: a value without the issuer's tag is
+    // ignored (counted), and the IdP decides.
+    let forged = format!(r#"AAAA.{{"t":{},"a":{{"active":true,"sub":"mallory","scope":"read"}}}}"#, now());
+    let set =
+        redis_command(redis.port, &format!("SET {} '{forged}' EX 60", introspection_key("opaque-forged"))).unwrap();
+    assert_eq!(set.trim(), "+OK");
+    let r = call(&b, "/api/x", Some("opaque-forged")).await;
+    assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (401, Some("inactive_token")));
+    assert_eq!(idp.introspection_hits(), 3);
+    assert_eq!(cache(&b, "error"), 1.0);
+
+    // Redis down: the cache is an optimisation, never a reason to refuse.
+    redis.kill();
+    idp.set_introspection("opaque-later", json!({"active": true, "sub": "svc-3", "scope": "read", "exp": exp}));
+    let r = call(&b, "/api/x", Some("opaque-later")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(header(&r, "x-forwarded-user").as_deref(), Some("svc-3"));
+    assert_eq!(idp.introspection_hits(), 4);
+    assert!(cache(&b, "error") >= 2.0);
+    for gw in [&a, &b] {
+        let logs = gw.stderr();
+        assert!(!logs.contains(idp.client_secret()) && !logs.contains("opaque-"), "a token or secret was logged");
+    }
+}

@@ -13,12 +13,13 @@ use jsonwebtoken::Algorithm;
 use super::{KeyPath, Validator, root};
 use crate::{
     auth::{
-        ApiKeyDigest, ApiKeys, AuthSpec, ConsumerSpec, Credential, IdentityHeaders, IntrospectionSpec, IssuerSpec,
-        KeySet, KeySource, Mode, OutageMode, Policy, RefreshSpec, RevocationSpec, RevocationStoreKind, RoutePolicy,
-        TokenSources, interned, parse_jwks, parse_pem_key,
+        ApiKeyDigest, ApiKeys, AuthSpec, ConsumerSpec, Credential, IdentityHeaders, IntrospectionCacheKind,
+        IntrospectionSpec, IssuerSpec, KeySet, KeySource, Mode, OutageMode, Policy, RefreshSpec, RevocationSpec,
+        RevocationStoreKind, RoutePolicy, TokenSources, interned, parse_jwks, parse_pem_key,
     },
     config::schema::{
-        AuthSection, ConsumerSection, FailMode, FileConfig, IssuerSection, PolicySection, RevocationStore,
+        AuthSection, ConsumerSection, FailMode, FileConfig, IntrospectionCache, IssuerSection, PolicySection,
+        RevocationStore,
     },
 };
 
@@ -87,6 +88,12 @@ impl Validator<'_> {
         let route_policies = self.route_policies(f, &policies);
         if a.revocation.store == RevocationStore::Redis && f.redis.is_none() {
             self.problem(root("auth").key("revocation").key("store"), "\"redis\" needs a [redis] section");
+        }
+        for (i, s) in a.issuers.iter().enumerate() {
+            if s.introspection.as_ref().is_some_and(|x| x.cache == IntrospectionCache::Redis) && f.redis.is_none() {
+                let at = root("auth").key("issuers").index(i).key("introspection").key("cache");
+                self.problem(at, "\"redis\" needs a [redis] section");
+            }
         }
         if a.revocation.cache_ttl.is_some_and(|t| t.as_secs() > 300) {
             self.problem(root("auth").key("revocation").key("cache_ttl"), "must be at most 5m");
@@ -346,6 +353,10 @@ impl Validator<'_> {
                     cache_ttl: intro.cache_ttl,
                     negative_cache_ttl: intro.negative_cache_ttl,
                     timeout: intro.timeout,
+                    cache: match intro.cache {
+                        IntrospectionCache::Memory => IntrospectionCacheKind::Memory,
+                        IntrospectionCache::Redis => IntrospectionCacheKind::Redis,
+                    },
                 })
             }
         };

@@ -264,3 +264,25 @@ fn a_shared_revocation_store_needs_redis() {
     assert_eq!(c.auth.revocation.store, crate::auth::RevocationStoreKind::Redis);
     assert_eq!(c.auth.revocation.on_store_error, OutageMode::FailOpen);
 }
+
+#[test]
+fn a_shared_introspection_cache_needs_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let issuer = |cache: &str| {
+        format!(
+            "[auth]\ndefault_policy = \"none\"\n[[auth.issuers]]\nname = \"a\"\nissuer = \"https://a\"\n\
+             audiences = [\"x\"]\n[auth.issuers.introspection]\nclient_id = \"gw\"\nclient_secret_file = \"{}\"\n{cache}",
+            secret.display()
+        )
+    };
+    let p = problems(&issuer("cache = \"redis\"\n"));
+    assert!(has(&p, "auth.issuers[0].introspection.cache", "[redis]"), "{p:?}");
+    let c = load(&issuer("")).unwrap();
+    let memory = c.auth.issuers[0].introspection.as_ref().map(|i| i.cache);
+    assert_eq!(memory, Some(crate::auth::IntrospectionCacheKind::Memory), "memory by default");
+    let c = load(&format!("[redis]\nurl = \"redis://127.0.0.1:6379\"\n{}", issuer("cache = \"redis\"\n"))).unwrap();
+    let redis = c.auth.issuers[0].introspection.as_ref().map(|i| i.cache);
+    assert_eq!(redis, Some(crate::auth::IntrospectionCacheKind::Redis));
+}
