@@ -15,6 +15,7 @@ mod load;
 mod process;
 mod procfs;
 mod proxy;
+mod ratelimit;
 mod report;
 mod xdp;
 
@@ -56,6 +57,9 @@ enum Target {
     /// Token validation (µs, cold and cached, RS256/ES256/EdDSA) and an authenticated route vs
     /// an open one through gatewayd.
     Auth,
+    /// Rate-limit decisions: ns per memory decision in process; an open route vs a memory- and a
+    /// Redis-limited one through gatewayd, and Redis round trips per request.
+    Ratelimit,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -63,6 +67,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Proxy => proxy::run(opts),
         Target::Xdp => xdp::run(),
         Target::Auth => auth::run(opts),
+        Target::Ratelimit => ratelimit::run(opts),
     }
 }
 
