@@ -15,6 +15,7 @@ mod load;
 mod process;
 mod procfs;
 mod proxy;
+mod ratelimit;
 mod report;
 mod tls;
 mod xdp;
@@ -61,6 +62,9 @@ enum Target {
     /// TLS termination, gatewayd vs nginx with the same certificates: full handshakes/s (ECDSA
     /// P-256, RSA-2048), resumed handshakes/s, 1 MiB responses over keep-alive, CPU per unit.
     Tls,
+    /// Rate-limit decisions: ns per memory decision in process; an open route vs a memory- and a
+    /// Redis-limited one through gatewayd, and Redis round trips per request.
+    Ratelimit,
 }
 
 impl Options {
@@ -76,6 +80,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Xdp => xdp::run(),
         Target::Auth => auth::run(opts),
         Target::Tls => tls::run(opts),
+        Target::Ratelimit => ratelimit::run(opts),
     }
 }
 
