@@ -286,22 +286,9 @@ fn metric_line(text: &str, name: &str) -> String {
 }
 
 fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize, key: &Path) -> String {
-    format!(
-        r#"[server]
-workers = {workers}
-log_level = "warn"
-
-[[listeners]]
-name = "bench"
-bind = "{listen}"
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[[services]]
+    super::proxy::gatewayd_server(listen, metrics, workers)
+        + &format!(
+            r#"[[services]]
 name = "upstream"
 targets = ["{upstream}"]
 
@@ -328,6 +315,6 @@ name = "users"
 any_of = ["jwt"]
 scopes = ["read"]
 "#,
-        key = key.display()
-    )
+            key = key.display()
+        )
 }

@@ -204,6 +204,24 @@ pub(super) fn start_nginx(name: &str, cpus: &CpuList, prefix: &Path, conf: &str)
 /// latency headers, metrics) except the access log (the audit log, off like nginx's) and the
 /// admin socket (not needed).
 fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize) -> String {
+    gatewayd_server(listen, metrics, workers)
+        + &format!(
+            r#"[[services]]
+name = "upstream"
+targets = ["{upstream}"]
+max_idle_per_target = {UPSTREAM_KEEPALIVE}
+
+[[routes]]
+name = "all"
+service = "upstream"
+auth = "none"
+"#
+        )
+}
+
+/// The part of a benchmark's gatewayd config every benchmark shares: workers, one plain
+/// listener, metrics, no admin socket. Benchmarks append their services and routes.
+pub(super) fn gatewayd_server(listen: SocketAddr, metrics: SocketAddr, workers: usize) -> String {
     format!(
         r#"[server]
 workers = {workers}
@@ -219,15 +237,6 @@ bind = "{metrics}"
 [admin]
 socket = ""
 
-[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-max_idle_per_target = {UPSTREAM_KEEPALIVE}
-
-[[routes]]
-name = "all"
-service = "upstream"
-auth = "none"
 "#
     )
 }

@@ -694,22 +694,9 @@ fn gatewayd_conf(
     redis_port: u16,
     workers: usize,
 ) -> String {
-    format!(
-        r#"[server]
-workers = {workers}
-log_level = "warn"
-
-[[listeners]]
-name = "bench"
-bind = "{listen}"
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[redis]
+    super::proxy::gatewayd_server(listen, metrics, workers)
+        + &format!(
+            r#"[redis]
 url = "redis://127.0.0.1:{redis_port}"
 timeout = "1s"
 
@@ -751,7 +738,7 @@ window = "minute"
 backend = "redis"
 on_redis_error = "fail_closed"
 "#
-    )
+        )
 }
 
 #[cfg(test)]
