@@ -885,3 +885,52 @@ async fn introspection_answers_are_shared_through_redis_and_redis_is_only_an_opt
         assert!(!logs.contains(idp.client_secret()) && !logs.contains("opaque-"), "a token or secret was logged");
     }
 }
+
+/// Per-user limits key on the verified identity (the token's `sub`), never on anything the
+/// client sends: each user has their own count, a spoofed identity header changes nothing, and
+/// a request without a token is refused before it is counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_user_rate_limits_count_the_verified_user() {
+    let idp = Idp::start();
+    let key = Key::es256();
+    idp.set_keys(vec![key.jwk("e1")]);
+    let up = Upstream::start("u");
+    let limits =
+        "\n[[rate_limits]]\nname = \"per-user\"\nroutes = [\"api\"]\nkey = \"user\"\nlimit = 3\nwindow = \"day\"\n";
+    let gw = Gateway::start(|p| config(p, &up, 2, &(idp_auth(&idp, "", "") + limits)));
+    let token = |user: &str| key.token(json!({"kid": "e1", "typ": "JWT"}), &idp.claims(user));
+    let (alice, bob) = (token("alice"), token("bob"));
+
+    assert_eq!(call(&gw, "/api/x", None).await.status, 401, "no token: refused before the limit");
+    for i in 1..=3 {
+        let r = call(&gw, "/api/x", Some(&alice)).await;
+        assert_eq!(r.status, 200, "alice, request {i}");
+        assert_eq!(r.header("x-ratelimit-remaining-day"), Some(&*(3 - i).to_string()), "alice, request {i}");
+    }
+    let r = call(&gw, "/api/x", Some(&alice)).await;
+    assert_eq!(r.status, 429, "alice's fourth request");
+    assert!(r.header("retry-after").is_some());
+    // Claiming to be someone else in a header does not move alice to another bucket.
+    let spoofed = send(
+        &client(),
+        req("GET", &gw.url("/api/x"), "api.test")
+            .header("authorization", format!("Bearer {alice}"))
+            .header("x-forwarded-user", "carol")
+            .header("x-consumer-id", "carol")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(spoofed.status, 429);
+    // Bob's count is his own.
+    let r = call(&gw, "/api/x", Some(&bob)).await;
+    assert_eq!(r.status, 200, "bob: {:?}", r.body);
+    assert_eq!(r.header("x-ratelimit-remaining-day"), Some("2"));
+    assert_eq!(
+        gw.metric(
+            "gateway_ratelimit_decisions_total",
+            &[("route", "api"), ("layer", "per-user"), ("result", "limited")]
+        ),
+        2.0
+    );
+}
