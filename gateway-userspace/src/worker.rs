@@ -46,6 +46,9 @@ pub struct WorkerLocal {
     pub tls_metrics: crate::tls::WorkerTlsMetrics,
     cached: RefCell<Option<LocalSnapshot>>,
     pub open_connections: Cell<usize>,
+    /// Connections parked or closed since the allocator last returned free pages (see
+    /// `sweep_pool`).
+    pub released_connections: Cell<u64>,
 }
 
 impl WorkerLocal {
@@ -103,6 +106,7 @@ async fn serve(s: &WorkerSettings) {
         tls_metrics: crate::tls::WorkerTlsMetrics::new(s.shared.parts.tls().metrics.clone()),
         cached: RefCell::new(None),
         open_connections: Cell::new(0),
+        released_connections: Cell::new(0),
     });
     let mut listeners: HashMap<ListenerSpec, TaskHandle<()>> = HashMap::new();
     let mut generations = s.shared.generation.subscribe();
@@ -189,17 +193,31 @@ fn unsteer(shared: &SharedState, spec: &ListenerSpec, worker: usize) {
     }
 }
 
+/// The upstream pool is swept every `SWEEP_TICKS` ticks of `COLLECT_EVERY` (5 s).
+const SWEEP_TICKS: u32 = 5;
+/// How soon pages freed by parked or closed connections go back to the system.
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+
 async fn sweep_pool(worker: Rc<WorkerLocal>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(COLLECT_EVERY);
+    let mut ticks = 0u32;
     loop {
         tick.tick().await;
-        let idle =
-            worker.snapshot().services.iter().map(|s| s.spec.idle_timeout).min().unwrap_or(Duration::from_secs(60));
-        worker.pool.sweep(idle);
-        // Give pages freed by parked and closed connections back to the system; under load the
-        // allocator does this on its own, an idle worker never calls it.
-        // SAFETY: mi_collect only walks this thread's heap.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        let sweep = ticks.is_multiple_of(SWEEP_TICKS);
+        ticks = ticks.wrapping_add(1);
+        if sweep {
+            let idle = worker.snapshot().services.iter().map(|s| s.spec.idle_timeout).min();
+            worker.pool.sweep(idle.unwrap_or(Duration::from_secs(60)));
+        }
+        // Give pages freed by parked and closed connections (hyper's buffers, several KiB each)
+        // back to the system soon after they go idle; mimalloc would otherwise keep them until
+        // it is busy again, and an idle worker never is. Only when something was released, so
+        // a worker with steady connections does not walk its heap every second.
+        let released = worker.released_connections.replace(0) > 0;
+        if sweep || released {
+            // SAFETY: mi_collect only walks this thread's heap.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
     }
 }
 

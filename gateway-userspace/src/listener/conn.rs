@@ -43,6 +43,7 @@ use crate::{
     metrics::{LabelValue, Labels},
     pipeline::{self, ConnInfo},
     proxy::ResponseBody,
+    snapshot::LocalSnapshot,
     tls,
     worker::WorkerLocal,
 };
@@ -69,20 +70,36 @@ pub(super) async fn serve_tcp(
     let limits = snapshot.config.server.limits;
     // TLS or not is the current snapshot's say: a reload can add or drop a listener's TLS
     // without rebinding its socket.
-    if let (Some(server), Some(parts)) = (snapshot.tls.listener(&spec.name), snapshot.tls.parts()) {
-        let listener = tls::TlsListener { name: &spec.name, server, generation: snapshot.generation, parts };
-        // Boxed: the handshake's state would otherwise size every plain connection's task.
-        let accepted =
-            Box::pin(tls::accept(stream, peer, listener, &worker.tls_metrics, limits.header_read_timeout)).await;
-        let Some(accepted) = accepted else { return };
-        drop(snapshot);
-        let conn = conn_info(worker, &spec, peer, local, Some(accepted.info));
-        return Box::pin(serve_connection(accepted.io, accepted.proto, conn, limits, shutdown)).await;
+    if snapshot.tls.listener(&spec.name).is_some() && snapshot.tls.parts().is_some() {
+        // Boxed as a whole: the handshake and the accepted TLS stream (held across awaits) would
+        // otherwise size every plain connection's task, for the connection's whole life.
+        return Box::pin(serve_tls(stream, peer, local, spec, worker, snapshot, shutdown)).await;
     }
     drop(snapshot);
     let proto = if spec.http2 { detect(&stream, limits.header_read_timeout).await } else { Proto::Http1 };
     let conn = conn_info(worker, &spec, peer, local, None);
     serve_connection(stream, proto, conn, limits, shutdown).await;
+}
+
+/// The TLS handshake, then HTTP on the TLS stream (the listener's TLS setup is re-read from the
+/// same snapshot `serve_tcp` checked).
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    spec: ListenerSpec,
+    worker: Rc<WorkerLocal>,
+    snapshot: LocalSnapshot,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = snapshot.config.server.limits;
+    let (Some(server), Some(parts)) = (snapshot.tls.listener(&spec.name), snapshot.tls.parts()) else { return };
+    let listener = tls::TlsListener { name: &spec.name, server, generation: snapshot.generation, parts };
+    let accepted = tls::accept(stream, peer, listener, &worker.tls_metrics, limits.header_read_timeout).await;
+    let Some(accepted) = accepted else { return };
+    drop(snapshot);
+    let conn = conn_info(worker, &spec, peer, local, Some(accepted.info));
+    serve_connection(accepted.io, accepted.proto, conn, limits, shutdown).await;
 }
 
 fn conn_info(
@@ -168,28 +185,23 @@ pub async fn serve_connection<I: ClientIo>(
     let _open = scopeguard(move || {
         gauge.dec();
         worker.open_connections.set(worker.open_connections.get() - 1);
+        note_released(&worker);
     });
     let mut conn_io = Some(WatchedIo { inner: io, conn: conn.clone(), prefix: Bytes::new() });
     let mut shutdown = shutdown;
     while let Some(io) = conn_io.take() {
         let parkable = proto == Proto::Http1 && io.inner.park_socket().is_some();
-        // Boxed: the hyper connection exists only while the connection is not parked, so its
-        // state must not be part of this (long-lived) future.
+        // Boxed, and built inside the box: the hyper connection exists only while the
+        // connection is not parked, so neither it nor its construction may take room in this
+        // (long-lived) future.
         let ended = match proto {
-            Proto::Http1 => {
-                let http = Reusable(Some(h1_builder(&limits).serve_connection(TokioIo::new(io), service(&conn))));
-                Box::pin(drive(http, &conn, proto, &limits, &mut shutdown, parkable)).await
-            }
-            Proto::Http2 => {
-                let http = h2_builder(&limits).serve_connection(TokioIo::new(io), service(&conn));
-                Box::pin(drive(http, &conn, proto, &limits, &mut shutdown, false)).await.map(|()| None)
-            }
+            Proto::Http1 => Box::pin(drive_h1(io, &conn, &limits, &mut shutdown, parkable)).await,
+            Proto::Http2 => Box::pin(drive_h2(io, &conn, &limits, &mut shutdown)).await,
         };
-        let parts = match ended {
-            Ok(Some(parts)) if conn.park.get() => parts,
-            Ok(Some(parts)) => {
+        let io = match ended {
+            Ok(Some(io)) if conn.park.get() => io,
+            Ok(Some(mut io)) => {
                 // Ended for good: shut down as hyper would have (TLS close_notify, FIN).
-                let mut io = parts.io.into_inner();
                 let _ = tokio::time::timeout(Duration::from_secs(1), io.inner.shutdown()).await;
                 return;
             }
@@ -205,18 +217,55 @@ pub async fn serve_connection<I: ClientIo>(
             }
         };
         conn.park.set(false);
+        note_released(&conn.worker);
         shared
             .connections_parked
             .get_or_create(&Labels([("listener", LabelValue::Shared(conn.listener.clone()))]))
             .inc();
-        let mut io = parts.io.into_inner();
-        // Read-ahead bytes only: an empty buffer would keep hyper's 8 KiB allocation alive.
-        io.prefix = if parts.read_buf.is_empty() { Bytes::new() } else { parts.read_buf };
         if io.prefix.is_empty() && !wait_parked(&io, &conn, &limits, &mut shutdown).await {
             return;
         }
         conn_io = Some(io);
     }
+}
+
+/// Serves HTTP/1 on `io` until the connection ends or is parked; gives the stream back unless
+/// hyper shut it down.
+async fn drive_h1<I: ClientIo>(
+    io: WatchedIo<I>,
+    conn: &Rc<ConnInfo>,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+    parkable: bool,
+) -> Result<Option<WatchedIo<I>>, End> {
+    let http = Reusable(Some(h1_builder(limits).serve_connection(TokioIo::new(io), service(conn))));
+    Ok(drive(http, conn, Proto::Http1, limits, shutdown, parkable).await?.map(take_io))
+}
+
+/// Serves HTTP/2 on `io` until the connection ends (hyper shuts the stream down itself).
+async fn drive_h2<I: ClientIo>(
+    io: WatchedIo<I>,
+    conn: &Rc<ConnInfo>,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<WatchedIo<I>>, End> {
+    let http = h2_builder(limits).serve_connection(TokioIo::new(io), service(conn));
+    drive(http, conn, Proto::Http2, limits, shutdown, false).await.map(|()| None)
+}
+
+/// Takes the socket (and any read-ahead bytes) out of a finished hyper connection. A function of
+/// its own so that `parts` is dropped here: held across the park, its empty `read_buf` would keep
+/// hyper's whole 8 KiB read buffer (and the service) alive for as long as the connection idles.
+fn take_io<I, S>(parts: http1::Parts<TokioIo<WatchedIo<I>>, S>) -> WatchedIo<I> {
+    let mut io = parts.io.into_inner();
+    // Read-ahead bytes only: an empty slice would keep the 8 KiB allocation alive too.
+    io.prefix = if parts.read_buf.is_empty() { Bytes::new() } else { parts.read_buf };
+    io
+}
+
+/// Tells the worker that a connection's memory was freed, so it returns free pages soon.
+fn note_released(worker: &WorkerLocal) {
+    worker.released_connections.set(worker.released_connections.get() + 1);
 }
 
 fn service(
