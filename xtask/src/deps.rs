@@ -29,6 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "xz-utils",
     "kmod",
+    // Debug info is stripped (objcopy) from binaries copied into a guest: a debug gatewayd is
+    // ~230 MB, and every vm-test scenario would otherwise pack it into its initramfs.
+    "binutils",
     // eBPF tests: netns and veth (ip), pings across the veth, inspecting programs and maps.
     "iproute2",
     "iputils-ping",

@@ -46,7 +46,12 @@ pub fn run(root: &Path, name: &str, guest: &Guest) -> Result<String> {
     build_tree(&tree, &kernel, guest)?;
     let initramfs = work.join("initramfs.cpio");
     cpio::write_newc(&tree, &initramfs)?;
-    let console = boot(&kernel.vmlinuz, &initramfs, guest.timeout)?;
+    // Only the console log outlives a run: trees and images of every scenario on every kernel
+    // add up to gigabytes on a CI disk.
+    fs::remove_dir_all(&tree).with_context(|| format!("cleaning {}", tree.display()))?;
+    let console = boot(&kernel.vmlinuz, &initramfs, guest.timeout);
+    fs::remove_file(&initramfs).with_context(|| format!("removing {}", initramfs.display()))?;
+    let console = console?;
     fs::write(work.join("console.log"), &console)?;
     let code = console
         .lines()
@@ -81,7 +86,7 @@ fn build_tree(tree: &Path, kernel: &kernel::Kernel, guest: &Guest) -> Result<()>
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)?;
         }
-        fs::copy(host, &dest).with_context(|| format!("copying {} into the guest", host.display()))?;
+        copy_into_guest(host, &dest)?;
         libs.extend(shared_libraries(host)?);
     }
     for lib in libs {
@@ -99,6 +104,30 @@ fn build_tree(tree: &Path, kernel: &kernel::Kernel, guest: &Guest) -> Result<()>
     Ok(())
 }
 
+/// Copies a file into the guest tree; ELF files lose their debug info on the way (a debug build
+/// of gatewayd is mostly DWARF, which the guest never reads and TCG would have to unpack).
+fn copy_into_guest(host: &Path, dest: &Path) -> Result<()> {
+    if !is_elf(host) {
+        fs::copy(host, dest).with_context(|| format!("copying {} into the guest", host.display()))?;
+        return Ok(());
+    }
+    let out = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(host)
+        .arg(dest)
+        .output()
+        .context("running objcopy (binutils)")?;
+    if !out.status.success() {
+        bail!("objcopy --strip-debug {}: {}", host.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF"
+}
+
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
@@ -107,9 +136,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 /// The shared libraries (and loader) an ELF file needs, from `ldd`; none for static files.
 fn shared_libraries(path: &Path) -> Result<Vec<PathBuf>> {
-    let mut magic = [0u8; 4];
-    let is_elf = fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF";
-    if !is_elf {
+    if !is_elf(path) {
         return Ok(Vec::new());
     }
     let out = Command::new("ldd").arg(path).output().with_context(|| format!("ldd {}", path.display()))?;
