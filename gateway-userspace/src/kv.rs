@@ -14,18 +14,22 @@
 //!   script is loaded on the first NOSCRIPT only) whose keys share a hash tag, so in a cluster it
 //!   touches one slot.
 //!
+//! - **Worker-owned connections.** Worker threads talk to Redis over connections of their own
+//!   (`local`), so a command costs no cross-thread wakeups; the shared connection decides up/down.
+//!
 //! Adding an operation: build a `redis::Cmd` or a `redis::ScriptInvocation` and call
 //! [`Kv::query`] or [`Kv::script`] with a short static `op` name (the metrics' `command` label).
 //! Fire-and-forget writes go through [`Kv::spawn_detached`] so they run on the control runtime.
 
 mod conn;
+mod local;
 mod metrics;
 mod pubsub;
 
 use std::{
     sync::{
         Arc, Weak,
-        atomic::{AtomicU32, AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -36,6 +40,7 @@ use thiserror::Error;
 use tokio::sync::{Notify, watch};
 
 pub use conn::Conn;
+pub use local::use_worker_connections;
 pub use metrics::KvMetrics;
 pub use pubsub::Subscription;
 
@@ -138,6 +143,8 @@ struct Inner {
     target: String,
     /// `None` while down.
     conn: ArcSwapOption<Conn>,
+    /// Bumped by every (re)connect of `conn`; retires the workers' own connections.
+    generation: AtomicU64,
     /// Wakes the supervisor (a connection was lost).
     wake: Arc<Notify>,
     /// Flips to true once the first connection attempt has finished, either way.
@@ -166,6 +173,7 @@ impl Kv {
             spec,
             target,
             conn: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
             settled: watch::Sender::new(false),
             timeouts_in_a_row: AtomicU32::new(0),
@@ -234,9 +242,11 @@ impl Kv {
         });
     }
 
+    /// The worker's own connection when it has one (see `local`), else the shared one; none
+    /// while the shared one is down.
     fn conn(&self, op: &'static str) -> Result<Conn, KvError> {
         match &*self.inner.conn.load() {
-            Some(c) => Ok(Conn::clone(c)),
+            Some(c) => Ok(local::get(&self.inner).unwrap_or_else(|| Conn::clone(c))),
             None => {
                 self.inner.metrics.error(op, KvError::Unavailable.kind());
                 Err(KvError::Unavailable)
@@ -308,6 +318,7 @@ async fn supervise(weak: Weak<Inner>) {
             match connected {
                 Ok(c) => {
                     inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                    inner.generation.fetch_add(1, Ordering::Release);
                     inner.conn.store(Some(Arc::new(c)));
                     inner.metrics.set_up(&inner.target, true);
                     match down_since.take() {

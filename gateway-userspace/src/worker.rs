@@ -85,6 +85,7 @@ fn run(s: WorkerSettings) {
         pin_to_cpu(cpu);
     }
     s.shared.worker_threads.register(s.id, nix::unistd::gettid().as_raw());
+    crate::kv::use_worker_connections();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

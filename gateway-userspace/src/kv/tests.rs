@@ -90,3 +90,48 @@ fn backoff_doubles_up_to_the_cap_with_jitter() {
         assert!(d <= nominal && d >= nominal * 4 / 5, "failures={failures}: {d}ms");
     }
 }
+
+/// `CLIENT ID` of the connection a command went over.
+async fn client_id(kv: &Kv) -> i64 {
+    kv.query("client_id", redis::cmd("CLIENT").arg("ID")).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_thread_gets_its_own_connection_and_replaces_it_after_an_outage() {
+    let server = RedisServer::start();
+    let kv = kv(&server);
+    assert!(kv.settled(Duration::from_secs(2)).await);
+    let shared = client_id(&kv).await;
+    assert_eq!(client_id(&kv).await, shared, "threads that did not opt in use the shared connection");
+
+    local::use_worker_connections();
+    // The first command starts the worker's connect and does not wait for it.
+    assert_eq!(client_id(&kv).await, shared);
+    let mut own = shared;
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            own = client_id(&kv).await;
+            own != shared
+        })
+        .await,
+        "the worker connected on its own"
+    );
+    assert_eq!(client_id(&kv).await, own, "and keeps using that connection");
+
+    // Killing the worker's connection is an outage like any other: the shared connection is
+    // replaced, and that retires the worker's connection too.
+    let killed = testing::raw_command(server.port, &format!("CLIENT KILL ID {own}")).unwrap();
+    assert!(killed.starts_with(":1"), "{killed}");
+    assert!(kv.query::<i64>("client_id", redis::cmd("CLIENT").arg("ID")).await.is_err());
+    assert!(eventually(Duration::from_secs(5), async || kv.is_up()).await, "reconnected");
+    let mut again = own;
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            again = client_id(&kv).await;
+            again != own && again != shared
+        })
+        .await,
+        "a new worker connection"
+    );
+    assert_eq!(client_id(&kv).await, again);
+}
