@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::{
-    kv::{KvMetrics, testing::RedisServer, testing::eventually},
+    kv::{KvMetrics, testing::RedisServer, testing::SpecOf as _, testing::eventually},
     ratelimit::{LimitMetrics, ManualClock, key::Value},
 };
 

@@ -1,159 +1,29 @@
-//! Real Redis servers for unit tests: a single node and a three-master cluster on free loopback
-//! ports, in temporary directories. They fail loudly when redis-server is missing (`cargo xtask
-//! deps` installs it): a test that cannot run must not pass.
+//! Test helpers for the Redis paths: real servers (the file shared with the end-to-end tests)
+//! and specs with test-friendly timings.
 
-use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+
+pub use redis_server::{RedisCluster, RedisServer, raw_command};
 
 use super::{KvServers, KvSpec};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+/// The spec a test's [`super::Kv`] uses to reach a server.
+pub trait SpecOf {
+    fn spec(&self) -> KvSpec;
 }
 
-/// Sends one inline command and returns the raw reply (enough for PING and CLUSTER INFO).
-pub fn raw_command(port: u16, command: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))?;
-    s.set_read_timeout(Some(Duration::from_millis(500)))?;
-    s.write_all(format!("{command}\r\n").as_bytes())?;
-    let mut buf = vec![0u8; 8192];
-    let n = s.read(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
-
-fn spawn_redis(dir: &Path, port: u16, extra: &[String]) -> Child {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start redis-server (install it with `cargo xtask deps`)")
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what} not ready in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// One redis-server.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let mut s = RedisServer { port: free_port(), child: None, dir: tempfile::tempdir().expect("tempdir") };
-        s.restart();
-        s
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn spec(&self) -> KvSpec {
+impl SpecOf for RedisServer {
+    fn spec(&self) -> KvSpec {
         spec(KvServers::Single(self.url()))
     }
-
-    /// SIGKILL: connections drop at once, as when a Redis host dies.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again on the same port (after `kill`).
-    pub fn restart(&mut self) {
-        self.kill();
-        self.child = Some(spawn_redis(self.dir.path(), self.port, &[]));
-        let port = self.port;
-        wait_until("redis-server", || raw_command(port, "PING").is_ok_and(|r| r.starts_with("+PONG")));
-    }
-
-    /// SIGSTOP / SIGCONT: a server that accepts but never answers.
-    pub fn pause(&self, paused: bool) {
-        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32);
-        let sig = if paused { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
-        nix::sys::signal::kill(pid, sig).expect("signal redis-server");
-    }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.pause(false);
-        }
-        self.kill();
-    }
-}
-
-/// Three masters, slots split by `redis-cli --cluster create`.
-pub struct RedisCluster {
-    pub ports: Vec<u16>,
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisCluster {
-    pub fn start() -> RedisCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut ports = Vec::new();
-        let mut children = Vec::new();
-        for i in 0..3 {
-            let (port, bus) = (free_port(), free_port());
-            let node_dir = dir.path().join(format!("n{i}"));
-            std::fs::create_dir(&node_dir).expect("node dir");
-            let extra =
-                ["--cluster-enabled", "yes", "--cluster-port", &bus.to_string(), "--cluster-node-timeout", "5000"]
-                    .map(String::from);
-            children.push(spawn_redis(&node_dir, port, &extra));
-            ports.push(port);
-        }
-        for &p in &ports {
-            wait_until("cluster node", || raw_command(p, "PING").is_ok_and(|r| r.starts_with("+PONG")));
-        }
-        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("cannot run redis-cli (install redis-server with `cargo xtask deps`)");
-        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
-        for &p in &ports {
-            wait_until("cluster state ok", || {
-                raw_command(p, "CLUSTER INFO").is_ok_and(|r| r.contains("cluster_state:ok"))
-            });
-        }
-        RedisCluster { ports, children, _dir: dir }
-    }
-
-    pub fn spec(&self) -> KvSpec {
-        spec(KvServers::Cluster(self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()))
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+impl SpecOf for RedisCluster {
+    fn spec(&self) -> KvSpec {
+        spec(KvServers::Cluster(self.urls()))
     }
 }
 

@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    testing::{RedisServer, eventually},
+    testing::{RedisServer, SpecOf as _, eventually},
     *,
 };
 

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 use super::{key::Value, *};
 use crate::kv::{
     Kv, KvMetrics,
-    testing::{RedisCluster, RedisServer, raw_command},
+    testing::{RedisCluster, RedisServer, SpecOf as _, raw_command},
 };
 
 /// 2026-01-01T00:00:00Z: a minute, hour and day boundary.

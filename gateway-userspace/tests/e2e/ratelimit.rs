@@ -307,7 +307,7 @@ fn a_redis_cluster_keeps_exact_counts_per_key() {
     let u = Upstream::start("u");
     let cluster = RedisCluster::start();
     let layer = "[[rate_limits]]\nname = \"tenant\"\nkey = \"header:x-tenant\"\nlimit = 3\nwindow = \"hour\"\nbackend = \"redis\"\non_redis_error = \"fail_closed\"\n";
-    let nodes = format!("cluster = {}", cluster.toml_nodes());
+    let nodes = format!("cluster = {}", toml_nodes(&cluster));
     let gw = Gateway::start(|p| redis_config(p, &u, &nodes, layer));
     clear_of_window_edge(3600, 30);
     // Ten tenants: their keys land on all three masters.

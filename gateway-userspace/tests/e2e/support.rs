@@ -442,132 +442,15 @@ socket = ""
 // Redis: a real redis-server (and a real three-master Redis Cluster) on free loopback ports.
 // They fail loudly when redis-server is missing: `cargo xtask deps` installs it.
 
-fn free_tcp_port() -> u16 {
-    free_port().port()
-}
+#[path = "../support/redis_server.rs"]
+mod redis_server;
 
-/// Sends one inline command and returns the raw reply (enough for PING and CLUSTER INFO).
-pub fn redis_command(port: u16, command: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))?;
-    s.set_read_timeout(Some(Duration::from_millis(500)))?;
-    s.write_all(format!("{command}\r\n").as_bytes())?;
-    let mut buf = vec![0u8; 8192];
-    let n = s.read(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
+pub use redis_server::{RedisCluster, RedisServer, raw_command as redis_command};
 
-fn spawn_redis(dir: &Path, port: u16, extra: &[String]) -> Child {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start redis-server (install it with `cargo xtask deps`)")
-}
-
-fn wait_redis(port: u16, reply: &str, command: &str) {
-    let ok = eventually(Duration::from_secs(20), || {
-        redis_command(port, command).is_ok_and(|r| r.contains(reply)).then_some(())
-    });
-    assert!(ok.is_some(), "redis on port {port} did not answer {command} with {reply}");
-}
-
-/// One redis-server; `kill` and `restart` keep its port.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let mut s = RedisServer { port: free_tcp_port(), child: None, dir: tempfile::tempdir().expect("tempdir") };
-        s.restart();
-        s
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL, as when the Redis host dies.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again on the same port (empty: nothing is persisted).
-    pub fn restart(&mut self) {
-        self.kill();
-        self.child = Some(spawn_redis(self.dir.path(), self.port, &[]));
-        wait_redis(self.port, "+PONG", "PING");
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Three masters on loopback, slots split by `redis-cli --cluster create`.
-pub struct RedisCluster {
-    pub ports: Vec<u16>,
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisCluster {
-    pub fn start() -> RedisCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut ports = Vec::new();
-        let mut children = Vec::new();
-        for i in 0..3 {
-            let (port, bus) = (free_tcp_port(), free_tcp_port());
-            let node_dir = dir.path().join(format!("n{i}"));
-            std::fs::create_dir(&node_dir).expect("node dir");
-            let extra =
-                ["--cluster-enabled", "yes", "--cluster-port", &bus.to_string(), "--cluster-node-timeout", "5000"]
-                    .map(String::from);
-            children.push(spawn_redis(&node_dir, port, &extra));
-            ports.push(port);
-        }
-        for &p in &ports {
-            wait_redis(p, "+PONG", "PING");
-        }
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("cannot run redis-cli (install redis-server with `cargo xtask deps`)");
-        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
-        for &p in &ports {
-            wait_redis(p, "cluster_state:ok", "CLUSTER INFO");
-        }
-        RedisCluster { ports, children, _dir: dir }
-    }
-
-    /// The TOML list of seed nodes.
-    pub fn toml_nodes(&self) -> String {
-        let nodes: Vec<String> = self.ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
-        format!("[{}]", nodes.join(", "))
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// The TOML list of a cluster's seed nodes.
+pub fn toml_nodes(cluster: &RedisCluster) -> String {
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    format!("[{}]", nodes.join(", "))
 }
 
 // ---------------------------------------------------------------------------------------------
