@@ -40,7 +40,7 @@ use crate::{
     kv::{FailMode, Kv, KvError},
     pipeline::{Phase, RequestCtx, Step},
     ratelimit::{
-        Backend, DecisionCounters, DecisionResult, Key, KeySource, LimitState, key,
+        Backend, DecisionCounters, DecisionResult, Key, KeySource, LimitState, RoutePolicy, key,
         memory::{ShardedStore, Slot},
         poll_once, unreachable_wait,
     },
@@ -66,6 +66,16 @@ pub struct BudgetSpec {
     pub overrides: HashMap<String, u64>,
     /// Label `gateway_token_budget_tokens_total` with the workspace (unbounded cardinality).
     pub workspace_label: bool,
+}
+
+impl RoutePolicy for BudgetSpec {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn applies_to(&self, route: usize) -> bool {
+        BudgetSpec::applies_to(self, route)
+    }
 }
 
 impl BudgetSpec {
@@ -264,18 +274,10 @@ pub struct BudgetPhase {
 impl BudgetPhase {
     pub fn new(config: &Config, state: Arc<LimitState>, kv: Option<Kv>) -> BudgetPhase {
         let budgets = config.token_budgets.clone();
-        let workers = config.server.workers;
-        let plans = config
-            .routes
-            .routes()
-            .iter()
-            .map(|route| {
-                let steps: Vec<(usize, DecisionCounters)> = budgets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.applies_to(route.index))
-                    .map(|(i, b)| (i, state.metrics.decisions(&route.name, &b.name, workers)))
-                    .collect();
+        let plans = state
+            .route_steps(config, &budgets)
+            .into_iter()
+            .map(|steps| {
                 let mine = || steps.iter().map(|(i, _)| &budgets[*i]);
                 Plan {
                     remote: mine().any(|b| matches!(b.backend, Backend::Redis(_))),

@@ -88,7 +88,38 @@ impl std::fmt::Debug for LimitState {
     }
 }
 
+/// A limit layer or a token budget: applies to some routes, counts its decisions under its name.
+pub(crate) trait RoutePolicy {
+    fn name(&self) -> &Arc<str>;
+    fn applies_to(&self, route: usize) -> bool;
+}
+
+impl RoutePolicy for LayerSpec {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn applies_to(&self, route: usize) -> bool {
+        LayerSpec::applies_to(self, route)
+    }
+}
+
 impl LimitState {
+    /// For each route (by index), the policies that apply to it in order, by index into
+    /// `policies`, each with its decision counters.
+    pub(crate) fn route_steps<P: RoutePolicy>(
+        &self,
+        config: &Config,
+        policies: &[P],
+    ) -> Vec<Vec<(usize, DecisionCounters)>> {
+        let workers = config.server.workers;
+        let steps = |route: &crate::route::Route| {
+            let applying = policies.iter().enumerate().filter(|(_, p)| p.applies_to(route.index));
+            applying.map(|(i, p)| (i, self.metrics.decisions(&route.name, p.name(), workers))).collect()
+        };
+        config.routes.routes().iter().map(steps).collect()
+    }
+
     /// Registers the limiter and Redis metrics and starts the memory sweep (call it on the
     /// control runtime, once).
     pub fn register(registry: &mut Registry) -> Arc<LimitState> {
@@ -204,18 +235,10 @@ pub struct RateLimitPhase {
 impl RateLimitPhase {
     pub fn new(config: &Config, state: Arc<LimitState>, kv: Option<Kv>) -> RateLimitPhase {
         let layers = config.rate_limits.clone();
-        let workers = config.server.workers;
-        let plans = config
-            .routes
-            .routes()
-            .iter()
-            .map(|route| {
-                let steps: Vec<(usize, DecisionCounters)> = layers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, l)| l.applies_to(route.index))
-                    .map(|(i, l)| (i, state.metrics.decisions(&route.name, &l.name, workers)))
-                    .collect();
+        let plans = state
+            .route_steps(config, &layers)
+            .into_iter()
+            .map(|steps| {
                 let uses = |f: &dyn Fn(&LayerSpec) -> bool| steps.iter().any(|(i, _)| f(&layers[*i]));
                 Plan {
                     remote: uses(&|l| matches!(l.backend, Backend::Redis(_))),
