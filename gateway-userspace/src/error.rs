@@ -49,6 +49,7 @@ impl GatewayError {
                 ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             },
             GatewayError::Auth(e) => e.status(),
+            GatewayError::ClientCert(ClientCertError::Refused { .. }) => StatusCode::BAD_REQUEST,
             GatewayError::ClientCert(_) => StatusCode::FORBIDDEN,
             GatewayError::RateLimit(RateLimitError::Limited { .. })
             | GatewayError::Budget(BudgetError::Exhausted { .. }) => StatusCode::TOO_MANY_REQUESTS,
@@ -78,6 +79,8 @@ impl GatewayError {
             },
             GatewayError::Auth(e) => e.reason(),
             GatewayError::ClientCert(e) => match e {
+                ClientCertError::Refused { result: "no_client_cert" } => "client_cert_required",
+                ClientCertError::Refused { .. } => "client_cert_invalid",
                 ClientCertError::Required => "client_cert_required",
                 ClientCertError::Invalid => "client_cert_invalid",
                 ClientCertError::UnknownConsumer => "unknown_consumer",
@@ -172,6 +175,8 @@ mod tests {
             (AuthError::InsufficientScope { required: "read".into() }.into(), 403, "insufficient_scope"),
             (AuthError::IdpUnavailable.into(), 503, "idp_unavailable"),
             (ClientCertError::Required.into(), 403, "client_cert_required"),
+            (ClientCertError::Refused { result: "no_client_cert" }.into(), 400, "client_cert_required"),
+            (ClientCertError::Refused { result: "revoked" }.into(), 400, "client_cert_invalid"),
             (ClientCertError::Invalid.into(), 403, "client_cert_invalid"),
             (ClientCertError::UnknownConsumer.into(), 403, "unknown_consumer"),
             (

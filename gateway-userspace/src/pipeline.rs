@@ -1,4 +1,4 @@
-//! The request path, as phases: request id → checks → route → [phases: identify, limit, …]
+//! The request path, as phases: request id → [phases: before route] → checks → route → [phases: identify, limit, …]
 //! → proxy → [phases: response] → [phases: log].
 //!
 //! Each capability is a [`Phase`] (one small trait, defaults doing nothing), assembled in order
@@ -55,6 +55,12 @@ pub enum Step<'a> {
 pub trait Phase: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
+    /// Before routing, for refusals that do not depend on the route (the connection itself is
+    /// refused): the client learns nothing about routes first.
+    fn before_route(&self, _ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
     /// After routing, before the request is forwarded. Phases run in pipeline order and the
     /// first refusal wins.
     fn on_request<'a>(&'a self, _ctx: &'a mut RequestCtx, _head: &'a mut request::Parts) -> Step<'a> {
@@ -108,6 +114,9 @@ async fn run(
     body: Incoming,
 ) -> Result<proxy::Forwarded, GatewayError> {
     let limits = &snapshot.config.server.limits;
+    for phase in snapshot.pipeline.phases() {
+        phase.before_route(ctx)?;
+    }
     check_head(&head, limits)?;
     let host = request_host(&head)?;
     let normalized = crate::route::normalize_path(head.uri.path()).map_err(RequestError::BadPath)?;

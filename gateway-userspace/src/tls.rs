@@ -33,7 +33,9 @@ use rustls::{
 };
 use serde::Deserialize;
 
-pub use client_auth::{ClientAuth, ClientTrust, RESULTS as HANDSHAKE_RESULTS};
+pub use client_auth::{
+    ClientAuth, ClientCertRefusal, ClientTrust, Failure as HandshakeFailure, RESULTS as HANDSHAKE_RESULTS,
+};
 pub use handshake::{Accepted, TlsIo, TlsListener, accept};
 pub use ktls::KtlsSupport;
 pub use material::{CertFacts, certified_key, load_certs, load_crls, load_key, load_roots, parse_sha256, provider};
@@ -81,7 +83,7 @@ impl ServerTlsSpec {
             .with_protocol_versions(versions)
             .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3");
         let builder = match &self.client_trust {
-            Some(trust) => builder.with_client_cert_verifier(trust.verifier.clone()),
+            Some(trust) => builder.with_client_cert_verifier(trust.handshake_verifier.clone()),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.certs.clone());
@@ -187,6 +189,10 @@ pub struct TlsInfo {
     pub ktls: bool,
     /// The certificate the client presented and that verified at handshake time.
     pub client_cert: Option<ClientCert>,
+    /// Set when the listener refuses this client with a status (`client_cert_refusal =
+    /// "status"`): why its certificate is missing or does not verify. Every request on the
+    /// connection is answered 400.
+    pub refusal: Option<client_auth::Failure>,
 }
 
 impl TlsInfo {

@@ -209,6 +209,11 @@ pub struct ListenerTlsSection {
     /// Client certificates: `"none"`, `"optional"` or `"required"`. Default: `"none"`.
     #[serde(default)]
     pub client_auth: crate::tls::ClientAuth,
+    /// How a missing (on `required`) or unverifiable client certificate is refused: `"status"`
+    /// (the handshake completes, requests get 400 with the reason, as nginx and Kong answer)
+    /// or `"handshake"` (a TLS alert). Default: `"status"`.
+    #[serde(default)]
+    pub client_cert_refusal: crate::tls::ClientCertRefusal,
     /// CA bundles (PEM) client certificates must chain to. Required unless client_auth is "none".
     #[serde(default)]
     pub client_ca: Vec<String>,

@@ -121,7 +121,8 @@ impl Offenders {
     }
 }
 
-/// The log phase that reports the gateway's own 401/403/429/404 refusals.
+/// The log phase that reports the gateway's own 401/403/429/404 refusals (and client
+/// certificates refused with a 400).
 pub struct FeedbackPhase(pub Arc<Offenders>);
 
 impl Phase for FeedbackPhase {
@@ -134,7 +135,10 @@ impl Phase for FeedbackPhase {
             // Proxied: the upstream's statuses are not ours to punish.
             return;
         }
-        if let Some(reason) = FeedbackReason::of_status(ctx.status) {
+        // A client certificate refused with a status (400) is an authentication failure.
+        let cert_refused = matches!(ctx.error, Some("client_cert_required" | "client_cert_invalid"));
+        let reason = if cert_refused { Some(FeedbackReason::Auth) } else { FeedbackReason::of_status(ctx.status) };
+        if let Some(reason) = reason {
             self.0.report(ctx.conn.peer.ip(), reason);
         }
     }

@@ -4,9 +4,14 @@
 use std::{io, sync::Arc};
 
 use rustls::{
-    AlertDescription, CertificateError, Error as TlsError, RootCertStore,
+    AlertDescription, CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, RootCertStore,
+    SignatureScheme,
+    client::danger::HandshakeSignatureValid,
     pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime},
-    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
+    server::{
+        WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
 };
 use serde::Deserialize;
 
@@ -26,10 +31,30 @@ pub enum ClientAuth {
     Required,
 }
 
+/// `client_cert_refusal` of a listener: how a client whose certificate is missing (on a
+/// `required` listener) or does not verify is refused.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertRefusal {
+    /// As nginx and Kong do: the handshake completes and every request on the connection is
+    /// answered 400 with the reason (`No required SSL certificate was sent`, `The SSL
+    /// certificate error: …`), then the connection closes. Nothing reaches an upstream.
+    #[default]
+    Status,
+    /// The handshake fails with a TLS alert: the client sees only a TLS error.
+    Handshake,
+}
+
 /// How a listener verifies client certificates.
 #[derive(Debug)]
 pub struct ClientTrust {
+    /// Verifies chains: in the handshake (`Handshake` refusals) and after it.
     pub verifier: Arc<dyn ClientCertVerifier>,
+    /// What rustls is given: `verifier` itself, or for `Status` refusals one that asks for a
+    /// certificate, checks the client's proof of its key, and leaves the chain to
+    /// [`ClientTrust::verify`] after the handshake.
+    pub handshake_verifier: Arc<dyn ClientCertVerifier>,
+    pub refusal: ClientCertRefusal,
     /// The CA certificates, for expiry metrics.
     pub cas: Vec<CertFacts>,
 }
@@ -41,6 +66,7 @@ impl ClientTrust {
     /// the root's operator, and are rarely at hand).
     pub fn new(
         mode: ClientAuth,
+        refusal: ClientCertRefusal,
         roots: RootCertStore,
         cas: Vec<CertFacts>,
         crls: Vec<CertificateRevocationListDer<'static>>,
@@ -56,7 +82,16 @@ impl ClientTrust {
             builder = builder.allow_unauthenticated();
         }
         let verifier = builder.build().map_err(|e| format!("cannot build the client certificate verifier: {e}"))?;
-        Ok(ClientTrust { verifier, cas })
+        let handshake_verifier: Arc<dyn ClientCertVerifier> = match refusal {
+            ClientCertRefusal::Handshake => verifier.clone(),
+            ClientCertRefusal::Status => Arc::new(DeferredChainCheck(verifier.clone())),
+        };
+        Ok(ClientTrust { verifier, handshake_verifier, refusal, cas })
+    }
+
+    /// Whether chains are checked after the handshake (and refused with a status).
+    pub fn deferred(&self) -> bool {
+        self.refusal == ClientCertRefusal::Status
     }
 
     /// Verifies a chain again (after a reload changed CAs or CRLs, or for a resumed session).
@@ -65,6 +100,59 @@ impl ClientTrust {
             return Err(TlsError::NoCertificatesPresented);
         };
         self.verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()).map(|_| ())
+    }
+}
+
+/// The handshake side of a `Status` refusal: a certificate is asked for (with the CA names as
+/// hints) but not demanded, the client must prove it holds the certificate's key (the handshake
+/// signature is checked as usual), and the chain is accepted here to be verified right after
+/// the handshake, where a failure can become an HTTP answer. Nothing trusts a certificate on
+/// the strength of this verifier alone: `TlsInfo` only records a chain that `verify` passed.
+#[derive(Debug)]
+struct DeferredChainCheck(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for DeferredChainCheck {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 

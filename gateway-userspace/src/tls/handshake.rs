@@ -19,7 +19,7 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::{
-    ClientCert, ServerTls, TlsInfo, TlsParts,
+    ClientAuth, ClientCert, ServerTls, TlsInfo, TlsParts,
     client_auth::{Failure, classify_io, classify_tls, describe},
     metrics::WorkerTlsMetrics,
 };
@@ -80,18 +80,25 @@ pub async fn accept(
     };
     let conn = stream.connection();
     let facts = Facts::of(conn);
-    // Only listeners with client_auth ask for (and verify) certificates.
-    let client_cert = conn.peer_certificates().map(|c| ClientCert::verified(c.to_vec(), listener.generation));
-    if facts.resumed
-        && let (Some(cert), Some(trust)) = (&client_cert, &listener.server.spec.client_trust)
-        && let Err(e) = trust.verify(&cert.chain)
-    {
-        // rustls does not re-verify on resumption: a certificate revoked (or expired) since the
-        // ticket was issued must not get back in that way.
-        fail(&listener, peer, metrics, Failure { result: classify_tls(&e), detail: describe(&e) });
-        return None;
+    let (client_cert, refusal) = match client_certificate(&listener, conn, facts.resumed) {
+        Ok(cert) => (cert, None),
+        Err(failure) if listener.server.spec.client_trust.as_ref().is_some_and(|t| t.deferred()) => {
+            // Refused with a status: counted and logged as a refused handshake would be, and
+            // the connection serves nothing but 400s.
+            metrics.handshake(listener.name, facts.version, facts.cipher, failure.result);
+            // Partners' certificate problems are what operators are asked about: say it at info.
+            tracing::info!(listener = %listener.name, %peer, result = %failure.result, reason = %failure.detail,
+                "client certificate refused: requests on this connection are answered 400");
+            (None, Some(failure))
+        }
+        Err(failure) => {
+            fail(&listener, peer, metrics, failure);
+            return None;
+        }
+    };
+    if refusal.is_none() {
+        metrics.handshake(listener.name, facts.version, facts.cipher, "ok");
     }
-    metrics.handshake(listener.name, facts.version, facts.cipher, "ok");
     metrics.handshake_duration(listener.name, facts.version, facts.resumed, start.elapsed().as_secs_f64());
 
     let suite = conn.negotiated_cipher_suite();
@@ -120,8 +127,34 @@ pub async fn accept(
         resumed: facts.resumed,
         ktls,
         client_cert,
+        refusal,
     };
     Some(Accepted { io, info, proto })
+}
+
+/// The client's certificate once the handshake is done, verified; only listeners with
+/// client_auth ask for one. With deferred checks (`Status` refusals) every chain is verified
+/// here, and so is the absence of one on a `required` listener. rustls does not re-verify on
+/// resumption: a certificate revoked (or expired) since the ticket was issued must not get back
+/// in that way, so resumed sessions are verified here too.
+fn client_certificate(
+    listener: &TlsListener<'_>,
+    conn: &ServerConnection,
+    resumed: bool,
+) -> Result<Option<ClientCert>, Failure> {
+    let Some(trust) = &listener.server.spec.client_trust else { return Ok(None) };
+    let chain = conn.peer_certificates();
+    if chain.is_none() && trust.deferred() && listener.server.spec.client_auth == ClientAuth::Required {
+        let e = rustls::Error::NoCertificatesPresented;
+        return Err(Failure { result: classify_tls(&e), detail: describe(&e) });
+    }
+    let Some(chain) = chain else { return Ok(None) };
+    if (resumed || trust.deferred())
+        && let Err(e) = trust.verify(chain)
+    {
+        return Err(Failure { result: classify_tls(&e), detail: describe(&e) });
+    }
+    Ok(Some(ClientCert::verified(chain.to_vec(), listener.generation)))
 }
 
 fn fail(listener: &TlsListener<'_>, peer: SocketAddr, metrics: &WorkerTlsMetrics, failure: Failure) {

@@ -29,9 +29,14 @@ pub enum ClientCertRequirement {
     Consumer,
 }
 
-/// Refusals of this phase (all 403: the client is known to the TLS layer, and not allowed).
+/// Refusals of this phase: 403 (the client is known to the TLS layer, and not allowed), except
+/// `Refused`, the listener's own verdict on the certificate (400, as nginx and Kong answer).
 #[derive(Debug, Error)]
 pub enum ClientCertError {
+    /// The listener refuses the connection's certificate (`client_cert_refusal = "status"`);
+    /// the `result` of `gateway_tls_handshakes_total` says why.
+    #[error("{}", refusal_message(.result))]
+    Refused { result: &'static str },
     #[error("this route requires a client certificate")]
     Required,
     #[error("the client certificate does not verify against the current CAs and CRLs")]
@@ -68,6 +73,14 @@ pub struct ClientCertPhase;
 impl Phase for ClientCertPhase {
     fn name(&self) -> &'static str {
         "client-cert"
+    }
+
+    /// A connection whose certificate the listener refused gets 400 whatever it asks for.
+    fn before_route(&self, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        match ctx.conn.tls.as_ref().and_then(|t| t.refusal.as_ref()) {
+            Some(refusal) => Err(GatewayError::ClientCert(ClientCertError::Refused { result: refusal.result })),
+            None => Ok(()),
+        }
     }
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx, head: &'a mut request::Parts) -> Step<'a> {
@@ -113,6 +126,18 @@ impl Phase for ClientCertPhase {
             }
             None => Step::Continue,
         }
+    }
+}
+
+/// nginx's wording, which partners' runbooks (and seed 003) quote, plus the precise reason.
+fn refusal_message(result: &str) -> &'static str {
+    match result {
+        "no_client_cert" => "No required SSL certificate was sent",
+        "unknown_ca" => "The SSL certificate error: the client certificate is not issued by a trusted CA",
+        "expired" => "The SSL certificate error: the client certificate has expired or is not yet valid",
+        "revoked" => "The SSL certificate error: the client certificate is revoked",
+        "bad_usage" => "The SSL certificate error: the client certificate is not valid for client authentication",
+        _ => "The SSL certificate error: the client certificate does not verify",
     }
 }
 

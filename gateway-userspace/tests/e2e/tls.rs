@@ -285,8 +285,14 @@ fn mtls_listener(mode: &str, crl: bool) -> String {
     format!("{CERT}\nclient_auth = \"{mode}\"\nclient_ca = [\"clients-ca.crt\"]\n{crl}")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn required_client_certificates_refuse_absent_untrusted_expired_revoked_and_wrong_usage() {
+/// A `required` listener refusing absent, untrusted, expired, revoked and wrong-usage client
+/// certificates, with `client_cert_refusal = refusal`: each case is counted with its reason in
+/// `gateway_tls_handshakes_total`, logged once, and never reaches the upstream. `check` sees
+/// each refused request's outcome.
+async fn required_client_certificates_are_refused(
+    refusal: &str,
+    check: impl Fn(Option<&str>, &str, Result<Reply, String>),
+) -> (Gateway, Ca, Leaf) {
     let u = Upstream::start("u");
     let ca = Ca::new("edge CA");
     let clients = Ca::new("partner CA");
@@ -299,11 +305,12 @@ async fn required_client_certificates_refuse_absent_untrusted_expired_revoked_an
         clients.server_only_client("partner-server-cert"),
     );
     let untrusted = rogue.client("partner-a");
+    let listener = format!("{}\nclient_cert_refusal = \"{refusal}\"", mtls_listener("required", true));
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
         std::fs::write(p.dir.join("clients.crl"), clients.crl(1, &[&revoked])).unwrap();
-        tls_config(p, &mtls_listener("required", true), &service(&u))
+        tls_config(p, &listener, &service(&u))
     });
     let addr = gw.ports.listen;
     let r = https_get(addr, client_config(&ca, Some(&good), &[]), "/ok").await.unwrap();
@@ -322,22 +329,66 @@ async fn required_client_certificates_refuse_absent_untrusted_expired_revoked_an
     ] {
         let before = handshakes(&gw, result);
         let r = https_get(addr, client_config(&ca, cert, &[]), "/refused").await;
-        assert!(r.is_err(), "{result}: the request must fail, got {r:?}");
+        check(cert.map(|_| result), result, r);
         await_handshakes(&gw, result, before + 1.0);
     }
     assert_eq!(u.requests(), 1, "refused clients never reach the upstream");
+    (gw, ca, good)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_client_certificates_are_refused_with_400_and_the_reason() {
+    let (gw, ca, good) = required_client_certificates_are_refused("status", |cert, result, r| {
+        let r = r.unwrap_or_else(|e| panic!("{result}: the handshake completes, got {e}"));
+        assert_eq!(r.status.as_u16(), 400, "{result}");
+        let body = r.json();
+        let error = if cert.is_none() { "client_cert_required" } else { "client_cert_invalid" };
+        assert_eq!(body["error"], error, "{result}: {body}");
+        let message = body["message"].as_str().unwrap();
+        let want = match result {
+            "no_client_cert" => "No required SSL certificate was sent",
+            "unknown_ca" => "not issued by a trusted CA",
+            "expired" => "has expired",
+            "revoked" => "is revoked",
+            _ => "not valid for client authentication",
+        };
+        assert!(message.contains(want), "{result}: {message}");
+        assert_eq!(r.header("connection"), Some("close"), "{result}");
+    })
+    .await;
+    let log = gw.stderr();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("client certificate refused")).collect();
+    assert_eq!(refusals.len(), 5, "one log line per refused connection:\n{log}");
+    assert!(refusals[3].contains("revoked"), "{log}");
+    assert_eq!(
+        gw.metric("gateway_http_requests_total", &[("status", "400")]),
+        5.0,
+        "the refusals are requests too (counted, audited)"
+    );
+
+    // The seed's curl checks: a certificate file pair gets through; none gets nginx's answer.
+    let ca_file = ca.write(&gw.ports.dir, "ca");
+    let (cert, key) = good.write(&gw.ports.dir, "good");
+    let url = format!("https://localhost:{}/curl", gw.ports.listen.port());
+    let (ok, _, err) =
+        curl(&["--cacert", path(&ca_file), "--cert", path(&cert), "--key", path(&key), "-o", "/dev/null", &url]);
+    assert!(ok, "{err}");
+    let (_, body, err) = curl(&["--cacert", path(&ca_file), "-w", "\n%{http_code}", &url]);
+    assert!(body.contains("No required SSL certificate was sent") && body.ends_with("400"), "{body} {err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_client_certificates_can_be_refused_in_the_handshake() {
+    let (gw, ca, _) = required_client_certificates_are_refused("handshake", |_, result, r| {
+        assert!(r.is_err(), "{result}: the handshake must fail, got {r:?}");
+    })
+    .await;
     let log = gw.stderr();
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("TLS handshake refused: client certificate")).collect();
     assert_eq!(refusals.len(), 5, "one log line per refusal:\n{log}");
     assert!(refusals[3].contains("revoked"), "{log}");
-
-    // The same with curl: a client certificate file pair, then none.
     let ca_file = ca.write(&gw.ports.dir, "ca");
-    let (cert, key) = good.write(&gw.ports.dir, "good");
-    let url = format!("https://localhost:{}/curl", addr.port());
-    let (ok, _, err) =
-        curl(&["--cacert", path(&ca_file), "--cert", path(&cert), "--key", path(&key), "-o", "/dev/null", &url]);
-    assert!(ok, "{err}");
+    let url = format!("https://localhost:{}/curl", gw.ports.listen.port());
     let (ok, _, _) = curl(&["--cacert", path(&ca_file), "-o", "/dev/null", &url]);
     assert!(!ok, "curl without a client certificate must fail");
 }
@@ -516,11 +567,13 @@ async fn a_crl_reload_revokes_new_and_established_connections() {
     let r = established.get("/b", &[]).await.unwrap();
     assert_eq!(r.status.as_u16(), 403, "the established connection is held to the new CRL");
     assert_eq!(r.json()["error"], "client_cert_invalid");
-    // New handshakes, full or resumed with the earlier ticket, are refused.
+    // New connections, full handshakes or resumed with the earlier ticket, are refused.
     let before = handshakes(&gw, "revoked");
-    assert!(https_get(gw.ports.listen, cfg.clone(), "/c").await.is_err());
-    await_handshakes(&gw, "revoked", before + 1.0);
-    assert!(https_get(gw.ports.listen, client_config(&ca, Some(&partner), &[]), "/d").await.is_err());
+    for (cfg, path) in [(cfg.clone(), "/c"), (client_config(&ca, Some(&partner), &[]), "/d")] {
+        let r = https_get(gw.ports.listen, cfg, path).await.unwrap();
+        assert_eq!(r.status.as_u16(), 400);
+        assert_eq!(r.json()["error"], "client_cert_invalid");
+    }
     await_handshakes(&gw, "revoked", before + 2.0);
     assert_eq!(u.requests(), 1);
 }
@@ -711,8 +764,8 @@ async fn certs_init_makes_a_pki_for_mtls_with_curl() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["headers"]["x-client-cert-subject"][0], "CN=kong-client");
-    let (ok, _, _) = curl(&["--cacert", &format!("{d}/ca.crt"), &url]);
-    assert!(!ok, "no client certificate: refused");
+    let (_, body, _) = curl(&["--cacert", &format!("{d}/ca.crt"), &url]);
+    assert!(body.contains("No required SSL certificate was sent"), "no client certificate: refused, {body}");
     let (ok, out) = s_client(
         gw.ports.listen,
         &[

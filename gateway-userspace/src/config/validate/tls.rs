@@ -147,7 +147,7 @@ impl Validator<'_> {
                 Err(reason) => self.problem(at().key("client_crl").index(j), reason),
             }
         }
-        match ClientTrust::new(t.client_auth, roots, cas, crls) {
+        match ClientTrust::new(t.client_auth, t.client_cert_refusal, roots, cas, crls) {
             Ok(trust) => Some(trust),
             Err(reason) => {
                 self.problem(at().key(if t.client_crl.is_empty() { "client_ca" } else { "client_crl" }), reason);
