@@ -776,10 +776,12 @@ async fn a_revocation_on_one_gateway_is_refused_by_another_sharing_redis() {
     assert_eq!(call(&c, "/api/x", Some(&token)).await.json()["error"], "revoked", "the local list still holds");
 }
 
-/// `gatewayd:auth:introspection:<hex SHA-256(token)>`: the shared introspection cache's key.
-fn introspection_key(token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    format!("gatewayd:auth:introspection:{}", d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+/// `gatewayd:auth:introspection:<hex SHA-256(iss ‖ 0 ‖ SHA-256(token))>`: the shared
+/// introspection cache's key.
+fn introspection_key(issuer: &str, token: &str) -> String {
+    let sha = |b: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref().to_vec();
+    let scoped = sha(&[issuer.as_bytes(), &[0], &sha(token.as_bytes())].concat());
+    format!("gatewayd:auth:introspection:{}", scoped.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 fn redis_has(port: u16, key: &str) -> bool {
@@ -827,7 +829,7 @@ async fn introspection_answers_are_shared_through_redis_and_redis_is_only_an_opt
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(idp.introspection_hits(), 1);
     assert_eq!(cache(&a, "miss"), 1.0);
-    let key = introspection_key("opaque-shared");
+    let key = introspection_key(idp.issuer(), "opaque-shared");
     assert!(eventually(Duration::from_secs(5), || redis_has(redis.port, &key).then_some(())).is_some(), "not stored");
     for _ in 0..4 {
         let r = call(&b, "/api/x", Some("opaque-shared")).await;
@@ -853,7 +855,7 @@ async fn introspection_answers_are_shared_through_redis_and_redis_is_only_an_opt
     let r = call(&a, "/api/x", Some("opaque-dead")).await;
     assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (401, Some("inactive_token")));
     assert_eq!(idp.introspection_hits(), 2);
-    let key = introspection_key("opaque-dead");
+    let key = introspection_key(idp.issuer(), "opaque-dead");
     assert!(eventually(Duration::from_secs(5), || redis_has(redis.port, &key).then_some(())).is_some(), "not stored");
     let r = call(&b, "/api/x", Some("opaque-dead")).await;
     assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (401, Some("inactive_token")));
@@ -864,8 +866,11 @@ async fn introspection_answers_are_shared_through_redis_and_redis_is_only_an_opt
     // Write access to Redis does not mint identities: a value without the issuer's tag is
     // ignored (counted), and the IdP decides.
     let forged = format!(r#"AAAA.{{"t":{},"a":{{"active":true,"sub":"mallory","scope":"read"}}}}"#, now());
-    let set =
-        redis_command(redis.port, &format!("SET {} '{forged}' EX 60", introspection_key("opaque-forged"))).unwrap();
+    let set = redis_command(
+        redis.port,
+        &format!("SET {} '{forged}' EX 60", introspection_key(idp.issuer(), "opaque-forged")),
+    )
+    .unwrap();
     assert_eq!(set.trim(), "+OK");
     let r = call(&b, "/api/x", Some("opaque-forged")).await;
     assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (401, Some("inactive_token")));

@@ -1,7 +1,8 @@
 //! The fleet-wide introspection cache (`[auth.issuers.introspection] cache = "redis"`).
 //!
 //! A worker's token-cache miss for an opaque token looks up
-//! `<key_prefix>:auth:introspection:<hex SHA-256(token)>` before asking the IdP (one `GET`,
+//! `<key_prefix>:auth:introspection:<hex SHA-256(iss ‖ 0 ‖ SHA-256(token))>` before asking the
+//! IdP (the issuer in the key: two issuers' answers for the same opaque string never meet; one `GET`,
 //! bounded by `[redis] timeout`). An IdP answer is stored there with `SET … PX ttl` (active: up
 //! to `cache_ttl`, never past `exp`; inactive: `negative_cache_ttl`) off the request path, on the
 //! control runtime ([`Kv::spawn_detached`]): the request already paid for the IdP round trip and
@@ -18,7 +19,7 @@
 //! is ignored like a miss, counted as an error). Nodes share entries when they share the
 //! issuer's client credentials.
 
-use std::{fmt::Write, time::Duration};
+use std::{fmt::Write, sync::Arc, time::Duration};
 
 use aws_lc_rs::hmac;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -75,16 +76,18 @@ pub struct Stored {
 pub struct SharedAnswers {
     kv: Kv,
     codec: Codec,
+    /// The issuer's `iss`, which scopes the keys.
+    issuer: Arc<str>,
 }
 
 impl SharedAnswers {
     pub fn new(kv: Kv, issuer: &IssuerSpec, spec: &IntrospectionSpec) -> Self {
-        SharedAnswers { kv, codec: Codec::new(issuer, spec) }
+        SharedAnswers { kv, codec: Codec::new(issuer, spec), issuer: issuer.issuer.clone() }
     }
 
-    /// `<key_prefix>:auth:introspection:<hex SHA-256(token)>`.
+    /// `<key_prefix>:auth:introspection:<hex SHA-256(iss ‖ 0 ‖ SHA-256(token))>`.
     fn key(&self, digest: &TokenHash) -> String {
-        self.kv.key(format_args!("auth:introspection:{}", hex(digest)))
+        self.kv.key(format_args!("auth:introspection:{}", hex(&scoped(&self.issuer, digest))))
     }
 
     /// The answer another node (or this one) stored for the token with this digest.
@@ -112,7 +115,18 @@ impl SharedAnswers {
     }
 }
 
-fn hex(digest: &TokenHash) -> String {
+/// The token's digest bound to its issuer.
+fn scoped(issuer: &str, digest: &TokenHash) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(issuer.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(digest);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn hex(digest: &[u8; 32]) -> String {
     let mut hex = String::with_capacity(64);
     for b in digest {
         let _ = write!(hex, "{b:02x}");
@@ -239,7 +253,7 @@ mod tests {
     }
 
     fn key(token: &str) -> String {
-        format!("gatewayd:auth:introspection:{}", hex(&hash(token)))
+        format!("gatewayd:auth:introspection:{}", hex(&scoped("https://idp.example", &hash(token))))
     }
 
     fn active() -> Map<String, Value> {
@@ -258,6 +272,9 @@ mod tests {
         assert_eq!(k.len(), "gatewayd:auth:introspection:".len() + 64, "{k}");
         assert!(!k.contains("opaque-1"));
         assert_ne!(k, key("opaque-2"));
+        let other_issuer =
+            format!("gatewayd:auth:introspection:{}", hex(&scoped("https://other.example", &hash("opaque-1"))));
+        assert_ne!(k, other_issuer, "issuers never share an entry");
     }
 
     #[test]
