@@ -63,11 +63,41 @@ pub struct KvSpec {
     pub reconnect_max: Duration,
     /// Prepended to every key (`<prefix>:rl:…`), so fleets can share a Redis.
     pub key_prefix: Arc<str>,
+    /// CA and client certificate for `rediss://` servers; `None`: the system's roots, no client
+    /// certificate.
+    pub tls: Option<KvTls>,
+}
+
+/// TLS material for `rediss://` (PEM, read at validation).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KvTls {
+    pub ca: Option<Vec<u8>>,
+    /// Certificate chain and private key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for KvTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("KvTls").field("ca", &self.ca.is_some()).field("client", &self.client.is_some()).finish()
+    }
+}
+
+impl KvTls {
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+            root_cert: self.ca.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvServers {
-    /// `redis://[user:password@]host:port[/db]` or `redis+unix:///path`.
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` (TLS) or `redis+unix:///path`.
     Single(String),
     /// Seed nodes of a Redis Cluster (`redis://host:port`).
     Cluster(Vec<String>),

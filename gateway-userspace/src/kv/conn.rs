@@ -21,7 +21,10 @@ pub enum Conn {
 pub(super) async fn connect(spec: &KvSpec) -> Result<Conn, RedisError> {
     match &spec.servers {
         KvServers::Single(url) => {
-            let client = redis::Client::open(url.as_str())?;
+            let client = match &spec.tls {
+                Some(tls) => redis::Client::build_with_tls(url.as_str(), tls.certificates())?,
+                None => redis::Client::open(url.as_str())?,
+            };
             // Our own timeout wraps every command; the connection's would only race with it.
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(spec.connect_timeout))
@@ -32,7 +35,11 @@ pub(super) async fn connect(spec: &KvSpec) -> Result<Conn, RedisError> {
             Ok(Conn::Single(conn))
         }
         KvServers::Cluster(nodes) => {
-            let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+            let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str));
+            if let Some(tls) = &spec.tls {
+                builder = builder.certs(tls.certificates());
+            }
+            let client = builder
                 .connection_timeout(spec.connect_timeout)
                 .response_timeout(spec.timeout)
                 // Redirections (MOVED/ASK) are retries too; the outer timeout bounds the total.

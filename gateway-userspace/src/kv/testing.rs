@@ -36,6 +36,7 @@ pub fn spec(servers: KvServers) -> KvSpec {
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
         key_prefix: "test".into(),
+        tls: None,
     }
 }
 

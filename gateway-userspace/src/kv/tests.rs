@@ -135,3 +135,46 @@ async fn a_worker_thread_gets_its_own_connection_and_replaces_it_after_an_outage
     );
     assert_eq!(client_id(&kv).await, again);
 }
+
+#[tokio::test]
+async fn rediss_verifies_the_server_and_presents_our_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    let options = crate::tls::certs::InitOptions {
+        out: pki.path().to_owned(),
+        cn: "redis".into(),
+        sans: vec!["localhost".into(), "127.0.0.1".into()],
+        days: 1,
+        client_cn: "gatewayd".into(),
+        key_type: crate::tls::certs::KeyType::EcdsaP256,
+        force: false,
+    };
+    crate::tls::certs::init(&options).unwrap();
+    let file = |name: &str| std::fs::read(pki.path().join(name)).unwrap();
+    let server = RedisServer::start_tls(
+        &pki.path().join("server.crt"),
+        &pki.path().join("server.key"),
+        &pki.path().join("ca.crt"),
+    );
+    let url = format!("rediss://localhost:{}", server.tls_port.unwrap());
+    let tls_spec = |tls: KvTls| KvSpec { tls: Some(tls), ..testing::spec(KvServers::Single(url.clone())) };
+
+    let kv = Kv::start(
+        tls_spec(KvTls { ca: Some(file("ca.crt")), client: Some((file("client.crt"), file("client.key"))) }),
+        KvMetrics::default(),
+    );
+    assert!(kv.settled(Duration::from_secs(3)).await, "connects over TLS with our client certificate");
+    let pong: String = kv.query("ping", &redis::cmd("PING")).await.unwrap();
+    assert_eq!(pong, "PONG");
+
+    // Redis refuses a client without a certificate; we refuse a server our CA did not issue.
+    let no_cert = Kv::start(tls_spec(KvTls { ca: Some(file("ca.crt")), client: None }), KvMetrics::default());
+    assert!(!no_cert.settled(Duration::from_secs(3)).await, "Redis requires a client certificate");
+    let other = tempfile::tempdir().unwrap();
+    crate::tls::certs::init(&crate::tls::certs::InitOptions { out: other.path().to_owned(), ..options }).unwrap();
+    let wrong_ca = std::fs::read(other.path().join("ca.crt")).unwrap();
+    let untrusted = Kv::start(
+        tls_spec(KvTls { ca: Some(wrong_ca), client: Some((file("client.crt"), file("client.key"))) }),
+        KvMetrics::default(),
+    );
+    assert!(!untrusted.settled(Duration::from_secs(3)).await, "the server's certificate is not from our CA");
+}

@@ -49,13 +49,43 @@ fn wait_redis(port: u16, reply: &str, command: &str) {
 /// One redis-server; `kill` and `restart` keep its port.
 pub struct RedisServer {
     pub port: u16,
+    /// The TLS port, for servers started with [`RedisServer::start_tls`].
+    #[allow(dead_code)] // not every test binary speaks TLS to Redis
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let mut s = RedisServer { port: free_port(), child: None, dir: tempfile::tempdir().expect("tempdir") };
+        RedisServer::start_with(None, Vec::new())
+    }
+
+    /// Also listening with TLS (certificate `cert`/`key`, clients must present a certificate
+    /// issued by `ca`); the plain port stays for readiness checks and raw commands.
+    #[allow(dead_code)] // not every test binary speaks TLS to Redis
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        let tls_port = free_port();
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        let extra = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(cert),
+            "--tls-key-file".into(),
+            path(key),
+            "--tls-ca-cert-file".into(),
+            path(ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ];
+        RedisServer::start_with(Some(tls_port), extra)
+    }
+
+    fn start_with(tls_port: Option<u16>, extra: Vec<String>) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = RedisServer { port: free_port(), tls_port, child: None, dir, extra };
         s.restart();
         s
     }
@@ -75,7 +105,7 @@ impl RedisServer {
     /// Starts it again on the same port (empty: nothing is persisted).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn_redis(self.dir.path(), self.port, &[]));
+        self.child = Some(spawn_redis(self.dir.path(), self.port, &self.extra));
         wait_redis(self.port, "+PONG", "PING");
     }
 

@@ -32,6 +32,14 @@ pub struct RedisSection {
     /// fleets. Default: `"gatewayd"`.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// With `rediss://`: PEM CA bundle the Redis server's certificate must chain to. Default: the
+    /// system's roots.
+    pub ca_file: Option<String>,
+    /// With `rediss://`: PEM certificate chain gatewayd presents (Redis `tls-auth-clients yes`).
+    /// Default: none.
+    pub client_cert: Option<String>,
+    /// The PEM private key of `client_cert`. Default: none.
+    pub client_key: Option<String>,
 }
 
 /// One source name, or a list tried in order (`"ip"`, `["user", "ip"]`).

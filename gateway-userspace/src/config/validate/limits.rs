@@ -14,9 +14,14 @@ use crate::{
             WindowName,
         },
     },
-    kv::{FailMode, KvServers, KvSpec},
+    kv::{FailMode, KvServers, KvSpec, KvTls},
     ratelimit::{Backend, KeySource, LayerSpec, Window, window::MAX_LIMIT},
 };
+
+enum PemKind {
+    Certs,
+    Key,
+}
 
 impl Validator<'_> {
     pub(super) fn redis(&mut self, f: &FileConfig) -> Option<KvSpec> {
@@ -53,8 +58,10 @@ impl Validator<'_> {
         if r.key_prefix.is_empty() || !r.key_prefix.bytes().all(|b| b.is_ascii_graphic() && !b"{}".contains(&b)) {
             self.problem(at().key("key_prefix"), "must be non-empty printable ASCII without braces");
         }
+        let tls = self.redis_tls(r, &servers);
         Some(KvSpec {
             servers,
+            tls,
             timeout: r.timeout,
             connect_timeout: r.connect_timeout,
             reconnect_min: r.reconnect_min,
@@ -64,12 +71,56 @@ impl Validator<'_> {
     }
 
     fn redis_url(&mut self, at: KeyPath, url: &str) {
-        if url.starts_with("rediss://") {
-            self.problem(at, "TLS to Redis (rediss://) is not supported yet; use redis:// on a trusted network");
-        } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
             self.problem(at, format!("invalid Redis URL: {e} (expected redis://host:port[/db])"));
-        } else if !url.starts_with("redis://") && !url.starts_with("redis+unix://") && !url.starts_with("unix://") {
-            self.problem(at, "expected redis://host:port[/db] or redis+unix:///path");
+        } else if !["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|s| url.starts_with(s)) {
+            self.problem(at, "expected redis://host:port[/db], rediss://host:port[/db] (TLS) or redis+unix:///path");
+        }
+    }
+
+    /// `ca_file`, `client_cert` and `client_key`: only with `rediss://`, read and checked now.
+    fn redis_tls(&mut self, r: &RedisSection, servers: &KvServers) -> Option<KvTls> {
+        let at = || root("redis");
+        let urls: Vec<&String> = match servers {
+            KvServers::Single(url) => vec![url],
+            KvServers::Cluster(nodes) => nodes.iter().collect(),
+        };
+        let tls_urls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+        if tls_urls != 0 && tls_urls != urls.len() {
+            self.problem(at().key("cluster"), "mixes rediss:// and redis:// nodes: use one scheme for all");
+        }
+        let files = [("ca_file", &r.ca_file), ("client_cert", &r.client_cert), ("client_key", &r.client_key)];
+        if tls_urls == 0 {
+            for (key, file) in files {
+                if file.is_some() {
+                    self.problem(at().key(key), "only used with rediss:// (TLS) URLs");
+                }
+            }
+            return None;
+        }
+        if r.client_cert.is_some() != r.client_key.is_some() {
+            let key = if r.client_cert.is_some() { "client_key" } else { "client_cert" };
+            self.problem(at().key(key), "client_cert and client_key go together");
+        }
+        let ca = r.ca_file.as_ref().and_then(|f| self.pem_file(at().key("ca_file"), f, PemKind::Certs));
+        let cert = r.client_cert.as_ref().and_then(|f| self.pem_file(at().key("client_cert"), f, PemKind::Certs));
+        let key = r.client_key.as_ref().and_then(|f| self.pem_file(at().key("client_key"), f, PemKind::Key));
+        Some(KvTls { ca, client: cert.zip(key) })
+    }
+
+    /// The file's bytes once they parse as `kind`.
+    fn pem_file(&mut self, at: KeyPath, raw: &str, kind: PemKind) -> Option<Vec<u8>> {
+        let path = self.file_path(raw);
+        let checked = match kind {
+            PemKind::Certs => crate::tls::load_certs(&path).map(drop),
+            PemKind::Key => crate::tls::load_key(&path).map(drop),
+        };
+        match checked.and_then(|()| std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))) {
+            Ok(bytes) => Some(bytes),
+            Err(reason) => {
+                self.problem(at, reason);
+                None
+            }
         }
     }
 
@@ -370,8 +421,14 @@ usage_header = "bad header"
         ] {
             assert!(k.iter().any(|k| k.starts_with(expected)), "missing {expected:?} in {k:#?}");
         }
-        let k = keys("[redis]\nurl = \"rediss://h:1\"\n");
-        assert!(k[0].contains("TLS to Redis"), "{k:?}");
+        assert!(load("[redis]\nurl = \"rediss://h:1\"\n").is_ok(), "TLS with the system's roots");
+        let k = keys("[redis]\nurl = \"redis://h:1\"\nca_file = \"ca.pem\"\n");
+        assert!(k[0].starts_with("redis.ca_file: only used with rediss://"), "{k:?}");
+        let k = keys("[redis]\nurl = \"rediss://h:1\"\nca_file = \"/nonexistent/ca.pem\"\nclient_cert = \"c.pem\"\n");
+        assert!(k.iter().any(|k| k.starts_with("redis.client_key: client_cert and client_key go together")), "{k:?}");
+        assert!(k.iter().any(|k| k.starts_with("redis.ca_file: ") && k.contains("/nonexistent/ca.pem")), "{k:?}");
+        let k = keys("[redis]\ncluster = [\"rediss://a:1\", \"redis://b:2\"]\n");
+        assert!(k[0].starts_with("redis.cluster: mixes rediss:// and redis://"), "{k:?}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::{
 
 impl Validator<'_> {
     /// A path from the file, relative to the config file's directory.
-    fn file_path(&self, raw: &str) -> PathBuf {
+    pub(super) fn file_path(&self, raw: &str) -> PathBuf {
         let p = Path::new(raw);
         if p.is_absolute() || self.file.starts_with('<') {
             return p.to_owned();
