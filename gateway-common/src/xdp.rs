@@ -229,6 +229,10 @@ pub struct DenyEntry {
     pub _pad: u32,
 }
 
+/// A source address the benchmark's probe programs look up (`::ffff:198.51.100.7`, the
+/// benchmark's known source).
+pub const PROBE_SOURCE: [u32; 4] = mapped_v4([198, 51, 100, 7]);
+
 /// Value of [`NEW_SOURCES_MAP`]: this CPU's insert budget window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
