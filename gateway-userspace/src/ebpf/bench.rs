@@ -292,7 +292,8 @@ impl BenchReport {
              ({:.0} ns), plus the LRU lookup of the source's bucket ({:.0} ns); the bucket's charge (an atomic \
              add or a plain store, {:.0} ns) and the list prefilter (an inlined array read) are noise next to \
              those. Lists in use add the two LPM lookups ({:.0} ns) only for a source whose /16 holds a list \
-             entry (the row \"an entry in the source's /16\"); any other source pays the prefilter alone.",
+             entry (the row \"an entry in the source's /16\", whose deny trie also holds a /27 beside the \
+             source: a deeper walk than in the other rows' tries); any other source pays the prefilter alone.",
             cost("guard on"),
             cost("probe: bpf_ktime"),
             cost("probe: LRU"),
@@ -306,8 +307,8 @@ impl BenchReport {
              verifier inlines (array lookups, `bpf_jiffies64`) costs 1-2 ns. The 2× goal leaves 1× the floor \
              for everything: parsing plus one LRU lookup already exceed it, and a per-source rate limiter \
              cannot skip finding the source's bucket. `bpf_jiffies64` would save the clock read, but its \
-             resolution is one tick (1/HZ, 4 ms on Debian) and the kernel does not tell a program its HZ: the \
-             buckets' arithmetic would need a calibrated tick and a tolerance widened by a tick; not done. \
+             resolution is one tick (1/HZ, 4 ms on Debian) and the tick length is a kernel build option \
+             (CONFIG_HZ) the daemon would have to find or calibrate: the buckets' arithmetic would need a calibrated tick and a tolerance widened by a tick; not done. \
              Merging the allow and deny tries into one would save one of two LPM lookups only for sources the \
              prefilter lets through ({:.0} ns measured for one lookup, {:.0} ns for two); not done.",
             cost("probe: one LPM"),
