@@ -22,6 +22,10 @@ pub const SOURCES_MAP: &str = "GW_SOURCES";
 pub const ALLOW_MAP: &str = "GW_ALLOW";
 /// LPM trie [`LpmAddr`] → [`DenyEntry`]: sources that are dropped.
 pub const DENY_MAP: &str = "GW_DENY";
+/// Array of [`LISTED_WORDS`] `u64`: one bit per [`list_bucket`], set when some allow or deny
+/// prefix may contain an address of that bucket. A clear bit lets the program skip both LPM
+/// lookups; the daemon derives it from the lists (a superset: never a false "not listed").
+pub const LISTED_MAP: &str = "GW_LISTED";
 /// Per-CPU array, one [`NewSourceWindow`]: the new-source guard.
 pub const NEW_SOURCES_MAP: &str = "GW_NEWSRC";
 
@@ -29,6 +33,31 @@ pub const NEW_SOURCES_MAP: &str = "GW_NEWSRC";
 pub const DEFAULT_MAX_SOURCES: u32 = 262_144;
 /// Capacity of each LPM trie.
 pub const MAX_LIST_ENTRIES: u32 = 65_536;
+
+/// Buckets of the list prefilter: 2^16 for IPv6 addresses (by their first 16 bits), then 2^16
+/// for IPv4 (mapped) addresses (by the IPv4 address's first 16 bits).
+pub const LIST_BUCKETS: u32 = 2 << 16;
+/// Size of [`LISTED_MAP`].
+pub const LISTED_WORDS: u32 = LIST_BUCKETS / 64;
+
+/// The prefilter bucket of an address: its /16, IPv4 (mapped) and IPv6 apart. Decided by the
+/// address itself, like the LPM tries decide (an IPv6 packet from `::ffff:a.b.c.d` meets the
+/// IPv4 entries there, so it does here too).
+#[inline(always)]
+pub const fn list_bucket(addr: &[u32; 4]) -> u32 {
+    if addr[0] == 0 && addr[1] == 0 && addr[2] == mapped_v4([0; 4])[2] {
+        (1 << 16) | first16(addr[3])
+    } else {
+        first16(addr[0])
+    }
+}
+
+/// The first two bytes of an address word (bytes in memory order), as a number.
+#[inline(always)]
+const fn first16(word: u32) -> u32 {
+    let b = word.to_ne_bytes();
+    ((b[0] as u32) << 8) | b[1] as u32
+}
 
 /// Counters are kept per interface: slot = ifindex when below this, else slot 0 (ifindex 0
 /// never names a device, so slot 0 collects the rare interfaces with larger indexes).
@@ -229,6 +258,10 @@ pub struct DenyEntry {
     pub _pad: u32,
 }
 
+/// A source address the benchmark's probe programs look up (`::ffff:198.51.100.7`, the
+/// benchmark's known source).
+pub const PROBE_SOURCE: [u32; 4] = mapped_v4([198, 51, 100, 7]);
+
 /// Value of [`NEW_SOURCES_MAP`]: this CPU's insert budget window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -313,6 +346,14 @@ mod tests {
         assert_eq!(counter_index(1, Verdict::DropDenyList as u32), 8 + 3);
         assert_eq!(counter_index(IFINDEX_SLOTS + 7, NEW_SOURCE_OVER_CAP), 7);
         assert!(counter_index(IFINDEX_SLOTS - 1, NEW_SOURCE_OVER_CAP) < COUNTER_ENTRIES);
+    }
+
+    #[test]
+    fn list_buckets_split_ipv4_and_ipv6_by_first_16_bits() {
+        assert_eq!(list_bucket(&mapped_v4([198, 51, 100, 7])), (1 << 16) | (198 << 8) | 51);
+        assert_eq!(list_bucket(&words_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])), 0x2001);
+        assert_eq!(list_bucket(&words_v6([0; 16])), 0);
+        assert!(list_bucket(&mapped_v4([255; 4])) < LIST_BUCKETS);
     }
 
     #[test]

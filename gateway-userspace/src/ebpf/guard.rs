@@ -14,8 +14,8 @@ use aya::{
 };
 use gateway_common::xdp::{
     ALLOW_MAP, CONFIG_MAP, COUNTER_ENTRIES, COUNTERS_MAP, COUNTERS_PER_SLOT, DENY_MAP, DenyEntry, EMPTY_PROGRAM,
-    GuardConfig, MAX_LIST_ENTRIES, NEW_SOURCES_MAP, SOURCES_MAP, SourceKey, SourceState, TC_PROGRAM, XDP_PROGRAM,
-    counter_index, flags,
+    GuardConfig, LISTED_MAP, LISTED_WORDS, MAX_LIST_ENTRIES, NEW_SOURCES_MAP, SOURCES_MAP, SourceKey, SourceState,
+    TC_PROGRAM, XDP_PROGRAM, counter_index, flags,
 };
 use ipnet::IpNet;
 
@@ -23,7 +23,7 @@ use super::{
     Counters, EbpfError, PinLock,
     attach::Attachment,
     ensure_pin_dir,
-    lists::{lpm_key, net_of_lpm},
+    lists::{lpm_key, mark_buckets, net_of_lpm},
     program_error, raise_memlock_limit,
 };
 
@@ -60,7 +60,7 @@ pub struct LoadOptions {
 }
 
 /// The maps that are pinned, and the shape each must have to be reused.
-fn pinned_shapes(max_sources: u32) -> [(&'static str, MapType, usize, usize, u32); 5] {
+fn pinned_shapes(max_sources: u32) -> [(&'static str, MapType, usize, usize, u32); 6] {
     use std::mem::size_of;
     [
         (CONFIG_MAP, MapType::Array, 4, size_of::<GuardConfig>(), 1),
@@ -68,6 +68,9 @@ fn pinned_shapes(max_sources: u32) -> [(&'static str, MapType, usize, usize, u32
         (SOURCES_MAP, MapType::LruHash, size_of::<SourceKey>(), size_of::<SourceState>(), max_sources),
         (ALLOW_MAP, MapType::LpmTrie, 20, 4, MAX_LIST_ENTRIES),
         (DENY_MAP, MapType::LpmTrie, 20, size_of::<DenyEntry>(), MAX_LIST_ENTRIES),
+        // Pinned too, so a program kept attached from the previous run (until this one replaces
+        // it) sees the prefilter of the lists this run writes.
+        (LISTED_MAP, MapType::Array, 4, 8, LISTED_WORDS),
     ]
 }
 
@@ -80,6 +83,9 @@ pub struct XdpGuard {
     sources: HashMap<MapData, SourceKey, SourceState>,
     allow: LpmTrie<MapData, [u32; 4], u32>,
     deny: LpmTrie<MapData, [u32; 4], DenyEntry>,
+    listed_map: Array<MapData, u64>,
+    /// The prefilter bitmap as last written to `listed_map`.
+    listed: Vec<u64>,
     /// The settings last written, without the list bits (those follow the lists).
     config: GuardConfig,
     pub(super) pin_dir: Option<PathBuf>,
@@ -120,19 +126,72 @@ impl XdpGuard {
         let sources = HashMap::try_from(take(&mut ebpf, SOURCES_MAP)?).map_err(EbpfError::map(SOURCES_MAP))?;
         let allow = LpmTrie::try_from(take(&mut ebpf, ALLOW_MAP)?).map_err(EbpfError::map(ALLOW_MAP))?;
         let deny = LpmTrie::try_from(take(&mut ebpf, DENY_MAP)?).map_err(EbpfError::map(DENY_MAP))?;
+        let listed_map = Array::try_from(take(&mut ebpf, LISTED_MAP)?).map_err(EbpfError::map(LISTED_MAP))?;
         let config = config_map.get(&0, 0).map_err(EbpfError::map(CONFIG_MAP))?;
-        Ok(XdpGuard {
+        let mut guard = XdpGuard {
             ebpf,
             config_map,
             counters,
             sources,
             allow,
             deny,
+            listed_map,
+            listed: vec![0; LISTED_WORDS as usize],
             config: GuardConfig { flags: config.flags & !(flags::ALLOW | flags::DENY), ..config },
             pin_dir: opts.pin_dir.clone(),
             attachments: Vec::new(),
             _lock: lock,
-        })
+        };
+        // What a pinned bitmap holds is not known here (or there is none yet, next to lists an
+        // older run pinned): written in full.
+        guard.rebuild_prefilter(true)?;
+        Ok(guard)
+    }
+
+    /// Recomputes the list prefilter from the lists as stored and clears the bits no entry
+    /// needs any more. Entries only ever add bits before they are inserted
+    /// ([`XdpGuard::deny_insert`], [`XdpGuard::set_allow`]), so a removal leaves a stale bit
+    /// (a wasted lookup, never a missed entry) until this runs: after removals, once per batch.
+    pub fn refresh_prefilter(&mut self) -> Result<(), EbpfError> {
+        self.rebuild_prefilter(false)
+    }
+
+    fn rebuild_prefilter(&mut self, all: bool) -> Result<(), EbpfError> {
+        let mut bitmap = vec![0u64; LISTED_WORDS as usize];
+        for key in self.allow.keys() {
+            mark_buckets(&key.map_err(EbpfError::map(ALLOW_MAP))?, &mut bitmap);
+        }
+        for key in self.deny.keys() {
+            mark_buckets(&key.map_err(EbpfError::map(DENY_MAP))?, &mut bitmap);
+        }
+        self.write_listed(&bitmap, all)
+    }
+
+    /// Whether the prefilter (as stored in the map) sends `ip` on to the LPM lookups.
+    pub fn prefilter_marks(&self, ip: std::net::IpAddr) -> Result<bool, EbpfError> {
+        let bucket = gateway_common::xdp::list_bucket(&super::lists::words_of(ip));
+        let word = self.listed_map.get(&(bucket / 64), 0).map_err(EbpfError::map(LISTED_MAP))?;
+        Ok(word >> (bucket % 64) & 1 == 1)
+    }
+
+    /// Sets the prefilter bits of `nets` (before they are inserted).
+    fn mark_listed(&mut self, nets: &[IpNet]) -> Result<(), EbpfError> {
+        let mut bitmap = self.listed.clone();
+        for net in nets {
+            mark_buckets(&lpm_key(*net), &mut bitmap);
+        }
+        self.write_listed(&bitmap, false)
+    }
+
+    /// Writes the words of `bitmap` that differ from what was written (all of them with `all`).
+    fn write_listed(&mut self, bitmap: &[u64], all: bool) -> Result<(), EbpfError> {
+        for (i, (new, old)) in (0u32..).zip(bitmap.iter().zip(self.listed.iter_mut())) {
+            if all || new != old {
+                self.listed_map.set(i, *new, 0).map_err(EbpfError::map(LISTED_MAP))?;
+                *old = *new;
+            }
+        }
+        Ok(())
     }
 
     /// Where maps and links are pinned, if anywhere.
@@ -174,13 +233,18 @@ impl XdpGuard {
     pub fn set_allow(&mut self, wanted: &[IpNet]) -> Result<(usize, usize), EbpfError> {
         let current = self.allow_entries()?;
         let (mut added, mut removed) = (0, 0);
-        for net in wanted.iter().filter(|n| !current.contains(n)) {
+        let new: Vec<IpNet> = wanted.iter().filter(|n| !current.contains(n)).copied().collect();
+        self.mark_listed(&new)?;
+        for net in &new {
             self.allow.insert(&lpm_key(*net), 1, 0).map_err(EbpfError::map(ALLOW_MAP))?;
             added += 1;
         }
         for net in current.iter().filter(|n| !wanted.contains(n)) {
             self.allow.remove(&lpm_key(*net)).map_err(EbpfError::map(ALLOW_MAP))?;
             removed += 1;
+        }
+        if removed > 0 {
+            self.refresh_prefilter()?;
         }
         self.flush_config()?;
         Ok((added, removed))
@@ -198,11 +262,13 @@ impl XdpGuard {
 
     /// Adds or replaces a deny entry.
     pub fn deny_insert(&mut self, net: IpNet, entry: DenyEntry) -> Result<(), EbpfError> {
+        self.mark_listed(&[net])?;
         self.deny.insert(&lpm_key(net), entry, 0).map_err(EbpfError::map(DENY_MAP))?;
         self.flush_config()
     }
 
-    /// Removes a deny entry; `false` when there was none.
+    /// Removes a deny entry; `false` when there was none. Its prefilter bits stay until
+    /// [`XdpGuard::refresh_prefilter`].
     pub fn deny_remove(&mut self, net: IpNet) -> Result<bool, EbpfError> {
         let removed = match self.deny.remove(&lpm_key(net)) {
             Ok(()) => true,

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::lpm_trie::Key;
-use gateway_common::xdp::{SourceKey, mapped_v4, prefix_mask, words_v6};
+use gateway_common::xdp::{LIST_BUCKETS, SourceKey, list_bucket, mapped_v4, prefix_mask, words_v6};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The mapped words of an address.
@@ -75,6 +75,42 @@ pub fn source_net(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpNet {
     net_of_words(masked, bits)
 }
 
+/// Sets, in the prefilter bitmap (one bit per [`list_bucket`]), the bit of every bucket that
+/// holds an address of the prefix `key`. May set a bucket holding none (an IPv4-only prefix also
+/// marks IPv6 bucket 0): extra bits only cost a lookup, a missing one would skip an entry.
+pub fn mark_buckets(key: &Key<[u32; 4]>, bitmap: &mut [u64]) {
+    let (words, bits) = (key.data(), key.prefix_len().min(128));
+    let mut mark = |first: u32, count: u32| {
+        for bucket in first..first + count {
+            if bucket < LIST_BUCKETS {
+                bitmap[(bucket / 64) as usize] |= 1 << (bucket % 64);
+            }
+        }
+    };
+    // The prefix's IPv6 addresses: by their first 16 bits.
+    let v6 = list_bucket(&[words[0], 1, 0, 0]);
+    if bits >= 16 {
+        mark(v6, 1);
+    } else {
+        let span = 1 << (16 - bits);
+        mark(v6 & !(span - 1), span);
+    }
+    // Its IPv4 (mapped) addresses, if it has any: its first min(bits, 96) bits are those of
+    // `::ffff:0:0/96`.
+    let mapped = mapped_v4([0; 4]);
+    let mask = prefix_mask(bits.min(96));
+    if (0..3).all(|i| words[i] & mask[i] == mapped[i] & mask[i]) {
+        let v4 = list_bucket(&[0, 0, mapped[2], words[3]]);
+        let v4_bits = bits.saturating_sub(96);
+        if v4_bits >= 16 {
+            mark(v4, 1);
+        } else {
+            let span = 1 << (16 - v4_bits);
+            mark(v4 & !(span - 1), span);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +131,41 @@ mod tests {
     fn host_bits_and_mapped_spellings_are_normalized() {
         assert_eq!(normalize_net(net("10.1.2.3/8")), net("10.0.0.0/8"));
         assert_eq!(normalize_net(net("::ffff:10.0.0.0/104")), net("10.0.0.0/8"));
+    }
+
+    /// Every address of a prefix lands in a marked bucket, for prefixes of every kind and length.
+    #[test]
+    fn prefilter_marks_every_bucket_a_prefix_reaches() {
+        let cases = [
+            ("10.0.0.0/8", "10.255.1.2", "11.0.0.1"),
+            ("198.51.100.0/24", "198.51.100.7", "198.52.100.7"),
+            ("192.0.2.7/32", "192.0.2.7", "192.1.2.7"),
+            ("0.0.0.0/0", "255.1.2.3", "2001:db8::1"),
+            ("2001:db8::/32", "2001:db8:ffff::1", "2002:db8::1"),
+            ("2000::/3", "3fff::1", "4000::1"),
+            ("::/0", "1.2.3.4", "1.2.3.4"),
+            ("::ffff:0:0/96", "203.0.113.9", "2001:db8::1"),
+            ("::/8", "9.9.9.9", "100::1"),
+        ];
+        for (prefix, inside, outside) in cases {
+            let mut bitmap = vec![0u64; (LIST_BUCKETS / 64) as usize];
+            let key = if prefix.contains("::ffff:0:0") || prefix == "::/8" {
+                // Spelled as IPv6 on purpose: normalize_net would not turn these into IPv4.
+                let n: Ipv6Net = prefix.parse().unwrap();
+                Key::new(u32::from(n.prefix_len()), words_v6(n.network().octets()))
+            } else {
+                lpm_key(net(prefix))
+            };
+            mark_buckets(&key, &mut bitmap);
+            let is_set = |ip: &str| {
+                let b = list_bucket(&words_of(ip.parse().unwrap()));
+                bitmap[(b / 64) as usize] >> (b % 64) & 1 == 1
+            };
+            assert!(is_set(inside), "{prefix}: bucket of {inside} not marked");
+            if prefix != "::/0" {
+                assert!(!is_set(outside), "{prefix}: bucket of {outside} marked");
+            }
+        }
     }
 
     #[test]

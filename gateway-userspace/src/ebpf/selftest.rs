@@ -526,6 +526,23 @@ impl Suite<'_> {
             (hits != Some(1)).then(|| format!("10.0.0.0/8 hits: {hits:?}, expected Some(1)")),
         );
 
+        // The prefilter in front of the LPM lookups: an entry's bits are set before it is
+        // inserted; a removed entry's bits go at the next refresh, never before.
+        self.guard.deny_insert(net("3000::/4"), deny_entry(0))?;
+        self.expect("deny 3000::/4 (a prefix spanning many /16s)", &tcp("3fff::1").bytes, Verdict::DropDenyList)?;
+        self.guard.deny_remove(net("10.0.0.0/8"))?;
+        self.expect("removed deny entry no longer applies", &tcp("10.2.3.4").bytes, Verdict::Pass)?;
+        self.guard.refresh_prefilter()?;
+        let marked = self.guard.prefilter_marks("10.2.3.4".parse().expect("an address"))?;
+        let kept = self.guard.prefilter_marks("10.1.2.3".parse().expect("an address"))?;
+        self.record(
+            "prefilter refresh clears a removed entry's /16, keeps a listed one",
+            (marked || !kept).then(|| format!("10.2/16 marked: {marked}, 10.1/16 (allow-listed) marked: {kept}")),
+        );
+        self.guard.deny_insert(net("10.2.3.0/24"), deny_entry(0))?;
+        self.expect("deny entry added after the refresh applies", &tcp("10.2.3.4").bytes, Verdict::DropDenyList)?;
+        self.expect("allow list still applies after the refresh", &tcp("10.1.2.3").bytes, Verdict::PassAllowList)?;
+
         self.guard.deny_insert(net("192.0.2.64/26"), deny_entry(monotonic_ns().saturating_sub(1)))?;
         self.expect("expired deny entry no longer applies", &tcp("192.0.2.70").bytes, Verdict::Pass)?;
         let ttl = Duration::from_millis(100);

@@ -209,6 +209,7 @@ impl XdpService {
         }
         let removed = guard.deny_remove(net).map_err(|e| e.to_string())?;
         if removed {
+            guard.refresh_prefilter().map_err(|e| e.to_string())?;
             tracing::warn!(cidr = %net, "xdp: unblocked");
         }
         Ok(removed)
@@ -352,8 +353,10 @@ impl XdpService {
         let mut guard = lock(&self.guard);
         let Ok(entries) = guard.deny_entries() else { return };
         let now = monotonic_ns();
+        let mut removed = false;
         for (net, entry) in entries {
             if entry.expires_ns != 0 && entry.expires_ns <= now {
+                removed = true;
                 match guard.deny_remove(net) {
                     Ok(_) => tracing::info!(
                         cidr = %net,
@@ -363,6 +366,9 @@ impl XdpService {
                     Err(error) => tracing::warn!(cidr = %net, %error, "xdp: cannot remove expired block"),
                 }
             }
+        }
+        if removed && let Err(error) = guard.refresh_prefilter() {
+            tracing::warn!(%error, "xdp: cannot refresh the list prefilter");
         }
     }
 
@@ -429,6 +435,9 @@ fn sync_config_deny(guard: &mut XdpGuard, wanted: &[IpNet]) -> Result<(usize, us
             guard.deny_insert(*net, entry)?;
             added += 1;
         }
+    }
+    if removed > 0 {
+        guard.refresh_prefilter()?;
     }
     Ok((added, removed))
 }
