@@ -15,6 +15,9 @@ const APT_PACKAGES: &[&str] = &[
     "redis-tools",
     // Token budget days in IANA time zones (jiff reads the system's zoneinfo).
     "tzdata",
+    // Tests that cross a wall-clock boundary (a budget's midnight) move the daemon's clock with
+    // libfaketime instead of racing the real one.
+    "faketime",
     // Benchmarks (and their self-test): nginx as upstream and as the reference proxy; wrk, h2load
     // (nghttp2-client) and hey as load generators.
     "nginx",

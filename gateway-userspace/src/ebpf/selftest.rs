@@ -545,12 +545,17 @@ impl Suite<'_> {
 
         self.guard.deny_insert(net("192.0.2.64/26"), deny_entry(monotonic_ns().saturating_sub(1)))?;
         self.expect("expired deny entry no longer applies", &tcp("192.0.2.70").bytes, Verdict::Pass)?;
+        // A timed entry applies until its expiry, whatever the machine's speed: first with an
+        // expiry an hour away (an emulated VM may take longer than any short TTL between the
+        // insert and the test run), then moved 100 ms ahead and watched until it ends.
+        let hour = Duration::from_secs(3600).as_nanos() as u64;
+        self.guard.deny_insert(net("192.0.2.128/26"), deny_entry(monotonic_ns() + hour))?;
+        self.expect("timed deny entry applies", &tcp("192.0.2.130").bytes, Verdict::DropDenyList)?;
         let ttl = Duration::from_millis(100);
         // Before the expiry is computed: both clocks are CLOCK_MONOTONIC, so a pass seen at
-        // `start + elapsed` is early only if elapsed < ttl.
+        // `start + elapsed` is early only if elapsed < ttl (a slow machine only makes it later).
         let start = Instant::now();
         self.guard.deny_insert(net("192.0.2.128/26"), deny_entry(monotonic_ns() + ttl.as_nanos() as u64))?;
-        self.expect("timed deny entry applies", &tcp("192.0.2.130").bytes, Verdict::DropDenyList)?;
         let failure = self.until_pass(&tcp("192.0.2.131").bytes, Duration::from_secs(2))?;
         let early = start.elapsed() < ttl;
         self.record(
@@ -575,9 +580,9 @@ impl Suite<'_> {
 
     fn buckets(&mut self) -> Result<(), EbpfError> {
         use Verdict::{DropRateLimit, DropSynRateLimit, Pass};
-        // 10 packets/s (one per 100 ms: slow enough for a TCG guest to send the burst before a
-        // token comes back), burst 5.
-        self.reset(Limits { rate: Some((10, 5)), ..GENEROUS })?;
+        // 1 packet/s, burst 5: a token comes back only after a second, far longer than even a
+        // TCG guest needs to send the eight frames below.
+        self.reset(Limits { rate: Some((1, 5)), ..GENEROUS })?;
         let a = tcp("198.51.100.1");
         let b = tcp("198.51.100.2");
         let mut steps: Vec<(&Frame, Verdict)> = (0..5).map(|_| (&a, Pass)).collect();
@@ -586,7 +591,7 @@ impl Suite<'_> {
         steps.push((&a, DropRateLimit));
         self.expect_seq("burst of 5 passes, the 6th is dropped; another source is unaffected", &steps)?;
         let exhausted = Instant::now();
-        let failure = self.until_pass(&a.bytes, Duration::from_secs(2))?;
+        let failure = self.until_pass(&a.bytes, Duration::from_secs(5))?;
         let waited = exhausted.elapsed();
         self.record(format!("bucket refills at the configured rate (passed again after {waited:?})"), failure);
 

@@ -749,13 +749,13 @@ async fn a_revocation_on_one_gateway_is_refused_by_another_sharing_redis() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // The other node hears it over pub/sub: refused well before its cache would expire.
-    let started = std::time::Instant::now();
-    eventually(Duration::from_secs(5), || {
+    // The other node hears it over pub/sub: refused within a wait far shorter than its 60 s
+    // cache of "not revoked", so only the published revocation can explain it (the metric below
+    // names the source).
+    eventually(Duration::from_secs(10), || {
         (futures_block(call(&b, "/api/x", Some(&token))).status == 401).then_some(())
     })
     .expect("the second gateway still accepts the revoked token");
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     assert_eq!(call(&b, "/api/x", Some(&token)).await.json()["error"], "revoked");
     assert_eq!(b.metric("gateway_auth_revocations_total", &[("source", "peer")]), 1.0);
     // The key expires with the token.
