@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use http_body_util::Full;
 
 use super::support::*;
@@ -39,6 +41,11 @@ paths = ["/api/v2"]
 strip_path = true
 
 [[routes]]
+name = "api-any"
+service = "a"
+paths = ["/api"]
+
+[[routes]]
 name = "api-post"
 service = "b"
 paths = ["/api"]
@@ -61,33 +68,55 @@ async fn routes_by_priority_and_strips_paths() {
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     let gw = Gateway::start(|p| config(p, &a, &b));
     let c = client();
-    let route = |r: &Reply| r.json()["upstream"].as_str().unwrap_or_default().to_owned();
+    // Which route served a request: the one whose request counter moved (the upstream's name
+    // alone cannot tell routes of one service apart).
+    const ROUTES: [&str; 7] = ["catch-all", "wild", "exact", "api-v2", "api-any", "api-post", "canary"];
+    let counts = || {
+        let m = gw.metrics();
+        ROUTES.map(|r| metric_value(&m, "gateway_http_requests_total", &[("route", r)]))
+    };
+    let routed = async |method: &str, path: &str, host: &str, header: Option<(&str, &str)>| {
+        let before = counts();
+        let mut builder = req(method, &gw.url(path), host);
+        if let Some((k, v)) = header {
+            builder = builder.header(k, v);
+        }
+        let r = send(&c, builder.body(Full::default()).unwrap()).await;
+        assert_eq!(r.status.as_u16(), 200);
+        let after = eventually(Duration::from_secs(5), || {
+            let after = counts();
+            (after.iter().sum::<f64>() > before.iter().sum::<f64>()).then_some(after)
+        })
+        .expect("request counted");
+        let moved: Vec<&str> =
+            ROUTES.iter().zip(before.iter().zip(after)).filter(|(_, (b, a))| a > *b).map(|(r, _)| *r).collect();
+        assert_eq!(moved.len(), 1, "{moved:?}");
+        (moved[0], r)
+    };
 
-    // exact host beats wildcard beats any host
-    let r = send(&c, req("GET", &gw.url("/api/x"), "api.example.org").body(Full::default()).unwrap()).await;
-    assert_eq!((r.status.as_u16(), route(&r)), (200, "a".into()));
-    let r = send(&c, req("GET", &gw.url("/api/x"), "www.example.org").body(Full::default()).unwrap()).await;
-    assert_eq!(route(&r), "b");
-    // longest prefix wins, and strip_path removes it
-    let r = send(&c, req("GET", &gw.url("/api/v2/items?id=7"), "other.net").body(Full::default()).unwrap()).await;
-    assert_eq!(route(&r), "b");
+    // Each step below has candidates that the rule it names, and only that rule, separates.
+    // Host: an exact host beats a wildcard (same prefix /api) ...
+    assert_eq!(routed("GET", "/api/x", "api.example.org", None).await.0, "exact");
+    // ... and a wildcard host beats no host constraint (wild vs api-any, same prefix /api) ...
+    assert_eq!(routed("GET", "/api/x", "www.example.org", None).await.0, "wild");
+    // ... even against a longer path without one: host is decided first (wild /api vs api-v2 /api/v2).
+    assert_eq!(routed("GET", "/api/v2/items", "www.example.org", None).await.0, "wild");
+    // Path: among routes without hosts, the longest prefix wins (api-v2 vs api-any), and
+    // strip_path removes it.
+    let (route, r) = routed("GET", "/api/v2/items?id=7", "other.net", None).await;
+    assert_eq!(route, "api-v2");
     assert_eq!(r.json()["path"], "/items");
     assert_eq!(r.json()["query"], "id=7");
-    // a method condition beats none at equal prefix
-    let r = send(&c, req("POST", &gw.url("/api/x"), "other.net").body(Full::default()).unwrap()).await;
-    assert_eq!(route(&r), "b");
-    // a header condition beats a method condition
-    let r =
-        send(&c, req("POST", &gw.url("/api/x"), "other.net").header("x-canary", "yes").body(Full::default()).unwrap())
-            .await;
-    assert_eq!(route(&r), "b");
-    // everything else falls to the catch-all, path untouched
-    let r = send(&c, req("GET", &gw.url("/api/x"), "other.net").body(Full::default()).unwrap()).await;
-    assert_eq!(route(&r), "a");
+    // Method: at an equal prefix, a method condition beats none (api-post vs api-any, both /api).
+    assert_eq!(routed("POST", "/api/x", "other.net", None).await.0, "api-post");
+    // Headers: at an equal prefix, a header condition beats a method condition (canary vs api-post).
+    assert_eq!(routed("POST", "/api/x", "other.net", Some(("x-canary", "yes"))).await.0, "canary");
+    // No condition of theirs met: the route with the prefix and no conditions, path untouched.
+    let (route, r) = routed("GET", "/api/x", "other.net", None).await;
+    assert_eq!(route, "api-any");
     assert_eq!(r.json()["path"], "/api/x");
-    // `/apix` is not under `/api`
-    let r = send(&c, req("GET", &gw.url("/apix"), "www.example.org").body(Full::default()).unwrap()).await;
-    assert_eq!(route(&r), "a");
+    // `/apix` is not under `/api`: only the catch-all matches.
+    assert_eq!(routed("GET", "/apix", "www.example.org", None).await.0, "catch-all");
     // dot segments are resolved before routing
     let raw =
         raw_request(gw.ports.listen, b"GET /api/v2/../v2/z HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").unwrap();

@@ -33,6 +33,29 @@ pub fn free_port() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// A loopback port that refuses connections for as long as this lives: bound, not listening,
+/// so no other test can take it meanwhile (a port bound and released could be).
+pub struct DeadPort {
+    socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind :0");
+        let addr = socket.local_addr().expect("local addr").as_socket().expect("an inet address");
+        DeadPort { socket, addr }
+    }
+
+    /// Starts listening on the same socket: the target comes back, with no window in which
+    /// the port was free.
+    pub fn revive(self, name: &'static str) -> Upstream {
+        self.socket.listen(128).expect("listen");
+        Upstream::start_with(name, self.socket.into(), None)
+    }
+}
+
 /// Addresses and paths a config template can use.
 pub struct Ports {
     pub listen: SocketAddr,
@@ -274,20 +297,19 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(name: &'static str) -> Upstream {
-        Self::start_on(name, free_port())
+        Self::start_on(name, "127.0.0.1:0".parse().expect("an address"))
     }
 
     pub fn start_on(name: &'static str, addr: SocketAddr) -> Upstream {
-        Self::start_with(name, addr, None)
+        Self::start_with(name, TcpListener::bind(addr).expect("bind upstream"), None)
     }
 
     /// An HTTPS upstream (its server config may require client certificates).
     pub fn start_tls(name: &'static str, tls: Arc<rustls::ServerConfig>) -> Upstream {
-        Self::start_with(name, free_port(), Some(tls))
+        Self::start_with(name, TcpListener::bind("127.0.0.1:0").expect("bind upstream"), Some(tls))
     }
 
-    fn start_with(name: &'static str, addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
-        let listener = TcpListener::bind(addr).expect("bind upstream");
+    fn start_with(name: &'static str, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));

@@ -27,7 +27,8 @@ async fn slow_upstream_is_a_504() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_target_is_a_502_then_ejected_then_probed_back() {
-    let dead = free_port();
+    let dead_port = DeadPort::new();
+    let dead = dead_port.addr;
     let gw = Gateway::start(|p| {
         service_config(p, 1, &[dead.to_string()], "max_fails = 2\nfail_timeout = \"1s\"\nretries = 0")
     });
@@ -43,7 +44,7 @@ async fn refused_target_is_a_502_then_ejected_then_probed_back() {
     assert_eq!(r.json()["error"], "no_healthy_upstream");
 
     // The target comes back; after the cool-down one probe succeeds and it is back in service.
-    let u = Upstream::start_on("back", dead);
+    let u = dead_port.revive("back");
     let back = eventually(Duration::from_secs(5), || {
         let rt = tokio::runtime::Handle::current();
         let r = tokio::task::block_in_place(|| rt.block_on(get(&gw.url("/x"))));
@@ -56,7 +57,8 @@ async fn refused_target_is_a_502_then_ejected_then_probed_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_failures_are_retried_for_idempotent_methods_only() {
-    let dead = free_port();
+    let dead_port = DeadPort::new();
+    let dead = dead_port.addr;
     let live = Upstream::start("live");
     let gw = Gateway::start(|p| {
         service_config(p, 1, &[dead.to_string(), live.addr.to_string()], "max_fails = 1000\nretries = 1")

@@ -163,7 +163,12 @@ auth = "none"
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "gatewayd did not stop:\n{}", self.stderr());
+            if Instant::now() >= deadline {
+                // The child was taken out of `self`: kill it here, or nothing would.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("gatewayd did not stop within 15 s of SIGTERM (killed):\n{}", self.stderr());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
