@@ -8,6 +8,7 @@ mod e2e {
     pub mod support;
 
     mod budget;
+    mod client_address;
     mod config_cli;
     mod headers;
     mod identity;

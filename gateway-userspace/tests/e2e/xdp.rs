@@ -39,12 +39,13 @@ struct NsGateway<'a> {
 }
 
 impl<'a> NsGateway<'a> {
-    fn config(listen: Ipv4Addr, admin: &std::path::Path, xdp: &str) -> String {
+    fn config(listen: Ipv4Addr, admin: &std::path::Path, server: &str, xdp: &str) -> String {
         format!(
             r#"
 [server]
 workers = 2
 drain_timeout = "2s"
+{server}
 
 [[listeners]]
 name = "public"
@@ -79,9 +80,15 @@ auth = "none"
 
     /// Starts gatewayd and waits until it is ready; `Err` with its stderr if it exits first.
     fn try_start(ns: &'a Netns, listen: Ipv4Addr, xdp: &str) -> Result<NsGateway<'a>, String> {
+        Self::try_start_with(ns, listen, "", xdp)
+    }
+
+    /// Like `try_start`, with extra `[server]` keys.
+    fn try_start_with(ns: &'a Netns, listen: Ipv4Addr, server: &str, xdp: &str) -> Result<NsGateway<'a>, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("gatewayd.toml");
-        std::fs::write(&config_path, Self::config(listen, &dir.path().join("admin.sock"), xdp)).expect("config");
+        std::fs::write(&config_path, Self::config(listen, &dir.path().join("admin.sock"), server, xdp))
+            .expect("config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = ns
@@ -142,7 +149,7 @@ auth = "none"
     fn reload(&self, listen: Ipv4Addr, xdp: &str) -> bool {
         let ok_before = self.metric("gateway_config_reloads_total", &[("result", "ok")]);
         let err_before = self.metric("gateway_config_reloads_total", &[("result", "error")]);
-        let config = Self::config(listen, &self.dir.path().join("admin.sock"), xdp);
+        let config = Self::config(listen, &self.dir.path().join("admin.sock"), "", xdp);
         std::fs::write(self.dir.path().join("gatewayd.toml"), config).expect("config");
         let pid = self.child.as_ref().expect("running").id() as i32;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
@@ -185,14 +192,26 @@ impl Drop for NsGateway<'_> {
 
 /// GET `path` from source address `src`: the status, or why there was none.
 fn get_from(ns: &Netns, src: Ipv4Addr, dst: SocketAddr, path: &str, timeout: Duration) -> Result<u16, String> {
-    let path = path.to_owned();
+    get_from_with(ns, src, dst, path, "", timeout)
+}
+
+/// Like `get_from`, with extra header lines (each ending in CRLF).
+fn get_from_with(
+    ns: &Netns,
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    path: &str,
+    headers: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
+    let (path, headers) = (path.to_owned(), headers.to_owned());
     ns.run(move || {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
         s.bind(&SocketAddr::from((src, 0)).into()).map_err(|e| format!("bind {src}: {e}"))?;
         s.connect_timeout(&dst.into(), timeout).map_err(|e| format!("connect from {src}: {e}"))?;
         let mut stream: TcpStream = s.into();
         stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{headers}\r\n");
         stream.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         stream.read_to_end(&mut out).map_err(|e| format!("read from {src}: {e}"))?;
@@ -416,6 +435,48 @@ fn repeat_offenders_are_blocked_by_the_feedback_loop_then_released() {
     .unwrap_or_else(|| panic!("the block did not expire:\n{}", gw.stderr()));
     eventually(Duration::from_secs(5), || gw.stderr().contains("block expired").then_some(()))
         .unwrap_or_else(|| panic!("expiry not logged:\n{}", gw.stderr()));
+}
+
+/// The feedback loop blocks what the guard sees, the TCP peer: a forged X-Forwarded-For never
+/// redirects a block to another address, and a trusted proxy (whose clients' offences arrive
+/// from its address) is never blocked.
+#[test]
+fn feedback_blocks_the_peer_never_a_forwarded_address_nor_a_trusted_proxy() {
+    let net = VethPair::new("fp", 36, 2);
+    let [proxy, scanner] = [net.clients[0], net.clients[1]];
+    let pins = PinDir::new("fp");
+    let xdp = format!(
+        "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\n\n\
+         [xdp.feedback]\nenabled = true\nthreshold = 3\nwindow = \"1m\"\nblock_for = \"1h\"\nreasons = [\"not_found\"]\n",
+        pins.0.display()
+    );
+    let server = format!("trusted_proxies = [\"{proxy}/32\"]");
+    let gw = NsGateway::try_start_with(&net.gw, net.gw_addr, &server, &xdp).unwrap_or_else(|e| panic!("{e}"));
+    let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
+    // Offences through the trusted proxy, each naming a forged hop and a real client: more than
+    // the threshold, and nobody is blocked (blocking the proxy would block all its clients).
+    for i in 0..5 {
+        let xff = format!("X-Forwarded-For: 192.0.2.{i}, 198.51.100.7\r\n");
+        assert_eq!(get_from_with(&net.peer, proxy, dst, &format!("/wp-admin/{i}"), &xff, SHORT), Ok(404));
+    }
+    assert_eq!(get_from(&net.peer, proxy, dst, "/demo/hello", SHORT), Ok(200), "the trusted proxy was blocked");
+    // An untrusted scanner that forges X-Forwarded-For is blocked under its own address.
+    for i in 0..3 {
+        let xff = format!("X-Forwarded-For: 203.0.113.{i}\r\n");
+        assert_eq!(get_from_with(&net.peer, scanner, dst, &format!("/.env/{i}"), &xff, SHORT), Ok(404));
+    }
+    eventually(Duration::from_secs(5), || {
+        (gw.metric("gateway_xdp_blocks_total", &[("origin", "feedback")]) == 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no feedback block:\n{}", gw.stderr()));
+    let log = gw.stderr();
+    assert!(log.contains(&scanner.to_string()), "the block names the scanner:\n{log}");
+    for forged in ["192.0.2.", "198.51.100.7", "203.0.113."] {
+        assert!(!log.contains(forged), "a forwarded address ({forged}) reached the feedback loop:\n{log}");
+    }
+    assert!(get_from(&net.peer, scanner, dst, "/demo/hello", SHORT).is_err(), "the scanner was not blocked");
+    assert_eq!(get_from(&net.peer, proxy, dst, "/demo/hello", SHORT), Ok(200), "the trusted proxy was blocked");
+    assert_eq!(gw.metric("gateway_xdp_blocks_total", &[("origin", "feedback")]), 1.0, "only the scanner");
 }
 
 #[test]
