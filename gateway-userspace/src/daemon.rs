@@ -30,7 +30,7 @@ use crate::{
     state::{PartsHolder, SharedState, StateError},
     systemd,
     tls::{ExpiryCollector, KtlsSupport, TlsMetrics, TlsParts},
-    worker::{self, WorkerEvent, WorkerSettings},
+    worker::{self, WorkerEvent, WorkerSettings, liveness::WorkerLiveness},
 };
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -93,6 +93,7 @@ struct Daemon {
     config_path: Option<PathBuf>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    liveness: Arc<WorkerLiveness>,
     events: mpsc::UnboundedReceiver<WorkerEvent>,
     admin: mpsc::Receiver<AdminCommand>,
 }
@@ -204,7 +205,8 @@ impl Daemon {
         limits.settled().await;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events_tx, events) = mpsc::unbounded_channel();
-        let mut daemon = Daemon { shared, config_path, shutdown, workers: Vec::new(), events, admin };
+        let liveness = Arc::new(WorkerLiveness::new(shared.snapshot.load().config.server.workers));
+        let mut daemon = Daemon { shared, config_path, shutdown, workers: Vec::new(), liveness, events, admin };
         daemon.spawn_workers(&shutdown_rx, &events_tx)?;
         daemon.await_listening(1).await?;
         daemon.shared.readiness.set_ready(true);
@@ -231,6 +233,7 @@ impl Daemon {
                 shared: self.shared.clone(),
                 events: events.clone(),
                 shutdown: shutdown.clone(),
+                liveness: self.liveness.clone(),
             };
             self.workers.push(worker::spawn(settings).map_err(io(format!("cannot start worker {id}")))?);
         }
@@ -262,6 +265,7 @@ impl Daemon {
         let watchdog = systemd::watchdog_interval();
         let mut tick =
             tokio::time::interval(watchdog.map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1))));
+        let mut withholding = false;
         loop {
             tokio::select! {
                 _ = hup.recv() => {
@@ -283,9 +287,30 @@ impl Daemon {
                     if let Some(dead) = self.workers.iter().position(JoinHandle::is_finished) {
                         return Err(DaemonError::WorkerDied(dead));
                     }
-                    if watchdog.is_some() {
-                        systemd::watchdog();
+                    if let Some(interval) = watchdog {
+                        self.ping_watchdog(interval, &mut withholding);
                     }
+                }
+            }
+        }
+    }
+
+    /// Pings systemd's watchdog only while every worker's runtime is running: a wedged worker
+    /// (silent for half the watchdog interval) withholds the pings, so systemd restarts us once
+    /// the interval passes. Logged once when pings stop and once when they resume.
+    fn ping_watchdog(&self, interval: Duration, withholding: &mut bool) {
+        match self.liveness.stalled(interval / 2) {
+            None => {
+                if std::mem::take(withholding) {
+                    tracing::warn!("every worker is running again; watchdog pings resume");
+                    systemd::status("serving");
+                }
+                systemd::watchdog();
+            }
+            Some((worker, silent)) => {
+                if !std::mem::replace(withholding, true) {
+                    tracing::error!(worker, silent = ?silent, "a worker has stopped running; withholding watchdog pings (systemd restarts gatewayd when its WatchdogSec passes)");
+                    systemd::status(&format!("worker {worker} is not running; watchdog pings withheld"));
                 }
             }
         }

@@ -2,6 +2,8 @@
 //! SO_REUSEPORT listening sockets and its own upstream connection pools. Nothing on a worker's
 //! request path is shared with another worker except atomics and the current snapshot.
 
+pub mod liveness;
+
 use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
@@ -74,6 +76,7 @@ pub struct WorkerSettings {
     pub shared: Arc<SharedState>,
     pub events: tokio::sync::mpsc::UnboundedSender<WorkerEvent>,
     pub shutdown: watch::Receiver<bool>,
+    pub liveness: Arc<liveness::WorkerLiveness>,
 }
 
 pub fn spawn(settings: WorkerSettings) -> std::io::Result<JoinHandle<()>> {
@@ -113,6 +116,7 @@ async fn serve(s: &WorkerSettings) {
     let mut generations = s.shared.generation.subscribe();
     let mut shutdown = s.shutdown.clone();
     tokio::task::spawn_local(sweep_pool(worker.clone()));
+    tokio::task::spawn_local(liveness::heartbeat(s.liveness.clone(), s.id));
     loop {
         reconcile(&worker, &mut listeners, s);
         tokio::select! {

@@ -18,6 +18,7 @@ mod e2e {
     mod ratelimit;
     mod routing;
     mod steering;
+    mod supervision;
     mod tls;
     mod upstreams;
     mod xdp;
