@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{os::unix::fs::OpenOptionsExt, time::Duration};
 
 use http_body_util::Full;
 use nix::sys::signal::Signal;
@@ -120,4 +120,57 @@ async fn audit_lines_carry_the_seed_fields_and_reopen_on_sigusr1() {
     assert!(reopened.is_some(), "audit log was not reopened");
     assert!(gw.audit_lines(&rotated).len() >= 2);
     assert_eq!(gw.metric("gateway_audit_dropped_total", &[]), 0.0);
+    // The file holds client addresses and identities: owner and group only, new files too.
+    for file in [&path, &rotated] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o640, "{} has mode {:o}", file.display(), mode & 0o777);
+    }
+}
+
+/// A writer that cannot keep up (here: the audit "file" is a pipe nobody reads) never slows a
+/// request: lines beyond the queue are dropped and counted, and every request is either in the
+/// log or in the drop counter.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_lines_beyond_a_full_queue_are_dropped_and_counted_not_waited_for() {
+    let u = Upstream::start("u");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("audit.pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Opened for reading (so the daemon's open for writing does not wait) and not read until the end.
+    let reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+    let gw = Gateway::start(|p| {
+        config(p, &u).replace(
+            &format!("path = \"{}\"", p.dir.join("audit.log").display()),
+            &format!("path = \"{}\"\nqueue_size = 8", fifo.display()),
+        )
+    });
+    let c = client();
+    // A pipe holds 64 KiB: a few hundred lines fill it, then the queue of 8, then lines drop.
+    const REQUESTS: usize = 600;
+    for i in 0..REQUESTS {
+        let r = send(&c, req("GET", &gw.url(&format!("/api/{i}")), "h").body(Full::default()).unwrap()).await;
+        assert_eq!(r.status.as_u16(), 200, "request {i} suffered from the stuck audit writer");
+    }
+    assert_eq!(u.requests(), REQUESTS);
+    let dropped = eventually(Duration::from_secs(5), || {
+        let d = gw.metric("gateway_audit_dropped_total", &[]);
+        (d > 0.0).then_some(d)
+    })
+    .expect("no audit line was counted as dropped");
+    // Now read what was written: written + dropped = every request (nothing vanished uncounted).
+    let mut reader = reader;
+    let mut written = String::new();
+    let counted = eventually(Duration::from_secs(10), || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            written.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let lines = written.matches('\n').count();
+        let dropped = gw.metric("gateway_audit_dropped_total", &[]);
+        (lines as f64 + dropped == REQUESTS as f64).then_some((lines, dropped))
+    });
+    assert!(counted.is_some(), "written {} + dropped {} != {REQUESTS}", written.lines().count(), dropped);
 }
