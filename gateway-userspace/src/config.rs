@@ -72,6 +72,7 @@ pub struct Limits {
     pub max_request_line: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub park_after: Duration,
     pub h2_max_concurrent_streams: u32,
 }
 

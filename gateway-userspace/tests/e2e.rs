@@ -14,6 +14,7 @@ mod e2e {
     mod lifecycle;
     mod limits;
     mod observability;
+    mod parking;
     mod ratelimit;
     mod routing;
     mod steering;

@@ -6,10 +6,11 @@
 //! (slowloris), and an idle connection after `idle_timeout`.
 //!
 //! Idle HTTP/1 connections are *parked*: hyper keeps an 8 KiB read buffer, an 8 KiB write buffer
-//! and per-request state for as long as a connection lives, so after `PARK_AFTER` without a
+//! and per-request state for as long as a connection lives, so after `park_after` without a
 //! request the connection hands hyper an end-of-stream, takes its socket back (hyper's
 //! `without_shutdown`), waits for readability holding nothing but the socket, and builds a fresh
-//! hyper connection when the next request arrives. Busy connections never park.
+//! hyper connection when the next request arrives. Busy connections never park, and a byte that
+//! arrives while the park is under way cancels it (see `WatchedIo`).
 
 use std::{
     cell::Cell,
@@ -161,9 +162,6 @@ impl ClientIo for TcpStream {
 }
 
 impl ClientIo for tls::TlsIo {}
-
-/// An idle HTTP/1 connection is parked after this long without a request.
-const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Serves HTTP on an established (possibly TLS) stream until it closes, times out, or
 /// `shutdown` flips and in-flight requests are done.
@@ -443,7 +441,7 @@ fn watchdog(conn: &ConnInfo, proto: Proto, limits: &Limits, may_park: bool) -> W
         return Watch::Idle;
     }
     if may_park && !conn.park.get() {
-        let park_at = conn.last_active.get() + PARK_AFTER;
+        let park_at = conn.last_active.get() + limits.park_after;
         return if now >= park_at { Watch::Park } else { Watch::Next(park_at.min(idle_deadline)) };
     }
     Watch::Next(idle_deadline)
@@ -506,13 +504,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
             let n = self.prefix.len().min(buf.remaining());
             let chunk = self.prefix.split_to(n);
             buf.put_slice(&chunk);
-            self.note_head_start();
+            self.note_bytes();
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.note_head_start();
+            self.note_bytes();
         } else if polled.is_pending() && self.conn.park.get() && self.conn.active.get() == 0 {
             // Nothing to read and time to park: end-of-stream ends hyper's connection (without
             // shutting the socket down).
@@ -523,6 +521,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
 }
 
 impl<I> WatchedIo<I> {
+    /// Bytes reached hyper. A park decided before they arrived is called off: they may be a
+    /// request whose head hyper has read but not yet handed to the service (`active` is still
+    /// 0), and hyper's next read (its check for a client that went away mid-request) must not
+    /// see the park's end-of-stream, or the request is lost with the connection.
+    fn note_bytes(&self) {
+        self.conn.park.set(false);
+        self.note_head_start();
+    }
+
     fn note_head_start(&self) {
         if self.conn.active.get() == 0 && self.conn.head_started.get().is_none() {
             self.conn.head_started.set(Some(Instant::now()));
