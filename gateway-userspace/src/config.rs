@@ -74,6 +74,7 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub park_after: Duration,
     pub h2_max_concurrent_streams: u32,
+    pub h2_control_frames_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

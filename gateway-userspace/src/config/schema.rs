@@ -155,6 +155,12 @@ pub struct LimitsSection {
     /// Concurrent streams per HTTP/2 connection. Default: 128.
     #[serde(default = "default_h2_streams")]
     pub h2_max_concurrent_streams: u32,
+    /// Frames of each kind that carry no request (PING, SETTINGS, PRIORITY, WINDOW_UPDATE,
+    /// RST_STREAM, empty DATA, GOAWAY, unknown types) one HTTP/2 connection may send per second,
+    /// plus 10 for each request it opens and each DATA frame it is sent; past that it is closed
+    /// with GOAWAY ENHANCE_YOUR_CALM. Default: 100.
+    #[serde(default = "default_h2_control_frames")]
+    pub h2_control_frames_per_second: u32,
 }
 
 impl Default for LimitsSection {
@@ -168,6 +174,7 @@ impl Default for LimitsSection {
             idle_timeout: default_idle_timeout(),
             park_after: default_park_after(),
             h2_max_concurrent_streams: default_h2_streams(),
+            h2_control_frames_per_second: default_h2_control_frames(),
         }
     }
 }
@@ -755,6 +762,9 @@ fn default_park_after() -> Duration {
 }
 fn default_h2_streams() -> u32 {
     128
+}
+fn default_h2_control_frames() -> u32 {
+    100
 }
 fn default_metrics_bind() -> String {
     "127.0.0.1:9090".into()

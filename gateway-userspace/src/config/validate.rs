@@ -147,6 +147,12 @@ impl Validator<'_> {
         if l.header_read_timeout.is_zero() || l.idle_timeout.is_zero() || l.park_after.is_zero() {
             self.problem(limits_path(), "timeouts must be greater than zero");
         }
+        if l.h2_control_frames_per_second < 10 {
+            self.problem(
+                limits_path().key("h2_control_frames_per_second"),
+                "must be at least 10 (a client opening a connection sends a few SETTINGS and WINDOW_UPDATE frames)",
+            );
+        }
         let steering = self.steering(s.steering, workers);
         ServerSettings {
             workers,
@@ -165,6 +171,7 @@ impl Validator<'_> {
                 idle_timeout: l.idle_timeout,
                 park_after: l.park_after,
                 h2_max_concurrent_streams: l.h2_max_concurrent_streams.max(1),
+                h2_control_frames_per_second: l.h2_control_frames_per_second,
             },
         }
     }

@@ -39,6 +39,23 @@ use tokio::{
     time::{Duration, sleep_until},
 };
 
+/// `AsyncWrite::poll_flush` and `poll_shutdown` of a stream wrapper, passed to its `inner`.
+macro_rules! forward_flush_and_shutdown {
+    () => {
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+    };
+}
+
+mod h2_flood;
+
 use crate::{
     config::{Limits, ListenerSpec},
     metrics::{LabelValue, Labels},
@@ -240,13 +257,15 @@ async fn drive_h1<I: ClientIo>(
     Ok(drive(http, conn, Proto::Http1, limits, shutdown, parkable).await?.map(take_io))
 }
 
-/// Serves HTTP/2 on `io` until the connection ends (hyper shuts the stream down itself).
+/// Serves HTTP/2 on `io` until the connection ends (hyper shuts the stream down itself), with
+/// frames that carry no request bounded (`h2_flood`).
 async fn drive_h2<I: ClientIo>(
     io: WatchedIo<I>,
     conn: &Rc<ConnInfo>,
     limits: &Limits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<WatchedIo<I>>, End> {
+    let io = h2_flood::FloodGuard::new(io, conn.clone(), limits.h2_control_frames_per_second);
     let http = h2_builder(limits).serve_connection(TokioIo::new(io), service(conn));
     drive(http, conn, Proto::Http2, limits, shutdown, false).await.map(|()| None)
 }
@@ -542,21 +561,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    forward_flush_and_shutdown!();
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
