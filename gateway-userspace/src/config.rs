@@ -72,7 +72,9 @@ pub struct Limits {
     pub max_request_line: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub park_after: Duration,
     pub h2_max_concurrent_streams: u32,
+    pub h2_control_frames_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -79,6 +79,7 @@ pub struct Metrics {
     pub connections_total: Family<OneLabel, Counter>,
     pub worker_connections: Family<OneLabel, Counter>,
     pub connections_parked: Family<OneLabel, Counter>,
+    pub http2_flood_closes: Family<OneLabel, Counter>,
     pub config_reloads: Family<OneLabel, Counter>,
 }
 
@@ -94,6 +95,7 @@ impl Metrics {
             connections_total: Family::default(),
             worker_connections: Family::default(),
             connections_parked: Family::default(),
+            http2_flood_closes: Family::default(),
             config_reloads: Family::default(),
         });
         registry.register("gateway_http_requests", "Requests by route, service, method and status", m.requests.clone());
@@ -136,6 +138,11 @@ impl Metrics {
             "gateway_connections_parked",
             "Idle HTTP/1 connections parked: their HTTP state released until the next request",
             m.connections_parked.clone(),
+        );
+        registry.register(
+            "gateway_http2_flood_closes",
+            "HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) for too many frames carrying no request, by frame type",
+            m.http2_flood_closes.clone(),
         );
         registry.register("gateway_config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
         registry.register_collector(Box::new(UpstreamCollector(snapshot)));

@@ -11,11 +11,13 @@ mod e2e {
     mod budget;
     mod client_address;
     mod config_cli;
+    mod h2_flood;
     mod headers;
     mod identity;
     mod lifecycle;
     mod limits;
     mod observability;
+    mod parking;
     mod ratelimit;
     mod routing;
     mod steering;

@@ -148,9 +148,19 @@ pub struct LimitsSection {
     /// A keep-alive connection with no request in flight is closed after this. Default: 60s.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// An idle HTTP/1 keep-alive connection gives its HTTP state and buffers back after this
+    /// without a request (it is parked), and keeps its socket. Default: 1s.
+    #[serde(default = "default_park_after", with = "humantime_serde")]
+    pub park_after: Duration,
     /// Concurrent streams per HTTP/2 connection. Default: 128.
     #[serde(default = "default_h2_streams")]
     pub h2_max_concurrent_streams: u32,
+    /// Frames of each kind that carry no request (PING, SETTINGS, PRIORITY, WINDOW_UPDATE,
+    /// RST_STREAM, empty DATA, GOAWAY, unknown types) one HTTP/2 connection may send per second,
+    /// plus 10 for each request it opens and each DATA frame it is sent; past that it is closed
+    /// with GOAWAY ENHANCE_YOUR_CALM. Default: 100.
+    #[serde(default = "default_h2_control_frames")]
+    pub h2_control_frames_per_second: u32,
 }
 
 impl Default for LimitsSection {
@@ -162,7 +172,9 @@ impl Default for LimitsSection {
             max_request_line: default_max_request_line(),
             header_read_timeout: default_header_timeout(),
             idle_timeout: default_idle_timeout(),
+            park_after: default_park_after(),
             h2_max_concurrent_streams: default_h2_streams(),
+            h2_control_frames_per_second: default_h2_control_frames(),
         }
     }
 }
@@ -745,8 +757,14 @@ fn default_header_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_park_after() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_h2_streams() -> u32 {
     128
+}
+fn default_h2_control_frames() -> u32 {
+    100
 }
 fn default_metrics_bind() -> String {
     "127.0.0.1:9090".into()

@@ -149,3 +149,14 @@ fn packaged_example_config_is_valid() {
     let c = Config::load_str(text, "packaging/gatewayd.toml").unwrap();
     assert_eq!(c.routes.routes().len(), 1);
 }
+
+#[test]
+fn connection_limits_are_checked() {
+    let with = |limits: &str| GOOD.replace("trusted_proxies", &format!("limits = {{ {limits} }}\ntrusted_proxies"));
+    let c = Config::load_str(&with("park_after = \"50ms\", h2_control_frames_per_second = 500"), "t").unwrap();
+    assert_eq!(c.server.limits.park_after, std::time::Duration::from_millis(50));
+    assert_eq!(c.server.limits.h2_control_frames_per_second, 500);
+    let keys = |limits: &str| problems(&with(limits)).into_iter().map(|p| p.key).collect::<Vec<_>>();
+    assert_eq!(keys("park_after = \"0s\""), ["server.limits"]);
+    assert_eq!(keys("h2_control_frames_per_second = 5"), ["server.limits.h2_control_frames_per_second"]);
+}

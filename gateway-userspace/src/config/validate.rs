@@ -144,8 +144,14 @@ impl Validator<'_> {
         if l.max_headers == 0 || l.max_headers > 1000 {
             self.problem(limits_path().key("max_headers"), "must be between 1 and 1000");
         }
-        if l.header_read_timeout.is_zero() || l.idle_timeout.is_zero() {
+        if l.header_read_timeout.is_zero() || l.idle_timeout.is_zero() || l.park_after.is_zero() {
             self.problem(limits_path(), "timeouts must be greater than zero");
+        }
+        if l.h2_control_frames_per_second < 10 {
+            self.problem(
+                limits_path().key("h2_control_frames_per_second"),
+                "must be at least 10 (a client opening a connection sends a few SETTINGS and WINDOW_UPDATE frames)",
+            );
         }
         let steering = self.steering(s.steering, workers);
         ServerSettings {
@@ -163,7 +169,9 @@ impl Validator<'_> {
                 max_request_line: l.max_request_line.0 as usize,
                 header_read_timeout: l.header_read_timeout,
                 idle_timeout: l.idle_timeout,
+                park_after: l.park_after,
                 h2_max_concurrent_streams: l.h2_max_concurrent_streams.max(1),
+                h2_control_frames_per_second: l.h2_control_frames_per_second,
             },
         }
     }

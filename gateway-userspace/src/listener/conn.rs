@@ -6,10 +6,11 @@
 //! (slowloris), and an idle connection after `idle_timeout`.
 //!
 //! Idle HTTP/1 connections are *parked*: hyper keeps an 8 KiB read buffer, an 8 KiB write buffer
-//! and per-request state for as long as a connection lives, so after `PARK_AFTER` without a
+//! and per-request state for as long as a connection lives, so after `park_after` without a
 //! request the connection hands hyper an end-of-stream, takes its socket back (hyper's
 //! `without_shutdown`), waits for readability holding nothing but the socket, and builds a fresh
-//! hyper connection when the next request arrives. Busy connections never park.
+//! hyper connection when the next request arrives. Busy connections never park, and a byte that
+//! arrives while the park is under way cancels it (see `WatchedIo`).
 
 use std::{
     cell::Cell,
@@ -37,6 +38,23 @@ use tokio::{
     sync::watch,
     time::{Duration, sleep_until},
 };
+
+/// `AsyncWrite::poll_flush` and `poll_shutdown` of a stream wrapper, passed to its `inner`.
+macro_rules! forward_flush_and_shutdown {
+    () => {
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+    };
+}
+
+mod h2_flood;
 
 use crate::{
     config::{Limits, ListenerSpec},
@@ -162,9 +180,6 @@ impl ClientIo for TcpStream {
 
 impl ClientIo for tls::TlsIo {}
 
-/// An idle HTTP/1 connection is parked after this long without a request.
-const PARK_AFTER: Duration = Duration::from_secs(1);
-
 /// Serves HTTP on an established (possibly TLS) stream until it closes, times out, or
 /// `shutdown` flips and in-flight requests are done.
 pub async fn serve_connection<I: ClientIo>(
@@ -242,13 +257,15 @@ async fn drive_h1<I: ClientIo>(
     Ok(drive(http, conn, Proto::Http1, limits, shutdown, parkable).await?.map(take_io))
 }
 
-/// Serves HTTP/2 on `io` until the connection ends (hyper shuts the stream down itself).
+/// Serves HTTP/2 on `io` until the connection ends (hyper shuts the stream down itself), with
+/// frames that carry no request bounded (`h2_flood`).
 async fn drive_h2<I: ClientIo>(
     io: WatchedIo<I>,
     conn: &Rc<ConnInfo>,
     limits: &Limits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<WatchedIo<I>>, End> {
+    let io = h2_flood::FloodGuard::new(io, conn.clone(), limits.h2_control_frames_per_second);
     let http = h2_builder(limits).serve_connection(TokioIo::new(io), service(conn));
     drive(http, conn, Proto::Http2, limits, shutdown, false).await.map(|()| None)
 }
@@ -443,7 +460,7 @@ fn watchdog(conn: &ConnInfo, proto: Proto, limits: &Limits, may_park: bool) -> W
         return Watch::Idle;
     }
     if may_park && !conn.park.get() {
-        let park_at = conn.last_active.get() + PARK_AFTER;
+        let park_at = conn.last_active.get() + limits.park_after;
         return if now >= park_at { Watch::Park } else { Watch::Next(park_at.min(idle_deadline)) };
     }
     Watch::Next(idle_deadline)
@@ -506,13 +523,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
             let n = self.prefix.len().min(buf.remaining());
             let chunk = self.prefix.split_to(n);
             buf.put_slice(&chunk);
-            self.note_head_start();
+            self.note_bytes();
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.note_head_start();
+            self.note_bytes();
         } else if polled.is_pending() && self.conn.park.get() && self.conn.active.get() == 0 {
             // Nothing to read and time to park: end-of-stream ends hyper's connection (without
             // shutting the socket down).
@@ -523,6 +540,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
 }
 
 impl<I> WatchedIo<I> {
+    /// Bytes reached hyper. A park decided before they arrived is called off: they may be a
+    /// request whose head hyper has read but not yet handed to the service (`active` is still
+    /// 0), and hyper's next read (its check for a client that went away mid-request) must not
+    /// see the park's end-of-stream, or the request is lost with the connection.
+    fn note_bytes(&self) {
+        self.conn.park.set(false);
+        self.note_head_start();
+    }
+
     fn note_head_start(&self) {
         if self.conn.active.get() == 0 && self.conn.head_started.get().is_none() {
             self.conn.head_started.set(Some(Instant::now()));
@@ -535,21 +561,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    forward_flush_and_shutdown!();
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 

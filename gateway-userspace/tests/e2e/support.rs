@@ -628,3 +628,8 @@ async fn fake_llm(req: Request<Incoming>, hold: Arc<tokio::sync::Notify>) -> Res
     let _ = tx.send(Bytes::from(full.to_string())).await;
     resp
 }
+
+/// A service of one target and an open catch-all route to it (TOML for `basic_config`'s extra).
+pub fn catch_all_route(target: SocketAddr) -> String {
+    format!("[[services]]\nname = \"s\"\ntargets = [\"{target}\"]\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\n")
+}
