@@ -91,9 +91,13 @@ impl Service {
 
     /// Chooses a target not in `tried` (a bit set of target indexes), honouring ejections.
     pub fn pick(&self, tried: u64) -> Result<usize, PickError> {
+        self.pick_at(tried, health::now_ms())
+    }
+
+    /// `pick` at a given `health::now_ms` time (tests drive the clock by hand).
+    fn pick_at(&self, tried: u64, now: u64) -> Result<usize, PickError> {
         let n = self.targets.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let now = health::now_ms();
         let mut best: Option<(usize, u32)> = None;
         let mut untried = false;
         for k in 0..n {

@@ -64,10 +64,15 @@ impl TargetState {
 
     /// Returns true when this failure ejected the target.
     pub fn record_failure(&self, max_fails: u32, fail_timeout: Duration) -> bool {
+        self.record_failure_at(now_ms(), max_fails, fail_timeout)
+    }
+
+    /// `record_failure` at a given `now_ms` time (tests drive the clock by hand).
+    pub(super) fn record_failure_at(&self, now: u64, max_fails: u32, fail_timeout: Duration) -> bool {
         let fails = self.consecutive_failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         let was_probe = self.probing.swap(false, Ordering::Relaxed);
         if fails >= max_fails || was_probe {
-            self.ejected_until.store(now_ms() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
+            self.ejected_until.store(now + fail_timeout.as_millis() as u64, Ordering::Relaxed);
             return true;
         }
         false

@@ -43,31 +43,38 @@ fn tried_targets_are_skipped() {
     assert_eq!(s.pick(0b11), Err(PickError::Exhausted));
 }
 
+/// The health clock is driven by hand: a cool-down elapses exactly when the test says so, never
+/// because the machine was slow between two lines.
 #[test]
 fn ejection_cool_down_and_single_probe() {
     let s = Service::new(spec(LbAlgorithm::RoundRobin, 1), None);
     let t = &s.targets[0].state;
-    assert!(!t.record_failure(2, Duration::from_millis(50)));
-    assert!(t.record_failure(2, Duration::from_millis(50)));
+    let cool_down = Duration::from_millis(50);
+    assert!(!t.record_failure_at(1_000, 2, cool_down));
+    assert!(t.record_failure_at(1_000, 2, cool_down));
     assert!(!t.is_up());
-    assert_eq!(s.pick(0), Err(PickError::NoHealthyTarget));
-    std::thread::sleep(Duration::from_millis(60));
-    assert_eq!(s.pick(0), Ok(0), "one probe after the cool-down");
-    assert_eq!(s.pick(0), Err(PickError::NoHealthyTarget), "only one probe at a time");
+    assert_eq!(s.pick_at(0, 1_000), Err(PickError::NoHealthyTarget));
+    assert_eq!(s.pick_at(0, 1_049), Err(PickError::NoHealthyTarget), "still cooling down");
+    assert_eq!(s.pick_at(0, 1_050), Ok(0), "one probe after the cool-down");
+    assert_eq!(s.pick_at(0, 1_051), Err(PickError::NoHealthyTarget), "only one probe at a time");
     t.record_success();
     assert!(t.is_up());
-    assert_eq!(s.pick(0), Ok(0));
+    assert_eq!(s.pick_at(0, 1_052), Ok(0));
 }
 
 #[test]
 fn failed_probe_ejects_again() {
     let s = Service::new(spec(LbAlgorithm::RoundRobin, 1), None);
     let t = &s.targets[0].state;
-    t.record_failure(1, Duration::from_millis(20));
-    std::thread::sleep(Duration::from_millis(30));
-    assert_eq!(s.pick(0), Ok(0));
-    assert!(t.record_failure(5, Duration::from_millis(20)));
-    assert_eq!(s.pick(0), Err(PickError::NoHealthyTarget));
+    let cool_down = Duration::from_millis(20);
+    t.record_failure_at(1_000, 1, cool_down);
+    assert_eq!(s.pick_at(0, 1_020), Ok(0), "the probe");
+    // The probe fails: ejected again (below max_fails, because it was the probe), for a fresh
+    // cool-down from the failure.
+    assert!(t.record_failure_at(1_021, 5, cool_down));
+    assert_eq!(s.pick_at(0, 1_021), Err(PickError::NoHealthyTarget));
+    assert_eq!(s.pick_at(0, 1_040), Err(PickError::NoHealthyTarget));
+    assert_eq!(s.pick_at(0, 1_041), Ok(0));
 }
 
 #[test]
