@@ -202,7 +202,15 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// Sum of every sample of `name` whose labels include all of `labels`; 0 when the family is
+/// exported but has no such sample yet (a labelled counter appears on its first count). A family
+/// the endpoint does not export at all is an error, never a silent 0: a renamed, misspelt or
+/// unregistered metric must fail the test that relies on it.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    assert!(
+        metric_family_exported(text, name),
+        "metric {name} is not exported at all (no `# TYPE` line for its family):\n{text}"
+    );
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -215,6 +223,20 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+/// Whether the exposition has a `# TYPE` line for the family `sample` belongs to (OpenMetrics
+/// and the 0.0.4 text format name a counter's family without `_total`, a histogram's without
+/// `_bucket`/`_count`/`_sum`).
+pub fn metric_family_exported(text: &str, sample: &str) -> bool {
+    let family = ["_total", "_bucket", "_count", "_sum", "_created", "_info"]
+        .iter()
+        .find_map(|suffix| sample.strip_suffix(suffix))
+        .unwrap_or(sample);
+    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).any(|l| {
+        let declared = l.split_whitespace().next().unwrap_or_default();
+        declared == family || declared == sample
+    })
 }
 
 /// A one-shot HTTP/1.1 GET over a plain socket; returns the raw response text.
