@@ -14,6 +14,7 @@ mod e2e {
     mod lifecycle;
     mod limits;
     mod observability;
+    mod operators;
     mod ratelimit;
     mod routing;
     mod steering;
