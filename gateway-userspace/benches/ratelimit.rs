@@ -96,7 +96,7 @@ fn ip(i: usize) -> IpAddr {
 
 /// What the phase does per request and layer: read the clock, decide.
 fn decide(state: &LimitState, layer: &LayerSpec, source: &KeySource, addr: IpAddr) -> bool {
-    let key = Key { source, value: Value::Ip(addr) };
+    let key = Key { source, value: Value::Ip(addr), consumer: None };
     let now = SystemClock.now_ms();
     state.decide_memory(layer, black_box(&key), layer.limit_for(&key), now).allowed
 }

@@ -278,37 +278,35 @@ struct UnblockRequest {
     cidr: String,
 }
 
+/// The CLI checks the same way before it calls; this is for other callers of the endpoint.
 fn parse_net(raw: &str) -> Result<ipnet::IpNet, Box<Response<Full<Bytes>>>> {
-    raw.parse::<ipnet::IpNet>()
-        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map(|n| n.trunc())
-        .map_err(|_| {
-            Box::new(bad_request(&format!(
-                "invalid CIDR {raw:?}: expected e.g. \"203.0.113.0/24\" or \"198.51.100.7\""
-            )))
-        })
+    crate::ebpf::parse_list_entry(raw).map_err(|reason| Box::new(bad_request(&reason)))
 }
 
 fn bad_request(message: &str) -> Response<Full<Bytes>> {
     json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": "bad_request", "message": message}))
 }
 
-/// `gatewayd xdp top` as a table.
+/// `gatewayd xdp top` as a table. Numbers are formatted as strings first: `serde_json::Value`'s
+/// `Display` ignores width and alignment.
 pub fn format_top(report: &serde_json::Value) -> String {
+    let row = |source: &str, dropped: &str, syn: &str, kind: &str, expires: &str| {
+        format!("{source:<44} {dropped:>12} {syn:>12}  {kind:<10} {expires}\n")
+    };
+    let number = |v: &serde_json::Value| v.as_u64().map_or_else(|| "?".to_owned(), |n| n.to_string());
     let mut out = format!("tracked sources: {}\n", report["tracked_sources"]);
-    out.push_str(&format!("{:<44} {:>12} {:>12}  {:<10} {}\n", "SOURCE", "DROPPED", "SYN DROPPED", "KIND", "EXPIRES"));
+    out.push_str(&row("SOURCE", "DROPPED", "SYN DROPPED", "KIND", "EXPIRES"));
     for e in report["entries"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let expires = match e["expires_in_secs"].as_u64() {
             Some(s) => humantime::format_duration(std::time::Duration::from_secs(s)).to_string(),
             None => "-".to_owned(),
         };
-        out.push_str(&format!(
-            "{:<44} {:>12} {:>12}  {:<10} {}\n",
+        out.push_str(&row(
             e["source"].as_str().unwrap_or("?"),
-            e["dropped"],
-            e["syn_dropped"],
+            &number(&e["dropped"]),
+            &number(&e["syn_dropped"]),
             e["kind"].as_str().unwrap_or("?"),
-            expires
+            &expires,
         ));
     }
     out
@@ -376,4 +374,31 @@ pub fn call_blocking(
         .build()
         .map_err(|e| AdminError::Http(e.to_string()))?;
     rt.block_on(AdminClient::new(path).call(method, uri, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_columns_line_up() {
+        let report = serde_json::json!({
+            "tracked_sources": 3,
+            "entries": [
+                {"source": "203.0.113.7/32", "dropped": 123456, "syn_dropped": 7, "kind": "source", "expires_in_secs": null},
+                {"source": "2001:db8:aaaa:bbbb::/64", "dropped": 5, "syn_dropped": 4_000_000, "kind": "deny", "expires_in_secs": 600},
+            ]
+        });
+        let table = format_top(&report);
+        let lines: Vec<&str> = table.lines().skip(1).collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        // Right-aligned numbers end where their header ends; the kind column starts at one offset.
+        let end_of = |line: &str, field: &str| line.find(field).map(|i| i + field.len());
+        let header = lines[0];
+        for (line, dropped, syn, kind) in [(lines[1], "123456", "7", "source"), (lines[2], "5", "4000000", "deny")] {
+            assert_eq!(end_of(line, &format!(" {dropped} ")), end_of(header, " DROPPED "), "{table}");
+            assert_eq!(end_of(line, &format!(" {syn}  ")), end_of(header, " SYN DROPPED  "), "{table}");
+            assert_eq!(line.find(kind), header.find("KIND"), "{table}");
+        }
+    }
 }

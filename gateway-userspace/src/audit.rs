@@ -54,6 +54,9 @@ pub struct AuditRecord {
     pub tls_version: Option<&'static str>,
     /// Client certificate status: `absent`, `failed` or `success`.
     pub client_cert_verify: &'static str,
+    /// Why a presented certificate is `failed`: the `gateway_tls_handshakes_total` result
+    /// (`revoked`, `unknown_ca`, `bad_ca`, …).
+    pub client_cert_failure: Option<&'static str>,
     /// Subject DN (RFC 4514), SANs, SHA-256 fingerprint (hex) and serial (hex) of a verified
     /// client certificate.
     pub client_cert_subject: Option<String>,
@@ -74,6 +77,7 @@ impl AuditRecord {
             _ => None,
         });
         let tls = ctx.conn.tls.as_ref();
+        let failure = tls.and_then(|t| t.client_failure(&ctx.snapshot, &ctx.conn.listener));
         let verify = tls.map_or(VerifyStatus::Absent, |t| t.client_status(&ctx.snapshot, &ctx.conn.listener));
         let cert = match verify {
             VerifyStatus::Success => tls.and_then(|t| t.client_cert.as_ref()).and_then(|c| c.facts()),
@@ -104,6 +108,7 @@ impl AuditRecord {
             consumer: ctx.identity.consumer.as_ref().map(|c| c.name.to_string()),
             tls_version: tls.map(|t| t.version),
             client_cert_verify: verify.as_str(),
+            client_cert_failure: failure,
             client_cert_subject: cert.map(|c| c.subject.clone()),
             client_cert_san: cert.map(|c| c.sans.clone()).unwrap_or_default(),
             client_cert_sha256: cert.map(|c| c.sha256_hex()),

@@ -84,10 +84,7 @@ impl BudgetSpec {
     }
 
     pub fn limit_for(&self, key: &Key<'_>) -> u64 {
-        if self.overrides.is_empty() {
-            return self.daily_tokens;
-        }
-        self.overrides.get(key.display().as_ref()).copied().unwrap_or(self.daily_tokens)
+        key.override_in(&self.overrides).unwrap_or(self.daily_tokens)
     }
 }
 

@@ -2,28 +2,47 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+/// Global options are not `global`: each subcommand lists only those that mean something for it
+/// (its `--help` is what an operator reads).
 #[derive(Debug, Parser)]
 #[command(name = "gatewayd", version, about = "eBPF-accelerated edge API gateway")]
 pub struct Cli {
     /// Configuration file (TOML). Without it, gatewayd runs on its embedded defaults.
-    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Admin socket of the running daemon. Default: `admin.socket` from --config, else
-    /// /run/gatewayd/admin.sock.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Admin socket of the running daemon, for the subcommands that use it (also accepted after
+    /// them, where their help lists it).
+    #[arg(long, value_name = "PATH", hide = true)]
     pub admin_socket: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// How a subcommand finds the running daemon's admin socket.
+#[derive(Debug, Default, Clone, Args)]
+pub struct AdminArgs {
+    /// The running daemon's configuration file: its `admin.socket` is used.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Admin socket of the running daemon. Default: `admin.socket` from --config, else
+    /// /run/gatewayd/admin.sock.
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (the default).
-    Run,
+    Run {
+        /// Configuration file (TOML). Without it, gatewayd runs on its embedded defaults.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Validate a configuration file; exit 0 if it is valid, 1 with the problems if not.
     CheckConfig {
         /// The file to check.
@@ -32,9 +51,9 @@ pub enum Command {
     /// Print the embedded default configuration.
     Defaults,
     /// Ask the running daemon (through its admin socket) to reload its configuration.
-    Reload,
+    Reload(AdminArgs),
     /// Show the running daemon's status (through its admin socket).
-    Status,
+    Status(AdminArgs),
     /// The XDP guard: top offenders, run-time blocks, self-test.
     Xdp {
         #[command(subcommand)]
@@ -50,6 +69,8 @@ pub enum Command {
         /// (`2026-11-24T12:00:00Z`).
         #[arg(long, value_name = "TIME")]
         until: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Certificates for development and tests.
     #[command(subcommand)]
@@ -66,6 +87,8 @@ pub enum XdpCommand {
         /// Print the admin endpoint's JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Drop everything from CIDR (or an address) at the NIC, until unblocked or for a while.
     Block {
@@ -74,9 +97,16 @@ pub enum XdpCommand {
         /// How long, e.g. 10m, 2h; default: until `gatewayd xdp unblock`.
         #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Remove a run-time block.
-    Unblock { cidr: String },
+    Unblock {
+        /// A prefix blocked with `gatewayd xdp block`.
+        cidr: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run the guard's programs on crafted frames in this kernel (BPF_PROG_TEST_RUN); needs root.
     /// Exits 1 if any case fails.
     Selftest {

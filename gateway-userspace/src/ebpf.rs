@@ -31,7 +31,7 @@ use std::{
 
 pub use attach::AttachMode;
 pub use guard::{GuardProgram, LoadOptions, XdpGuard, remove_stale_pins};
-pub use lists::{net_of_key, normalize_net};
+pub use lists::{net_of_key, normalize_net, parse_list_entry};
 pub use metrics::EbpfCollector;
 pub use offenders::{FeedbackPhase, Offenders};
 pub use service::{BlockOutcome, TopEntry, TopReport, XdpService};
@@ -140,6 +140,12 @@ pub enum EbpfError {
          instance its own xdp.pin_path"
     )]
     Busy(PathBuf),
+    /// The kernel or bpffs refused for lack of privileges (EPERM, EACCES somewhere in the cause).
+    #[error(
+        "the XDP guard needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN (and CAP_SYS_ADMIN to \
+         mount bpffs, or on kernels before 5.8): {0}"
+    )]
+    Privileges(#[source] Box<EbpfError>),
     /// Steering supports a bounded number of workers.
     #[error("steering supports at most {max} workers, not {workers}")]
     TooManyWorkers { workers: usize, max: u32 },
@@ -153,6 +159,28 @@ impl EbpfError {
     fn pin(path: &Path) -> impl FnOnce(io::Error) -> EbpfError + '_ {
         move |source| EbpfError::Pin { path: path.to_owned(), source }
     }
+
+    /// `self`, or, when the kernel or the filesystem said "not permitted" somewhere in its
+    /// causes, the error that says which privileges are missing (aya's own words name only the
+    /// first map it could not create).
+    pub fn or_privileges(self) -> EbpfError {
+        if matches!(self, EbpfError::Privileges(_)) || !permission_denied(&self) {
+            return self;
+        }
+        EbpfError::Privileges(Box::new(self))
+    }
+}
+
+fn permission_denied(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let errno = e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error);
+        if matches!(errno, Some(libc::EPERM | libc::EACCES)) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// An error and its sources on one line (aya's syscall errors keep the errno in their source).

@@ -1,12 +1,19 @@
 //! Logs to stderr (journald picks them up), as text or JSON. `RUST_LOG` overrides the level.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Colours only for a person at a terminal: journald and log files would store the escape codes.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests, or a re-exec) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Parser;
 use gateway_userspace::{
     admin,
-    cli::{CertsCommand, Cli, Command, XdpCommand},
+    cli::{AdminArgs, CertsCommand, Cli, Command, XdpCommand},
     config::{Config, EMBEDDED_DEFAULTS},
     daemon, ebpf,
     tls::certs,
@@ -22,17 +22,18 @@ const DEFAULT_ADMIN_SOCKET: &str = "/run/gatewayd/admin.sock";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.as_ref().unwrap_or(&Command::Run) {
-        Command::Run => daemon::run(cli.config.clone()).map_err(|e| e.to_string()),
+    let run = Command::Run { config: None };
+    let result = match cli.command.as_ref().unwrap_or(&run) {
+        Command::Run { config } => daemon::run(config.clone().or(cli.config.clone())).map_err(|e| e.to_string()),
         Command::CheckConfig { file } => check_config(file),
         Command::Defaults => {
             print!("{EMBEDDED_DEFAULTS}");
             Ok(())
         }
-        Command::Reload => admin_call(&cli, Method::POST, "/v1/reload"),
-        Command::Status => admin_call(&cli, Method::GET, "/v1/status"),
+        Command::Reload(admin) => admin_call(&cli, admin, Method::POST, "/v1/reload"),
+        Command::Status(admin) => admin_call(&cli, admin, Method::GET, "/v1/status"),
         Command::Xdp { command } => xdp(&cli, command),
-        Command::Revoke { jti, until } => revoke(&cli, jti, until),
+        Command::Revoke { jti, until, admin } => revoke(&cli, admin, jti, until),
         Command::Certs(CertsCommand::Init { out, cn, san, days, client_cn, key_type, force }) => {
             let options = certs::InitOptions {
                 out: out.clone(),
@@ -75,12 +76,13 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The admin socket: --admin-socket, else the one --config names, else the default.
-fn admin_socket(cli: &Cli) -> Result<PathBuf, String> {
-    if let Some(p) = &cli.admin_socket {
+/// The admin socket: --admin-socket, else the one --config names, else the default (each option
+/// after the subcommand, or before it).
+fn admin_socket(cli: &Cli, admin: &AdminArgs) -> Result<PathBuf, String> {
+    if let Some(p) = admin.admin_socket.as_ref().or(cli.admin_socket.as_ref()) {
         return Ok(p.clone());
     }
-    match &cli.config {
+    match admin.config.as_ref().or(cli.config.as_ref()) {
         Some(file) => {
             let c = Config::load_file(file).map_err(|e| e.to_string())?;
             c.admin_socket
@@ -90,12 +92,18 @@ fn admin_socket(cli: &Cli) -> Result<PathBuf, String> {
     }
 }
 
-fn admin_call(cli: &Cli, method: Method, path: &str) -> Result<(), String> {
-    admin_call_with(cli, method, path, None)
+fn admin_call(cli: &Cli, admin: &AdminArgs, method: Method, path: &str) -> Result<(), String> {
+    admin_call_with(cli, admin, method, path, None)
 }
 
-fn admin_call_with(cli: &Cli, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<(), String> {
-    let socket = admin_socket(cli)?;
+fn admin_call_with(
+    cli: &Cli,
+    admin: &AdminArgs,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(), String> {
+    let socket = admin_socket(cli, admin)?;
     let answer = admin::call_blocking(&socket, method, path, body).map_err(|e| e.to_string())?;
     println!("{answer:#}");
     Ok(())
@@ -103,8 +111,8 @@ fn admin_call_with(cli: &Cli, method: Method, path: &str, body: Option<serde_jso
 
 fn xdp(cli: &Cli, command: &XdpCommand) -> Result<(), String> {
     match command {
-        XdpCommand::Top { count, json } => {
-            let socket = admin_socket(cli)?;
+        XdpCommand::Top { count, json, admin } => {
+            let socket = admin_socket(cli, admin)?;
             let answer = admin::call_blocking(&socket, Method::GET, &format!("/v1/xdp/top?n={count}"), None)
                 .map_err(|e| e.to_string())?;
             if *json {
@@ -114,21 +122,15 @@ fn xdp(cli: &Cli, command: &XdpCommand) -> Result<(), String> {
             }
             Ok(())
         }
-        XdpCommand::Block { cidr, duration } => {
-            let body = serde_json::json!({"cidr": cidr, "for_secs": duration.map(|d| d.as_secs())});
-            let socket = admin_socket(cli)?;
-            let answer =
-                admin::call_blocking(&socket, Method::POST, "/v1/xdp/block", Some(body)).map_err(|e| e.to_string())?;
-            println!("{answer:#}");
-            Ok(())
+        XdpCommand::Block { cidr, duration, admin } => {
+            let net = ebpf::parse_list_entry(cidr)?;
+            let body = serde_json::json!({"cidr": net.to_string(), "for_secs": duration.map(|d| d.as_secs())});
+            admin_call_with(cli, admin, Method::POST, "/v1/xdp/block", Some(body))
         }
-        XdpCommand::Unblock { cidr } => {
-            let body = serde_json::json!({"cidr": cidr});
-            let socket = admin_socket(cli)?;
-            let answer = admin::call_blocking(&socket, Method::POST, "/v1/xdp/unblock", Some(body))
-                .map_err(|e| e.to_string())?;
-            println!("{answer:#}");
-            Ok(())
+        XdpCommand::Unblock { cidr, admin } => {
+            let net = ebpf::parse_list_entry(cidr)?;
+            let body = serde_json::json!({"cidr": net.to_string()});
+            admin_call_with(cli, admin, Method::POST, "/v1/xdp/unblock", Some(body))
         }
         XdpCommand::Selftest { attach } => {
             let mut report = ebpf::selftest::run().map_err(|e| e.to_string())?;
@@ -153,7 +155,7 @@ fn xdp(cli: &Cli, command: &XdpCommand) -> Result<(), String> {
 }
 
 /// `--until` as unix seconds or an RFC 3339 time.
-fn revoke(cli: &Cli, jti: &str, until: &str) -> Result<(), String> {
+fn revoke(cli: &Cli, admin: &AdminArgs, jti: &str, until: &str) -> Result<(), String> {
     let until = match until.parse::<u64>() {
         Ok(secs) => secs,
         Err(_) => humantime::parse_rfc3339_weak(until)
@@ -162,5 +164,5 @@ fn revoke(cli: &Cli, jti: &str, until: &str) -> Result<(), String> {
             .map_err(|_| format!("--until {until:?} is before 1970"))?
             .as_secs(),
     };
-    admin_call_with(cli, Method::POST, "/v1/revoke", Some(serde_json::json!({"jti": jti, "until": until})))
+    admin_call_with(cli, admin, Method::POST, "/v1/revoke", Some(serde_json::json!({"jti": jti, "until": until})))
 }

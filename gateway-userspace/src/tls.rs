@@ -23,7 +23,7 @@ mod upstream;
 use std::{
     cell::{Cell, OnceCell},
     collections::{BTreeMap, HashMap},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use rustls::{
@@ -34,7 +34,7 @@ use rustls::{
 use serde::Deserialize;
 
 pub use client_auth::{
-    ClientAuth, ClientCertRefusal, ClientTrust, Failure as HandshakeFailure, RESULTS as HANDSHAKE_RESULTS,
+    ClientAuth, ClientCertRefusal, ClientTrust, Failure as HandshakeFailure, KeyMismatch, RESULTS as HANDSHAKE_RESULTS,
 };
 pub use handshake::{Accepted, TlsIo, TlsListener, accept};
 pub use ktls::KtlsSupport;
@@ -74,7 +74,7 @@ pub struct ServerTlsSpec {
 }
 
 impl ServerTlsSpec {
-    fn server_config(&self, parts: &TlsParts) -> Arc<ServerConfig> {
+    fn server_config(&self, sessions: &ListenerSessions, ktls: bool) -> Arc<ServerConfig> {
         let versions: &[&rustls::SupportedProtocolVersion] = match self.min_version {
             MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             MinVersion::Tls13 => &[&rustls::version::TLS13],
@@ -89,23 +89,46 @@ impl ServerTlsSpec {
         let mut config = builder.with_cert_resolver(self.certs.clone());
         config.alpn_protocols =
             if self.h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
-        if self.session_tickets {
-            config.ticketer = parts.ticketer.clone();
-        } else {
-            config.send_tls13_tickets = 0;
+        match &sessions.ticketer {
+            Some(ticketer) if self.session_tickets => config.ticketer = ticketer.clone(),
+            _ => config.send_tls13_tickets = 0,
         }
-        config.session_storage = parts.sessions.clone();
-        config.enable_secret_extraction = self.ktls && parts.ktls.supported();
+        config.session_storage = sessions.cache.clone();
+        config.enable_secret_extraction = self.ktls && ktls;
         Arc::new(config)
     }
 }
 
-/// TLS parts that outlive snapshots: the session-ticket key rotator (new keys every 6 hours,
-/// tickets accepted for 12), the TLS 1.2 session-id cache, the kTLS decision and the metrics.
+/// Where one listener's sessions resume: its own ticket keys and session cache. A ticket (or
+/// session id) issued by one listener never resumes on another, nor on the same listener after
+/// its `client_auth` changed: a resumed session skips the certificate request, so a session
+/// without a certificate must not carry over to where one is required.
+#[derive(Clone)]
+struct ListenerSessions {
+    /// The session-ticket key rotator (new keys every 6 hours, tickets accepted for 12); `None`
+    /// if the system's random source failed (the listener then issues no tickets).
+    ticketer: Option<Arc<dyn ProducesTickets>>,
+    /// TLS 1.2 session ids.
+    cache: Arc<dyn StoresServerSessions>,
+}
+
+impl ListenerSessions {
+    fn new(listener: &str) -> ListenerSessions {
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .inspect_err(|e| tracing::warn!(listener, error = %e, "cannot make session ticket keys; no tickets"))
+            .ok();
+        ListenerSessions { ticketer, cache: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE) }
+    }
+}
+
+/// Per listener name and `client_auth`.
+type SessionsByListener = HashMap<(Arc<str>, ClientAuth), ListenerSessions>;
+
+/// TLS parts that outlive snapshots: each listener's sessions (per `client_auth`), the kTLS
+/// decision and the metrics.
 #[derive(Clone)]
 pub struct TlsParts {
-    ticketer: Arc<dyn ProducesTickets>,
-    sessions: Arc<dyn StoresServerSessions>,
+    sessions: Arc<Mutex<SessionsByListener>>,
     pub ktls: Arc<KtlsSupport>,
     pub metrics: Arc<TlsMetrics>,
 }
@@ -116,12 +139,20 @@ const SESSION_CACHE_SIZE: usize = 4096;
 impl TlsParts {
     pub fn new(ktls: KtlsSupport, metrics: Arc<TlsMetrics>) -> Result<TlsParts, rustls::Error> {
         metrics.set_ktls_supported(ktls.supported());
-        Ok(TlsParts {
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
-            sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
-            ktls: Arc::new(ktls),
-            metrics,
-        })
+        Ok(TlsParts { sessions: Arc::default(), ktls: Arc::new(ktls), metrics })
+    }
+
+    /// The sessions of each listener in `specs`, kept from earlier snapshots; those of removed
+    /// listeners (or of a `client_auth` no longer configured) are dropped.
+    fn sessions_for(&self, specs: &BTreeMap<Arc<str>, Arc<ServerTlsSpec>>) -> Vec<ListenerSessions> {
+        let mut all = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|(name, auth), _| specs.get(name).is_some_and(|s| s.client_auth == *auth));
+        specs
+            .iter()
+            .map(|(name, spec)| {
+                all.entry((name.clone(), spec.client_auth)).or_insert_with(|| ListenerSessions::new(name)).clone()
+            })
+            .collect()
     }
 }
 
@@ -149,12 +180,14 @@ pub struct TlsRuntime {
 
 impl TlsRuntime {
     pub fn build(specs: &BTreeMap<Arc<str>, Arc<ServerTlsSpec>>, parts: &TlsParts) -> TlsRuntime {
+        let sessions = parts.sessions_for(specs);
         let listeners = specs
             .iter()
-            .map(|(name, spec)| {
+            .zip(sessions)
+            .map(|((name, spec), sessions)| {
                 let server = ServerTls {
                     spec: spec.clone(),
-                    config: spec.server_config(parts),
+                    config: spec.server_config(&sessions, parts.ktls.supported()),
                     ktls: spec.ktls && parts.ktls.supported(),
                 };
                 (name.clone(), Arc::new(server))
@@ -200,9 +233,20 @@ impl TlsInfo {
     /// listener's CAs or CRLs (a partner's certificate revoked) re-verifies it once per
     /// connection, so established connections are held to the new rules.
     pub fn client_status(&self, snapshot: &Snapshot, listener: &str) -> VerifyStatus {
-        match &self.client_cert {
+        match self.client_failure(snapshot, listener) {
+            Some(_) => VerifyStatus::Failed,
+            None if self.client_cert.is_some() => VerifyStatus::Success,
             None => VerifyStatus::Absent,
-            Some(c) => c.status(snapshot, listener),
+        }
+    }
+
+    /// Why a presented client certificate does not verify (a `gateway_tls_handshakes_total`
+    /// result: `revoked`, `unknown_ca`, …): refused at the handshake, or since a reload.
+    pub fn client_failure(&self, snapshot: &Snapshot, listener: &str) -> Option<&'static str> {
+        match (&self.client_cert, &self.refusal) {
+            (Some(c), _) => c.failure(snapshot, listener),
+            (None, Some(refused)) if refused.result != "no_client_cert" => Some(refused.result),
+            (None, _) => None,
         }
     }
 }
@@ -211,8 +255,8 @@ impl TlsInfo {
 pub struct ClientCert {
     pub chain: Vec<CertificateDer<'static>>,
     facts: OnceCell<Option<CertFacts>>,
-    /// (snapshot generation, verified) of the last check.
-    checked: Cell<(u64, bool)>,
+    /// (snapshot generation, why it failed) of the last check; `None`: verified.
+    checked: Cell<(u64, Option<&'static str>)>,
 }
 
 impl std::fmt::Debug for ClientCert {
@@ -224,7 +268,7 @@ impl std::fmt::Debug for ClientCert {
 impl ClientCert {
     /// A chain that verified on the snapshot of `generation`.
     pub fn verified(chain: Vec<CertificateDer<'static>>, generation: u64) -> Self {
-        ClientCert { chain, facts: OnceCell::new(), checked: Cell::new((generation, true)) }
+        ClientCert { chain, facts: OnceCell::new(), checked: Cell::new((generation, None)) }
     }
 
     /// Subject, SANs, fingerprint, serial (parsed on first use).
@@ -237,28 +281,27 @@ impl ClientCert {
         self.facts().map(|f| f.sha256)
     }
 
-    fn status(&self, snapshot: &Snapshot, listener: &str) -> VerifyStatus {
-        let (generation, ok) = self.checked.get();
-        let ok = if generation == snapshot.generation {
-            ok
-        } else {
-            let trust = snapshot.tls.listener(listener).and_then(|s| s.spec.client_trust.as_ref());
-            let ok = match trust {
-                Some(t) => match t.verify(&self.chain) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::info!(listener, reason = client_auth::classify_tls(&e), error = %client_auth::describe(&e),
-                            "a client certificate accepted earlier no longer verifies after the reload");
-                        false
-                    }
-                },
-                // The listener no longer verifies client certificates: nothing vouches for it.
-                None => false,
-            };
-            self.checked.set((snapshot.generation, ok));
-            ok
+    fn failure(&self, snapshot: &Snapshot, listener: &str) -> Option<&'static str> {
+        let (generation, failure) = self.checked.get();
+        if generation == snapshot.generation {
+            return failure;
+        }
+        let trust = snapshot.tls.listener(listener).and_then(|s| s.spec.client_trust.as_ref());
+        let failure = match trust {
+            Some(t) => match t.verify(&self.chain) {
+                Ok(()) => None,
+                Err(e) => {
+                    let reason = client_auth::classify_tls(&e);
+                    tracing::info!(listener, reason, error = %client_auth::describe(&e),
+                        "a client certificate accepted earlier no longer verifies after the reload");
+                    Some(reason)
+                }
+            },
+            // The listener no longer verifies client certificates: nothing vouches for it.
+            None => Some("other"),
         };
-        if ok { VerifyStatus::Success } else { VerifyStatus::Failed }
+        self.checked.set((snapshot.generation, failure));
+        failure
     }
 }
 
@@ -268,7 +311,8 @@ impl ClientCert {
 pub enum VerifyStatus {
     /// No certificate was presented.
     Absent,
-    /// A certificate was presented but does not verify (now): e.g. revoked by a reload.
+    /// A certificate was presented but does not verify: refused at the handshake, or (now)
+    /// revoked by a reload.
     Failed,
     /// A certificate was presented and verified.
     Success,

@@ -17,6 +17,7 @@ mod e2e {
     mod lifecycle;
     mod limits;
     mod observability;
+    mod operators;
     mod parking;
     mod ratelimit;
     mod routing;

@@ -33,7 +33,7 @@ fn state() -> Arc<LimitState> {
 
 async fn charges_add_up_and_reset_daily(budgets: &Budgets, spec: &BudgetSpec, settle: Duration) {
     let ws = KeySource::Workspace;
-    let key = |w: &'static str| Key { source: &ws, value: Value::Text(w.as_bytes()) };
+    let key = |w: &'static str| Key { source: &ws, value: Value::Text(w.as_bytes()), consumer: None };
     let today = spec.zone.day(T0);
     let a = budgets.counter(spec, &key("workspace-123"), today);
     assert_eq!(budgets.used(&a, today).await.unwrap(), 0);
@@ -72,7 +72,11 @@ async fn redis_budgets() {
     charges_add_up_and_reset_daily(&budgets, &spec, Duration::from_secs(5)).await;
     // Charged counters expire an hour after their day (10:00 + 14 h + 1 h).
     let ws = KeySource::Workspace;
-    let c = budgets.counter(&spec, &Key { source: &ws, value: Value::Text(b"workspace-123") }, spec.zone.day(T0));
+    let c = budgets.counter(
+        &spec,
+        &Key { source: &ws, value: Value::Text(b"workspace-123"), consumer: None },
+        spec.zone.day(T0),
+    );
     let ttl: u64 = kv.query("t", redis::cmd("PTTL").arg(c.redis_key.as_deref().unwrap())).await.unwrap();
     let expected = 15 * 3_600_000;
     assert!(ttl <= expected && ttl > expected - 10_000, "{ttl}");

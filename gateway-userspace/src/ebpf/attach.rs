@@ -142,6 +142,7 @@ impl XdpGuard {
             }
         }
         let mut attempts = Vec::new();
+        let mut denied = false;
         for m in candidates {
             match self.attach_fresh(iface, ifindex, m) {
                 Ok(link) => {
@@ -150,11 +151,14 @@ impl XdpGuard {
                 }
                 Err(error) => {
                     tracing::debug!(%iface, mode = %m, %error, "attach attempt failed");
+                    denied |= super::permission_denied(&error);
                     attempts.push(format!("{m}: {error}"));
                 }
             }
         }
-        Err(EbpfError::Attach { iface: iface.to_owned(), attempts: attempts.join("; ") })
+        let error = EbpfError::Attach { iface: iface.to_owned(), attempts: attempts.join("; ") };
+        // The attempts are joined into one sentence: say here whether privileges were missing.
+        Err(if denied { EbpfError::Privileges(Box::new(error)) } else { error })
     }
 
     /// Swaps this instance's program into a pinned link (bpf_link_update: no moment without a

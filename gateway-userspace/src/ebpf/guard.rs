@@ -99,6 +99,10 @@ impl XdpGuard {
     /// pinned there by an earlier run are reused when their shape still fits, and replaced (with
     /// a warning) when it does not.
     pub fn load(opts: &LoadOptions) -> Result<Self, EbpfError> {
+        Self::load_programs(opts).map_err(EbpfError::or_privileges)
+    }
+
+    fn load_programs(opts: &LoadOptions) -> Result<Self, EbpfError> {
         raise_memlock_limit();
         let lock = match &opts.pin_dir {
             Some(dir) => {

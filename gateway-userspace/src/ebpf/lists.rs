@@ -27,6 +27,21 @@ pub fn normalize_net(net: IpNet) -> IpNet {
     }
 }
 
+/// An allow or deny entry as an operator writes it, in `[xdp]` or to `gatewayd xdp block`: a
+/// CIDR without host bits, or a bare address (that host alone). One parser for both, so the CLI
+/// refuses what the config refuses: `10.0.7.5/24` is a typo for a host or for `10.0.7.0/24`,
+/// and guessing which would block the wrong thing.
+pub fn parse_list_entry(raw: &str) -> Result<IpNet, String> {
+    let net = raw
+        .parse::<IpNet>()
+        .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("invalid CIDR {raw:?}: expected e.g. \"203.0.113.0/24\" or \"198.51.100.7\""))?;
+    if net.trunc() != net {
+        return Err(format!("{raw:?} has host bits set; did you mean \"{}\"?", net.trunc()));
+    }
+    Ok(normalize_net(net))
+}
+
 /// The LPM key of a prefix.
 pub fn lpm_key(net: IpNet) -> Key<[u32; 4]> {
     match normalize_net(net) {

@@ -96,7 +96,22 @@ impl XdpService {
     /// Loads the guard with `spec` (its pin directory locked), writes the settings and lists,
     /// attaches to every interface and starts the maintenance thread. `exempt` are the trusted
     /// proxies the feedback loop must never block.
+    /// A start that fails leaves no trace: a pin directory it created is removed again.
     pub fn start(spec: &XdpSpec, exempt: &[IpNet]) -> Result<Arc<XdpService>, EbpfError> {
+        let fresh_dir = !spec.pin_path.exists();
+        Self::start_guard(spec, exempt).map_err(|error| {
+            // Anything pinned there was pinned by this failed start: nobody else used the directory.
+            if fresh_dir
+                && spec.pin_path.exists()
+                && let Err(e) = std::fs::remove_dir_all(&spec.pin_path)
+            {
+                tracing::warn!(path = %spec.pin_path.display(), error = %e, "cannot remove the pin directory of a failed start");
+            }
+            error.or_privileges()
+        })
+    }
+
+    fn start_guard(spec: &XdpSpec, exempt: &[IpNet]) -> Result<Arc<XdpService>, EbpfError> {
         let opts = LoadOptions { pin_dir: Some(spec.pin_path.clone()), max_sources: spec.max_sources };
         let mut guard = XdpGuard::load(&opts)?;
         guard.write_config(&guard_config(spec))?;

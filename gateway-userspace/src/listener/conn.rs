@@ -138,6 +138,7 @@ fn conn_info(
         head_started: Cell::new(None),
         watchdog_wake: tokio::sync::Notify::new(),
         park: Cell::new(false),
+        close_requested: Cell::new(false),
         tls,
     })
 }
@@ -401,6 +402,11 @@ where
                 }
             }
             () = conn.watchdog_wake.notified() => {
+                if conn.close_requested.get() && !closing {
+                    closing = true;
+                    conn.park.set(false);
+                    http.as_mut().shutdown_gracefully();
+                }
                 // Recompute the deadline only; acting on it is the timer's job.
                 let deadline = match watchdog(conn, proto, limits, parkable && !closing) {
                     Watch::Next(at) => at,

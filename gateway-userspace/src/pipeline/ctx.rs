@@ -36,6 +36,9 @@ pub struct ConnInfo {
     pub watchdog_wake: tokio::sync::Notify,
     /// Set while an idle HTTP/1 connection is being parked (see `listener::conn`).
     pub park: Cell<bool>,
+    /// Set (with `watchdog_wake`) when the connection must end once its requests in flight are
+    /// answered: HTTP/2 sends GOAWAY, so the client opens no more streams on it.
+    pub close_requested: Cell<bool>,
     /// The TLS session (version, SNI, client certificate), on TLS listeners.
     pub tls: Option<crate::tls::TlsInfo>,
 }

@@ -3,6 +3,7 @@
 //! one present in the request is its key.
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     hash::Hasher,
     net::{IpAddr, Ipv6Addr},
@@ -11,7 +12,7 @@ use std::{
 
 use http::{HeaderName, request};
 
-use crate::pipeline::RequestCtx;
+use crate::{consumer::Consumer, pipeline::RequestCtx};
 
 /// `X-Workspace-Id`: the workspace when no identity phase set one (the seed's header).
 pub static WORKSPACE_HEADER: HeaderName = HeaderName::from_static("x-workspace-id");
@@ -83,6 +84,10 @@ impl KeySource {
 pub struct Key<'a> {
     pub source: &'a KeySource,
     pub value: Value<'a>,
+    /// The `[[consumers]]` entry the value stands for, when it stands for one (a consumer key,
+    /// an API key, or the user of a request authenticated as a consumer): overrides may name
+    /// the consumer by name or id whichever of them the counter is keyed by.
+    pub consumer: Option<&'a Consumer>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -100,17 +105,26 @@ pub fn find<'a>(
     head: &'a request::Parts,
 ) -> Option<Key<'a>> {
     sources.iter().find_map(|source| {
+        let mut consumer = None;
         let value = match source {
             KeySource::Ip => Value::Ip(mask(ctx.client_ip, ipv6_prefix)),
-            KeySource::Consumer => Value::Text(ctx.identity.consumer.as_ref()?.name.as_bytes()),
-            KeySource::User => Value::Text(ctx.identity.user_id.as_deref()?.as_bytes()),
+            KeySource::Consumer => {
+                consumer = ctx.identity.consumer.as_ref();
+                Value::Text(consumer?.name.as_bytes())
+            }
+            KeySource::User => {
+                let user = ctx.identity.user_id.as_deref()?;
+                consumer = user_consumer(ctx, user);
+                Value::Text(user.as_bytes())
+            }
             KeySource::Workspace => Value::Text(ctx.identity.workspace_id.as_deref()?.as_bytes()),
             KeySource::ApiKey => match header(head, &ctx.snapshot.config.auth.api_key_header) {
                 Some(v) => Value::Text(v),
                 // The identify phase removes a verified key before proxying: its consumer stands
                 // for it (one consumer, one budget, whichever of its keys was used).
                 None if ctx.identity.credential == Some("api_key") => {
-                    Value::Text(ctx.identity.consumer.as_ref()?.name.as_bytes())
+                    consumer = ctx.identity.consumer.as_ref();
+                    Value::Text(consumer?.name.as_bytes())
                 }
                 None => return None,
             },
@@ -118,9 +132,18 @@ pub fn find<'a>(
         };
         match value {
             Value::Text(t) if t.is_empty() || t.len() > MAX_VALUE => None,
-            v => Some(Key { source, value: v }),
+            v => Some(Key { source, value: v, consumer }),
         }
     })
+}
+
+/// The consumer a `user` value stands for: a request authenticated as a consumer (API key,
+/// client certificate) has the consumer's id as its user. A token's subject never does, even
+/// one spelled like a consumer id: it must not borrow that consumer's overrides.
+fn user_consumer<'a>(ctx: &'a RequestCtx, user: &str) -> Option<&'a Consumer> {
+    let consumer = ctx.identity.consumer.as_ref()?;
+    let as_consumer = matches!(ctx.identity.credential, Some("api_key" | "mtls"));
+    (as_consumer && *consumer.id == *user).then_some(consumer)
 }
 
 fn header<'a>(head: &'a request::Parts, name: &HeaderName) -> Option<&'a [u8]> {
@@ -165,6 +188,20 @@ impl Key<'_> {
             Value::Ip(IpAddr::V6(a)) => h.write(&a.octets()),
             Value::Text(t) => h.write(t),
         }
+    }
+
+    /// The override in `overrides` for this key: by its value (`"partner-a"`, `"192.0.2.1"`,
+    /// `"2001:db8::"`), else, for a consumer's key, by the consumer's name or id (the README's
+    /// per-consumer overrides name consumers, while a `user` key counts an API consumer by id).
+    pub fn override_in(&self, overrides: &HashMap<String, u64>) -> Option<u64> {
+        if overrides.is_empty() {
+            return None;
+        }
+        let by_consumer = || {
+            let c = self.consumer?;
+            overrides.get(&*c.name).or_else(|| overrides.get(&*c.id))
+        };
+        overrides.get(self.display().as_ref()).or_else(by_consumer).copied()
     }
 
     /// The value as overrides name it (`"partner-a"`, `"192.0.2.1"`, `"2001:db8::"`).
@@ -225,14 +262,14 @@ mod tests {
         let api = KeySource::ApiKey;
         let user = KeySource::User;
         let mut out = String::new();
-        Key { source: &api, value: Value::Text(b"sk-live-123") }.redis_part(&mut out);
+        Key { source: &api, value: Value::Text(b"sk-live-123"), consumer: None }.redis_part(&mut out);
         assert!(out.starts_with("k#") && !out.contains("sk-live"), "{out}");
         assert_eq!(out.len(), 2 + 32);
         out.clear();
-        Key { source: &user, value: Value::Text(b"user-123") }.redis_part(&mut out);
+        Key { source: &user, value: Value::Text(b"user-123"), consumer: None }.redis_part(&mut out);
         assert_eq!(out, "u:user-123");
         out.clear();
-        Key { source: &user, value: Value::Text(b"we{ird}") }.redis_part(&mut out);
+        Key { source: &user, value: Value::Text(b"we{ird}"), consumer: None }.redis_part(&mut out);
         assert!(out.starts_with("u#"), "braces would break the hash tag: {out}");
     }
 }

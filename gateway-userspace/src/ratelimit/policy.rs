@@ -91,9 +91,6 @@ impl LayerSpec {
 
     /// The limit for `key`: its override, else the layer's.
     pub fn limit_for(&self, key: &Key<'_>) -> u64 {
-        if self.overrides.is_empty() {
-            return self.limit;
-        }
-        self.overrides.get(key.display().as_ref()).copied().unwrap_or(self.limit)
+        key.override_in(&self.overrides).unwrap_or(self.limit)
     }
 }

@@ -42,7 +42,7 @@ enum Limiter<'a> {
 impl Limiter<'_> {
     async fn decide(&self, layer: &LayerSpec, ip: &str, at_ms: u64) -> Outcome {
         let (source, addr) = ip_key(ip);
-        let key = Key { source: &source, value: Value::Ip(addr) };
+        let key = Key { source: &source, value: Value::Ip(addr), consumer: None };
         let limit = layer.limit_for(&key);
         match self {
             Limiter::Memory(s) => s.decide_memory(layer, &key, limit, at_ms),
@@ -196,7 +196,7 @@ async fn redis_cluster_decisions_touch_one_slot() {
     for i in 0..30 {
         let ip = format!("10.0.{i}.1");
         let (source, addr) = ip_key(&ip);
-        let key = Key { source: &source, value: Value::Ip(addr) };
+        let key = Key { source: &source, value: Value::Ip(addr), consumer: None };
         let (cur, prev) = remote::keys(&kv, &l, &key, window::Position::of(T0, 60_000));
         let slot = |k: &str| raw_command(cluster.ports[0], &format!("CLUSTER KEYSLOT {k}")).unwrap();
         assert_eq!(slot(&cur), slot(&prev), "{cur} / {prev}");

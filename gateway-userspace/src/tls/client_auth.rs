@@ -4,8 +4,8 @@
 use std::{io, sync::Arc};
 
 use rustls::{
-    AlertDescription, CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, RootCertStore,
-    SignatureScheme,
+    AlertDescription, CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
+    RootCertStore, SignatureScheme,
     client::danger::HandshakeSignatureValid,
     pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime},
     server::{
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::{material::CertFacts, store::NO_CERT_RESOLVED};
 
 /// `client_auth` of a listener.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     /// No certificate is asked for.
@@ -82,10 +82,8 @@ impl ClientTrust {
             builder = builder.allow_unauthenticated();
         }
         let verifier = builder.build().map_err(|e| format!("cannot build the client certificate verifier: {e}"))?;
-        let handshake_verifier: Arc<dyn ClientCertVerifier> = match refusal {
-            ClientCertRefusal::Handshake => verifier.clone(),
-            ClientCertRefusal::Status => Arc::new(DeferredChainCheck(verifier.clone())),
-        };
+        let handshake_verifier: Arc<dyn ClientCertVerifier> =
+            Arc::new(HandshakeVerifier { inner: verifier.clone(), defer_chain: refusal == ClientCertRefusal::Status });
         Ok(ClientTrust { verifier, handshake_verifier, refusal, cas })
     }
 
@@ -103,34 +101,42 @@ impl ClientTrust {
     }
 }
 
-/// The handshake side of a `Status` refusal: a certificate is asked for (with the CA names as
-/// hints) but not demanded, the client must prove it holds the certificate's key (the handshake
-/// signature is checked as usual), and the chain is accepted here to be verified right after
-/// the handshake, where a failure can become an HTTP answer. Nothing trusts a certificate on
-/// the strength of this verifier alone: `TlsInfo` only records a chain that `verify` passed.
+/// What rustls is given. The client must prove it holds its certificate's key (the handshake
+/// signature is checked as usual; a failure is reported as [`KeyMismatch`], not as the chain
+/// problem webpki's error would suggest). For `Status` refusals (`defer_chain`) a certificate is
+/// asked for (with the CA names as hints) but not demanded, and the chain is accepted here to be
+/// verified right after the handshake, where a failure can become an HTTP answer. Nothing trusts
+/// a certificate on the strength of a deferred check alone: `TlsInfo` only records a chain that
+/// `verify` passed.
 #[derive(Debug)]
-struct DeferredChainCheck(Arc<dyn ClientCertVerifier>);
+struct HandshakeVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    defer_chain: bool,
+}
 
-impl ClientCertVerifier for DeferredChainCheck {
+impl ClientCertVerifier for HandshakeVerifier {
     fn offer_client_auth(&self) -> bool {
-        true
+        self.defer_chain || self.inner.offer_client_auth()
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        !self.defer_chain && self.inner.client_auth_mandatory()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
+        self.inner.root_hint_subjects()
     }
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        Ok(ClientCertVerified::assertion())
+        if self.defer_chain {
+            return Ok(ClientCertVerified::assertion());
+        }
+        self.inner.verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -139,7 +145,7 @@ impl ClientCertVerifier for DeferredChainCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.inner.verify_tls12_signature(message, cert, dss).map_err(key_proof_failed)
     }
 
     fn verify_tls13_signature(
@@ -148,11 +154,31 @@ impl ClientCertVerifier for DeferredChainCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.inner.verify_tls13_signature(message, cert, dss).map_err(key_proof_failed)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The client's handshake signature (CertificateVerify) does not verify with its certificate's
+/// public key: it does not hold the certificate's private key (a copied certificate, or a key
+/// and certificate mixed up).
+#[derive(Debug, thiserror::Error)]
+#[error("the client's handshake signature does not match its certificate's public key (wrong private key)")]
+pub struct KeyMismatch;
+
+/// webpki reports a bad handshake signature as it reports a bad certificate signature; here it
+/// can only be the former.
+fn key_proof_failed(e: TlsError) -> TlsError {
+    match e {
+        TlsError::InvalidCertificate(
+            CertificateError::BadSignature
+            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
+        ) => TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(KeyMismatch)))),
+        e => e,
     }
 }
 
@@ -170,7 +196,11 @@ pub const RESULTS: &[&str] = &[
     "unknown_ca",
     "expired",
     "revoked",
+    "revocation_unknown",
     "bad_usage",
+    "key_mismatch",
+    "bad_ca",
+    "bad_chain",
     "bad_sni",
     "protocol",
     "peer_alert",
@@ -205,10 +235,57 @@ fn classify_cert(c: &CertificateError) -> &'static str {
         | CertificateError::NotValidYet
         | CertificateError::NotValidYetContext { .. } => "expired",
         CertificateError::Revoked => "revoked",
+        CertificateError::UnknownRevocationStatus
+        | CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => "revocation_unknown",
         CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => "bad_usage",
+        CertificateError::Other(other) => classify_other(other),
         _ => "other",
     }
+}
+
+/// Errors rustls passes through as webpki's own (or ours).
+fn classify_other(other: &OtherError) -> &'static str {
+    if other.0.downcast_ref::<KeyMismatch>().is_some() {
+        return "key_mismatch";
+    }
+    match other.0.downcast_ref::<webpki::Error>() {
+        // basicConstraints: a CA certificate presented as the client's own, a non-CA
+        // certificate issuing another, or a CA's path length exceeded.
+        Some(
+            webpki::Error::CaUsedAsEndEntity
+            | webpki::Error::EndEntityUsedAsCa
+            | webpki::Error::PathLenConstraintViolated,
+        ) => "bad_ca",
+        // A path to a trusted CA exists in principle, but none is acceptable: too long, too
+        // many candidates, or outside a CA's name constraints.
+        Some(
+            webpki::Error::MaximumPathDepthExceeded
+            | webpki::Error::MaximumPathBuildCallsExceeded
+            | webpki::Error::NameConstraintViolation
+            | webpki::Error::MaximumNameConstraintComparisonsExceeded
+            | webpki::Error::MalformedNameConstraint,
+        ) => "bad_chain",
+        _ => "other",
+    }
+}
+
+/// Results that are about the client's certificate (what partners ask operators about): logged
+/// at info, where other handshake failures (scanners, old clients) are logged at debug.
+pub fn is_client_cert_result(result: &str) -> bool {
+    matches!(
+        result,
+        "no_client_cert"
+            | "unknown_ca"
+            | "expired"
+            | "revoked"
+            | "revocation_unknown"
+            | "bad_usage"
+            | "key_mismatch"
+            | "bad_ca"
+            | "bad_chain"
+    )
 }
 
 /// Classifies the I/O error a failed handshake returned.
@@ -237,6 +314,20 @@ pub fn describe(e: &TlsError) -> String {
             CertificateError::ExpiredRevocationList | CertificateError::ExpiredRevocationListContext { .. },
         ) => "the CRL for the client certificate's issuer is past its nextUpdate; refresh it".into(),
         TlsError::General(msg) if msg == NO_CERT_RESOLVED => "no certificate for the requested server name".into(),
+        TlsError::InvalidCertificate(CertificateError::Other(other)) => match other.0.downcast_ref::<webpki::Error>() {
+            Some(webpki::Error::CaUsedAsEndEntity) => "the client certificate is a CA certificate".into(),
+            Some(webpki::Error::EndEntityUsedAsCa) => {
+                "an issuer in the client certificate's chain is not a CA (basicConstraints)".into()
+            }
+            Some(webpki::Error::PathLenConstraintViolated) => {
+                "the client certificate's chain exceeds a CA's path length constraint".into()
+            }
+            Some(webpki::Error::MaximumPathDepthExceeded) => {
+                "the client certificate's chain has more intermediates than accepted (6)".into()
+            }
+            Some(e) => format!("client certificate chain: {e}"),
+            None => other.0.to_string(),
+        },
         e => e.to_string(),
     }
 }
@@ -253,7 +344,12 @@ mod tests {
             (TlsError::InvalidCertificate(CertificateError::Revoked), "revoked"),
             (TlsError::InvalidCertificate(CertificateError::UnknownIssuer), "unknown_ca"),
             (TlsError::InvalidCertificate(CertificateError::InvalidPurpose), "bad_usage"),
-            (TlsError::InvalidCertificate(CertificateError::UnknownRevocationStatus), "other"),
+            (TlsError::InvalidCertificate(CertificateError::UnknownRevocationStatus), "revocation_unknown"),
+            (key_proof_failed(TlsError::InvalidCertificate(CertificateError::BadSignature)), "key_mismatch"),
+            (TlsError::InvalidCertificate(CertificateError::BadSignature), "unknown_ca"),
+            (webpki_error(webpki::Error::CaUsedAsEndEntity), "bad_ca"),
+            (webpki_error(webpki::Error::EndEntityUsedAsCa), "bad_ca"),
+            (webpki_error(webpki::Error::MaximumPathDepthExceeded), "bad_chain"),
             (TlsError::General(NO_CERT_RESOLVED.into()), "bad_sni"),
             (TlsError::PeerIncompatible(rustls::PeerIncompatible::SupportedVersionsExtensionRequired), "protocol"),
             (TlsError::AlertReceived(AlertDescription::BadCertificate), "peer_alert"),
@@ -265,5 +361,10 @@ mod tests {
             assert_eq!(classify_io(&io).result, want);
         }
         assert_eq!(classify_io(&io::Error::from(io::ErrorKind::UnexpectedEof)).result, "other");
+    }
+
+    /// As rustls passes webpki's errors it has no variant for.
+    fn webpki_error(e: webpki::Error) -> TlsError {
+        TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
     }
 }

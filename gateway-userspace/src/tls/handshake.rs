@@ -20,7 +20,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::{
     ClientAuth, ClientCert, ServerTls, TlsInfo, TlsParts,
-    client_auth::{Failure, classify_io, classify_tls, describe},
+    client_auth::{self, Failure, classify_io, classify_tls, describe},
     metrics::WorkerTlsMetrics,
 };
 use crate::listener::Proto;
@@ -144,7 +144,9 @@ fn client_certificate(
 ) -> Result<Option<ClientCert>, Failure> {
     let Some(trust) = &listener.server.spec.client_trust else { return Ok(None) };
     let chain = conn.peer_certificates();
-    if chain.is_none() && trust.deferred() && listener.server.spec.client_auth == ClientAuth::Required {
+    // With deferred refusals any session without a certificate lands here; with handshake
+    // refusals only a resumed one can (rustls takes its certificate from the ticket unchecked).
+    if chain.is_none() && listener.server.spec.client_auth == ClientAuth::Required {
         let e = rustls::Error::NoCertificatesPresented;
         return Err(Failure { result: classify_tls(&e), detail: describe(&e) });
     }
@@ -159,8 +161,7 @@ fn client_certificate(
 
 fn fail(listener: &TlsListener<'_>, peer: SocketAddr, metrics: &WorkerTlsMetrics, failure: Failure) {
     metrics.handshake(listener.name, "", "", failure.result);
-    let client_cert = matches!(failure.result, "no_client_cert" | "unknown_ca" | "expired" | "revoked" | "bad_usage");
-    if client_cert {
+    if client_auth::is_client_cert_result(failure.result) {
         // Partners' certificate problems are what operators are asked about: say it at info.
         tracing::info!(listener = %listener.name, %peer, result = %failure.result, reason = %failure.detail, "TLS handshake refused: client certificate");
     } else {

@@ -75,10 +75,15 @@ impl Phase for ClientCertPhase {
         "client-cert"
     }
 
-    /// A connection whose certificate the listener refused gets 400 whatever it asks for.
+    /// A connection whose certificate the listener refused gets 400 whatever it asks for, and
+    /// ends after it (HTTP/1: `Connection: close`; HTTP/2: GOAWAY, no more streams).
     fn before_route(&self, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         match ctx.conn.tls.as_ref().and_then(|t| t.refusal.as_ref()) {
-            Some(refusal) => Err(GatewayError::ClientCert(ClientCertError::Refused { result: refusal.result })),
+            Some(refusal) => {
+                ctx.conn.close_requested.set(true);
+                ctx.conn.watchdog_wake.notify_one();
+                Err(GatewayError::ClientCert(ClientCertError::Refused { result: refusal.result }))
+            }
             None => Ok(()),
         }
     }
@@ -93,12 +98,15 @@ impl Phase for ClientCertPhase {
         head.headers.insert(&CLIENT_CERT_VERIFY, HeaderValue::from_static(status.as_str()));
         let mut requirement =
             ctx.route.and_then(|r| snapshot.config.routes.get(r)).map(|r| r.client_cert).unwrap_or_default();
-        let listener_requires =
-            snapshot.tls.listener(&conn.listener).is_some_and(|s| s.spec.client_auth == ClientAuth::Required);
-        if requirement == ClientCertRequirement::Optional && listener_requires {
-            // The handshake demanded a certificate; one that no longer verifies (a CRL reload)
-            // must not keep the connection useful.
+        let listener_auth = snapshot.tls.listener(&conn.listener).map_or(ClientAuth::None, |s| s.spec.client_auth);
+        if requirement == ClientCertRequirement::Optional && listener_auth == ClientAuth::Required {
             requirement = ClientCertRequirement::Required;
+        }
+        if status == VerifyStatus::Failed && listener_auth != ClientAuth::None {
+            // A certificate that no longer verifies (revoked by a CRL reload) would be refused in
+            // a new handshake on this listener, `optional` too: it keeps no route open, not even
+            // one that asks for no certificate.
+            return refuse(ClientCertError::Invalid);
         }
         let facts = match status {
             VerifyStatus::Success => conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()).and_then(|c| c.facts()),
@@ -137,6 +145,11 @@ fn refusal_message(result: &str) -> &'static str {
         "expired" => "The SSL certificate error: the client certificate has expired or is not yet valid",
         "revoked" => "The SSL certificate error: the client certificate is revoked",
         "bad_usage" => "The SSL certificate error: the client certificate is not valid for client authentication",
+        "revocation_unknown" => "The SSL certificate error: the client certificate's revocation status is unknown",
+        "bad_ca" => {
+            "The SSL certificate error: the client certificate chain misuses a CA certificate (basicConstraints)"
+        }
+        "bad_chain" => "The SSL certificate error: no acceptable chain to a trusted CA for the client certificate",
         _ => "The SSL certificate error: the client certificate does not verify",
     }
 }

@@ -29,6 +29,7 @@ pub struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
     pub pem: String,
     der: CertificateDer<'static>,
+    key_pem: String,
 }
 
 /// A certificate and its key.
@@ -71,8 +72,42 @@ impl Ca {
         p.not_before = now() - time::Duration::days(1);
         p.not_after = now() + time::Duration::days(365);
         p.serial_number = Some(serial());
-        let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
-        Ca { pem: issuer.pem(), der: issuer.der().clone(), issuer }
+        let key = KeyPair::generate().expect("key");
+        let key_pem = key.serialize_pem();
+        let issuer = CertifiedIssuer::self_signed(p, key).expect("CA");
+        Ca { pem: issuer.pem(), der: issuer.der().clone(), issuer, key_pem }
+    }
+
+    /// A certificate signed by this CA that signs others: an intermediate CA, or with
+    /// `is_ca = false` one without the CA bit (basicConstraints) that issues certificates anyway.
+    pub fn intermediate(&self, cn: &str, is_ca: bool) -> Ca {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(cn);
+        p.is_ca = if is_ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::ExplicitNoCa };
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.not_before = now() - time::Duration::days(1);
+        p.not_after = now() + time::Duration::days(365);
+        p.serial_number = Some(serial());
+        p.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().expect("key");
+        let key_pem = key.serialize_pem();
+        let issuer = CertifiedIssuer::signed_by(p, key, &self.issuer).expect("intermediate");
+        Ca { pem: issuer.pem(), der: issuer.der().clone(), issuer, key_pem }
+    }
+
+    /// This CA's own certificate and key, as a client presenting it would hold them.
+    pub fn as_leaf(&self) -> Leaf {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.der).expect("CA certificate");
+        Leaf {
+            cert_pem: self.pem.clone(),
+            key_pem: self.key_pem.clone(),
+            der: self.der.clone(),
+            serial: SerialNumber::from_slice(cert.raw_serial()),
+        }
+    }
+
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
     }
 
     fn leaf(&self, p: CertificateParams, key: KeyPair) -> Leaf {
@@ -191,6 +226,26 @@ pub fn client_config(ca: &Ca, cert: Option<&Leaf>, alpn: &[&str]) -> Arc<ClientC
     Arc::new(c)
 }
 
+/// A rustls client trusting `ca` that presents `chain` (end entity first) and signs the handshake
+/// with `key`'s private key, whether or not it belongs to the end entity (rustls' own builder
+/// refuses a mismatch; a misconfigured or dishonest client does not).
+pub fn client_config_presenting(ca: &Ca, chain: Vec<CertificateDer<'static>>, key: &Leaf) -> Arc<ClientConfig> {
+    #[derive(Debug)]
+    struct Presents(Arc<rustls::sign::CertifiedKey>);
+    impl rustls::client::ResolvesClientCert for Presents {
+        fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signer = provider.key_provider.load_private_key(key.key()).expect("signing key");
+    let presented = Presents(Arc::new(rustls::sign::CertifiedKey::new(chain, signer)));
+    Arc::new(ClientConfig::builder().with_root_certificates(ca.roots()).with_client_cert_resolver(Arc::new(presented)))
+}
+
 /// A server config for test upstreams: `cert`, and client certificates from `client_ca`
 /// required when given.
 pub fn server_config(cert: &Leaf, client_ca: Option<&Ca>) -> Arc<rustls::ServerConfig> {
@@ -254,6 +309,14 @@ impl Https {
             Sender::H1(s)
         };
         Ok(Https { send, alpn, resumed, version, peer_cn })
+    }
+
+    /// Whether the server ended the connection (HTTP/2: after GOAWAY and the last stream).
+    pub fn is_closed(&self) -> bool {
+        match &self.send {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
     }
 
     /// GET `path` with extra headers; `Err` when the connection fails (e.g. the server refused

@@ -409,3 +409,51 @@ overrides = {{ "partner-a" = 5, "partner-b" = 3 }}
         assert_eq!(r.json()["error"], "rate_limited");
     }
 }
+
+/// The README's per-consumer example: API-key consumers are counted by their id (`user`), and
+/// overrides name them by consumer name (or id); everyone else gets the layer's limit.
+#[test]
+fn api_key_consumers_counted_by_id_get_the_overrides_that_name_them() {
+    let u = Upstream::start("u");
+    let digest = |key: &str| {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+        format!("sha256:{}", d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+    };
+    let consumers: String =
+        [("partner-a", "c-001", "key-a"), ("partner-b", "c-002", "key-b"), ("partner-c", "c-003", "key-c")]
+            .iter()
+            .map(|(name, id, key)| {
+                format!("[[consumers]]\nname = \"{name}\"\nid = \"{id}\"\napi_keys = [\"{}\"]\n", digest(key))
+            })
+            .collect();
+    let layers = format!(
+        r#"
+[auth]
+default_policy = "keys"
+
+[[auth.policies]]
+name = "keys"
+any_of = ["api_key"]
+
+{consumers}
+[[rate_limits]]
+name = "per-user"
+routes = ["chat"]
+key = ["user", "api_key"]
+limit = 1
+window = "hour"
+overrides = {{ "partner-a" = 4, "c-002" = 2 }}
+"#
+    );
+    let gw = Gateway::start(|p| config(p, 1, &u, &layers));
+    clear_of_window_edge(3600, 30);
+    for (key, sla) in [("key-a", 4u64), ("key-b", 2), ("key-c", 1)] {
+        for i in 1..=sla {
+            let r = request(gw.ports.listen, "/v1/x", &[("x-api-key", key)]);
+            assert_eq!(r.status, 200, "{key}: request {i} of {sla}: {}", r.body);
+            assert_eq!(r.num("x-ratelimit-limit-hour"), sla, "{key}");
+        }
+        let r = request(gw.ports.listen, "/v1/x", &[("x-api-key", key)]);
+        assert_eq!(r.status, 429, "{key}: past its limit of {sla}");
+    }
+}

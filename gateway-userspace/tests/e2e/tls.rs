@@ -555,39 +555,86 @@ client_certs = [{{ sha256 = "{}" }}]
     assert_eq!(r.status.as_u16(), 200);
 }
 
+/// A gateway whose listener (`client_auth = mode`) checks a partner CA's CRL, which revokes
+/// nobody yet.
+struct CrlSetup {
+    u: Upstream,
+    ca: Ca,
+    clients: Ca,
+    partner: Leaf,
+    gw: Gateway,
+}
+
+impl CrlSetup {
+    fn start(mode: &str) -> CrlSetup {
+        let u = Upstream::start("u");
+        let ca = Ca::new("edge CA");
+        let clients = Ca::new("partner CA");
+        let server = ca.server(&["localhost"]);
+        let partner = clients.client("partner-a");
+        let gw = Gateway::start(|p| {
+            server.write(&p.dir, "server");
+            clients.write(&p.dir, "clients-ca");
+            std::fs::write(p.dir.join("clients.crl"), clients.crl(1, &[])).unwrap();
+            tls_config(p, &mtls_listener(mode, true), &service(&u))
+        });
+        CrlSetup { u, ca, clients, partner, gw }
+    }
+
+    /// A connection presenting the partner's certificate.
+    async fn partner_connection(&self) -> Https {
+        let cfg = client_config(&self.ca, Some(&self.partner), &[]);
+        Https::connect(self.gw.ports.listen, "localhost", cfg).await.unwrap()
+    }
+
+    /// The CA revokes the partner; the new CRL is installed with a reload.
+    fn revoke_partner(&self) {
+        std::fs::write(self.gw.ports.dir.join("clients.crl"), self.clients.crl(2, &[&self.partner])).unwrap();
+        let config = std::fs::read_to_string(&self.gw.config_path).unwrap();
+        assert!(self.gw.reload(&config), "{}", self.gw.stderr());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crl_reload_revokes_new_and_established_connections() {
-    let u = Upstream::start("u");
-    let ca = Ca::new("edge CA");
-    let clients = Ca::new("partner CA");
-    let server = ca.server(&["localhost"]);
-    let partner = clients.client("partner-a");
-    let gw = Gateway::start(|p| {
-        server.write(&p.dir, "server");
-        clients.write(&p.dir, "clients-ca");
-        std::fs::write(p.dir.join("clients.crl"), clients.crl(1, &[])).unwrap();
-        tls_config(p, &mtls_listener("required", true), &service(&u))
-    });
-    let cfg = client_config(&ca, Some(&partner), &[]);
-    let mut established = Https::connect(gw.ports.listen, "localhost", cfg.clone()).await.unwrap();
+    let t = CrlSetup::start("required");
+    let cfg = client_config(&t.ca, Some(&t.partner), &[]);
+    let mut established = Https::connect(t.gw.ports.listen, "localhost", cfg.clone()).await.unwrap();
     assert_eq!(established.get("/a", &[]).await.unwrap().status.as_u16(), 200);
 
-    // The CA revokes the partner; the new CRL is installed with a reload.
-    std::fs::write(gw.ports.dir.join("clients.crl"), clients.crl(2, &[&partner])).unwrap();
-    let config = std::fs::read_to_string(&gw.config_path).unwrap();
-    assert!(gw.reload(&config));
+    t.revoke_partner();
     let r = established.get("/b", &[]).await.unwrap();
     assert_eq!(r.status.as_u16(), 403, "the established connection is held to the new CRL");
     assert_eq!(r.json()["error"], "client_cert_invalid");
     // New connections, full handshakes or resumed with the earlier ticket, are refused.
-    let before = handshakes(&gw, "revoked");
-    for (cfg, path) in [(cfg.clone(), "/c"), (client_config(&ca, Some(&partner), &[]), "/d")] {
-        let r = https_get(gw.ports.listen, cfg, path).await.unwrap();
+    let before = handshakes(&t.gw, "revoked");
+    for (cfg, path) in [(cfg.clone(), "/c"), (client_config(&t.ca, Some(&t.partner), &[]), "/d")] {
+        let r = https_get(t.gw.ports.listen, cfg, path).await.unwrap();
         assert_eq!(r.status.as_u16(), 400);
         assert_eq!(r.json()["error"], "client_cert_invalid");
     }
-    await_handshakes(&gw, "revoked", before + 2.0);
-    assert_eq!(u.requests(), 1);
+    await_handshakes(&t.gw, "revoked", before + 2.0);
+    assert_eq!(t.u.requests(), 1);
+}
+
+/// On an `optional` listener a certificate revoked by a CRL reload keeps no route open: the
+/// established connection is refused on the open route too, while clients without a
+/// certificate keep using it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crl_reload_refuses_a_revoked_connection_on_open_routes_of_an_optional_listener() {
+    let t = CrlSetup::start("optional");
+    let mut established = t.partner_connection().await;
+    let r = established.get("/open", &[]).await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.json()["headers"]["x-client-cert-verify"][0], "success");
+    let mut anonymous = Https::connect(t.gw.ports.listen, "localhost", client_config(&t.ca, None, &[])).await.unwrap();
+
+    t.revoke_partner();
+    let r = established.get("/open", &[]).await.unwrap();
+    assert_eq!(r.status.as_u16(), 403, "the revoked connection is refused on the open route");
+    assert_eq!(r.json()["error"], "client_cert_invalid");
+    assert_eq!(anonymous.get("/open", &[]).await.unwrap().status.as_u16(), 200, "no certificate: still open");
+    assert_eq!(t.u.requests(), 2, "the revoked client's request never reached the upstream");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -849,4 +896,149 @@ client_certs = [{ san = "partner.example" }]
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+/// Waits (without blocking the runtime) until the server has ended `conn`.
+async fn closed_by_server(conn: &Https) -> bool {
+    let wait = async {
+        while !conn.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait).await.is_ok()
+}
+
+/// Handshake failures are counted and logged (at info, as client-certificate refusals) with
+/// their real reasons: a client that does not hold its certificate's key, a CA certificate
+/// presented as the client's own, a certificate issued by one without the CA bit, a chain too
+/// long to accept.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificate_failures_are_counted_and_logged_with_their_real_reasons() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let clients = Ca::new("partner CA");
+    let server = ca.server(&["localhost"]);
+    let listener = format!("{}\nclient_cert_refusal = \"handshake\"", mtls_listener("required", false));
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        clients.write(&p.dir, "clients-ca");
+        tls_config(p, &listener, &service(&u))
+    });
+    let partner = clients.client("partner-a");
+    let thief = clients.client("partner-b");
+    let sub_ca = clients.intermediate("partner sub CA", true);
+    let not_a_ca = clients.intermediate("partner-c", false);
+    let issued_by_non_ca = not_a_ca.client("partner-d");
+    let mut deep = vec![clients.intermediate("level 1", true)];
+    for level in 2..=7 {
+        let next = deep.last().unwrap().intermediate(&format!("level {level}"), true);
+        deep.push(next);
+    }
+    let deep_leaf = deep.last().unwrap().client("partner-deep");
+    let deep_chain =
+        std::iter::once(deep_leaf.der.clone()).chain(deep.iter().rev().map(|c| c.der().clone())).collect::<Vec<_>>();
+    let cases = [
+        ("key_mismatch", client_config_presenting(&ca, vec![partner.der.clone()], &thief)),
+        ("bad_ca", client_config_presenting(&ca, vec![sub_ca.der().clone()], &sub_ca.as_leaf())),
+        (
+            "bad_ca",
+            client_config_presenting(
+                &ca,
+                vec![issued_by_non_ca.der.clone(), not_a_ca.der().clone()],
+                &issued_by_non_ca,
+            ),
+        ),
+        ("bad_chain", client_config_presenting(&ca, deep_chain, &deep_leaf)),
+    ];
+    for (i, (result, cfg)) in cases.into_iter().enumerate() {
+        let before = handshakes(&gw, result);
+        let r = https_get(gw.ports.listen, cfg, "/refused").await;
+        assert!(r.is_err(), "case {i} ({result}): the handshake must fail, got {r:?}");
+        await_handshakes(&gw, result, before + 1.0);
+    }
+    assert_eq!(handshakes(&gw, "unknown_ca") + handshakes(&gw, "other"), 0.0, "{}", gw.metrics());
+    let log = gw.stderr();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("TLS handshake refused: client certificate")).collect();
+    assert_eq!(refusals.len(), 4, "one info line per refusal:\n{log}");
+    assert!(refusals[0].contains("key_mismatch") && refusals[0].contains("private key"), "{log}");
+    assert!(refusals[1].contains("bad_ca") && refusals[3].contains("bad_chain"), "{log}");
+    // The real partner still gets in.
+    let r = https_get(gw.ports.listen, client_config(&ca, Some(&partner), &[]), "/ok").await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(u.requests(), 1);
+}
+
+/// With `client_cert_refusal = "status"` over HTTP/2, the 400 ends the connection (GOAWAY: no
+/// more streams), and the audit line says the certificate failed and why.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2_client_certificate_refusal_is_followed_by_goaway_and_audited_as_failed() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let clients = Ca::new("partner CA");
+    let rogue = Ca::new("rogue CA");
+    let server = ca.server(&["localhost"]);
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        clients.write(&p.dir, "clients-ca");
+        let audit = format!("[audit]\npath = \"{}\"\n{}", p.dir.join("audit.log").display(), service(&u));
+        tls_config(p, &mtls_listener("required", false), &audit)
+    });
+    let untrusted = rogue.client("partner-a");
+    for (cert, error, verify, failure) in [
+        (Some(&untrusted), "client_cert_invalid", "failed", serde_json::json!("unknown_ca")),
+        (None, "client_cert_required", "absent", serde_json::Value::Null),
+    ] {
+        let mut conn = Https::connect(gw.ports.listen, "localhost", client_config(&ca, cert, &["h2"])).await.unwrap();
+        assert_eq!(conn.alpn.as_deref(), Some(&b"h2"[..]));
+        let r = conn.get("/first", &[]).await.unwrap();
+        assert_eq!(r.status.as_u16(), 400);
+        assert_eq!(r.json()["error"], error);
+        assert!(closed_by_server(&conn).await, "{error}: the connection must end after the refusal");
+        assert!(conn.get("/second", &[]).await.is_err(), "{error}: no more streams on a refused connection");
+
+        let audit = gw.ports.dir.join("audit.log");
+        let line = eventually(Duration::from_secs(5), || {
+            gw.audit_lines(&audit).into_iter().find(|l| l["error"] == error && l["path"] == "/first")
+        })
+        .expect("audit line of the refusal");
+        assert_eq!(line["client_cert_verify"], verify, "{line}");
+        assert_eq!(line["client_cert_failure"], failure, "{line}");
+    }
+    assert_eq!(u.requests(), 0);
+}
+
+/// Session tickets belong to their listener: a session resumed without a certificate on an
+/// open listener must not resume on one that requires certificates (rustls takes a resumed
+/// session's client certificate from the ticket, so it would skip the requirement).
+#[tokio::test(flavor = "multi_thread")]
+async fn session_tickets_do_not_resume_on_a_listener_with_other_client_auth() {
+    let u = Upstream::start("u");
+    let ca = Ca::new("edge CA");
+    let clients = Ca::new("partner CA");
+    let server = ca.server(&["localhost"]);
+    let partners = free_port();
+    let gw = Gateway::start(|p| {
+        server.write(&p.dir, "server");
+        clients.write(&p.dir, "clients-ca");
+        let second = format!(
+            "[[listeners]]\nname = \"partners\"\nbind = \"{partners}\"\n\n[listeners.tls]\n{}\nclient_cert_refusal = \"handshake\"\n\n{}",
+            mtls_listener("required", false),
+            service(&u)
+        );
+        tls_config(p, CERT, &second)
+    });
+    let cfg = client_config(&ca, None, &[]);
+    let mut open = Https::connect(gw.ports.listen, "localhost", cfg.clone()).await.unwrap();
+    assert_eq!(open.get("/open", &[]).await.unwrap().status.as_u16(), 200, "and its tickets arrive");
+    let attempt = async {
+        let mut c = Https::connect(partners, "localhost", cfg.clone()).await.map_err(|e| e.to_string())?;
+        let resumed = c.resumed;
+        c.get("/partners", &[]).await.map(|r| (resumed, r.status))
+    };
+    let r = attempt.await;
+    assert!(r.is_err(), "without a certificate, and not by resuming another listener's session: {r:?}");
+    assert_eq!(u.requests(), 1);
+    // Resumption still works where the ticket came from.
+    let again = Https::connect(gw.ports.listen, "localhost", cfg).await.unwrap();
+    assert!(again.resumed, "tickets resume on their own listener");
 }

@@ -4,13 +4,13 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
-use super::{Validator, parse_cidr, root};
+use super::{Validator, root};
 use crate::{
     config::{
         FeedbackReason, FeedbackSpec, RateSpec, XdpSpec,
         schema::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection},
     },
-    ebpf::{AttachMode, normalize_net, validate_iface},
+    ebpf::{AttachMode, parse_list_entry, validate_iface},
 };
 
 /// Packets per second the GCRA arithmetic handles exactly enough (one interval ≥ 1 ns).
@@ -66,7 +66,7 @@ impl Validator<'_> {
         let allow = self.cidrs(&x.allow, "allow");
         let deny = self.cidrs(&x.deny, "deny");
         for (i, net) in x.deny.iter().enumerate() {
-            if let Ok(n) = parse_cidr(net).map(normalize_net)
+            if let Ok(n) = parse_list_entry(net)
                 && allow.contains(&n)
             {
                 self.problem(
@@ -100,12 +100,8 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for (i, s) in raw.iter().enumerate() {
             let at = || root("xdp").key(key).index(i);
-            match parse_cidr(s) {
-                Ok(net) if net.trunc() != net => {
-                    self.problem(at(), format!("{s:?} has host bits set; did you mean \"{}\"?", net.trunc()));
-                }
+            match parse_list_entry(s) {
                 Ok(net) => {
-                    let net = normalize_net(net);
                     if out.contains(&net) {
                         self.problem(at(), format!("{net} is listed twice"));
                     } else {
