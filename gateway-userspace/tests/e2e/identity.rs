@@ -360,7 +360,7 @@ async fn idp_outage_past_the_grace_period_fails_closed() {
         (futures_block(call(&gw, "/closed/x", Some(&token))).status == 200).then_some(())
     })
     .expect("the issuer did not recover");
-    assert_eq!(gw.metric("gateway_auth_issuer_failed_closed", &[("issuer", "idp-closed")]), 0.0);
+    assert_eq!(gw.series("gateway_auth_issuer_failed_closed", &[("issuer", "idp-closed")]), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -119,7 +119,7 @@ async fn audit_lines_carry_the_seed_fields_and_reopen_on_sigusr1() {
     });
     assert!(reopened.is_some(), "audit log was not reopened");
     assert!(gw.audit_lines(&rotated).len() >= 2);
-    assert_eq!(gw.metric("gateway_audit_dropped_total", &[]), 0.0);
+    assert_eq!(gw.series("gateway_audit_dropped_total", &[]), 0.0);
     // The file holds client addresses and identities: owner and group only, new files too.
     for file in [&path, &rotated] {
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());

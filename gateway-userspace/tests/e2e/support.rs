@@ -135,9 +135,16 @@ impl Gateway {
         raw_get(self.ports.metrics, "/metrics").expect("scrape metrics")
     }
 
-    /// Sum of every sample of `name` whose labels include all of `labels`.
+    /// Sum of every sample of `name` whose labels include all of `labels` (0 when none).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_value(&self.metrics(), name, labels)
+    }
+
+    /// The exported value of a series that must exist (zero included); panics when it does not:
+    /// an assertion that a count is 0 must not pass because the metric is gone.
+    pub fn series(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics();
+        series_value(&text, name, labels).unwrap_or_else(|| panic!("no series {name} {labels:?} exported:\n{text}"))
     }
 
     /// Rewrites the config, sends SIGHUP and waits for the reload to be counted.
@@ -202,41 +209,29 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
-/// Sum of every sample of `name` whose labels include all of `labels`; 0 when the family is
-/// exported but has no such sample yet (a labelled counter appears on its first count). A family
-/// the endpoint does not export at all is an error, never a silent 0: a renamed, misspelt or
-/// unregistered metric must fail the test that relies on it.
+/// Sum of every sample of `name` whose labels include all of `labels`; 0 when there is none (a
+/// labelled family has no sample, and no `# TYPE` line either, until its first count). For a
+/// value that must be exported, zero included, use [`series_value`]: "0" from here proves
+/// nothing unless another test shows the same series move.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    assert!(
-        metric_family_exported(text, name),
-        "metric {name} is not exported at all (no `# TYPE` line for its family):\n{text}"
-    );
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            if metric != name {
-                return None;
-            }
-            let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            all.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
+    series_value(text, name, labels).unwrap_or(0.0)
 }
 
-/// Whether the exposition has a `# TYPE` line for the family `sample` belongs to (OpenMetrics
-/// and the 0.0.4 text format name a counter's family without `_total`, a histogram's without
-/// `_bucket`/`_count`/`_sum`).
-pub fn metric_family_exported(text: &str, sample: &str) -> bool {
-    let family = ["_total", "_bucket", "_count", "_sum", "_created", "_info"]
-        .iter()
-        .find_map(|suffix| sample.strip_suffix(suffix))
-        .unwrap_or(sample);
-    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).any(|l| {
-        let declared = l.split_whitespace().next().unwrap_or_default();
-        declared == family || declared == sample
-    })
+/// Like [`metric_value`], but `None` when no sample of `name` has all of `labels`.
+pub fn series_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for v in text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        all.then(|| value.parse::<f64>().ok()).flatten()
+    }) {
+        found = Some(found.unwrap_or(0.0) + v);
+    }
+    found
 }
 
 /// A one-shot HTTP/1.1 GET over a plain socket; returns the raw response text.

@@ -38,7 +38,7 @@ async fn refused_target_is_a_502_then_ejected_then_probed_back() {
         assert_eq!(r.status.as_u16(), 502);
         assert_eq!(r.json()["error"], "connect_refused");
     }
-    assert_eq!(gw.metric("gateway_upstream_target_up", &[("target", &target)]), 0.0);
+    assert_eq!(gw.series("gateway_upstream_target_up", &[("target", &target)]), 0.0);
     let r = get(&gw.url("/x")).await;
     assert_eq!(r.status.as_u16(), 503, "an ejected target is not tried");
     assert_eq!(r.json()["error"], "no_healthy_upstream");
