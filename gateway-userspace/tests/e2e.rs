@@ -16,6 +16,7 @@ mod e2e {
     mod observability;
     mod ratelimit;
     mod routing;
+    mod semantics;
     mod steering;
     mod tls;
     mod upstreams;

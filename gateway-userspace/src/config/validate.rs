@@ -153,6 +153,7 @@ impl Validator<'_> {
             steering,
             pin_workers: s.pin_workers,
             trusted_proxies,
+            underscores_in_headers: s.underscores_in_headers,
             drain_timeout: s.drain_timeout,
             log_format: s.log_format,
             log_level: s.log_level.clone(),
