@@ -17,8 +17,8 @@ use crate::{
 
 #[derive(Debug)]
 pub struct ClientHeaders {
-    /// Every request header the gateway sets, lower-case with `-`.
-    owned: Vec<HeaderName>,
+    /// Every request header the gateway sets, lower-case, `_` read as `-`.
+    owned: Vec<String>,
     forward_underscores: bool,
 }
 
@@ -26,13 +26,13 @@ impl ClientHeaders {
     /// The gateway's owned names: forwarding headers and request id, client-certificate and
     /// consumer headers, and the configured identity headers.
     pub fn new(config: &Config) -> Self {
-        let mut owned: Vec<HeaderName> = headers::owned_names()
+        let mut owned: Vec<String> = headers::owned_names()
             .into_iter()
             .chain(tls::identity_headers())
             .chain(config.auth.headers.all())
-            .cloned()
+            .map(|n| n.as_str().replace('_', "-"))
             .collect();
-        owned.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        owned.sort();
         owned.dedup();
         ClientHeaders { owned, forward_underscores: config.server.underscores_in_headers }
     }
@@ -57,7 +57,7 @@ impl ClientHeaders {
     /// Why a name with `_` is dropped, if it is.
     fn reason(&self, name: &str) -> Option<&'static str> {
         let dashed = name.replace('_', "-");
-        if self.owned.iter().any(|o| o.as_str() == dashed) {
+        if self.owned.contains(&dashed) {
             Some("owned_name")
         } else if !self.forward_underscores {
             Some("underscore")
