@@ -17,5 +17,5 @@ fuzz_target!(|data: &[u8]| {
     let trusted = ["10.0.0.0/8".parse().expect("cidr")];
     assert_eq!(client_ip(peer, &headers, &trusted), peer);
     remove_hop_by_hop(&mut headers);
-    set_forwarded(&mut headers, &Hop { peer, trusted_peer: false, proto: "http", host: None });
+    set_forwarded(&mut headers, &Hop { peer, trusted_peer: false, proto: "http", host: None, port: 80 });
 });

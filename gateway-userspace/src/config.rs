@@ -56,6 +56,8 @@ pub struct ServerSettings {
     pub workers: usize,
     pub pin_workers: bool,
     pub trusted_proxies: Vec<IpNet>,
+    /// Forward client headers with `_` in their name (see `ClientHeaders`).
+    pub underscores_in_headers: bool,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,

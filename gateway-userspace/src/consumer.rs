@@ -24,7 +24,7 @@ pub enum CertMatch {
     Sha256([u8; 32]),
     /// Subject common name (case-sensitive), from any CA the listener trusts.
     SubjectCn(String),
-    /// A subject alternative name written as in `X-Client-Cert-San` (`DNS:…`, `URI:…`,
+    /// A subject alternative name written as one item of `X-Client-Cert-San` (`DNS:…`, `URI:…`,
     /// `email:…`, `IP:…`), from any CA the listener trusts.
     San(String),
 }

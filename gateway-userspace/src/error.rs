@@ -34,10 +34,17 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::Request(e) => match e {
-                RequestError::BadPath(_) | RequestError::BadHost => StatusCode::BAD_REQUEST,
+                RequestError::BadPath(_)
+                | RequestError::BadHost
+                | RequestError::MissingHost
+                | RequestError::DuplicateHost
+                | RequestError::AuthorityMismatch
+                | RequestError::RepeatedTransferEncoding
+                | RequestError::Unparseable => StatusCode::BAD_REQUEST,
                 RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 RequestError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
                 RequestError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                RequestError::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             },
             GatewayError::Proxy(e) => match e {
                 ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
@@ -65,9 +72,15 @@ impl GatewayError {
             GatewayError::Request(e) => match e {
                 RequestError::BadPath(_) => "bad_path",
                 RequestError::BadHost => "bad_host",
+                RequestError::MissingHost => "missing_host",
+                RequestError::DuplicateHost => "duplicate_host",
+                RequestError::AuthorityMismatch => "host_mismatch",
                 RequestError::BodyTooLarge { .. } => "body_too_large",
                 RequestError::UriTooLong { .. } => "uri_too_long",
                 RequestError::HeadersTooLarge => "headers_too_large",
+                RequestError::UnsupportedTransferCoding(_) => "unsupported_transfer_coding",
+                RequestError::RepeatedTransferEncoding => "bad_framing",
+                RequestError::Unparseable => "bad_request",
             },
             GatewayError::Proxy(e) => match e {
                 ProxyError::NoHealthyUpstream => "no_healthy_upstream",
@@ -137,7 +150,11 @@ impl GatewayError {
         }
         if matches!(
             status,
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE | StatusCode::BAD_REQUEST
+            StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                | StatusCode::BAD_REQUEST
+                | StatusCode::URI_TOO_LONG
+                | StatusCode::NOT_IMPLEMENTED
         ) {
             // The rest of the request may still be on the wire: do not try to parse it.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -167,6 +184,16 @@ mod tests {
             (RequestError::BodyTooLarge { limit: 1 }.into(), 413, "body_too_large"),
             (RequestError::UriTooLong { limit: 1 }.into(), 414, "uri_too_long"),
             (RequestError::HeadersTooLarge.into(), 431, "headers_too_large"),
+            (RequestError::MissingHost.into(), 400, "missing_host"),
+            (RequestError::DuplicateHost.into(), 400, "duplicate_host"),
+            (RequestError::AuthorityMismatch.into(), 400, "host_mismatch"),
+            (
+                RequestError::UnsupportedTransferCoding("gzip, chunked".into()).into(),
+                501,
+                "unsupported_transfer_coding",
+            ),
+            (RequestError::RepeatedTransferEncoding.into(), 400, "bad_framing"),
+            (RequestError::Unparseable.into(), 400, "bad_request"),
             (ProxyError::Connect(ConnectError::Refused).into(), 502, "connect_refused"),
             (ProxyError::Connect(ConnectError::Timeout(Duration::from_secs(1))).into(), 504, "connect_timeout"),
             (ProxyError::ResponseTimeout(Duration::from_secs(1)).into(), 504, "read_timeout"),

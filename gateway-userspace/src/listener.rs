@@ -2,6 +2,7 @@
 //! choice, limits, idle and slow-header watchdog, graceful shutdown).
 
 mod conn;
+mod parse_refusal;
 pub mod socket;
 
 use std::{io, rc::Rc, time::Duration};

@@ -75,6 +75,7 @@ pub struct Metrics {
     upstream_duration: ShardedFamily<RouteLabels, HistogramShard>,
     proxy_overhead: ShardedFamily<RouteLabels, HistogramShard>,
     pub refusals: Family<OneLabel, Counter>,
+    pub dropped_headers: Family<OneLabel, Counter>,
     pub connections_active: Family<OneLabel, Gauge>,
     pub connections_total: Family<OneLabel, Counter>,
     pub worker_connections: Family<OneLabel, Counter>,
@@ -91,6 +92,7 @@ impl Metrics {
             upstream_duration: ShardedFamily::new(&LATENCY_BUCKETS),
             proxy_overhead: ShardedFamily::new(&OVERHEAD_BUCKETS),
             refusals: Family::default(),
+            dropped_headers: Family::default(),
             connections_active: Family::default(),
             connections_total: Family::default(),
             worker_connections: Family::default(),
@@ -118,6 +120,11 @@ impl Metrics {
             "gateway_http_refusals",
             "Requests the gateway answered itself, by reason",
             m.refusals.clone(),
+        );
+        registry.register(
+            "gateway_http_dropped_headers",
+            "Client request headers dropped before routing: `_` spellings of headers the gateway sets, or any `_` name (underscores_in_headers = false), by reason",
+            m.dropped_headers.clone(),
         );
         registry.register(
             "gateway_connections_active",

@@ -6,7 +6,9 @@
 //! continue or refuse with a [`GatewayError`]; refusals become responses in one place
 //! (`error.rs`). Policies hang on routes, so routing runs before any phase.
 
+mod client_headers;
 mod ctx;
+mod head;
 mod phases;
 
 use std::{future::Future, pin::Pin, rc::Rc, time::Instant};
@@ -16,6 +18,7 @@ use http::{HeaderValue, Request, Response, header, request, response, uri::PathA
 use hyper::body::Incoming;
 use thiserror::Error;
 
+pub use client_headers::ClientHeaders;
 pub use ctx::{ConnInfo, Outcome, RequestCtx, Timings};
 pub use phases::LatencyHeaders;
 
@@ -33,14 +36,28 @@ const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 pub enum RequestError {
     #[error("invalid request path: {0}")]
     BadPath(#[from] PathError),
-    #[error("missing or invalid Host header")]
+    #[error("invalid Host header")]
     BadHost,
+    #[error("an HTTP/1.1 request needs a Host header")]
+    MissingHost,
+    #[error("more than one Host header")]
+    DuplicateHost,
+    #[error("the Host header names another authority than :authority")]
+    AuthorityMismatch,
     #[error("request body is larger than the {limit} byte limit")]
     BodyTooLarge { limit: u64 },
-    #[error("request target is longer than the {limit} byte limit")]
+    #[error("request line (method and target) is longer than the {limit} byte limit")]
     UriTooLong { limit: usize },
     #[error("request headers are too large")]
     HeadersTooLarge,
+    #[error("transfer coding {0:?} is not implemented: only \"chunked\" alone")]
+    UnsupportedTransferCoding(String),
+    #[error("more than one Transfer-Encoding header")]
+    RepeatedTransferEncoding,
+    /// hyper's HTTP/1 parser refused the request head (the connection answers it, see
+    /// `listener::parse_refusal`).
+    #[error("the request could not be parsed as HTTP")]
+    Unparseable,
 }
 
 /// What a phase decided about a request.
@@ -117,12 +134,12 @@ async fn run(
     for phase in snapshot.pipeline.phases() {
         phase.before_route(ctx)?;
     }
-    check_head(&head, limits)?;
-    let host = request_host(&head)?;
+    let authority = head::check(&head, limits)?;
+    snapshot.client_headers.drop_from(&mut head.headers, &ctx.conn.worker.metrics);
+    let host = authority.as_ref().map(head::Authority::host);
     let normalized = crate::route::normalize_path(head.uri.path()).map_err(RequestError::BadPath)?;
     let path = normalized.as_deref().unwrap_or(head.uri.path());
-    let found =
-        snapshot.config.routes.find(host.as_deref(), path, &head.method, &head.headers).ok_or(GatewayError::NoRoute)?;
+    let found = snapshot.config.routes.find(host, path, &head.method, &head.headers).ok_or(GatewayError::NoRoute)?;
     let route = found.route;
     ctx.route = Some(route.index);
     ctx.service = Some(route.service);
@@ -141,12 +158,10 @@ async fn run(
         }
     }
 
-    let preserved_host = if route.preserve_host {
-        head.headers.get(header::HOST).cloned().or_else(|| authority_value(&head))
-    } else {
-        None
-    };
-    prepare_upstream_headers(ctx, snapshot, &mut head, host.as_deref());
+    // Route and upstream agree on the authority (absolute-form and :authority win over Host).
+    let preserved_host = authority.as_ref().filter(|_| route.preserve_host).and_then(head::Authority::header_value);
+    let chunked = head::needs_chunked_framing(&head.method, &body);
+    prepare_upstream_headers(ctx, snapshot, &mut head, authority.as_ref().map(head::Authority::as_str), chunked);
     let service = &snapshot.services[route.service];
     let body = RequestBody::new(body, limits.max_request_body, ctx.bytes_received.clone())
         .observed(std::mem::take(&mut ctx.request_observers));
@@ -165,45 +180,13 @@ async fn run(
     }
 }
 
-fn check_head(head: &request::Parts, limits: &crate::config::Limits) -> Result<(), RequestError> {
-    let target_len = head.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target_len > limits.max_request_line {
-        return Err(RequestError::UriTooLong { limit: limits.max_request_line });
-    }
-    // HTTP/2 has no head-size limit in hyper's sense: enforce ours on every version.
-    let header_bytes: usize = head.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    if header_bytes > limits.max_header_bytes || head.headers.len() > limits.max_headers {
-        return Err(RequestError::HeadersTooLarge);
-    }
-    let declared =
-        head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_request_body) {
-        return Err(RequestError::BodyTooLarge { limit: limits.max_request_body });
-    }
-    Ok(())
-}
-
-/// The request host, lower-cased and without port: HTTP/2 `:authority`, else `Host`.
-fn request_host(head: &request::Parts) -> Result<Option<String>, RequestError> {
-    let raw = match head.uri.authority() {
-        Some(a) => a.host().to_owned(),
-        None => match head.headers.get(header::HOST) {
-            None => return Ok(None),
-            Some(v) => {
-                let s = v.to_str().map_err(|_| RequestError::BadHost)?;
-                let auth: http::uri::Authority = s.parse().map_err(|_| RequestError::BadHost)?;
-                auth.host().to_owned()
-            }
-        },
-    };
-    Ok(Some(raw.to_ascii_lowercase()))
-}
-
-fn authority_value(head: &request::Parts) -> Option<HeaderValue> {
-    head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-}
-
-fn prepare_upstream_headers(ctx: &RequestCtx, snapshot: &Snapshot, head: &mut request::Parts, host: Option<&str>) {
+fn prepare_upstream_headers(
+    ctx: &RequestCtx,
+    snapshot: &Snapshot,
+    head: &mut request::Parts,
+    host: Option<&str>,
+    chunked: bool,
+) {
     let cookies_split =
         head.version == http::Version::HTTP_2 && head.headers.get_all(header::COOKIE).iter().count() > 1;
     if cookies_split {
@@ -214,9 +197,18 @@ fn prepare_upstream_headers(ctx: &RequestCtx, snapshot: &Snapshot, head: &mut re
         }
     }
     headers::remove_hop_by_hop(&mut head.headers);
+    if chunked {
+        head.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
     let trusted = &snapshot.config.server.trusted_proxies;
     let peer = ctx.conn.peer.ip();
-    let hop = headers::Hop { peer, trusted_peer: headers::is_trusted(peer, trusted), proto: ctx.conn.scheme, host };
+    let hop = headers::Hop {
+        peer,
+        trusted_peer: headers::is_trusted(peer, trusted),
+        proto: ctx.conn.scheme,
+        host,
+        port: ctx.conn.local.port(),
+    };
     headers::set_forwarded(&mut head.headers, &hop);
 }
 
@@ -257,6 +249,3 @@ fn respond_phases(ctx: &mut RequestCtx, snapshot: &Snapshot, head: &mut response
         phase.on_response(ctx, head);
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     kv::Kv,
     metrics::RequestMetrics,
-    pipeline::{LatencyHeaders, Phase, Pipeline},
+    pipeline::{ClientHeaders, LatencyHeaders, Phase, Pipeline},
     ratelimit::{LimitState, RateLimitPhase},
     tls::{ClientCertPhase, TlsParts, TlsRuntime, UpstreamTls},
     upstream::Service,
@@ -25,6 +25,8 @@ pub struct Snapshot {
     /// Running services, indexed like `config.services`.
     pub services: Vec<Service>,
     pub pipeline: Pipeline,
+    /// Client header names dropped before routing.
+    pub client_headers: ClientHeaders,
     /// The listeners' TLS server configs.
     pub tls: TlsRuntime,
 }
@@ -72,7 +74,8 @@ impl Snapshot {
             .collect();
         let tls = TlsRuntime::build(&config.listener_tls, &parts.tls);
         let pipeline = standard_pipeline(&config, parts);
-        Snapshot { generation, config, services, pipeline, tls }
+        let client_headers = ClientHeaders::new(&config);
+        Snapshot { generation, config, services, pipeline, client_headers, tls }
     }
 }
 

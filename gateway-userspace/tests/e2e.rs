@@ -21,6 +21,7 @@ mod e2e {
     mod parking;
     mod ratelimit;
     mod routing;
+    mod semantics;
     mod steering;
     mod supervision;
     mod tls;

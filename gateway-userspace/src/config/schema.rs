@@ -66,6 +66,11 @@ pub struct ServerSection {
     /// Peers (CIDRs) whose X-Forwarded-*/Forwarded headers are believed. Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Forward client headers whose name contains `_` (nginx's `underscores_in_headers`).
+    /// Default: false, they are dropped, as nginx does by default. Either way, a name that reads
+    /// as a header the gateway sets once `_` is read as `-` is always dropped.
+    #[serde(default)]
+    pub underscores_in_headers: bool,
     /// On SIGTERM, how long in-flight requests may take before the process exits. Default: 30s.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -89,6 +94,7 @@ impl Default for ServerSection {
             workers: Workers::default(),
             pin_workers: false,
             trusted_proxies: Vec::new(),
+            underscores_in_headers: false,
             drain_timeout: default_drain_timeout(),
             log_format: LogFormat::default(),
             log_level: default_log_level(),

@@ -87,6 +87,19 @@ fn semantic_errors_name_key_and_line() {
 }
 
 #[test]
+fn route_header_conditions_with_underscores_need_underscores_in_headers() {
+    let text = GOOD.replace("strip_path = true", "strip_path = true\nheaders = { \"x_version\" = [\"2\"] }");
+    let p = problems(&text);
+    assert_eq!((p.len(), p[0].key.as_str()), (1, "routes[0].headers.x_version"), "{p:?}");
+    assert!(p[0].reason.contains("underscores_in_headers"), "{}", p[0].reason);
+    let text = text.replace("workers = 2", "workers = 2\nunderscores_in_headers = true");
+    assert!(Config::load_str(&text, "test.toml").is_ok());
+    let p =
+        problems(&GOOD.replace("default_policy = \"none\"", "default_policy = \"none\"\napi_key_header = \"x_key\""));
+    assert_eq!((p.len(), p[0].key.as_str()), (1, "auth.api_key_header"), "{p:?}");
+}
+
+#[test]
 fn duplicate_routes_are_refused_naming_both() {
     let dup = r#"
 [[routes]]

@@ -77,7 +77,7 @@ impl Validator<'_> {
         let audit = self.audit(&f);
         let listener_tls = self.listener_tls(&f);
         let services = self.services(&f.services);
-        let routes = self.routes(&f.routes, &services);
+        let routes = self.routes(&f.routes, &services, f.server.underscores_in_headers);
         let consumers = Arc::new(self.consumers(&f));
         self.route_client_certs(&f, &listener_tls, &consumers);
         let demo = if f.demo.enabled {
@@ -159,6 +159,7 @@ impl Validator<'_> {
             steering,
             pin_workers: s.pin_workers,
             trusted_proxies,
+            underscores_in_headers: s.underscores_in_headers,
             drain_timeout: s.drain_timeout,
             log_format: s.log_format,
             log_level: s.log_level.clone(),
@@ -267,7 +268,7 @@ impl Validator<'_> {
         out
     }
 
-    fn routes(&mut self, sections: &[RouteSection], services: &[ServiceSpec]) -> RouteTable {
+    fn routes(&mut self, sections: &[RouteSection], services: &[ServiceSpec], underscores: bool) -> RouteTable {
         let mut names = HashSet::new();
         let mut routes = Vec::new();
         for (i, r) in sections.iter().enumerate() {
@@ -286,7 +287,7 @@ impl Validator<'_> {
                 hosts: self.route_hosts(r, i),
                 paths: self.route_paths(r, i),
                 methods: self.route_methods(r, i),
-                headers: self.route_headers(r, i),
+                headers: self.route_headers(r, i, underscores),
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
                 client_cert: r.client_cert,
@@ -349,10 +350,13 @@ impl Validator<'_> {
         out
     }
 
-    fn route_headers(&mut self, r: &RouteSection, i: usize) -> Vec<(HeaderName, Vec<String>)> {
+    fn route_headers(&mut self, r: &RouteSection, i: usize, underscores: bool) -> Vec<(HeaderName, Vec<String>)> {
         let mut out = Vec::new();
         for (name, values) in &r.headers {
             let at = || root("routes").index(i).key("headers").key(name);
+            if !self.client_header(at(), name, underscores) {
+                continue;
+            }
             match HeaderName::from_bytes(name.as_bytes()) {
                 Ok(h) if !values.is_empty() => out.push((h, values.iter().map(|v| v.to_ascii_lowercase()).collect())),
                 Ok(_) => self.problem(at(), "at least one accepted value is required"),
@@ -360,6 +364,22 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    /// Whether the gateway can read client header `name` at all: with `underscores_in_headers`
+    /// off, names with `_` are dropped before routing.
+    fn client_header(&mut self, at: KeyPath, name: &str, underscores: bool) -> bool {
+        if underscores || !name.contains('_') {
+            return true;
+        }
+        self.problem(
+            at,
+            format!(
+                "header {name:?} is never read: client headers with \"_\" are dropped before routing \
+                 ([server] underscores_in_headers = true keeps them)"
+            ),
+        );
+        false
     }
 
     fn socket_addr(&mut self, path: KeyPath, raw: &str) -> Option<SocketAddr> {

@@ -203,7 +203,7 @@ pub async fn serve_connection<I: ClientIo>(
         worker.open_connections.set(worker.open_connections.get() - 1);
         note_released(&worker);
     });
-    let mut conn_io = Some(WatchedIo { inner: io, conn: conn.clone(), prefix: Bytes::new() });
+    let mut conn_io = Some(WatchedIo { inner: io, conn: conn.clone(), prefix: Bytes::new(), refusal: Bytes::new() });
     let mut shutdown = shutdown;
     while let Some(io) = conn_io.take() {
         let parkable = proto == Proto::Http1 && io.inner.park_socket().is_some();
@@ -515,12 +515,15 @@ fn connection_error(conn: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
 }
 
 /// The client stream as hyper sees it: notes when a request head starts arriving on an idle
-/// connection, replays bytes a parked hyper connection had read ahead, and ends the stream when
-/// the connection is to be parked and nothing is waiting to be read.
+/// connection, replays bytes a parked hyper connection had read ahead, ends the stream when
+/// the connection is to be parked and nothing is waiting to be read, and writes hyper's own
+/// parser refusals as JSON (`parse_refusal`).
 struct WatchedIo<I> {
     inner: I,
     conn: Rc<ConnInfo>,
     prefix: Bytes,
+    /// The JSON refusal written in place of hyper's, while not all of it is written.
+    refusal: Bytes,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
@@ -563,16 +566,57 @@ impl<I> WatchedIo<I> {
     }
 }
 
+impl<I: AsyncWrite + Unpin> WatchedIo<I> {
+    /// Whether `buf` may be hyper's own refusal: written when no request of ours is in flight.
+    fn may_be_refusal(&self, buf: &[u8]) -> bool {
+        self.conn.active.get() == 0 && buf.starts_with(b"HTTP/1.1 ")
+    }
+
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.refusal.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.refusal))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let _ = self.refusal.split_to(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.refusal.is_empty()
+            && self.may_be_refusal(buf)
+            && let Some(json) = super::parse_refusal::rewrite(buf, &self.conn)
+        {
+            // hyper's bytes count as written; ours go out now or on the next write/flush.
+            self.refusal = json;
+            return match self.poll_refusal(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Ready(Ok(buf.len())),
+            };
+        }
+        std::task::ready!(self.poll_refusal(cx))?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
-    forward_flush_and_shutdown!();
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_refusal(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_refusal(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if let Some(first) = first.filter(|b| !self.refusal.is_empty() || self.may_be_refusal(b)) {
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 }

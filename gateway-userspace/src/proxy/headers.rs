@@ -9,7 +9,13 @@ use ipnet::IpNet;
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request headers this module sets (part of the gateway's owned names).
+pub fn owned_names() -> [&'static HeaderName; 6] {
+    [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &X_FORWARDED_PORT, &header::FORWARDED, &X_REQUEST_ID]
+}
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -69,11 +75,15 @@ pub struct Hop<'a> {
     pub peer: IpAddr,
     pub trusted_peer: bool,
     pub proto: &'static str,
+    /// The request's authority, `host[:port]` as routed.
     pub host: Option<&'a str>,
+    /// The gateway's port the client connected to (nginx's `$server_port`).
+    pub port: u16,
 }
 
-/// Sets X-Forwarded-For/-Proto/-Host and Forwarded. From a trusted peer the existing values are
-/// extended; from anyone else they are replaced, so clients cannot inject addresses.
+/// Sets X-Forwarded-For/-Proto/-Host/-Port and Forwarded. From a trusted peer the existing
+/// values are extended (For, Forwarded) or kept (Proto, Host, Port); from anyone else they are
+/// replaced, so clients cannot inject them.
 pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let peer = hop.peer.to_canonical();
     let xff = match (hop.trusted_peer, joined(headers, &X_FORWARDED_FOR)) {
@@ -91,6 +101,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
+    }
+    if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PORT)) {
+        headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(hop.port));
     }
     let node = match peer {
         IpAddr::V4(v4) => v4.to_string(),
@@ -161,11 +174,14 @@ mod tests {
         h.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
         assert_eq!(client_ip(peer, &h, &trusted()), peer);
-        set_forwarded(&mut h, &Hop { peer, trusted_peer: false, proto: "http", host: Some("api.example.com") });
+        h.insert(&X_FORWARDED_PORT, HeaderValue::from_static("1"));
+        let hop = Hop { peer, trusted_peer: false, proto: "http", host: Some("api.example.com:8080"), port: 8080 };
+        set_forwarded(&mut h, &hop);
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
-        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
-        assert_eq!(h[header::FORWARDED], "for=203.0.113.9;proto=http;host=\"api.example.com\"");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com:8080");
+        assert_eq!(h[&X_FORWARDED_PORT], "8080");
+        assert_eq!(h[header::FORWARDED], "for=203.0.113.9;proto=http;host=\"api.example.com:8080\"");
     }
 
     #[test]
@@ -173,18 +189,20 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.7, 10.1.1.1"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(&X_FORWARDED_PORT, HeaderValue::from_static("443"));
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(client_ip(peer, &h, &trusted()), "198.51.100.7".parse::<IpAddr>().unwrap());
-        set_forwarded(&mut h, &Hop { peer, trusted_peer: true, proto: "http", host: None });
+        set_forwarded(&mut h, &Hop { peer, trusted_peer: true, proto: "http", host: None, port: 8080 });
         assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.1.1.1, 10.0.0.2");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_PORT], "443");
     }
 
     #[test]
     fn ipv6_forwarded_nodes_are_quoted() {
         let mut h = HeaderMap::new();
         let peer: IpAddr = "2001:db8::1".parse().unwrap();
-        set_forwarded(&mut h, &Hop { peer, trusted_peer: false, proto: "http", host: None });
+        set_forwarded(&mut h, &Hop { peer, trusted_peer: false, proto: "http", host: None, port: 80 });
         assert_eq!(h[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
     }
 

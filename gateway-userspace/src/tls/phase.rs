@@ -161,10 +161,44 @@ fn refuse(e: ClientCertError) -> Step<'static> {
 fn set_cert_headers(head: &mut request::Parts, facts: &CertFacts) {
     head.headers.insert(&CLIENT_CERT_SUBJECT, header_value(&facts.subject));
     if !facts.sans.is_empty() {
-        head.headers.insert(&CLIENT_CERT_SAN, header_value(&facts.sans.join(", ")));
+        head.headers.insert(&CLIENT_CERT_SAN, san_list(&facts.sans));
     }
     head.headers.insert(&CLIENT_CERT_SHA256, header_value(&facts.sha256_hex()));
     head.headers.insert(&CLIENT_CERT_SERIAL, header_value(&facts.serial));
+}
+
+/// `X-Client-Cert-San`: an RFC 8941 List of Strings (`"DNS:a.example", "URI:spiffe://x"`), so
+/// a SAN holding `", URI:…"` stays one item; a SAN with bytes a String cannot hold (controls,
+/// non-ASCII) is an RFC 9651 Display String (`%"…"`, percent-encoded UTF-8). Hand-written: two
+/// escapes do not justify the `sfv` crate and its decimal dependency.
+fn san_list(sans: &[String]) -> HeaderValue {
+    let mut out = String::with_capacity(sans.iter().map(|s| s.len() + 4).sum());
+    for (i, san) in sans.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        if san.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            out.push('"');
+            for c in san.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        } else {
+            out.push_str("%\"");
+            for b in san.bytes() {
+                if (0x20..0x7f).contains(&b) && b != b'%' && b != b'"' {
+                    out.push(b as char);
+                } else {
+                    let _ = write!(out, "%{b:02x}");
+                }
+            }
+            out.push('"');
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Visible ASCII and spaces as they are; anything else (UTF-8 in a DN, control characters)
@@ -195,5 +229,16 @@ mod tests {
         assert_eq!(header_value("CN=a,O=b"), "CN=a,O=b");
         assert_eq!(header_value("CN=Müller"), "CN=M%C3%BCller");
         assert_eq!(header_value("CN=a\r\nX-Evil: 1"), "CN=a%0D%0AX-Evil: 1");
+    }
+
+    #[test]
+    fn sans_are_a_structured_list_of_strings() {
+        let sans = |s: &[&str]| san_list(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(sans(&["DNS:a.example", "IP:10.0.0.1"]), r#""DNS:a.example", "IP:10.0.0.1""#);
+        assert_eq!(
+            sans(&["URI:spiffe://a/b, URI:spiffe://admin", r#"email:"q"\x@y"#]),
+            r#""URI:spiffe://a/b, URI:spiffe://admin", "email:\"q\"\\x@y""#
+        );
+        assert_eq!(sans(&["DNS:m\u{fc}ller\r\n%\""]), r#"%"DNS:m%c3%bcller%0d%0a%25%22""#);
     }
 }

@@ -71,3 +71,24 @@ async fn trusted_proxies_are_extended_and_host_can_be_preserved() {
     let id = h["x-request-id"][0].as_str().unwrap();
     assert_eq!(id.len(), 36, "{id}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_host_keeps_the_port_and_the_port_is_forwarded() {
+    let u = Upstream::start("u");
+    let forged = |b: http::request::Builder| {
+        b.header("x-forwarded-port", "1").header("x-forwarded-host", "forged.example").body(Full::default()).unwrap()
+    };
+    // From a client: the gateway's own view, with the port the client named and the one it used.
+    let gw = Gateway::start(|p| config(p, &u, ""));
+    let r = send(&client(), forged(req("GET", &gw.url("/x"), "api.example.com:8443"))).await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-host"][0], "api.example.com:8443");
+    assert_eq!(h["x-forwarded-port"][0], gw.ports.listen.port().to_string());
+    assert_eq!(h["forwarded"][0], "for=127.0.0.1;proto=http;host=\"api.example.com:8443\"");
+    // From a trusted proxy: its X-Forwarded-Host and -Port are kept, like -Proto.
+    let gw = Gateway::start(|p| config(p, &u, "\"127.0.0.0/8\""));
+    let r = send(&client(), forged(req("GET", &gw.url("/x"), "api.example.com:8443"))).await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-host"][0], "forged.example");
+    assert_eq!(h["x-forwarded-port"][0], "1");
+}

@@ -148,6 +148,16 @@ impl Ca {
         self.leaf(self.params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth), KeyPair::generate().expect("key"))
     }
 
+    /// A client certificate with URI SANs (`spiffe://…`), verbatim.
+    pub fn client_with_uris(&self, cn: &str, uris: &[&str]) -> Leaf {
+        let mut p = self.params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth);
+        p.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).expect("IA5 URI")))
+            .collect();
+        self.leaf(p, KeyPair::generate().expect("key"))
+    }
+
     /// A client certificate that expired yesterday.
     pub fn expired_client(&self, cn: &str) -> Leaf {
         let mut p = self.params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth);

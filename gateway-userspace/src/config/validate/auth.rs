@@ -36,7 +36,7 @@ const ALL_ALGORITHMS: [Algorithm; 9] = [
 ];
 
 /// Headers an identity header must not be named after (the request would break or lie).
-const RESERVED_HEADERS: [&str; 12] = [
+const RESERVED_HEADERS: [&str; 13] = [
     "host",
     "authorization",
     "content-length",
@@ -47,6 +47,7 @@ const RESERVED_HEADERS: [&str; 12] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-port",
     "forwarded",
     "x-request-id",
 ];
@@ -56,6 +57,11 @@ fn fail_mode(m: FailMode) -> OutageMode {
         FailMode::FailClosed => OutageMode::FailClosed,
         FailMode::FailOpen => OutageMode::FailOpen,
     }
+}
+
+/// Reserved in any spelling: CGI reads `x_forwarded_for` as `X-Forwarded-For`.
+fn reserved(name: &str) -> bool {
+    RESERVED_HEADERS.contains(&name.replace('_', "-").as_str())
 }
 
 impl Validator<'_> {
@@ -80,6 +86,7 @@ impl Validator<'_> {
             }
         }
         let api_key_header = self.header_name(at().key("api_key_header"), &a.api_key_header);
+        self.client_header(at().key("api_key_header"), &a.api_key_header, f.server.underscores_in_headers);
         let headers = self.identity_headers(a);
         let issuers: Vec<IssuerSpec> = a.issuers.iter().enumerate().filter_map(|(i, s)| self.issuer(i, s)).collect();
         let (consumers, api_keys) = self.consumer_credentials(&f.consumers);
@@ -128,7 +135,7 @@ impl Validator<'_> {
 
     fn header_name(&mut self, path: KeyPath, raw: &str) -> Option<http::HeaderName> {
         match interned::header_name(raw) {
-            Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => {
+            Ok(h) if reserved(h.as_str()) => {
                 self.problem(path, format!("{raw:?} is a header the gateway or HTTP itself manages"));
                 None
             }
@@ -156,7 +163,7 @@ impl Validator<'_> {
         let mut problems = Vec::new();
         for (key, raw, slot) in fields {
             match interned::header_name(raw) {
-                Ok(name) if RESERVED_HEADERS.contains(&name.as_str()) => {
+                Ok(name) if reserved(name.as_str()) => {
                     problems.push((at(key), format!("{raw:?} is a header the gateway or HTTP itself manages")));
                 }
                 Ok(name) if !seen.insert(name.clone()) => {

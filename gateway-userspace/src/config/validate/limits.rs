@@ -131,7 +131,7 @@ impl Validator<'_> {
             let s: &RateLimitSection = s;
             self.layer_name(at().key("name"), &s.name, names);
             let routes = self.route_refs(at().key("routes"), &s.routes, f);
-            let key = self.key_sources(at().key("key"), &s.key);
+            let key = self.key_sources(at().key("key"), &s.key, f.server.underscores_in_headers);
             self.limit_value(at().key("limit"), s.limit);
             let backend = self.backend(at, s.backend, s.on_redis_error, redis);
             if !(1..=128).contains(&s.ipv6_prefix) {
@@ -167,7 +167,7 @@ impl Validator<'_> {
             self.layer_name(at().key("name"), &s.name, names);
             let routes = self.route_refs(at().key("routes"), &s.routes, f);
             let key = match &s.key {
-                Some(k) => self.key_sources(at().key("key"), k),
+                Some(k) => self.key_sources(at().key("key"), k, f.server.underscores_in_headers),
                 None => vec![KeySource::Workspace],
             };
             if s.daily_tokens == 0 {
@@ -231,7 +231,7 @@ impl Validator<'_> {
         Some(out)
     }
 
-    fn key_sources(&mut self, at: KeyPath, list: &KeyList) -> Vec<KeySource> {
+    fn key_sources(&mut self, at: KeyPath, list: &KeyList, underscores: bool) -> Vec<KeySource> {
         let names = list.names();
         if names.is_empty() {
             self.problem(at.clone(), "at least one key source is required");
@@ -239,6 +239,11 @@ impl Validator<'_> {
         let mut out: Vec<KeySource> = Vec::new();
         for (j, n) in names.iter().enumerate() {
             let here = || if matches!(list, KeyList::Many(_)) { at.clone().index(j) } else { at.clone() };
+            if let Some(name) = n.strip_prefix("header:")
+                && !self.client_header(here(), name, underscores)
+            {
+                continue;
+            }
             match n.parse::<KeySource>() {
                 Ok(k) if out.contains(&k) => self.problem(here(), format!("key source {n:?} is listed twice")),
                 Ok(k) => out.push(k),
