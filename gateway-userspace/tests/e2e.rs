@@ -11,6 +11,7 @@ mod e2e {
     mod config_cli;
     mod headers;
     mod identity;
+    mod idp_faults;
     mod lifecycle;
     mod limits;
     mod observability;
