@@ -239,7 +239,7 @@ impl Breaker {
             s.failures = 0;
             s.trial_taken = false;
             s.state = BreakerState::Closed;
-        } else if trial || from == BreakerState::HalfOpen {
+        } else if trial && from == BreakerState::HalfOpen {
             s.trial_taken = false;
             s.state = BreakerState::Open;
             s.open_until = now + self.spec.cool_down;
@@ -250,7 +250,8 @@ impl Breaker {
                 s.open_until = now + self.spec.cool_down;
             }
         }
-        // (Open and a call admitted before it opened failed too: nothing more to learn.)
+        // (A call admitted before the breaker opened failed too, while it is open or its trial
+        // is under way: nothing more to learn; the trial decides.)
         let to = s.state;
         let failures = s.failures;
         drop(s);
@@ -422,6 +423,9 @@ mod tests {
         assert!(b.admit(t1, false).is_err(), "requests wait for the probe's verdict");
         let trial = b.admit(t1, true).expect("the probe goes");
         assert!(b.admit(t1, false).is_err());
+        // A late failure of a call admitted before the breaker opened does not decide.
+        b.record(false, false, t1);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
         trial.record(true, t1);
         assert_eq!((b.state(), b.refusing(t1)), (BreakerState::Closed, None));
     }
