@@ -230,19 +230,20 @@ async fn idp_faults_trip_the_breaker_and_concurrent_introspections_coalesce() {
     assert!(replies.iter().all(|(r, _)| r.status == 200), "{:?}", replies[0].0.body);
     phases.push(Phase::new("none", "new token each", &replies));
 
-    // Slow: 8 concurrent requests for one uncached token make one IdP call; all get its answer.
-    idp.set_delay(Duration::from_millis(500));
+    // Slow: 8 concurrent requests for one uncached token make one IdP call; all get its answer
+    // (the answer takes long enough for all 8 to arrive while it is awaited).
+    idp.set_delay(Duration::from_secs(1));
     let before = idp.introspection_hits();
     let coalesced = gw.metric("gateway_auth_introspection_coalesced_total", &[("issuer", "idp")]);
     let replies = concurrently(&gw, &vec!["slow-shared-0".to_owned(); 8]).await;
     assert!(replies.iter().all(|(r, _)| r.status == 200), "{:?}", replies[0].0.body);
     assert_eq!(idp.introspection_hits() - before, 1, "8 concurrent requests for one token made several IdP calls");
     assert_eq!(gw.metric("gateway_auth_introspection_coalesced_total", &[("issuer", "idp")]) - coalesced, 7.0);
-    phases.push(Phase::new("slow (500 ms answers)", "8 concurrent, one token", &replies));
-    let replies = sequentially(&gw, &tokens("slow", 8)).await;
+    phases.push(Phase::new("slow (1 s answers)", "8 concurrent, one token", &replies));
+    let replies = sequentially(&gw, &tokens("slow", 5)).await;
     assert!(replies.iter().all(|(r, _)| r.status == 200));
     assert_eq!(breaker_state(&gw), 0.0, "a slow IdP is not an unreachable one");
-    phases.push(Phase::new("slow (500 ms answers)", "new token each", &replies));
+    phases.push(Phase::new("slow (1 s answers)", "new token each", &replies));
     idp.set_delay(Duration::ZERO);
 
     // Hung: the first calls wait the timeout; that opens the breaker.
@@ -256,7 +257,11 @@ async fn idp_faults_trip_the_breaker_and_concurrent_introspections_coalesce() {
     assert_eq!(gw.metric("gateway_auth_idp_breaker_transitions_total", &[("issuer", "idp"), ("to", "open")]), 1.0);
     // Open, half-open with the probe hanging, open again: nobody waits.
     let replies = spread_failing_fast(&gw, &tokens("hung", 30), Duration::from_secs(5), "IdP hung, breaker open").await;
-    phases.push(Phase::new("hung (SIGSTOP)", "new token each, breaker open", &replies));
+    phases.push(Phase::new(
+        "hung (SIGSTOP)",
+        "new token each over 5 s, breaker open or half-open (probe under way)",
+        &replies,
+    ));
     // An unknown kid cannot be refetched either: refused at once, no refetch.
     let refetches = gw.metric("gateway_auth_jwks_unknown_kid_refetches_total", &[("issuer", "idp")]);
     let unknown = Key::es256().token(
@@ -286,7 +291,11 @@ async fn idp_faults_trip_the_breaker_and_concurrent_introspections_coalesce() {
     assert_ne!(breaker_state(&gw), 0.0, "3 refused connections did not open the breaker");
     let replies =
         spread_failing_fast(&gw, &tokens("down", 30), Duration::from_secs(5), "IdP killed, breaker open").await;
-    phases.push(Phase::new("down (SIGKILL)", "new token each, breaker open", &replies));
+    phases.push(Phase::new(
+        "down (SIGKILL)",
+        "new token each over 5 s, breaker open or half-open (probe under way)",
+        &replies,
+    ));
 
     // Restarted on the same port: the next probe closes the breaker.
     idp.restart();
