@@ -28,6 +28,7 @@
 //! interval are refused at once with `unknown_kid`.
 
 mod api_key;
+mod breaker;
 mod cache;
 mod identify;
 mod idp_http;
@@ -54,8 +55,9 @@ pub use metrics::AuthMetrics;
 pub use policy::{Credential, Mode, Policy, RoutePolicy};
 pub use revocation::{RevocationError, Revocations};
 pub use spec::{
-    AuthSpec, ConsumerSpec, IdentityHeaders, IntrospectionCacheKind, IntrospectionSpec, IssuerSpec, KeySource, Named,
-    OutageMode, RefreshSpec, RevocationSpec, RevocationStoreKind, TokenSources, interned,
+    AuthSpec, BreakerSpec, ConsumerSpec, IdentityHeaders, IntrospectionCacheKind, IntrospectionSpec, IssuerSpec,
+    KeySource, Named, OutageMode, RETRIES_WITHIN_GRACE, RefreshSpec, RevocationSpec, RevocationStoreKind, TokenSources,
+    interned,
 };
 
 use crate::{kv::Kv, metrics::Readiness};
@@ -95,6 +97,9 @@ pub enum AuthError {
     InsufficientScope { required: Arc<str> },
     #[error("the identity provider is unavailable")]
     IdpUnavailable,
+    /// The issuer's circuit breaker is open: the IdP was not asked.
+    #[error("the identity provider is unavailable (not asked again for {retry_after}s)")]
+    IdpCircuitOpen { retry_after: u64 },
     #[error("the revocation list is unavailable")]
     RevocationUnavailable,
 }
@@ -117,7 +122,7 @@ impl AuthError {
             AuthError::CertMismatch => "cert_mismatch",
             AuthError::CertRequired => "cert_required",
             AuthError::InsufficientScope { .. } => "insufficient_scope",
-            AuthError::IdpUnavailable => "idp_unavailable",
+            AuthError::IdpUnavailable | AuthError::IdpCircuitOpen { .. } => "idp_unavailable",
             AuthError::RevocationUnavailable => "revocation_unavailable",
         }
     }
@@ -127,7 +132,9 @@ impl AuthError {
             AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             // Not the client's fault: retry later, do not re-authenticate (which would only add
             // load on an IdP that is already down).
-            AuthError::IdpUnavailable | AuthError::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::IdpUnavailable | AuthError::IdpCircuitOpen { .. } | AuthError::RevocationUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -142,7 +149,9 @@ impl AuthError {
                 quoted(&self.to_string()),
                 quoted(required)
             ),
-            AuthError::IdpUnavailable | AuthError::RevocationUnavailable => return None,
+            AuthError::IdpUnavailable | AuthError::IdpCircuitOpen { .. } | AuthError::RevocationUnavailable => {
+                return None;
+            }
             _ => format!(
                 "Bearer realm=\"gatewayd\", error=\"invalid_token\", error_description=\"{}\"",
                 quoted(&self.to_string())
@@ -153,7 +162,11 @@ impl AuthError {
 
     /// Seconds a client should wait before retrying (503s only).
     pub fn retry_after(&self) -> Option<u64> {
-        matches!(self, AuthError::IdpUnavailable | AuthError::RevocationUnavailable).then_some(5)
+        match self {
+            AuthError::IdpCircuitOpen { retry_after } => Some(*retry_after),
+            AuthError::IdpUnavailable | AuthError::RevocationUnavailable => Some(5),
+            _ => None,
+        }
     }
 }
 
@@ -249,6 +262,9 @@ mod tests {
         assert_eq!(AuthError::InsufficientScope { required: "x".into() }.status(), 403);
         assert_eq!(AuthError::IdpUnavailable.status(), 503);
         assert!(AuthError::IdpUnavailable.challenge().is_none());
+        let open = AuthError::IdpCircuitOpen { retry_after: 3 };
+        assert_eq!((open.status().as_u16(), open.reason(), open.retry_after()), (503, "idp_unavailable", Some(3)));
+        assert!(open.challenge().is_none());
     }
 
     #[test]

@@ -109,13 +109,14 @@ impl GatewayError {
         }
     }
 
-    /// Server errors whose cause is already logged once where it happened (a Redis outage), so
-    /// a refusal per request would only flood the log.
+    /// Server errors whose cause is already logged once where it happened (a Redis or IdP
+    /// outage), so a refusal per request would only flood the log.
     pub fn logged_at_source(&self) -> bool {
         matches!(
             self,
             GatewayError::RateLimit(RateLimitError::Unavailable { .. })
                 | GatewayError::Budget(BudgetError::Unavailable { .. })
+                | GatewayError::Auth(AuthError::IdpUnavailable | AuthError::IdpCircuitOpen { .. })
         )
     }
 

@@ -14,6 +14,7 @@ mod e2e {
     mod h2_flood;
     mod headers;
     mod identity;
+    mod idp_faults;
     mod lifecycle;
     mod limits;
     mod observability;

@@ -21,11 +21,13 @@ use http::{HeaderValue, header, request};
 
 use super::{
     AuthError, AuthMetrics, AuthSpec, Credential, IntrospectionCacheKind, IntrospectionSpec, Mode, Policy, RoutePolicy,
+    breaker::retry_after_secs,
     cache::{self, Entry, TokenHash, Validated, WorkerCache},
     idp_http::IdpClient,
     introspection::{
-        Introspected, introspect,
+        Introspected, IntrospectionError, introspect,
         shared::{self, SharedAnswers, Stored},
+        single_flight::SingleFlight,
     },
     jwks::{Freshness, IssuerKeys},
     jwt::{self, ClaimsOf},
@@ -51,6 +53,8 @@ pub struct IdentifyPhase {
     introspectors: Vec<Option<IdpClient>>,
     /// The fleet-wide introspection cache, indexed like `spec.issuers` (`cache = "redis"`).
     shared: Vec<Option<SharedAnswers>>,
+    /// Introspections under way, by issuer index and token digest (one call per token).
+    flights: SingleFlight<(usize, TokenHash), Result<Arc<Stored>, AuthError>>,
     revocations: Arc<Revocations>,
     metrics: AuthMetrics,
 }
@@ -151,6 +155,7 @@ impl IdentifyPhase {
             issuers,
             introspectors,
             shared,
+            flights: SingleFlight::default(),
             revocations,
             metrics,
         }
@@ -514,6 +519,12 @@ impl IdentifyPhase {
             match io {
                 Io::Keys(index) => {
                     let keys = &self.issuers[index];
+                    if let Some(wait) = keys.breaker().refusing(std::time::Instant::now()) {
+                        // The refetch would be refused: the key cannot be checked now.
+                        keys.breaker().rejected();
+                        let e = AuthError::IdpCircuitOpen { retry_after: retry_after_secs(wait) };
+                        return Err(self.refused(ctx, e));
+                    }
                     let events = keys.fetch_events();
                     if keys.request_refetch(unix_now_ms()) {
                         keys.wait_fetch(events).await;
@@ -564,16 +575,35 @@ impl IdentifyPhase {
         let presented = self.presented(head, ctx, policy)?;
         let token = presented.bearer.as_deref().unwrap_or_default();
         let spec = &self.spec.issuers[index];
-        let (Some(settings), Some(client)) = (spec.introspection.as_ref(), self.introspectors[index].as_ref()) else {
-            return Err(AuthError::IdpUnavailable);
-        };
+        let Some(settings) = spec.introspection.as_ref() else { return Err(AuthError::IdpUnavailable) };
         let digest = cache::hash(token);
+        let (answer, coalesced) =
+            self.flights.run((index, digest), || self.answer(index, settings, token, &digest)).await;
+        if coalesced {
+            self.metrics.introspection_coalesced(&spec.name);
+        }
+        let stored = answer?;
+        let now = Now::get();
+        let entry = self.entry(index, settings, &stored.answer, stored.at, now)?;
+        WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.put(digest, entry));
+        Ok(())
+    }
+
+    /// The answer about one token: from the fleet-wide cache, else from the IdP (then stored in
+    /// the fleet-wide cache). Run once for all the requests that want it at the same time.
+    async fn answer(
+        &self,
+        index: usize,
+        settings: &IntrospectionSpec,
+        token: &str,
+        digest: &TokenHash,
+    ) -> Result<Arc<Stored>, AuthError> {
+        let Some(client) = self.introspectors[index].as_ref() else { return Err(AuthError::IdpUnavailable) };
         let fleet = self.shared[index].as_ref();
         if let Some(fleet) = fleet
-            && let Some(entry) = self.shared_lookup(fleet, index, settings, &digest).await?
+            && let Some(stored) = self.shared_lookup(fleet, index, settings, digest).await
         {
-            WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.put(digest, entry));
-            return Ok(());
+            return Ok(Arc::new(stored));
         }
         let keys = &self.issuers[index];
         if keys.introspection_endpoint().is_none() && keys.freshness(unix_now_ms()) == Freshness::NotYet {
@@ -588,33 +618,39 @@ impl IdentifyPhase {
             return Err(AuthError::IdpUnavailable);
         };
         let started = Instant::now();
-        let answer = introspect(client, &endpoint, settings, token).await;
-        self.metrics.validation("introspection", started.elapsed().as_secs_f64());
+        let answer = introspect(client, keys.breaker(), &endpoint, settings, token).await;
         let now = Now::get();
         let answer = match answer {
             Ok(answer) => answer,
-            Err(why) => {
+            Err(IntrospectionError::CircuitOpen(open)) => {
+                // Not a call: counted by the breaker, logged when it opened.
+                return Err(AuthError::IdpCircuitOpen { retry_after: open.retry_after().unwrap_or(1) });
+            }
+            Err(IntrospectionError::Failed(why)) => {
+                self.metrics.validation("introspection", started.elapsed().as_secs_f64());
                 self.metrics.introspection("error");
-                self.issuers[index].warn_limited(&why);
+                keys.warn_limited(&why);
                 return Err(AuthError::IdpUnavailable);
             }
         };
+        self.metrics.validation("introspection", started.elapsed().as_secs_f64());
         self.metrics.introspection(match answer {
             Introspected::Active(_) => "active",
             Introspected::Inactive => "inactive",
         });
-        let entry = self.entry(index, settings, &answer, now.secs, now)?;
-        if let Some(fleet) = fleet {
+        let stored = Stored { at: now.secs, answer };
+        if let Some(fleet) = fleet
+            && let Ok(entry) = self.entry(index, settings, &stored.answer, now.secs, now)
+        {
             let ttl = match &entry {
                 Entry::Valid(v) => shared::active_ttl(settings.cache_ttl, v.claims.expires, now.ms),
                 Entry::Inactive { .. } => Some(settings.negative_cache_ttl),
             };
             if let Some(ttl) = ttl {
-                fleet.put(&digest, &Stored { at: now.secs, answer }, ttl);
+                fleet.put(digest, &stored, ttl);
             }
         }
-        WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.put(digest, entry));
-        Ok(())
+        Ok(Arc::new(stored))
     }
 
     /// What an introspection answer given at `at` (unix seconds) means for this issuer now:
@@ -659,33 +695,32 @@ impl IdentifyPhase {
         index: usize,
         settings: &IntrospectionSpec,
         digest: &TokenHash,
-    ) -> Result<Option<Entry>, AuthError> {
+    ) -> Option<Stored> {
         let stored = match shared.get(digest).await {
             Ok(Some(stored)) => stored,
             Ok(None) => {
                 self.metrics.introspection_cache("miss");
-                return Ok(None);
+                return None;
             }
             Err(e) => {
                 self.metrics.introspection_cache("error");
                 tracing::debug!(error = %e, "introspection cache lookup failed; asking the IdP");
-                return Ok(None);
+                return None;
             }
         };
         // Read after the lookup: the entry must be fresh when the phase decides again.
         let now = Now::get();
-        let entry = self.entry(index, settings, &stored.answer, stored.at, now);
-        let fresh = match &entry {
+        let fresh = match self.entry(index, settings, &stored.answer, stored.at, now) {
             Ok(Entry::Valid(v)) => v.valid_until > now.secs,
-            Ok(Entry::Inactive { until }) => *until > now.secs,
+            Ok(Entry::Inactive { until }) => until > now.secs,
             Err(_) => true,
         };
         if !fresh {
             self.metrics.introspection_cache("miss");
-            return Ok(None);
+            return None;
         }
         self.metrics.introspection_cache("hit");
-        entry.map(Some)
+        Some(stored)
     }
 }
 

@@ -4,9 +4,12 @@
 //! (`ArcSwap`); a task on the control runtime refreshes it: OIDC discovery (when configured),
 //! then the JWKS, every `max-age` of the answer clamped to `[min_refresh_interval,
 //! refresh_interval]`, sooner when a token names an unknown `kid` (at most once per
-//! `unknown_kid_refetch_interval`). When refreshes fail the last keys stay in use; once no
-//! refresh succeeded for `idp_outage_grace` the issuer fails closed (unless configured to fail
-//! open) — logged once, counted, and shown in `/readyz`.
+//! `unknown_kid_refetch_interval`). A failed refresh is retried (1 s, 2 s, 4 s, … at most
+//! `min_refresh_interval`) and the last keys stay in use; once refreshes have been failing for
+//! `idp_outage_grace`, counted from the first failed one, the issuer fails closed (unless
+//! configured to fail open) — logged once, counted, and shown in `/readyz`. A healthy IdP never
+//! makes an issuer fail closed, whatever `refresh_interval` is. Every fetch goes through the
+//! issuer's circuit breaker ([`Breaker`]), which the introspection calls share.
 
 use std::{
     sync::{
@@ -24,6 +27,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{
     AuthEnv, IssuerSpec, KeySource, OutageMode,
+    breaker::Breaker,
     idp_http::{IdpClient, max_age},
     unix_now_ms,
 };
@@ -241,7 +245,7 @@ pub enum Freshness {
     /// Never fetched yet: a request may wait for the first fetch.
     NotYet,
     Usable,
-    /// No successful refresh for longer than the grace period and the issuer fails closed.
+    /// Refreshes failing for longer than the grace period and the issuer fails closed.
     FailedClosed,
 }
 
@@ -254,6 +258,11 @@ pub struct IssuerKeys {
     version: AtomicU64,
     /// Unix ms of the last successful fetch; 0 = never; `u64::MAX` for static keys.
     last_success_ms: AtomicU64,
+    /// Unix ms of the first failed fetch since the last success; 0 = the last fetch succeeded.
+    /// The grace period counts from here.
+    first_failure_ms: AtomicU64,
+    /// In front of every call to this issuer's IdP (keys and introspection).
+    breaker: Arc<Breaker>,
     /// Completed fetch attempts, successful or not (requests waiting for keys watch it).
     fetches: watch::Sender<u64>,
     wake: Arc<Notify>,
@@ -286,13 +295,25 @@ impl IssuerKeys {
             KeySource::None => (KeySet::default(), u64::MAX),
             _ => (KeySet::default(), 0),
         };
+        let wake = Arc::new(Notify::new());
+        let breaker =
+            Arc::new(Breaker::new(spec.name.clone(), spec.breaker.clone(), env.metrics.clone(), Some(wake.clone())));
+        if let Some(url) = spec.probe_url() {
+            let timeout = match &spec.keys {
+                KeySource::Discovery { .. } | KeySource::JwksUri { .. } => spec.refresh.fetch_timeout,
+                _ => spec.introspection.as_ref().map_or(spec.refresh.fetch_timeout, |i| i.timeout),
+            };
+            breaker.start_probe(IdpClient::new(spec.tls.clone()), url.to_owned(), timeout);
+        }
         let this = Arc::new(IssuerKeys {
             spec: spec.clone(),
             keys: ArcSwap::from_pointee(keys),
             version: AtomicU64::new(1),
             last_success_ms: AtomicU64::new(last),
+            first_failure_ms: AtomicU64::new(0),
+            breaker,
             fetches: watch::Sender::new(0),
-            wake: Arc::new(Notify::new()),
+            wake,
             last_kid_refetch_ms: AtomicU64::new(0),
             fetching: AtomicBool::new(false),
             introspection_endpoint: ArcSwapOption::new(
@@ -325,7 +346,13 @@ impl IssuerKeys {
     /// keep using the keys.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        self.breaker.retire();
         self.wake.notify_one();
+    }
+
+    /// The issuer's circuit breaker (introspection calls go through it too).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// Clears what a removed issuer left in `/readyz` and the gauges.
@@ -372,15 +399,23 @@ impl IssuerKeys {
     }
 
     pub fn freshness(&self, now_ms: u64) -> Freshness {
-        let last = self.last_success_ms.load(Ordering::Acquire);
-        if last == 0 {
+        if self.last_success_ms.load(Ordering::Acquire) == 0 {
             return Freshness::NotYet;
         }
-        let grace = self.spec.refresh.outage_grace.as_millis() as u64;
-        if self.spec.refresh.on_outage == OutageMode::FailClosed && now_ms.saturating_sub(last) > grace {
-            Freshness::FailedClosed
+        match self.grace_deadline_ms() {
+            Some(deadline) if now_ms >= deadline => Freshness::FailedClosed,
+            _ => Freshness::Usable,
+        }
+    }
+
+    /// Records a completed fetch: a success ends a failing streak, the first failure of a
+    /// streak starts the grace period.
+    fn record_fetch(&self, ok: bool, now_ms: u64) {
+        if ok {
+            self.last_success_ms.store(now_ms, Ordering::Release);
+            self.first_failure_ms.store(0, Ordering::Release);
         } else {
-            Freshness::Usable
+            let _ = self.first_failure_ms.compare_exchange(0, now_ms.max(1), Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
@@ -422,7 +457,8 @@ impl IssuerKeys {
         let timeout = self.spec.refresh.fetch_timeout;
         let jwks_url = match &self.spec.keys {
             KeySource::Discovery { url } => {
-                let doc = client.get(url, timeout).await.map_err(|e| format!("discovery {url}: {e}"))?;
+                let doc =
+                    self.breaker.call(client.get(url, timeout)).await.map_err(|e| format!("discovery {url}: {e}"))?;
                 if !doc.status.is_success() {
                     return Err(format!("discovery {url}: answered {}", doc.status));
                 }
@@ -446,7 +482,8 @@ impl IssuerKeys {
         if !(jwks_url.starts_with("https://") || jwks_url.starts_with("http://")) {
             return Err(format!("jwks_uri {jwks_url:?} is not an http(s) URL"));
         }
-        let answer = client.get(&jwks_url, timeout).await.map_err(|e| format!("jwks {jwks_url}: {e}"))?;
+        let answer =
+            self.breaker.call(client.get(&jwks_url, timeout)).await.map_err(|e| format!("jwks {jwks_url}: {e}"))?;
         if !answer.status.is_success() {
             return Err(format!("jwks {jwks_url}: answered {}", answer.status));
         }
@@ -474,15 +511,12 @@ impl IssuerKeys {
         match self.freshness(now_ms) {
             Freshness::FailedClosed => {
                 if !self.reported_closed.swap(true, Ordering::AcqRel) {
-                    tracing::error!(issuer = %name, grace = ?self.spec.refresh.outage_grace, error = error.unwrap_or(""), "identity provider unreachable for longer than the grace period: refusing this issuer's tokens until a key refresh succeeds");
+                    tracing::error!(issuer = %name, grace = ?self.spec.refresh.outage_grace, error = error.unwrap_or(""), "key refreshes failing for longer than the grace period: refusing this issuer's tokens until a key refresh succeeds");
                     self.env.metrics.set_failed_closed(name, true);
                 }
                 self.env.readiness.set_detail(
                     &detail,
-                    Some(format!(
-                        "failed closed: no successful key refresh for over {:?}",
-                        self.spec.refresh.outage_grace
-                    )),
+                    Some(format!("failed closed: key refreshes failing for over {:?}", self.spec.refresh.outage_grace)),
                 );
             }
             Freshness::NotYet => {
@@ -510,11 +544,12 @@ impl IssuerKeys {
         }
     }
 
-    /// When (unix ms) the grace period ends without a successful refresh.
+    /// When (unix ms) the issuer fails closed unless a refresh succeeds first: the grace period
+    /// after the first failed refresh. `None` while refreshes succeed (or in fail-open mode).
     fn grace_deadline_ms(&self) -> Option<u64> {
-        let last = self.last_success_ms.load(Ordering::Acquire);
-        (self.spec.refresh.on_outage == OutageMode::FailClosed && last != 0 && last != u64::MAX)
-            .then(|| last.saturating_add(self.spec.refresh.outage_grace.as_millis() as u64 + 1))
+        let first = self.first_failure_ms.load(Ordering::Acquire);
+        (self.spec.refresh.on_outage == OutageMode::FailClosed && first != 0)
+            .then(|| first.saturating_add(self.spec.refresh.outage_grace.as_millis() as u64 + 1))
     }
 }
 
@@ -536,18 +571,17 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, wake: Arc<Notify>, client: IdpClie
             let result = this.fetch(&client).await;
             this.fetching.store(false, Ordering::Release);
             let now = unix_now_ms();
+            this.record_fetch(result.is_ok(), now);
+            this.env.metrics.refreshed(&this.spec.name, result.is_ok(), now);
             let (next, error) = match result {
                 Ok(ttl) => {
                     failures = 0;
-                    this.last_success_ms.store(now, Ordering::Release);
-                    this.env.metrics.refreshed(&this.spec.name, true, now);
                     (ttl, None)
                 }
                 Err(e) => {
                     failures += 1;
-                    this.env.metrics.refreshed(&this.spec.name, false, now);
                     tracing::debug!(issuer = %this.spec.name, error = %e, attempt = failures, "key refresh failed");
-                    (retry_delay(&this, failures), Some(e))
+                    (this.spec.refresh.retry_delay(failures), Some(e))
                 }
             };
             this.report(now, error.as_deref());
@@ -576,11 +610,6 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, wake: Arc<Notify>, client: IdpClie
             this.report(unix_now_ms(), error.as_deref());
         }
     }
-}
-
-/// 1 s, 2 s, 4 s, … after failed attempts, at most `min_refresh_interval`.
-fn retry_delay(this: &IssuerKeys, failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(10)).min(this.spec.refresh.min_interval)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::breaker::BreakerState;
 use crate::metrics::{CounterShard, HistogramShard, LabelValue, Labels, ShardedFamily};
 
 /// Validation latency buckets (seconds): cached lookups are microseconds, signatures tens of
@@ -30,6 +31,10 @@ struct Inner {
     revocation_errors: Family<Labels<1>, Counter>,
     introspections: Family<Labels<1>, Counter>,
     introspection_cache: Family<Labels<1>, Counter>,
+    introspection_coalesced: Family<Labels<1>, Counter>,
+    breaker_state: Family<Labels<1>, Gauge>,
+    breaker_transitions: Family<Labels<2>, Counter>,
+    breaker_rejections: Family<Labels<1>, Counter>,
 }
 
 /// Registered once at startup; cheap to clone.
@@ -58,6 +63,10 @@ impl Default for AuthMetrics {
             revocation_errors: Family::default(),
             introspections: Family::default(),
             introspection_cache: Family::default(),
+            introspection_coalesced: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            breaker_rejections: Family::default(),
         }))
     }
 }
@@ -142,6 +151,26 @@ impl AuthMetrics {
             "gateway_auth_introspection_cache",
             "Lookups in the shared (Redis) introspection cache, by result (hit, miss, error: Redis could not answer or held an unusable value; the IdP is asked)",
             i.introspection_cache.clone(),
+        );
+        registry.register(
+            "gateway_auth_introspection_coalesced",
+            "Introspections a request did not make because a concurrent request for the same token was already asking the IdP (it took that answer), by issuer",
+            i.introspection_coalesced.clone(),
+        );
+        registry.register(
+            "gateway_auth_idp_breaker_state",
+            "The IdP circuit breaker of each issuer: 0 closed, 1 open (failing fast), 2 half-open (one trial call under way)",
+            i.breaker_state.clone(),
+        );
+        registry.register(
+            "gateway_auth_idp_breaker_transitions",
+            "IdP circuit breaker state changes, by issuer and new state (open, half_open, closed)",
+            i.breaker_transitions.clone(),
+        );
+        registry.register(
+            "gateway_auth_idp_breaker_rejections",
+            "IdP calls (introspections, key fetches) refused at once by an open circuit breaker, by issuer",
+            i.breaker_rejections.clone(),
         );
         m
     }
@@ -232,6 +261,25 @@ impl AuthMetrics {
         self.0.keys.remove(&l);
         self.0.failed_closed.remove(&l);
         self.0.last_refresh.remove(&l);
+        self.0.breaker_state.remove(&l);
+    }
+
+    pub fn set_breaker_state(&self, issuer: &Arc<str>, state: BreakerState) {
+        self.0.breaker_state.get_or_create(&Self::issuer(issuer)).set(state.gauge());
+    }
+
+    pub fn breaker_transition(&self, issuer: &Arc<str>, to: BreakerState) {
+        self.set_breaker_state(issuer, to);
+        let labels = Labels([("issuer", LabelValue::Shared(issuer.clone())), ("to", LabelValue::Static(to.label()))]);
+        self.0.breaker_transitions.get_or_create(&labels).inc();
+    }
+
+    pub fn breaker_rejection(&self, issuer: &Arc<str>) {
+        self.0.breaker_rejections.get_or_create(&Self::issuer(issuer)).inc();
+    }
+
+    pub fn introspection_coalesced(&self, issuer: &Arc<str>) {
+        self.0.introspection_coalesced.get_or_create(&Self::issuer(issuer)).inc();
     }
 
     pub fn revoked(&self, source: &'static str) {

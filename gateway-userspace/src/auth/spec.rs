@@ -92,18 +92,51 @@ pub struct IssuerSpec {
     /// The claim that names the workspace (`X-Workspace-Id`, audit `workspace_id`).
     pub workspace_claim: String,
     pub introspection: Option<IntrospectionSpec>,
+    /// The circuit breaker in front of every call to this issuer's IdP.
+    pub breaker: BreakerSpec,
 }
+
+/// What a running key cache (and its breaker) depends on.
+type FetchIdentity<'a> =
+    (&'a str, &'a KeySource, &'a RefreshSpec, Option<&'a PathBuf>, Option<&'a str>, &'a BreakerSpec);
 
 impl IssuerSpec {
     /// What a running key cache depends on: same value, same cache (kept across reloads).
-    pub fn fetch_identity(&self) -> (&str, &KeySource, &RefreshSpec, Option<&PathBuf>, Option<&str>) {
+    pub fn fetch_identity(&self) -> FetchIdentity<'_> {
         (
             &self.issuer,
             &self.keys,
             &self.refresh,
             self.ca_file.as_ref(),
             self.introspection.as_ref().and_then(|i| i.endpoint.as_deref()),
+            &self.breaker,
         )
+    }
+
+    /// A URL whose answer (any HTTP status) shows the IdP is reachable again: the breaker's
+    /// probe. `None` for issuers that never call an IdP.
+    pub fn probe_url(&self) -> Option<&str> {
+        match &self.keys {
+            KeySource::Discovery { url } | KeySource::JwksUri { url } => Some(url),
+            _ => self.introspection.as_ref().and_then(|i| i.endpoint.as_deref()),
+        }
+    }
+}
+
+/// The per-issuer circuit breaker (`breaker_failures`, `breaker_cool_down`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerSpec {
+    /// Consecutive calls that found the IdP unreachable (timeout, connection or TLS failure)
+    /// that open the breaker.
+    pub failures: u32,
+    /// How long an open breaker fails fast before one call (the background probe, or a
+    /// request) is let through.
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        BreakerSpec { failures: 3, cool_down: Duration::from_secs(5) }
     }
 }
 
@@ -158,6 +191,24 @@ pub struct RefreshSpec {
     /// How long the issuer keeps working on cached keys while refreshes fail.
     pub outage_grace: Duration,
     pub on_outage: OutageMode,
+}
+
+/// Retries of a failed refresh that must fit in `idp_outage_grace` (see [`RefreshSpec::grace_needed`]).
+pub const RETRIES_WITHIN_GRACE: u32 = 3;
+
+impl RefreshSpec {
+    /// The wait before the next attempt after `failures` consecutive failed refreshes: 1 s,
+    /// 2 s, 4 s, … at most `min_refresh_interval`.
+    pub fn retry_delay(&self, failures: u32) -> Duration {
+        Duration::from_secs(1u64 << failures.saturating_sub(1).min(10)).min(self.min_interval)
+    }
+
+    /// The shortest `idp_outage_grace` that works: the grace is counted from the first failed
+    /// refresh, and [`RETRIES_WITHIN_GRACE`] retries (each waiting its retry delay, then at most
+    /// `fetch_timeout`) must fail before the issuer fails closed.
+    pub fn grace_needed(&self) -> Duration {
+        (1..=RETRIES_WITHIN_GRACE).map(|n| self.retry_delay(n) + self.fetch_timeout).sum()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -580,9 +580,18 @@ pub struct IssuerSection {
     /// Deadline of one discovery or JWKS fetch. Default: 5s.
     #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
     pub fetch_timeout: Duration,
-    /// How long cached keys stay in use while refreshes fail. Default: 5m.
+    /// How long cached keys stay in use while refreshes fail, counted from the first failed
+    /// refresh. Must leave room for 3 retries (see README). Default: 5m.
     #[serde(default = "default_idp_outage_grace", with = "humantime_serde")]
     pub idp_outage_grace: Duration,
+    /// Consecutive IdP calls that found it unreachable (timeout, connection or TLS failure)
+    /// that open the issuer's circuit breaker. Default: 3.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker fails fast (503 `idp_unavailable`) before one call probes the
+    /// IdP. Default: 5s.
+    #[serde(default = "default_breaker_cool_down", with = "humantime_serde")]
+    pub breaker_cool_down: Duration,
     /// Past the grace period: `"fail_closed"` (refuse the issuer's tokens, 503) or
     /// `"fail_open"` (keep using the old keys). Default: `"fail_closed"`.
     #[serde(default)]
@@ -843,6 +852,12 @@ fn default_fetch_timeout() -> Duration {
 }
 fn default_idp_outage_grace() -> Duration {
     Duration::from_secs(300)
+}
+fn default_breaker_failures() -> u32 {
+    crate::auth::BreakerSpec::default().failures
+}
+fn default_breaker_cool_down() -> Duration {
+    crate::auth::BreakerSpec::default().cool_down
 }
 fn default_user_claim() -> String {
     "sub".into()

@@ -55,3 +55,22 @@ fn a_config_that_cannot_start_exits_non_zero_with_the_reason() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 10 item 2: a grace that cannot hold the retries of a failed key refresh is refused,
+/// located at its line.
+#[test]
+fn check_config_refuses_an_idp_outage_grace_too_short_for_the_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grace.toml");
+    let p = Ports { listen: free_port(), metrics: free_port(), dir: dir.path().into() };
+    let auth = "[auth]\ndefault_policy = \"none\"\n[[auth.issuers]]\nname = \"corp\"\n\
+                issuer = \"http://127.0.0.1:9/realms/api\"\naudiences = [\"api\"]\nidp_outage_grace = \"10s\"\n";
+    let text = basic_config(&p, 1, auth);
+    let line = 1 + text.lines().position(|l| l.starts_with("idp_outage_grace")).unwrap();
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN).args(["check-config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("grace.toml:{line}:")), "no file:line in {err}");
+    assert!(err.contains("auth.issuers[0].idp_outage_grace: must be at least 22s"), "{err}");
+}

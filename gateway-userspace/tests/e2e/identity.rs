@@ -321,7 +321,7 @@ async fn idp_outage_past_the_grace_period_fails_closed() {
     let issuer = |name: &str, mode: &str| {
         format!(
             "[[auth.issuers]]\nname = \"{name}\"\nissuer = \"{}\"\naudiences = [\"api\"]\nrefresh_interval = \"1s\"\n\
-             min_refresh_interval = \"1s\"\nfetch_timeout = \"1s\"\nidp_outage_grace = \"4s\"\non_idp_outage = \"{mode}\"\n",
+             min_refresh_interval = \"1s\"\nfetch_timeout = \"1s\"\nidp_outage_grace = \"6s\"\non_idp_outage = \"{mode}\"\n",
             idp.issuer()
         )
     };
@@ -361,6 +361,68 @@ async fn idp_outage_past_the_grace_period_fails_closed() {
     })
     .expect("the issuer did not recover");
     assert_eq!(gw.series("gateway_auth_issuer_failed_closed", &[("issuer", "idp-closed")]), 0.0);
+}
+
+/// Issue 10 item 2: with a grace shorter than the refresh interval (the defaults' ratio), a
+/// healthy IdP must never make the issuer fail closed; the grace counts from the first failed
+/// refresh, failed refreshes are retried within it, and a success reopens.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_outage_grace_counts_from_the_first_failed_refresh_not_from_the_last_success() {
+    let idp = Idp::start();
+    let (a, b, c) = (Key::es256(), Key::es256(), Key::es256());
+    idp.set_keys(vec![a.jwk("a")]);
+    let up = Upstream::start("u");
+    // Refreshed every 30s; 6s of grace (the least these settings allow: 3 retries of 1s + 1s).
+    let auth = format!(
+        "[auth]\nleeway = \"5s\"\n[[auth.issuers]]\nname = \"idp\"\nissuer = \"{}\"\naudiences = [\"api\"]\n\
+         refresh_interval = \"30s\"\nmin_refresh_interval = \"1s\"\nfetch_timeout = \"1s\"\nidp_outage_grace = \"6s\"\n\
+         unknown_kid_refetch_interval = \"1s\"\n[[auth.policies]]\nname = \"closed\"\nany_of = [\"jwt\"]\n",
+        idp.issuer()
+    );
+    let gw = Gateway::start(|p| config(p, &up, 1, &auth));
+    let token = a.token(json!({"kid": "a"}), &idp.claims("alice"));
+    assert_eq!(call(&gw, "/closed/x", Some(&token)).await.status, 200);
+    let fetched = idp.jwks_hits();
+
+    // Time passes beyond the grace with a healthy IdP and no refresh due: the state under test
+    // is "the grace has elapsed since the last success", so the wait is the point.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(idp.jwks_hits(), fetched, "no refresh was due yet (refresh_interval 30s)");
+    let r = call(&gw, "/closed/x", Some(&token)).await;
+    assert_eq!(r.status, 200, "a healthy IdP made the issuer fail closed: {:?}", r.body);
+    // An unknown kid in that time triggers a refetch, which finds the new key.
+    idp.set_keys(vec![a.jwk("a"), b.jwk("b")]);
+    let r = call(&gw, "/closed/x", Some(&b.token(json!({"kid": "b"}), &idp.claims("bob")))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(gw.metric("gateway_auth_jwks_unknown_kid_refetches_total", &[("issuer", "idp")]), 1.0);
+    assert_eq!(gw.metric("gateway_auth_issuer_failed_closed", &[("issuer", "idp")]), 0.0);
+
+    // The IdP fails: an unknown kid's refetch is the first failed refresh.
+    idp.set_down(true);
+    let errors = || gw.metric("gateway_auth_jwks_refreshes_total", &[("issuer", "idp"), ("result", "error")]);
+    tokio::time::sleep(Duration::from_secs(1)).await; // past unknown_kid_refetch_interval
+    let r = call(&gw, "/closed/x", Some(&c.token(json!({"kid": "c"}), &idp.claims("carol")))).await;
+    assert_eq!(r.json()["error"], "unknown_kid");
+    assert!(errors() >= 1.0);
+    // Within the grace (counted from that failure, not from the last success 10s ago) the
+    // cached keys still work.
+    assert_eq!(call(&gw, "/closed/x", Some(&token)).await.status, 200, "failed closed before the grace");
+    let refused = eventually(Duration::from_secs(20), || {
+        let r = futures_block(call(&gw, "/closed/x", Some(&token)));
+        (r.status == 503).then_some(r)
+    })
+    .expect("the issuer never failed closed");
+    assert_eq!(refused.json()["error"], "idp_unavailable");
+    assert!(errors() >= 4.0, "the first failure and at least 3 retries within the grace: {}", errors());
+    assert_eq!(gw.metric("gateway_auth_issuer_failed_closed", &[("issuer", "idp")]), 1.0);
+
+    // Recovery: the next retry succeeds and the issuer reopens.
+    idp.set_down(false);
+    eventually(Duration::from_secs(20), || {
+        (futures_block(call(&gw, "/closed/x", Some(&token))).status == 200).then_some(())
+    })
+    .expect("the issuer did not recover");
+    assert_eq!(gw.metric("gateway_auth_issuer_failed_closed", &[("issuer", "idp")]), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,15 +2,22 @@
 //! test rotates, RFC 7662 introspection with client credentials, and an outage switch. Plus the
 //! signing keys and a token minter (tokens assembled by hand, so tests can build every forged
 //! variant; signatures by aws-lc-rs).
+//!
+//! [`Idp`] runs in the test's process; [`IdpProcess`] runs the same server as a process of its
+//! own, so faults are real: paused (SIGSTOP: connections are accepted by the kernel and never
+//! answered), resumed (SIGCONT), killed (connections refused) and restarted on the same port.
 
 use std::{
     collections::HashMap,
     convert::Infallible,
     net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use aws_lc_rs::{
@@ -130,6 +137,10 @@ pub fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
 
 struct State {
     issuer: String,
+    /// The process IdP's state file (keys, introspection answers, delay), read per request.
+    file: Option<PathBuf>,
+    /// Each answer is held back this long (a slow IdP).
+    delay_ms: AtomicU64,
     /// The JWKS served, as JWK values.
     keys: Mutex<Vec<Value>>,
     cache_control: Mutex<Option<String>>,
@@ -163,58 +174,18 @@ impl Idp {
 
     fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Idp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind idp");
-        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let issuer = match tls {
             Some(_) => format!("https://localhost:{}/realms/api", addr.port()),
             None => format!("http://{addr}/realms/api"),
         };
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        let state = Arc::new(State {
-            issuer,
-            keys: Mutex::default(),
-            cache_control: Mutex::new(None),
-            introspection: Mutex::default(),
-            client: ("gatewayd".into(), "s3cret:value".into()),
-            down: AtomicBool::new(false),
-            discovery_hits: AtomicUsize::new(0),
-            jwks_hits: AtomicUsize::new(0),
-            introspection_hits: AtomicUsize::new(0),
-            other_hits: AtomicUsize::new(0),
-        });
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let state = State::new(issuer, None);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => return,
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
-                            let st = st.clone();
-                            let acceptor = acceptor.clone();
-                            tokio::spawn(async move {
-                                let svc = service_fn(move |req| {
-                                    let st = st.clone();
-                                    async move { Ok::<_, Infallible>(handle(&st, req).await) }
-                                });
-                                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                                match acceptor {
-                                    None => {
-                                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                                    }
-                                    Some(a) => {
-                                        let Ok(tls) = a.accept(stream).await else { return };
-                                        let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
-                                    }
-                                }
-                            });
-                        }
-                    }
-                }
-            });
+            rt.block_on(serve(listener, st, acceptor, rx));
         });
         Idp { addr, state, shutdown: Some(tx), thread: Some(thread) }
     }
@@ -270,6 +241,235 @@ impl Idp {
     }
 }
 
+impl State {
+    fn new(issuer: String, file: Option<PathBuf>) -> Arc<State> {
+        Arc::new(State {
+            issuer,
+            file,
+            delay_ms: AtomicU64::new(0),
+            keys: Mutex::default(),
+            cache_control: Mutex::new(None),
+            introspection: Mutex::default(),
+            client: ("gatewayd".into(), "s3cret:value".into()),
+            down: AtomicBool::new(false),
+            discovery_hits: AtomicUsize::new(0),
+            jwks_hits: AtomicUsize::new(0),
+            introspection_hits: AtomicUsize::new(0),
+            other_hits: AtomicUsize::new(0),
+        })
+    }
+
+    /// The process IdP: takes keys, introspection answers and delay from its state file.
+    fn reload(&self) {
+        let Some(file) = &self.file else { return };
+        let Ok(v) =
+            std::fs::read(file).map_err(|_| ()).and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|_| ()))
+        else {
+            return;
+        };
+        if let Some(keys) = v["keys"].as_array() {
+            *self.keys.lock().unwrap() = keys.clone();
+        }
+        if let Some(answers) = v["introspection"].as_object() {
+            *self.introspection.lock().unwrap() = answers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        self.delay_ms.store(v["delay_ms"].as_u64().unwrap_or(0), Ordering::SeqCst);
+    }
+
+    fn stats(&self) -> Value {
+        json!({
+            "discovery": self.discovery_hits.load(Ordering::SeqCst),
+            "jwks": self.jwks_hits.load(Ordering::SeqCst),
+            "introspection": self.introspection_hits.load(Ordering::SeqCst),
+        })
+    }
+}
+
+/// Serves the IdP on `listener` until `shutdown` fires (or forever, if its sender is kept).
+async fn serve(
+    listener: TcpListener,
+    st: Arc<State>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let st = st.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(handle(&st, req).await) }
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(a) => {
+                            let Ok(tls) = a.accept(stream).await else { return };
+                            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+const PROCESS_ADDR: &str = "GATEWAYD_TEST_IDP_ADDR";
+const PROCESS_STATE: &str = "GATEWAYD_TEST_IDP_STATE";
+
+/// The entry point of [`IdpProcess`]: this test binary, re-run with only this (ignored) test and
+/// the address and state file in its environment, serves the IdP until it is killed.
+#[test]
+#[ignore = "the IdP process's entry point; IdpProcess runs it"]
+fn idp_process() {
+    let addr: SocketAddr = std::env::var(PROCESS_ADDR).expect("run by IdpProcess").parse().expect("address");
+    let file = PathBuf::from(std::env::var(PROCESS_STATE).expect("run by IdpProcess"));
+    let listener = TcpListener::bind(addr).expect("bind the IdP process's address");
+    let state = State::new(format!("http://{addr}/realms/api"), Some(file));
+    let (_keep, rx) = tokio::sync::oneshot::channel::<()>();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(serve(listener, state, None, rx));
+}
+
+/// The test IdP as a process of its own (see the module documentation). Its keys, introspection
+/// answers and answer delay live in a state file it reads on every request; its hit counters are
+/// read over HTTP (`/_stats`), so they start again from zero after a restart.
+pub struct IdpProcess {
+    pub addr: SocketAddr,
+    issuer: String,
+    state_file: PathBuf,
+    state: Mutex<Value>,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl IdpProcess {
+    pub fn start() -> IdpProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = super::support::free_port();
+        let mut idp = IdpProcess {
+            addr,
+            issuer: format!("http://{addr}/realms/api"),
+            state_file: dir.path().join("idp-state.json"),
+            state: Mutex::new(json!({"keys": [], "introspection": {}, "delay_ms": 0})),
+            child: None,
+            _dir: dir,
+        };
+        idp.write_state();
+        idp.spawn();
+        idp
+    }
+
+    fn spawn(&mut self) {
+        let exe = std::env::current_exe().expect("the test binary");
+        let child = Command::new(exe)
+            .args(["--exact", "e2e::idp::idp_process", "--ignored", "--test-threads=1"])
+            .env(PROCESS_ADDR, self.addr.to_string())
+            .env(PROCESS_STATE, &self.state_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the IdP process");
+        self.child = Some(child);
+        super::support::eventually(Duration::from_secs(20), || self.try_stats())
+            .expect("the IdP process did not start answering");
+    }
+
+    fn write_state(&self) {
+        let tmp = self.state_file.with_extension("tmp");
+        std::fs::write(&tmp, self.state.lock().unwrap().to_string()).expect("write IdP state");
+        std::fs::rename(&tmp, &self.state_file).expect("replace IdP state");
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Value)) {
+        f(&mut self.state.lock().unwrap());
+        self.write_state();
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn client_id(&self) -> &str {
+        "gatewayd"
+    }
+
+    pub fn client_secret(&self) -> &str {
+        "s3cret:value"
+    }
+
+    pub fn set_keys(&self, keys: Vec<Value>) {
+        self.edit(|s| s["keys"] = json!(keys));
+    }
+
+    /// Makes these opaque tokens active (`answer` for each).
+    pub fn set_introspection(&self, tokens: &[String], answer: &Value) {
+        self.edit(|s| {
+            for t in tokens {
+                s["introspection"][t.as_str()] = answer.clone();
+            }
+        });
+    }
+
+    /// Every answer is held back this long (a slow IdP).
+    pub fn set_delay(&self, delay: Duration) {
+        self.edit(|s| s["delay_ms"] = json!(delay.as_millis() as u64));
+    }
+
+    fn try_stats(&self) -> Option<Value> {
+        let text = super::support::raw_get(self.addr, "/_stats").ok()?;
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    }
+
+    /// Introspection calls received since the process started.
+    pub fn introspection_hits(&self) -> u64 {
+        self.try_stats().and_then(|s| s["introspection"].as_u64()).expect("IdP process stats")
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal the IdP process");
+    }
+
+    /// SIGSTOP: the kernel still accepts connections; nothing answers.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// SIGKILL: connections are refused until [`IdpProcess::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A new process on the same address (counters start from zero).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for IdpProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl Drop for Idp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -293,6 +493,10 @@ fn json_response(status: StatusCode, v: &Value, cache_control: Option<&str>) -> 
 
 async fn handle(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
+    if path == "/_stats" {
+        return json_response(StatusCode::OK, &st.stats(), None);
+    }
+    st.reload();
     let counter = match path.as_str() {
         "/realms/api/.well-known/openid-configuration" => &st.discovery_hits,
         "/realms/api/jwks" => &st.jwks_hits,
@@ -300,6 +504,10 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => &st.other_hits,
     };
     counter.fetch_add(1, Ordering::SeqCst);
+    let delay = st.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     if st.down.load(Ordering::SeqCst) {
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "down"}), None);
     }

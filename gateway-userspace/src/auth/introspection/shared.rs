@@ -248,6 +248,7 @@ mod tests {
             user_claim: "sub".into(),
             workspace_claim: "workspace_id".into(),
             introspection: Some(spec.clone()),
+            breaker: crate::auth::BreakerSpec::default(),
         };
         Codec::new(&issuer, &spec)
     }

@@ -34,6 +34,7 @@ fn issuer_with(keys: &[(&TestKey, &str)]) -> (IssuerSpec, KeySet) {
         user_claim: "sub".into(),
         workspace_claim: "workspace_id".into(),
         introspection: None,
+        breaker: crate::auth::BreakerSpec::default(),
     };
     (spec, set)
 }

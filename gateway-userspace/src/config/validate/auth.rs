@@ -6,6 +6,7 @@ use std::{
     collections::HashSet,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use jsonwebtoken::Algorithm;
@@ -13,9 +14,10 @@ use jsonwebtoken::Algorithm;
 use super::{KeyPath, Validator, root};
 use crate::{
     auth::{
-        ApiKeyDigest, ApiKeys, AuthSpec, ConsumerSpec, Credential, IdentityHeaders, IntrospectionCacheKind,
-        IntrospectionSpec, IssuerSpec, KeySet, KeySource, Mode, OutageMode, Policy, RefreshSpec, RevocationSpec,
-        RevocationStoreKind, RoutePolicy, TokenSources, interned, parse_jwks, parse_pem_key,
+        ApiKeyDigest, ApiKeys, AuthSpec, BreakerSpec, ConsumerSpec, Credential, IdentityHeaders,
+        IntrospectionCacheKind, IntrospectionSpec, IssuerSpec, KeySet, KeySource, Mode, OutageMode, Policy,
+        RETRIES_WITHIN_GRACE, RefreshSpec, RevocationSpec, RevocationStoreKind, RoutePolicy, TokenSources, interned,
+        parse_jwks, parse_pem_key,
     },
     config::schema::{
         AuthSection, ConsumerSection, FailMode, FileConfig, IntrospectionCache, IssuerSection, PolicySection,
@@ -312,8 +314,26 @@ impl Validator<'_> {
         if r.fetch_timeout.is_zero() || r.fetch_timeout.as_secs() > 60 {
             self.problem(at().key("fetch_timeout"), "must be between 1ms and 60s");
         }
+        let refreshed = matches!(keys, KeySource::Discovery { .. } | KeySource::JwksUri { .. });
         if r.outage_grace.is_zero() {
             self.problem(at().key("idp_outage_grace"), "must be greater than zero");
+        } else if refreshed && r.on_outage == OutageMode::FailClosed && r.outage_grace < r.grace_needed() {
+            self.problem(
+                at().key("idp_outage_grace"),
+                format!(
+                    "must be at least {:?} with these settings: the grace counts from the first failed key refresh, \
+                     and {RETRIES_WITHIN_GRACE} retries (after 1s, 2s, 4s, each at most min_refresh_interval, plus \
+                     fetch_timeout each) must fail before the issuer fails closed",
+                    r.grace_needed()
+                ),
+            );
+        }
+        let breaker = BreakerSpec { failures: s.breaker_failures, cool_down: s.breaker_cool_down };
+        if !(1..=100).contains(&breaker.failures) {
+            self.problem(at().key("breaker_failures"), "must be between 1 and 100");
+        }
+        if breaker.cool_down < Duration::from_millis(100) || breaker.cool_down > Duration::from_secs(600) {
+            self.problem(at().key("breaker_cool_down"), "must be between 100ms and 10m");
         }
         for (key, claim) in [("user_claim", &s.user_claim), ("workspace_claim", &s.workspace_claim)] {
             if claim.is_empty() {
@@ -397,6 +417,7 @@ impl Validator<'_> {
             user_claim: s.user_claim.clone(),
             workspace_claim: s.workspace_claim.clone(),
             introspection,
+            breaker,
         })
     }
 

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use crate::{
     auth::{Credential, KeySource, Mode, OutageMode, RoutePolicy, testkit::TestKey},
     config::{Config, ConfigError, Problem},
@@ -285,4 +287,30 @@ fn a_shared_introspection_cache_needs_redis() {
     let c = load(&format!("[redis]\nurl = \"redis://127.0.0.1:6379\"\n{}", issuer("cache = \"redis\"\n"))).unwrap();
     let redis = c.auth.issuers[0].introspection.as_ref().map(|i| i.cache);
     assert_eq!(redis, Some(crate::auth::IntrospectionCacheKind::Redis));
+}
+
+#[test]
+fn an_outage_grace_too_short_for_the_retries_is_refused_at_its_line() {
+    let issuer = |extra: &str| {
+        format!("[[auth.issuers]]\nname = \"i\"\nissuer = \"http://127.0.0.1:9/r\"\naudiences = [\"x\"]\n{extra}\n")
+    };
+    // 1s + 2s + 4s of backoff and three 5s attempts: 22s.
+    let p = problems(&issuer("fetch_timeout = \"5s\"\nidp_outage_grace = \"21s\""));
+    assert!(has(&p, "auth.issuers[0].idp_outage_grace", "must be at least 22s"), "{p:?}");
+    assert_eq!(p[0].line, 14, "{p:?}");
+    // The defaults' ratio (grace shorter than the refresh interval) is fine: the grace counts
+    // from the first failed refresh, not from the last success.
+    let c = load(&issuer("refresh_interval = \"10m\"\nfetch_timeout = \"5s\"\nidp_outage_grace = \"22s\"")).unwrap();
+    assert_eq!(c.auth.issuers[0].refresh.outage_grace, Duration::from_secs(22));
+    // A shorter backoff cap (min_refresh_interval) needs less; fail_open and static keys never fail closed.
+    load(&issuer("min_refresh_interval = \"1s\"\nfetch_timeout = \"1s\"\nidp_outage_grace = \"6s\""))
+        .map(|_| ())
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    load(&issuer("idp_outage_grace = \"1s\"\non_idp_outage = \"fail_open\"")).map(|_| ()).unwrap();
+
+    let p = problems(&issuer("breaker_failures = 0\nbreaker_cool_down = \"10ms\""));
+    assert!(has(&p, "auth.issuers[0].breaker_failures", "between 1 and 100"), "{p:?}");
+    assert!(has(&p, "auth.issuers[0].breaker_cool_down", "between 100ms and 10m"), "{p:?}");
+    let c = load(&issuer("breaker_failures = 5\nbreaker_cool_down = \"2s\"")).unwrap();
+    assert_eq!(c.auth.issuers[0].breaker, crate::auth::BreakerSpec { failures: 5, cool_down: Duration::from_secs(2) });
 }
