@@ -103,6 +103,8 @@ impl GatewayError {
             self,
             GatewayError::RateLimit(RateLimitError::Unavailable { .. })
                 | GatewayError::Budget(BudgetError::Unavailable { .. })
+                // The Redis outage behind it is logged once by `kv`.
+                | GatewayError::Auth(AuthError::RevocationUnavailable)
         )
     }
 

@@ -15,6 +15,8 @@ mod e2e {
     mod limits;
     mod observability;
     mod ratelimit;
+    mod redis_faults;
+    mod revocation_faults;
     mod routing;
     mod steering;
     mod tls;
