@@ -294,9 +294,6 @@ fn a_failover_keeps_the_fail_mode_meanwhile_and_uses_the_promoted_replica_after(
         std::thread::sleep(Duration::from_millis(20));
         (status == 200).then_some(())
     });
-    if back.is_none() {
-        std::fs::write("/tmp/failover.log", gw.stderr()).unwrap();
-    }
     assert!(back.is_some(), "the promoted replica is used without a restart:\n{}", gw.stderr());
     assert!(failover.statuses.get(&503).is_some_and(|n| *n > 0), "the fail mode applied during the failover");
     assert!(failover.max() < LONG, "a request waited for the timeout: {:?}", failover.max());
