@@ -28,6 +28,14 @@ fn shared(redis: &RedisServer, idp: &Idp, cache_ttl: &str) -> String {
     )
 }
 
+/// A Redis, an IdP serving one signing key (`k`), and an upstream.
+fn parts() -> (RedisServer, Idp, Key, Upstream) {
+    let idp = Idp::start();
+    let key = Key::es256();
+    idp.set_keys(vec![key.jwk("k")]);
+    (RedisServer::start(), idp, key, Upstream::start("u"))
+}
+
 fn revoke(gw: &Gateway, jti: &str, until: u64) -> std::process::Output {
     Command::new(BIN)
         .arg("--admin-socket")
@@ -39,11 +47,7 @@ fn revoke(gw: &Gateway, jti: &str, until: u64) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_made_while_redis_is_down_is_queued_and_reaches_the_fleet() {
-    let mut redis = RedisServer::start();
-    let idp = Idp::start();
-    let key = Key::es256();
-    idp.set_keys(vec![key.jwk("k")]);
-    let up = Upstream::start("u");
+    let (mut redis, idp, key, up) = parts();
     let auth = shared(&redis, &idp, "60s");
     let (a, b) = (Gateway::start(|p| config(p, &up, 2, &auth)), Gateway::start(|p| config(p, &up, 2, &auth)));
     let mut claims = idp.claims("alice");
@@ -87,11 +91,7 @@ async fn a_revocation_made_while_redis_is_down_is_queued_and_reaches_the_fleet()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn revocations_survive_a_reload_of_the_revocation_settings_and_a_restart_while_redis_is_down() {
-    let mut redis = RedisServer::start();
-    let idp = Idp::start();
-    let key = Key::es256();
-    idp.set_keys(vec![key.jwk("k")]);
-    let up = Upstream::start("u");
+    let (mut redis, idp, key, up) = parts();
     // One state directory for both lives of the node.
     let state = tempfile::tempdir().unwrap();
     let env = [("STATE_DIRECTORY", state.path().display().to_string())];
