@@ -93,6 +93,8 @@ pub struct Revocations {
     denylist: ArcSwap<HashMap<Box<str>, u64>>,
     /// Serialises writes; holds the jtis revoked here that Redis has not taken yet.
     write: Mutex<HashMap<Box<str>, u64>>,
+    /// The list changed since the state file was last written (by `insert_local`).
+    unsaved: AtomicBool,
     remote: Option<Remote>,
     metrics: AuthMetrics,
 }
@@ -159,7 +161,14 @@ impl Revocations {
                 }
                 (RevocationStoreKind::Memory, _) => None,
             };
-            Revocations { spec, denylist: ArcSwap::from_pointee(denylist), write: Mutex::new(pending), remote, metrics }
+            Revocations {
+                spec,
+                denylist: ArcSwap::from_pointee(denylist),
+                write: Mutex::new(pending),
+                unsaved: AtomicBool::new(false),
+                remote,
+                metrics,
+            }
         });
         if carried {
             // A reload may have moved the file.
@@ -264,7 +273,7 @@ impl Revocations {
     /// store cannot take it now.
     pub async fn revoke(&self, jti: &str, until: u64, source: &'static str) -> Result<Revoked, RevocationError> {
         validate(jti, until)?;
-        self.insert(jti, until, self.remote.is_some());
+        self.insert(jti, until, self.remote.is_some(), true);
         self.metrics.revoked(source);
         let Some(remote) = &self.remote else {
             tracing::info!(jti, until, source, "token revoked");
@@ -283,19 +292,31 @@ impl Revocations {
         }
     }
 
-    /// Adds to the local denylist only (also used for revocations heard from other nodes).
+    /// Adds to the local denylist only (revocations found in Redis or heard from other nodes).
+    /// Callable from a worker: the state file is written later by the subscription task, never
+    /// on the request path.
     pub fn insert_local(&self, jti: &str, until: u64) {
-        self.insert(jti, until, false);
+        if self.insert(jti, until, false, false) {
+            self.unsaved.store(true, Ordering::Release);
+        }
     }
 
-    /// Adds to the local denylist (and, when `pending`, to the queue) and saves the state file.
-    fn insert(&self, jti: &str, until: u64, pending: bool) {
+    /// Writes the state file if `insert_local` changed the list since the last write.
+    fn save_if_changed(&self) {
+        if self.unsaved.swap(false, Ordering::AcqRel) {
+            self.persist(&self.lock());
+        }
+    }
+
+    /// Adds to the local denylist (and, when `pending`, to the queue), saving the state file when
+    /// `save`. True when the list changed.
+    fn insert(&self, jti: &str, until: u64, pending: bool, save: bool) -> bool {
         let mut queue = self.lock();
         let now = unix_now();
         let current = self.denylist.load();
         let known = current.get(jti).is_some_and(|u| *u >= until);
         if known && (!pending || queue.contains_key(jti)) {
-            return;
+            return false;
         }
         if !known {
             let mut next: HashMap<Box<str>, u64> =
@@ -307,7 +328,10 @@ impl Revocations {
             queue.insert(jti.into(), until);
             self.metrics.revocations_pending(queue.len());
         }
-        self.persist(&queue);
+        if save {
+            self.persist(&queue);
+        }
+        true
     }
 
     /// `jti` reached the shared store: off the queue.
@@ -353,7 +377,8 @@ impl Revocations {
         match parsed {
             Some((until, jti)) if validate(jti, until).is_ok() => {
                 if !self.is_revoked_locally(jti, unix_now()) {
-                    self.insert_local(jti, until);
+                    // On the subscription task (not a worker): saved at once.
+                    self.insert(jti, until, false, true);
                     self.metrics.revoked("peer");
                     tracing::debug!(jti, until, "revocation heard from another node");
                 }
@@ -391,6 +416,7 @@ impl Remote {
                     _ = dropped.changed() => return,
                     _ = retry.tick() => {
                         let Some(r) = revocations.upgrade() else { return };
+                        r.save_if_changed();
                         if r.pending_len() > 0 {
                             r.flush().await;
                         }
@@ -472,7 +498,7 @@ mod tests {
         let r = Revocations::new(RevocationSpec::default(), None, AuthMetrics::default(), None);
         let now = unix_now();
         assert!(!r.is_revoked_locally("a", now));
-        block_on(r.revoke("a", now + 60, "admin")).unwrap();
+        assert_eq!(block_on(r.revoke("a", now + 60, "admin")), Ok(Revoked::Local));
         assert!(r.is_revoked_locally("a", now));
         assert!(!r.is_revoked_locally("a", now + 61), "an entry lapses with the token");
         assert!(!r.is_revoked_locally("b", now));
@@ -485,6 +511,25 @@ mod tests {
         r.insert_local("a", now + 10);
         assert!(r.is_revoked_locally("a", now + 30));
         assert!(!r.shared() && !r.subscribed());
+    }
+
+    #[test]
+    fn the_list_survives_a_restart_and_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RevocationSpec { state_file: Some(dir.path().join("r.json")), ..RevocationSpec::default() };
+        let until = unix_now() + 60;
+        let first = Revocations::new(spec.clone(), None, AuthMetrics::default(), None);
+        assert_eq!(block_on(first.revoke("a", until, "admin")), Ok(Revoked::Local));
+        // A found-in-Redis entry is saved later, off the request path.
+        first.insert_local("b", until);
+        first.save_if_changed();
+        let restarted = Revocations::new(spec.clone(), None, AuthMetrics::default(), None);
+        assert!(restarted.is_revoked_locally("a", unix_now()) && restarted.is_revoked_locally("b", unix_now()));
+        // A rebuild (a reload that changed the settings) keeps what the old list held, even
+        // without a state file.
+        restarted.insert_local("c", until);
+        let rebuilt = Revocations::new(RevocationSpec::default(), None, AuthMetrics::default(), Some(&restarted));
+        assert!(["a", "b", "c"].iter().all(|j| rebuilt.is_revoked_locally(j, unix_now())));
     }
 
     #[test]
