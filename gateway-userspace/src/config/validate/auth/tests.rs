@@ -286,3 +286,17 @@ fn a_shared_introspection_cache_needs_redis() {
     let redis = c.auth.issuers[0].introspection.as_ref().map(|i| i.cache);
     assert_eq!(redis, Some(crate::auth::IntrospectionCacheKind::Redis));
 }
+
+#[test]
+fn the_revocation_state_file_is_absolute_or_disabled() {
+    let open = "[auth]\ndefault_policy = \"none\"\n[auth.revocation]\n";
+    let p = problems(&format!("{open}state_file = \"revocations.json\"\n"));
+    assert!(has(&p, "auth.revocation.state_file", "absolute path"), "{p:?}");
+    assert_eq!(p[0].line, 12, "{p:?}");
+    let c = load(&format!("{open}state_file = \"\"\n")).unwrap();
+    assert_eq!(c.auth.revocation.state_file, None);
+    let c = load(&format!("{open}state_file = \"/srv/gw/revoked.json\"\n")).unwrap();
+    assert_eq!(c.auth.revocation.state_file.as_deref(), Some(std::path::Path::new("/srv/gw/revoked.json")));
+    let c = load(open).unwrap();
+    assert!(c.auth.revocation.state_file.as_ref().is_some_and(|p| p.ends_with("revocations.json")), "a default");
+}
