@@ -240,3 +240,19 @@ async fn a_dead_cluster_master_fails_its_slots_fast_and_only_them() {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(text.contains(&gauge(1)), "{text}");
 }
+
+#[tokio::test]
+async fn a_cluster_subscription_moves_to_another_seed_when_its_node_is_dead() {
+    use testing::{ClusterOptions, RedisCluster};
+    let mut cluster = RedisCluster::start_with(ClusterOptions { full_coverage: false, ..ClusterOptions::default() });
+    let kv = Kv::start(cluster.spec(), KvMetrics::default());
+    assert!(kv.settled(Duration::from_secs(5)).await);
+    // The first seed, where a subscription starts, is dead.
+    cluster.kill(0);
+    let mut sub = kv.subscribe("test:chan".into());
+    assert!(eventually(Duration::from_secs(5), async || *sub.live.borrow()).await, "subscribed through another seed");
+    // PUBLISH goes to some node and reaches every node's subscribers.
+    assert!(eventually(Duration::from_secs(5), async || kv.publish("test:chan", b"hi").await.is_ok()).await);
+    let message = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv()).await.unwrap();
+    assert_eq!(message.as_deref(), Some(&b"hi"[..]));
+}
