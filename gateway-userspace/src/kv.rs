@@ -334,9 +334,11 @@ impl Kv {
                 return Ok(v);
             }
             Err(_) => {
-                match in_cluster {
-                    Some((c, n)) => c.timed_out(n),
-                    None => {
+                match (in_cluster, &inner.cluster) {
+                    (Some((c, n)), _) => c.timed_out(n),
+                    // Keyless, in a Cluster: as for errors below, the supervisor decides.
+                    (None, Some(_)) => {}
+                    (None, None) => {
                         if inner.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_DOWN {
                             inner.mark_down(&format!("{TIMEOUTS_BEFORE_DOWN} commands in a row timed out"));
                         }
