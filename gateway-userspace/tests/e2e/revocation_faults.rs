@@ -123,3 +123,32 @@ async fn revocations_survive_a_reload_of_the_revocation_settings_and_a_restart_w
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_while_redis_is_down_are_not_logged_per_request_and_end_when_it_is_back() {
+    let (mut redis, idp, key, up) = parts();
+    let auth = shared(&redis, &idp, "5s").replace("fail_open", "fail_closed");
+    let gw = Gateway::start(|p| config(p, &up, 2, &auth));
+    let token = |i: usize| {
+        let mut claims = idp.claims("alice");
+        claims["jti"] = json!(format!("fresh-{i}"));
+        key.token(json!({"kid": "k"}), &claims)
+    };
+    assert_eq!(call(&gw, "/api/x", Some(&token(0))).await.status, 200);
+    let logged = gw.stderr().len();
+    redis.kill();
+    for i in 1..=20 {
+        let r = call(&gw, "/api/x", Some(&token(i))).await;
+        assert_eq!((r.status.as_u16(), r.json()["error"].as_str()), (503, Some("revocation_unavailable")));
+    }
+    redis.restart();
+    let back = eventually(Duration::from_millis(1500), || {
+        (futures_block(call(&gw, "/api/x", Some(&token(100)))).status == 200).then_some(())
+    });
+    assert!(back.is_some(), "{}", gw.stderr());
+    let log = gw.stderr()[logged..].to_owned();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    // The command connection and the subscription: each outage once, no request.
+    assert!(warnings.len() <= 2, "{warnings:#?}");
+    assert!(!log.contains("request failed"), "{log}");
+}
