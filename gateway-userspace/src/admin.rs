@@ -132,6 +132,7 @@ impl AdminServer {
                     "policies": s.config.auth.policies.len(),
                     "consumers": s.config.auth.consumers.len(),
                     "revoked_jtis": self.shared.parts.auth().revocations().map_or(0, |r| r.local_len()),
+                    "revocations_pending": self.shared.parts.auth().revocations().map_or(0, |r| r.pending_len()),
                 },
             }),
         )
@@ -253,7 +254,19 @@ impl AdminServer {
             return json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "not_ready"}));
         };
         match revocations.revoke(&req.jti, req.until, "admin").await {
-            Ok(()) => json(StatusCode::OK, &serde_json::json!({"revoked": true, "jti": req.jti, "until": req.until})),
+            Ok(outcome) => {
+                use crate::auth::Revoked;
+                // Queued: applied here, published by this node as soon as Redis answers.
+                let (published, queued) = match outcome {
+                    Revoked::Local => (false, false),
+                    Revoked::Published => (true, false),
+                    Revoked::Queued => (false, true),
+                };
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"revoked": true, "jti": req.jti, "until": req.until, "published": published, "queued": queued}),
+                )
+            }
             Err(e @ crate::auth::RevocationError::Store(_)) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"error": "store_unavailable", "message": e.to_string()}),

@@ -53,7 +53,7 @@ pub use idp_http::tls_config;
 pub use jwks::{Key, KeySet, parse_jwks, parse_pem_key};
 pub use metrics::AuthMetrics;
 pub use policy::{Credential, Mode, Policy, RoutePolicy};
-pub use revocation::{RevocationError, Revocations};
+pub use revocation::{RevocationError, Revocations, Revoked, default_state_file as default_revocation_state_file};
 pub use spec::{
     AuthSpec, BreakerSpec, ConsumerSpec, IdentityHeaders, IntrospectionCacheKind, IntrospectionSpec, IssuerSpec,
     KeySource, Named, OutageMode, RETRIES_WITHIN_GRACE, RefreshSpec, RevocationSpec, RevocationStoreKind, TokenSources,
@@ -221,7 +221,12 @@ impl AuthHolder {
         let revocation_kv = kv.clone().filter(|_| spec.revocation.store == RevocationStoreKind::Redis);
         let revocations = match current.as_ref() {
             Some(r) if r.reusable_for(&spec.revocation, revocation_kv.as_ref()) => r.clone(),
-            _ => Revocations::new(spec.revocation.clone(), revocation_kv, self.env.metrics.clone()),
+            previous => Revocations::new(
+                spec.revocation.clone(),
+                revocation_kv,
+                self.env.metrics.clone(),
+                previous.map(|p| &**p),
+            ),
         };
         *current = Some(revocations.clone());
         drop(current);

@@ -210,7 +210,7 @@ impl Budgets {
                 kv.spawn_detached("budget_charge", async move {
                     let mut call = CHARGE.prepare_invoke();
                     call.key(&key).arg(tokens).arg((day.ends_ms + KEEP_AFTER_DAY).saturating_sub(now_ms).max(1));
-                    if let Err(e) = kv2.script::<u64>("budget_charge", &call).await {
+                    if let Err(e) = kv2.script::<u64>("budget_charge", &key, &call).await {
                         tracing::debug!(error = %e, tokens, "token budget charge lost");
                     }
                 });

@@ -117,6 +117,8 @@ impl GatewayError {
             GatewayError::RateLimit(RateLimitError::Unavailable { .. })
                 | GatewayError::Budget(BudgetError::Unavailable { .. })
                 | GatewayError::Auth(AuthError::IdpUnavailable | AuthError::IdpCircuitOpen { .. })
+                // The Redis outage behind it is logged once by `kv`.
+                | GatewayError::Auth(AuthError::RevocationUnavailable)
         )
     }
 

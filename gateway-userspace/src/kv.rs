@@ -21,14 +21,16 @@
 //! [`Kv::query`] or [`Kv::script`] with a short static `op` name (the metrics' `command` label).
 //! Fire-and-forget writes go through [`Kv::spawn_detached`] so they run on the control runtime.
 
+mod cluster;
 mod conn;
 mod local;
 mod metrics;
 mod pubsub;
+mod supervisor;
 
 use std::{
     sync::{
-        Arc, Weak,
+        Arc,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -43,11 +45,14 @@ pub use conn::Conn;
 pub use local::use_worker_connections;
 pub use metrics::KvMetrics;
 pub use pubsub::Subscription;
+use supervisor::{backoff, supervise};
 
 /// How often the supervisor pings a connected Redis (and so how fast an idle outage shows).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Timeouts in a row that count as an outage.
 const TIMEOUTS_BEFORE_DOWN: u32 = 3;
+/// Commands whose first argument is a key (the ones gatewayd sends), for Cluster routing.
+const KEYED: [&str; 10] = ["GET", "SET", "PTTL", "TTL", "INCR", "INCRBY", "DEL", "EXISTS", "EXPIRE", "PEXPIRE"];
 /// Detached commands in flight beyond which new ones are dropped (and counted).
 const MAX_DETACHED: usize = 10_000;
 
@@ -171,6 +176,13 @@ impl std::fmt::Debug for Kv {
 struct Inner {
     spec: KvSpec,
     target: String,
+    /// Redis Cluster: the slot map and a verdict per master.
+    cluster: Option<cluster::Cluster>,
+    /// When the handle started; `last_attempt_ms` counts from it.
+    epoch: Instant,
+    /// The supervisor's last connect or probe, so requests seen while down wake it at most once
+    /// per `reconnect_min`.
+    last_attempt_ms: AtomicU64,
     /// `None` while down.
     conn: ArcSwapOption<Conn>,
     /// Bumped by every (re)connect of `conn`; retires the workers' own connections.
@@ -187,7 +199,11 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.metrics.forget(&self.target);
+        if self.metrics.forget(&self.target)
+            && let Some(cluster) = &self.cluster
+        {
+            cluster.forget();
+        }
     }
 }
 
@@ -199,9 +215,16 @@ impl Kv {
         if metrics.adopt(&target) {
             metrics.set_up(&target, false);
         }
+        let cluster = match &spec.servers {
+            KvServers::Cluster(seeds) => Some(cluster::Cluster::new(seeds.clone(), target.clone(), metrics.clone())),
+            KvServers::Single(_) => None,
+        };
         let inner = Arc::new(Inner {
             spec,
             target,
+            cluster,
+            epoch: Instant::now(),
+            last_attempt_ms: AtomicU64::new(0),
             conn: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
@@ -238,22 +261,31 @@ impl Kv {
 
     /// Runs one command.
     pub async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, KvError> {
-        let mut conn = self.conn(op)?;
+        let node = self.route(key_of(cmd));
+        let mut conn = self.conn(op, node.as_deref())?;
         let started = Instant::now();
         let result = tokio::time::timeout(self.inner.spec.timeout, cmd.query_async(&mut conn)).await;
-        self.finish(op, started, result)
+        self.finish(op, node.as_deref(), started, result)
     }
 
-    /// Runs one Lua script: EVALSHA, loading the script only when Redis answers NOSCRIPT.
+    /// Runs one Lua script: EVALSHA, loading the script only when Redis answers NOSCRIPT. `key`
+    /// is one of its keys (they share a slot), for the Cluster node's health.
     pub async fn script<T: FromRedisValue>(
         &self,
         op: &'static str,
+        key: &str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, KvError> {
-        let mut conn = self.conn(op)?;
+        let node = self.route(Some(key.as_bytes()));
+        let mut conn = self.conn(op, node.as_deref())?;
         let started = Instant::now();
         let result = tokio::time::timeout(self.inner.spec.timeout, invocation.invoke_async(&mut conn)).await;
-        self.finish(op, started, result)
+        self.finish(op, node.as_deref(), started, result)
+    }
+
+    /// In a Cluster, the master owning `key`'s slot.
+    fn route(&self, key: Option<&[u8]>) -> Option<Arc<cluster::Node>> {
+        self.inner.cluster.as_ref().zip(key).and_then(|(c, k)| c.node_for(k))
     }
 
     /// Runs `work` on the control runtime, off the worker (for writes nobody waits for). Dropped
@@ -273,38 +305,61 @@ impl Kv {
     }
 
     /// The worker's own connection when it has one (see `local`), else the shared one; none
-    /// while the shared one is down.
-    fn conn(&self, op: &'static str) -> Result<Conn, KvError> {
+    /// while the shared one (or, in a Cluster, the node owning the command's slot) is down.
+    fn conn(&self, op: &'static str, node: Option<&cluster::Node>) -> Result<Conn, KvError> {
         match &*self.inner.conn.load() {
-            Some(c) => Ok(local::get(&self.inner).unwrap_or_else(|| Conn::clone(c))),
-            None => {
-                self.inner.metrics.error(op, KvError::Unavailable.kind());
-                Err(KvError::Unavailable)
-            }
+            Some(_) if node.is_some_and(cluster::Node::is_down) => {}
+            Some(c) => return Ok(local::get(&self.inner).unwrap_or_else(|| Conn::clone(c))),
+            None => {}
         }
+        self.inner.demand();
+        self.inner.metrics.error(op, KvError::Unavailable.kind());
+        Err(KvError::Unavailable)
     }
 
     fn finish<T>(
         &self,
         op: &'static str,
+        node: Option<&cluster::Node>,
         started: Instant,
         result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
     ) -> Result<T, KvError> {
         let inner = &self.inner;
         inner.metrics.observe(op, started.elapsed());
+        let in_cluster = inner.cluster.as_ref().zip(node);
         let error = match result {
             Ok(Ok(v)) => {
                 inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                if let Some((c, n)) = in_cluster {
+                    c.answered(n);
+                }
                 return Ok(v);
             }
             Err(_) => {
-                if inner.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_DOWN {
-                    inner.mark_down(&format!("{TIMEOUTS_BEFORE_DOWN} commands in a row timed out"));
+                match (in_cluster, &inner.cluster) {
+                    (Some((c, n)), _) => c.timed_out(n),
+                    // Keyless, in a Cluster: as for errors below, the supervisor decides.
+                    (None, Some(_)) => {}
+                    (None, None) => {
+                        if inner.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_DOWN {
+                            inner.mark_down(&format!("{TIMEOUTS_BEFORE_DOWN} commands in a row timed out"));
+                        }
+                    }
                 }
                 KvError::Timeout(inner.spec.timeout)
             }
-            Ok(Err(e)) if conn::is_connection_error(&e) => {
-                inner.mark_down(&e.to_string());
+            Ok(Err(e)) if conn::is_connection_error(&e) || (in_cluster.is_some() && conn::is_node_down(&e)) => {
+                match (in_cluster, &inner.cluster) {
+                    (Some((c, n)), _) => {
+                        if c.mark_down(n, &e.to_string()) {
+                            inner.wake.notify_one();
+                        }
+                    }
+                    // A keyless command in a Cluster went to some node; the supervisor's slot-map
+                    // reads decide whether the cluster as a whole is down.
+                    (None, Some(_)) => {}
+                    (None, None) => inner.mark_down(&e.to_string()),
+                }
                 KvError::Unavailable
             }
             Ok(Err(e)) => KvError::Command(e.to_string()),
@@ -323,6 +378,37 @@ impl Drop for DetachedGuard {
 }
 
 impl Inner {
+    /// A request found Redis (or its slot's node) down: wake the supervisor to try now, at most
+    /// once per `reconnect_min`, so recovery follows traffic instead of the backoff.
+    fn demand(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_attempt_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= self.spec.reconnect_min.as_millis() as u64
+            && self.last_attempt_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    fn attempted(&self) {
+        self.last_attempt_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Installs a new connection; retires the workers' own ones.
+    fn install(&self, c: Conn) {
+        self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Release);
+        self.conn.store(Some(Arc::new(c)));
+    }
+
+    /// How long the supervisor waits before its next check: short while a Cluster node is down.
+    fn check_interval(&self) -> Duration {
+        match &self.cluster {
+            Some(c) if c.any_down() => self.spec.reconnect_min.max(Duration::from_millis(10)),
+            _ => HEALTH_INTERVAL,
+        }
+    }
+
     /// Drops the connection (once per outage: logs, gauge, wakes the supervisor).
     fn mark_down(&self, why: &str) {
         if self.conn.swap(None).is_some() {
@@ -333,75 +419,17 @@ impl Inner {
     }
 }
 
-/// Connects, reconnects with backoff, and pings while connected. Holds only a weak reference
-/// between steps, so it ends soon after the last [`Kv`] handle is dropped (e.g. a reload that
-/// changed `[redis]`).
-async fn supervise(weak: Weak<Inner>) {
-    let mut failures = 0u32;
-    let mut down_since: Option<Instant> = None;
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        if inner.conn.load().is_none() {
-            let started = Instant::now();
-            let connected = conn::connect(&inner.spec).await;
-            inner.metrics.observe("connect", started.elapsed());
-            match connected {
-                Ok(c) => {
-                    inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
-                    inner.generation.fetch_add(1, Ordering::Release);
-                    inner.conn.store(Some(Arc::new(c)));
-                    inner.metrics.set_up(&inner.target, true);
-                    match down_since.take() {
-                        Some(since) => {
-                            tracing::info!(target_addr = %inner.target, down_for = ?since.elapsed(), "redis reachable again")
-                        }
-                        None => tracing::info!(target_addr = %inner.target, "redis connected"),
-                    }
-                    failures = 0;
-                }
-                Err(e) => {
-                    if failures == 0 {
-                        tracing::warn!(target_addr = %inner.target, error = %e, "cannot connect to redis; retrying with backoff");
-                    } else {
-                        tracing::debug!(target_addr = %inner.target, error = %e, attempt = failures + 1, "redis connect failed");
-                    }
-                    down_since.get_or_insert_with(Instant::now);
-                    failures += 1;
-                }
-            }
-            inner.settled.send_replace(true);
-            if failures > 0 {
-                let delay = backoff(&inner.spec, failures);
-                drop(inner);
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        }
-        let wake = inner.wake.clone();
-        drop(inner);
-        tokio::select! {
-            () = wake.notified() => {
-                down_since.get_or_insert_with(Instant::now);
-            }
-            () = tokio::time::sleep(HEALTH_INTERVAL) => ping(&weak).await,
-        }
+/// The key of a single-key command (`GET k`, `SET k v`), else `None`.
+fn key_of(cmd: &redis::Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter();
+    let redis::Arg::Simple(name) = args.next()? else { return None };
+    if !KEYED.iter().any(|k| name.eq_ignore_ascii_case(k.as_bytes())) {
+        return None;
     }
-}
-
-async fn ping(weak: &Weak<Inner>) {
-    let Some(inner) = weak.upgrade() else { return };
-    let kv = Kv { inner };
-    // Errors mark the connection down inside `finish`; a timeout counts towards it.
-    let _ = kv.query::<String>("ping", &redis::cmd("PING")).await;
-}
-
-/// `reconnect_min · 2^(n-1)`, capped at `reconnect_max`, minus up to 20 % jitter so a fleet does
-/// not reconnect in lockstep.
-fn backoff(spec: &KvSpec, failures: u32) -> Duration {
-    use std::hash::BuildHasher;
-    let base = spec.reconnect_min.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(spec.reconnect_max);
-    let noise = std::collections::hash_map::RandomState::new().hash_one(failures) % 1000;
-    base.saturating_sub(base.mul_f64(noise as f64 / 5000.0))
+    match args.next()? {
+        redis::Arg::Simple(key) => Some(key),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

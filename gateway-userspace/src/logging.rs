@@ -7,7 +7,12 @@ use tracing_subscriber::{EnvFilter, fmt};
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // redis-rs logs every failed reconnect to a Cluster node (thousands per outage); the `kv`
+    // module logs each outage and recovery once instead. A `RUST_LOG` naming `redis` decides.
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("redis")) {
+        filter = filter.add_directive("redis=error".parse().expect("a valid directive"));
+    }
     // Colours only for a person at a terminal: journald and log files would store the escape codes.
     let builder = fmt()
         .with_env_filter(filter)

@@ -164,5 +164,15 @@ fn revoke(cli: &Cli, admin: &AdminArgs, jti: &str, until: &str) -> Result<(), St
             .map_err(|_| format!("--until {until:?} is before 1970"))?
             .as_secs(),
     };
-    admin_call_with(cli, admin, Method::POST, "/v1/revoke", Some(serde_json::json!({"jti": jti, "until": until})))
+    let socket = admin_socket(cli, admin)?;
+    let body = serde_json::json!({"jti": jti, "until": until});
+    let answer = admin::call_blocking(&socket, Method::POST, "/v1/revoke", Some(body)).map_err(|e| e.to_string())?;
+    println!("{answer:#}");
+    if answer["queued"] == true {
+        // Still a success (exit 0): the node refuses the token now and publishes it itself.
+        eprintln!(
+            "revoked on this node; redis is unreachable, so the revocation is queued and published when it is back"
+        );
+    }
+    Ok(())
 }

@@ -21,6 +21,8 @@ mod e2e {
     mod operators;
     mod parking;
     mod ratelimit;
+    mod redis_faults;
+    mod revocation_faults;
     mod routing;
     mod semantics;
     mod steering;

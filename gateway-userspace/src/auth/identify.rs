@@ -283,10 +283,11 @@ impl IdentifyPhase {
                     return Err(AuthError::Revoked);
                 }
                 if self.revocations.shared() && !waited.revocation {
-                    // A recent "not revoked" is reused only while revocations are being heard.
+                    // A recent "not revoked" is reused only while revocations are being heard,
+                    // and only if it was cached since they were last heard without a gap.
                     let fresh = self.revocations.subscribed()
                         && WorkerCache::with(self.id, self.spec.token_cache_size, |c| c.not_revoked_until(jti))
-                            .is_some_and(|until| until > now.ms);
+                            .is_some_and(|until| self.revocations.reusable_answer(until, now.ms));
                     if !fresh {
                         return Ok(Some(Io::Revocation(jti.clone())));
                     }

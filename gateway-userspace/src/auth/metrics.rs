@@ -29,6 +29,7 @@ struct Inner {
     failed_closed: Family<Labels<1>, Gauge>,
     revocations: Family<Labels<1>, Counter>,
     revocation_errors: Family<Labels<1>, Counter>,
+    revocations_pending: Gauge,
     introspections: Family<Labels<1>, Counter>,
     introspection_cache: Family<Labels<1>, Counter>,
     introspection_coalesced: Family<Labels<1>, Counter>,
@@ -61,6 +62,7 @@ impl Default for AuthMetrics {
             failed_closed: Family::default(),
             revocations: Family::default(),
             revocation_errors: Family::default(),
+            revocations_pending: Gauge::default(),
             introspections: Family::default(),
             introspection_cache: Family::default(),
             introspection_coalesced: Family::default(),
@@ -141,6 +143,11 @@ impl AuthMetrics {
             "gateway_auth_revocation_store_errors",
             "Revocation checks the shared store could not answer, by the fail mode applied (fail_open, fail_closed)",
             i.revocation_errors.clone(),
+        );
+        registry.register(
+            "gateway_auth_revocations_pending",
+            "Revocations made on this node that Redis has not taken yet (queued, published when it answers)",
+            i.revocations_pending.clone(),
         );
         registry.register(
             "gateway_auth_introspections",
@@ -284,6 +291,10 @@ impl AuthMetrics {
 
     pub fn revoked(&self, source: &'static str) {
         self.0.revocations.get_or_create(&one("source", LabelValue::Static(source))).inc();
+    }
+
+    pub fn revocations_pending(&self, n: usize) {
+        self.0.revocations_pending.set(n as i64);
     }
 
     pub fn revocation_store_error(&self, fail_open: bool) {

@@ -13,13 +13,22 @@
 //!   not know is looked up in Redis (`GET`) once per `cache_ttl` per worker; while the
 //!   subscription is down those answers are not reused, since a revocation could be missed.
 //!   When Redis cannot answer, `on_store_error` decides: 503 or let through, counted.
+//!   A revocation made while Redis is down is applied here at once and queued: the queue is
+//!   published (SET + PUBLISH) as soon as Redis answers again, so the fleet converges without a
+//!   retry by hand.
+//! - The list (and the queue) is kept in a state file (`state`), so it survives restarts even
+//!   while Redis is down, and a reload that rebuilds the list carries the old one over.
+
+mod state;
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -31,6 +40,29 @@ use crate::kv::Kv;
 
 /// Longest jti accepted for revocation.
 const MAX_JTI: usize = 256;
+/// How often queued revocations are retried while Redis is up (they are also tried as soon as
+/// it comes back).
+const PUBLISH_RETRY: Duration = Duration::from_millis(200);
+
+/// `revocations.json` in systemd's `$STATE_DIRECTORY` (its first entry), else in
+/// `/var/lib/gatewayd`.
+pub fn default_state_file() -> PathBuf {
+    let dir = std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).filter(|s| !s.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/gatewayd"));
+    dir.join("revocations.json")
+}
+
+/// Where a revocation stands once `revoke` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// Memory store: this node only.
+    Local,
+    /// Stored in Redis and published to every node.
+    Published,
+    /// Applied here; Redis could not take it, so it is queued and published when Redis is back.
+    Queued,
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RevocationError {
@@ -48,6 +80,9 @@ struct Remote {
     channel: String,
     /// Whether the pub/sub subscription is up (else cached "not revoked" answers are not reused).
     live: Arc<AtomicBool>,
+    /// Unix ms when it last came up: answers cached before then may predate a revocation this
+    /// node did not hear.
+    live_since_ms: Arc<AtomicU64>,
     /// Dropped with the `Revocations`: ends the subscription task.
     _alive: watch::Sender<()>,
 }
@@ -56,7 +91,10 @@ pub struct Revocations {
     spec: RevocationSpec,
     /// jti → unix seconds until which it is revoked (the token's expiry).
     denylist: ArcSwap<HashMap<Box<str>, u64>>,
-    write: Mutex<()>,
+    /// Serialises writes; holds the jtis revoked here that Redis has not taken yet.
+    write: Mutex<HashMap<Box<str>, u64>>,
+    /// The list changed since the state file was last written (by `insert_local`).
+    unsaved: AtomicBool,
     remote: Option<Remote>,
     metrics: AuthMetrics,
 }
@@ -77,9 +115,43 @@ pub enum Lookup {
 
 impl Revocations {
     /// A memory store, or with `kv` (required by `store = "redis"`) the shared one, whose
-    /// subscription starts on the current runtime (the control runtime).
-    pub fn new(spec: RevocationSpec, kv: Option<Kv>, metrics: AuthMetrics) -> Arc<Self> {
-        Arc::new_cyclic(|weak: &Weak<Revocations>| {
+    /// subscription starts on the current runtime (the control runtime). Starts from the state
+    /// file and from `previous` (the list a reload replaces), so no revocation is forgotten.
+    pub fn new(
+        spec: RevocationSpec,
+        kv: Option<Kv>,
+        metrics: AuthMetrics,
+        previous: Option<&Revocations>,
+    ) -> Arc<Self> {
+        let now = unix_now();
+        let mut denylist: HashMap<Box<str>, u64> = HashMap::new();
+        let mut pending: HashMap<Box<str>, u64> = HashMap::new();
+        if let Some(path) = &spec.state_file {
+            match state::load(path) {
+                Ok(entries) => {
+                    for e in entries.into_iter().filter(|e| e.until > now && validate(&e.jti, e.until).is_ok()) {
+                        if e.pending {
+                            pending.insert(e.jti.as_str().into(), e.until);
+                        }
+                        denylist.insert(e.jti.into(), e.until);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read the revocation state file; starting without it"),
+            }
+        }
+        if let Some(prev) = previous {
+            for (jti, until) in prev.denylist.load().iter().filter(|(_, u)| **u > now) {
+                let known = denylist.entry(jti.clone()).or_insert(*until);
+                *known = (*known).max(*until);
+            }
+            pending.extend(prev.pending().into_iter().filter(|(_, u)| *u > now));
+        }
+        if spec.store == RevocationStoreKind::Memory {
+            pending.clear();
+        }
+        metrics.revocations_pending(pending.len());
+        let carried = previous.is_some();
+        let list = Arc::new_cyclic(|weak: &Weak<Revocations>| {
             let remote = match (spec.store, kv) {
                 (RevocationStoreKind::Redis, Some(kv)) => Some(Remote::start(kv, weak.clone())),
                 (RevocationStoreKind::Redis, None) => {
@@ -91,12 +163,48 @@ impl Revocations {
             };
             Revocations {
                 spec,
-                denylist: ArcSwap::from_pointee(HashMap::new()),
-                write: Mutex::new(()),
+                denylist: ArcSwap::from_pointee(denylist),
+                write: Mutex::new(pending),
+                unsaved: AtomicBool::new(false),
                 remote,
                 metrics,
             }
-        })
+        });
+        if carried {
+            // A reload may have moved the file.
+            list.persist(&list.lock());
+        }
+        list
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, u64>> {
+        self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Revocations waiting to be published.
+    fn pending(&self) -> Vec<(Box<str>, u64)> {
+        self.lock().iter().map(|(j, u)| (j.clone(), *u)).collect()
+    }
+
+    /// Writes the list to the state file (under the write lock). A failure is logged: the list
+    /// still holds in memory.
+    fn persist(&self, pending: &HashMap<Box<str>, u64>) {
+        let Some(path) = &self.spec.state_file else { return };
+        let now = unix_now();
+        let entries = self
+            .denylist
+            .load()
+            .iter()
+            .filter(|(_, u)| **u > now)
+            .map(|(jti, until)| state::Entry {
+                jti: jti.to_string(),
+                until: *until,
+                pending: pending.contains_key(jti),
+            })
+            .collect();
+        if let Err(e) = state::save(path, entries) {
+            tracing::error!(error = %e, "cannot write the revocation state file; revocations will not survive a restart");
+        }
     }
 
     pub fn spec(&self) -> &RevocationSpec {
@@ -130,6 +238,14 @@ impl Revocations {
         self.remote.as_ref().is_some_and(|r| r.live.load(Ordering::Acquire))
     }
 
+    /// Whether a "not revoked" answer cached until `until_ms` is still good at `now_ms`: it must
+    /// be unexpired and have been cached while revocations were being heard without a gap.
+    pub fn reusable_answer(&self, until_ms: u64, now_ms: u64) -> bool {
+        let Some(remote) = self.remote.as_ref().filter(|r| r.live.load(Ordering::Acquire)) else { return false };
+        let cached_at = until_ms.saturating_sub(self.spec.cache_ttl.as_millis() as u64);
+        until_ms > now_ms && cached_at >= remote.live_since_ms.load(Ordering::Acquire)
+    }
+
     /// Looks `jti` up in the shared store.
     pub async fn lookup(&self, jti: &str) -> Result<Lookup, RevocationError> {
         let Some(remote) = &self.remote else { return Err(RevocationError::Store("no redis".into())) };
@@ -152,34 +268,104 @@ impl Revocations {
         open
     }
 
-    /// Revokes `jti` until `until` (unix seconds, normally the token's `exp`): locally at once,
-    /// and in the shared store for every node.
-    pub async fn revoke(&self, jti: &str, until: u64, source: &'static str) -> Result<(), RevocationError> {
+    /// Revokes `jti` until `until` (unix seconds, normally the token's `exp`): locally at once
+    /// (and in the state file), and in the shared store for every node; queued when the shared
+    /// store cannot take it now.
+    pub async fn revoke(&self, jti: &str, until: u64, source: &'static str) -> Result<Revoked, RevocationError> {
         validate(jti, until)?;
-        self.insert_local(jti, until);
-        if let Some(remote) = &self.remote {
-            let set = redis::cmd("SET").arg(remote.key(jti)).arg(until).arg("EXAT").arg(until).clone();
-            remote.kv.query::<()>("auth_revoke", &set).await.map_err(store_error)?;
-            let message = format!("{until} {jti}");
-            remote.kv.publish(&remote.channel, message.as_bytes()).await.map_err(store_error)?;
-        }
+        self.insert(jti, until, self.remote.is_some(), true);
         self.metrics.revoked(source);
-        tracing::info!(jti, until, source, "token revoked");
-        Ok(())
+        let Some(remote) = &self.remote else {
+            tracing::info!(jti, until, source, "token revoked");
+            return Ok(Revoked::Local);
+        };
+        match remote.publish(jti, until).await {
+            Ok(()) => {
+                self.published(jti);
+                tracing::info!(jti, until, source, "token revoked");
+                Ok(Revoked::Published)
+            }
+            Err(e) => {
+                tracing::warn!(jti, until, source, error = %e, "token revoked on this node; redis cannot take it now, so it is queued and published when redis is back");
+                Ok(Revoked::Queued)
+            }
+        }
     }
 
-    /// Adds to the local denylist only (also used for revocations heard from other nodes).
+    /// Adds to the local denylist only (revocations found in Redis or heard from other nodes).
+    /// Callable from a worker: the state file is written later by the subscription task, never
+    /// on the request path.
     pub fn insert_local(&self, jti: &str, until: u64) {
-        let _guard = self.write.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.insert(jti, until, false, false) {
+            self.unsaved.store(true, Ordering::Release);
+        }
+    }
+
+    /// Writes the state file if `insert_local` changed the list since the last write.
+    fn save_if_changed(&self) {
+        if self.unsaved.swap(false, Ordering::AcqRel) {
+            self.persist(&self.lock());
+        }
+    }
+
+    /// Adds to the local denylist (and, when `pending`, to the queue), saving the state file when
+    /// `save`. True when the list changed.
+    fn insert(&self, jti: &str, until: u64, pending: bool, save: bool) -> bool {
+        let mut queue = self.lock();
         let now = unix_now();
         let current = self.denylist.load();
-        if current.get(jti).is_some_and(|u| *u >= until) {
+        let known = current.get(jti).is_some_and(|u| *u >= until);
+        if known && (!pending || queue.contains_key(jti)) {
+            return false;
+        }
+        if !known {
+            let mut next: HashMap<Box<str>, u64> =
+                current.iter().filter(|(_, u)| **u > now).map(|(k, u)| (k.clone(), *u)).collect();
+            next.insert(jti.into(), until);
+            self.denylist.store(Arc::new(next));
+        }
+        if pending {
+            queue.insert(jti.into(), until);
+            self.metrics.revocations_pending(queue.len());
+        }
+        if save {
+            self.persist(&queue);
+        }
+        true
+    }
+
+    /// `jti` reached the shared store: off the queue.
+    fn published(&self, jti: &str) {
+        let mut queue = self.lock();
+        if queue.remove(jti).is_some() {
+            self.metrics.revocations_pending(queue.len());
+            self.persist(&queue);
+        }
+    }
+
+    /// Publishes what is queued (when Redis is up); what fails stays queued.
+    async fn flush(&self) {
+        let Some(remote) = &self.remote else { return };
+        if !remote.kv.is_up() {
             return;
         }
-        let mut next: HashMap<Box<str>, u64> =
-            current.iter().filter(|(_, u)| **u > now).map(|(k, u)| (k.clone(), *u)).collect();
-        next.insert(jti.into(), until);
-        self.denylist.store(Arc::new(next));
+        let now = unix_now();
+        for (jti, until) in self.pending() {
+            if until <= now {
+                self.published(&jti);
+                continue;
+            }
+            match remote.publish(&jti, until).await {
+                Ok(()) => {
+                    self.published(&jti);
+                    tracing::info!(jti = &*jti, until, "queued revocation published");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "queued revocations stay queued");
+                    return;
+                }
+            }
+        }
     }
 
     /// A revocation published by some node: `<until> <jti>`.
@@ -191,7 +377,8 @@ impl Revocations {
         match parsed {
             Some((until, jti)) if validate(jti, until).is_ok() => {
                 if !self.is_revoked_locally(jti, unix_now()) {
-                    self.insert_local(jti, until);
+                    // On the subscription task (not a worker): saved at once.
+                    self.insert(jti, until, false, true);
                     self.metrics.revoked("peer");
                     tracing::debug!(jti, until, "revocation heard from another node");
                 }
@@ -205,24 +392,47 @@ impl Revocations {
     pub fn local_len(&self) -> usize {
         self.denylist.load().len()
     }
+
+    /// Revocations made here that Redis has not taken yet.
+    pub fn pending_len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 impl Remote {
     fn start(kv: Kv, revocations: Weak<Revocations>) -> Remote {
         let channel = kv.key(format_args!("auth:revocations"));
         let live = Arc::new(AtomicBool::new(false));
+        let live_since_ms = Arc::new(AtomicU64::new(0));
+        let since = live_since_ms.clone();
         let (alive, mut dropped) = watch::channel(());
         let mut sub = kv.subscribe(channel.clone());
         let flag = live.clone();
         let listen = async move {
+            let mut retry = tokio::time::interval(PUBLISH_RETRY);
+            retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = dropped.changed() => return,
+                    _ = retry.tick() => {
+                        let Some(r) = revocations.upgrade() else { return };
+                        r.save_if_changed();
+                        if r.pending_len() > 0 {
+                            r.flush().await;
+                        }
+                    }
                     changed = sub.live.changed() => {
                         if changed.is_err() {
                             return;
                         }
-                        flag.store(*sub.live.borrow_and_update(), Ordering::Release);
+                        let up = *sub.live.borrow_and_update();
+                        if up {
+                            since.store(super::unix_now_ms(), Ordering::Release);
+                        }
+                        flag.store(up, Ordering::Release);
+                        if up && let Some(r) = revocations.upgrade() {
+                            r.flush().await;
+                        }
                     }
                     message = sub.messages.recv() => {
                         let Some(message) = message else { return };
@@ -240,11 +450,20 @@ impl Remote {
                 "no runtime for the revocation subscription; other nodes' revocations are looked up in redis"
             ),
         }
-        Remote { kv, channel, live, _alive: alive }
+        Remote { kv, channel, live, live_since_ms, _alive: alive }
     }
 
     fn key(&self, jti: &str) -> String {
         self.kv.key(format_args!("auth:revoked:{jti}"))
+    }
+
+    /// `SET <key> <until> EXAT <until>` (the key lives as long as the token), then PUBLISH.
+    async fn publish(&self, jti: &str, until: u64) -> Result<(), RevocationError> {
+        let set = redis::cmd("SET").arg(self.key(jti)).arg(until).arg("EXAT").arg(until).clone();
+        self.kv.query::<()>("auth_revoke", &set).await.map_err(store_error)?;
+        let message = format!("{until} {jti}");
+        self.kv.publish(&self.channel, message.as_bytes()).await.map_err(store_error)?;
+        Ok(())
     }
 }
 
@@ -276,10 +495,10 @@ mod tests {
 
     #[test]
     fn revoked_until_expiry() {
-        let r = Revocations::new(RevocationSpec::default(), None, AuthMetrics::default());
+        let r = Revocations::new(RevocationSpec::default(), None, AuthMetrics::default(), None);
         let now = unix_now();
         assert!(!r.is_revoked_locally("a", now));
-        block_on(r.revoke("a", now + 60, "admin")).unwrap();
+        assert_eq!(block_on(r.revoke("a", now + 60, "admin")), Ok(Revoked::Local));
         assert!(r.is_revoked_locally("a", now));
         assert!(!r.is_revoked_locally("a", now + 61), "an entry lapses with the token");
         assert!(!r.is_revoked_locally("b", now));
@@ -295,8 +514,27 @@ mod tests {
     }
 
     #[test]
+    fn the_list_survives_a_restart_and_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RevocationSpec { state_file: Some(dir.path().join("r.json")), ..RevocationSpec::default() };
+        let until = unix_now() + 60;
+        let first = Revocations::new(spec.clone(), None, AuthMetrics::default(), None);
+        assert_eq!(block_on(first.revoke("a", until, "admin")), Ok(Revoked::Local));
+        // A found-in-Redis entry is saved later, off the request path.
+        first.insert_local("b", until);
+        first.save_if_changed();
+        let restarted = Revocations::new(spec.clone(), None, AuthMetrics::default(), None);
+        assert!(restarted.is_revoked_locally("a", unix_now()) && restarted.is_revoked_locally("b", unix_now()));
+        // A rebuild (a reload that changed the settings) keeps what the old list held, even
+        // without a state file.
+        restarted.insert_local("c", until);
+        let rebuilt = Revocations::new(RevocationSpec::default(), None, AuthMetrics::default(), Some(&restarted));
+        assert!(["a", "b", "c"].iter().all(|j| rebuilt.is_revoked_locally(j, unix_now())));
+    }
+
+    #[test]
     fn published_messages_are_parsed_strictly() {
-        let r = Revocations::new(RevocationSpec::default(), None, AuthMetrics::default());
+        let r = Revocations::new(RevocationSpec::default(), None, AuthMetrics::default(), None);
         let until = unix_now() + 60;
         r.heard(format!("{until} tok-1").as_bytes());
         assert!(r.is_revoked_locally("tok-1", unix_now()));

@@ -339,6 +339,8 @@ pub struct RevocationSpec {
     /// How long a worker reuses a "not revoked" answer from the shared store (revocations
     /// published by other nodes apply at once regardless).
     pub cache_ttl: Duration,
+    /// Where the list survives restarts; `None`: it does not.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RevocationSpec {
@@ -347,6 +349,7 @@ impl Default for RevocationSpec {
             store: RevocationStoreKind::Memory,
             on_store_error: OutageMode::FailClosed,
             cache_ttl: Duration::from_secs(5),
+            state_file: None,
         }
     }
 }

@@ -685,6 +685,11 @@ pub struct RevocationSection {
     /// How long a worker reuses a "not revoked" answer of the shared store. Default: 5s.
     #[serde(default, with = "humantime_serde")]
     pub cache_ttl: Option<Duration>,
+    /// Where the revocation list is kept across restarts (with the revocations not yet published
+    /// to Redis). Absolute path; `""` disables it. Default: `revocations.json` in
+    /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else in `/var/lib/gatewayd`.
+    #[serde(default)]
+    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

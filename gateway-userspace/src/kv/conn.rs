@@ -63,6 +63,12 @@ pub(super) fn is_connection_error(e: &RedisError) -> bool {
         || matches!(e.kind(), redis::ErrorKind::ClusterConnectionNotFound)
 }
 
+/// Cluster errors that mean the slot's master cannot serve (the cluster lost it, or it lost its
+/// link to the cluster), as opposed to a command failing.
+pub(super) fn is_node_down(e: &RedisError) -> bool {
+    matches!(e.code(), Some("CLUSTERDOWN" | "MASTERDOWN"))
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

@@ -1,4 +1,5 @@
-//! `gateway_redis_up`, `gateway_redis_command_duration_seconds`, `gateway_redis_errors_total`.
+//! `gateway_redis_up`, `gateway_redis_node_up` (Cluster masters), `gateway_redis_command_duration_seconds`,
+//! `gateway_redis_errors_total`.
 
 use std::{
     collections::HashMap,
@@ -25,6 +26,7 @@ fn histogram() -> Histogram {
 #[derive(Clone, Debug)]
 pub struct KvMetrics {
     up: Family<Labels<1>, Gauge>,
+    node_up: Family<Labels<2>, Gauge>,
     duration: Family<Labels<1>, Histogram, fn() -> Histogram>,
     errors: Family<Labels<2>, Counter>,
     /// Live handles per target: a reload that replaces a handle with one for the same target
@@ -36,6 +38,7 @@ impl Default for KvMetrics {
     fn default() -> Self {
         KvMetrics {
             up: Family::default(),
+            node_up: Family::default(),
             duration: Family::new_with_constructor(histogram),
             errors: Family::default(),
             live: Arc::default(),
@@ -50,6 +53,11 @@ impl KvMetrics {
             "gateway_redis_up",
             "1 while the gateway holds a working connection to the Redis target, 0 while it is down",
             m.up.clone(),
+        );
+        registry.register(
+            "gateway_redis_node_up",
+            "Redis Cluster: 1 while the master serves its slots for this gateway, 0 while it is marked down",
+            m.node_up.clone(),
         );
         registry.register(
             "gateway_redis_command_duration_seconds",
@@ -76,14 +84,25 @@ impl KvMetrics {
         self.up.get_or_create(&target_label(target)).set(i64::from(up));
     }
 
-    pub(super) fn forget(&self, target: &str) {
+    /// Drops a handle; true when it was the last one for `target` (its gauges are removed).
+    pub(super) fn forget(&self, target: &str) -> bool {
         let mut live = self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(n) = live.get_mut(target) else { return };
+        let Some(n) = live.get_mut(target) else { return false };
         *n -= 1;
         if *n == 0 {
             live.remove(target);
             self.up.remove(&target_label(target));
+            return true;
         }
+        false
+    }
+
+    pub(super) fn set_node_up(&self, target: &str, node: &str, up: bool) {
+        self.node_up.get_or_create(&node_label(target, node)).set(i64::from(up));
+    }
+
+    pub(super) fn forget_node(&self, target: &str, node: &str) {
+        self.node_up.remove(&node_label(target, node));
     }
 
     pub(super) fn observe(&self, op: &'static str, took: Duration) {
@@ -99,4 +118,8 @@ impl KvMetrics {
 
 fn target_label(target: &str) -> Labels<1> {
     Labels([("target", LabelValue::Owned(target.to_owned()))])
+}
+
+fn node_label(target: &str, node: &str) -> Labels<2> {
+    Labels([("target", LabelValue::Owned(target.to_owned())), ("node", LabelValue::Owned(node.to_owned()))])
 }

@@ -3,7 +3,8 @@
 //! like the command connection: reconnect with the same backoff, a ping every second so a
 //! silently dead connection is noticed, and `live` so subscribers know when messages may have
 //! been missed (and must ask Redis directly meanwhile). In a Redis Cluster a PUBLISH reaches
-//! every node, so subscribing to one seed node is enough.
+//! every node, so subscribing to one seed node is enough; each reconnect tries the next seed, so
+//! a dead master does not keep the subscription down.
 
 use std::time::Duration;
 
@@ -44,18 +45,26 @@ impl Kv {
     }
 }
 
-fn node(spec: &KvSpec) -> Option<&str> {
+/// The nodes a subscription may use: the one Redis, or every seed of a Cluster (tried in turn,
+/// so one dead master does not silence revocations).
+fn nodes(spec: &KvSpec) -> &[String] {
     match &spec.servers {
-        KvServers::Single(url) => Some(url),
-        KvServers::Cluster(nodes) => nodes.first().map(String::as_str),
+        KvServers::Single(url) => std::slice::from_ref(url),
+        KvServers::Cluster(nodes) => nodes,
     }
 }
 
 async fn run(spec: KvSpec, channel: String, tx: mpsc::Sender<Vec<u8>>, live: watch::Sender<bool>) {
-    let Some(url) = node(&spec).map(str::to_owned) else { return };
+    let urls = nodes(&spec).to_vec();
+    if urls.is_empty() {
+        return;
+    }
     let target = spec.servers.redacted();
     let mut failures: u32 = 0;
+    let mut attempts: usize = 0;
     loop {
+        let url = &urls[attempts % urls.len()];
+        attempts += 1;
         let connect = async {
             let mut ps = redis::Client::open(url.as_str())?.get_async_pubsub().await?;
             ps.subscribe(&channel).await?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 #[path = "../../tests/support/redis_server.rs"]
 mod redis_server;
 
-pub use redis_server::{RedisCluster, RedisServer, raw_command};
+pub use redis_server::{ClusterOptions, RedisCluster, RedisServer, raw_command};
 
 use super::{KvServers, KvSpec};
 

@@ -18,10 +18,11 @@ async fn commands_and_scripts_run_once_connected() {
     assert_eq!(pong, "PONG");
     let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
     let mut call = script.prepare_invoke();
-    call.key(kv.key(format_args!("t:{{a}}"))).arg(5);
+    let key = kv.key(format_args!("t:{{a}}"));
+    call.key(&key).arg(5);
     // The first call loads the script (NOSCRIPT), later ones only send its hash.
-    assert_eq!(kv.script::<i64>("incr", &call).await.unwrap(), 5);
-    assert_eq!(kv.script::<i64>("incr", &call).await.unwrap(), 10);
+    assert_eq!(kv.script::<i64>("incr", &key, &call).await.unwrap(), 5);
+    assert_eq!(kv.script::<i64>("incr", &key, &call).await.unwrap(), 10);
     assert_eq!(kv.key(format_args!("x")), "test:x");
 }
 
@@ -177,4 +178,81 @@ async fn rediss_verifies_the_server_and_presents_our_certificate() {
         KvMetrics::default(),
     );
     assert!(!untrusted.settled(Duration::from_secs(3)).await, "the server's certificate is not from our CA");
+}
+
+/// A key (with its own hash tag) served by each master of `cluster`, by index.
+fn keys_per_master(cluster: &testing::RedisCluster) -> std::collections::HashMap<usize, String> {
+    let mut keys = std::collections::HashMap::new();
+    for i in 0.. {
+        let key = format!("test:{{k{i}}}");
+        keys.entry(cluster.owner_of(&key)).or_insert(key);
+        if keys.len() == 3 {
+            return keys;
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn a_dead_cluster_master_fails_its_slots_fast_and_only_them() {
+    use testing::{ClusterOptions, RedisCluster};
+    let mut cluster = RedisCluster::start_with(ClusterOptions { full_coverage: false, ..ClusterOptions::default() });
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = KvMetrics::register(&mut registry);
+    // A long timeout: a request that waited for it would show.
+    let kv = Kv::start(KvSpec { timeout: Duration::from_secs(5), ..cluster.spec() }, metrics.clone());
+    assert!(kv.settled(Duration::from_secs(5)).await);
+    let keys = keys_per_master(&cluster);
+    let get = |k: &str| {
+        let kv = kv.clone();
+        let k = k.to_owned();
+        async move { kv.query::<Option<String>>("get", redis::cmd("GET").arg(k)).await }
+    };
+    for k in keys.values() {
+        get(k).await.unwrap();
+    }
+    let (dead, alive): (Vec<_>, Vec<_>) = keys.iter().partition(|(i, _)| **i == 0);
+    let dead_key = dead[0].1.clone();
+    cluster.kill(0);
+    // The first command for the dead master's slot notices; the ones after it do not try.
+    assert!(get(&dead_key).await.is_err());
+    for _ in 0..50 {
+        let started = Instant::now();
+        assert!(matches!(get(&dead_key).await, Err(KvError::Unavailable)));
+        assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+        for (_, k) in &alive {
+            get(k).await.expect("the other masters' slots keep working");
+        }
+    }
+    assert!(kv.is_up(), "one master down is not the cluster down");
+    let node = format!("127.0.0.1:{}", cluster.ports[0]);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let gauge = |up: u8| format!("gateway_redis_node_up{{target=\"{}\",node=\"{node}\"}} {up}", kv.inner.target);
+    assert!(text.contains(&gauge(0)), "{text}");
+
+    cluster.restart(0);
+    assert!(
+        eventually(Duration::from_secs(10), async || get(&dead_key).await.is_ok()).await,
+        "the master's slots are served again once it answers"
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains(&gauge(1)), "{text}");
+}
+
+#[tokio::test]
+async fn a_cluster_subscription_moves_to_another_seed_when_its_node_is_dead() {
+    use testing::{ClusterOptions, RedisCluster};
+    let mut cluster = RedisCluster::start_with(ClusterOptions { full_coverage: false, ..ClusterOptions::default() });
+    let kv = Kv::start(cluster.spec(), KvMetrics::default());
+    assert!(kv.settled(Duration::from_secs(5)).await);
+    // The first seed, where a subscription starts, is dead.
+    cluster.kill(0);
+    let mut sub = kv.subscribe("test:chan".into());
+    assert!(eventually(Duration::from_secs(5), async || *sub.live.borrow()).await, "subscribed through another seed");
+    // PUBLISH goes to some node and reaches every node's subscribers.
+    assert!(eventually(Duration::from_secs(5), async || kv.publish("test:chan", b"hi").await.is_ok()).await);
+    let message = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv()).await.unwrap();
+    assert_eq!(message.as_deref(), Some(&b"hi"[..]));
 }

@@ -50,7 +50,7 @@ pub async fn decide(kv: &Kv, layer: &LayerSpec, key: &Key<'_>, limit: u64, now_m
     let (cur_key, prev_key) = keys(kv, layer, key, pos);
     let mut call = SCRIPT.prepare_invoke();
     call.key(&cur_key).key(&prev_key).arg(limit).arg(pos.weight()).arg(pos.ttl());
-    let (admitted, cur, prev): (i64, i64, i64) = kv.script("ratelimit", &call).await?;
+    let (admitted, cur, prev): (i64, i64, i64) = kv.script("ratelimit", &cur_key, &call).await?;
     let (cur, prev) = (cur.max(0) as u64, prev.max(0) as u64);
     let before = if admitted == 1 { cur.saturating_sub(1) } else { cur };
     let mut outcome = window::outcome(prev, before, pos, limit);

@@ -11,7 +11,7 @@ use super::{idp::*, pki::*, support::*};
 /// Listener, metrics, admin socket, audit log, one upstream, an open route (`/open`) and the
 /// routes `/api` (policy `users`), `/both`, `/either`, `/keys`, `/closed`, `/fo` as the `auth`
 /// TOML defines the policies they name.
-fn config(p: &Ports, up: &Upstream, workers: usize, auth: &str) -> String {
+pub(super) fn config(p: &Ports, up: &Upstream, workers: usize, auth: &str) -> String {
     let dir = p.dir.display();
     let route = |name: &str, policy: &str| {
         if auth.contains(&format!("name = \"{policy}\"")) {
@@ -66,7 +66,7 @@ auth = "none"
 }
 
 /// `[auth]` with the test IdP as issuer `idp` (discovery) and policy `users` (jwt, scope read).
-fn idp_auth(idp: &Idp, auth_extra: &str, issuer_extra: &str) -> String {
+pub(super) fn idp_auth(idp: &Idp, auth_extra: &str, issuer_extra: &str) -> String {
     format!(
         r#"
 [auth]
@@ -92,7 +92,7 @@ scopes = ["read"]
     )
 }
 
-async fn call(gw: &Gateway, path: &str, token: Option<&str>) -> Reply {
+pub(super) async fn call(gw: &Gateway, path: &str, token: Option<&str>) -> Reply {
     let mut b = req("GET", &gw.url(path), "api.test");
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));

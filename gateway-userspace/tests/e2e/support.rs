@@ -91,6 +91,8 @@ impl Gateway {
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "debug")
+            // The revocation state file (and anything else kept across restarts) in the test's dir.
+            .env("STATE_DIRECTORY", dir.path())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -484,7 +486,7 @@ socket = ""
 #[path = "../support/redis_server.rs"]
 mod redis_server;
 
-pub use redis_server::{RedisCluster, RedisServer, raw_command as redis_command};
+pub use redis_server::{ClusterOptions, RedisCluster, RedisServer, raw_command as redis_command};
 
 /// The TOML list of a cluster's seed nodes.
 pub fn toml_nodes(cluster: &RedisCluster) -> String {

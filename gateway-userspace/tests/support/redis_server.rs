@@ -129,26 +129,68 @@ impl Drop for RedisServer {
     }
 }
 
-/// Three masters on loopback, slots split by `redis-cli --cluster create`.
-pub struct RedisCluster {
-    pub ports: Vec<u16>,
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
+/// A Redis Cluster's shape and timings.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterOptions {
+    pub masters: usize,
+    /// Replicas per master (`--cluster-replicas`).
+    pub replicas: usize,
+    /// `cluster-node-timeout`: how long until a silent master is failed over (or the cluster
+    /// marked down).
+    pub node_timeout_ms: u64,
+    /// `cluster-require-full-coverage`: with `false`, slots of live masters keep being served
+    /// while another master is down.
+    pub full_coverage: bool,
 }
 
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { masters: 3, replicas: 0, node_timeout_ms: 5000, full_coverage: true }
+    }
+}
+
+/// Masters (and replicas) on loopback, slots split by `redis-cli --cluster create`. Nodes can be
+/// killed, restarted (same port and `nodes.conf`, so they rejoin) and paused.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    extra: Vec<Vec<String>>,
+    dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)] // not every test binary injects faults into a cluster
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(ClusterOptions::default())
+    }
+
+    pub fn start_with(o: ClusterOptions) -> RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut ports = Vec::new();
         let mut children = Vec::new();
-        for i in 0..3 {
+        let mut extras = Vec::new();
+        for i in 0..o.masters * (1 + o.replicas) {
             let (port, bus) = (free_port(), free_port());
             let node_dir = dir.path().join(format!("n{i}"));
             std::fs::create_dir(&node_dir).expect("node dir");
-            let extra =
-                ["--cluster-enabled", "yes", "--cluster-port", &bus.to_string(), "--cluster-node-timeout", "5000"]
-                    .map(String::from);
-            children.push(spawn_redis(&node_dir, port, &extra));
+            let extra: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-node-timeout",
+                &o.node_timeout_ms.to_string(),
+                "--cluster-require-full-coverage",
+                if o.full_coverage { "yes" } else { "no" },
+                // A replica may take over however long ago it last heard its master.
+                "--cluster-replica-validity-factor",
+                "0",
+            ]
+            .map(String::from)
+            .into();
+            children.push(Some(spawn_redis(&node_dir, port, &extra)));
+            extras.push(extra);
             ports.push(port);
         }
         for &p in &ports {
@@ -158,25 +200,82 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &o.replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("cannot run redis-cli (install redis-server with `cargo xtask deps`)");
         assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
-        for &p in &ports {
-            wait_redis(p, "cluster_state:ok", "CLUSTER INFO");
+        let cluster = RedisCluster { ports, children, extra: extras, dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every running node says `cluster_state:ok` and every replica has synced
+    /// with its master (a replica that never did cannot take over).
+    pub fn wait_ok(&self) {
+        for (i, &p) in self.ports.iter().enumerate() {
+            if self.children[i].is_some() {
+                wait_redis(p, "cluster_state:ok", "CLUSTER INFO");
+                if raw_command(p, "ROLE").is_ok_and(|r| r.contains("slave")) {
+                    wait_redis(p, "master_link_status:up", "INFO replication");
+                }
+            }
         }
-        RedisCluster { ports, children, _dir: dir }
     }
 
     /// `redis://` URLs of the seed nodes.
     pub fn urls(&self) -> Vec<String> {
         self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
     }
+
+    /// The index of the running master that serves `key`'s slot (it answers a GET; the others
+    /// redirect).
+    pub fn owner_of(&self, key: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for (i, &p) in self.ports.iter().enumerate() {
+                if self.children[i].is_none() {
+                    continue;
+                }
+                let role = raw_command(p, "ROLE").unwrap_or_default();
+                let reply = raw_command(p, &format!("GET {key}")).unwrap_or_default();
+                if role.contains("master") && (reply.starts_with('$') || reply.starts_with('+')) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no master serves {key}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL one node.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a killed node again (same port, same `nodes.conf`: it rejoins the cluster).
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let node_dir = self.dir.path().join(format!("n{i}"));
+        self.children[i] = Some(spawn_redis(&node_dir, self.ports[i], &self.extra[i]));
+        wait_redis(self.ports[i], "+PONG", "PING");
+    }
+
+    /// SIGSTOP / SIGCONT one node.
+    pub fn pause(&self, i: usize, paused: bool) {
+        let pid = nix::unistd::Pid::from_raw(self.children[i].as_ref().expect("running").id() as i32);
+        let sig = if paused { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+        nix::sys::signal::kill(pid, sig).expect("signal redis-server");
+    }
 }
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().flatten() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGCONT);
             let _ = c.kill();
             let _ = c.wait();
         }

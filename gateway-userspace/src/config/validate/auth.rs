@@ -114,6 +114,15 @@ impl Validator<'_> {
             },
             on_store_error: fail_mode(a.revocation.on_store_error),
             cache_ttl: a.revocation.cache_ttl.unwrap_or(std::time::Duration::from_secs(5)),
+            state_file: match a.revocation.state_file.as_deref() {
+                None => Some(crate::auth::default_revocation_state_file()),
+                Some("") => None,
+                Some(p) if !p.starts_with('/') => {
+                    self.problem(root("auth").key("revocation").key("state_file"), "must be an absolute path");
+                    None
+                }
+                Some(p) => Some(std::path::PathBuf::from(p)),
+            },
         };
         AuthSpec {
             route_policies,

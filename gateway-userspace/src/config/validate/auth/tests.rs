@@ -314,3 +314,17 @@ fn an_outage_grace_too_short_for_the_retries_is_refused_at_its_line() {
     let c = load(&issuer("breaker_failures = 5\nbreaker_cool_down = \"2s\"")).unwrap();
     assert_eq!(c.auth.issuers[0].breaker, crate::auth::BreakerSpec { failures: 5, cool_down: Duration::from_secs(2) });
 }
+
+#[test]
+fn the_revocation_state_file_is_absolute_or_disabled() {
+    let open = "[auth]\ndefault_policy = \"none\"\n[auth.revocation]\n";
+    let p = problems(&format!("{open}state_file = \"revocations.json\"\n"));
+    assert!(has(&p, "auth.revocation.state_file", "absolute path"), "{p:?}");
+    assert_eq!(p[0].line, 12, "{p:?}");
+    let c = load(&format!("{open}state_file = \"\"\n")).unwrap();
+    assert_eq!(c.auth.revocation.state_file, None);
+    let c = load(&format!("{open}state_file = \"/srv/gw/revoked.json\"\n")).unwrap();
+    assert_eq!(c.auth.revocation.state_file.as_deref(), Some(std::path::Path::new("/srv/gw/revoked.json")));
+    let c = load(open).unwrap();
+    assert!(c.auth.revocation.state_file.as_ref().is_some_and(|p| p.ends_with("revocations.json")), "a default");
+}
