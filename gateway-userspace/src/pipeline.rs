@@ -148,8 +148,10 @@ async fn run(
     };
     prepare_upstream_headers(ctx, snapshot, &mut head, host.as_deref());
     let service = &snapshot.services[route.service];
-    let body = RequestBody::new(body, limits.max_request_body, ctx.bytes_received.clone())
-        .observed(std::mem::take(&mut ctx.request_observers));
+    let mut body =
+        RequestBody::new(body, limits.max_request_body, ctx.bytes_received.clone(), route.body.client_body_timeout)
+            .observed(std::mem::take(&mut ctx.request_observers));
+    body.read_ahead(route.body.request_buffer).await.map_err(proxy::ProxyError::unsent_body)?;
     ctx.timings.upstream_start = Some(Instant::now());
     let fwd = Forward { service, pool: &ctx.conn.worker.pool, path_and_query, host: preserved_host };
     match proxy::forward(fwd, head, body).await {

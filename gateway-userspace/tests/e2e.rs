@@ -7,6 +7,7 @@ mod e2e {
     pub mod pki;
     pub mod support;
 
+    mod bodies;
     mod budget;
     mod config_cli;
     mod headers;
