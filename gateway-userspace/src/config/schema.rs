@@ -193,8 +193,8 @@ pub struct BufferingSection {
     /// while a slow client reads. Default: false (responses stream).
     #[serde(default)]
     pub response_buffering: bool,
-    /// Response bytes held in memory per response before the temp file. Default: 64 KiB.
-    #[serde(default = "default_buffer_size")]
+    /// Response bytes held in memory per response before the temp file. Default: 32 KiB.
+    #[serde(default = "default_response_buffer_size")]
     pub response_buffer_size: ByteSize,
     /// Most bytes one response keeps in its temp file; past it the upstream is read only as
     /// fast as the client reads. `0`: no temp file. Default: 1 GiB.
@@ -211,7 +211,7 @@ impl Default for BufferingSection {
             request_buffering: true,
             request_buffer_size: default_buffer_size(),
             response_buffering: false,
-            response_buffer_size: default_buffer_size(),
+            response_buffer_size: default_response_buffer_size(),
             max_temp_file_size: default_max_temp_file_size(),
             temp_dir: None,
         }
@@ -811,6 +811,9 @@ fn default_client_body_timeout() -> Duration {
 }
 fn default_buffer_size() -> ByteSize {
     ByteSize(64 << 10)
+}
+fn default_response_buffer_size() -> ByteSize {
+    ByteSize(32 << 10)
 }
 fn default_max_temp_file_size() -> ByteSize {
     ByteSize(1 << 30)

@@ -166,7 +166,7 @@ fn body_settings_resolve_per_route() {
     let body = &c.routes.routes()[0].body;
     assert_eq!(body.client_body_timeout, std::time::Duration::from_secs(5));
     assert_eq!(body.request_buffer, 0);
-    assert_eq!(body.response_buffer.as_ref().map(|s| s.memory), Some(64 << 10));
+    assert_eq!(body.response_buffer.as_ref().map(|s| s.memory), Some(32 << 10));
 }
 
 #[test]

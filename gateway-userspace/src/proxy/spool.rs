@@ -30,7 +30,7 @@ use super::{BodyError, SpoolSpec, UpstreamLease, body::poll_upstream};
 use crate::metrics::Metrics;
 
 /// Bytes read from the temp file per frame handed to the client.
-const FILE_CHUNK: u64 = 32 << 10;
+const FILE_CHUNK: u64 = 16 << 10;
 
 enum End {
     Open,

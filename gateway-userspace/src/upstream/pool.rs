@@ -53,8 +53,9 @@ impl ConnectError {
 
 /// Most bytes one upstream connection reads ahead (hyper's default is about 400 KiB). It caps
 /// what a slow client pins per upstream connection, whose body chunks are slices of this
-/// buffer; response heads must fit in it (nginx's `proxy_buffer_size` is 4-8 KiB).
-const UPSTREAM_READ_BUFFER: usize = 64 << 10;
+/// buffer; response heads must fit in it (nginx's `proxy_buffer_size` is 4-8 KiB; a larger
+/// head is a 502, as with nginx).
+const UPSTREAM_READ_BUFFER: usize = 32 << 10;
 
 struct Idle {
     sender: SendRequest<RequestBody>,

@@ -212,7 +212,7 @@ async fn slow_readers_release_the_upstream_and_memory_stays_bounded() {
     eprintln!("RSS {before} KiB -> +{grown_kib} KiB for {CLIENTS} slow readers of {len} bytes");
     assert!(released.is_some(), "upstream requests still in flight while clients read slowly:\n{}", gw.metrics());
     assert!(gw.metric("gateway_proxy_spooled_bytes_total", &[]) > 0.0, "nothing went to the temp file");
-    // Each slow reader holds at most the memory buffer (64 KiB), one file read and hyper's
+    // Each slow reader holds at most the memory buffer (32 KiB), one file read and hyper's
     // write buffer (plus what the allocator keeps); generous: half a megabyte each.
     let bound_kib = CLIENTS * MIB / 2 / 1024;
     assert!(grown_kib < bound_kib, "RSS grew {grown_kib} KiB for {CLIENTS} slow readers (bound {bound_kib} KiB)");
