@@ -151,8 +151,9 @@ async fn run(
     let mut body =
         RequestBody::new(body, limits.max_request_body, ctx.bytes_received.clone(), route.body.client_body_timeout)
             .observed(std::mem::take(&mut ctx.request_observers));
-    body.read_ahead(route.body.request_buffer).await.map_err(proxy::ProxyError::unsent_body)?;
+    // The upload counts as upstream time whether it is read ahead or streamed.
     ctx.timings.upstream_start = Some(Instant::now());
+    body.read_ahead(route.body.request_buffer).await.map_err(proxy::ProxyError::unsent_body)?;
     let fwd = Forward { service, pool: &ctx.conn.worker.pool, path_and_query, host: preserved_host };
     match proxy::forward(fwd, head, body).await {
         Ok(f) => {
