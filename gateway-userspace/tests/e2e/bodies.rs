@@ -115,6 +115,16 @@ async fn stalled_uploads_get_408_and_never_eject_a_healthy_target() {
     for _ in 0..3 {
         assert_eq!(get(&gw.url("/stream/after")).await.status.as_u16(), 200);
     }
+
+    // An upstream that sits on a complete request is still at fault: two such 504s eject it.
+    let client = client();
+    for _ in 0..2 {
+        let req = req("POST", &gw.url("/stream/slow/2000"), "h").body(Full::from(vec![b'a'; 100])).expect("request");
+        let r = send(&client, req).await;
+        assert_eq!(r.status.as_u16(), 504);
+        assert_eq!(r.json()["error"], "read_timeout");
+    }
+    assert_eq!(gw.metric("gateway_upstream_target_up", &[("service", "s"), ("target", &target)]), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,4 +231,28 @@ async fn slow_readers_release_the_upstream_and_memory_stays_bounded() {
     for r in readers {
         r.join().expect("slow reader");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_temp_file_reads_the_upstream_at_the_clients_pace() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| {
+        config(p, &u).replace(
+            "request_buffer_size = \"1KiB\"",
+            "request_buffer_size = \"1KiB\"\nmax_temp_file_size = \"256KiB\"",
+        )
+    });
+    let len = large_body();
+    let reader = slow_reader(gw.ports.listen, &format!("/spooled/pattern/{len}"));
+    let active = || gw.metric("gateway_upstream_target_active_requests", &[("service", "big")]);
+    let filled = eventually(Duration::from_secs(20), || {
+        (gw.metric("gateway_proxy_spooled_bytes_total", &[]) >= (128 << 10) as f64).then_some(())
+    });
+    assert!(filled.is_some(), "the temp file never filled:\n{}", gw.metrics());
+    assert_eq!(active(), 1.0, "past max_temp_file_size the upstream waits for the client");
+
+    // The file empties and refills as the client reads; the body arrives whole and in order.
+    finish_reading(reader, len);
+    assert!(gw.metric("gateway_proxy_spooled_bytes_total", &[]) > (256 << 10) as f64);
+    assert!(eventually(Duration::from_secs(5), || (active() == 0.0).then_some(())).is_some());
 }
