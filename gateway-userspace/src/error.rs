@@ -54,6 +54,7 @@ impl GatewayError {
                 ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
                 ProxyError::ClientBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+                ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             },
             GatewayError::Auth(e) => e.status(),
             GatewayError::ClientCert(ClientCertError::Refused { .. }) => StatusCode::BAD_REQUEST,
@@ -89,6 +90,7 @@ impl GatewayError {
                 ProxyError::Upstream(_) => "upstream_reset",
                 ProxyError::ClientBodyTooLarge { .. } => "body_too_large",
                 ProxyError::ClientBody(_) => "client_body_error",
+                ProxyError::ClientBodyTimeout(_) => "client_body_timeout",
             },
             GatewayError::Auth(e) => e.reason(),
             GatewayError::ClientCert(e) => match e {
@@ -158,6 +160,7 @@ impl GatewayError {
                 | StatusCode::BAD_REQUEST
                 | StatusCode::URI_TOO_LONG
                 | StatusCode::NOT_IMPLEMENTED
+                | StatusCode::REQUEST_TIMEOUT
         ) {
             // The rest of the request may still be on the wire: do not try to parse it.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -201,6 +204,7 @@ mod tests {
             (ProxyError::Connect(ConnectError::Timeout(Duration::from_secs(1))).into(), 504, "connect_timeout"),
             (ProxyError::ResponseTimeout(Duration::from_secs(1)).into(), 504, "read_timeout"),
             (ProxyError::NoHealthyUpstream.into(), 503, "no_healthy_upstream"),
+            (ProxyError::ClientBodyTimeout(Duration::from_secs(1)).into(), 408, "client_body_timeout"),
             (AuthError::Expired.into(), 401, "expired"),
             (AuthError::InsufficientScope { required: "read".into() }.into(), 403, "insufficient_scope"),
             (AuthError::IdpUnavailable.into(), 503, "idp_unavailable"),

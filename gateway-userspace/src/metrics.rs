@@ -82,6 +82,10 @@ pub struct Metrics {
     pub connections_parked: Family<OneLabel, Counter>,
     pub http2_flood_closes: Family<OneLabel, Counter>,
     pub config_reloads: Family<OneLabel, Counter>,
+    /// Responses read through the response buffer (`proxy/spool.rs`).
+    pub buffered_responses: Counter,
+    /// Response bytes written to temp files.
+    pub spooled_bytes: Counter,
 }
 
 impl Metrics {
@@ -99,6 +103,8 @@ impl Metrics {
             connections_parked: Family::default(),
             http2_flood_closes: Family::default(),
             config_reloads: Family::default(),
+            buffered_responses: Counter::default(),
+            spooled_bytes: Counter::default(),
         });
         registry.register("gateway_http_requests", "Requests by route, service, method and status", m.requests.clone());
         registry.register(
@@ -152,6 +158,16 @@ impl Metrics {
             m.http2_flood_closes.clone(),
         );
         registry.register("gateway_config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
+        registry.register(
+            "gateway_proxy_buffered_responses",
+            "Responses read ahead of the client through the response buffer",
+            m.buffered_responses.clone(),
+        );
+        registry.register(
+            "gateway_proxy_spooled_bytes",
+            "Response bytes written to temp files by the response buffer",
+            m.spooled_bytes.clone(),
+        );
         registry.register_collector(Box::new(UpstreamCollector(snapshot)));
         m
     }

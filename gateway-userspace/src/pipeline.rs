@@ -163,9 +163,12 @@ async fn run(
     let chunked = head::needs_chunked_framing(&head.method, &body);
     prepare_upstream_headers(ctx, snapshot, &mut head, authority.as_ref().map(head::Authority::as_str), chunked);
     let service = &snapshot.services[route.service];
-    let body = RequestBody::new(body, limits.max_request_body, ctx.bytes_received.clone())
-        .observed(std::mem::take(&mut ctx.request_observers));
+    let mut body =
+        RequestBody::new(body, limits.max_request_body, ctx.bytes_received.clone(), route.body.client_body_timeout)
+            .observed(std::mem::take(&mut ctx.request_observers));
+    // The upload counts as upstream time whether it is read ahead or streamed.
     ctx.timings.upstream_start = Some(Instant::now());
+    body.read_ahead(route.body.request_buffer).await.map_err(proxy::ProxyError::unsent_body)?;
     let fwd = Forward { service, pool: &ctx.conn.worker.pool, path_and_query, host: preserved_host };
     match proxy::forward(fwd, head, body).await {
         Ok(f) => {

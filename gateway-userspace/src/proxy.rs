@@ -3,6 +3,8 @@
 
 pub mod body;
 pub mod headers;
+mod policy;
+mod spool;
 
 use std::{rc::Rc, time::Duration};
 
@@ -10,7 +12,8 @@ use http::{HeaderValue, Method, Request, Response, Version, header, request, uri
 use hyper::body::Incoming;
 use thiserror::Error;
 
-pub use body::{BodyError, BodyObserver, RequestBody, RequestObserver, ResponseBody, UpstreamLease};
+pub use body::{BodyError, BodyObserver, BodyProgress, RequestBody, RequestObserver, ResponseBody, UpstreamLease};
+pub use policy::{BodyPolicy, SpoolSpec};
 
 use crate::upstream::{ConnectError, PickError, Service, UpstreamPool};
 
@@ -27,7 +30,21 @@ pub enum ProxyError {
     #[error("request body is larger than the {limit} byte limit")]
     ClientBodyTooLarge { limit: u64 },
     #[error("client request body failed: {0}")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("client sent no request body bytes for {0:?}")]
+    ClientBodyTimeout(Duration),
+}
+
+impl ProxyError {
+    /// A request body that failed while it was read ahead, before anything went upstream:
+    /// always the client's doing.
+    pub fn unsent_body(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { limit } => ProxyError::ClientBodyTooLarge { limit },
+            BodyError::ClientTimeout(d) => ProxyError::ClientBodyTimeout(d),
+            other => ProxyError::ClientBody(Box::new(other)),
+        }
+    }
 }
 
 /// What `forward` needs besides the request itself.
@@ -114,17 +131,18 @@ async fn send(
     let spec = &service.spec;
     let target = &service.targets[i];
     let fail = |error| Failed { error, target: Some(i) };
-    let sent = tokio::time::timeout(spec.read_timeout, lease.sender.try_send_request(request)).await;
+    let progress = request.body().progress();
+    let sent = response_or_stall(lease.sender.try_send_request(request), &progress, spec.read_timeout).await;
     let error = match sent {
-        Ok(Ok(response)) => {
+        Some(Ok(response)) => {
             target.state.record_success();
             return Ok(Forwarded { response, target: i, lease });
         }
-        Err(_) => {
+        None => {
             target.state.record_failure(spec.max_fails, spec.fail_timeout);
             return Err(fail(ProxyError::ResponseTimeout(spec.read_timeout)));
         }
-        Ok(Err(mut e)) => match e.take_message() {
+        Some(Err(mut e)) => match e.take_message() {
             Some(request) if reused => {
                 let conn = match fwd_fresh(&lease, spec).await {
                     Ok(c) => c,
@@ -140,7 +158,33 @@ async fn send(
             _ => e.into_error(),
         },
     };
-    Err(fail(classify(error, service, i)))
+    Err(fail(classify(error, service, i, &progress)))
+}
+
+/// Waits for the response head; `None` when the upstream stalled. The upstream is at fault only
+/// when it sat `read_timeout` on a complete request, or did not take the body it was offered
+/// for as long; while the client owes body bytes the client's own `client_body_timeout` runs
+/// (the body then fails with 408) and the upstream's clock waits.
+async fn response_or_stall<F: std::future::Future>(
+    response: F,
+    progress: &BodyProgress,
+    read_timeout: Duration,
+) -> Option<F::Output> {
+    let start = tokio::time::Instant::now();
+    let upstream_deadline = || progress.last().max(start) + read_timeout;
+    tokio::pin!(response);
+    loop {
+        let wake_at =
+            if progress.awaiting_client() { tokio::time::Instant::now() + read_timeout } else { upstream_deadline() };
+        tokio::select! {
+            out = &mut response => return Some(out),
+            () = tokio::time::sleep_until(wake_at) => {
+                if !progress.awaiting_client() && tokio::time::Instant::now() >= upstream_deadline() {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 async fn fwd_fresh(
@@ -159,16 +203,19 @@ fn count_tls(service: &Service, e: &ConnectError) {
 }
 
 /// Separates the client's fault (its body) from the upstream's; only the latter counts against
-/// the target's health. A TLS alert on the first exchange is the upstream refusing our TLS (in
-/// TLS 1.3 it rejects a client certificate after our side of the handshake is done): that is a
-/// TLS connect failure, with its reason.
-fn classify(error: hyper::Error, service: &Service, i: usize) -> ProxyError {
+/// the target's health, and a connection that fails while the client still owes body bytes is
+/// not held against the target either (the upstream most likely gave up on that client). A
+/// TLS alert on the first exchange is the upstream refusing our TLS (in TLS 1.3 it rejects a
+/// client certificate after our side of the handshake is done): that is a TLS connect
+/// failure, with its reason.
+fn classify(error: hyper::Error, service: &Service, i: usize, progress: &BodyProgress) -> ProxyError {
     let target = &service.targets[i];
     let source = std::error::Error::source(&error);
     if let Some(body_error) = source.and_then(|s| s.downcast_ref::<BodyError>()) {
         return match body_error {
             BodyError::TooLarge { limit } => ProxyError::ClientBodyTooLarge { limit: *limit },
-            _ => ProxyError::ClientBody(error),
+            BodyError::ClientTimeout(d) => ProxyError::ClientBodyTimeout(*d),
+            _ => ProxyError::ClientBody(Box::new(error)),
         };
     }
     if service.tls.is_some()
@@ -180,7 +227,9 @@ fn classify(error: hyper::Error, service: &Service, i: usize) -> ProxyError {
         target.state.record_failure(service.spec.max_fails, service.spec.fail_timeout);
         return ProxyError::Connect(e);
     }
-    target.state.record_failure(u32::MAX, Duration::ZERO);
+    if !progress.awaiting_client() {
+        target.state.record_failure(u32::MAX, Duration::ZERO);
+    }
     ProxyError::Upstream(error)
 }
 

@@ -32,6 +32,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// What the route asks of the client certificate (checked by `tls::ClientCertPhase`).
     pub client_cert: crate::tls::ClientCertRequirement,
+    /// Client body timeout and buffering.
+    pub body: crate::proxy::BodyPolicy,
 }
 
 /// `api.example.com` or `*.example.org` (stored as the `.example.org` suffix).

@@ -7,6 +7,7 @@ mod e2e {
     pub mod pki;
     pub mod support;
 
+    mod bodies;
     mod body_limits_h2;
     mod budget;
     mod client_address;

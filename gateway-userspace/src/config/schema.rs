@@ -82,6 +82,8 @@ pub struct ServerSection {
     pub log_level: String,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub buffering: BufferingSection,
     /// How new connections are spread over workers: `"none"` (kernel hash), `"cpu"` (the
     /// receiving CPU's worker) or `"client_hash"` (per client address). Default: `"none"`.
     #[serde(default)]
@@ -99,6 +101,7 @@ impl Default for ServerSection {
             log_format: LogFormat::default(),
             log_level: default_log_level(),
             limits: LimitsSection::default(),
+            buffering: BufferingSection::default(),
             steering: SteeringPolicy::default(),
         }
     }
@@ -167,6 +170,10 @@ pub struct LimitsSection {
     /// with GOAWAY ENHANCE_YOUR_CALM. Default: 100.
     #[serde(default = "default_h2_control_frames")]
     pub h2_control_frames_per_second: u32,
+    /// Longest pause between two reads of a request body (nginx's `client_body_timeout`); past
+    /// it the request gets 408. Routes may override it. Default: 60s.
+    #[serde(default = "default_client_body_timeout", with = "humantime_serde")]
+    pub client_body_timeout: Duration,
 }
 
 impl Default for LimitsSection {
@@ -181,6 +188,50 @@ impl Default for LimitsSection {
             park_after: default_park_after(),
             h2_max_concurrent_streams: default_h2_streams(),
             h2_control_frames_per_second: default_h2_control_frames(),
+            client_body_timeout: default_client_body_timeout(),
+        }
+    }
+}
+
+/// `[server.buffering]`: what the gateway holds for a request so that slow clients do not hold
+/// upstream connections (nginx's `proxy_request_buffering` and `proxy_buffering`). Routes may
+/// switch either kind on or off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferingSection {
+    /// Read a request body of up to `request_buffer_size` completely before an upstream
+    /// connection is taken; larger bodies stream. Default: true.
+    #[serde(default = "default_true")]
+    pub request_buffering: bool,
+    /// Largest request body held in memory. Default: 64 KiB.
+    #[serde(default = "default_buffer_size")]
+    pub request_buffer_size: ByteSize,
+    /// Read the upstream response as fast as the upstream sends it, into memory up to
+    /// `response_buffer_size` and then into a temp file, so the upstream connection is released
+    /// while a slow client reads. Default: false (responses stream).
+    #[serde(default)]
+    pub response_buffering: bool,
+    /// Response bytes held in memory per response before the temp file. Default: 32 KiB.
+    #[serde(default = "default_response_buffer_size")]
+    pub response_buffer_size: ByteSize,
+    /// Most bytes one response keeps in its temp file; past it the upstream is read only as
+    /// fast as the client reads. `0`: no temp file. Default: 1 GiB.
+    #[serde(default = "default_max_temp_file_size")]
+    pub max_temp_file_size: ByteSize,
+    /// Directory of the temp files (each is unlinked as soon as it is created). Default: the
+    /// system temp directory (`$TMPDIR`, else `/tmp`).
+    pub temp_dir: Option<String>,
+}
+
+impl Default for BufferingSection {
+    fn default() -> Self {
+        Self {
+            request_buffering: true,
+            request_buffer_size: default_buffer_size(),
+            response_buffering: false,
+            response_buffer_size: default_response_buffer_size(),
+            max_temp_file_size: default_max_temp_file_size(),
+            temp_dir: None,
         }
     }
 }
@@ -422,6 +473,13 @@ pub struct RouteSection {
     /// Send the client's Host header upstream instead of the target address. Default: false.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Overrides `server.buffering.request_buffering` for this route. Default: the server's.
+    pub request_buffering: Option<bool>,
+    /// Overrides `server.buffering.response_buffering` for this route. Default: the server's.
+    pub response_buffering: Option<bool>,
+    /// Overrides `server.limits.client_body_timeout` for this route. Default: the server's.
+    #[serde(default, with = "humantime_serde")]
+    pub client_body_timeout: Option<Duration>,
     /// `"optional"` (whatever the listener allows), `"required"` (a verified client certificate,
     /// else 403) or `"consumer"` (a verified certificate of a `[[consumers]]` entry, else 403).
     /// Default: `"optional"`.
@@ -785,6 +843,18 @@ fn default_h2_streams() -> u32 {
 }
 fn default_h2_control_frames() -> u32 {
     100
+}
+fn default_client_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_buffer_size() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_response_buffer_size() -> ByteSize {
+    ByteSize(32 << 10)
+}
+fn default_max_temp_file_size() -> ByteSize {
+    ByteSize(1 << 30)
 }
 fn default_metrics_bind() -> String {
     "127.0.0.1:9090".into()

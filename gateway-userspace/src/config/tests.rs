@@ -173,3 +173,38 @@ fn connection_limits_are_checked() {
     assert_eq!(keys("park_after = \"0s\""), ["server.limits"]);
     assert_eq!(keys("h2_control_frames_per_second = 5"), ["server.limits.h2_control_frames_per_second"]);
 }
+
+#[test]
+fn body_settings_resolve_per_route() {
+    let c = Config::load_str(GOOD, "t").unwrap();
+    let body = &c.routes.routes()[0].body;
+    assert_eq!(body.client_body_timeout, std::time::Duration::from_secs(60), "nginx's client_body_timeout");
+    assert_eq!(body.request_buffer, 64 << 10, "request buffering is on by default");
+    assert!(body.response_buffer.is_none(), "responses stream by default");
+
+    let text = GOOD.replace(
+        "strip_path = true",
+        "strip_path = true\nrequest_buffering = false\nresponse_buffering = true\nclient_body_timeout = \"5s\"",
+    );
+    let c = Config::load_str(&text, "t").unwrap();
+    let body = &c.routes.routes()[0].body;
+    assert_eq!(body.client_body_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(body.request_buffer, 0);
+    assert_eq!(body.response_buffer.as_ref().map(|s| s.memory), Some(32 << 10));
+}
+
+#[test]
+fn bad_body_settings_are_located() {
+    let text = GOOD
+        .replace(
+            "trusted_proxies",
+            "limits = { client_body_timeout = \"0s\" }\nbuffering = { response_buffer_size = 100, temp_dir = \"/nonexistent/gatewayd\" }\ntrusted_proxies",
+        )
+        .replace("strip_path = true", "strip_path = true\nresponse_buffering = true");
+    let p = problems(&text);
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    for k in ["server.limits.client_body_timeout", "server.buffering.response_buffer_size", "server.buffering.temp_dir"]
+    {
+        assert!(keys.contains(&k), "missing {k} in {keys:?}");
+    }
+}

@@ -2,6 +2,7 @@
 //! and locates each one in the source text.
 
 mod auth;
+mod buffering;
 mod tls;
 
 use std::{
@@ -77,7 +78,9 @@ impl Validator<'_> {
         let audit = self.audit(&f);
         let listener_tls = self.listener_tls(&f);
         let services = self.services(&f.services);
-        let routes = self.routes(&f.routes, &services, f.server.underscores_in_headers);
+        let body_defaults = self.body_defaults(&f);
+        let routes = self.routes(&f.routes, &services, f.server.underscores_in_headers, &body_defaults);
+        self.check_temp_dir(&body_defaults, f.routes.iter().map(|r| r.response_buffering == Some(true)));
         let consumers = Arc::new(self.consumers(&f));
         self.route_client_certs(&f, &listener_tls, &consumers);
         let demo = if f.demo.enabled {
@@ -268,7 +271,13 @@ impl Validator<'_> {
         out
     }
 
-    fn routes(&mut self, sections: &[RouteSection], services: &[ServiceSpec], underscores: bool) -> RouteTable {
+    fn routes(
+        &mut self,
+        sections: &[RouteSection],
+        services: &[ServiceSpec],
+        underscores: bool,
+        body_defaults: &buffering::BodyDefaults,
+    ) -> RouteTable {
         let mut names = HashSet::new();
         let mut routes = Vec::new();
         for (i, r) in sections.iter().enumerate() {
@@ -291,6 +300,7 @@ impl Validator<'_> {
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
                 client_cert: r.client_cert,
+                body: self.route_body(r, i, body_defaults),
             };
             routes.push(route);
         }

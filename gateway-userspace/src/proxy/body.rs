@@ -1,12 +1,16 @@
-//! Bodies that stream through the gateway without being buffered: the client's request body
-//! (size-limited, counted) and the response body (counted, read-timed, observed, and the place
-//! where a request is finished: pooled connection returned, log phases run).
+//! Bodies on their way through the gateway: the client's request body (`body/request.rs`:
+//! size-limited, timed, optionally read ahead) and the response body (counted, read-timed,
+//! observed, optionally spooled, and the place where a request is finished: pooled connection
+//! returned, log phases run).
+
+mod request;
+
+pub use request::{BodyProgress, RequestBody};
 
 use std::{
-    cell::Cell,
     pin::Pin,
     rc::Rc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -16,6 +20,7 @@ use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use thiserror::Error;
 use tokio::time::{Instant, Sleep};
 
+use super::spool::Spool;
 use crate::{
     pipeline::{Outcome, RequestCtx},
     upstream::{InFlight, UpstreamPool},
@@ -32,6 +37,10 @@ pub enum BodyError {
     Upstream(#[source] hyper::Error),
     #[error("upstream sent nothing for {0:?}")]
     UpstreamTimeout(Duration),
+    #[error("client sent no request body bytes for {0:?}")]
+    ClientTimeout(Duration),
+    #[error("response temp file failed: {0}")]
+    Spool(#[source] std::io::Error),
 }
 
 /// Something that watches a body go by without holding it (e.g. token accounting).
@@ -53,77 +62,6 @@ pub trait RequestObserver {
     fn on_end(&mut self);
 }
 
-/// The client's request body on its way upstream.
-pub struct RequestBody {
-    inner: Option<Incoming>,
-    limit: u64,
-    received: Rc<Cell<u64>>,
-    observers: Vec<Box<dyn RequestObserver>>,
-}
-
-impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64, received: Rc<Cell<u64>>) -> Self {
-        RequestBody { inner: Some(inner), limit, received, observers: Vec::new() }
-    }
-
-    pub fn empty() -> Self {
-        RequestBody { inner: None, limit: 0, received: Rc::default(), observers: Vec::new() }
-    }
-
-    /// Adds observers that see the body as it is sent.
-    pub fn observed(mut self, observers: Vec<Box<dyn RequestObserver>>) -> Self {
-        self.observers = observers;
-        self
-    }
-
-    fn ended(&mut self) {
-        for mut o in std::mem::take(&mut self.observers) {
-            o.on_end();
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
-        let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
-            None => {
-                self.ended();
-                return Poll::Ready(None);
-            }
-            Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Some(Ok(f)) => f,
-        };
-        if let Some(data) = frame.data_ref() {
-            let total = self.received.get() + data.len() as u64;
-            self.received.set(total);
-            if total > self.limit {
-                self.inner = None;
-                self.observers.clear();
-                return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
-            }
-            for o in &mut self.observers {
-                o.on_data(data);
-            }
-        }
-        if self.inner.as_ref().is_some_and(Body::is_end_stream) {
-            self.ended();
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
-
 /// An upstream connection borrowed for one request; back to the pool when the response body ends.
 pub struct UpstreamLease {
     pub pool: Rc<UpstreamPool>,
@@ -135,7 +73,14 @@ pub struct UpstreamLease {
 
 enum Source {
     Full(Option<Bytes>),
-    Upstream { body: Incoming, read_timeout: Duration, timer: Option<Pin<Box<Sleep>>>, lease: Option<UpstreamLease> },
+    Upstream {
+        body: Incoming,
+        read_timeout: Duration,
+        timer: Option<Pin<Box<Sleep>>>,
+        lease: Option<UpstreamLease>,
+    },
+    /// Read ahead of the client by a pump task (response buffering).
+    Spooled(Spool),
 }
 
 /// The response body sent to the client. Owns the request's context: when the body ends, fails
@@ -150,11 +95,18 @@ impl ResponseBody {
         ResponseBody { source: Source::Full(Some(bytes).filter(|b| !b.is_empty())), ctx: Some(ctx) }
     }
 
+    /// The upstream's body: streamed at the client's pace, or spooled when the route buffers
+    /// responses (and there is a body at all).
     pub fn upstream(body: Incoming, read_timeout: Duration, lease: UpstreamLease, ctx: Box<RequestCtx>) -> Self {
-        ResponseBody {
-            source: Source::Upstream { body, read_timeout, timer: None, lease: Some(lease) },
-            ctx: Some(ctx),
-        }
+        let route = ctx.route.and_then(|r| ctx.snapshot.config.routes.get(r));
+        let source = match route.and_then(|r| r.body.response_buffer.clone()) {
+            Some(spec) if !body.is_end_stream() => {
+                let metrics = ctx.conn.worker.metrics.shared().clone();
+                Source::Spooled(Spool::start(body, read_timeout, lease, spec, metrics))
+            }
+            _ => Source::Upstream { body, read_timeout, timer: None, lease: Some(lease) },
+        };
+        ResponseBody { source, ctx: Some(ctx) }
     }
 
     /// A body with no request behind it (for responses outside the pipeline).
@@ -189,6 +141,7 @@ impl Body for ResponseBody {
         let polled = match &mut this.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Source::Upstream { body, read_timeout, timer, .. } => poll_upstream(body, *read_timeout, timer, cx),
+            Source::Spooled(spool) => spool.poll_frame(cx),
         };
         match polled {
             Poll::Pending => Poll::Pending,
@@ -214,6 +167,7 @@ impl Body for ResponseBody {
         match &self.source {
             Source::Full(b) => b.is_none(),
             Source::Upstream { body, .. } => body.is_end_stream(),
+            Source::Spooled(spool) => spool.is_end_stream(),
         }
     }
 
@@ -221,12 +175,13 @@ impl Body for ResponseBody {
         match &self.source {
             Source::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Source::Upstream { body, .. } => body.size_hint(),
+            Source::Spooled(spool) => spool.size_hint(),
         }
     }
 }
 
 /// Polls the upstream body; a read timer is armed only while we actually wait.
-fn poll_upstream(
+pub(super) fn poll_upstream(
     body: &mut Incoming,
     read_timeout: Duration,
     timer: &mut Option<Pin<Box<Sleep>>>,

@@ -13,6 +13,7 @@ fn route(index: usize, hosts: &[&str], paths: &[&str], methods: &[&str]) -> Rout
         headers: Vec::new(),
         strip_path: false,
         preserve_host: false,
+        body: Default::default(),
         client_cert: Default::default(),
     }
 }

@@ -51,6 +51,12 @@ impl ConnectError {
     }
 }
 
+/// Most bytes one upstream connection reads ahead (hyper's default is about 400 KiB). It caps
+/// what a slow client pins per upstream connection, whose body chunks are slices of this
+/// buffer; response heads must fit in it (nginx's `proxy_buffer_size` is 4-8 KiB; a larger
+/// head is a 502, as with nginx).
+const UPSTREAM_READ_BUFFER: usize = 32 << 10;
+
 struct Idle {
     sender: SendRequest<RequestBody>,
     since: Instant,
@@ -174,7 +180,11 @@ async fn handshake<I>(io: I) -> Result<SendRequest<RequestBody>, ConnectError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
-    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(ConnectError::Handshake)?;
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(UPSTREAM_READ_BUFFER)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(ConnectError::Handshake)?;
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");

@@ -302,6 +302,7 @@ pub fn req(method: &str, url: &str, host: &str) -> http::request::Builder {
 /// - `/slow/<ms>`: waits, then echoes;
 /// - `/status/<code>`: answers that status;
 /// - `/bytes/<n>`: n bytes of body;
+/// - `/pattern/<n>`: n bytes of body, byte i being `i % 251` (order and loss show);
 /// - anything else: JSON echo of the request (method, path, query, headers, body length, name).
 ///
 /// It counts accepted connections and requests, and the requests in flight.
@@ -410,6 +411,7 @@ async fn upstream_handle(name: &'static str, req: Request<Incoming>, c: &Counter
             r
         }
         ("bytes", Some(n)) => Response::new(Full::new(Bytes::from(vec![b'x'; n.parse().unwrap_or(0)]))),
+        ("pattern", Some(n)) => Response::new(Full::new(pattern(n.parse().unwrap_or(0)))),
         (first, rest) => {
             if let ("slow", Some(ms)) = (first, rest) {
                 tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
@@ -419,6 +421,18 @@ async fn upstream_handle(name: &'static str, req: Request<Incoming>, c: &Counter
     };
     c.2.fetch_sub(1, Ordering::SeqCst);
     resp
+}
+
+/// `n` bytes, byte i being `i % 251`.
+pub fn pattern(n: usize) -> Bytes {
+    static CYCLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let cycle = CYCLE.get_or_init(|| (0..=250u8).collect());
+    let mut out = Vec::with_capacity(n + cycle.len());
+    while out.len() < n {
+        out.extend_from_slice(cycle);
+    }
+    out.truncate(n);
+    Bytes::from(out)
 }
 
 async fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
