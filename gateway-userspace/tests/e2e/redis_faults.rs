@@ -304,8 +304,13 @@ fn a_failover_keeps_the_fail_mode_meanwhile_and_uses_the_promoted_replica_after(
     let promoted = key_holder(&cluster);
     assert_ne!(promoted, victim);
     let new = format!("127.0.0.1:{}", cluster.ports[promoted]);
-    assert_eq!(gw.metric("gateway_redis_node_up", &[("node", &new)]), 1.0);
-    assert_eq!(gw.metric("gateway_redis_node_up", &[("node", &old)]), 0.0);
+    // The node gauges follow the slot map, which is re-read about once a second: wait for it.
+    let gauges = eventually(Duration::from_secs(10), || {
+        let m = gw.metrics();
+        let up = |node: &str| metric_value(&m, "gateway_redis_node_up", &[("node", node)]);
+        (up(&new) == 1.0 && up(&old) == 0.0).then_some(())
+    });
+    assert!(gauges.is_some(), "node gauges after the failover:\n{}", gw.metrics());
     let mut after = Phase::default();
     for _ in 0..20 {
         assert_eq!(after.add(hit(gw.ports.listen, "alice")), 200);
