@@ -16,7 +16,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct WorkerLiveness {
     origin: Instant,
-    /// Per worker: milliseconds since `origin` at its last heartbeat, +1 (0: never beat).
+    /// Per worker: milliseconds since `origin` at its last heartbeat (starting at creation, so a
+    /// worker whose runtime is still starting is not taken for a stalled one).
     beats: Box<[AtomicU64]>,
 }
 
@@ -26,7 +27,7 @@ impl WorkerLiveness {
     }
 
     fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64 + 1
+        self.origin.elapsed().as_millis() as u64
     }
 
     /// Called by worker `id`'s own runtime.
@@ -36,15 +37,15 @@ impl WorkerLiveness {
         }
     }
 
-    /// The first worker whose last heartbeat is older than `max_age` (never less than three
-    /// heartbeats), or that never beat, with how long it has been silent.
+    /// The first worker whose last heartbeat (or, before its first, the start) is older than
+    /// `max_age` (never less than three heartbeats), with how long it has been silent.
     pub fn stalled(&self, max_age: Duration) -> Option<(usize, Duration)> {
         let max_age = max_age.max(HEARTBEAT_EVERY * 3);
         let now = self.now_ms();
         self.beats.iter().enumerate().find_map(|(id, b)| {
             let last = b.load(Ordering::Relaxed);
             let silent = Duration::from_millis(now.saturating_sub(last));
-            (last == 0 || silent > max_age).then_some((id, silent))
+            (silent > max_age).then_some((id, silent))
         })
     }
 }
@@ -63,13 +64,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_worker_that_never_beat_or_went_silent_is_stalled() {
+    fn a_worker_silent_for_longer_than_the_allowance_is_stalled() {
         let l = WorkerLiveness::new(2);
-        assert_eq!(l.stalled(Duration::from_secs(3600)).map(|s| s.0), Some(0), "never beat");
+        assert_eq!(l.stalled(Duration::from_secs(3600)), None, "a worker still starting is not stalled");
+        // Worker 0 beats, worker 1 stays silent past the (minimum) allowance.
+        std::thread::sleep(HEARTBEAT_EVERY * 3 + Duration::from_millis(50));
         l.beat(0);
-        assert_eq!(l.stalled(Duration::from_secs(3600)).map(|s| s.0), Some(1));
+        assert_eq!(l.stalled(Duration::ZERO).map(|s| s.0), Some(1));
         l.beat(1);
-        assert_eq!(l.stalled(Duration::from_secs(3600)), None);
         // The allowance is never below three heartbeats: a short watchdog interval must not
         // make a worker that beats on time look stalled.
         assert_eq!(l.stalled(Duration::ZERO), None);

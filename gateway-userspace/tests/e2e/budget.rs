@@ -48,7 +48,8 @@ auth = "tenants"
 
 /// The workspaces the tests use, each an API consumer: a workspace comes from the caller's
 /// authenticated identity (a client-sent `X-Workspace-Id` is removed by the identify phase).
-const WORKSPACES: [&str; 7] = ["workspace-123", "workspace-456", "ws-daily", "ws-mcp", "ws-r", "ws-stream", "ws-tiny"];
+const WORKSPACES: [&str; 8] =
+    ["workspace-123", "workspace-456", "ws-daily", "ws-mcp", "ws-o", "ws-r", "ws-stream", "ws-tiny"];
 
 fn tenants() -> String {
     let mut t = String::from("[auth]\n[[auth.policies]]\nname = \"tenants\"\nany_of = [\"api_key\"]\n");
@@ -277,6 +278,44 @@ async fn an_exhausted_budget_refuses_until_midnight_in_its_time_zone() {
 /// runtime).
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// `on_redis_error = "fail_open"` for a token budget: while Redis is down requests are served
+/// (the budget cannot be checked, and is not enforced), counted as errors; back to enforcing,
+/// with the counts Redis kept, once it returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_budget_failing_open_serves_while_redis_is_down() {
+    let llm = FakeLlm::start();
+    let mut redis = RedisServer::start();
+    let budget = format!(
+        "[redis]\nurl = \"{}\"\ntimeout = \"200ms\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n\n[[token_budgets]]\nname = \"open\"\nroutes = [\"chat\"]\ndaily_tokens = 100\nbackend = \"redis\"\non_redis_error = \"fail_open\"\n",
+        redis.url()
+    );
+    let gw = Gateway::start(|p| config(p, &llm, &budget));
+    // Exhausted while Redis is up: refused.
+    assert_eq!(send(&client(), chat(&gw, "ws-o", false, &[("x-fake-tokens", "150")])).await.status, 200);
+    let refused =
+        eventually(Duration::from_secs(5), || (futures_block(probe(&gw, "ws-o")).status == 429).then_some(()));
+    assert!(refused.is_some(), "the budget is enforced while Redis answers");
+    // Redis down: failing open serves the same exhausted workspace.
+    redis.kill();
+    let served = eventually(Duration::from_secs(5), || (futures_block(probe(&gw, "ws-o")).status == 200).then_some(()));
+    assert!(served.is_some(), "fail_open serves while the budget cannot be checked:\n{}", gw.stderr());
+    let reached = llm.requests();
+    assert_eq!(send(&client(), chat(&gw, "ws-o", false, &[("x-fake-tokens", "1")])).await.status, 200);
+    assert_eq!(llm.requests(), reached + 1, "served requests reach the upstream");
+    // Back (an empty Redis: the test server keeps nothing across a kill): checked and enforced
+    // again, without a restart of the gateway.
+    redis.restart();
+    let checked = eventually(Duration::from_secs(10), || {
+        let r = futures_block(probe(&gw, "ws-o"));
+        (r.status == 200 && r.header("x-token-budget-used").is_some()).then_some(())
+    });
+    assert!(checked.is_some(), "the budget is checked again once Redis is back:\n{}", gw.stderr());
+    assert_eq!(send(&client(), chat(&gw, "ws-o", false, &[("x-fake-tokens", "150")])).await.status, 200);
+    let enforced =
+        eventually(Duration::from_secs(10), || (futures_block(probe(&gw, "ws-o")).status == 429).then_some(()));
+    assert!(enforced.is_some(), "enforcing again once Redis is back:\n{}", gw.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread")]
