@@ -18,14 +18,13 @@ struct Tmux {
 }
 
 impl Tmux {
-    /// Starts `command` in a detached 80×24 session `top` whose pane stays (dead) after the
-    /// command exits, so its exit status can be read.
-    fn start(dir: &Path, command: &[&str]) -> Tmux {
+    /// Starts `command` in a detached 80×24 session `top`; its exit status is written to
+    /// `exit_file` (tmux 3.3's own `pane_dead_status` is sometimes never filled in).
+    fn start(dir: &Path, command: &[&str], exit_file: &Path) -> Tmux {
         let tmux = Tmux { socket: dir.join("tmux.sock") };
-        let mut args = vec!["-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", "80", "-y", "24"];
-        args.extend_from_slice(command);
-        args.extend_from_slice(&[";", "set-option", "-t", "top", "remain-on-exit", "on"]);
-        let out = tmux.run(&args);
+        let quoted: Vec<String> = command.iter().map(|a| format!("'{a}'")).collect();
+        let shell = format!("{}; echo $? > '{}'", quoted.join(" "), exit_file.display());
+        let out = tmux.run(&["-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", "80", "-y", "24", &shell]);
         assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
         tmux
     }
@@ -48,12 +47,6 @@ impl Tmux {
         let mut args = vec!["send-keys", "-t", "top"];
         args.extend_from_slice(keys);
         assert!(self.run(&args).status.success());
-    }
-
-    /// `#{pane_dead} #{pane_dead_status}`.
-    fn pane_state(&self) -> String {
-        let out = self.run(&["display-message", "-p", "-t", "top", "#{pane_dead} #{pane_dead_status}"]);
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
 
@@ -112,8 +105,9 @@ fn top_shows_routes_and_answers_its_keys_in_80x24() {
     traffic(&gw, "/status/503", 2, "503");
 
     let socket = gw.ports.dir.join("admin.sock");
-    let tmux =
-        Tmux::start(&gw.ports.dir, &[BIN, "top", "--admin-socket", socket.to_str().unwrap(), "--interval", "200ms"]);
+    let exit_file = gw.ports.dir.join("top.exit");
+    let top = [BIN, "top", "--admin-socket", socket.to_str().unwrap(), "--interval", "200ms"];
+    let tmux = Tmux::start(&gw.ports.dir, &top, &exit_file);
     let counts = |s: &str| ["users", "orders", "failing"].map(|r| row(s, r).and_then(|c| c.get(1).cloned()));
     let want = [Some("12".to_owned()), Some("5".to_owned()), Some("2".to_owned())];
     let screen = eventually(WAIT, || Some(tmux.screen()).filter(|s| counts(s) == want))
@@ -126,6 +120,15 @@ fn top_shows_routes_and_answers_its_keys_in_80x24() {
     {
         assert!(screen.contains(part), "{part:?} missing:\n{screen}");
     }
+
+    // Fewer than 20 lines: the panes go, the routes and the key line stay.
+    assert!(tmux.run(&["resize-window", "-t", "top", "-x", "80", "-y", "14"]).status.success());
+    let small = |s: &String| s.lines().count() == 14 && !s.contains("health") && s.contains("q quit");
+    eventually(WAIT, || Some(tmux.screen()).filter(|s| small(s) && counts(s) == want))
+        .unwrap_or_else(|| panic!("no smaller layout:\n{}", tmux.screen()));
+    assert!(tmux.run(&["resize-window", "-t", "top", "-x", "80", "-y", "24"]).status.success());
+    eventually(WAIT, || Some(tmux.screen()).filter(|s| s.contains("health")))
+        .unwrap_or_else(|| panic!("panes not back:\n{}", tmux.screen()));
 
     // s cycles the sort column: by requests, then (four more) by route name.
     tmux.keys(&["s"]);
@@ -152,7 +155,8 @@ fn top_shows_routes_and_answers_its_keys_in_80x24() {
     tmux.keys(&["p"]);
     eventually(WAIT, || held(&tmux.screen())).unwrap_or_else(|| panic!("not paused:\n{}", tmux.screen()));
     traffic(&gw, "/orders", 3, "200");
-    assert_eq!(gw.metric("gateway_http_requests_total", &[("route", "orders")]), 8.0);
+    eventually(WAIT, || (gw.metric("gateway_http_requests_total", &[("route", "orders")]) == 8.0).then_some(()))
+        .expect("the three requests counted");
     let before = held(&tmux.screen()).expect("still paused");
     let screen = eventually(WAIT, || Some(tmux.screen()).filter(|s| held(s).is_some_and(|h| h >= before + 2)))
         .unwrap_or_else(|| panic!("no refresh while paused:\n{}", tmux.screen()));
@@ -165,8 +169,9 @@ fn top_shows_routes_and_answers_its_keys_in_80x24() {
 
     // q quits, exit status 0.
     tmux.keys(&["q"]);
-    eventually(WAIT, || Some(tmux.pane_state()).filter(|s| s == "1 0"))
-        .unwrap_or_else(|| panic!("top did not exit cleanly: {:?}\n{}", tmux.pane_state(), tmux.screen()));
+    let status = eventually(WAIT, || std::fs::read_to_string(&exit_file).ok().filter(|s| s.ends_with('\n')))
+        .unwrap_or_else(|| panic!("top did not exit:\n{}", tmux.screen()));
+    assert_eq!(status.trim(), "0", "top's exit status");
 }
 
 /// Without a daemon, `top` says which socket it tried and exits 1 before touching the
