@@ -24,6 +24,9 @@ use view::{KeyOutcome, ViewState};
 
 /// Offenders listed in the XDP pane.
 const OFFENDERS: usize = 5;
+/// The offenders are read this often, not every interval: the endpoint walks the guard's
+/// whole source table (one lookup per tracked source).
+const OFFENDERS_EVERY: Duration = Duration::from_secs(5);
 /// One fetch (three admin calls) may take this long before the screen says so.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -65,14 +68,15 @@ struct Fetched {
     scrape: Scrape,
     at: Instant,
     status: serde_json::Value,
-    offenders: Offenders,
+    /// Read when due (`OFFENDERS_EVERY`).
+    offenders: Option<Offenders>,
 }
 
 /// Runs until `q`. Fails before taking over the terminal when the daemon does not answer.
 pub fn run(options: &TopOptions) -> Result<(), TopError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = AdminClient::new(&options.socket);
-    let first = rt.block_on(fetch(&client))?;
+    let first = rt.block_on(fetch(&client, true))?;
     let mut terminal = ratatui::try_init()?;
     let result = event_loop(&mut terminal, &rt, &client, options.interval, first);
     ratatui::try_restore()?;
@@ -90,14 +94,16 @@ fn event_loop(
     let mut screen = Screen {
         figures: Window { prev: None, cur: &first.scrape, secs: 1.0 }.figures(),
         status: Some(first.status.clone()),
-        offenders: first.offenders,
+        offenders: first.offenders.unwrap_or(Offenders::Off),
         error: None,
         interval,
     };
     let mut last = (first.scrape, first.at);
     // Computed while paused, shown on resume.
-    let mut latest: Option<(Figures, serde_json::Value, Offenders)> = None;
+    let mut latest: Option<(Figures, serde_json::Value)> = None;
+    let mut latest_offenders: Option<Offenders> = None;
     let mut next = Instant::now() + interval;
+    let mut offenders_read = Instant::now();
     loop {
         terminal.draw(|frame| draw::draw(frame, &screen, &view))?;
         if event::poll(next.saturating_duration_since(Instant::now()))? {
@@ -105,8 +111,11 @@ fn event_loop(
                 match view.on_key(key) {
                     KeyOutcome::Quit => return Ok(()),
                     KeyOutcome::Resume => {
-                        if let Some((figures, status, offenders)) = latest.take() {
-                            (screen.figures, screen.status, screen.offenders) = (figures, Some(status), offenders);
+                        if let Some((figures, status)) = latest.take() {
+                            (screen.figures, screen.status) = (figures, Some(status));
+                        }
+                        if let Some(offenders) = latest_offenders.take() {
+                            screen.offenders = offenders;
                         }
                     }
                     KeyOutcome::Continue => {}
@@ -115,16 +124,24 @@ fn event_loop(
             continue;
         }
         next = Instant::now() + interval;
-        match rt.block_on(fetch(client)) {
+        let offenders_due = offenders_read.elapsed() >= OFFENDERS_EVERY;
+        if offenders_due {
+            offenders_read = Instant::now();
+        }
+        match rt.block_on(fetch(client, offenders_due)) {
             Ok(now) => {
                 let secs = now.at.duration_since(last.1).as_secs_f64();
                 let figures = Window { prev: Some(&last.0), cur: &now.scrape, secs }.figures();
                 screen.error = None;
                 if view.paused {
                     view.held += 1;
-                    latest = Some((figures, now.status, now.offenders));
+                    latest = Some((figures, now.status));
+                    latest_offenders = now.offenders.or(latest_offenders);
                 } else {
-                    (screen.figures, screen.status, screen.offenders) = (figures, Some(now.status), now.offenders);
+                    (screen.figures, screen.status) = (figures, Some(now.status));
+                    if let Some(offenders) = now.offenders {
+                        screen.offenders = offenders;
+                    }
                 }
                 last = (now.scrape, now.at);
             }
@@ -133,21 +150,25 @@ fn event_loop(
     }
 }
 
-async fn fetch(client: &AdminClient) -> Result<Fetched, TopError> {
+async fn fetch(client: &AdminClient, with_offenders: bool) -> Result<Fetched, TopError> {
     let calls = async {
         let text = client.call_text(Method::GET, "/metrics", None).await?;
         let at = Instant::now();
         let status = client.call(Method::GET, "/v1/status", None).await?;
-        let offenders = match client.call(Method::GET, &format!("/v1/xdp/top?n={OFFENDERS}"), None).await {
-            Ok(report) => Offenders::List(offender_list(&report)),
-            Err(AdminError::Status { status: StatusCode::CONFLICT, .. }) => Offenders::Off,
-            Err(e) => Offenders::Error(e.to_string()),
-        };
+        let offenders = if with_offenders { Some(offenders(client).await) } else { None };
         Ok::<_, TopError>((text, at, status, offenders))
     };
     let (text, at, status, offenders) =
         tokio::time::timeout(FETCH_TIMEOUT, calls).await.map_err(|_| TopError::Timeout(FETCH_TIMEOUT))??;
     Ok(Fetched { scrape: Scrape::parse(&text)?, at, status, offenders })
+}
+
+async fn offenders(client: &AdminClient) -> Offenders {
+    match client.call(Method::GET, &format!("/v1/xdp/top?n={OFFENDERS}"), None).await {
+        Ok(report) => Offenders::List(offender_list(&report)),
+        Err(AdminError::Status { status: StatusCode::CONFLICT, .. }) => Offenders::Off,
+        Err(e) => Offenders::Error(e.to_string()),
+    }
 }
 
 fn offender_list(report: &serde_json::Value) -> Vec<(String, u64)> {
