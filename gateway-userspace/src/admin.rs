@@ -22,6 +22,8 @@ use tokio::{
 
 use crate::state::SharedState;
 
+mod metrics;
+
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -42,6 +44,7 @@ pub enum AdminError {
 
 pub struct AdminServer {
     shared: Arc<SharedState>,
+    registry: Arc<prometheus_client::registry::Registry>,
     commands: mpsc::Sender<AdminCommand>,
 }
 
@@ -50,6 +53,7 @@ impl AdminServer {
     pub fn start(
         path: &Path,
         shared: Arc<SharedState>,
+        registry: Arc<prometheus_client::registry::Registry>,
         commands: mpsc::Sender<AdminCommand>,
     ) -> Result<(), AdminError> {
         let io = |source| AdminError::Io { path: path.display().to_string(), source };
@@ -63,7 +67,7 @@ impl AdminServer {
         }
         let listener = UnixListener::bind(path).map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        let server = Arc::new(AdminServer { shared, commands });
+        let server = Arc::new(AdminServer { shared, registry, commands });
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
@@ -86,9 +90,15 @@ impl AdminServer {
         let Ok(body) = Limited::new(body, MAX_BODY).collect().await.map(|b| b.to_bytes()) else {
             return json(StatusCode::PAYLOAD_TOO_LARGE, &serde_json::json!({"error": "body_too_large"}));
         };
-        tracing::info!(method = %parts.method, path = parts.uri.path(), "admin request");
+        // Reads at debug: `gatewayd top` polls every second, and would flood the journal.
+        if parts.method == Method::GET {
+            tracing::debug!(method = %parts.method, path = parts.uri.path(), "admin request");
+        } else {
+            tracing::info!(method = %parts.method, path = parts.uri.path(), "admin request");
+        }
         match (&parts.method, parts.uri.path()) {
             (&Method::GET, "/v1/status") => self.status(),
+            (&Method::GET, "/metrics") => metrics::metrics(&self.registry),
             (&Method::POST, "/v1/reload") => self.reload().await,
             (&Method::GET, "/v1/xdp/top") => self.xdp_top(parts.uri.query()).await,
             (&Method::POST, "/v1/xdp/block") => self.xdp_block(&body),
@@ -349,6 +359,17 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, AdminError> {
+        let text = self.call_text(method, path, body).await?;
+        serde_json::from_str(&text).map_err(|e| AdminError::Http(format!("bad JSON from admin endpoint: {e}")))
+    }
+
+    /// Sends one request and returns the answer's body as text; non-2xx statuses are errors.
+    pub async fn call_text(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<String, AdminError> {
         let stream = UnixStream::connect(&self.path)
             .await
             .map_err(|source| AdminError::Io { path: self.path.display().to_string(), source })?;
@@ -371,7 +392,7 @@ impl AdminClient {
         if !status.is_success() {
             return Err(AdminError::Status { status, body: text });
         }
-        serde_json::from_str(&text).map_err(|e| AdminError::Http(format!("bad JSON from admin endpoint: {e}")))
+        Ok(text)
     }
 }
 

@@ -54,6 +54,16 @@ pub enum Command {
     Reload(AdminArgs),
     /// Show the running daemon's status (through its admin socket).
     Status(AdminArgs),
+    /// A live view of the running daemon (through its admin socket): traffic, errors and
+    /// latency per route, TLS, limits, XDP drops, Redis/IdP health, CPU. Keys: s sort,
+    /// / filter routes, p pause, q quit.
+    Top {
+        /// Time between refreshes (at least 100ms).
+        #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The XDP guard: top offenders, run-time blocks, self-test.
     Xdp {
         #[command(subcommand)]

@@ -186,7 +186,8 @@ impl Daemon {
             let _ = shared.ebpf.steering.set(s);
         }
 
-        MetricsServer::new(Arc::new(registry), readiness)
+        let registry = Arc::new(registry);
+        MetricsServer::new(registry.clone(), readiness)
             .bind(metrics_spec.addr)
             .await
             .map_err(io(format!("metrics endpoint {}", metrics_spec.addr)))?;
@@ -197,7 +198,7 @@ impl Daemon {
 
         let (admin_tx, admin) = mpsc::channel(8);
         if let Some(path) = &shared.snapshot.load().config.admin_socket {
-            AdminServer::start(path, shared.clone(), admin_tx)?;
+            AdminServer::start(path, shared.clone(), registry, admin_tx)?;
             tracing::info!(socket = %path.display(), "admin endpoint listening");
         }
         // Redis-backed policies should not start on their fail mode just because the first

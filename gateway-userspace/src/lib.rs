@@ -23,5 +23,6 @@ pub mod snapshot;
 pub mod state;
 pub mod systemd;
 pub mod tls;
+pub mod top;
 pub mod upstream;
 pub mod worker;

@@ -9,6 +9,7 @@ use gateway_userspace::{
     config::{Config, EMBEDDED_DEFAULTS},
     daemon, ebpf,
     tls::certs,
+    top,
 };
 use http::Method;
 
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         }
         Command::Reload(admin) => admin_call(&cli, admin, Method::POST, "/v1/reload"),
         Command::Status(admin) => admin_call(&cli, admin, Method::GET, "/v1/status"),
+        Command::Top { interval, admin } => live_view(&cli, admin, *interval),
         Command::Xdp { command } => xdp(&cli, command),
         Command::Revoke { jti, until, admin } => revoke(&cli, admin, jti, until),
         Command::Certs(CertsCommand::Init { out, cn, san, days, client_cn, key_type, force }) => {
@@ -107,6 +109,14 @@ fn admin_call_with(
     let answer = admin::call_blocking(&socket, method, path, body).map_err(|e| e.to_string())?;
     println!("{answer:#}");
     Ok(())
+}
+
+fn live_view(cli: &Cli, admin: &AdminArgs, interval: std::time::Duration) -> Result<(), String> {
+    if interval < std::time::Duration::from_millis(100) {
+        return Err(format!("--interval {interval:?}: at least 100ms"));
+    }
+    let socket = admin_socket(cli, admin)?;
+    top::run(&top::TopOptions { socket, interval }).map_err(|e| e.to_string())
 }
 
 fn xdp(cli: &Cli, command: &XdpCommand) -> Result<(), String> {

@@ -29,6 +29,7 @@ mod e2e {
     mod steering;
     mod supervision;
     mod tls;
+    mod top;
     mod upstreams;
     mod xdp;
 }

@@ -40,6 +40,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "bpftool",
     "xdp-tools",
+    // The `gatewayd top` e2e test drives the terminal view in a tmux pane and reads the screen.
+    "tmux",
 ];
 
 /// Services apt starts on install. Tests and benchmarks start their own instances on their own

@@ -45,18 +45,10 @@ impl MetricsServer {
 
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         match req.uri().path() {
-            "/metrics" => self.metrics(),
+            "/metrics" => exposition(&self.registry),
             "/healthz" => text(StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n".into()),
             "/readyz" => self.readyz(),
             _ => text(StatusCode::NOT_FOUND, "application/json", "{\"error\":\"not_found\"}\n".into()),
-        }
-    }
-
-    fn metrics(&self) -> Response<Full<Bytes>> {
-        let mut out = String::with_capacity(16 * 1024);
-        match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            Ok(()) => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
-            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "metrics encoding failed\n".into()),
         }
     }
 
@@ -65,6 +57,15 @@ impl MetricsServer {
         let body = serde_json::json!({ "ready": ready, "details": self.readiness.details() });
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         text(status, "application/json", format!("{body}\n"))
+    }
+}
+
+/// The registry as a `/metrics` answer (also served on the admin socket, for `gatewayd top`).
+pub fn exposition(registry: &Registry) -> Response<Full<Bytes>> {
+    let mut out = String::with_capacity(16 * 1024);
+    match prometheus_client::encoding::text::encode(&mut out, registry) {
+        Ok(()) => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "metrics encoding failed\n".into()),
     }
 }
 

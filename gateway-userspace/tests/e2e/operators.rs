@@ -55,6 +55,7 @@ fn subcommand_help_lists_only_options_that_apply() {
     for args in [
         &["status", "--help"][..],
         &["reload", "--help"],
+        &["top", "--help"],
         &["revoke", "--help"],
         &["xdp", "top", "--help"],
         &["xdp", "block", "--help"],
