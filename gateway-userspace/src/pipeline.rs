@@ -117,8 +117,7 @@ async fn run(
     for phase in snapshot.pipeline.phases() {
         phase.before_route(ctx)?;
     }
-    check_head(&head, limits)?;
-    let host = request_host(&head)?;
+    let host = check_request_head(&head, limits)?;
     let normalized = crate::route::normalize_path(head.uri.path()).map_err(RequestError::BadPath)?;
     let path = normalized.as_deref().unwrap_or(head.uri.path());
     let found =
@@ -163,6 +162,17 @@ async fn run(
             Err(failed.error.into())
         }
     }
+}
+
+/// The checks on a request head that need no route (target and header sizes, declared body
+/// size, host), in the order the pipeline runs them; returns the request host. Public so the
+/// `request_head` fuzz target drives exactly this.
+pub fn check_request_head(
+    head: &request::Parts,
+    limits: &crate::config::Limits,
+) -> Result<Option<String>, RequestError> {
+    check_head(head, limits)?;
+    request_host(head)
 }
 
 fn check_head(head: &request::Parts, limits: &crate::config::Limits) -> Result<(), RequestError> {
