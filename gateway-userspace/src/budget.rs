@@ -31,8 +31,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, header, request as http_request, 
 use thiserror::Error;
 
 pub use day::{Day, Zone};
-pub use request::RequestFacts;
-pub use usage::{Facts, ResponseUsage};
+pub use request::{RequestFacts, RequestUsage};
+pub use usage::{Facts, ResponseUsage, UsageReader};
 
 use crate::{
     config::Config,

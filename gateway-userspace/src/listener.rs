@@ -9,7 +9,7 @@ use std::{io, rc::Rc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
 
-pub use conn::{Proto, serve_connection};
+pub use conn::{Proto, h1_builder, serve_connection};
 
 use crate::{
     config::ListenerSpec,

@@ -183,6 +183,16 @@ async fn run(
     }
 }
 
+/// The checks on a request head that need no route (request line and header sizes, Host rules
+/// and the one authority, framing, declared body size), as the pipeline runs them; returns the
+/// request host. Public so the `request_head` fuzz target drives exactly this.
+pub fn check_request_head(
+    head: &request::Parts,
+    limits: &crate::config::Limits,
+) -> Result<Option<String>, RequestError> {
+    Ok(head::check(head, limits)?.as_ref().map(|a| a.host().to_owned()))
+}
+
 fn prepare_upstream_headers(
     ctx: &RequestCtx,
     snapshot: &Snapshot,

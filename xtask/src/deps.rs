@@ -42,22 +42,29 @@ const APT_PACKAGES: &[&str] = &[
     "xdp-tools",
     // The `gatewayd top` e2e test drives the terminal view in a tmux pane and reads the screen.
     "tmux",
+    // Fuzzing: libfuzzer-sys compiles libFuzzer's C++ sources.
+    "g++",
 ];
 
 /// Services apt starts on install. Tests and benchmarks start their own instances on their own
 /// ports; system-wide ones would only take ports and memory.
 const SYSTEM_SERVICES: &[&str] = &["redis-server", "nginx"];
 
-/// aya-build builds the eBPF programs with this toolchain (`rustup run nightly`).
-const NIGHTLY: &str = "nightly";
+/// aya-build builds the eBPF programs with this toolchain (`rustup run nightly`); cargo-fuzz
+/// needs it too (sanitizer and coverage flags).
+pub const NIGHTLY: &str = "nightly";
 
 /// The bpf-linker release known to work with the pinned aya crates (see /work/shared/toolchain.md).
 const BPF_LINKER_VERSION: &str = "^0.13";
 
+/// cargo-fuzz, pinned: `cargo xtask fuzz` (and `test`) rely on its flags and defaults.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 pub fn ensure() -> Result<()> {
     apt_packages()?;
     rust_components()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_fuzz()
 }
 
 fn apt_packages() -> Result<()> {
@@ -167,6 +174,27 @@ fn bpf_linker() -> Result<()> {
     install_bpf_linker()?;
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker was installed but `bpf-linker --version` still fails");
+    }
+    Ok(())
+}
+
+/// Installs the pinned cargo-fuzz unless `cargo fuzz --version` already names it.
+fn cargo_fuzz() -> Result<()> {
+    let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let installed = || capture(cargo().args(["fuzz", "--version"])).is_ok_and(|v| v.trim() == wanted);
+    if installed() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {wanted}");
+    exec(
+        cargo()
+            .args(["install", "cargo-fuzz", "--locked", "--force", "--version", &format!("={CARGO_FUZZ_VERSION}")])
+            // Keep this build out of the workspace's target dir and its fingerprints.
+            .env_remove("CARGO_TARGET_DIR"),
+    )
+    .context("installing cargo-fuzz failed")?;
+    if !installed() {
+        bail!("cargo-fuzz was installed but `cargo fuzz --version` does not say `{wanted}`");
     }
     Ok(())
 }

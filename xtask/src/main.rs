@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod cmd;
 mod deps;
+mod fuzz;
 mod run;
 mod test;
 mod vm;
@@ -25,14 +26,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what the other commands need: Debian packages, nightly rust-src, bpf-linker.
+    /// Install what the other commands need: Debian packages, nightly rust-src, bpf-linker,
+    /// cargo-fuzz.
     Deps,
     /// Build the default workspace members (the eBPF programs included).
     Build(build::Options),
     /// Build and run gatewayd (release by default) until Ctrl-C.
     Run(run::Options),
-    /// What CI runs: fmt check, clippy, all tests (eBPF ones included; needs root).
+    /// What CI runs: fmt check, clippy, all tests (eBPF ones included; needs root), every fuzz
+    /// target for a bounded time, the qemu tests.
     Test,
+    /// Run the fuzz targets (all, or one) for a bounded time each from their seed corpus.
+    Fuzz(fuzz::Options),
     /// Kernel-dependent tests (kTLS, old kernels) inside qemu.
     VmTest {
         /// Run only this scenario.
@@ -67,6 +72,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             deps::ensure()?;
             vm_test::run(cmd::workspace_root(), scenario.as_deref())?
         }
+        Command::Fuzz(opts) => fuzz::run(&opts)?,
         Command::Bench(opts) => bench::run(&opts)?,
     }
     Ok(ExitCode::SUCCESS)

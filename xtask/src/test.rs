@@ -15,6 +15,8 @@ use crate::{
 /// that), so these cover the default members.
 const STEPS: &[(&str, &[&str])] = &[
     ("fmt", &["fmt", "--all", "--", "--check"]),
+    // The fuzz targets are their own workspace (excluded above).
+    ("fmt-fuzz", &["fmt", "--manifest-path", "fuzz/Cargo.toml", "--all", "--", "--check"]),
     ("clippy", &["clippy", "--locked", "--all-targets", "--", "-D", "warnings"]),
     // Unit, integration (eBPF in netns included) and doc tests.
     ("test", &["test", "--locked"]),
@@ -37,6 +39,8 @@ fn run_steps(summary: &mut Vec<(&'static str, Duration, bool)>) -> Result<()> {
     for (name, args) in STEPS {
         step(name, &|| exec(cargo().args(*args)))?;
     }
+    // Every fuzz target, for a bounded time each, from its seed corpus (crashes fail the step).
+    step("fuzz", &|| crate::fuzz::run_targets(None, crate::fuzz::DEFAULT_SECONDS))?;
     // Kernel-dependent tests (kTLS, 5.10/6.1/6.12) in qemu guests.
     step("vm-test", &|| crate::vm_test::run(crate::cmd::workspace_root(), None))?;
     Ok(())
@@ -45,8 +49,8 @@ fn run_steps(summary: &mut Vec<(&'static str, Duration, bool)>) -> Result<()> {
 fn print_summary(steps: &[(&str, Duration, bool)]) {
     eprintln!("\nxtask test summary:");
     for (name, elapsed, ok) in steps {
-        eprintln!("  {:<6}  {:<7}  {:>8}", if *ok { "ok" } else { "FAILED" }, name, seconds(*elapsed));
+        eprintln!("  {:<6}  {:<8}  {:>8}", if *ok { "ok" } else { "FAILED" }, name, seconds(*elapsed));
     }
     let total: Duration = steps.iter().map(|(_, elapsed, _)| *elapsed).sum();
-    eprintln!("  total            {:>8}", seconds(total));
+    eprintln!("  total             {:>8}", seconds(total));
 }

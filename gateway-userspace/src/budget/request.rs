@@ -27,7 +27,8 @@ impl RequestFacts {
                 }
                 let is_call = obj.get("method").and_then(Value::as_str) == Some("tools/call");
                 let name = obj.get("params").and_then(|p| p.get("name")).and_then(Value::as_str);
-                if let (true, Some(name)) = (is_call, name)
+                // An empty name names no tool (as in the response's tool calls).
+                if let (true, Some(name)) = (is_call, name.filter(|n| !n.is_empty()))
                     && !self.tools.iter().any(|t| t == name)
                 {
                     self.tools.push(name.to_owned());
@@ -89,6 +90,13 @@ mod tests {
             {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "search"}}
         ]));
         assert_eq!(f.tools, ["search", "calculator"]);
+    }
+
+    #[test]
+    fn empty_tool_names_are_not_tools() {
+        let mut f = RequestFacts::default();
+        f.absorb(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": ""}}));
+        assert!(f.tools.is_empty(), "{:?}", f.tools);
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl Facts {
     pub fn tokens(&self) -> Option<u64> {
         self.total.or_else(|| match (self.input, self.output) {
             (None, None) => None,
-            (i, o) => Some(i.unwrap_or(0) + o.unwrap_or(0)),
+            (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
         })
     }
 
@@ -112,12 +112,73 @@ enum Reader {
     Opaque,
 }
 
+/// Reads a response body's usage as it goes by, for one content type: what [`ResponseUsage`]
+/// feeds, apart from the request context (public so the fuzz targets drive this same code).
+pub struct UsageReader {
+    reader: Reader,
+    facts: Facts,
+}
+
+impl UsageReader {
+    /// `content_type` picks the reader: SSE, JSON (`application/json`, `+json`) or none.
+    pub fn new(content_type: Option<&[u8]>) -> Self {
+        let ct = content_type.map(|c| c.to_ascii_lowercase()).unwrap_or_default();
+        let reader = if ct.starts_with(b"text/event-stream") {
+            Reader::Sse(Sse::default())
+        } else if ct.starts_with(b"application/json") || memmem::find(&ct, b"+json").is_some() {
+            Reader::Json { copy: Vec::new(), too_large: false }
+        } else {
+            Reader::Opaque
+        };
+        UsageReader { reader, facts: Facts::default() }
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        match &mut self.reader {
+            Reader::Json { copy, too_large } => {
+                if !*too_large {
+                    if copy.len() + data.len() > MAX_JSON_COPY {
+                        *too_large = true;
+                        *copy = Vec::new();
+                    } else {
+                        copy.extend_from_slice(data);
+                    }
+                }
+            }
+            Reader::Sse(sse) => sse.feed(data, &mut self.facts),
+            Reader::Opaque => {}
+        }
+    }
+
+    /// The body ended cleanly: reads what is still held (the JSON copy, a last SSE event).
+    pub fn end(&mut self) {
+        match &mut self.reader {
+            Reader::Json { copy, too_large: false } => {
+                if let Ok(v) = serde_json::from_slice::<Value>(copy) {
+                    self.facts.absorb(&v);
+                }
+                *copy = Vec::new();
+            }
+            Reader::Sse(sse) => sse.finish(&mut self.facts),
+            _ => {}
+        }
+    }
+
+    /// What was read so far.
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    fn too_large(&self) -> bool {
+        matches!(self.reader, Reader::Json { too_large: true, .. })
+    }
+}
+
 /// The response observer of a budgeted route.
 pub struct ResponseUsage {
-    reader: Reader,
+    body: UsageReader,
     header_tokens: Option<u64>,
     request: Option<Arc<Mutex<RequestFacts>>>,
-    facts: Facts,
     /// For `gateway_token_budget_uncounted_total`; `None` when the status says there is
     /// nothing to count (errors).
     uncounted: Option<(Arc<LimitMetrics>, Arc<str>)>,
@@ -131,20 +192,12 @@ impl ResponseUsage {
         request: Option<Arc<Mutex<RequestFacts>>>,
         uncounted: Option<(Arc<LimitMetrics>, Arc<str>)>,
     ) -> Self {
-        let ct = content_type.map(|c| c.to_ascii_lowercase()).unwrap_or_default();
-        let reader = if ct.starts_with(b"text/event-stream") {
-            Reader::Sse(Sse::default())
-        } else if ct.starts_with(b"application/json") || memmem::find(&ct, b"+json").is_some() {
-            Reader::Json { copy: Vec::new(), too_large: false }
-        } else {
-            Reader::Opaque
-        };
-        ResponseUsage { reader, header_tokens, request, facts: Facts::default(), uncounted }
+        ResponseUsage { body: UsageReader::new(content_type), header_tokens, request, uncounted }
     }
 
     /// Fills `ctx.usage`; counts a response whose tokens stay unknown.
     fn conclude(&mut self, ctx: &mut RequestCtx, complete: bool) {
-        let mut facts = std::mem::take(&mut self.facts);
+        let mut facts = std::mem::take(&mut self.body.facts);
         if let Some(req) = &self.request {
             let req = req.lock().unwrap_or_else(PoisonError::into_inner);
             if facts.model.is_none() {
@@ -162,10 +215,12 @@ impl ResponseUsage {
         if tokens.is_none()
             && let Some((metrics, route)) = &self.uncounted
         {
-            let reason = match &self.reader {
-                Reader::Json { too_large: true, .. } => "too_large",
-                _ if !complete => "aborted",
-                _ => "no_usage",
+            let reason = if self.body.too_large() {
+                "too_large"
+            } else if !complete {
+                "aborted"
+            } else {
+                "no_usage"
             };
             metrics.uncounted(route, reason);
         }
@@ -177,32 +232,11 @@ impl ResponseUsage {
 
 impl BodyObserver for ResponseUsage {
     fn on_data(&mut self, data: &Bytes) {
-        match &mut self.reader {
-            Reader::Json { copy, too_large } => {
-                if !*too_large {
-                    if copy.len() + data.len() > MAX_JSON_COPY {
-                        *too_large = true;
-                        *copy = Vec::new();
-                    } else {
-                        copy.extend_from_slice(data);
-                    }
-                }
-            }
-            Reader::Sse(sse) => sse.feed(data, &mut self.facts),
-            Reader::Opaque => {}
-        }
+        self.body.feed(data);
     }
 
     fn on_end(&mut self, ctx: &mut RequestCtx) {
-        match &mut self.reader {
-            Reader::Json { copy, too_large: false } => {
-                if let Ok(v) = serde_json::from_slice::<Value>(copy) {
-                    self.facts.absorb(&v);
-                }
-            }
-            Reader::Sse(sse) => sse.finish(&mut self.facts),
-            _ => {}
-        }
+        self.body.end();
         self.conclude(ctx, true);
     }
 
@@ -313,6 +347,15 @@ mod tests {
         assert_eq!(f.tokens(), Some(150));
         assert_eq!(f.model.as_deref(), Some("llama-3.3-8b-instruct"));
         assert_eq!(f.tools, ["search", "calculator"]);
+    }
+
+    /// The upstream's numbers are not ours: a sum past u64 saturates instead of overflowing
+    /// (a panic in the response observer in debug builds, a wrapped tiny charge in release).
+    #[test]
+    fn huge_input_and_output_counts_saturate() {
+        let mut f = Facts::default();
+        f.absorb(&serde_json::json!({"usage": {"input_tokens": u64::MAX, "output_tokens": 2}}));
+        assert_eq!(f.tokens(), Some(u64::MAX));
     }
 
     #[test]

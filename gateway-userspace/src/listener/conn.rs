@@ -472,7 +472,9 @@ fn watchdog(conn: &ConnInfo, proto: Proto, limits: &Limits, may_park: bool) -> W
     Watch::Next(idle_deadline)
 }
 
-fn h1_builder(limits: &Limits) -> http1::Builder {
+/// The HTTP/1 server settings of every listener (public for the fuzz targets that drive hyper
+/// with them).
+pub fn h1_builder(limits: &Limits) -> http1::Builder {
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     // hyper answers 431 itself past its buffer; smaller limits are enforced per request.
