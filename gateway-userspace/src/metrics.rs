@@ -4,6 +4,7 @@
 //! Request counters and latency histograms are sharded per worker (see `sharded`): each worker
 //! caches its shard handles, so recording a request takes no lock and touches no shared line.
 
+mod exposition;
 pub mod host;
 pub mod server;
 mod sharded;

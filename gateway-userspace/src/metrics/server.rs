@@ -1,4 +1,4 @@
-//! The metrics listener: `/metrics` (Prometheus text), `/healthz` (the process answers) and
+//! The metrics listener: `/metrics` (Prometheus text 0.0.4 or OpenMetrics, by `Accept`), `/healthz` (the process answers) and
 //! `/readyz` (listeners bound and config loaded; JSON detail either way).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use super::Readiness;
+use super::{Readiness, exposition};
 
 pub struct MetricsServer {
     registry: Arc<Registry>,
@@ -45,17 +45,26 @@ impl MetricsServer {
 
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         match req.uri().path() {
-            "/metrics" => self.metrics(),
+            "/metrics" => {
+                let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                self.metrics(exposition::negotiate(accept))
+            }
             "/healthz" => text(StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n".into()),
             "/readyz" => self.readyz(),
             _ => text(StatusCode::NOT_FOUND, "application/json", "{\"error\":\"not_found\"}\n".into()),
         }
     }
 
-    fn metrics(&self) -> Response<Full<Bytes>> {
+    fn metrics(&self, format: exposition::Format) -> Response<Full<Bytes>> {
         let mut out = String::with_capacity(16 * 1024);
         match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            Ok(()) => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
+            Ok(()) => {
+                let body = match format {
+                    exposition::Format::OpenMetrics => out,
+                    exposition::Format::Text => exposition::openmetrics_to_text(&out),
+                };
+                text(StatusCode::OK, format.content_type(), body)
+            }
             Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "metrics encoding failed\n".into()),
         }
     }
