@@ -168,7 +168,7 @@ impl Daemon {
         let metrics_spec = config.metrics.clone();
         let demo = config.demo;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(1, config, phase_parts, None)));
-        let metrics = Metrics::register(&mut registry, snapshot.clone());
+        let metrics = Metrics::register(&mut registry, snapshot.clone(), metrics_spec.consumer_label_limit);
         registry.register_collector(Box::new(ExpiryCollector(snapshot.clone())));
         let worker_threads = Arc::new(WorkerThreads::default());
         registry.register_collector(Box::new(HostCollector::new(
