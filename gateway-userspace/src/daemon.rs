@@ -24,7 +24,9 @@ use crate::{
     ebpf::{EbpfCollector, EbpfError, Steering, XdpService},
     listener::socket,
     logging,
-    metrics::{Metrics, Readiness, host::HostCollector, host::WorkerThreads, server::MetricsServer},
+    metrics::{
+        Metrics, Readiness, ReadinessCollector, host::HostCollector, host::WorkerThreads, server::MetricsServer,
+    },
     ratelimit::LimitState,
     snapshot::Snapshot,
     state::{PartsHolder, SharedState, StateError},
@@ -170,6 +172,7 @@ impl Daemon {
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(1, config, phase_parts, None)));
         let metrics = Metrics::register(&mut registry, snapshot.clone(), metrics_spec.consumer_label_limit);
         registry.register_collector(Box::new(ExpiryCollector(snapshot.clone())));
+        registry.register_collector(Box::new(ReadinessCollector(readiness.clone())));
         let worker_threads = Arc::new(WorkerThreads::default());
         registry.register_collector(Box::new(HostCollector::new(
             &metrics_spec.proc_root,

@@ -366,6 +366,18 @@ pub struct Readiness {
     details: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
+/// `gateway_ready`: what /readyz answers, as a gauge, so an alert can tell "up but not ready".
+#[derive(Debug)]
+pub struct ReadinessCollector(pub Arc<Readiness>);
+
+impl Collector for ReadinessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let help = "1 while /readyz answers 200 (listeners up, config loaded), 0 while starting or draining";
+        let family = encoder.encode_descriptor("gateway_ready", help, None, MetricType::Gauge)?;
+        ConstGauge::new(i64::from(self.0.is_ready())).encode(family)
+    }
+}
+
 impl Readiness {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, std::sync::atomic::Ordering::Release);
