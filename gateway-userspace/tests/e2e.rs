@@ -6,6 +6,7 @@ mod e2e {
     pub mod idp;
     pub mod netns;
     pub mod pki;
+    pub mod prometheus;
     pub mod support;
 
     mod body_limits_h2;
