@@ -390,6 +390,17 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
     let mut exprs = Vec::new();
     dashboard_exprs(&dashboard["panels"], &mut exprs);
     assert!(exprs.len() >= 30, "{exprs:?}");
+    // The variables' `label_values(SELECTOR, LABEL)` queries, as the PromQL that lists them.
+    let variables = dashboard["templating"]["list"].as_array().expect("templating list");
+    for definition in variables.iter().filter(|v| v["type"] == "query").filter_map(|v| v["definition"].as_str()) {
+        let args = definition.strip_prefix("label_values(").and_then(|d| d.strip_suffix(')'));
+        let (selector, label) = args.and_then(|a| a.rsplit_once(", ")).expect("label_values(SELECTOR, LABEL)");
+        let selector = match selector.strip_suffix('}') {
+            Some(open) => format!("{open}, {label}!=\"\"}}"),
+            None => format!("{selector}{{{label}!=\"\"}}"),
+        };
+        exprs.push(format!("count by ({label}) ({selector})"));
+    }
     // Recording rules' results (what alerts and panels read) must have data too.
     let records: Vec<String> = std::fs::read_to_string(RULES)
         .expect("read rules")
