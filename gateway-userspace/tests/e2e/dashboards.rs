@@ -162,7 +162,7 @@ fn a_consumer_label_limit_of_zero_is_refused_with_its_location() {
 }
 
 /// Every `expr` in a Grafana dashboard (panels, nested rows included).
-fn dashboard_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+pub fn dashboard_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
         serde_json::Value::Object(map) => {
             if let Some(serde_json::Value::String(expr)) = map.get("expr") {
@@ -176,7 +176,7 @@ fn dashboard_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 }
 
 /// What Grafana puts in place of the dashboard's variables when "All" is selected.
-fn with_variables(expr: &str) -> String {
+pub fn with_variables(expr: &str) -> String {
     expr.replace("$instance", ".*").replace("$route", ".*").replace("$service", ".*").replace("$__rate_interval", "20s")
 }
 
@@ -203,14 +203,14 @@ fn unavailable_here(expr: &str) -> Option<&'static str> {
     }
     if expr.contains("gateway_xdp_") {
         return Some(
-            "the XDP guard is not attached here: it needs a veth in a private netns (the xdp e2e tests check these counters)",
+            "no XDP guard in this test (it needs a veth in a private netns): xdp::xdp_dashboard_panels_have_data_in_a_real_prometheus checks these",
         );
     }
     None
 }
 
-const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/prometheus/gatewayd-rules.yml");
-const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/grafana/gatewayd.json");
+pub const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/prometheus/gatewayd-rules.yml");
+pub const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/grafana/gatewayd.json");
 
 /// One gatewayd with the parts the dashboard shows: a TLS listener, API-key consumers (with the
 /// consumer label), a JWT issuer, a Redis-backed rate limit, a token budget by workspace.
@@ -370,53 +370,24 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
 
     let prometheus = Prometheus::start(gw.ports.metrics, &[std::path::Path::new(RULES)]);
     // Load between scrapes, so rates have samples that differ.
-    let scrapes = async || -> f64 {
-        let count = prometheus.query("count_over_time(up{job=\"gatewayd\"}[5m])").await;
-        count.first().and_then(|s| s["value"][1].as_str()?.parse().ok()).unwrap_or(0.0)
-    };
     for _ in 0..3 {
-        let before = scrapes().await;
         load(&gw, &tls, &token).await;
-        let scraped_again = eventually(std::time::Duration::from_secs(20), || {
-            (futures_lite_block(scrapes()) >= before + 2.0).then_some(())
-        });
-        assert!(scraped_again.is_some(), "prometheus does not scrape gatewayd:\n{}", prometheus.log());
+        prometheus.wait_scrapes(2.0);
     }
-    let up = prometheus.query("up{job=\"gatewayd\"} == 1").await;
+    let up = prometheus.query("up{job=\"gatewayd\"} == 1");
     assert_eq!(up.len(), 1, "gatewayd is not up for prometheus: {up:?}\n{}", prometheus.log());
 
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("read dashboard")).expect("dashboard JSON");
+    let dashboard = dashboard();
     let mut exprs = Vec::new();
     dashboard_exprs(&dashboard["panels"], &mut exprs);
     assert!(exprs.len() >= 30, "{exprs:?}");
-    // The variables' `label_values(SELECTOR, LABEL)` queries, as the PromQL that lists them.
-    let variables = dashboard["templating"]["list"].as_array().expect("templating list");
-    for definition in variables.iter().filter(|v| v["type"] == "query").filter_map(|v| v["definition"].as_str()) {
-        let args = definition.strip_prefix("label_values(").and_then(|d| d.strip_suffix(')'));
-        let (selector, label) = args.and_then(|a| a.rsplit_once(", ")).expect("label_values(SELECTOR, LABEL)");
-        let selector = match selector.strip_suffix('}') {
-            Some(open) => format!("{open}, {label}!=\"\"}}"),
-            None => format!("{selector}{{{label}!=\"\"}}"),
-        };
-        exprs.push(format!("count by ({label}) ({selector})"));
-    }
+    exprs.extend(variable_exprs(&dashboard));
     // Recording rules' results (what alerts and panels read) must have data too.
-    let records: Vec<String> = std::fs::read_to_string(RULES)
-        .expect("read rules")
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("- record: ").map(str::to_owned))
-        .collect();
-    // Rules are evaluated every second: wait for a round after the last load.
-    let evaluated = eventually(std::time::Duration::from_secs(20), || {
-        let rules = futures_lite_block(prometheus.rules());
-        (rules.len() > records.len() && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
-    });
-    let rules = evaluated
-        .unwrap_or_else(|| panic!("rules not all evaluated healthy: {:?}", futures_lite_block(prometheus.rules())));
+    let records = recording_rules();
+    let rules = healthy_rules(&prometheus, records.len());
     let mut empty = Vec::new();
     for expr in exprs.iter().map(|e| with_variables(e)).chain(records) {
-        let result = prometheus.query(&expr).await;
+        let result = prometheus.query(&expr);
         match unavailable_here(&expr) {
             Some(reason) => eprintln!("parses, no data on this machine ({reason}): {expr}"),
             None if result.is_empty() => empty.push(expr),
@@ -424,7 +395,7 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
         }
     }
     if !empty.is_empty() {
-        let targets = get(&format!("http://{}/api/v1/targets", prometheus.addr)).await.json();
+        let targets = prometheus.targets();
         panic!("expressions without data:\n{}\ntargets: {targets}\n{}", empty.join("\n"), scrape(&gw, None).1);
     }
     // Alerts parse and evaluate (health ok above); none fires against a healthy gateway except
@@ -435,7 +406,38 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
     }
 }
 
-/// Runs a future to completion from a synchronous closure inside the multi-thread runtime.
-fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+/// The variables' `label_values(SELECTOR, LABEL)` queries, as PromQL listing the values.
+pub fn variable_exprs(dashboard: &serde_json::Value) -> Vec<String> {
+    let mut exprs = Vec::new();
+    let variables = dashboard["templating"]["list"].as_array().expect("templating list");
+    for definition in variables.iter().filter(|v| v["type"] == "query").filter_map(|v| v["definition"].as_str()) {
+        let args = definition.strip_prefix("label_values(").and_then(|d| d.strip_suffix(')'));
+        let (selector, label) = args.and_then(|a| a.rsplit_once(", ")).expect("label_values(SELECTOR, LABEL)");
+        let selector = match selector.strip_suffix('}') {
+            Some(open) => format!("{open}, {label}!=\"\"}}"),
+            None => format!("{selector}{{{label}!=\"\"}}"),
+        };
+        exprs.push(with_variables(&format!("count by ({label}) ({selector})")));
+    }
+    exprs
+}
+
+/// The names the recording rules record.
+pub fn recording_rules() -> Vec<String> {
+    let text = std::fs::read_to_string(RULES).expect("read rules");
+    text.lines().filter_map(|l| l.trim().strip_prefix("- record: ").map(str::to_owned)).collect()
+}
+
+/// Waits until every rule has been evaluated without error; returns them as the server has them.
+pub fn healthy_rules(prometheus: &Prometheus<'_>, records: usize) -> Vec<serde_json::Value> {
+    let evaluated = eventually(std::time::Duration::from_secs(20), || {
+        let rules = prometheus.rules();
+        let evaluated = |r: &serde_json::Value| r["health"] == "ok" && r["lastEvaluation"] != "0001-01-01T00:00:00Z";
+        (rules.len() > records && rules.iter().all(evaluated)).then_some(rules)
+    });
+    evaluated.unwrap_or_else(|| panic!("rules not all evaluated healthy: {:?}", prometheus.rules()))
+}
+
+pub fn dashboard() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("read dashboard")).expect("dashboard JSON")
 }
