@@ -351,9 +351,11 @@ impl Daemon {
         if config.server.workers != current.config.server.workers
             || config.metrics.addr != current.config.metrics.addr
             || config.server.steering != current.config.server.steering
+            || config.metrics.consumer_label_limit != current.config.metrics.consumer_label_limit
         {
             tracing::warn!(
-                "changes to server.workers, server.steering and metrics.bind take effect at the next restart"
+                "changes to server.workers, server.steering, metrics.bind and metrics.consumer_label(_limit) \
+                 take effect at the next restart"
             );
         }
         match self.shared.ebpf.xdp.get() {

@@ -147,6 +147,14 @@ async fn per_consumer_request_counts_are_capped_at_the_configured_number_of_cons
     assert_eq!(count("id-c", "200"), None, "{m}");
     assert_eq!(count("", "401"), Some(1.0), "{m}");
     assert_promtool_clean(&scrape(&gw, None).1);
+
+    // The label is fixed at startup: a reload that raises the cap says so and changes nothing.
+    let config = std::fs::read_to_string(&gw.config_path).expect("read config");
+    assert!(gw.reload(&config.replace("consumer_label_limit = 2", "consumer_label_limit = 10")));
+    assert!(gw.stderr().contains("metrics.consumer_label(_limit) take effect at the next restart"), "{}", gw.stderr());
+    let r = req("GET", &gw.url("/api/x"), "h").header("x-api-key", "key-c");
+    assert_eq!(send(&c, r.body(Full::default()).unwrap()).await.status, 200);
+    assert_eq!(gw.metric("gateway_http_requests_total", &[("consumer_id", "other")]), 4.0);
 }
 
 #[test]
