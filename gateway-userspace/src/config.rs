@@ -92,6 +92,8 @@ pub struct MetricsSpec {
     pub addr: SocketAddr,
     pub proc_root: PathBuf,
     pub sys_root: PathBuf,
+    /// With `consumer_label`: how many distinct consumers get their own `consumer_id` value.
+    pub consumer_label_limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,9 @@ use crate::{
     ebpf::{EbpfCollector, EbpfError, Steering, XdpService},
     listener::socket,
     logging,
-    metrics::{Metrics, Readiness, host::HostCollector, host::WorkerThreads, server::MetricsServer},
+    metrics::{
+        Metrics, Readiness, ReadinessCollector, host::HostCollector, host::WorkerThreads, server::MetricsServer,
+    },
     ratelimit::LimitState,
     snapshot::Snapshot,
     state::{PartsHolder, SharedState, StateError},
@@ -168,8 +170,9 @@ impl Daemon {
         let metrics_spec = config.metrics.clone();
         let demo = config.demo;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(1, config, phase_parts, None)));
-        let metrics = Metrics::register(&mut registry, snapshot.clone());
+        let metrics = Metrics::register(&mut registry, snapshot.clone(), metrics_spec.consumer_label_limit);
         registry.register_collector(Box::new(ExpiryCollector(snapshot.clone())));
+        registry.register_collector(Box::new(ReadinessCollector(readiness.clone())));
         let worker_threads = Arc::new(WorkerThreads::default());
         registry.register_collector(Box::new(HostCollector::new(
             &metrics_spec.proc_root,
@@ -349,9 +352,11 @@ impl Daemon {
         if config.server.workers != current.config.server.workers
             || config.metrics.addr != current.config.metrics.addr
             || config.server.steering != current.config.server.steering
+            || config.metrics.consumer_label_limit != current.config.metrics.consumer_label_limit
         {
             tracing::warn!(
-                "changes to server.workers, server.steering and metrics.bind take effect at the next restart"
+                "changes to server.workers, server.steering, metrics.bind and metrics.consumer_label(_limit) \
+                 take effect at the next restart"
             );
         }
         match self.shared.ebpf.xdp.get() {

@@ -4,6 +4,8 @@
 //! Request counters and latency histograms are sharded per worker (see `sharded`): each worker
 //! caches its shard handles, so recording a request takes no lock and touches no shared line.
 
+mod consumer_label;
+pub mod exposition;
 pub mod host;
 pub mod server;
 mod sharded;
@@ -24,6 +26,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use consumer_label::ConsumerLabels;
 pub use sharded::{CounterShard, HistogramShard, ShardedFamily};
 
 use crate::{
@@ -64,13 +67,31 @@ impl<const N: usize> EncodeLabelSet for Labels<N> {
     }
 }
 
-pub type RequestLabels = Labels<4>;
+/// Route, service, method, status, and the opt-in `consumer_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestLabels {
+    base: Labels<4>,
+    consumer: Option<LabelValue>,
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> fmt::Result {
+        self.base.encode(encoder)?;
+        match &self.consumer {
+            Some(consumer) => Labels([("consumer_id", consumer.clone())]).encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 pub type RouteLabels = Labels<2>;
 pub type OneLabel = Labels<1>;
 
 /// Process-wide metric families owned by the core (other modules register their own).
 pub struct Metrics {
     requests: ShardedFamily<RequestLabels, CounterShard>,
+    /// `Some` with `[metrics] consumer_label`.
+    consumer_labels: Option<ConsumerLabels>,
     request_duration: ShardedFamily<RouteLabels, HistogramShard>,
     upstream_duration: ShardedFamily<RouteLabels, HistogramShard>,
     proxy_overhead: ShardedFamily<RouteLabels, HistogramShard>,
@@ -89,9 +110,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn register(registry: &mut Registry, snapshot: Arc<ArcSwap<Snapshot>>) -> Arc<Metrics> {
+    /// `consumer_label_limit`: `Some(N)` adds the `consumer_id` label (N values, then `other`).
+    pub fn register(
+        registry: &mut Registry,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        consumer_label_limit: Option<usize>,
+    ) -> Arc<Metrics> {
         let m = Arc::new(Metrics {
             requests: ShardedFamily::new(&[]),
+            consumer_labels: consumer_label_limit.map(ConsumerLabels::new),
             request_duration: ShardedFamily::new(&LATENCY_BUCKETS),
             upstream_duration: ShardedFamily::new(&LATENCY_BUCKETS),
             proxy_overhead: ShardedFamily::new(&OVERHEAD_BUCKETS),
@@ -106,7 +133,11 @@ impl Metrics {
             buffered_responses: Counter::default(),
             spooled_bytes: Counter::default(),
         });
-        registry.register("gateway_http_requests", "Requests by route, service, method and status", m.requests.clone());
+        registry.register(
+            "gateway_http_requests",
+            "Requests by route, service, method and status (and consumer_id when enabled)",
+            m.requests.clone(),
+        );
         registry.register(
             "gateway_request_duration_seconds",
             "Whole request, first byte in to last byte out",
@@ -178,8 +209,8 @@ impl Metrics {
     }
 }
 
-/// (route name address, service name address, method, status).
-type RequestKey = (usize, usize, &'static str, u16);
+/// (route name address, service name address, method, status, consumer id address).
+type RequestKey = (usize, usize, &'static str, u16, usize);
 
 /// A worker's handles on its shards, found once per label set and then used lock-free.
 pub struct WorkerMetrics {
@@ -223,12 +254,13 @@ impl WorkerMetrics {
     fn record(&self, ctx: &RequestCtx) {
         let (route, service) = (ctx.route_name(), ctx.service_name());
         let method = method_label(&ctx.method);
-        let key = (name_key(route), name_key(service), method, ctx.status);
+        let consumer = self.shared.consumer_labels.as_ref().and(ctx.identity.consumer.as_ref().map(|c| &c.id));
+        let key = (name_key(route), name_key(service), method, ctx.status, name_key(consumer));
         let counter = self
             .requests
             .borrow_mut()
             .entry(key)
-            .or_insert_with(|| self.new_request_shard(route, service, method, ctx.status))
+            .or_insert_with(|| self.new_request_shard([route, service, consumer], method, ctx.status))
             .clone();
         counter.inc();
         let dkey = (key.0, key.1);
@@ -244,24 +276,23 @@ impl WorkerMetrics {
         }
     }
 
-    fn keep(&self, names: [Option<&Arc<str>>; 2]) {
+    fn keep<const N: usize>(&self, names: [Option<&Arc<str>>; N]) {
         self._names.borrow_mut().extend(names.into_iter().flatten().cloned());
     }
 
-    fn new_request_shard(
-        &self,
-        route: Option<&Arc<str>>,
-        service: Option<&Arc<str>>,
-        method: &'static str,
-        status: u16,
-    ) -> Arc<CounterShard> {
-        self.keep([route, service]);
-        let labels = Labels([
-            ("route", name_label(route)),
-            ("service", name_label(service)),
-            ("method", LabelValue::Static(method)),
-            ("status", LabelValue::Int(status.into())),
-        ]);
+    /// `names`: route, service and (with the consumer label) the consumer's id.
+    fn new_request_shard(&self, names: [Option<&Arc<str>>; 3], method: &'static str, status: u16) -> Arc<CounterShard> {
+        self.keep(names);
+        let [route, service, consumer] = names;
+        let labels = RequestLabels {
+            base: Labels([
+                ("route", name_label(route)),
+                ("service", name_label(service)),
+                ("method", LabelValue::Static(method)),
+                ("status", LabelValue::Int(status.into())),
+            ]),
+            consumer: self.shared.consumer_labels.as_ref().map(|c| c.value(consumer)),
+        };
         self.shared.requests.new_shard(&labels)
     }
 
@@ -349,6 +380,18 @@ impl Collector for UpstreamCollector {
 pub struct Readiness {
     ready: std::sync::atomic::AtomicBool,
     details: Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+/// `gateway_ready`: what /readyz answers, as a gauge, so an alert can tell "up but not ready".
+#[derive(Debug)]
+pub struct ReadinessCollector(pub Arc<Readiness>);
+
+impl Collector for ReadinessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let help = "1 while /readyz answers 200 (listeners up, config loaded), 0 while starting or draining";
+        let family = encoder.encode_descriptor("gateway_ready", help, None, MetricType::Gauge)?;
+        ConstGauge::new(i64::from(self.0.is_ready())).encode(family)
+    }
 }
 
 impl Readiness {

@@ -2,9 +2,11 @@
 //! One test binary (faster to link); each file under `e2e/` is one area.
 
 mod e2e {
+    pub mod dashboards;
     pub mod idp;
     pub mod netns;
     pub mod pki;
+    pub mod prometheus;
     pub mod support;
 
     mod bodies;

@@ -44,11 +44,15 @@ const APT_PACKAGES: &[&str] = &[
     "tmux",
     // Fuzzing: libfuzzer-sys compiles libFuzzer's C++ sources.
     "g++",
+    // Dashboards and alerts: promtool (check/test rules, check metrics) and a real Prometheus
+    // server that evaluates every dashboard and rule expression against a live gatewayd.
+    "prometheus",
 ];
 
-/// Services apt starts on install. Tests and benchmarks start their own instances on their own
-/// ports; system-wide ones would only take ports and memory.
-const SYSTEM_SERVICES: &[&str] = &["redis-server", "nginx"];
+/// Services apt starts on install (prometheus brings prometheus-node-exporter, which takes
+/// :9100). Tests and benchmarks start their own instances on their own ports; system-wide ones
+/// would only take ports and memory.
+const SYSTEM_SERVICES: &[&str] = &["redis-server", "nginx", "prometheus", "prometheus-node-exporter"];
 
 /// aya-build builds the eBPF programs with this toolchain (`rustup run nightly`); cargo-fuzz
 /// needs it too (sanitizer and coverage flags).
@@ -75,7 +79,8 @@ fn apt_packages() -> Result<()> {
     eprintln!("xtask: installing missing Debian packages: {}", missing.join(" "));
     exec(as_root("apt-get").arg("update"))?;
     exec(as_root("apt-get").args(["install", "-y"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
-    for service in SYSTEM_SERVICES.iter().filter(|s| missing.contains(s)) {
+    // All of them, not only those of the packages named: a dependency may bring one.
+    for service in SYSTEM_SERVICES {
         stop_service(service);
     }
     Ok(())

@@ -1,12 +1,12 @@
 //! `cargo xtask test`: everything CI checks (`.ci/run`), in order, stopping at the first failure.
 //! The eBPF tests attach real programs in private network namespaces, so this runs as root.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cmd::{cargo, exec, seconds, timed},
+    cmd::{cargo, exec, seconds, timed, workspace_root},
     deps,
 };
 
@@ -36,6 +36,7 @@ fn run_steps(summary: &mut Vec<(&'static str, Duration, bool)>) -> Result<()> {
         result.with_context(|| format!("test step `{name}` failed"))
     };
     step("deps", &deps::ensure)?;
+    step("rules", &prometheus_rules)?;
     for (name, args) in STEPS {
         step(name, &|| exec(cargo().args(*args)))?;
     }
@@ -44,6 +45,15 @@ fn run_steps(summary: &mut Vec<(&'static str, Duration, bool)>) -> Result<()> {
     // Kernel-dependent tests (kTLS, 5.10/6.1/6.12) in qemu guests.
     step("vm-test", &|| crate::vm_test::run(crate::cmd::workspace_root(), None))?;
     Ok(())
+}
+
+/// The shipped alert and recording rules, with Prometheus' own promtool: syntax, then the unit
+/// test of every alert. (The e2e test `dashboards` evaluates the expressions against a real
+/// Prometheus scraping a real gatewayd.)
+fn prometheus_rules() -> Result<()> {
+    let dir = workspace_root().join("packaging/prometheus");
+    exec(Command::new("promtool").args(["check", "rules", "gatewayd-rules.yml"]).current_dir(&dir))?;
+    exec(Command::new("promtool").args(["test", "rules", "gatewayd-rules.test.yml"]).current_dir(&dir))
 }
 
 fn print_summary(steps: &[(&str, Duration, bool)]) {

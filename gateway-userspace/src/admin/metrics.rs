@@ -8,5 +8,6 @@ use http_body_util::Full;
 use prometheus_client::registry::Registry;
 
 pub(super) fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
-    crate::metrics::server::exposition(registry)
+    // OpenMetrics: `gatewayd top` reads either format; this one carries units and `# EOF`.
+    crate::metrics::server::exposition(registry, crate::metrics::exposition::Format::OpenMetrics)
 }

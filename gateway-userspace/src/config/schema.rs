@@ -357,12 +357,28 @@ pub struct MetricsSection {
     /// Root of sysfs for thermal, hwmon and cpufreq metrics. Default: `/sys`.
     #[serde(default = "default_sys_root")]
     pub sys_root: String,
+    /// Adds a `consumer_id` label to `gateway_http_requests_total`. Default: false.
+    #[serde(default)]
+    pub consumer_label: bool,
+    /// Distinct `consumer_id` values before the rest are counted as `other`. Default: 100.
+    #[serde(default = "default_consumer_label_limit")]
+    pub consumer_label_limit: usize,
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
-        Self { bind: default_metrics_bind(), proc_root: default_proc_root(), sys_root: default_sys_root() }
+        Self {
+            bind: default_metrics_bind(),
+            proc_root: default_proc_root(),
+            sys_root: default_sys_root(),
+            consumer_label: false,
+            consumer_label_limit: default_consumer_label_limit(),
+        }
     }
+}
+
+fn default_consumer_label_limit() -> usize {
+    100
 }
 
 /// `[audit]`: one JSON line per request, written off the request path.

@@ -207,7 +207,15 @@ impl Validator<'_> {
         if listeners.iter().any(|l| l.addr == addr) {
             self.problem(root("metrics").key("bind"), format!("{addr} is also a listener address"));
         }
-        MetricsSpec { addr, proc_root: PathBuf::from(&m.proc_root), sys_root: PathBuf::from(&m.sys_root) }
+        if m.consumer_label_limit == 0 {
+            self.problem(root("metrics").key("consumer_label_limit"), "must be at least 1");
+        }
+        MetricsSpec {
+            addr,
+            proc_root: PathBuf::from(&m.proc_root),
+            sys_root: PathBuf::from(&m.sys_root),
+            consumer_label_limit: m.consumer_label.then_some(m.consumer_label_limit),
+        }
     }
 
     fn audit(&mut self, f: &FileConfig) -> Option<AuditSpec> {

@@ -1,4 +1,4 @@
-//! The metrics listener: `/metrics` (Prometheus text), `/healthz` (the process answers) and
+//! The metrics listener: `/metrics` (Prometheus text 0.0.4 or OpenMetrics, by `Accept`), `/healthz` (the process answers) and
 //! `/readyz` (listeners bound and config loaded; JSON detail either way).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use super::Readiness;
+use super::{Readiness, exposition};
 
 pub struct MetricsServer {
     registry: Arc<Registry>,
@@ -45,7 +45,10 @@ impl MetricsServer {
 
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         match req.uri().path() {
-            "/metrics" => exposition(&self.registry),
+            "/metrics" => {
+                let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                exposition(&self.registry, exposition::negotiate(accept))
+            }
             "/healthz" => text(StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n".into()),
             "/readyz" => self.readyz(),
             _ => text(StatusCode::NOT_FOUND, "application/json", "{\"error\":\"not_found\"}\n".into()),
@@ -60,11 +63,18 @@ impl MetricsServer {
     }
 }
 
-/// The registry as a `/metrics` answer (also served on the admin socket, for `gatewayd top`).
-pub fn exposition(registry: &Registry) -> Response<Full<Bytes>> {
+/// The registry as a `/metrics` answer in `format` (also served on the admin socket, for
+/// `gatewayd top`).
+pub fn exposition(registry: &Registry, format: exposition::Format) -> Response<Full<Bytes>> {
     let mut out = String::with_capacity(16 * 1024);
     match prometheus_client::encoding::text::encode(&mut out, registry) {
-        Ok(()) => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
+        Ok(()) => {
+            let body = match format {
+                exposition::Format::OpenMetrics => out,
+                exposition::Format::Text => exposition::openmetrics_to_text(&out),
+            };
+            text(StatusCode::OK, format.content_type(), body)
+        }
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "metrics encoding failed\n".into()),
     }
 }

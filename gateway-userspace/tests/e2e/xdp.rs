@@ -23,7 +23,9 @@ use gateway_userspace::ebpf::remove_stale_pins;
 use socket2::{Domain, Socket, Type};
 
 use super::{
+    dashboards::{RULES, dashboard, dashboard_exprs, healthy_rules, recording_rules, with_variables},
     netns::{GW_IF, Netns, VethPair},
+    prometheus::Prometheus,
     support::{BIN, eventually, metric_value, raw_get},
 };
 
@@ -356,23 +358,33 @@ fn flood_is_dropped_while_others_are_served_tc() {
     flood_dropped_others_served("tc", "ft", 33);
 }
 
+/// The guard in skb mode with a configured deny entry and a 50/s (burst 100) rate limit.
+fn rate_limited_guard(pins: &PinDir) -> String {
+    format!(
+        "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\ndeny = [\"192.0.2.0/24\"]\n\n[xdp.rate_limit]\nrate = 50\nburst = 100\n",
+        pins.0.display()
+    )
+}
+
+/// `gatewayd xdp block ADDR --for 10m`, which must succeed.
+fn block_for_10m(gw: &NsGateway<'_>, addr: Ipv4Addr) -> Output {
+    let out = gw.cli(&["xdp", "block", &addr.to_string(), "--for", "10m"]);
+    assert!(out.status.success(), "block failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 #[test]
 fn admin_blocks_unblocks_and_lists_top_offenders() {
     let net = VethPair::new("adm", 34, 2);
     let [target, flooder] = [net.clients[0], net.clients[1]];
     let pins = PinDir::new("adm");
-    let xdp = format!(
-        "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\ndeny = [\"192.0.2.0/24\"]\n\n[xdp.rate_limit]\nrate = 50\nburst = 100\n",
-        pins.0.display()
-    );
-    let gw = NsGateway::start(&net.gw, net.gw_addr, &xdp);
+    let gw = NsGateway::start(&net.gw, net.gw_addr, &rate_limited_guard(&pins));
     let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
     assert_eq!(get_from(&net.peer, target, dst, "/demo/hello", SHORT), Ok(200));
     let status: serde_json::Value = serde_json::from_slice(&gw.cli(&["status"]).stdout).expect("status JSON");
     assert_eq!(status["xdp"], serde_json::json!([{"iface": GW_IF, "mode": "xdp-skb"}]), "{status}");
 
-    let out = gw.cli(&["xdp", "block", &target.to_string(), "--for", "10m"]);
-    assert!(out.status.success(), "block failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = block_for_10m(&gw, target);
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
     assert_eq!(answer["cidr"], format!("{target}/32"));
     assert_eq!(answer["expires_in_secs"], 600);
@@ -408,6 +420,41 @@ fn admin_blocks_unblocks_and_lists_top_offenders() {
     let log = gw.stderr();
     assert!(log.lines().any(|l| l.contains("xdp: blocked") && l.contains("admin")), "{log}");
     assert!(log.contains("xdp: unblocked"), "{log}");
+}
+
+/// The dashboard's XDP panels and the XDP recording rule, evaluated by a real Prometheus that
+/// runs beside the guarded gatewayd in its namespace: packets by verdict (a flood rate limited),
+/// tracked sources, blocks and deny entries (an admin block) all return data.
+#[test]
+fn xdp_dashboard_panels_have_data_in_a_real_prometheus() {
+    let net = VethPair::new("dash", 38, 2);
+    let [target, flooder] = [net.clients[0], net.clients[1]];
+    let pins = PinDir::new("dash");
+    let gw = NsGateway::start(&net.gw, net.gw_addr, &rate_limited_guard(&pins));
+    let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
+    assert_eq!(get_from(&net.peer, target, dst, "/demo/hello", SHORT), Ok(200));
+    let rules = [std::path::Path::new(RULES)];
+    let prometheus =
+        Prometheus::start_in(Some(&net.gw), "127.0.0.1:9091".parse().unwrap(), METRICS.parse().unwrap(), &rules);
+    block_for_10m(&gw, target);
+    {
+        let _flood = Flood::start(&net.peer, flooder, net.gw_addr);
+        eventually(Duration::from_secs(10), || (gw.packets("drop_ratelimit") > 50.0).then_some(()))
+            .expect("flood rate limited");
+        eventually(Duration::from_secs(15), || (gw.metric("gateway_xdp_tracked_sources", &[]) >= 1.0).then_some(()))
+            .expect("tracked sources counted");
+        prometheus.wait_scrapes(3.0);
+    }
+    let records = recording_rules();
+    healthy_rules(&prometheus, records.len());
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard()["panels"], &mut exprs);
+    let xdp_exprs: Vec<String> =
+        exprs.iter().chain(&records).filter(|e| e.contains("xdp")).map(|e| with_variables(e)).collect();
+    assert!(xdp_exprs.len() >= 5, "{xdp_exprs:?}");
+    for expr in &xdp_exprs {
+        assert!(!prometheus.query(expr).is_empty(), "no data: {expr}\n{}", prometheus.targets());
+    }
 }
 
 #[test]
