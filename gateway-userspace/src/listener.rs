@@ -2,6 +2,8 @@
 //! choice, limits, idle and slow-header watchdog, graceful shutdown).
 
 mod conn;
+pub mod handover;
+pub mod occupant;
 pub mod socket;
 
 use std::{io, rc::Rc, time::Duration};

@@ -15,7 +15,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle as TaskHandle};
 
 use crate::{
     config::ListenerSpec,
-    listener::{self, socket},
+    listener::{self, handover, handover::Handover, socket},
     metrics::WorkerMetrics,
     snapshot::{LocalSnapshot, SnapshotArc},
     state::SharedState,
@@ -74,6 +74,8 @@ pub struct WorkerSettings {
     pub shared: Arc<SharedState>,
     pub events: tokio::sync::mpsc::UnboundedSender<WorkerEvent>,
     pub shutdown: watch::Receiver<bool>,
+    /// Listening sockets handed over by the previous process (systemd restart).
+    pub handover: Arc<Handover>,
 }
 
 pub fn spawn(settings: WorkerSettings) -> std::io::Result<JoinHandle<()>> {
@@ -147,6 +149,7 @@ fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, Tas
         let keep = wanted.contains(spec);
         if !keep {
             unsteer(&s.shared, spec, s.id);
+            handover::forget(spec.addr, s.id);
             task.abort();
         }
         keep
@@ -155,10 +158,7 @@ fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, Tas
         if listeners.contains_key(spec) {
             continue;
         }
-        match socket::bind_reuseport(spec.addr, spec.backlog)
-            .inspect(|l| steer(&s.shared, spec, s.id, l))
-            .and_then(TcpListener::from_std)
-        {
+        match listening_socket(spec, s).inspect(|l| steer(&s.shared, spec, s.id, l)).and_then(TcpListener::from_std) {
             Ok(l) => {
                 let task = tokio::task::spawn_local(listener::accept_loop(
                     l,
@@ -175,6 +175,17 @@ fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, Tas
         }
     }
     let _ = s.events.send(WorkerEvent::Listening { worker: s.id, generation: snapshot.generation });
+}
+
+/// The socket the previous process handed over for this listener and worker, or a new one (kept
+/// in systemd's store for the next restart).
+fn listening_socket(spec: &ListenerSpec, s: &WorkerSettings) -> std::io::Result<std::net::TcpListener> {
+    if let Some(inherited) = s.handover.take(spec.addr, s.id) {
+        return Ok(inherited);
+    }
+    let socket = socket::bind_reuseport(spec.addr, spec.backlog)?;
+    handover::keep(spec.addr, s.id, &socket);
+    Ok(socket)
 }
 
 /// Hands a new listening socket to connection steering (index = worker id). A failure leaves the

@@ -9,6 +9,7 @@ mod e2e {
 
     mod budget;
     mod config_cli;
+    mod handover;
     mod headers;
     mod identity;
     mod lifecycle;
