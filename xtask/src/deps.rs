@@ -37,6 +37,9 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "bpftool",
     "xdp-tools",
+    // dist: dpkg-shlibdeps (the package's library dependencies) and lintian (the package's checks).
+    "dpkg-dev",
+    "lintian",
 ];
 
 /// Services apt starts on install. Tests and benchmarks start their own instances on their own

@@ -6,9 +6,11 @@ mod bench;
 mod build;
 mod cmd;
 mod deps;
+mod dist;
 mod run;
 mod test;
 mod vm;
+mod vm_systemd;
 mod vm_test;
 
 use std::process::ExitCode;
@@ -39,6 +41,8 @@ enum Command {
         #[arg(long)]
         scenario: Option<String>,
     },
+    /// Build the Debian package target/dist/gatewayd_<version>_amd64.deb (checked with lintian).
+    Dist(dist::Options),
     /// Run a benchmark and write bench/results/<TARGET>.md.
     Bench(bench::Options),
 }
@@ -66,6 +70,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::VmTest { scenario } => {
             deps::ensure()?;
             vm_test::run(cmd::workspace_root(), scenario.as_deref())?
+        }
+        Command::Dist(opts) => {
+            dist::run(&opts)?;
         }
         Command::Bench(opts) => bench::run(&opts)?,
     }
