@@ -114,9 +114,12 @@ async fn serve(s: &WorkerSettings) {
     let mut listeners: HashMap<ListenerSpec, TaskHandle<()>> = HashMap::new();
     let mut generations = s.shared.generation.subscribe();
     let mut shutdown = s.shutdown.clone();
+    // Connections hear of the shutdown only after the listeners are closed and they had
+    // `ACCEPTED_SETTLE` to send their request (see below).
+    let (connections_shutdown, connections_rx) = watch::channel(false);
     tokio::task::spawn_local(sweep_pool(worker.clone()));
     loop {
-        reconcile(&worker, &mut listeners, s);
+        reconcile(&worker, &mut listeners, s, &connections_rx);
         tokio::select! {
             changed = generations.changed() => if changed.is_err() { break },
             changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
@@ -128,6 +131,12 @@ async fn serve(s: &WorkerSettings) {
         unsteer(&s.shared, &spec, s.id);
         task.abort();
     }
+    // A connection accepted just before the listeners closed may not have sent its request yet;
+    // shut down now and hyper would close it as idle: the client sees its connection accepted,
+    // then EOF (lost across every restart under load). Connections not yet accepted stay queued
+    // on the socket, which systemd's store hands to the next process.
+    tokio::time::sleep(ACCEPTED_SETTLE).await;
+    connections_shutdown.send_replace(true);
     let deadline = tokio::time::Instant::now() + worker.snapshot().config.server.drain_timeout;
     while worker.open_connections.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -141,8 +150,18 @@ async fn serve(s: &WorkerSettings) {
     }
 }
 
-/// Makes this worker's listening sockets match the current snapshot.
-fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, TaskHandle<()>>, s: &WorkerSettings) {
+/// How long connections accepted before a drain keep running normally before they are told to
+/// shut down: time for a just-accepted client's request to arrive.
+const ACCEPTED_SETTLE: Duration = Duration::from_secs(1);
+
+/// Makes this worker's listening sockets match the current snapshot; connections they accept
+/// watch `connections_shutdown`.
+fn reconcile(
+    worker: &Rc<WorkerLocal>,
+    listeners: &mut HashMap<ListenerSpec, TaskHandle<()>>,
+    s: &WorkerSettings,
+    connections_shutdown: &watch::Receiver<bool>,
+) {
     let snapshot = worker.snapshot();
     let wanted = &snapshot.config.listeners;
     listeners.retain(|spec, task| {
@@ -164,7 +183,7 @@ fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, Tas
                     l,
                     spec.clone(),
                     worker.clone(),
-                    s.shutdown.clone(),
+                    connections_shutdown.clone(),
                 ));
                 listeners.insert(spec.clone(), task);
             }
