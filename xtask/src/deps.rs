@@ -40,6 +40,10 @@ const APT_PACKAGES: &[&str] = &[
     // dist: dpkg-shlibdeps (the package's library dependencies) and lintian (the package's checks).
     "dpkg-dev",
     "lintian",
+    // vm-test systemd: a bookworm root file system from Debian's packages (mmdebstrap), made into
+    // an ext4 image with the run's files written in (mke2fs -d, debugfs).
+    "mmdebstrap",
+    "e2fsprogs",
 ];
 
 /// Services apt starts on install. Tests and benchmarks start their own instances on their own
