@@ -22,7 +22,7 @@ use crate::{
     auth::{AuthEnv, AuthMetrics},
     config::{Config, ConfigError, SteeringPolicy},
     ebpf::{EbpfCollector, EbpfError, Steering, XdpService},
-    listener::socket,
+    listener::{handover::Handover, occupant, socket},
     logging,
     metrics::{
         Metrics, Readiness, ReadinessCollector, host::HostCollector, host::WorkerThreads, server::MetricsServer,
@@ -47,6 +47,11 @@ pub enum DaemonError {
     Io { what: String, source: std::io::Error },
     #[error("listener {listener}: {source}")]
     Listener { listener: String, source: std::io::Error },
+    #[error(
+        "listener {listener}: {addr} is already served by {occupant}; refusing to share it (stop that \
+         process first; only a restart through systemd hands the listening sockets over)"
+    )]
+    AddressTaken { listener: String, addr: std::net::SocketAddr, occupant: Box<occupant::Occupant> },
     #[error("workers did not bind their listeners within {0:?}")]
     StartTimeout(Duration),
     #[error("worker {0} stopped unexpectedly")]
@@ -76,6 +81,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 pub fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     let config = load_config(config_path.as_deref())?;
     logging::init(config.server.log_format, &config.server.log_level);
+    let handover = Arc::new(Handover::from_env());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("gw-control")
@@ -83,7 +89,7 @@ pub fn run(config_path: Option<PathBuf>) -> Result<(), DaemonError> {
         .build()
         .map_err(io("cannot start the control runtime"))?;
     rt.block_on(async move {
-        let mut daemon = Daemon::start(config, config_path).await?;
+        let mut daemon = Daemon::start(config, config_path, handover).await?;
         let result = daemon.serve().await;
         daemon.drain().await;
         result
@@ -98,6 +104,7 @@ struct Daemon {
     liveness: Arc<WorkerLiveness>,
     events: mpsc::UnboundedReceiver<WorkerEvent>,
     admin: mpsc::Receiver<AdminCommand>,
+    handover: Arc<Handover>,
 }
 
 /// Starts the XDP guard and steering as configured (or clears what a guard kept attached by an
@@ -136,9 +143,16 @@ fn start_ebpf(config: &Config) -> Result<EbpfParts, DaemonError> {
 }
 
 impl Daemon {
-    async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, DaemonError> {
+    async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        handover: Arc<Handover>,
+    ) -> Result<Daemon, DaemonError> {
+        // Before anything else (the XDP guard included): a second instance must not touch the
+        // first one's data plane on its way out.
+        refuse_taken_addresses(&config)?;
         let (xdp, steering) = start_ebpf(&config)?;
-        let started = Self::start_with(config, config_path, xdp.clone(), steering).await;
+        let started = Self::start_with(config, config_path, xdp.clone(), steering, handover).await;
         if started.is_err()
             && let Some(xdp) = xdp
         {
@@ -152,6 +166,7 @@ impl Daemon {
         config_path: Option<PathBuf>,
         xdp: Option<Arc<XdpService>>,
         steering: Option<Arc<Steering>>,
+        handover: Arc<Handover>,
     ) -> Result<Daemon, DaemonError> {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(EbpfCollector { xdp: xdp.clone(), steering: steering.clone() }));
@@ -210,9 +225,11 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events_tx, events) = mpsc::unbounded_channel();
         let liveness = Arc::new(WorkerLiveness::new(shared.snapshot.load().config.server.workers));
-        let mut daemon = Daemon { shared, config_path, shutdown, workers: Vec::new(), liveness, events, admin };
+        let mut daemon =
+            Daemon { shared, config_path, shutdown, workers: Vec::new(), liveness, events, admin, handover };
         daemon.spawn_workers(&shutdown_rx, &events_tx)?;
         daemon.await_listening(1).await?;
+        daemon.handover.release_unclaimed();
         daemon.shared.readiness.set_ready(true);
         let snapshot = daemon.shared.snapshot.load();
         for l in &snapshot.config.listeners {
@@ -238,6 +255,7 @@ impl Daemon {
                 events: events.clone(),
                 shutdown: shutdown.clone(),
                 liveness: self.liveness.clone(),
+                handover: self.handover.clone(),
             };
             self.workers.push(worker::spawn(settings).map_err(io(format!("cannot start worker {id}")))?);
         }
@@ -343,6 +361,7 @@ impl Daemon {
     async fn try_reload(&mut self) -> Result<u64, DaemonError> {
         let config = load_config(self.config_path.as_deref())?;
         let current = self.shared.snapshot.load_full();
+        refuse_taken_addresses(&config)?;
         for l in &config.listeners {
             if !current.config.listeners.iter().any(|c| c.addr == l.addr) {
                 socket::probe_bind(l.addr)
@@ -389,6 +408,21 @@ impl Daemon {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Refuses listener addresses another process listens on (SO_REUSEPORT would let us join it).
+/// Our own sockets, handed-over ones included, do not count.
+fn refuse_taken_addresses(config: &Config) -> Result<(), DaemonError> {
+    for l in &config.listeners {
+        if let Some(occupant) = occupant::foreign_listener(l.addr) {
+            return Err(DaemonError::AddressTaken {
+                listener: l.name.to_string(),
+                addr: l.addr,
+                occupant: Box::new(occupant),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn result_label(result: &'static str) -> crate::metrics::OneLabel {

@@ -2,6 +2,8 @@
 //! choice, limits, idle and slow-header watchdog, graceful shutdown).
 
 mod conn;
+pub mod handover;
+pub mod occupant;
 mod parse_refusal;
 pub mod socket;
 

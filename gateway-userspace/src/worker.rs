@@ -17,7 +17,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle as TaskHandle};
 
 use crate::{
     config::ListenerSpec,
-    listener::{self, socket},
+    listener::{self, handover, handover::Handover, socket},
     metrics::WorkerMetrics,
     snapshot::{LocalSnapshot, SnapshotArc},
     state::SharedState,
@@ -77,6 +77,8 @@ pub struct WorkerSettings {
     pub events: tokio::sync::mpsc::UnboundedSender<WorkerEvent>,
     pub shutdown: watch::Receiver<bool>,
     pub liveness: Arc<liveness::WorkerLiveness>,
+    /// Listening sockets handed over by the previous process (systemd restart).
+    pub handover: Arc<Handover>,
 }
 
 pub fn spawn(settings: WorkerSettings) -> std::io::Result<JoinHandle<()>> {
@@ -115,10 +117,13 @@ async fn serve(s: &WorkerSettings) {
     let mut listeners: HashMap<ListenerSpec, TaskHandle<()>> = HashMap::new();
     let mut generations = s.shared.generation.subscribe();
     let mut shutdown = s.shutdown.clone();
+    // Connections hear of the shutdown only after the listeners are closed and they had
+    // `ACCEPTED_SETTLE` to send their request (see below).
+    let (connections_shutdown, connections_rx) = watch::channel(false);
     tokio::task::spawn_local(sweep_pool(worker.clone()));
     tokio::task::spawn_local(liveness::heartbeat(s.liveness.clone(), s.id));
     loop {
-        reconcile(&worker, &mut listeners, s);
+        reconcile(&worker, &mut listeners, s, &connections_rx);
         tokio::select! {
             changed = generations.changed() => if changed.is_err() { break },
             changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
@@ -130,6 +135,12 @@ async fn serve(s: &WorkerSettings) {
         unsteer(&s.shared, &spec, s.id);
         task.abort();
     }
+    // A connection accepted just before the listeners closed may not have sent its request yet;
+    // shut down now and hyper would close it as idle: the client sees its connection accepted,
+    // then EOF (lost across every restart under load). Connections not yet accepted stay queued
+    // on the socket, which systemd's store hands to the next process.
+    tokio::time::sleep(ACCEPTED_SETTLE).await;
+    connections_shutdown.send_replace(true);
     let deadline = tokio::time::Instant::now() + worker.snapshot().config.server.drain_timeout;
     while worker.open_connections.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -143,14 +154,25 @@ async fn serve(s: &WorkerSettings) {
     }
 }
 
-/// Makes this worker's listening sockets match the current snapshot.
-fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, TaskHandle<()>>, s: &WorkerSettings) {
+/// How long connections accepted before a drain keep running normally before they are told to
+/// shut down: time for a just-accepted client's request to arrive.
+const ACCEPTED_SETTLE: Duration = Duration::from_secs(1);
+
+/// Makes this worker's listening sockets match the current snapshot; connections they accept
+/// watch `connections_shutdown`.
+fn reconcile(
+    worker: &Rc<WorkerLocal>,
+    listeners: &mut HashMap<ListenerSpec, TaskHandle<()>>,
+    s: &WorkerSettings,
+    connections_shutdown: &watch::Receiver<bool>,
+) {
     let snapshot = worker.snapshot();
     let wanted = &snapshot.config.listeners;
     listeners.retain(|spec, task| {
         let keep = wanted.contains(spec);
         if !keep {
             unsteer(&s.shared, spec, s.id);
+            handover::forget(spec.addr, s.id);
             task.abort();
         }
         keep
@@ -159,16 +181,13 @@ fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, Tas
         if listeners.contains_key(spec) {
             continue;
         }
-        match socket::bind_reuseport(spec.addr, spec.backlog)
-            .inspect(|l| steer(&s.shared, spec, s.id, l))
-            .and_then(TcpListener::from_std)
-        {
+        match listening_socket(spec, s).inspect(|l| steer(&s.shared, spec, s.id, l)).and_then(TcpListener::from_std) {
             Ok(l) => {
                 let task = tokio::task::spawn_local(listener::accept_loop(
                     l,
                     spec.clone(),
                     worker.clone(),
-                    s.shutdown.clone(),
+                    connections_shutdown.clone(),
                 ));
                 listeners.insert(spec.clone(), task);
             }
@@ -179,6 +198,17 @@ fn reconcile(worker: &Rc<WorkerLocal>, listeners: &mut HashMap<ListenerSpec, Tas
         }
     }
     let _ = s.events.send(WorkerEvent::Listening { worker: s.id, generation: snapshot.generation });
+}
+
+/// The socket the previous process handed over for this listener and worker, or a new one (kept
+/// in systemd's store for the next restart).
+fn listening_socket(spec: &ListenerSpec, s: &WorkerSettings) -> std::io::Result<std::net::TcpListener> {
+    if let Some(inherited) = s.handover.take(spec.addr, s.id) {
+        return Ok(inherited);
+    }
+    let socket = socket::bind_reuseport(spec.addr, spec.backlog)?;
+    handover::keep(spec.addr, s.id, &socket);
+    Ok(socket)
 }
 
 /// Hands a new listening socket to connection steering (index = worker id). A failure leaves the

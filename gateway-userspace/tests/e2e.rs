@@ -15,6 +15,7 @@ mod e2e {
     mod client_address;
     mod config_cli;
     mod h2_flood;
+    mod handover;
     mod headers;
     mod identity;
     mod idp_faults;

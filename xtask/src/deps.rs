@@ -47,6 +47,13 @@ const APT_PACKAGES: &[&str] = &[
     // Dashboards and alerts: promtool (check/test rules, check metrics) and a real Prometheus
     // server that evaluates every dashboard and rule expression against a live gatewayd.
     "prometheus",
+    // dist: dpkg-shlibdeps (the package's library dependencies) and lintian (the package's checks).
+    "dpkg-dev",
+    "lintian",
+    // vm-test systemd: a bookworm root file system from Debian's packages (mmdebstrap), made into
+    // an ext4 image with the run's files written in (mke2fs -d, debugfs).
+    "mmdebstrap",
+    "e2fsprogs",
 ];
 
 /// Services apt starts on install (prometheus brings prometheus-node-exporter, which takes

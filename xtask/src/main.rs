@@ -6,10 +6,12 @@ mod bench;
 mod build;
 mod cmd;
 mod deps;
+mod dist;
 mod fuzz;
 mod run;
 mod test;
 mod vm;
+mod vm_systemd;
 mod vm_test;
 
 use std::process::ExitCode;
@@ -44,6 +46,8 @@ enum Command {
         #[arg(long)]
         scenario: Option<String>,
     },
+    /// Build the Debian package target/dist/gatewayd_<version>_amd64.deb (checked with lintian).
+    Dist(dist::Options),
     /// Run a benchmark and write bench/results/<TARGET>.md.
     Bench(bench::Options),
 }
@@ -73,6 +77,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             vm_test::run(cmd::workspace_root(), scenario.as_deref())?
         }
         Command::Fuzz(opts) => fuzz::run(&opts)?,
+        Command::Dist(opts) => {
+            dist::run(&opts)?;
+        }
         Command::Bench(opts) => bench::run(&opts)?,
     }
     Ok(ExitCode::SUCCESS)

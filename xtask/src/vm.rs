@@ -5,6 +5,7 @@
 
 mod cpio;
 mod kernel;
+pub mod rootfs;
 
 use std::{
     collections::BTreeSet,
@@ -66,7 +67,7 @@ pub fn run(root: &Path, name: &str, guest: &Guest) -> Result<String> {
     Ok(console)
 }
 
-fn tail(console: &str) -> String {
+pub fn tail(console: &str) -> String {
     let lines: Vec<&str> = console.lines().collect();
     lines[lines.len().saturating_sub(80)..].join("\n")
 }
@@ -184,9 +185,27 @@ poweroff -f
 /// machine a guest occasionally hangs before its kernel starts; a boot that shows no sign of the
 /// init script within `BOOT_DEADLINE` is retried (twice at most).
 fn boot(vmlinuz: &Path, initramfs: &Path, timeout: Duration) -> Result<String> {
+    let mut args = qemu_base_args("1536");
+    args.extend(["-no-reboot", "-kernel"].map(Into::into));
+    args.push(vmlinuz.into());
+    args.push("-initrd".into());
+    args.push(initramfs.into());
+    args.extend(["-append", "console=ttyS0 rdinit=/init panic=-1 loglevel=4"].map(Into::into));
+    boot_with(&args, STARTED_MARKER, timeout)
+}
+
+/// qemu under TCG, 2 vCPUs, `memory` MiB, the serial console on stdout.
+pub fn qemu_base_args(memory: &str) -> Vec<std::ffi::OsString> {
+    ["-machine", "accel=tcg", "-cpu", "max", "-smp", "2", "-m", memory, "-nographic", "-nodefaults", "-serial", "stdio"]
+        .map(Into::into)
+        .to_vec()
+}
+
+/// Boots qemu with `args` (retrying a guest that never prints `started`) and returns the console.
+pub fn boot_with(args: &[std::ffi::OsString], started: &str, timeout: Duration) -> Result<String> {
     const ATTEMPTS: usize = 3;
     for attempt in 1..=ATTEMPTS {
-        match boot_once(vmlinuz, initramfs, timeout)? {
+        match boot_once(args, started, timeout)? {
             Boot::Finished(console) => return Ok(console),
             Boot::TimedOut(console) => bail!("the guest did not finish within {timeout:?}\n{}", tail(&console)),
             Boot::NeverStarted(console) if attempt < ATTEMPTS => {
@@ -212,28 +231,9 @@ enum Boot {
     NeverStarted(String),
 }
 
-fn boot_once(vmlinuz: &Path, initramfs: &Path, timeout: Duration) -> Result<Boot> {
+fn boot_once(args: &[std::ffi::OsString], started: &str, timeout: Duration) -> Result<Boot> {
     let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "accel=tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "1536",
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args(["-append", "console=ttyS0 rdinit=/init panic=-1 loglevel=4"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -256,7 +256,7 @@ fn boot_once(vmlinuz: &Path, initramfs: &Path, timeout: Duration) -> Result<Boot
     let start = Instant::now();
     let mut outcome = None;
     while child.try_wait()?.is_none() {
-        if start.elapsed() > BOOT_DEADLINE && !text().contains(STARTED_MARKER) {
+        if start.elapsed() > BOOT_DEADLINE && !text().contains(started) {
             outcome = Some(Boot::NeverStarted as fn(String) -> Boot);
         } else if start.elapsed() > timeout {
             outcome = Some(Boot::TimedOut as fn(String) -> Boot);

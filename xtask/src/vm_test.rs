@@ -22,24 +22,32 @@ pub fn run(root: &Path, only: Option<&str>) -> Result<()> {
             continue;
         }
         for (label, guest) in scenario(root).with_context(|| format!("preparing vm scenario {name}"))? {
-            let (elapsed, result) = timed(&format!("vm-test {label}"), || vm::run(root, &label, &guest));
-            match result {
-                Ok(console) => {
-                    let lines: Vec<&str> =
-                        console.lines().filter(|l| l.starts_with("vm:") || l.starts_with("ok:")).collect();
-                    eprintln!("{}\n  ({})", lines.join("\n"), seconds(elapsed));
-                }
-                Err(e) => {
-                    eprintln!("{e:#}");
-                    failures.push(label);
-                }
-            }
+            report(&label, || vm::run(root, &label, &guest), &mut failures);
         }
+    }
+    // Booted with systemd as PID 1 from a full root file system, not a busybox initramfs.
+    if only.is_none_or(|o| o == "systemd") {
+        report("systemd-bookworm", || crate::vm_systemd::run(root), &mut failures);
     }
     if !failures.is_empty() {
         anyhow::bail!("vm-test failed: {}", failures.join(", "));
     }
     Ok(())
+}
+
+/// Runs one guest; prints its `vm:`/`ok:` lines and time, or its error (counted in `failures`).
+fn report(label: &str, guest: impl FnOnce() -> Result<String>, failures: &mut Vec<String>) {
+    let (elapsed, result) = timed(&format!("vm-test {label}"), guest);
+    match result {
+        Ok(console) => {
+            let lines: Vec<&str> = console.lines().filter(|l| l.starts_with("vm:") || l.starts_with("ok:")).collect();
+            eprintln!("{}\n  ({})", lines.join("\n"), seconds(elapsed));
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            failures.push(label.to_owned());
+        }
+    }
 }
 
 /// Every kernel boots, mounts bpffs, and (where it exists) loads the kTLS module.
