@@ -440,9 +440,25 @@ impl IdpProcess {
         nix::sys::signal::kill(pid, sig).expect("signal the IdP process");
     }
 
-    /// SIGSTOP: the kernel still accepts connections; nothing answers.
+    /// SIGSTOP: the kernel still accepts connections; nothing answers. Returns once every thread
+    /// of the process is stopped (the signal is delivered asynchronously: a thread that was
+    /// running could otherwise still answer a request sent right after).
     pub fn pause(&self) {
         self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let pid = self.child.as_ref().expect("running").id();
+        let stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+            tasks.filter_map(Result::ok).all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T') || rest.starts_with('t')))
+                    .unwrap_or(true)
+            })
+        };
+        assert!(
+            super::support::eventually(std::time::Duration::from_secs(10), || stopped().then_some(())).is_some(),
+            "the IdP process did not stop"
+        );
     }
 
     pub fn resume(&self) {
