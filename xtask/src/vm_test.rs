@@ -6,14 +6,15 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cmd::{cargo, exec, seconds, timed},
+    cmd::{capture, cargo, exec, seconds, timed},
     vm::{self, Guest, Suite},
 };
 
 type Scenario = fn(&Path) -> Result<Vec<(String, Guest)>>;
 
 /// Every scenario, in order.
-const SCENARIOS: &[(&str, Scenario)] = &[("boot", boot), ("proxy", proxy), ("ktls", ktls), ("xdp", xdp)];
+const SCENARIOS: &[(&str, Scenario)] =
+    &[("boot", boot), ("proxy", proxy), ("ktls", ktls), ("xdp", xdp), ("steering", steering)];
 
 pub fn run(root: &Path, only: Option<&str>) -> Result<()> {
     let mut failures = Vec::new();
@@ -62,7 +63,7 @@ fn boot(_root: &Path) -> Result<Vec<(String, Guest)>> {
             let script = format!("set -e\ntest -d /sys/fs/bpf\n{check}\necho ok: booted $(uname -r)\n");
             (
                 format!("boot-{}", suite.name()),
-                Guest { suite, modules, files: vec![], script, timeout: Duration::from_secs(120) },
+                Guest { suite, modules, files: vec![], script, timeout: Duration::from_secs(120), cpus: 2 },
             )
         })
         .collect())
@@ -96,6 +97,7 @@ echo "ok: proxied through gatewayd on $(uname -r)"
                 files: vec![(bin.clone(), "/usr/bin/gatewayd".into())],
                 script: script.into(),
                 timeout: Duration::from_secs(180),
+                cpus: 2,
             };
             (format!("proxy-{}", suite.name()), guest)
         })
@@ -115,6 +117,7 @@ fn ktls(root: &Path) -> Result<Vec<(String, Guest)>> {
         files: vec![(bin, "/usr/bin/gatewayd".into()), ("/usr/bin/curl".into(), "/usr/bin/curl".into())],
         script: KTLS_SCRIPT.into(),
         timeout: Duration::from_secs(300),
+        cpus: 2,
     };
     Ok(vec![("ktls-bookworm".into(), guest)])
 }
@@ -213,8 +216,56 @@ echo "ok: xdp selftest on $(uname -r): $(tail -n 1 /tmp/selftest.log)"
                 files: vec![(bin.clone(), "/usr/bin/gatewayd".into())],
                 script: script.into(),
                 timeout: Duration::from_secs(300),
+                cpus: 2,
             };
             (format!("xdp-{}", suite.name()), guest)
         })
         .collect())
+}
+
+/// CPU steering where there are more CPUs than the host's two: the eBPF steering tests (the
+/// `ebpf` test binary, which loads the real `sk_reuseport` program) in a 4-vCPU guest. The `cpu`
+/// policy must land each CPU's connections on that CPU's worker, all four of them; on one CPU
+/// the test refuses to run rather than pass trivially.
+fn steering(root: &Path) -> Result<Vec<(String, Guest)>> {
+    let tests = ebpf_test_binary(root)?;
+    let script = r#"set -e
+n=$(nproc)
+[ "$n" -eq 4 ] || { echo "expected 4 CPUs, the guest has $n"; exit 1; }
+if ! /usr/bin/gateway-ebpf-tests --test-threads 1 ebpf::steering:: > /tmp/steering.log 2>&1; then
+  cat /tmp/steering.log; exit 1
+fi
+grep -E '^test .* ok$' /tmp/steering.log | sed 's/^/vm: /'
+grep -q 'cpu_policy_steers_to_the_receiving_cpus_worker ... ok' /tmp/steering.log
+echo "ok: steering spread over $n CPUs' workers on $(uname -r): $(grep '^test result' /tmp/steering.log)"
+"#;
+    let guest = Guest {
+        suite: Suite::Bookworm,
+        modules: vec![],
+        files: vec![(tests, "/usr/bin/gateway-ebpf-tests".into())],
+        script: script.into(),
+        timeout: Duration::from_secs(300),
+        cpus: 4,
+    };
+    Ok(vec![("steering-bookworm".into(), guest)])
+}
+
+/// Builds the `ebpf` integration-test binary and returns its path (cargo names it with a hash).
+fn ebpf_test_binary(root: &Path) -> Result<std::path::PathBuf> {
+    let out = capture(cargo().args([
+        "test",
+        "--locked",
+        "-p",
+        "gateway-userspace",
+        "--test",
+        "ebpf",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "ebpf")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .context("cargo test --no-run named no executable for the ebpf tests")
 }
