@@ -194,8 +194,10 @@ echo "ok: gatewayd offloaded both connections to kTLS on $(uname -r)"
 
 /// The eBPF data plane on every kernel: the guard's XDP and TC programs load and pass every
 /// BPF_PROG_TEST_RUN case (`gatewayd xdp selftest`), attach to `lo` in generic XDP and TC mode
-/// and judge real packets, and steering loads and picks sockets on a real SO_REUSEPORT group.
-/// On 5.10 this is what proves the programs avoid what that verifier refuses (fetching atomics).
+/// and judge real packets, attach to a veth pair in every mode (native XDP required: veth has a
+/// driver-mode path) and judge frames that crossed the pair, and steering loads and picks
+/// sockets on a real SO_REUSEPORT group. On 5.10 this is what proves the programs avoid what
+/// that verifier refuses (fetching atomics).
 fn xdp(root: &Path) -> Result<Vec<(String, Guest)>> {
     let bin = gatewayd(root)?;
     let script = r#"set -e
@@ -204,6 +206,17 @@ if ! /usr/bin/gatewayd xdp selftest --attach lo > /tmp/selftest.log 2>&1; then
 fi
 grep -E '^(FAIL|ok +(xdp|tc|sk) +(attach|steering))' /tmp/selftest.log | sed 's/^/vm: /'
 echo "ok: xdp selftest on $(uname -r): $(tail -n 1 /tmp/selftest.log)"
+# iproute2's ip: busybox's applet cannot make a veth pair.
+ip=/usr/bin/iproute2-ip
+$ip link add gw0 type veth peer name gw1
+$ip link set gw0 up
+$ip link set gw1 up
+if ! /usr/bin/gatewayd xdp selftest --attach gw0 --peer gw1 > /tmp/veth.log 2>&1; then
+  cat /tmp/veth.log; exit 1
+fi
+grep -E '^(FAIL|ok +(xdp|tc) +attach)' /tmp/veth.log | sed 's/^/vm: /'
+grep -qE '^ok +xdp +attach to gw0 in xdp-driver mode' /tmp/veth.log || { cat /tmp/veth.log; exit 1; }
+echo "ok: native XDP on a veth pair on $(uname -r): $(tail -n 1 /tmp/veth.log)"
 "#;
     Ok(Suite::ALL
         .iter()
@@ -212,8 +225,11 @@ echo "ok: xdp selftest on $(uname -r): $(tail -n 1 /tmp/selftest.log)"
             // needs neither, but loading them does no harm).
             let guest = Guest {
                 suite,
-                modules: vec!["sch_ingress".into(), "cls_bpf".into()],
-                files: vec![(bin.clone(), "/usr/bin/gatewayd".into())],
+                modules: vec!["sch_ingress".into(), "cls_bpf".into(), "veth".into()],
+                files: vec![
+                    (bin.clone(), "/usr/bin/gatewayd".into()),
+                    ("/usr/sbin/ip".into(), "/usr/bin/iproute2-ip".into()),
+                ],
                 script: script.into(),
                 timeout: Duration::from_secs(300),
                 cpus: 2,
