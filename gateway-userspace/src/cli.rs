@@ -124,6 +124,10 @@ pub enum XdpCommand {
         /// to 127.0.0.1, and check connection steering on real sockets.
         #[arg(long, value_name = "IFACE")]
         attach: Option<String>,
+        /// With --attach: IFACE is one end of a veth pair and this is the other; test frames are
+        /// injected here, and native (driver-mode) XDP must attach.
+        #[arg(long, value_name = "PEER", requires = "attach")]
+        peer: Option<String>,
     },
     /// Measure ns per packet of the guard's paths with BPF_PROG_TEST_RUN; needs root.
     #[command(hide = true)]

@@ -142,10 +142,10 @@ fn xdp(cli: &Cli, command: &XdpCommand) -> Result<(), String> {
             let body = serde_json::json!({"cidr": net.to_string()});
             admin_call_with(cli, admin, Method::POST, "/v1/xdp/unblock", Some(body))
         }
-        XdpCommand::Selftest { attach } => {
+        XdpCommand::Selftest { attach, peer } => {
             let mut report = ebpf::selftest::run().map_err(|e| e.to_string())?;
             if let Some(iface) = attach {
-                let attached = ebpf::selftest::run_attach(iface).map_err(|e| e.to_string())?;
+                let attached = ebpf::selftest::run_attach(iface, peer.as_deref()).map_err(|e| e.to_string())?;
                 report.cases.extend(attached.cases);
             }
             println!("{report}");

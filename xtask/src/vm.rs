@@ -30,6 +30,8 @@ pub struct Guest {
     /// `/bin/sh` script run after the mounts (proc, sys, devtmpfs, bpffs, tmp) with `lo` up.
     pub script: String,
     pub timeout: Duration,
+    /// Virtual CPUs (tests of per-CPU behaviour want more than the host's two).
+    pub cpus: u8,
 }
 
 /// Exit marker the init script prints; everything else on the console is the guest's output.
@@ -50,7 +52,7 @@ pub fn run(root: &Path, name: &str, guest: &Guest) -> Result<String> {
     // Only the console log outlives a run: trees and images of every scenario on every kernel
     // add up to gigabytes on a CI disk.
     fs::remove_dir_all(&tree).with_context(|| format!("cleaning {}", tree.display()))?;
-    let console = boot(&kernel.vmlinuz, &initramfs, guest.timeout);
+    let console = boot(&kernel.vmlinuz, &initramfs, guest.cpus, guest.timeout);
     fs::remove_file(&initramfs).with_context(|| format!("removing {}", initramfs.display()))?;
     let console = console?;
     fs::write(work.join("console.log"), &console)?;
@@ -184,8 +186,8 @@ poweroff -f
 /// Boots qemu with the serial console on stdout, killing it after `timeout`. Under TCG on a busy
 /// machine a guest occasionally hangs before its kernel starts; a boot that shows no sign of the
 /// init script within `BOOT_DEADLINE` is retried (twice at most).
-fn boot(vmlinuz: &Path, initramfs: &Path, timeout: Duration) -> Result<String> {
-    let mut args = qemu_base_args("1536");
+fn boot(vmlinuz: &Path, initramfs: &Path, cpus: u8, timeout: Duration) -> Result<String> {
+    let mut args = qemu_base_args("1536", cpus);
     args.extend(["-no-reboot", "-kernel"].map(Into::into));
     args.push(vmlinuz.into());
     args.push("-initrd".into());
@@ -194,11 +196,25 @@ fn boot(vmlinuz: &Path, initramfs: &Path, timeout: Duration) -> Result<String> {
     boot_with(&args, STARTED_MARKER, timeout)
 }
 
-/// qemu under TCG, 2 vCPUs, `memory` MiB, the serial console on stdout.
-pub fn qemu_base_args(memory: &str) -> Vec<std::ffi::OsString> {
-    ["-machine", "accel=tcg", "-cpu", "max", "-smp", "2", "-m", memory, "-nographic", "-nodefaults", "-serial", "stdio"]
-        .map(Into::into)
-        .to_vec()
+/// qemu under TCG, `cpus` vCPUs, `memory` MiB, the serial console on stdout.
+pub fn qemu_base_args(memory: &str, cpus: u8) -> Vec<std::ffi::OsString> {
+    let cpus = cpus.to_string();
+    [
+        "-machine",
+        "accel=tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        &cpus,
+        "-m",
+        memory,
+        "-nographic",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ]
+    .map(Into::into)
+    .to_vec()
 }
 
 /// Boots qemu with `args` (retrying a guest that never prints `started`) and returns the console.

@@ -6,14 +6,15 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cmd::{cargo, exec, seconds, timed},
+    cmd::{capture, cargo, exec, seconds, timed},
     vm::{self, Guest, Suite},
 };
 
 type Scenario = fn(&Path) -> Result<Vec<(String, Guest)>>;
 
 /// Every scenario, in order.
-const SCENARIOS: &[(&str, Scenario)] = &[("boot", boot), ("proxy", proxy), ("ktls", ktls), ("xdp", xdp)];
+const SCENARIOS: &[(&str, Scenario)] =
+    &[("boot", boot), ("proxy", proxy), ("ktls", ktls), ("xdp", xdp), ("steering", steering)];
 
 pub fn run(root: &Path, only: Option<&str>) -> Result<()> {
     let mut failures = Vec::new();
@@ -62,7 +63,7 @@ fn boot(_root: &Path) -> Result<Vec<(String, Guest)>> {
             let script = format!("set -e\ntest -d /sys/fs/bpf\n{check}\necho ok: booted $(uname -r)\n");
             (
                 format!("boot-{}", suite.name()),
-                Guest { suite, modules, files: vec![], script, timeout: Duration::from_secs(120) },
+                Guest { suite, modules, files: vec![], script, timeout: Duration::from_secs(120), cpus: 2 },
             )
         })
         .collect())
@@ -96,6 +97,7 @@ echo "ok: proxied through gatewayd on $(uname -r)"
                 files: vec![(bin.clone(), "/usr/bin/gatewayd".into())],
                 script: script.into(),
                 timeout: Duration::from_secs(180),
+                cpus: 2,
             };
             (format!("proxy-{}", suite.name()), guest)
         })
@@ -115,6 +117,7 @@ fn ktls(root: &Path) -> Result<Vec<(String, Guest)>> {
         files: vec![(bin, "/usr/bin/gatewayd".into()), ("/usr/bin/curl".into(), "/usr/bin/curl".into())],
         script: KTLS_SCRIPT.into(),
         timeout: Duration::from_secs(300),
+        cpus: 2,
     };
     Ok(vec![("ktls-bookworm".into(), guest)])
 }
@@ -191,8 +194,10 @@ echo "ok: gatewayd offloaded both connections to kTLS on $(uname -r)"
 
 /// The eBPF data plane on every kernel: the guard's XDP and TC programs load and pass every
 /// BPF_PROG_TEST_RUN case (`gatewayd xdp selftest`), attach to `lo` in generic XDP and TC mode
-/// and judge real packets, and steering loads and picks sockets on a real SO_REUSEPORT group.
-/// On 5.10 this is what proves the programs avoid what that verifier refuses (fetching atomics).
+/// and judge real packets, attach to a veth pair in every mode (native XDP required: veth has a
+/// driver-mode path) and judge frames that crossed the pair, and steering loads and picks
+/// sockets on a real SO_REUSEPORT group. On 5.10 this is what proves the programs avoid what
+/// that verifier refuses (fetching atomics).
 fn xdp(root: &Path) -> Result<Vec<(String, Guest)>> {
     let bin = gatewayd(root)?;
     let script = r#"set -e
@@ -201,6 +206,17 @@ if ! /usr/bin/gatewayd xdp selftest --attach lo > /tmp/selftest.log 2>&1; then
 fi
 grep -E '^(FAIL|ok +(xdp|tc|sk) +(attach|steering))' /tmp/selftest.log | sed 's/^/vm: /'
 echo "ok: xdp selftest on $(uname -r): $(tail -n 1 /tmp/selftest.log)"
+# iproute2's ip: busybox's applet cannot make a veth pair.
+ip=/usr/bin/iproute2-ip
+$ip link add gw0 type veth peer name gw1
+$ip link set gw0 up
+$ip link set gw1 up
+if ! /usr/bin/gatewayd xdp selftest --attach gw0 --peer gw1 > /tmp/veth.log 2>&1; then
+  cat /tmp/veth.log; exit 1
+fi
+grep -E '^(FAIL|ok +(xdp|tc) +attach)' /tmp/veth.log | sed 's/^/vm: /'
+grep -qE '^ok +xdp +attach to gw0 in xdp-driver mode' /tmp/veth.log || { cat /tmp/veth.log; exit 1; }
+echo "ok: native XDP on a veth pair on $(uname -r): $(tail -n 1 /tmp/veth.log)"
 "#;
     Ok(Suite::ALL
         .iter()
@@ -209,12 +225,63 @@ echo "ok: xdp selftest on $(uname -r): $(tail -n 1 /tmp/selftest.log)"
             // needs neither, but loading them does no harm).
             let guest = Guest {
                 suite,
-                modules: vec!["sch_ingress".into(), "cls_bpf".into()],
-                files: vec![(bin.clone(), "/usr/bin/gatewayd".into())],
+                modules: vec!["sch_ingress".into(), "cls_bpf".into(), "veth".into()],
+                files: vec![
+                    (bin.clone(), "/usr/bin/gatewayd".into()),
+                    ("/usr/sbin/ip".into(), "/usr/bin/iproute2-ip".into()),
+                ],
                 script: script.into(),
                 timeout: Duration::from_secs(300),
+                cpus: 2,
             };
             (format!("xdp-{}", suite.name()), guest)
         })
         .collect())
+}
+
+/// CPU steering where there are more CPUs than the host's two: the eBPF steering tests (the
+/// `ebpf` test binary, which loads the real `sk_reuseport` program) in a 4-vCPU guest. The `cpu`
+/// policy must land each CPU's connections on that CPU's worker, all four of them; on one CPU
+/// the test refuses to run rather than pass trivially.
+fn steering(root: &Path) -> Result<Vec<(String, Guest)>> {
+    let tests = ebpf_test_binary(root)?;
+    let script = r#"set -e
+n=$(nproc)
+[ "$n" -eq 4 ] || { echo "expected 4 CPUs, the guest has $n"; exit 1; }
+if ! /usr/bin/gateway-ebpf-tests --test-threads 1 ebpf::steering:: > /tmp/steering.log 2>&1; then
+  cat /tmp/steering.log; exit 1
+fi
+grep -E '^test .* ok$' /tmp/steering.log | sed 's/^/vm: /'
+grep -q 'cpu_policy_steers_to_the_receiving_cpus_worker ... ok' /tmp/steering.log
+echo "ok: steering spread over $n CPUs' workers on $(uname -r): $(grep '^test result' /tmp/steering.log)"
+"#;
+    let guest = Guest {
+        suite: Suite::Bookworm,
+        modules: vec![],
+        files: vec![(tests, "/usr/bin/gateway-ebpf-tests".into())],
+        script: script.into(),
+        timeout: Duration::from_secs(300),
+        cpus: 4,
+    };
+    Ok(vec![("steering-bookworm".into(), guest)])
+}
+
+/// Builds the `ebpf` integration-test binary and returns its path (cargo names it with a hash).
+fn ebpf_test_binary(root: &Path) -> Result<std::path::PathBuf> {
+    let out = capture(cargo().args([
+        "test",
+        "--locked",
+        "-p",
+        "gateway-userspace",
+        "--test",
+        "ebpf",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "ebpf")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .context("cargo test --no-run named no executable for the ebpf tests")
 }

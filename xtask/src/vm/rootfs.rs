@@ -140,7 +140,7 @@ pub fn image(rootfs: &Rootfs, out: &Path, files: &[(PathBuf, String)], links: &[
 /// qemu arguments to boot the image with its own kernel, a virtio disk and a virtio NIC whose
 /// offloads are off (virtio_net refuses native XDP while the host does GRO/checksum for it).
 pub fn qemu_args(rootfs: &Rootfs, image: &Path) -> Vec<OsString> {
-    let mut args = crate::vm::qemu_base_args("2048");
+    let mut args = crate::vm::qemu_base_args("2048", 2);
     args.push("-kernel".into());
     args.push(rootfs.vmlinuz.clone().into());
     args.push("-initrd".into());
