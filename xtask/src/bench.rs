@@ -8,6 +8,7 @@
 //! Runs are interleaved (A B C A B C …) so that drift on a shared machine hits every subject alike.
 
 mod auth;
+pub mod c100k;
 mod cpus;
 mod http;
 mod idle;
@@ -65,6 +66,9 @@ enum Target {
     /// Rate-limit decisions: ns per memory decision in process; an open route vs a memory- and a
     /// Redis-limited one through gatewayd, and Redis round trips per request.
     Ratelimit,
+    /// 100,000 concurrent keep-alive connections in a systemd-booted guest: RSS per connection,
+    /// time to open them, p99 of a separate client.
+    C100k,
 }
 
 impl Options {
@@ -81,6 +85,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Auth => auth::run(opts),
         Target::Tls => tls::run(opts),
         Target::Ratelimit => ratelimit::run(opts),
+        Target::C100k => c100k::run(),
     }
 }
 

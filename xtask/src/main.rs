@@ -50,6 +50,14 @@ enum Command {
     Dist(dist::Options),
     /// Run a benchmark and write bench/results/<TARGET>.md.
     Bench(bench::Options),
+    /// The c100k benchmark's client, run inside its guest.
+    #[command(hide = true)]
+    C100kClient {
+        #[arg(long)]
+        connections: usize,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +89,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             dist::run(&opts)?;
         }
         Command::Bench(opts) => bench::run(&opts)?,
+        Command::C100kClient { connections, port } => bench::c100k::client(connections, port)?,
     }
     Ok(ExitCode::SUCCESS)
 }
