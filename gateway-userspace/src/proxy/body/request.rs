@@ -72,7 +72,11 @@ pub struct RequestBody {
     received: Rc<Cell<u64>>,
     observers: Vec<Box<dyn RequestObserver>>,
     client_timeout: Duration,
+    /// The client body timer, allocated at the first wait and reset for each later one (a
+    /// streaming upload waits between most of its frames).
     timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` runs for the current wait.
+    waiting: bool,
     progress: Rc<BodyProgress>,
 }
 
@@ -91,6 +95,7 @@ impl RequestBody {
             observers: Vec::new(),
             client_timeout,
             timer: None,
+            waiting: false,
             progress: Rc::new(progress),
         }
     }
@@ -107,6 +112,7 @@ impl RequestBody {
             observers: Vec::new(),
             client_timeout: Duration::MAX,
             timer: None,
+            waiting: false,
             progress: Rc::new(progress),
         }
     }
@@ -159,25 +165,31 @@ impl RequestBody {
         let polled = Pin::new(inner).poll_frame(cx);
         let frame = match polled {
             Poll::Pending => {
-                if self.timer.is_none() {
-                    self.progress.moved(true);
-                }
                 let timeout = self.client_timeout;
-                let t = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if !self.waiting {
+                    self.waiting = true;
+                    self.progress.moved(true);
+                    match self.timer.as_mut() {
+                        // `sleep` clamps a timeout too large for the clock; so must the reset.
+                        Some(t) => t.as_mut().reset(far_or(tokio::time::Instant::now(), timeout)),
+                        None => self.timer = Some(Box::pin(tokio::time::sleep(timeout))),
+                    }
+                }
+                let Some(t) = self.timer.as_mut() else { return Poll::Pending };
                 ready!(t.as_mut().poll(cx));
                 self.inner = None;
                 self.observers.clear();
                 return Poll::Ready(Some(Err(BodyError::ClientTimeout(timeout))));
             }
             Poll::Ready(None) => {
-                self.timer = None;
+                self.waiting = false;
                 self.ended();
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(BodyError::Client(e)))),
             Poll::Ready(Some(Ok(f))) => f,
         };
-        self.timer = None;
+        self.waiting = false;
         self.progress.moved(false);
         if let Some(data) = frame.data_ref() {
             let total = self.received.get() + data.len() as u64;
@@ -225,4 +237,9 @@ impl Body for RequestBody {
         }
         hint
     }
+}
+
+/// `now + timeout`, or about thirty years from now when that does not fit the clock.
+fn far_or(now: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
 }
