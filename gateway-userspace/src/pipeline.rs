@@ -118,6 +118,10 @@ pub async fn serve(req: Request<Incoming>, conn: Rc<ConnInfo>) -> Response<Respo
     let (mut head, body) = req.into_parts();
     let mut ctx = Box::new(RequestCtx::new(conn, snapshot.clone(), &head));
     head.headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    // ACME http-01 challenges win over every route (and every check a route would bring).
+    if let Some(answer) = snapshot.tls.parts().and_then(|p| p.acme.http01_answer(head.uri.path())) {
+        return Response::new(ResponseBody::full(answer.into(), ctx));
+    }
     match run(&mut ctx, &snapshot, head, body).await {
         Ok(forwarded) => proxied_response(ctx, &snapshot, forwarded),
         Err(error) => refusal(ctx, &snapshot, &error),

@@ -72,7 +72,7 @@ impl Snapshot {
                 service
             })
             .collect();
-        let tls = TlsRuntime::build(&config.listener_tls, &parts.tls);
+        let tls = TlsRuntime::build(&config.listener_tls, &parts.tls, parts.kv.as_ref());
         let pipeline = standard_pipeline(&config, parts);
         let client_headers = ClientHeaders::new(&config);
         Snapshot { generation, config, services, pipeline, client_headers, tls }
