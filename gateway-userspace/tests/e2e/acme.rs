@@ -1,0 +1,249 @@
+//! ACME against a real CA: Debian's `pebble` (Let's Encrypt's test CA) validating real
+//! challenges against the gateway's own listeners — tls-alpn-01 on the TLS listener, http-01 on
+//! the plain one — issuing short-lived certificates so renewal happens within the test, and
+//! stopped to show that an outage keeps the old certificate in service.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::Arc,
+    time::Duration,
+};
+
+use super::{pki::*, support::*};
+
+/// A running pebble whose validation ports are the gateway's listeners.
+struct Pebble {
+    child: Option<Child>,
+    listen: SocketAddr,
+    management: SocketAddr,
+    /// Trusts pebble's own HTTPS (the directory).
+    ca_file: PathBuf,
+    log: PathBuf,
+    config: PathBuf,
+}
+
+impl Pebble {
+    /// `validity`: the lifetime of the certificates it issues, in seconds.
+    fn start(dir: &Path, http_port: u16, tls_port: u16, validity: u64) -> Pebble {
+        let ca = Ca::new("pebble test listener CA");
+        let ca_file = ca.write(dir, "pebble-ca");
+        let (cert, key) = ca.server(&["localhost", "127.0.0.1"]).write(dir, "pebble");
+        let (listen, management) = (free_port(), free_port());
+        let config = dir.join("pebble.json");
+        let json = serde_json::json!({ "pebble": {
+            "listenAddress": listen.to_string(),
+            "managementListenAddress": management.to_string(),
+            "certificate": cert, "privateKey": key,
+            "httpPort": http_port, "tlsPort": tls_port,
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity,
+        }});
+        std::fs::write(&config, json.to_string()).unwrap();
+        let mut p = Pebble { child: None, listen, management, ca_file, log: dir.join("pebble.log"), config };
+        p.restart();
+        p
+    }
+
+    fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new("pebble")
+            .arg("-config")
+            .arg(&self.config)
+            // Validate at once, and for real (never skip validation).
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env_remove("PEBBLE_VA_ALWAYS_VALID")
+            // Every request with a valid nonce succeeds: retries are the gateway's, not the test's.
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("pebble must be installed (cargo xtask deps)");
+        self.child = Some(child);
+        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(self.listen).ok());
+        assert!(up.is_some(), "pebble did not listen:\n{}", self.log());
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// New orders the CA has received.
+    fn orders(&self) -> usize {
+        self.log().matches("POST /order-plz").count()
+    }
+
+    fn directory(&self) -> String {
+        format!("https://{}/dir", self.listen)
+    }
+
+    /// Pebble's root (regenerated at each start), to verify what the gateway serves.
+    fn root(&self) -> rustls::pki_types::CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject as _;
+        let out = Command::new("curl")
+            .args(["-sf", "--cacert"])
+            .arg(&self.ca_file)
+            .arg(format!("https://{}/roots/0", self.management))
+            .output()
+            .expect("curl must be installed (cargo xtask deps)");
+        rustls::pki_types::CertificateDer::from_pem_slice(&out.stdout).expect("pebble root PEM")
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The serial of the certificate the listener serves for `localhost`, if the handshake works.
+fn served_serial(addr: SocketAddr) -> Option<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .expect("openssl must be installed (cargo xtask deps)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().strip_prefix("serial=").map(str::to_owned)
+}
+
+/// Two listeners on the ports pebble validates (plain for http-01, TLS for tls-alpn-01), a
+/// catch-all user route, and the ACME table.
+fn config(p: &Ports, plain: SocketAddr, tls: SocketAddr, upstream: SocketAddr, acme: &str) -> String {
+    format!(
+        r#"
+[server]
+workers = 1
+drain_timeout = "5s"
+
+[[listeners]]
+name = "plain"
+bind = "{plain}"
+
+[[listeners]]
+name = "tls"
+bind = "{tls}"
+
+[listeners.tls]
+acme = {{ {acme} }}
+
+[metrics]
+bind = "{metrics}"
+
+[admin]
+socket = ""
+
+[auth]
+default_policy = "none"
+
+{routes}
+"#,
+        metrics = p.metrics,
+        routes = catch_all_route(upstream),
+    )
+}
+
+fn acme_table(pebble: &Pebble, state: &Path, challenge: &str) -> String {
+    format!(
+        r#"directory = "{dir}", domains = ["localhost"], challenge = "{challenge}", state_dir = "{state}", directory_ca = "{ca}", contact = ["mailto:ops@example.com"], retry_min = "1s", retry_max = "2s""#,
+        dir = pebble.directory(),
+        state = state.display(),
+        ca = pebble.ca_file.display(),
+    )
+}
+
+fn orders(gw: &Gateway, result: &str) -> f64 {
+    gw.metric("gateway_acme_orders_total", &[("listener", "tls"), ("result", result)])
+}
+
+fn await_orders(gw: &Gateway, result: &str, n: f64) {
+    let ok = eventually(Duration::from_secs(45), || (orders(gw, result) >= n).then_some(()));
+    assert!(ok.is_some(), "expected {n} {result} orders:\n{}", gw.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_renews_in_place_and_a_ca_outage_keeps_the_old_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, tls) = (free_port(), free_port());
+    // 30 s certificates: renewed 20 s after issuance.
+    let mut pebble = Pebble::start(dir.path(), plain.port(), tls.port(), 30);
+    let upstream = Upstream::start("app");
+    let state = dir.path().join("state");
+    let table = acme_table(&pebble, &state, "tls-alpn-01");
+    let gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table));
+    await_orders(&gw, "ok", 1.0);
+    let first = served_serial(tls).expect("the ordered certificate is served");
+    // It verifies against pebble's root for the ordered name.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pebble.root()).unwrap();
+    let client = Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth());
+    let mut held = Https::connect(tls, "localhost", client.clone()).await.expect("handshake with the ACME certificate");
+    assert_eq!(held.get("/x", &[]).await.expect("request").status, 200);
+    for f in ["cert.pem", "key.pem"] {
+        let stored = std::fs::read_dir(&state).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path().join(f);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777, 0o600, "{}", stored.display());
+    }
+    let expiry = gw.series("gateway_acme_certificate_expiry_timestamp_seconds", &[("listener", "tls")]);
+    let next = gw.series("gateway_acme_next_renewal_timestamp_seconds", &[("listener", "tls")]);
+    assert!(next < expiry, "renewal ({next}) is planned before expiry ({expiry})");
+
+    // Renewal at 2/3 of the lifetime: a new certificate, swapped in without a restart; the
+    // connection opened on the old one keeps working.
+    await_orders(&gw, "ok", 2.0);
+    let second = eventually(Duration::from_secs(5), || served_serial(tls).filter(|s| *s != first));
+    let second = second.expect("the renewed certificate is served");
+    assert_eq!(held.get("/x", &[]).await.expect("the old connection survives the swap").status, 200);
+    assert_eq!(https_get(tls, client.clone(), "/x").await.expect("new handshake").status, 200);
+
+    // The CA goes away: the renewal fails, is counted and retried; the listener keeps serving
+    // the certificate it has.
+    pebble.stop();
+    await_orders(&gw, "error", 2.0);
+    assert_eq!(orders(&gw, "ok"), 2.0);
+    assert_eq!(served_serial(tls).as_deref(), Some(second.as_str()), "the old certificate keeps serving");
+    assert_eq!(held.get("/x", &[]).await.expect("still serving").status, 200);
+    assert!(gw.stderr().contains("ACME order failed"), "{}", gw.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_is_answered_ahead_of_user_routes_and_a_restart_reuses_the_stored_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, tls) = (free_port(), free_port());
+    let pebble = Pebble::start(dir.path(), plain.port(), tls.port(), 3600);
+    // The catch-all route would send /.well-known/acme-challenge/… here: the challenge must win.
+    let upstream = Upstream::start("app");
+    let state = dir.path().join("state");
+    let table = acme_table(&pebble, &state, "http-01");
+    let mut gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table));
+    await_orders(&gw, "ok", 1.0);
+    assert_eq!(orders(&gw, "error"), 0.0, "{}", gw.stderr());
+    let first = served_serial(tls).expect("the ordered certificate is served");
+    assert_eq!(upstream.requests(), 0, "the challenge never reached the user route");
+    assert_eq!(pebble.orders(), 1);
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    gw.wait_exit(Duration::from_secs(15));
+    drop(gw);
+
+    // A restart serves the stored certificate at once and orders nothing: the renewal is
+    // planned (the gauge appears) for later, and the CA saw no new order.
+    let gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table));
+    assert_eq!(served_serial(tls).as_deref(), Some(first.as_str()));
+    let planned = eventually(Duration::from_secs(10), || {
+        series_value(&gw.metrics(), "gateway_acme_next_renewal_timestamp_seconds", &[("listener", "tls")])
+    });
+    let expiry = gw.series("gateway_acme_certificate_expiry_timestamp_seconds", &[("listener", "tls")]);
+    assert!(planned.expect("renewal planned") < expiry);
+    assert_eq!(gw.metric("gateway_acme_orders_total", &[]), 0.0, "{}", gw.stderr());
+    assert_eq!(pebble.orders(), 1, "no new order after the restart");
+}
