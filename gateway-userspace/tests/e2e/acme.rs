@@ -11,7 +11,12 @@ use std::{
     time::Duration,
 };
 
-use super::{pki::*, support::*};
+use super::{
+    dashboards::{RULES, dashboard, dashboard_exprs, healthy_rules, recording_rules, with_variables},
+    pki::*,
+    prometheus::Prometheus,
+    support::*,
+};
 
 /// A running pebble whose validation ports are the gateway's listeners.
 struct Pebble {
@@ -181,6 +186,8 @@ async fn tls_alpn_01_issues_renews_in_place_and_a_ca_outage_keeps_the_old_certif
     let state = dir.path().join("state");
     let table = acme_table(&pebble, &state, "tls-alpn-01");
     let gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table));
+    // The dashboard's ACME panels and the ACME alerts are read from a real Prometheus.
+    let prometheus = Prometheus::start(gw.ports.metrics, &[Path::new(RULES)]);
     await_orders(&gw, "ok", 1.0);
     let first = served_serial(tls).expect("the ordered certificate is served");
     // It verifies against pebble's root for the ordered name.
@@ -214,6 +221,18 @@ async fn tls_alpn_01_issues_renews_in_place_and_a_ca_outage_keeps_the_old_certif
     assert_eq!(served_serial(tls).as_deref(), Some(second.as_str()), "the old certificate keeps serving");
     assert_eq!(held.get("/x", &[]).await.expect("still serving").status, 200);
     assert!(gw.stderr().contains("ACME order failed"), "{}", gw.stderr());
+
+    prometheus.wait_scrapes(2.0);
+    healthy_rules(&prometheus, recording_rules().len());
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard()["panels"], &mut exprs);
+    let acme: Vec<String> = exprs.iter().filter(|e| e.contains("gateway_acme_")).map(|e| with_variables(e)).collect();
+    assert!(acme.len() >= 3, "{acme:?}");
+    for expr in &acme {
+        assert!(!prometheus.query(expr).is_empty(), "no data: {expr}\n{}", prometheus.targets());
+    }
+    let errors = prometheus.query("sum(increase(gateway_acme_orders_total{result=\"error\"}[1h]))");
+    assert!(!errors.is_empty(), "the failed renewal is visible to Prometheus");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,9 +108,7 @@ mod tests {
     #[test]
     fn the_alpn_certificate_carries_the_acme_identifier() {
         let ck = alpn_certificate("a.test", &[7; 32]).unwrap();
-        let (_, cert) =
-            <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer>::from_der(&ck.cert[0])
-                .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&ck.cert[0]).unwrap();
         let ext = cert
             .extensions()
             .iter()

@@ -173,22 +173,24 @@ mod tests {
     #[test]
     fn defaults_and_problems() {
         let s = section("directory = \"https://ca.test/dir\"\ndomains = [\"A.example.com\"]");
-        let spec = s.validate(PathBuf::from).unwrap();
+        let spec = s.validate(|s| PathBuf::from(s)).unwrap();
         assert_eq!(spec.domains, ["a.example.com"]);
         assert_eq!(spec.challenge, Challenge::TlsAlpn01);
         assert_eq!(spec.state_dir, Path::new(DEFAULT_STATE_DIR));
         let bad = section(
             "directory = \"http://ca.test/dir\"\ndomains = [\"*.example.com\", \"1.2.3.4\"]\ncontact = [\"ops@x\"]",
         );
-        let keys: Vec<_> = bad.validate(PathBuf::from).unwrap_err().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<_> = bad.validate(|s| PathBuf::from(s)).unwrap_err().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["directory", "contact", "domains", "domains"]);
     }
 
     #[test]
     fn the_id_follows_domains_and_ca() {
-        let a = section("directory = \"https://ca.test/dir\"\ndomains = [\"a.test\"]").validate(PathBuf::from).unwrap();
+        let a = section("directory = \"https://ca.test/dir\"\ndomains = [\"a.test\"]")
+            .validate(|s| PathBuf::from(s))
+            .unwrap();
         let b = section("directory = \"https://ca.test/dir\"\ndomains = [\"a.test\", \"b.test\"]")
-            .validate(PathBuf::from)
+            .validate(|s| PathBuf::from(s))
             .unwrap();
         assert_ne!(a.cert_id(), b.cert_id());
         assert!(a.cert_id().starts_with("a.test-"));
