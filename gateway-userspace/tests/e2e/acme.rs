@@ -123,8 +123,8 @@ fn served_serial(addr: SocketAddr) -> Option<String> {
 }
 
 /// Two listeners on the ports pebble validates (plain for http-01, TLS for tls-alpn-01), a
-/// catch-all user route, and the ACME table.
-fn config(p: &Ports, plain: SocketAddr, tls: SocketAddr, upstream: SocketAddr, acme: &str) -> String {
+/// catch-all user route, the ACME table and `extra` TOML.
+fn config(p: &Ports, plain: SocketAddr, tls: SocketAddr, upstream: SocketAddr, acme: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -152,6 +152,7 @@ socket = ""
 default_policy = "none"
 
 {routes}
+{extra}
 "#,
         metrics = p.metrics,
         routes = catch_all_route(upstream),
@@ -185,7 +186,7 @@ async fn tls_alpn_01_issues_renews_in_place_and_a_ca_outage_keeps_the_old_certif
     let upstream = Upstream::start("app");
     let state = dir.path().join("state");
     let table = acme_table(&pebble, &state, "tls-alpn-01");
-    let gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table));
+    let gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table, ""));
     // The dashboard's ACME panels and the ACME alerts are read from a real Prometheus.
     let prometheus = Prometheus::start(gw.ports.metrics, &[Path::new(RULES)]);
     await_orders(&gw, "ok", 1.0);
@@ -244,7 +245,7 @@ async fn http_01_is_answered_ahead_of_user_routes_and_a_restart_reuses_the_store
     let upstream = Upstream::start("app");
     let state = dir.path().join("state");
     let table = acme_table(&pebble, &state, "http-01");
-    let mut gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table));
+    let mut gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table, ""));
     await_orders(&gw, "ok", 1.0);
     assert_eq!(orders(&gw, "error"), 0.0, "{}", gw.stderr());
     let first = served_serial(tls).expect("the ordered certificate is served");
@@ -256,7 +257,7 @@ async fn http_01_is_answered_ahead_of_user_routes_and_a_restart_reuses_the_store
 
     // A restart serves the stored certificate at once and orders nothing: the renewal is
     // planned (the gauge appears) for later, and the CA saw no new order.
-    let gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table));
+    let gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table, ""));
     assert_eq!(served_serial(tls).as_deref(), Some(first.as_str()));
     let planned = eventually(Duration::from_secs(10), || {
         series_value(&gw.metrics(), "gateway_acme_next_renewal_timestamp_seconds", &[("listener", "tls")])
@@ -265,4 +266,45 @@ async fn http_01_is_answered_ahead_of_user_routes_and_a_restart_reuses_the_store
     assert!(planned.expect("renewal planned") < expiry);
     assert_eq!(gw.metric("gateway_acme_orders_total", &[]), 0.0, "{}", gw.stderr());
     assert_eq!(pebble.orders(), 1, "no new order after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_orders_once_through_redis_and_respects_another_nodes_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, tls) = (free_port(), free_port());
+    let pebble = Pebble::start(dir.path(), plain.port(), tls.port(), 3600);
+    let (upstream, redis) = (Upstream::start("app"), RedisServer::start());
+    let redis_toml = format!("[redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n", redis.url());
+    // Node A answers on the ports pebble validates, and orders.
+    let table_a = acme_table(&pebble, &dir.path().join("state-a"), "http-01");
+    let a = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table_a, &redis_toml));
+    await_orders(&a, "ok", 1.0);
+    let serial = served_serial(tls).expect("node A serves its certificate");
+
+    // Node B (own ports, own state directory) finds A's certificate in Redis: no order of its own.
+    let (plain_b, tls_b) = (free_port(), free_port());
+    let table_b = acme_table(&pebble, &dir.path().join("state-b"), "http-01");
+    let b = Gateway::start(|p| config(p, plain_b, tls_b, upstream.addr, &table_b, &redis_toml));
+    let shared = eventually(Duration::from_secs(10), || served_serial(tls_b));
+    assert_eq!(shared.as_deref(), Some(serial.as_str()), "node B serves the fleet's certificate");
+    assert!(b.stderr().contains("source=\"redis\""), "{}", b.stderr());
+    assert_eq!(b.metric("gateway_acme_orders_total", &[]), 0.0, "{}", b.stderr());
+    assert_eq!(pebble.orders(), 1, "one order for the fleet");
+
+    // Without a shared certificate and with the lock held elsewhere, node C waits instead of
+    // ordering.
+    let keys = redis_command(redis.port, "KEYS *acme:cert:*").unwrap();
+    let cert_key = keys.lines().find(|l| l.contains("acme:cert:")).expect("the shared certificate key").to_owned();
+    redis_command(redis.port, &format!("DEL {cert_key}")).unwrap();
+    let lock_key = cert_key.replace("acme:cert:", "acme:lock:");
+    assert!(redis_command(redis.port, &format!("SET {lock_key} other-node PX 60000")).unwrap().contains("OK"));
+    let (plain_c, tls_c) = (free_port(), free_port());
+    let table_c = acme_table(&pebble, &dir.path().join("state-c"), "http-01");
+    let c = Gateway::start(|p| config(p, plain_c, tls_c, upstream.addr, &table_c, &redis_toml));
+    let waiting = eventually(Duration::from_secs(10), || {
+        c.stderr().contains("another node holds the ACME order lock").then_some(())
+    });
+    assert!(waiting.is_some(), "{}", c.stderr());
+    assert_eq!(c.metric("gateway_acme_orders_total", &[]), 0.0, "{}", c.stderr());
+    assert_eq!(pebble.orders(), 1, "no order while another node holds the lock");
 }
