@@ -266,6 +266,13 @@ async fn http_01_is_answered_ahead_of_user_routes_and_a_restart_reuses_the_store
     assert!(planned.expect("renewal planned") < expiry);
     assert_eq!(gw.metric("gateway_acme_orders_total", &[]), 0.0, "{}", gw.stderr());
     assert_eq!(pebble.orders(), 1, "no new order after the restart");
+
+    // A reload that leaves `acme` as it is keeps the renewal task and the certificate.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    assert!(gw.reload(&text), "{}", gw.stderr());
+    assert_eq!(served_serial(tls).as_deref(), Some(first.as_str()));
+    assert_eq!(gw.metric("gateway_acme_orders_total", &[]), 0.0, "{}", gw.stderr());
+    assert_eq!(pebble.orders(), 1, "no new order after the reload");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,6 +185,28 @@ mod tests {
     }
 
     #[test]
+    fn mistakes_are_located_in_the_file() {
+        let text = "[[listeners]]\nname = \"tls\"\nbind = \"127.0.0.1:8443\"\n\n[listeners.tls]\n\
+                    acme = { directory = \"https://ca.test/dir\", domains = [\"*.example.com\"] }\n\n\
+                    [metrics]\nbind = \"127.0.0.1:9090\"\n";
+        let problems = match crate::config::Config::load_str(text, "test.toml") {
+            Err(crate::config::ConfigError::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let p = problems.iter().find(|p| p.key == "listeners[0].tls.acme.domains").expect("located");
+        assert_eq!(p.line, 6, "{p}");
+        assert!(p.reason.contains("dns-01"), "{p}");
+        // Without `acme`, certificates are required.
+        let bare = text.replace("acme = { directory = \"https://ca.test/dir\", domains = [\"*.example.com\"] }", "");
+        match crate::config::Config::load_str(&bare, "test.toml") {
+            Err(crate::config::ConfigError::Invalid(p)) => {
+                assert!(p.iter().any(|p| p.key == "listeners[0].tls.certificates"), "{p:?}")
+            }
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn the_id_follows_domains_and_ca() {
         let a = section("directory = \"https://ca.test/dir\"\ndomains = [\"a.test\"]")
             .validate(|s| PathBuf::from(s))
