@@ -2,15 +2,21 @@
 //! The feature owns both; the config validator only calls [`AcmeSection::validate`] and places
 //! the problems it returns under `listeners[i].tls.acme`.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-/// Where accounts and certificates are kept unless `state_dir` says otherwise.
+/// Where accounts and certificates are kept unless `state_dir` or `$STATE_DIRECTORY` says
+/// otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/gatewayd/acme";
+
+/// `acme/` in systemd's `$STATE_DIRECTORY` (its first entry; `/var/lib/gatewayd` under the
+/// packaged unit), else [`DEFAULT_STATE_DIR`].
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).filter(|s| !s.is_empty()).map(PathBuf::from))
+        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |dir| dir.join("acme"))
+}
 
 /// The file's `acme` table.
 #[derive(Debug, Deserialize)]
@@ -28,7 +34,8 @@ pub struct AcmeSection {
     /// listeners on `/.well-known/acme-challenge/`). Default: `"tls-alpn-01"`.
     #[serde(default)]
     pub challenge: Challenge,
-    /// Account key, certificate and key files (mode 0600). Default: `/var/lib/gatewayd/acme`.
+    /// Account key, certificate and key files (mode 0600). Default: `$STATE_DIRECTORY/acme`
+    /// (systemd), else `/var/lib/gatewayd/acme`.
     pub state_dir: Option<String>,
     /// PEM root(s) to trust for the directory's own HTTPS (a private or test CA such as
     /// pebble's). Default: the system's roots.
@@ -124,7 +131,7 @@ impl AcmeSection {
         if self.retry_min.is_zero() || self.retry_max < self.retry_min {
             problems.push(("retry_min", "retry_min must be above zero and at most retry_max".to_owned()));
         }
-        let state_dir = self.state_dir.as_deref().map_or_else(|| Path::new(DEFAULT_STATE_DIR).to_owned(), &path);
+        let state_dir = self.state_dir.as_deref().map_or_else(default_state_dir, &path);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -176,7 +183,7 @@ mod tests {
         let spec = s.validate(|s| PathBuf::from(s)).unwrap();
         assert_eq!(spec.domains, ["a.example.com"]);
         assert_eq!(spec.challenge, Challenge::TlsAlpn01);
-        assert_eq!(spec.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(spec.state_dir, default_state_dir());
         let bad = section(
             "directory = \"http://ca.test/dir\"\ndomains = [\"*.example.com\", \"1.2.3.4\"]\ncontact = [\"ops@x\"]",
         );

@@ -22,7 +22,6 @@ use super::{AcmeError, AcmeSpec};
 use crate::tls::material::provider;
 
 /// A certificate gatewayd holds for a listener, ready to serve.
-#[derive(Debug)]
 pub struct Issued {
     pub key: Arc<CertifiedKey>,
     /// The chain (leaf first) and the key, PEM, as stored.
@@ -33,6 +32,17 @@ pub struct Issued {
     pub not_after: i64,
     /// The leaf's DNS names (lower case).
     pub names: Vec<String>,
+}
+
+/// Never the key: snapshots (and so these) may be printed with `{:?}`.
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("names", &self.names)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Issued {
@@ -173,6 +183,7 @@ mod tests {
         {
             assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600, "{}", f.display());
         }
+        assert!(!format!("{issued:?}").contains("PRIVATE KEY"), "no key in Debug output");
         let back = state.load_cert().unwrap();
         assert_eq!(back.not_after, issued.not_after);
         assert!(back.renew_at() > back.not_before && back.renew_at() < back.not_after);
