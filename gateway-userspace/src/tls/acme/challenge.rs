@@ -16,7 +16,7 @@ use rustls::{
 };
 
 use super::{AcmeError, manager::AcmeCertificate};
-use crate::tls::{CertStore, material::provider};
+use crate::tls::{CertStore, material::provider, store::Selection};
 
 /// The ALPN protocol of tls-alpn-01 validation handshakes.
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -65,7 +65,7 @@ pub fn alpn_certificate(domain: &str, key_authorization_digest: &[u8]) -> Result
 
 /// A TLS listener's resolver when it has an ACME certificate: challenge certificates for
 /// `acme-tls/1` handshakes; the configured certificates for the names they cover; else the
-/// ACME certificate (it is the listener's default).
+/// ACME certificate (it is the listener's default; with `strict_sni`, for its own domains only).
 #[derive(Debug)]
 pub struct AcmeResolver {
     pub acme: Arc<AcmeCertificate>,
@@ -79,12 +79,12 @@ impl ResolvesServerCert for AcmeResolver {
             // RFC 8737 §3: answer with the challenge certificate or not at all.
             return hello.server_name().and_then(|name| self.acme.alpn_challenge(name));
         }
-        if !self.store.certs().is_empty() {
-            use crate::tls::store::Selection;
-            match self.store.select(hello.server_name(), Some(hello.signature_schemes())) {
-                Selection::Exact(i) | Selection::Wildcard(i) => return Some(self.store.certs()[i].key.clone()),
-                Selection::Default(_) | Selection::Refused => {}
-            }
+        let sni = hello.server_name();
+        match self.store.select(sni, Some(hello.signature_schemes())) {
+            Selection::Exact(i) | Selection::Wildcard(i) => return Some(self.store.certs()[i].key.clone()),
+            // `strict_sni`: only the ACME certificate's own names get it.
+            Selection::Refused if !sni.is_some_and(|n| self.acme.covers(n)) => return None,
+            Selection::Refused | Selection::Default(_) => {}
         }
         self.acme.current().map(|c| c.key.clone())
     }

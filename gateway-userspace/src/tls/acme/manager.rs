@@ -55,6 +55,12 @@ impl AcmeCertificate {
         self.current.load_full()
     }
 
+    /// `sni` is one of the configured domains.
+    pub fn covers(&self, sni: &str) -> bool {
+        let name = sni.trim_end_matches('.');
+        self.spec.domains.iter().any(|d| d.eq_ignore_ascii_case(name))
+    }
+
     pub fn alpn_challenge(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         let name = sni.trim_end_matches('.').to_ascii_lowercase();
         self.alpn.lock().unwrap_or_else(PoisonError::into_inner).get(&name).cloned()
