@@ -53,6 +53,13 @@ pub enum AcmeError {
 }
 
 impl AcmeError {
+    /// The CA no longer knows the stored account (deactivated, or a test CA restarted): a new
+    /// one must be registered.
+    pub fn is_unknown_account(&self) -> bool {
+        matches!(self, AcmeError::Protocol(instant_acme::Error::Api(p))
+            if p.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist") || t.ends_with(":unauthorized")))
+    }
+
     /// The CA could not be reached (rather than answering no).
     pub fn is_transport(&self) -> bool {
         matches!(

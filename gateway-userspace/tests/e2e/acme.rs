@@ -315,3 +315,35 @@ async fn a_fleet_orders_once_through_redis_and_respects_another_nodes_lock() {
     assert_eq!(c.metric("gateway_acme_orders_total", &[]), 0.0, "{}", c.stderr());
     assert_eq!(pebble.orders(), 1, "no order while another node holds the lock");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_down_at_startup_leaves_the_listener_up_and_a_restarted_ca_is_ordered_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, tls) = (free_port(), free_port());
+    let mut pebble = Pebble::start(dir.path(), plain.port(), tls.port(), 3600);
+    let upstream = Upstream::start("app");
+    let table = acme_table(&pebble, &dir.path().join("state"), "tls-alpn-01");
+    // Registered with this CA first, so the stored account is one the restarted CA forgets.
+    let gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table, ""));
+    await_orders(&gw, "ok", 1.0);
+    drop(gw);
+    // Keep the account, lose the certificate.
+    let state = dir.path().join("state");
+    for entry in std::fs::read_dir(&state).unwrap().flatten().filter(|e| e.path().is_dir()) {
+        std::fs::remove_dir_all(entry.path()).unwrap();
+    }
+    pebble.stop();
+
+    // No certificate and no CA: the daemon is ready, the plain listener serves, orders fail.
+    let gw = Gateway::start(|p| config(p, plain, tls, upstream.addr, &table, ""));
+    await_orders(&gw, "error", 1.0);
+    assert!(raw_get(plain, "/x").unwrap().starts_with("HTTP/1.1 200"), "the plain listener serves");
+    assert_eq!(served_serial(tls), None, "no certificate to serve yet");
+
+    // The CA is back and has forgotten every account: the stored one is replaced by a new
+    // registration, the retry orders, and the certificate is served.
+    pebble.restart();
+    await_orders(&gw, "ok", 1.0);
+    assert!(served_serial(tls).is_some(), "{}", gw.stderr());
+    assert!(gw.stderr().contains("does not know the stored ACME account"), "{}", gw.stderr());
+}

@@ -191,7 +191,11 @@ async fn attempt(live: &Arc<AcmeCertificate>, account: &mut Option<Account>, ari
     };
     let replaces = live.current().filter(|_| ari).and_then(|c| order::identifier(&c));
     order::order(&acct, live, replaces).await.inspect_err(|e| {
-        if e.is_transport() {
+        if e.is_unknown_account() {
+            tracing::warn!(listener = %live.listener, "the CA does not know the stored ACME account; registering a new one");
+            live.state.forget_account();
+            *account = None;
+        } else if e.is_transport() {
             // The directory may have moved (or the CA restarted): look it up again next time.
             *account = None;
         }

@@ -125,6 +125,12 @@ impl StateDir {
         std::fs::read_to_string(&self.account_file).ok()
     }
 
+    pub fn forget_account(&self) {
+        if let Err(e) = std::fs::remove_file(&self.account_file) {
+            tracing::warn!(file = %self.account_file.display(), error = %e, "cannot remove the stale ACME account");
+        }
+    }
+
     pub fn store_account(&self, json: &str) -> Result<(), AcmeError> {
         let name = self.account_file.file_name().and_then(|n| n.to_str()).unwrap_or("account.json");
         write_private(&self.root, &self.root, name, json.as_bytes())
