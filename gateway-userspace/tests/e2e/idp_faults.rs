@@ -93,7 +93,7 @@ fn tokens(prefix: &str, n: usize) -> Vec<String> {
 }
 
 fn breaker_state(gw: &Gateway) -> f64 {
-    gw.metric("gateway_auth_idp_breaker_state", &[("issuer", "idp")])
+    gw.series("gateway_auth_idp_breaker_state", &[("issuer", "idp")])
 }
 
 /// Latencies of one phase of the scenario.

@@ -80,7 +80,7 @@ async fn a_revocation_made_while_redis_is_down_is_queued_and_reaches_the_fleet()
     assert!(converged.is_some(), "the other node still accepts the token:\n{}", a.stderr());
     assert_eq!(call(&b, "/api/x", Some(&token)).await.json()["error"], "revoked");
     let drained =
-        eventually(Duration::from_secs(5), || (a.metric("gateway_auth_revocations_pending", &[]) == 0.0).then_some(()));
+        eventually(Duration::from_secs(5), || (a.series("gateway_auth_revocations_pending", &[]) == 0.0).then_some(()));
     assert!(drained.is_some());
     let ttl = redis_command(redis.port, "TTL gatewayd:auth:revoked:queued-1").unwrap();
     assert!(ttl.trim().trim_start_matches(':').parse::<u64>().is_ok_and(|t| t > 0), "{ttl}");
