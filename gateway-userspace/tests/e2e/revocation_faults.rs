@@ -69,7 +69,7 @@ async fn a_revocation_made_while_redis_is_down_is_queued_and_reaches_the_fleet()
     assert_eq!(a.metric("gateway_auth_revocations_pending", &[]), 1.0);
     let state = std::fs::read_to_string(a.ports.dir.join("revocations.json")).unwrap();
     assert!(state.contains("\"jti\":\"queued-1\"") && state.contains("\"pending\":true"), "{state}");
-    // The other node cannot know yet (its "not revoked" answer is cached).
+    // The other node cannot know yet (it fails open, or a worker reuses its cached answer).
     assert_eq!(call(&b, "/api/x", Some(&token)).await.status, 200);
     // A jti it never checked cannot be checked while Redis is down: fail_open serves it, and
     // counts it as such.
