@@ -69,8 +69,10 @@ pub fn read_refusals(path: &std::path::Path, filter: &RefusalFilter) -> std::io:
     let len = file.metadata()?.len();
     let start = len.saturating_sub(REFUSALS_TAIL_BYTES);
     file.seek(SeekFrom::Start(start))?;
-    let mut text = String::new();
-    file.take(REFUSALS_TAIL_BYTES).read_to_string(&mut text).or_else(|_| Ok::<_, std::io::Error>(0))?;
+    // Bytes, then lossy text: the cut may split a multi-byte character (that line is dropped).
+    let mut bytes = Vec::new();
+    file.take(REFUSALS_TAIL_BYTES).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
     let mut lines: Vec<&str> = text.lines().collect();
     if start > 0 && !lines.is_empty() {
         lines.remove(0); // a partial line
