@@ -230,22 +230,27 @@ impl GatewayTools {
     }
 
     #[tool(
-        description = "Rate-limit decisions and token budget usage for a consumer or a workspace (from the metrics).",
+        description = "Limits and budgets from the metrics. For a consumer: its requests by route and status \
+                       (429s are its rate-limit refusals; needs [metrics] consumer_label). For a workspace: its \
+                       token budget charges (needs the budget's workspace label). With neither: every rate-limit \
+                       decision and token budget series.",
         annotations(read_only_hint = true)
     )]
     async fn limit_usage(&self, Parameters(p): Parameters<UsageParams>) -> ToolResult {
         let mut labels = BTreeMap::new();
-        match (p.consumer, p.workspace) {
+        let prefixes: &[&str] = match (p.consumer, p.workspace) {
             (Some(c), None) => {
                 labels.insert("consumer_id".to_owned(), c);
+                &["gateway_http_requests_total"]
             }
             (None, Some(w)) => {
                 labels.insert("workspace".to_owned(), w);
+                &["gateway_token_budget_"]
             }
-            (None, None) => {}
+            (None, None) => &["gateway_ratelimit_", "gateway_token_budget_"],
             (Some(_), Some(_)) => return Err("give a consumer or a workspace, not both".into()),
-        }
-        self.samples(&["gateway_ratelimit_", "gateway_token_budget_"], &labels).await
+        };
+        self.samples(prefixes, &labels).await
     }
 
     #[tool(
