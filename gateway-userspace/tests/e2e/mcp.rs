@@ -3,7 +3,8 @@
 //! namespace: the client lists the tools, calls every read-only one, asks for an XDP block and
 //! sees it pending; the block is not applied until `gatewayd approve`, then the source is
 //! dropped at the NIC. A wrong approval token is refused; a person's token approves an unblock
-//! over the streamable HTTP transport; every step is in the audit log. Needs root.
+//! over the streamable HTTP transport; the host rejects the rest; every step is in the audit
+//! log. Needs root.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},
@@ -199,10 +200,14 @@ fn agent_changes_wait_for_a_person_and_read_only_tools_answer() {
     assert!(approved["approve"]["text"].as_str().is_some_and(|t| t.contains("\"applied\"")), "{approved:#}");
     assert_eq!(get_from(&net.peer, target, dst, "/demo/hello", SHORT), Ok(200), "unblocked source refused");
     drop(http);
+    // The reload nobody approved is rejected on the host; it can no longer be approved.
+    let rejected = json_of(&gw.cli(&["reject", &reload_id, "--reason", "not now"]));
+    assert_eq!(rejected["state"], "rejected", "{rejected:#}");
+    assert!(!gw.cli(&["approve", &reload_id]).status.success(), "a rejected change was approved");
 
     let events = eventually(Duration::from_secs(10), || {
         let events = audit_events(&audit);
-        has_event(&events, "change_applied", &unblock_id).then_some(events)
+        has_event(&events, "change_rejected", &reload_id).then_some(events)
     })
     .unwrap_or_else(|| panic!("audit events:\n{}", std::fs::read_to_string(&audit).unwrap_or_default()));
     for (event, id) in [
@@ -213,6 +218,7 @@ fn agent_changes_wait_for_a_person_and_read_only_tools_answer() {
         ("change_requested", &reload_id),
         ("change_requested", &unblock_id),
         ("change_approved", &unblock_id),
+        ("change_rejected", &reload_id),
     ] {
         assert!(has_event(&events, event, id), "no {event} for {id}: {events:#?}");
     }
