@@ -22,6 +22,7 @@ mod e2e {
     mod idp_faults;
     mod lifecycle;
     mod limits;
+    mod mcp;
     mod observability;
     mod operators;
     mod parking;

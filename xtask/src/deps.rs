@@ -7,6 +7,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{capture, cargo, exec, succeeds, workspace_root};
 
+mod mcp_sdk;
+
 /// Debian packages the pipeline uses, installed with apt when missing.
 const APT_PACKAGES: &[&str] = &[
     // Rate-limit and jti revocation tests run a real redis-server (and redis-cli builds a
@@ -49,6 +51,8 @@ const APT_PACKAGES: &[&str] = &[
     // Dashboards and alerts: promtool (check/test rules, check metrics) and a real Prometheus
     // server that evaluates every dashboard and rule expression against a live gatewayd.
     "prometheus",
+    // `gatewayd mcp` e2e test: a venv for the official MCP Python SDK (deps/mcp_sdk.rs).
+    "python3-venv",
     // dist: dpkg-shlibdeps (the package's library dependencies) and lintian (the package's checks).
     "dpkg-dev",
     "lintian",
@@ -77,7 +81,8 @@ pub fn ensure() -> Result<()> {
     apt_packages()?;
     rust_components()?;
     bpf_linker()?;
-    cargo_fuzz()
+    cargo_fuzz()?;
+    mcp_sdk::ensure()
 }
 
 fn apt_packages() -> Result<()> {
