@@ -89,7 +89,7 @@ pub const fn calibrate_tick_ns(jiffies: (u64, u64), ns: (u64, u64)) -> Option<u6
     let mut i = 0;
     while i < KNOWN_HZ.len() {
         let tick = NS_PER_SEC / KNOWN_HZ[i];
-        let off = if measured > tick { measured - tick } else { tick - measured };
+        let off = measured.abs_diff(tick);
         if off * 20 <= tick {
             return Some(tick);
         }

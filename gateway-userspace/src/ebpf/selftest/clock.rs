@@ -83,7 +83,7 @@ impl Suite<'_> {
         if failure.is_none() && passed == u64::from(FRAMES) * 5 {
             failure = Some("every frame passed: the bucket did not limit".into());
         }
-        self.record(format!("clock: a greedy sender stays within burst + (window + 2 ticks) × rate"), failure);
+        self.record("clock: a greedy sender stays within burst + (window + 2 ticks) × rate", failure);
         Ok(())
     }
 }
