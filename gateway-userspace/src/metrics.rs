@@ -102,6 +102,8 @@ pub struct Metrics {
     pub worker_connections: Family<OneLabel, Counter>,
     pub connections_parked: Family<OneLabel, Counter>,
     pub http2_flood_closes: Family<OneLabel, Counter>,
+    /// Per worker: how long a ready task waits for its event loop (`worker/loop_lag.rs`).
+    pub worker_loop_lag: ShardedFamily<OneLabel, HistogramShard>,
     pub config_reloads: Family<OneLabel, Counter>,
     /// Responses read through the response buffer (`proxy/spool.rs`).
     pub buffered_responses: Counter,
@@ -129,6 +131,7 @@ impl Metrics {
             worker_connections: Family::default(),
             connections_parked: Family::default(),
             http2_flood_closes: Family::default(),
+            worker_loop_lag: ShardedFamily::new(&crate::worker::loop_lag::LOOP_LAG_BUCKETS),
             config_reloads: Family::default(),
             buffered_responses: Counter::default(),
             spooled_bytes: Counter::default(),
@@ -187,6 +190,11 @@ impl Metrics {
             "gateway_http2_flood_closes",
             "HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) for too many frames carrying no request, by frame type",
             m.http2_flood_closes.clone(),
+        );
+        registry.register(
+            "gateway_worker_loop_lag_seconds",
+            "How long a task that became ready waited for its worker's event loop, by worker (sampled about 20 times a second)",
+            m.worker_loop_lag.clone(),
         );
         registry.register("gateway_config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
         registry.register(

@@ -3,6 +3,7 @@
 //! request path is shared with another worker except atomics and the current snapshot.
 
 pub mod liveness;
+pub mod loop_lag;
 
 use std::{
     cell::{Cell, RefCell},
@@ -122,6 +123,12 @@ async fn serve(s: &WorkerSettings) {
     let (connections_shutdown, connections_rx) = watch::channel(false);
     tokio::task::spawn_local(sweep_pool(worker.clone()));
     tokio::task::spawn_local(liveness::heartbeat(s.liveness.clone(), s.id));
+    let lag = s
+        .shared
+        .metrics
+        .worker_loop_lag
+        .new_shard(&crate::metrics::Labels([("worker", crate::metrics::LabelValue::Int(s.id as u64))]));
+    tokio::task::spawn_local(loop_lag::probe(lag, s.id as u64 + 1));
     loop {
         reconcile(&worker, &mut listeners, s, &connections_rx);
         tokio::select! {

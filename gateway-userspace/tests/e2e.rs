@@ -21,6 +21,7 @@ mod e2e {
     mod idp_faults;
     mod lifecycle;
     mod limits;
+    mod loop_lag;
     mod observability;
     mod operators;
     mod parking;
