@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "hey",
+    // `bench proxy`'s third subject: HAProxy 2.6 as users run it next to nginx.
+    "haproxy",
     // TLS fixtures and manual checks (`cargo xtask run` suggests curl).
     "curl",
     "openssl",
@@ -59,7 +61,7 @@ const APT_PACKAGES: &[&str] = &[
 /// Services apt starts on install (prometheus brings prometheus-node-exporter, which takes
 /// :9100). Tests and benchmarks start their own instances on their own ports; system-wide ones
 /// would only take ports and memory.
-const SYSTEM_SERVICES: &[&str] = &["redis-server", "nginx", "prometheus", "prometheus-node-exporter"];
+const SYSTEM_SERVICES: &[&str] = &["redis-server", "nginx", "haproxy", "prometheus", "prometheus-node-exporter"];
 
 /// aya-build builds the eBPF programs with this toolchain (`rustup run nightly`); cargo-fuzz
 /// needs it too (sanitizer and coverage flags).
