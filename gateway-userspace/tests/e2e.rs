@@ -14,6 +14,7 @@ mod e2e {
     mod budget;
     mod client_address;
     mod config_cli;
+    mod conformance;
     mod h2_flood;
     mod handover;
     mod headers;
