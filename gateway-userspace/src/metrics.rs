@@ -38,6 +38,11 @@ static LATENCY_BUCKETS: [f64; 16] =
 static OVERHEAD_BUCKETS: [f64; 12] =
     [0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
 
+/// Worker loop lag buckets (seconds, `worker/loop_lag.rs`): a healthy loop answers in
+/// microseconds; a stall is milliseconds.
+pub static LOOP_LAG_BUCKETS: [f64; 14] =
+    [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
 /// Labels built from static strings or shared names (no allocation to encode).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Labels<const N: usize>(pub [(&'static str, LabelValue); N]);
@@ -128,7 +133,7 @@ impl Metrics {
             worker_connections: Family::default(),
             connections_parked: Family::default(),
             http2_flood_closes: Family::default(),
-            worker_loop_lag: ShardedFamily::new(&crate::worker::loop_lag::LOOP_LAG_BUCKETS),
+            worker_loop_lag: ShardedFamily::new(&LOOP_LAG_BUCKETS),
             config_reloads: Family::default(),
             buffered_responses: Counter::default(),
             spooled_bytes: Counter::default(),

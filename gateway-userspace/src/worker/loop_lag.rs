@@ -15,10 +15,6 @@ use std::{
 
 use crate::metrics::HistogramShard;
 
-/// Loop lag buckets (seconds): a healthy loop answers in microseconds; a stall is milliseconds.
-pub static LOOP_LAG_BUCKETS: [f64; 14] =
-    [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
-
 /// The probe wakes every `MIN_PERIOD` to `MIN_PERIOD + PERIOD_SPREAD` (uniform): about 20
 /// samples a second, each one timer wake and one extra poll (well under a microsecond of work).
 const MIN_PERIOD: Duration = Duration::from_millis(25);
@@ -57,7 +53,7 @@ mod tests {
     use prometheus_client::{encoding::text::encode, registry::Registry};
 
     use super::*;
-    use crate::metrics::{LabelValue, Labels, OneLabel, ShardedFamily};
+    use crate::metrics::{LOOP_LAG_BUCKETS, LabelValue, Labels, OneLabel, ShardedFamily};
 
     /// A task that holds the loop while the probe waits to be polled again is measured.
     #[tokio::test(flavor = "current_thread")]
