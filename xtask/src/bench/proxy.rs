@@ -66,7 +66,8 @@ pub fn run(opts: &Options) -> Result<()> {
 
     let gw_addr = free_port()?;
     let gw_conf_path = dir.join("gatewayd.toml");
-    h.config("gatewayd.toml", "toml", &gw_conf_path, gatewayd_conf(gw_addr, free_port()?, upstream_addr, workers))?;
+    let gw_metrics = free_port()?;
+    h.config("gatewayd.toml", "toml", &gw_conf_path, gatewayd_conf(gw_addr, gw_metrics, upstream_addr, workers))?;
     let mut gw_cmd = subject_cpus.taskset(gatewayd.to_str().context("gatewayd path is not UTF-8")?);
     gw_cmd.arg("--config").arg(&gw_conf_path);
     let gw = h.start("gatewayd", gw_cmd, gw_addr)?;
@@ -111,7 +112,14 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("the proxies sustained under 200 requests/s ({max_rps:?}); something is wrong");
     }
     let oha = Oha { connections: opts.connections, duration, rate };
+    let lag_before = loop_lag(gw_metrics)?;
     let rate_runs: Vec<Vec<RateRun>> = h.interleave(opts.reps, &subjects, &own, |cpus, s| oha.run(cpus, &s.url()))?;
+
+    // gatewayd's own view of its stalls during the fixed-rate runs (all subjects' runs: its
+    // probe keeps sampling while the others are measured, when its loop is idle).
+    let lag_after = loop_lag(gw_metrics)?;
+    let loop_lag: Vec<(String, f64)> =
+        lag_after.iter().zip(&lag_before).map(|((le, after), (_, before))| (le.clone(), after - before)).collect();
 
     // Memory per idle keep-alive connection, at each count, once per subject.
     let mut idle_results: Vec<Vec<IdleResult>> = Vec::new();
@@ -139,12 +147,34 @@ pub fn run(opts: &Options) -> Result<()> {
         commands,
         configs: h.configs.clone(),
         rate,
+        loop_lag,
     };
     let report = write_report(&subjects, &max_runs, &rate_runs, &idle_results, &setup);
     h.stop()?;
     let path = report.write("proxy")?;
     eprintln!("xtask: bench proxy: wrote {}", path.display());
     Ok(())
+}
+
+/// gatewayd's `gateway_worker_loop_lag_seconds` buckets (cumulative, summed over workers), in
+/// exposition order.
+fn loop_lag(metrics: SocketAddr) -> Result<Vec<(String, f64)>> {
+    let response = http::get(metrics, "/metrics")?;
+    let text = String::from_utf8_lossy(&response.body);
+    let mut buckets: Vec<(String, f64)> = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("gateway_worker_loop_lag_seconds_bucket{")) {
+        let (series, value) = line.rsplit_once(' ').context("a sample without a value")?;
+        let le = series.split("le=\"").nth(1).and_then(|r| r.split('"').next()).context("a bucket without le")?;
+        let value: f64 = value.parse().context("a bucket count that is not a number")?;
+        match buckets.iter_mut().find(|(l, _)| l == le) {
+            Some((_, sum)) => *sum += value,
+            None => buckets.push((le.to_owned(), value)),
+        }
+    }
+    if buckets.is_empty() {
+        anyhow::bail!("gatewayd exports no gateway_worker_loop_lag_seconds buckets");
+    }
+    Ok(buckets)
 }
 
 /// `nginx -p PREFIX -c PREFIX/nginx.conf`, pinned to `cpus`.

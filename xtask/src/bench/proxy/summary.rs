@@ -21,6 +21,8 @@ pub struct Setup<'a> {
     pub commands: Vec<String>,
     pub configs: Vec<(String, &'static str, String)>,
     pub rate: u64,
+    /// gatewayd's loop-lag buckets (upper bound, cumulative count) over the fixed-rate phase.
+    pub loop_lag: Vec<(String, f64)>,
 }
 
 /// `idle[c][s]`: the idle measurement at the c-th count for subject s.
@@ -217,6 +219,26 @@ pub fn write_report(
         ],
         &raw,
     );
+
+    rep.heading("gatewayd's event-loop lag during the fixed-rate phase");
+    rep.paragraph(
+        "`gateway_worker_loop_lag_seconds`: how long a task that became ready waited for the worker's \
+         event loop (a probe yielding about 20 times a second), counted over the whole fixed-rate phase \
+         (its own runs and the other subjects'). Samples above a millisecond are stalls every request \
+         then waiting pays; on a busy machine they include the worker thread being preempted.",
+    );
+    let total = setup.loop_lag.last().map_or(0.0, |(_, n)| *n);
+    let mut below = 0.0;
+    let mut rows = Vec::new();
+    for (le, cumulative) in &setup.loop_lag {
+        rows.push(vec![
+            format!("≤ {le} s"),
+            num(cumulative - below, 0),
+            if total > 0.0 { percent(cumulative / total) } else { "–".to_owned() },
+        ]);
+        below = *cumulative;
+    }
+    rep.table(&["lag", "samples", "cumulative share"], &rows);
 
     rep.heading("Idle keep-alive connections");
     rep.paragraph(
