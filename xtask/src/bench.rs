@@ -10,6 +10,7 @@
 mod auth;
 pub mod c100k;
 mod cpus;
+mod harness;
 mod http;
 mod idle;
 mod load;
@@ -46,9 +47,14 @@ pub struct Options {
     /// one connection at a time).
     #[arg(long, default_value_t = 64)]
     connections: usize,
-    /// Idle keep-alive connections opened to measure memory per connection.
-    #[arg(long, default_value_t = 10_000)]
-    idle_connections: usize,
+    /// Idle keep-alive connections opened to measure memory per connection; a list measures
+    /// each count in turn (memory per connection must hold at every scale, not only the one
+    /// that amortises fixed costs best).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 2_000, 10_000])]
+    idle_connections: Vec<usize>,
+    /// The closed-loop load generator for the highest rate (proxy).
+    #[arg(long, value_enum, default_value_t = load::MaxLoad::Wrk)]
+    load: load::MaxLoad,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

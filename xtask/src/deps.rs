@@ -28,6 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     "hey",
     // ACME tests: Let's Encrypt's test CA (RFC 8555, both challenge types, short lifetimes).
     "pebble",
+    // `bench proxy`'s third subject: HAProxy 2.6 as users run it next to nginx.
+    "haproxy",
     // TLS fixtures and manual checks (`cargo xtask run` suggests curl).
     "curl",
     "openssl",
@@ -65,7 +67,7 @@ const APT_PACKAGES: &[&str] = &[
 /// Services apt starts on install (prometheus brings prometheus-node-exporter, which takes
 /// :9100). Tests and benchmarks start their own instances on their own ports; system-wide ones
 /// would only take ports and memory.
-const SYSTEM_SERVICES: &[&str] = &["redis-server", "nginx", "prometheus", "prometheus-node-exporter"];
+const SYSTEM_SERVICES: &[&str] = &["redis-server", "nginx", "haproxy", "prometheus", "prometheus-node-exporter"];
 
 /// aya-build builds the eBPF programs with this toolchain (`rustup run nightly`); cargo-fuzz
 /// needs it too (sanitizer and coverage flags).
