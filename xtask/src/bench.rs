@@ -10,6 +10,7 @@
 mod auth;
 pub mod c100k;
 mod cpus;
+mod flood;
 mod http;
 mod idle;
 mod load;
@@ -49,6 +50,8 @@ pub struct Options {
     /// Idle keep-alive connections opened to measure memory per connection.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
+    #[command(flatten)]
+    flood: flood::Flags,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -69,6 +72,9 @@ enum Target {
     /// 100,000 concurrent keep-alive connections in a systemd-booted guest: RSS per connection,
     /// time to open them, p99 of a separate client.
     C100k,
+    /// Legitimate clients under SYN, UDP, connection, HTTP and rotating-source floods, per
+    /// defence: kernel defaults, nftables meters, the guard in XDP and TC mode (needs root).
+    Flood,
 }
 
 impl Options {
@@ -86,6 +92,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Tls => tls::run(opts),
         Target::Ratelimit => ratelimit::run(opts),
         Target::C100k => c100k::run(),
+        Target::Flood => flood::run(opts),
     }
 }
 
