@@ -69,6 +69,8 @@ pub struct Topology {
 impl Topology {
     pub fn create() -> Result<Self> {
         remove_namespaces();
+        // From here on, a failure removes what was made (drop).
+        let mut topo = Topology { gw_attack_mac: [0; 6], attack_mac: [0; 6] };
         for ns in [GW_NS, CLIENT_NS, ATTACK_NS] {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -82,7 +84,7 @@ impl Topology {
             format!("link set {GW_CLIENT_IF} up"),
             format!("link set {GW_ATTACK_IF} up"),
             "route add blackhole 10.128.0.0/9".to_owned(),
-            "-6 route add blackhole fd73::/32".to_owned(),
+            "route add blackhole fd73::/32".to_owned(),
         ];
         batch_in(GW_NS, &gw)?;
         batch_in(
@@ -103,7 +105,9 @@ impl Topology {
             sysctl(GW_NS, key, "0")?;
         }
         sysctl(GW_NS, &format!("net.ipv4.conf.{GW_ATTACK_IF}.rp_filter"), "0")?;
-        Ok(Topology { gw_attack_mac: mac(GW_NS, GW_ATTACK_IF)?, attack_mac: mac(ATTACK_NS, ATTACK_IF)? })
+        topo.gw_attack_mac = mac(GW_NS, GW_ATTACK_IF)?;
+        topo.attack_mac = mac(ATTACK_NS, ATTACK_IF)?;
+        Ok(topo)
     }
 }
 
