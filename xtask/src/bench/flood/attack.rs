@@ -169,7 +169,7 @@ impl Scheme {
                     // Distinct per idx: the low 16 bits are idx/2; the /9 leaves 7 more bits.
                     IpAddr::V4(topology::spoofed_v4((((member as u32) & 0x7F) << 16) | (idx as u32 >> 1)))
                 } else {
-                    IpAddr::V6(topology::spoofed_v6((member << 16) | (idx >> 1)))
+                    IpAddr::V6(topology::spoofed_v6(((member & 0xFFFF) << 16) | (idx >> 1)))
                 }
             }
             Scheme::One => IpAddr::V4(topology::spoofed_v4(1)),

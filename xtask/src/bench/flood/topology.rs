@@ -51,13 +51,14 @@ pub fn http_source(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 72, 3, 1 + i as u8)
 }
 
-/// The spoofed source space: 10.128.0.0/9 and fd73::/32.
+/// The spoofed source space: 10.128.0.0/9 and fd73::/32 (one /64 per IPv6 source: sources inside
+/// one /64 would share a bucket in the guard and a meter in nftables, and be no flood of many).
 pub fn spoofed_v4(n: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0A80_0000 | (n & 0x007F_FFFF))
 }
 
 pub fn spoofed_v6(n: u64) -> Ipv6Addr {
-    Ipv6Addr::from((0xfd73_u128 << 112) | u128::from(n))
+    Ipv6Addr::from((0xfd73_u128 << 112) | (u128::from(n & 0xFFFF_FFFF_FFFF) << 64) | 1)
 }
 
 pub struct Topology {
@@ -199,7 +200,7 @@ mod tests {
         assert_eq!(connection_source(299), Ipv4Addr::new(10, 72, 2, 43));
         assert_eq!(spoofed_v4(u32::MAX), Ipv4Addr::new(10, 255, 255, 255));
         assert_eq!(spoofed_v4(0), Ipv4Addr::new(10, 128, 0, 0));
-        assert_eq!(spoofed_v6(5), "fd73::5".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(spoofed_v6(5), "fd73:0:0:5::1".parse::<Ipv6Addr>().unwrap());
         assert_eq!(parse_mac("02:ab:00:00:00:ff").ok(), Some([2, 0xab, 0, 0, 0, 0xff]));
         assert!(parse_mac("02:ab").is_err());
     }
