@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use socket2::{Domain, Socket, Type};
 
 use super::{
-    packet::{self, Link, Payload},
+    packet::{self, Frame, Link, Payload},
     topology::{
         self, ATTACK_IF, ATTACK_NS, CONNECTION_SOURCES, GW_ATTACK_ADDR, GW_ATTACK_ADDR6, HTTP_SOURCES, Topology,
     },
@@ -247,7 +247,7 @@ fn raw_flood(
             let src = scheme.source(n);
             let dst = if src.is_ipv6() { IpAddr::V6(GW_ATTACK_ADDR6) } else { IpAddr::V4(GW_ATTACK_ADDR) };
             let sport = 1024 + (mix(n ^ 0xA5A5) % 64000) as u16;
-            packet::build(&mut buf, link, src, dst, sport, SERVICE_PORT, payload, n as u32);
+            packet::build(&mut buf, link, Frame { src, dst, sport, dport: SERVICE_PORT, payload, seq: n as u32 });
             n += 1;
             // SAFETY: buf is a live, initialised buffer of buf.len() bytes.
             let rc = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
@@ -361,7 +361,8 @@ mod tests {
     fn raw_floods_reach_the_gateway_stack_with_valid_checksums() -> Result<()> {
         let topo = Topology::create()?;
         let ns = topology::GW_NS;
-        let (segs, udp, csum) = (snmp(ns, "Tcp", "InSegs"), snmp(ns, "Udp", "NoPorts"), snmp(ns, "Tcp", "InCsumErrors"));
+        let (segs, udp, csum) =
+            (snmp(ns, "Tcp", "InSegs"), snmp(ns, "Udp", "NoPorts"), snmp(ns, "Tcp", "InCsumErrors"));
         let tx = topology::tx_packets(ATTACK_NS, ATTACK_IF)?;
         let run = |attack| -> Result<u64> {
             let running = start(attack, &topo, 5_000, Duration::from_secs(5))?;

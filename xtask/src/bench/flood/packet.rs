@@ -29,18 +29,22 @@ const UDP_LEN: usize = 8;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 
-/// Writes one frame into `buf` (cleared first). `src` and `dst` must be of the same family;
-/// `seq` varies the TCP sequence number / UDP junk so that frames are not identical.
-pub fn build(
-    buf: &mut Vec<u8>,
-    link: Link,
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    payload: Payload,
-    seq: u32,
-) {
+/// One attack frame's addresses and contents.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    /// `src` and `dst` must be of the same family.
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub payload: Payload,
+    /// Varies the TCP sequence number / IPv4 id / UDP junk so that frames are not identical.
+    pub seq: u32,
+}
+
+/// Writes one frame into `buf` (cleared first).
+pub fn build(buf: &mut Vec<u8>, link: Link, frame: Frame) {
+    let Frame { src, dst, sport, dport, payload, seq } = frame;
     buf.clear();
     buf.extend_from_slice(&link.dst_mac);
     buf.extend_from_slice(&link.src_mac);
@@ -168,7 +172,7 @@ mod tests {
     fn ipv4_syn_has_valid_checksums() {
         let mut buf = Vec::new();
         let (s, d) = ("10.128.3.4".parse().unwrap(), "10.72.0.1".parse().unwrap());
-        build(&mut buf, LINK, s, d, 40000, 8080, Payload::Syn, 7);
+        build(&mut buf, LINK, Frame { src: s, dst: d, sport: 40000, dport: 8080, payload: Payload::Syn, seq: 7 });
         assert_eq!(buf.len(), frame_len(false, Payload::Syn));
         assert_eq!(&buf[12..14], &[0x08, 0x00]);
         assert!(verifies(0, &buf[14..34]), "IPv4 header checksum");
@@ -181,7 +185,7 @@ mod tests {
     fn ipv6_udp_has_valid_checksum() {
         let mut buf = Vec::new();
         let (s, d) = ("fd73::1234".parse().unwrap(), "fd72::1".parse().unwrap());
-        build(&mut buf, LINK, s, d, 5000, 8080, Payload::Udp(33), 99);
+        build(&mut buf, LINK, Frame { src: s, dst: d, sport: 5000, dport: 8080, payload: Payload::Udp(33), seq: 99 });
         assert_eq!(buf.len(), frame_len(true, Payload::Udp(33)));
         assert_eq!(&buf[12..14], &[0x86, 0xDD]);
         let pseudo = add(add(0, &buf[22..38]), &buf[38..54]) + 17 + (8 + 33);
