@@ -40,7 +40,7 @@ pub struct Options {
     /// Measured runs of each kind per subject (interleaved); the report shows their medians.
     #[arg(long, default_value_t = 3)]
     reps: u32,
-    /// Seconds each measured load run lasts [default: 10; tls: 5].
+    /// Seconds each measured load run lasts [default: 10; tls: 5; flood: 5 per cell].
     #[arg(long)]
     duration: Option<u64>,
     /// Concurrent keep-alive connections of the load generators (tls: client threads, each with
