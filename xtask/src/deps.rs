@@ -30,6 +30,9 @@ const APT_PACKAGES: &[&str] = &[
     "pebble",
     // `bench proxy`'s third subject: HAProxy 2.6 as users run it next to nginx.
     "haproxy",
+    // `bench flood`: the nftables defence (per-source meters at the netdev ingress hook) that
+    // the XDP guard is compared with.
+    "nftables",
     // TLS fixtures and manual checks (`cargo xtask run` suggests curl).
     "curl",
     "openssl",
