@@ -35,12 +35,11 @@ pub use request::{RequestFacts, RequestUsage};
 pub use usage::{Facts, ResponseUsage, UsageReader};
 
 use crate::{
-    config::Config,
     error::GatewayError,
     kv::{FailMode, Kv, KvError},
     ratelimit::{
-        Backend, DecisionCounters, DecisionResult, Key, KeySource, LimitState, RoutePolicy, key,
-        memory::{ShardedStore, Slot},
+        Backend, DecisionCounters, DecisionResult, Key, KeySource, LimitState, PhaseConfig, RoutePolicy, key,
+        memory::{BudgetSlot, ShardedStore},
         poll_once, unreachable_wait,
     },
     request::{Phase, RequestCtx, Step},
@@ -131,31 +130,6 @@ impl crate::error::Refusal for BudgetError {
 
     fn retry_after(&self) -> Option<Duration> {
         Some(BudgetError::retry_after(self))
-    }
-}
-
-/// A budget's memory entry: tokens used on one day.
-#[derive(Debug, Clone, Copy)]
-pub struct BudgetSlot {
-    day: u32,
-    used: u64,
-    dead_at: u32,
-    touched: u32,
-}
-
-impl BudgetSlot {
-    fn empty() -> Self {
-        BudgetSlot { day: 0, used: 0, dead_at: 0, touched: 0 }
-    }
-}
-
-impl Slot for BudgetSlot {
-    fn dead_at(&self) -> u32 {
-        self.dead_at
-    }
-
-    fn touched(&self) -> u32 {
-        self.touched
     }
 }
 
@@ -296,10 +270,9 @@ pub struct BudgetPhase {
 }
 
 impl BudgetPhase {
-    pub fn new(config: &Config, state: Arc<LimitState>, kv: Option<Kv>) -> BudgetPhase {
-        let budgets = config.token_budgets.clone();
+    pub fn new(budgets: Vec<BudgetSpec>, on: &PhaseConfig<'_>, state: Arc<LimitState>, kv: Option<Kv>) -> BudgetPhase {
         let plans = state
-            .route_steps(config, &budgets)
+            .route_steps(on, &budgets)
             .into_iter()
             .map(|steps| {
                 let mine = || steps.iter().map(|(i, _)| &budgets[*i]);
@@ -312,12 +285,7 @@ impl BudgetPhase {
                 }
             })
             .collect();
-        BudgetPhase {
-            budgets,
-            plans,
-            store: Budgets::new(state, kv),
-            api_key_header: config.auth.api_key_header.clone(),
-        }
+        BudgetPhase { budgets, plans, store: Budgets::new(state, kv), api_key_header: on.api_key_header.clone() }
     }
 
     fn plan(&self, ctx: &RequestCtx) -> Option<&Plan> {

@@ -32,7 +32,7 @@ use crate::{
     socket,
     state::{PartsHolder, SharedState, StateError},
     systemd,
-    tls::{ExpiryCollector, KtlsSupport, TlsMetrics, TlsParts},
+    tls::{KtlsSupport, TlsMetrics, TlsParts},
     worker::{self, WorkerEvent, WorkerSettings, liveness::WorkerLiveness},
 };
 
@@ -186,8 +186,9 @@ impl Daemon {
         let metrics_spec = config.metrics.clone();
         let demo = config.demo;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(1, config, phase_parts, None)));
-        let metrics = Metrics::register(&mut registry, snapshot.clone(), metrics_spec.consumer_label_limit);
-        registry.register_collector(Box::new(ExpiryCollector(snapshot.clone())));
+        let metrics = Metrics::register(&mut registry, metrics_spec.consumer_label_limit);
+        registry.register_collector(Box::new(crate::snapshot::ExpiryCollector(snapshot.clone())));
+        registry.register_collector(Box::new(crate::snapshot::UpstreamCollector(snapshot.clone())));
         registry.register_collector(Box::new(ReadinessCollector(readiness.clone())));
         let worker_threads = Arc::new(WorkerThreads::default());
         registry.register_collector(Box::new(HostCollector::new(

@@ -17,7 +17,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use arc_swap::ArcSwap;
 use http::Method;
 use prometheus_client::{
     collector::Collector,
@@ -28,8 +27,6 @@ use prometheus_client::{
 
 use consumer_label::ConsumerLabels;
 pub use sharded::{CounterShard, HistogramShard, ShardedFamily};
-
-use crate::snapshot::Snapshot;
 
 /// Latency buckets (seconds) for request and upstream durations.
 static LATENCY_BUCKETS: [f64; 16] =
@@ -115,11 +112,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// `consumer_label_limit`: `Some(N)` adds the `consumer_id` label (N values, then `other`).
-    pub fn register(
-        registry: &mut Registry,
-        snapshot: Arc<ArcSwap<Snapshot>>,
-        consumer_label_limit: Option<usize>,
-    ) -> Arc<Metrics> {
+    pub fn register(registry: &mut Registry, consumer_label_limit: Option<usize>) -> Arc<Metrics> {
         let m = Arc::new(Metrics {
             requests: ShardedFamily::new(&[]),
             consumer_labels: consumer_label_limit.map(ConsumerLabels::new),
@@ -209,7 +202,6 @@ impl Metrics {
             "Response bytes written to temp files by the response buffer",
             m.spooled_bytes.clone(),
         );
-        registry.register_collector(Box::new(UpstreamCollector(snapshot)));
         m
     }
 
@@ -346,44 +338,6 @@ fn method_label(m: &Method) -> &'static str {
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
         _ => "OTHER",
-    }
-}
-
-/// `gateway_upstream_target_up{service,target}` and in-flight counts, read from the live
-/// snapshot at scrape so removed targets disappear with the reload that removed them.
-struct UpstreamCollector(Arc<ArcSwap<Snapshot>>);
-
-impl fmt::Debug for UpstreamCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("UpstreamCollector")
-    }
-}
-
-impl Collector for UpstreamCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        let snapshot = self.0.load();
-        let up = |t: &crate::upstream::Target| i64::from(t.state.is_up());
-        let active = |t: &crate::upstream::Target| i64::from(t.state.active());
-        for (name, help, value) in [
-            (
-                "gateway_upstream_target_up",
-                "1 when the target is in service, 0 while ejected by passive health checks",
-                &up as &dyn Fn(&crate::upstream::Target) -> i64,
-            ),
-            ("gateway_upstream_target_active_requests", "Requests in flight to the target", &active),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for s in &snapshot.services {
-                for t in &s.targets {
-                    let labels = Labels([
-                        ("service", LabelValue::Shared(s.spec.name.clone())),
-                        ("target", LabelValue::Shared(t.label.clone())),
-                    ]);
-                    ConstGauge::new(value(t)).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -35,8 +35,6 @@ pub use metrics::{DecisionCounters, DecisionResult, LimitMetrics};
 pub use policy::{Backend, LayerSpec, Window};
 
 use crate::{
-    budget::BudgetSlot,
-    config::Config,
     error::GatewayError,
     kv::{FailMode, Kv, KvError, KvMetrics, KvSpec},
     request::{Phase, RequestCtx, Step},
@@ -99,7 +97,7 @@ impl crate::error::Refusal for RateLimitError {
 /// Limiter state that outlives snapshots: memory stores, the Redis handle, the clock, metrics.
 pub struct LimitState {
     pub(crate) windows: Arc<ShardedStore<WindowSlot>>,
-    pub(crate) budgets: Arc<ShardedStore<BudgetSlot>>,
+    pub(crate) budgets: Arc<ShardedStore<memory::BudgetSlot>>,
     pub(crate) hasher: KeyHasher,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Arc<LimitMetrics>,
@@ -134,15 +132,15 @@ impl LimitState {
     /// `policies`, each with its decision counters.
     pub(crate) fn route_steps<P: RoutePolicy>(
         &self,
-        config: &Config,
+        on: &PhaseConfig<'_>,
         policies: &[P],
     ) -> Vec<Vec<(usize, DecisionCounters)>> {
-        let workers = config.server.workers;
+        let workers = on.workers;
         let steps = |route: &crate::route::Route| {
             let applying = policies.iter().enumerate().filter(|(_, p)| p.applies_to(route.index));
             applying.map(|(i, p)| (i, self.metrics.decisions(&route.name, p.name(), workers))).collect()
         };
-        config.routes.routes().iter().map(steps).collect()
+        on.routes.iter().map(steps).collect()
     }
 
     /// Registers the limiter and Redis metrics and starts the memory sweep (call it on the
@@ -249,6 +247,16 @@ struct Plan {
 pub struct Decisions(pub Vec<Decision>);
 
 /// The rate-limit phase.
+/// What the limit phases read of the rest of the config, handed over when the pipeline is built.
+pub struct PhaseConfig<'a> {
+    /// Every route, in table order (plans are indexed by route).
+    pub routes: &'a [crate::route::Route],
+    /// Worker count (decision counters are sharded per worker).
+    pub workers: usize,
+    /// `[auth] api_key_header`, for limits keyed by API key.
+    pub api_key_header: &'a http::HeaderName,
+}
+
 pub struct RateLimitPhase {
     layers: Vec<LayerSpec>,
     /// Indexed by route.
@@ -260,10 +268,9 @@ pub struct RateLimitPhase {
 }
 
 impl RateLimitPhase {
-    pub fn new(config: &Config, state: Arc<LimitState>, kv: Option<Kv>) -> RateLimitPhase {
-        let layers = config.rate_limits.clone();
+    pub fn new(layers: Vec<LayerSpec>, on: &PhaseConfig<'_>, state: Arc<LimitState>, kv: Option<Kv>) -> RateLimitPhase {
         let plans = state
-            .route_steps(config, &layers)
+            .route_steps(on, &layers)
             .into_iter()
             .map(|steps| {
                 let uses = |f: &dyn Fn(&LayerSpec) -> bool| steps.iter().any(|(i, _)| f(&layers[*i]));
@@ -274,7 +281,7 @@ impl RateLimitPhase {
                 }
             })
             .collect();
-        RateLimitPhase { layers, plans, state, kv, api_key_header: config.auth.api_key_header.clone() }
+        RateLimitPhase { layers, plans, state, kv, api_key_header: on.api_key_header.clone() }
     }
 
     fn plan(&self, ctx: &RequestCtx) -> Option<&Plan> {

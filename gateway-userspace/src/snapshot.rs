@@ -2,6 +2,8 @@
 //! ordered phases. Built off the request path, swapped atomically on reload; in-flight
 //! requests finish on the snapshot they started with.
 
+mod collectors;
+
 use std::sync::Arc;
 
 use crate::{
@@ -12,11 +14,13 @@ use crate::{
     config::Config,
     kv::Kv,
     pipeline::{ClientHeaders, LatencyHeaders},
-    ratelimit::{LimitState, RateLimitPhase},
+    ratelimit::{LimitState, PhaseConfig, RateLimitPhase},
     request::{Phase, Pipeline, SnapshotView},
     tls::{ClientCertPhase, TlsParts, TlsRuntime, UpstreamTls},
     upstream::Service,
 };
+
+pub use collectors::{ExpiryCollector, UpstreamCollector};
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -110,11 +114,26 @@ fn standard_pipeline(generation: u64, config: &Config, tls: &Arc<TlsRuntime>, pa
         consumers: config.consumers.clone(),
     };
     let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(client_cert), Box::new(parts.identify)];
+    let on = PhaseConfig {
+        routes: config.routes.routes(),
+        workers: config.server.workers,
+        api_key_header: &config.auth.api_key_header,
+    };
     if !config.rate_limits.is_empty() {
-        phases.push(Box::new(RateLimitPhase::new(config, parts.limits.clone(), parts.kv.clone())));
+        phases.push(Box::new(RateLimitPhase::new(
+            config.rate_limits.clone(),
+            &on,
+            parts.limits.clone(),
+            parts.kv.clone(),
+        )));
     }
     if !config.token_budgets.is_empty() {
-        phases.push(Box::new(BudgetPhase::new(config, parts.limits.clone(), parts.kv.clone())));
+        phases.push(Box::new(BudgetPhase::new(
+            config.token_budgets.clone(),
+            &on,
+            parts.limits.clone(),
+            parts.kv.clone(),
+        )));
     }
     phases.push(Box::new(LatencyHeaders));
     phases.push(Box::new(RequestMetrics));

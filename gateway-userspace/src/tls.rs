@@ -38,7 +38,7 @@ pub use client_auth::{
 pub use handshake::{Accepted, TlsIo, TlsListener, accept};
 pub use ktls::KtlsSupport;
 pub use material::{CertFacts, certified_key, load_certs, load_crls, load_key, load_roots, parse_sha256, provider};
-pub use metrics::{ExpiryCollector, TlsMetrics, WorkerTlsMetrics};
+pub use metrics::{TlsMetrics, WorkerTlsMetrics};
 pub use phase::{ClientCertError, ClientCertPhase, ClientCertRequirement, identity_headers};
 pub use store::{CertStore, ServerCert};
 pub use upstream::{

@@ -180,6 +180,32 @@ impl WindowSlot {
     }
 }
 
+/// A token budget's memory entry: tokens used on one day. Kept beside the window slots: the
+/// limit state owns both stores (and sweeps them), the budget phase reads and charges this one.
+#[derive(Debug, Clone, Copy)]
+pub struct BudgetSlot {
+    pub(crate) day: u32,
+    pub(crate) used: u64,
+    pub(crate) dead_at: u32,
+    pub(crate) touched: u32,
+}
+
+impl BudgetSlot {
+    pub(crate) fn empty() -> Self {
+        BudgetSlot { day: 0, used: 0, dead_at: 0, touched: 0 }
+    }
+}
+
+impl Slot for BudgetSlot {
+    fn dead_at(&self) -> u32 {
+        self.dead_at
+    }
+
+    fn touched(&self) -> u32 {
+        self.touched
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

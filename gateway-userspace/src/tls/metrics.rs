@@ -1,25 +1,15 @@
 //! TLS metrics. Handshake counters and durations are sharded per worker (a handshake is on the
-//! connection path); certificate expiry is read from the live snapshot at scrape time.
+//! connection path). Certificate expiry is read from the live snapshot at scrape time (see
+//! `snapshot::ExpiryCollector`).
 
-use std::{
-    cell::RefCell,
-    collections::{BTreeMap, HashMap},
-    fmt,
-    sync::Arc,
-};
+use std::{cell::RefCell, collections::HashMap, fmt, sync::Arc};
 
-use arc_swap::ArcSwap;
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::{
-    metrics::{CounterShard, HistogramShard, LabelValue, Labels, ShardedFamily},
-    snapshot::Snapshot,
-};
+use crate::metrics::{CounterShard, HistogramShard, LabelValue, Labels, ShardedFamily};
 
 static HANDSHAKE_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -174,65 +164,5 @@ impl WorkerTlsMetrics {
             })
             .clone();
         shard.inc();
-    }
-}
-
-/// `gateway_tls_certificate_expiry_timestamp_seconds{listener,name}` (server certificates and
-/// client CAs, `name` = `ca:<CN>` for the latter) and
-/// `gateway_upstream_tls_certificate_expiry_timestamp_seconds{service,name}` (the client
-/// certificates gatewayd presents upstream), from the live snapshot: a reload that replaces a
-/// certificate changes the gauge. When two certificates share a name, the earlier expiry is shown.
-pub struct ExpiryCollector(pub Arc<ArcSwap<Snapshot>>);
-
-impl fmt::Debug for ExpiryCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ExpiryCollector")
-    }
-}
-
-impl Collector for ExpiryCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        let snapshot = self.0.load();
-        let mut server: BTreeMap<(String, String), i64> = BTreeMap::new();
-        let earliest = |map: &mut BTreeMap<(String, String), i64>, k: (String, String), t: i64| {
-            let v = map.entry(k).or_insert(t);
-            *v = (*v).min(t);
-        };
-        for (listener, spec) in &snapshot.config.listener_tls {
-            for c in spec.certs.certs() {
-                earliest(&mut server, (listener.to_string(), c.facts.display_name().to_owned()), c.facts.not_after);
-            }
-            for ca in spec.client_trust.iter().flat_map(|t| &t.cas) {
-                earliest(&mut server, (listener.to_string(), format!("ca:{}", ca.display_name())), ca.not_after);
-            }
-        }
-        let mut upstream: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for s in &snapshot.config.services {
-            if let Some(facts) = s.tls.as_ref().and_then(|t| t.client_cert.as_ref()) {
-                earliest(&mut upstream, (s.name.to_string(), facts.display_name().to_owned()), facts.not_after);
-            }
-        }
-        for (metric, label, help, values) in [
-            (
-                "gateway_tls_certificate_expiry_timestamp_seconds",
-                "listener",
-                "notAfter of listener certificates and client CAs (unix seconds)",
-                &server,
-            ),
-            (
-                "gateway_upstream_tls_certificate_expiry_timestamp_seconds",
-                "service",
-                "notAfter of the client certificates presented to upstreams (unix seconds)",
-                &upstream,
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
-            for ((owner, name), t) in values {
-                let labels =
-                    Labels([(label, LabelValue::Owned(owner.clone())), ("name", LabelValue::Owned(name.clone()))]);
-                ConstGauge::new(*t).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
     }
 }
