@@ -16,7 +16,9 @@ mod handshake;
 mod ktls;
 mod material;
 mod metrics;
+pub mod ocsp;
 mod phase;
+pub mod revocation;
 mod store;
 mod upstream;
 
@@ -86,7 +88,7 @@ impl ServerTlsSpec {
             Some(trust) => builder.with_client_cert_verifier(trust.handshake_verifier.clone()),
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_cert_resolver(self.certs.clone());
+        let mut config = builder.with_cert_resolver(Arc::new(ocsp::StaplingResolver::new(self.certs.clone())));
         config.alpn_protocols =
             if self.h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
         match &sessions.ticketer {
@@ -255,8 +257,8 @@ impl TlsInfo {
 pub struct ClientCert {
     pub chain: Vec<CertificateDer<'static>>,
     facts: OnceCell<Option<CertFacts>>,
-    /// (snapshot generation, why it failed) of the last check; `None`: verified.
-    checked: Cell<(u64, Option<&'static str>)>,
+    /// (snapshot generation, revocation epoch, why it failed) of the last check; `None`: verified.
+    checked: Cell<(u64, u64, Option<&'static str>)>,
 }
 
 impl std::fmt::Debug for ClientCert {
@@ -268,7 +270,11 @@ impl std::fmt::Debug for ClientCert {
 impl ClientCert {
     /// A chain that verified on the snapshot of `generation`.
     pub fn verified(chain: Vec<CertificateDer<'static>>, generation: u64) -> Self {
-        ClientCert { chain, facts: OnceCell::new(), checked: Cell::new((generation, None)) }
+        ClientCert {
+            chain,
+            facts: OnceCell::new(),
+            checked: Cell::new((generation, revocation::service().epoch(), None)),
+        }
     }
 
     /// Subject, SANs, fingerprint, serial (parsed on first use).
@@ -282,8 +288,10 @@ impl ClientCert {
     }
 
     fn failure(&self, snapshot: &Snapshot, listener: &str) -> Option<&'static str> {
-        let (generation, failure) = self.checked.get();
-        if generation == snapshot.generation {
+        let (generation, epoch, failure) = self.checked.get();
+        // The epoch moves when an online source learns of a revocation: re-check then too.
+        let now_epoch = revocation::service().epoch();
+        if generation == snapshot.generation && epoch == now_epoch {
             return failure;
         }
         let trust = snapshot.tls.listener(listener).and_then(|s| s.spec.client_trust.as_ref());
@@ -300,7 +308,14 @@ impl ClientCert {
             // The listener no longer verifies client certificates: nothing vouches for it.
             None => Some("other"),
         };
-        self.checked.set((snapshot.generation, failure));
+        let failure = failure.or_else(|| {
+            let online = trust.and_then(|t| t.revocation.as_ref())?;
+            online.revoked_now(&self.chain).then(|| {
+                tracing::info!(listener, "a client certificate was found revoked during its connection (OCSP/CRL)");
+                "revoked"
+            })
+        });
+        self.checked.set((snapshot.generation, now_epoch, failure));
         failure
     }
 }

@@ -80,7 +80,9 @@ pub async fn accept(
     };
     let conn = stream.connection();
     let facts = Facts::of(conn);
-    let (client_cert, refusal) = match client_certificate(&listener, conn, facts.resumed) {
+    let verified = client_certificate(&listener, conn, facts.resumed);
+    let revocation = listener.server.spec.client_trust.as_ref().and_then(|t| t.revocation.as_ref());
+    let (client_cert, refusal) = match super::revocation::screen_client_cert(revocation, verified).await {
         Ok(cert) => (cert, None),
         Err(failure) if listener.server.spec.client_trust.as_ref().is_some_and(|t| t.deferred()) => {
             // Refused with a status: counted and logged as a refused handshake would be, and
