@@ -291,26 +291,29 @@ impl ClientCert {
         let (generation, epoch, failure) = self.checked.get();
         // The epoch moves when an online source learns of a revocation: re-check then too.
         let now_epoch = revocation::service().epoch();
-        if generation == snapshot.generation && epoch == now_epoch {
-            return failure;
-        }
         let trust = snapshot.tls.listener(listener).and_then(|s| s.spec.client_trust.as_ref());
-        let failure = match trust {
-            Some(t) => match t.verify(&self.chain) {
-                Ok(()) => None,
-                Err(e) => {
-                    let reason = client_auth::classify_tls(&e);
-                    tracing::info!(listener, reason, error = %client_auth::describe(&e),
-                        "a client certificate accepted earlier no longer verifies after the reload");
-                    Some(reason)
-                }
-            },
-            // The listener no longer verifies client certificates: nothing vouches for it.
-            None => Some("other"),
+        let online = trust.and_then(|t| t.revocation.as_ref());
+        let failure = if generation == snapshot.generation && epoch == now_epoch {
+            failure
+        } else {
+            match trust {
+                Some(t) => match t.verify(&self.chain) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        let reason = client_auth::classify_tls(&e);
+                        tracing::info!(listener, reason, error = %client_auth::describe(&e),
+                            "a client certificate accepted earlier no longer verifies after the reload");
+                        Some(reason)
+                    }
+                },
+                // The listener no longer verifies client certificates: nothing vouches for it.
+                None => Some("other"),
+            }
         };
+        // Online answers: the cache only (this also starts a refresh that is due, so a
+        // long-lived connection learns of a revocation).
         let failure = failure.or_else(|| {
-            let online = trust.and_then(|t| t.revocation.as_ref())?;
-            online.revoked_now(&self.chain).then(|| {
+            online?.revoked_now(&self.chain).then(|| {
                 tracing::info!(listener, "a client certificate was found revoked during its connection (OCSP/CRL)");
                 "revoked"
             })
