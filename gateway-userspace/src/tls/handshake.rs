@@ -23,7 +23,7 @@ use super::{
     client_auth::{self, Failure, classify_io, classify_tls, describe},
     metrics::WorkerTlsMetrics,
 };
-use crate::listener::Proto;
+use crate::request::Proto;
 
 /// A client connection after its handshake: in rustls, or handed to the kernel.
 pub enum TlsIo {
@@ -158,7 +158,7 @@ fn client_certificate(
     {
         return Err(Failure { result: classify_tls(&e), detail: describe(&e) });
     }
-    Ok(Some(ClientCert::verified(chain.to_vec(), listener.generation)))
+    Ok(Some(ClientCert::verified(chain.to_vec(), super::check_stamp(listener.generation))))
 }
 
 fn fail(listener: &TlsListener<'_>, peer: SocketAddr, metrics: &WorkerTlsMetrics, failure: Failure) {

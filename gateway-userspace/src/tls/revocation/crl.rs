@@ -59,7 +59,7 @@ pub fn state_file(url: &str) -> PathBuf {
     let dir = std::env::var_os("STATE_DIRECTORY")
         .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).filter(|s| !s.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("/var/lib/gatewayd"));
-    let name = crate::tls::material::hex_lower(&crate::tls::material::sha256(url.as_bytes())[..12]);
+    let name = crate::cert::hex_lower(&crate::cert::sha256(url.as_bytes())[..12]);
     dir.join("crls").join(format!("{name}.crl"))
 }
 
