@@ -209,6 +209,20 @@ impl Responder {
     }
 }
 
+/// Asks the responder at `url` about `cert` with `openssl ocsp` and keeps the DER answer in `out`.
+fn respout(ca: &TestCa, cert: &Path, url: &str, out: &Path) {
+    let done = Command::new("openssl")
+        .args(["ocsp", "-no_nonce", "-issuer"])
+        .arg(ca.crt())
+        .arg("-cert")
+        .arg(cert)
+        .args(["-url", url, "-respout"])
+        .arg(out)
+        .output()
+        .expect("openssl must be installed (cargo xtask deps)");
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+}
+
 /// openssl's index: `V` (valid) and `R` (revoked) lines; serials not listed are unknown.
 fn index_text(good: &[&Cert], revoked: &[&Cert]) -> String {
     let stamp = |t: OffsetDateTime| {
@@ -388,16 +402,7 @@ async fn client_certificates_are_checked_with_an_ocsp_responder_under_each_mode(
     let mut responder = Responder::start(&ca, responder_addr, &[&good], &[&revoked]);
     let resp = dir.path().join("good.ocsp");
     good.write(dir.path(), "good", &ca);
-    let out = Command::new("openssl")
-        .args(["ocsp", "-no_nonce", "-issuer"])
-        .arg(ca.crt())
-        .arg("-cert")
-        .arg(dir.path().join("good.crt"))
-        .args(["-url", &responder.url, "-respout"])
-        .arg(&resp)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    respout(&ca, &dir.path().join("good.crt"), &responder.url, &resp);
     other.set(Some(std::fs::read(&resp).unwrap()));
 
     let up = Upstream::start("u");
@@ -586,16 +591,7 @@ async fn our_certificate_is_stapled_from_the_responder_or_a_file_and_a_revoked_o
     // ocsp_response_file: the operator's response is stapled, no responder needed.
     let resp = dir.path().join("server.ocsp");
     cert.write(dir.path(), "server", &ca);
-    let out = Command::new("openssl")
-        .args(["ocsp", "-no_nonce", "-issuer"])
-        .arg(ca.crt())
-        .arg("-cert")
-        .arg(dir.path().join("server.crt"))
-        .args(["-url", &responder.url, "-respout"])
-        .arg(&resp)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    respout(&ca, &dir.path().join("server.crt"), &responder.url, &resp);
 
     // Our certificate revoked: logged, shown by a metric, and no longer stapled.
     responder.set(&[], &[&cert]);
