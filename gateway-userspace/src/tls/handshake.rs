@@ -79,6 +79,10 @@ pub async fn accept(
         }
     };
     let conn = stream.connection();
+    if conn.alpn_protocol() == Some(super::acme::ACME_TLS_ALPN) {
+        // A tls-alpn-01 validation: the certificate was the answer; nothing is served on it.
+        return None;
+    }
     let facts = Facts::of(conn);
     let verified = client_certificate(&listener, conn, facts.resumed);
     let revocation = listener.server.spec.client_trust.as_ref().and_then(|t| t.revocation.as_ref());
