@@ -173,6 +173,7 @@ impl Daemon {
         registry.register_collector(Box::new(EbpfCollector { xdp: xdp.clone(), steering: steering.clone() }));
         let audit_metrics = AuditMetrics::register(&mut registry);
         let readiness = Arc::new(Readiness::default());
+        crate::tls::revocation::service().attach(&mut registry, readiness.clone());
         let limits = LimitState::register(&mut registry);
         let ktls = KtlsSupport::probe().await;
         tracing::info!(supported = ktls.supported(), "{}", ktls.describe());

@@ -17,7 +17,9 @@ mod handshake;
 mod ktls;
 mod material;
 mod metrics;
+pub mod ocsp;
 mod phase;
+pub mod revocation;
 mod store;
 mod upstream;
 
@@ -95,7 +97,8 @@ impl ServerTlsSpec {
         let tls_alpn = acme.as_ref().is_some_and(|a| a.spec.challenge == acme::Challenge::TlsAlpn01);
         let mut config = match acme {
             Some(acme) => builder.with_cert_resolver(Arc::new(acme::AcmeResolver { acme, store: self.certs.clone() })),
-            None => builder.with_cert_resolver(self.certs.clone()),
+            // Stapling covers the configured certificates (not yet ACME ones).
+            None => builder.with_cert_resolver(Arc::new(ocsp::StaplingResolver::new(self.certs.clone()))),
         };
         config.alpn_protocols =
             if self.h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
@@ -250,25 +253,42 @@ pub fn client_failure(info: &TlsInfo, tls: &TlsRuntime, generation: u64, listene
     }
 }
 
+/// What a client certificate's last verdict is keyed on: the config generation and the
+/// revocation epoch (bumped when an online source learns of a revocation), so either change
+/// re-checks it. The generation takes the low 40 bits; an epoch that wraps only costs a re-check.
+pub fn check_stamp(generation: u64) -> u64 {
+    (generation & ((1 << 40) - 1)) | (revocation::service().epoch() << 40)
+}
+
 fn reverify(cert: &ClientCert, tls: &TlsRuntime, generation: u64, listener: &str) -> Option<&'static str> {
+    let stamp = check_stamp(generation);
     let (checked_on, failure) = cert.checked();
-    if checked_on == generation {
-        return failure;
-    }
     let trust = tls.listener(listener).and_then(|s| s.spec.client_trust.as_ref());
-    let failure = match trust {
-        Some(t) => match t.verify(&cert.chain) {
-            Ok(()) => None,
-            Err(e) => {
-                let reason = client_auth::classify_tls(&e);
-                tracing::info!(listener, reason, error = %client_auth::describe(&e),
-                    "a client certificate accepted earlier no longer verifies after the reload");
-                Some(reason)
-            }
-        },
-        // The listener no longer verifies client certificates: nothing vouches for it.
-        None => Some("other"),
+    let failure = if checked_on == stamp {
+        failure
+    } else {
+        match trust {
+            Some(t) => match t.verify(&cert.chain) {
+                Ok(()) => None,
+                Err(e) => {
+                    let reason = client_auth::classify_tls(&e);
+                    tracing::info!(listener, reason, error = %client_auth::describe(&e),
+                        "a client certificate accepted earlier no longer verifies after the reload");
+                    Some(reason)
+                }
+            },
+            // The listener no longer verifies client certificates: nothing vouches for it.
+            None => Some("other"),
+        }
     };
-    cert.set_checked(generation, failure);
+    // Online answers: the cache only, never a wait (this also starts a refresh that is due,
+    // so a long-lived connection learns of a revocation).
+    let failure = failure.or_else(|| {
+        trust?.revocation.as_ref()?.revoked_now(&cert.chain).then(|| {
+            tracing::info!(listener, "a client certificate was found revoked during its connection (OCSP/CRL)");
+            "revoked"
+        })
+    });
+    cert.set_checked(stamp, failure);
     failure
 }

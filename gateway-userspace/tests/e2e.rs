@@ -26,6 +26,7 @@ mod e2e {
     mod loop_lag;
     mod mcp;
     mod observability;
+    mod ocsp;
     mod operators;
     mod parking;
     mod ratelimit;

@@ -287,6 +287,8 @@ pub struct ListenerTlsSection {
     /// Default: none.
     #[serde(default)]
     pub client_crl: Vec<String>,
+    /// Online revocation of client certificates (OCSP, CRLs from URLs): see the README.
+    pub revocation: Option<crate::tls::revocation::RevocationSection>,
 }
 
 /// One server certificate of a TLS listener.
@@ -304,6 +306,12 @@ pub struct CertificateSection {
     /// Served when the SNI names no certificate (or is absent). Default: the first certificate.
     #[serde(default)]
     pub default: bool,
+    /// Staple the OCSP response of the responder the certificate names (the issuer must follow
+    /// the leaf in `cert`). Default: true.
+    #[serde(default = "default_true")]
+    pub ocsp_stapling: bool,
+    /// A DER OCSP response to staple instead of fetching one (re-read on reload). Default: none.
+    pub ocsp_response_file: Option<String>,
 }
 
 /// `[[consumers]]`: a party that calls the gateway, with its credentials.

@@ -57,6 +57,8 @@ pub struct ClientTrust {
     pub refusal: ClientCertRefusal,
     /// The CA certificates, for expiry metrics.
     pub cas: Vec<CertFacts>,
+    /// Online revocation checks (OCSP, fetched CRLs), if configured.
+    pub revocation: Option<super::revocation::Revocation>,
 }
 
 impl ClientTrust {
@@ -84,7 +86,7 @@ impl ClientTrust {
         let verifier = builder.build().map_err(|e| format!("cannot build the client certificate verifier: {e}"))?;
         let handshake_verifier: Arc<dyn ClientCertVerifier> =
             Arc::new(HandshakeVerifier { inner: verifier.clone(), defer_chain: refusal == ClientCertRefusal::Status });
-        Ok(ClientTrust { verifier, handshake_verifier, refusal, cas })
+        Ok(ClientTrust { verifier, handshake_verifier, refusal, cas, revocation: None })
     }
 
     /// Whether chains are checked after the handshake (and refused with a status).

@@ -84,7 +84,9 @@ pub async fn accept(
         return None;
     }
     let facts = Facts::of(conn);
-    let (client_cert, refusal) = match client_certificate(&listener, conn, facts.resumed) {
+    let verified = client_certificate(&listener, conn, facts.resumed);
+    let revocation = listener.server.spec.client_trust.as_ref().and_then(|t| t.revocation.as_ref());
+    let (client_cert, refusal) = match super::revocation::screen_client_cert(revocation, verified).await {
         Ok(cert) => (cert, None),
         Err(failure) if listener.server.spec.client_trust.as_ref().is_some_and(|t| t.deferred()) => {
             // Refused with a status: counted and logged as a refused handshake would be, and
@@ -160,7 +162,7 @@ fn client_certificate(
     {
         return Err(Failure { result: classify_tls(&e), detail: describe(&e) });
     }
-    Ok(Some(ClientCert::verified(chain.to_vec(), listener.generation)))
+    Ok(Some(ClientCert::verified(chain.to_vec(), super::check_stamp(listener.generation))))
 }
 
 fn fail(listener: &TlsListener<'_>, peer: SocketAddr, metrics: &WorkerTlsMetrics, failure: Failure) {

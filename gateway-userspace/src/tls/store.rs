@@ -20,6 +20,8 @@ pub struct ServerCert {
     /// The names it is selected for (lower case; `*.example.com` for wildcards).
     pub names: Vec<String>,
     pub file: PathBuf,
+    /// Where its OCSP staple comes from (`None`: not stapled).
+    pub stapling: Option<super::ocsp::StapleSource>,
 }
 
 /// What a lookup found.
@@ -109,6 +111,7 @@ mod tests {
             facts: CertFacts::parse(c.der()).unwrap(),
             names: names.iter().map(|s| s.to_ascii_lowercase()).collect(),
             file: PathBuf::new(),
+            stapling: None,
         }
     }
 

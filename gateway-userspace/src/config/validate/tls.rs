@@ -17,7 +17,10 @@ use crate::{
     consumer::{CertMatch, Consumer, Consumers},
     tls::{
         CertStore, ClientAuth, ClientCertRequirement, ClientTrust, ServerCert, ServerTlsSpec, UpstreamTlsSpec,
-        certified_key, load_certs, load_crls, load_key, load_roots, parse_sha256,
+        certified_key, load_certs, load_crls, load_key, load_roots,
+        ocsp::staple_source,
+        parse_sha256,
+        revocation::{Revocation, crl_files},
     },
 };
 
@@ -102,7 +105,16 @@ impl Validator<'_> {
                 }
                 default = Some(certs.len());
             }
-            certs.push(ServerCert { key: Arc::new(key), facts, names, file: cert_path });
+            let file = c.ocsp_response_file.as_deref().map(|f| self.file_path(f));
+            let stapling = match staple_source(&key.cert, c.ocsp_stapling, file.as_deref()) {
+                Ok(s) => s,
+                Err(reason) => {
+                    let key = if file.is_some() { "ocsp_response_file" } else { "cert" };
+                    self.problem(cat().key(key), reason);
+                    None
+                }
+            };
+            certs.push(ServerCert { key: Arc::new(key), facts, names, file: cert_path, stapling });
         }
         let client_trust = self.client_trust(t, i);
         if self.problems.len() > before {
@@ -123,10 +135,10 @@ impl Validator<'_> {
     fn client_trust(&mut self, t: &ListenerTlsSection, i: usize) -> Option<ClientTrust> {
         let at = || root("listeners").index(i).key("tls");
         if t.client_auth == ClientAuth::None {
-            if !t.client_ca.is_empty() || !t.client_crl.is_empty() {
+            if !t.client_ca.is_empty() || !t.client_crl.is_empty() || t.revocation.is_some() {
                 self.problem(
                     at().key("client_auth"),
-                    "client_ca/client_crl are set but client_auth is \"none\": set \"optional\" or \"required\"",
+                    "client_ca/client_crl/revocation are set but client_auth is \"none\": set \"optional\" or \"required\"",
                 );
             }
             return None;
@@ -157,8 +169,22 @@ impl Validator<'_> {
                 Err(reason) => self.problem(at().key("client_crl").index(j), reason),
             }
         }
+        let mut revocation = None;
+        if let Some(r) = &t.revocation {
+            for (j, path) in crl_files(r, |f| self.file_path(f)).iter().enumerate() {
+                match load_crls(path) {
+                    Ok(c) => crls.extend(c),
+                    Err(reason) => self.problem(at().key("revocation").key("crl_files").index(j), reason),
+                }
+            }
+            let ca_ders = paths.iter().filter_map(|p| load_certs(p).ok()).flatten().collect();
+            match Revocation::new(r, ca_ders) {
+                Ok(x) => revocation = x,
+                Err(reason) => self.problem(at().key("revocation"), reason),
+            }
+        }
         match ClientTrust::new(t.client_auth, t.client_cert_refusal, roots, cas, crls) {
-            Ok(trust) => Some(trust),
+            Ok(trust) => Some(ClientTrust { revocation, ..trust }),
             Err(reason) => {
                 self.problem(at().key(if t.client_crl.is_empty() { "client_ca" } else { "client_crl" }), reason);
                 None
