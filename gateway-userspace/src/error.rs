@@ -6,7 +6,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use thiserror::Error;
 
 use crate::{
-    auth::AuthError, budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError,
+    auth::{AuthError, OidcError},
+    budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError,
     tls::ClientCertError, upstream::ConnectError,
 };
 
@@ -26,6 +27,8 @@ pub enum GatewayError {
     RateLimit(#[from] RateLimitError),
     #[error(transparent)]
     Budget(#[from] BudgetError),
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
 }
 
 impl GatewayError {
@@ -57,6 +60,7 @@ impl GatewayError {
                 ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             },
             GatewayError::Auth(e) => e.status(),
+            GatewayError::Oidc(e) => e.status(),
             GatewayError::ClientCert(ClientCertError::Refused { .. }) => StatusCode::BAD_REQUEST,
             GatewayError::ClientCert(_) => StatusCode::FORBIDDEN,
             GatewayError::RateLimit(RateLimitError::Limited { .. })
@@ -93,6 +97,7 @@ impl GatewayError {
                 ProxyError::ClientBodyTimeout(_) => "client_body_timeout",
             },
             GatewayError::Auth(e) => e.reason(),
+            GatewayError::Oidc(e) => e.reason(),
             GatewayError::ClientCert(e) => match e {
                 ClientCertError::Refused { result: "no_client_cert" } => "client_cert_required",
                 ClientCertError::Refused { .. } => "client_cert_invalid",
@@ -164,6 +169,11 @@ impl GatewayError {
         ) {
             // The rest of the request may still be on the wire: do not try to parse it.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let GatewayError::Oidc(e) = self {
+            for (name, value) in e.headers() {
+                resp.headers_mut().append(name, value);
+            }
         }
         if let GatewayError::Auth(e) = self {
             if let Some(challenge) = e.challenge() {

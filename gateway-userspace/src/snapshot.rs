@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::{
     audit::{AuditPhase, AuditSink},
-    auth::IdentifyPhase,
+    auth::{IdentifyPhase, OidcLoginPhase},
     budget::BudgetPhase,
     config::Config,
     kv::Kv,
@@ -52,6 +52,8 @@ pub struct PhaseParts {
     /// The XDP feedback loop, when `[xdp.feedback]` is on.
     pub feedback: Option<std::sync::Arc<crate::ebpf::Offenders>>,
     pub identify: IdentifyPhase,
+    /// OIDC login for browsers, when some policy has a `login`.
+    pub login: Option<OidcLoginPhase>,
     pub tls: TlsParts,
     /// Rate-limit and budget stores, clock and metrics.
     pub limits: Arc<LimitState>,
@@ -83,7 +85,10 @@ impl Snapshot {
 fn standard_pipeline(config: &Config, parts: PhaseParts) -> Pipeline {
     // Client certificate first (consumer by certificate), then identity (tokens, API keys,
     // policies: it reads the certificate's consumer); the limits key on who the client is.
-    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(ClientCertPhase), Box::new(parts.identify)];
+    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(ClientCertPhase)];
+    // The login phase turns a session into the bearer token identity then checks.
+    phases.extend(parts.login.map(|p| Box::new(p) as Box<dyn Phase>));
+    phases.push(Box::new(parts.identify));
     if !config.rate_limits.is_empty() {
         phases.push(Box::new(RateLimitPhase::new(config, parts.limits.clone(), parts.kv.clone())));
     }

@@ -93,7 +93,9 @@ impl Validator<'_> {
         let issuers: Vec<IssuerSpec> = a.issuers.iter().enumerate().filter_map(|(i, s)| self.issuer(i, s)).collect();
         let (consumers, api_keys) = self.consumer_credentials(&f.consumers);
         let consumer_by_name = consumers.iter().enumerate().map(|(i, c)| (c.name.text.clone(), i)).collect();
-        let policies = self.policies(a, &issuers);
+        let mut policies = self.policies(a, &issuers);
+        let logins = self.logins(a, &issuers, f.redis.is_some());
+        self.policy_logins(a, &mut policies, &logins);
         let route_policies = self.route_policies(f, &policies);
         if a.revocation.store == RevocationStore::Redis && f.redis.is_none() {
             self.problem(root("auth").key("revocation").key("store"), "\"redis\" needs a [redis] section");
@@ -141,6 +143,7 @@ impl Validator<'_> {
             token_cache_size: a.token_cache_size.max(1),
             headers,
             revocation,
+            logins,
         }
     }
 
@@ -589,5 +592,6 @@ fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+mod oidc;
 #[cfg(test)]
 mod tests;
