@@ -7,8 +7,12 @@ use thiserror::Error;
 
 use crate::{
     auth::{AuthError, OidcError},
-    budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError,
-    tls::ClientCertError, upstream::ConnectError,
+    budget::BudgetError,
+    pipeline::RequestError,
+    proxy::ProxyError,
+    ratelimit::RateLimitError,
+    tls::ClientCertError,
+    upstream::ConnectError,
 };
 
 #[derive(Debug, Error)]

@@ -22,6 +22,7 @@ mod e2e {
     mod lifecycle;
     mod limits;
     mod observability;
+    mod oidc;
     mod operators;
     mod parking;
     mod ratelimit;

@@ -65,9 +65,10 @@ impl OidcError {
         match self {
             OidcError::Redirect { .. } => StatusCode::SEE_OTHER,
             OidcError::BadState | OidcError::BadReturnUrl => StatusCode::BAD_REQUEST,
-            OidcError::ProviderError(_) | OidcError::CodeRefused | OidcError::BadIdToken(_) | OidcError::NoSession { .. } => {
-                StatusCode::UNAUTHORIZED
-            }
+            OidcError::ProviderError(_)
+            | OidcError::CodeRefused
+            | OidcError::BadIdToken(_)
+            | OidcError::NoSession { .. } => StatusCode::UNAUTHORIZED,
             OidcError::IdpUnavailable | OidcError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -40,7 +40,11 @@ impl OidcMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = OidcMetrics::default();
         let i = &m.0;
-        registry.register("gateway_oidc_logins", "Completed browser logins (sessions created), by login", i.logins.clone());
+        registry.register(
+            "gateway_oidc_logins",
+            "Completed browser logins (sessions created), by login",
+            i.logins.clone(),
+        );
         registry.register(
             "gateway_oidc_login_redirects",
             "Browsers sent to the identity provider to log in, by login",

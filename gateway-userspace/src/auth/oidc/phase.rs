@@ -132,7 +132,9 @@ pub fn same_site_target(raw: &str, origin: &str) -> Option<String> {
 }
 
 fn query_param(head: &request::Parts, name: &str) -> Option<String> {
-    form_urlencoded::parse(head.uri.query().unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(head.uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 impl OidcLoginPhase {
@@ -177,7 +179,8 @@ impl OidcLoginPhase {
 
     /// Sends the browser to the IdP: a new state (also in a cookie), PKCE verifier, nonce.
     async fn begin(&self, login: &Login, return_to: String, mut cookies: Vec<HeaderValue>) -> Result<(), GatewayError> {
-        let endpoints = login.provider.endpoints(&login.spec, &login.id_token_issuer).await.map_err(|e| self.fail(login, e))?;
+        let endpoints =
+            login.provider.endpoints(&login.spec, &login.id_token_issuer).await.map_err(|e| self.fail(login, e))?;
         let (state, verifier, nonce) = (random_token(), random_token(), random_token());
         let challenge = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.as_bytes()));
         let pending = Pending { verifier, nonce: nonce.clone(), return_to };
@@ -273,8 +276,9 @@ impl OidcLoginPhase {
             }
         }
         verified.map_err(bad)?;
-        let claims = jwt::check_claims(&token.claims, &login.id_token_issuer, now_secs(), self.spec.leeway, ClaimsOf::Jwt)
-            .map_err(bad)?;
+        let claims =
+            jwt::check_claims(&token.claims, &login.id_token_issuer, now_secs(), self.spec.leeway, ClaimsOf::Jwt)
+                .map_err(bad)?;
         let got = token.claims.get("nonce").and_then(|v| v.as_str()).unwrap_or("");
         if verify_slices_are_equal(got.as_bytes(), nonce.as_bytes()).is_err() {
             return Err(OidcError::BadIdToken("nonce"));

@@ -87,7 +87,10 @@ impl Provider {
             ClientAuth::SecretBasic => {
                 // RFC 6749 2.3.1: both parts form-encoded before Basic.
                 let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                Some(format!("Basic {}", STANDARD.encode(format!("{}:{}", enc(&spec.client_id), enc(&spec.client_secret)))))
+                Some(format!(
+                    "Basic {}",
+                    STANDARD.encode(format!("{}:{}", enc(&spec.client_id), enc(&spec.client_secret)))
+                ))
             }
             ClientAuth::SecretPost => {
                 form.append_pair("client_id", &spec.client_id);
@@ -95,14 +98,13 @@ impl Provider {
                 None
             }
         };
-        let answer = self
-            .client
-            .post_form(endpoint, authorization.as_deref(), form.finish(), spec.timeout)
-            .await
-            .map_err(|e| {
-                tracing::warn!(login = %spec.name, error = %e, "token endpoint unreachable");
-                TokenFailure::Unavailable
-            })?;
+        let answer =
+            self.client.post_form(endpoint, authorization.as_deref(), form.finish(), spec.timeout).await.map_err(
+                |e| {
+                    tracing::warn!(login = %spec.name, error = %e, "token endpoint unreachable");
+                    TokenFailure::Unavailable
+                },
+            )?;
         if answer.status.is_client_error() {
             return Err(TokenFailure::Refused);
         }

@@ -16,7 +16,9 @@ pub enum ClientAuth {
 pub enum SessionStoreKind {
     Memory,
     /// Shared through `[redis]`, sealed with this 256-bit key.
-    Redis { key: [u8; 32] },
+    Redis {
+        key: [u8; 32],
+    },
 }
 
 impl std::fmt::Debug for SessionStoreKind {

@@ -116,12 +116,7 @@ pub enum SessionStore {
 }
 
 impl SessionStore {
-    pub fn new(
-        login: Arc<str>,
-        kind: &SessionStoreKind,
-        memory: Arc<MemorySessions>,
-        kv: Option<Kv>,
-    ) -> SessionStore {
+    pub fn new(login: Arc<str>, kind: &SessionStoreKind, memory: Arc<MemorySessions>, kv: Option<Kv>) -> SessionStore {
         match (kind, kv) {
             (SessionStoreKind::Redis { key }, Some(kv)) => match UnboundKey::new(&CHACHA20_POLY1305, key) {
                 Ok(k) => SessionStore::Redis { kv, sealing: LessSafeKey::new(k), login },

@@ -36,7 +36,10 @@ impl Validator<'_> {
             if !policy.credentials.contains(&crate::auth::Credential::Jwt)
                 || !policy.issuers.contains(&logins[index].issuer)
             {
-                self.problem(at(), "the policy must accept \"jwt\" from the login's issuer (the session's access token)");
+                self.problem(
+                    at(),
+                    "the policy must accept \"jwt\" from the login's issuer (the session's access token)",
+                );
             }
             policy.login = Some(index);
         }
@@ -88,11 +91,15 @@ impl Validator<'_> {
         }
         let (origin, callback_path) = match l.redirect_uri.parse::<http::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("https" | "http")) && u.authority().is_some() => {
-                let origin = format!("{}://{}", u.scheme_str().unwrap_or("https"), u.authority().map_or("", |a| a.as_str()));
+                let origin =
+                    format!("{}://{}", u.scheme_str().unwrap_or("https"), u.authority().map_or("", |a| a.as_str()));
                 (origin, u.path().to_owned())
             }
             _ => {
-                self.problem(at().key("redirect_uri"), "must be an absolute http(s) URL (the callback registered at the IdP)");
+                self.problem(
+                    at().key("redirect_uri"),
+                    "must be an absolute http(s) URL (the callback registered at the IdP)",
+                );
                 (String::new(), String::new())
             }
         };
