@@ -7,6 +7,8 @@
 // - access tokens carry `aud` = "gateway-api" and live `access_ttl` seconds;
 // - POST /test/control {"access_ttl": n, "fail_refresh": bool}; GET /test/stats.
 //
+// oauth2-mock-server 8.2 (pinned by xtask/npm/package-lock.json) supports the machine's node 20.
+//
 // Usage: node provider.mjs <port> <oauth2-mock-server module dir> <client id> <client secret>
 
 import http from 'node:http';
