@@ -9,13 +9,14 @@
 //
 // oauth2-mock-server 8.2 (pinned by xtask/npm/package-lock.json) supports the machine's node 20.
 //
-// Usage: node provider.mjs <port> <oauth2-mock-server module dir> <client id> <client secret>
+// Usage: node provider.mjs <port> <oauth2-mock-server module dir> <client id> <client secret> [user]
+// With [user], /authorize logs that user in without a form (`cargo xtask bench auth`).
 
 import http from 'node:http';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-const [port, moduleDir, clientId, clientSecret] = process.argv.slice(2);
+const [port, moduleDir, clientId, clientSecret, autoUser] = process.argv.slice(2);
 const { OAuth2Issuer, OAuth2Service } = await import(pathToFileURL(path.join(moduleDir, 'dist', 'index.mjs')).href);
 
 const control = { access_ttl: 3600, fail_refresh: false };
@@ -111,7 +112,11 @@ const server = http.createServer((req, res) => {
     return;
   }
   if (url.pathname === '/authorize') {
-    if (!url.searchParams.get('username')) return loginForm(url, res);
+    if (!url.searchParams.get('username')) {
+      if (!autoUser) return loginForm(url, res);
+      url.searchParams.set('username', autoUser);
+      req.url = url.pathname + url.search;
+    }
     stats.authorize += 1;
   }
   if (url.pathname === '/endsession') stats.end_session += 1;
