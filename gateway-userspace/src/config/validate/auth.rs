@@ -198,6 +198,23 @@ impl Validator<'_> {
         out
     }
 
+    /// A client secret from its file (one trailing newline dropped); empty and unreadable files
+    /// are problems at `path`.
+    fn secret_file(&mut self, path: KeyPath, raw: &str) -> String {
+        let file = self.config_relative(raw);
+        match std::fs::read_to_string(&file) {
+            Ok(s) if !s.trim().is_empty() => s.trim_end_matches(['\n', '\r']).to_owned(),
+            Ok(_) => {
+                self.problem(path, format!("{} is empty", file.display()));
+                String::new()
+            }
+            Err(e) => {
+                self.problem(path, format!("cannot read {}: {e}", file.display()));
+                String::new()
+            }
+        }
+    }
+
     /// Relative paths are relative to the config file's directory.
     fn config_relative(&self, raw: &str) -> PathBuf {
         let p = Path::new(raw);
@@ -364,21 +381,7 @@ impl Validator<'_> {
                 if intro.client_id.is_empty() {
                     self.problem(ip().key("client_id"), "must not be empty");
                 }
-                let secret_path = self.config_relative(&intro.client_secret_file);
-                let secret = match std::fs::read_to_string(&secret_path) {
-                    Ok(s) if !s.trim().is_empty() => s.trim_end_matches(['\n', '\r']).to_owned(),
-                    Ok(_) => {
-                        self.problem(ip().key("client_secret_file"), format!("{} is empty", secret_path.display()));
-                        String::new()
-                    }
-                    Err(e) => {
-                        self.problem(
-                            ip().key("client_secret_file"),
-                            format!("cannot read {}: {e}", secret_path.display()),
-                        );
-                        String::new()
-                    }
-                };
+                let secret = self.secret_file(ip().key("client_secret_file"), &intro.client_secret_file);
                 if intro.cache_ttl.as_millis() < 1000 || intro.negative_cache_ttl.as_millis() < 1000 {
                     self.problem(ip(), "cache_ttl and negative_cache_ttl must be at least 1s");
                 }

@@ -58,18 +58,7 @@ impl Validator<'_> {
         if l.client_id.is_empty() {
             self.problem(at().key("client_id"), "must not be empty");
         }
-        let secret_path = self.config_relative(&l.client_secret_file);
-        let client_secret = match std::fs::read_to_string(&secret_path) {
-            Ok(s) if !s.trim().is_empty() => s.trim_end_matches(['\n', '\r']).to_owned(),
-            Ok(_) => {
-                self.problem(at().key("client_secret_file"), format!("{} is empty", secret_path.display()));
-                String::new()
-            }
-            Err(e) => {
-                self.problem(at().key("client_secret_file"), format!("cannot read {}: {e}", secret_path.display()));
-                String::new()
-            }
-        };
+        let client_secret = self.secret_file(at().key("client_secret_file"), &l.client_secret_file);
         let client_auth = match l.client_auth.as_str() {
             "client_secret_basic" => ClientAuth::SecretBasic,
             "client_secret_post" => ClientAuth::SecretPost,
@@ -90,6 +79,13 @@ impl Validator<'_> {
             }
         }
         let (origin, callback_path) = match l.redirect_uri.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && !u.host().is_some_and(super::is_loopback) => {
+                self.problem(
+                    at().key("redirect_uri"),
+                    "plain http only on loopback: the session cookie is Secure (use https)",
+                );
+                (String::new(), String::new())
+            }
             Ok(u) if matches!(u.scheme_str(), Some("https" | "http")) && u.authority().is_some() => {
                 let origin =
                     format!("{}://{}", u.scheme_str().unwrap_or("https"), u.authority().map_or("", |a| a.as_str()));
@@ -191,4 +187,117 @@ fn parse_key(hex: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, Problem};
+
+    fn load(dir: &std::path::Path, login: &str, policy: &str, redis: bool) -> Result<Config, Vec<Problem>> {
+        load_with(dir, login, policy, redis, "https://app.example/oauth2/callback")
+    }
+
+    fn load_with(
+        dir: &std::path::Path,
+        login: &str,
+        policy: &str,
+        redis: bool,
+        redirect: &str,
+    ) -> Result<Config, Vec<Problem>> {
+        std::fs::write(dir.join("secret"), "s3cret\n").unwrap();
+        std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
+        let redis = if redis { "[redis]\nurl = \"redis://127.0.0.1:6379\"\n" } else { "" };
+        let text = format!(
+            r#"{redis}
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:18080"
+
+[[services]]
+name = "s"
+targets = ["127.0.0.1:5000"]
+
+[[routes]]
+name = "r"
+service = "s"
+auth = "web"
+
+[[auth.issuers]]
+name = "idp"
+issuer = "https://idp.example"
+audiences = ["api"]
+
+[[auth.policies]]
+name = "web"
+{policy}
+login = "web"
+
+[[auth.logins]]
+name = "web"
+issuer = "idp"
+client_id = "gw"
+client_secret_file = "secret"
+redirect_uri = "{redirect}"
+{login}
+"#
+        );
+        let path = dir.join("gatewayd.toml");
+        match Config::load_str(&text, path.to_str().unwrap()) {
+            Ok(c) => Ok(c),
+            Err(ConfigError::Invalid(p)) => Err(p),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_login_loads_and_bad_ones_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = load(dir.path(), "session_store = \"redis\"\nsession_key_file = \"key\"\n", "any_of = [\"jwt\"]", true)
+            .unwrap();
+        let login = &c.auth.logins[0];
+        assert_eq!((login.client_secret.as_str(), login.callback_path.as_str()), ("s3cret", "/oauth2/callback"));
+        assert_eq!(login.origin, "https://app.example");
+        assert_eq!(login.scope, "openid");
+        assert_eq!(c.auth.policies[0].login, Some(0));
+        assert!(!format!("{login:?}").contains("s3cret"), "the secret is never printed");
+
+        let cases: [(&str, &str, bool, &str, &str); 6] = [
+            ("cookie_name = \"session\"\n", "any_of = [\"jwt\"]", false, "auth.logins[0].cookie_name", "__Host-"),
+            ("session_store = \"redis\"\n", "any_of = [\"jwt\"]", false, "auth.logins[0].session_store", "[redis]"),
+            ("session_store = \"redis\"\n", "any_of = [\"jwt\"]", true, "auth.logins[0].session_key_file", "required"),
+            (
+                "client_auth = \"private_key_jwt\"\n",
+                "any_of = [\"jwt\"]",
+                false,
+                "auth.logins[0].client_auth",
+                "unknown",
+            ),
+            ("", "any_of = [\"api_key\"]", false, "auth.policies[0].login", "must accept \"jwt\""),
+            (
+                "logout_path = \"/oauth2/callback\"\n",
+                "any_of = [\"jwt\"]",
+                false,
+                "auth.logins[0].logout_path",
+                "distinct",
+            ),
+        ];
+        for (login, policy, redis, key, words) in cases {
+            let p = load(dir.path(), login, policy, redis).unwrap_err();
+            assert!(p.iter().any(|p| p.key == key && p.reason.contains(words)), "{login}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn plain_http_callbacks_only_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |uri: &str| load_with(dir.path(), "", "any_of = [\"jwt\"]", false, uri);
+        assert!(with("http://127.0.0.1:8080/cb").is_ok());
+        assert!(with("http://localhost/cb").is_ok());
+        let p = with("http://app.example/cb").unwrap_err();
+        assert!(p.iter().any(|p| p.key == "auth.logins[0].redirect_uri" && p.reason.contains("loopback")), "{p:?}");
+        assert!(with("/relative").is_err());
+        assert_eq!(super::parse_key(&"0f".repeat(32)), Some([0x0f; 32]));
+        assert_eq!(super::parse_key("0f"), None);
+        assert_eq!(super::parse_key(&"zz".repeat(32)), None);
+    }
 }
