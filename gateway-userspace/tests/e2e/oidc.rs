@@ -413,7 +413,7 @@ async fn oidc_sessions_are_shared_by_two_nodes_through_redis_encrypted() {
     let provider = Provider::start();
     let redis = RedisServer::start();
     let up = Upstream::start("app");
-    let shared = format!("session_store = \"redis\"\nsession_key_file = \"{{dir}}/session-key\"\n");
+    let shared = "session_store = \"redis\"\nsession_key_file = \"{dir}/session-key\"\n";
     let top = format!("[redis]\nurl = \"{}\"\ntimeout = \"1s\"\n", redis.url());
     let start =
         || Gateway::start(|p| config(p, &provider, &up, &shared.replace("{dir}", &p.dir.display().to_string()), &top));

@@ -119,7 +119,7 @@ fn is_browser(head: &request::Parts) -> bool {
 /// browsers read as another host), or an absolute URL on the redirect URI's origin.
 pub fn same_site_target(raw: &str, origin: &str) -> Option<String> {
     let path = match raw.strip_prefix(origin) {
-        Some(rest) if rest.is_empty() => "/",
+        Some("") => "/",
         Some(rest) if rest.starts_with('/') => rest,
         Some(_) => return None,
         None => raw,

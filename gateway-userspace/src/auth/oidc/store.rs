@@ -62,10 +62,13 @@ enum Entry {
     Pending(Pending),
 }
 
+/// Entries by login name and digest, with their end (Unix ms).
+type Entries = HashMap<(Arc<str>, Digest), (u64, Entry)>;
+
 /// The process-wide memory store (it outlives snapshots: a reload keeps sessions).
 #[derive(Default)]
 pub struct MemorySessions {
-    entries: Mutex<HashMap<(Arc<str>, Digest), (u64, Entry)>>,
+    entries: Mutex<Entries>,
 }
 
 impl std::fmt::Debug for MemorySessions {
