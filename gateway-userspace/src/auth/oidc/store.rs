@@ -63,7 +63,12 @@ enum Entry {
 }
 
 /// Entries by login name and digest, with their end (Unix ms).
-type Entries = HashMap<(Arc<str>, Digest), (u64, Entry)>;
+#[derive(Default)]
+struct Entries {
+    map: HashMap<(Arc<str>, Digest), (u64, Entry)>,
+    /// Size at which ended entries are swept next (amortized: twice the live size).
+    sweep_at: usize,
+}
 
 /// The process-wide memory store (it outlives snapshots: a reload keeps sessions).
 #[derive(Default)]
@@ -79,36 +84,38 @@ impl std::fmt::Debug for MemorySessions {
 
 impl MemorySessions {
     fn put(&self, login: &Arc<str>, key: Digest, until_ms: u64, entry: Entry) -> Result<(), OidcError> {
-        let mut m = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if m.len() >= MAX_PENDING && matches!(entry, Entry::Pending(_)) {
+        let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if e.map.len() >= e.sweep_at.max(1024) {
+            // Sessions nobody logged out of, logins nobody finished.
             let now = unix_now_ms();
-            m.retain(|_, (until, _)| *until > now);
-            if m.len() >= MAX_PENDING {
-                return Err(OidcError::StoreUnavailable);
-            }
+            e.map.retain(|_, (until, _)| *until > now);
+            e.sweep_at = e.map.len() * 2;
         }
-        m.insert((login.clone(), key), (until_ms, entry));
+        if e.map.len() >= MAX_PENDING && matches!(entry, Entry::Pending(_)) {
+            return Err(OidcError::StoreUnavailable);
+        }
+        e.map.insert((login.clone(), key), (until_ms, entry));
         Ok(())
     }
 
     fn session(&self, login: &Arc<str>, key: &Digest) -> Option<Arc<Session>> {
-        let m = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match m.get(&(login.clone(), *key)) {
+        let e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match e.map.get(&(login.clone(), *key)) {
             Some((until, Entry::Session(s))) if *until > unix_now_ms() => Some(s.clone()),
             _ => None,
         }
     }
 
     fn take_pending(&self, login: &Arc<str>, key: &Digest) -> Option<Pending> {
-        let mut m = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match m.remove(&(login.clone(), *key)) {
+        let mut e = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match e.map.remove(&(login.clone(), *key)) {
             Some((until, Entry::Pending(p))) if until > unix_now_ms() => Some(p),
             _ => None,
         }
     }
 
     fn remove(&self, login: &Arc<str>, key: &Digest) {
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&(login.clone(), *key));
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).map.remove(&(login.clone(), *key));
     }
 }
 
@@ -259,6 +266,23 @@ impl SessionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_entries_are_swept() {
+        let m = MemorySessions::default();
+        let login: Arc<str> = "web".into();
+        let pending =
+            || Entry::Pending(Pending { verifier: String::new(), nonce: String::new(), return_to: "/".into() });
+        for i in 0..1024u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            m.put(&login, key, 1, pending()).unwrap();
+        }
+        m.put(&login, [9; 32], u64::MAX, pending()).unwrap();
+        assert_eq!(m.entries.lock().unwrap().map.len(), 1, "the 1024 ended entries were swept");
+        assert!(m.take_pending(&login, &[9; 32]).is_some());
+        assert!(m.take_pending(&login, &[9; 32]).is_none(), "single use");
+    }
 
     #[test]
     fn sealed_values_open_only_under_their_key() {
