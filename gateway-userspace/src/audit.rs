@@ -19,8 +19,8 @@ use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use serde::Serialize;
 
 use crate::{
-    pipeline::{Outcome, Phase, RequestCtx},
-    tls::VerifyStatus,
+    request::VerifyStatus,
+    request::{Outcome, Phase, RequestCtx},
 };
 
 /// One line of the audit log. Field names follow the seed's format.
@@ -77,8 +77,7 @@ impl AuditRecord {
             _ => None,
         });
         let tls = ctx.conn.tls.as_ref();
-        let failure = tls.and_then(|t| t.client_failure(&ctx.snapshot, &ctx.conn.listener));
-        let verify = tls.map_or(VerifyStatus::Absent, |t| t.client_status(&ctx.snapshot, &ctx.conn.listener));
+        let (verify, failure) = ctx.client_cert;
         let cert = match verify {
             VerifyStatus::Success => tls.and_then(|t| t.client_cert.as_ref()).and_then(|c| c.facts()),
             _ => None,

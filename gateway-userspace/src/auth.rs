@@ -174,6 +174,31 @@ impl AuthError {
     }
 }
 
+impl crate::error::Refusal for AuthError {
+    fn status(&self) -> StatusCode {
+        AuthError::status(self)
+    }
+
+    fn reason(&self) -> &'static str {
+        AuthError::reason(self)
+    }
+
+    /// The IdP or Redis outage behind these is logged once where it happens.
+    fn logged_at_source(&self) -> bool {
+        matches!(self, AuthError::IdpUnavailable | AuthError::IdpCircuitOpen { .. } | AuthError::RevocationUnavailable)
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        AuthError::retry_after(self).map(std::time::Duration::from_secs)
+    }
+
+    fn add_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(challenge) = self.challenge() {
+            headers.insert(http::header::WWW_AUTHENTICATE, challenge);
+        }
+    }
+}
+
 /// A quoted-string body (RFC 9110 5.6.4) made only of characters RFC 6750 allows in
 /// `error_description` (printable ASCII without `"` and `\`).
 fn quoted(s: &str) -> String {

@@ -38,12 +38,12 @@ use crate::{
     config::Config,
     error::GatewayError,
     kv::{FailMode, Kv, KvError},
-    pipeline::{Phase, RequestCtx, Step},
     ratelimit::{
         Backend, DecisionCounters, DecisionResult, Key, KeySource, LimitState, RoutePolicy, key,
         memory::{ShardedStore, Slot},
         poll_once, unreachable_wait,
     },
+    request::{Phase, RequestCtx, Step},
 };
 
 pub static LIMIT_HEADER: HeaderName = HeaderName::from_static("x-token-budget-limit");
@@ -106,6 +106,31 @@ impl BudgetError {
             BudgetError::Exhausted { retry_after, .. } => *retry_after,
             BudgetError::Unavailable { .. } => Duration::from_secs(1),
         }
+    }
+}
+
+impl crate::error::Refusal for BudgetError {
+    fn status(&self) -> http::StatusCode {
+        match self {
+            BudgetError::Exhausted { .. } => http::StatusCode::TOO_MANY_REQUESTS,
+            BudgetError::Unavailable { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            BudgetError::Exhausted { .. } => "token_budget_exhausted",
+            BudgetError::Unavailable { .. } => "token_budget_unavailable",
+        }
+    }
+
+    /// The Redis outage behind it is logged once by `kv`.
+    fn logged_at_source(&self) -> bool {
+        matches!(self, BudgetError::Unavailable { .. })
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        Some(BudgetError::retry_after(self))
     }
 }
 
@@ -266,6 +291,8 @@ pub struct BudgetPhase {
     budgets: Vec<BudgetSpec>,
     plans: Vec<Plan>,
     store: Budgets,
+    /// `[auth] api_key_header`, for budgets keyed by API key.
+    api_key_header: http::HeaderName,
 }
 
 impl BudgetPhase {
@@ -285,7 +312,12 @@ impl BudgetPhase {
                 }
             })
             .collect();
-        BudgetPhase { budgets, plans, store: Budgets::new(state, kv) }
+        BudgetPhase {
+            budgets,
+            plans,
+            store: Budgets::new(state, kv),
+            api_key_header: config.auth.api_key_header.clone(),
+        }
     }
 
     fn plan(&self, ctx: &RequestCtx) -> Option<&Plan> {
@@ -294,12 +326,12 @@ impl BudgetPhase {
 
     async fn check(&self, plan: &Plan, ctx: &mut RequestCtx, head: &http_request::Parts) -> Result<(), BudgetError> {
         let now = self.store.state.clock.now_ms();
-        let worker = ctx.conn.worker.id;
+        let worker = ctx.conn.worker_id;
         let mut checked = Vec::with_capacity(plan.steps.len());
         let mut result = Ok(());
         for (i, counters) in &plan.steps {
             let budget = &self.budgets[*i];
-            let Some(key) = key::find(&budget.key, 64, ctx, head) else { continue };
+            let Some(key) = key::find(&budget.key, 64, &self.api_key_header, ctx, head) else { continue };
             let day = budget.zone.day(now);
             let limit = budget.limit_for(&key);
             let counter = self.store.counter(budget, &key, day);

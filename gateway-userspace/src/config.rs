@@ -5,15 +5,14 @@
 mod locate;
 pub mod schema;
 mod validate;
-mod xdp;
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use thiserror::Error;
 
+pub use crate::ebpf::{FeedbackReason, FeedbackSpec, RateSpec, SteeringPolicy, XdpSpec};
 pub use schema::{LbAlgorithm, LogFormat};
-pub use xdp::{FeedbackReason, FeedbackSpec, RateSpec, SteeringPolicy, XdpSpec};
 
 use crate::{
     budget::BudgetSpec, consumer::Consumers, kv::KvSpec, ratelimit::LayerSpec, route::RouteTable, tls::ServerTlsSpec,

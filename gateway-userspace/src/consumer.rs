@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::tls::CertFacts;
+use crate::cert::CertFacts;
 
 /// A consumer as requests see it: cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,7 @@ mod metrics;
 pub mod offenders;
 pub mod selftest;
 mod service;
+mod spec;
 pub mod steering;
 
 use std::{
@@ -35,6 +36,7 @@ pub use lists::{net_of_key, normalize_net, parse_list_entry};
 pub use metrics::EbpfCollector;
 pub use offenders::{FeedbackPhase, Offenders};
 pub use service::{BlockOutcome, TopEntry, TopReport, XdpService};
+pub use spec::{FeedbackReason, FeedbackSpec, RateSpec, SteeringPolicy, XdpSpec};
 pub use steering::Steering;
 
 use aya::{

@@ -1,146 +1,79 @@
-//! Every refusal the gateway can answer with, and the one table that maps each to its HTTP
-//! status, metric reason and response. Modules define their own error enums; this wraps them.
+//! How a refusal becomes a response, in one place: every feature's error enum implements
+//! [`Refusal`] (its status, its metric reason, whether it was already logged, when to retry), and
+//! [`GatewayError::response`] turns any of them into the one JSON body, with the headers that
+//! status needs. This module knows no feature; features know it.
+
+use std::{fmt, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use thiserror::Error;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use crate::{
-    auth::{AuthError, OidcError},
-    budget::BudgetError,
-    pipeline::RequestError,
-    proxy::ProxyError,
-    ratelimit::RateLimitError,
-    tls::ClientCertError,
-    upstream::ConnectError,
-};
-
-#[derive(Debug, Error)]
-pub enum GatewayError {
-    #[error("no route matched the request")]
-    NoRoute,
-    #[error(transparent)]
-    Request(#[from] RequestError),
-    #[error(transparent)]
-    Proxy(#[from] ProxyError),
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    #[error(transparent)]
-    ClientCert(#[from] ClientCertError),
-    #[error(transparent)]
-    RateLimit(#[from] RateLimitError),
-    #[error(transparent)]
-    Budget(#[from] BudgetError),
-    #[error(transparent)]
-    Oidc(#[from] OidcError),
-}
-
-impl GatewayError {
-    /// The status the client gets. The single source of truth for status mapping.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            GatewayError::NoRoute => StatusCode::NOT_FOUND,
-            GatewayError::Request(e) => match e {
-                RequestError::BadPath(_)
-                | RequestError::BadHost
-                | RequestError::MissingHost
-                | RequestError::DuplicateHost
-                | RequestError::AuthorityMismatch
-                | RequestError::RepeatedTransferEncoding
-                | RequestError::Unparseable => StatusCode::BAD_REQUEST,
-                RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                RequestError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-                RequestError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                RequestError::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
-            },
-            GatewayError::Proxy(e) => match e {
-                ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
-                ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
-                    StatusCode::GATEWAY_TIMEOUT
-                }
-                ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-                ProxyError::ClientBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
-                ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            },
-            GatewayError::Auth(e) => e.status(),
-            GatewayError::Oidc(e) => e.status(),
-            GatewayError::ClientCert(ClientCertError::Refused { .. }) => StatusCode::BAD_REQUEST,
-            GatewayError::ClientCert(_) => StatusCode::FORBIDDEN,
-            GatewayError::RateLimit(RateLimitError::Limited { .. })
-            | GatewayError::Budget(BudgetError::Exhausted { .. }) => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::RateLimit(RateLimitError::Unavailable { .. })
-            | GatewayError::Budget(BudgetError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
+/// A refusal a feature answers a request with. The status table of each feature lives next to
+/// its error enum, in its `impl Refusal`.
+pub trait Refusal: std::error::Error + std::any::Any + Send + Sync {
+    /// The status the client gets.
+    fn status(&self) -> StatusCode;
 
     /// A stable, low-cardinality reason: the `reason` metric label and the audit log's `error`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            GatewayError::NoRoute => "no_route",
-            GatewayError::Request(e) => match e {
-                RequestError::BadPath(_) => "bad_path",
-                RequestError::BadHost => "bad_host",
-                RequestError::MissingHost => "missing_host",
-                RequestError::DuplicateHost => "duplicate_host",
-                RequestError::AuthorityMismatch => "host_mismatch",
-                RequestError::BodyTooLarge { .. } => "body_too_large",
-                RequestError::UriTooLong { .. } => "uri_too_long",
-                RequestError::HeadersTooLarge => "headers_too_large",
-                RequestError::UnsupportedTransferCoding(_) => "unsupported_transfer_coding",
-                RequestError::RepeatedTransferEncoding => "bad_framing",
-                RequestError::Unparseable => "bad_request",
-            },
-            GatewayError::Proxy(e) => match e {
-                ProxyError::NoHealthyUpstream => "no_healthy_upstream",
-                ProxyError::Connect(c) => c.reason(),
-                ProxyError::ResponseTimeout(_) => "read_timeout",
-                ProxyError::Upstream(_) => "upstream_reset",
-                ProxyError::ClientBodyTooLarge { .. } => "body_too_large",
-                ProxyError::ClientBody(_) => "client_body_error",
-                ProxyError::ClientBodyTimeout(_) => "client_body_timeout",
-            },
-            GatewayError::Auth(e) => e.reason(),
-            GatewayError::Oidc(e) => e.reason(),
-            GatewayError::ClientCert(e) => match e {
-                ClientCertError::Refused { result: "no_client_cert" } => "client_cert_required",
-                ClientCertError::Refused { .. } => "client_cert_invalid",
-                ClientCertError::Required => "client_cert_required",
-                ClientCertError::Invalid => "client_cert_invalid",
-                ClientCertError::UnknownConsumer => "unknown_consumer",
-            },
-            GatewayError::RateLimit(e) => match e {
-                RateLimitError::Limited { .. } => "rate_limited",
-                RateLimitError::Unavailable { .. } => "ratelimit_unavailable",
-            },
-            GatewayError::Budget(e) => match e {
-                BudgetError::Exhausted { .. } => "token_budget_exhausted",
-                BudgetError::Unavailable { .. } => "token_budget_unavailable",
-            },
-        }
-    }
+    fn reason(&self) -> &'static str;
 
     /// Server errors whose cause is already logged once where it happened (a Redis or IdP
     /// outage), so a refusal per request would only flood the log.
-    pub fn logged_at_source(&self) -> bool {
-        matches!(
-            self,
-            GatewayError::RateLimit(RateLimitError::Unavailable { .. })
-                | GatewayError::Budget(BudgetError::Unavailable { .. })
-                | GatewayError::Auth(AuthError::IdpUnavailable | AuthError::IdpCircuitOpen { .. })
-                // The Redis outage behind it is logged once by `kv`.
-                | GatewayError::Auth(AuthError::RevocationUnavailable)
-        )
+    fn logged_at_source(&self) -> bool {
+        false
     }
 
-    /// When the client may try again (`Retry-After`, whole seconds, at least one).
+    /// When the client may try again (`Retry-After`, and `retry_after` in the body).
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Headers this refusal adds (e.g. `WWW-Authenticate`).
+    fn add_headers(&self, _headers: &mut HeaderMap) {}
+}
+
+/// Any refusal, as the pipeline carries it.
+pub struct GatewayError(Box<dyn Refusal>);
+
+impl<E: Refusal> From<E> for GatewayError {
+    fn from(e: E) -> Self {
+        GatewayError(Box::new(e))
+    }
+}
+
+impl fmt::Debug for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        self.0.status()
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.0.reason()
+    }
+
+    pub fn logged_at_source(&self) -> bool {
+        self.0.logged_at_source()
+    }
+
+    /// The refusal itself, for callers that react to one kind (tests, the XDP feedback).
+    pub fn downcast_ref<E: Refusal>(&self) -> Option<&E> {
+        (&*self.0 as &dyn std::any::Any).downcast_ref()
+    }
+
+    /// `Retry-After` in whole seconds, at least one.
     pub fn retry_after(&self) -> Option<u64> {
-        let after = match self {
-            GatewayError::RateLimit(e) => e.retry_after(),
-            GatewayError::Budget(e) => e.retry_after(),
-            _ => return None,
-        };
-        Some(after.as_millis().div_ceil(1000).max(1) as u64)
+        self.0.retry_after().map(|after| after.as_millis().div_ceil(1000).max(1) as u64)
     }
 
     /// The JSON error response (status, body, and the headers some refusals carry).
@@ -174,19 +107,7 @@ impl GatewayError {
             // The rest of the request may still be on the wire: do not try to parse it.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let GatewayError::Oidc(e) = self {
-            for (name, value) in e.headers() {
-                resp.headers_mut().append(name, value);
-            }
-        }
-        if let GatewayError::Auth(e) = self {
-            if let Some(challenge) = e.challenge() {
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
-            }
-            if let Some(secs) = e.retry_after() {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-        }
+        self.0.add_headers(resp.headers_mut());
         resp
     }
 }
@@ -196,11 +117,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::{
+        auth::AuthError, budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError,
+        tls::ClientCertError, upstream::ConnectError,
+    };
 
     #[test]
     fn statuses_and_reasons() {
         let cases: Vec<(GatewayError, u16, &str)> = vec![
-            (GatewayError::NoRoute, 404, "no_route"),
+            (RequestError::NoRoute.into(), 404, "no_route"),
             (RequestError::BodyTooLarge { limit: 1 }.into(), 413, "body_too_large"),
             (RequestError::UriTooLong { limit: 1 }.into(), 414, "uri_too_long"),
             (RequestError::HeadersTooLarge.into(), 431, "headers_too_large"),

@@ -1,9 +1,11 @@
 //! gatewayd: an eBPF-accelerated edge gateway. See ARCHITECTURE.md for the map.
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod budget;
+pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod consumer;
@@ -18,8 +20,10 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;
+pub mod request;
 pub mod route;
 pub mod snapshot;
+pub mod socket;
 pub mod state;
 pub mod systemd;
 pub mod tls;

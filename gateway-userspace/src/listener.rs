@@ -5,7 +5,6 @@ mod conn;
 pub mod handover;
 pub mod occupant;
 mod parse_refusal;
-pub mod socket;
 
 use std::{io, rc::Rc, time::Duration};
 

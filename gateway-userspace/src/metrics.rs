@@ -29,10 +29,7 @@ use prometheus_client::{
 use consumer_label::ConsumerLabels;
 pub use sharded::{CounterShard, HistogramShard, ShardedFamily};
 
-use crate::{
-    pipeline::{Phase, RequestCtx},
-    snapshot::Snapshot,
-};
+use crate::snapshot::Snapshot;
 
 /// Latency buckets (seconds) for request and upstream durations.
 static LATENCY_BUCKETS: [f64; 16] =
@@ -212,6 +209,21 @@ impl Metrics {
 /// (route name address, service name address, method, status, consumer id address).
 type RequestKey = (usize, usize, &'static str, u16, usize);
 
+/// One finished request, as the request metrics count it.
+pub struct RequestSample<'a> {
+    pub route: Option<&'a Arc<str>>,
+    pub service: Option<&'a Arc<str>>,
+    pub method: &'a Method,
+    pub status: u16,
+    /// The consumer's id (counted only with the opt-in consumer label).
+    pub consumer: Option<&'a Arc<str>>,
+    pub total: std::time::Duration,
+    pub upstream: Option<std::time::Duration>,
+    pub gateway: std::time::Duration,
+    /// The refusal reason, when the gateway answered itself.
+    pub refused: Option<&'static str>,
+}
+
 /// A worker's handles on its shards, found once per label set and then used lock-free.
 pub struct WorkerMetrics {
     shared: Arc<Metrics>,
@@ -251,27 +263,28 @@ impl WorkerMetrics {
         &self.shared
     }
 
-    fn record(&self, ctx: &RequestCtx) {
-        let (route, service) = (ctx.route_name(), ctx.service_name());
-        let method = method_label(&ctx.method);
-        let consumer = self.shared.consumer_labels.as_ref().and(ctx.identity.consumer.as_ref().map(|c| &c.id));
-        let key = (name_key(route), name_key(service), method, ctx.status, name_key(consumer));
+    /// Counts one finished request into this worker's shards.
+    pub fn record(&self, r: &RequestSample<'_>) {
+        let (route, service) = (r.route, r.service);
+        let method = method_label(r.method);
+        let consumer = self.shared.consumer_labels.as_ref().and(r.consumer);
+        let key = (name_key(route), name_key(service), method, r.status, name_key(consumer));
         let counter = self
             .requests
             .borrow_mut()
             .entry(key)
-            .or_insert_with(|| self.new_request_shard([route, service, consumer], method, ctx.status))
+            .or_insert_with(|| self.new_request_shard([route, service, consumer], method, r.status))
             .clone();
         counter.inc();
         let dkey = (key.0, key.1);
         let d =
             self.durations.borrow_mut().entry(dkey).or_insert_with(|| self.new_duration_shards(route, service)).clone();
-        d.request.observe(ctx.timings.total().as_secs_f64());
-        if let Some(up) = ctx.timings.upstream() {
+        d.request.observe(r.total.as_secs_f64());
+        if let Some(up) = r.upstream {
             d.upstream.observe(up.as_secs_f64());
         }
-        d.overhead.observe(ctx.timings.gateway().as_secs_f64());
-        if let Some(reason) = ctx.error {
+        d.overhead.observe(r.gateway.as_secs_f64());
+        if let Some(reason) = r.refused {
             self.shared.refused(reason);
         }
     }
@@ -320,19 +333,6 @@ fn method_label(m: &Method) -> &'static str {
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
         _ => "OTHER",
-    }
-}
-
-/// The log phase that records request metrics.
-pub struct RequestMetrics;
-
-impl Phase for RequestMetrics {
-    fn name(&self) -> &'static str {
-        "metrics"
-    }
-
-    fn on_log(&self, ctx: &RequestCtx) {
-        ctx.conn.worker.metrics.record(ctx);
     }
 }
 

@@ -7,26 +7,26 @@
 //! (`error.rs`). Policies hang on routes, so routing runs before any phase.
 
 mod client_headers;
-mod ctx;
 mod head;
 mod phases;
 
-use std::{future::Future, pin::Pin, rc::Rc, time::Instant};
+use std::{rc::Rc, time::Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header, request, response, uri::PathAndQuery};
+use http::{HeaderValue, Request, Response, StatusCode, header, request, response, uri::PathAndQuery};
 use hyper::body::Incoming;
 use thiserror::Error;
 
 pub use client_headers::ClientHeaders;
-pub use ctx::{ConnInfo, Outcome, RequestCtx, Timings};
 pub use phases::LatencyHeaders;
 
 use crate::{
     error::GatewayError,
     proxy::{self, Forward, RequestBody, ResponseBody, headers},
+    request::{ConnInfo, RequestCtx, SnapshotView, Step},
     route::PathError,
     snapshot::Snapshot,
+    worker::WorkerLocal,
 };
 
 const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -34,6 +34,8 @@ const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Problems with the request itself, found before routing.
 #[derive(Debug, Error)]
 pub enum RequestError {
+    #[error("no route matched the request")]
+    NoRoute,
     #[error("invalid request path: {0}")]
     BadPath(#[from] PathError),
     #[error("invalid Host header")]
@@ -60,66 +62,53 @@ pub enum RequestError {
     Unparseable,
 }
 
-/// What a phase decided about a request.
-pub enum Step<'a> {
-    Continue,
-    Refuse(GatewayError),
-    /// The phase needs I/O (Redis, an IdP); the future resolves to the decision.
-    Wait(Pin<Box<dyn Future<Output = Result<(), GatewayError>> + 'a>>),
-}
-
-/// One capability on the request path. All hooks have do-nothing defaults.
-pub trait Phase: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-
-    /// Before routing, for refusals that do not depend on the route (the connection itself is
-    /// refused): the client learns nothing about routes first.
-    fn before_route(&self, _ctx: &mut RequestCtx) -> Result<(), GatewayError> {
-        Ok(())
+impl crate::error::Refusal for RequestError {
+    fn status(&self) -> StatusCode {
+        match self {
+            RequestError::NoRoute => StatusCode::NOT_FOUND,
+            RequestError::BadPath(_)
+            | RequestError::BadHost
+            | RequestError::MissingHost
+            | RequestError::DuplicateHost
+            | RequestError::AuthorityMismatch
+            | RequestError::RepeatedTransferEncoding
+            | RequestError::Unparseable => StatusCode::BAD_REQUEST,
+            RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            RequestError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RequestError::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
+        }
     }
 
-    /// After routing, before the request is forwarded. Phases run in pipeline order and the
-    /// first refusal wins.
-    fn on_request<'a>(&'a self, _ctx: &'a mut RequestCtx, _head: &'a mut request::Parts) -> Step<'a> {
-        Step::Continue
-    }
-
-    /// On the response head (proxied or refusal) before it is sent to the client.
-    fn on_response(&self, _ctx: &mut RequestCtx, _head: &mut response::Parts) {}
-
-    /// Once the response is finished, or the client went away. Must not block.
-    fn on_log(&self, _ctx: &RequestCtx) {}
-}
-
-/// The ordered phases of a snapshot.
-pub struct Pipeline {
-    phases: Vec<Box<dyn Phase>>,
-}
-
-impl std::fmt::Debug for Pipeline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.phases.iter().map(|p| p.name())).finish()
-    }
-}
-
-impl Pipeline {
-    pub fn new(phases: Vec<Box<dyn Phase>>) -> Self {
-        Pipeline { phases }
-    }
-
-    pub fn phases(&self) -> &[Box<dyn Phase>] {
-        &self.phases
+    fn reason(&self) -> &'static str {
+        match self {
+            RequestError::NoRoute => "no_route",
+            RequestError::BadPath(_) => "bad_path",
+            RequestError::BadHost => "bad_host",
+            RequestError::MissingHost => "missing_host",
+            RequestError::DuplicateHost => "duplicate_host",
+            RequestError::AuthorityMismatch => "host_mismatch",
+            RequestError::BodyTooLarge { .. } => "body_too_large",
+            RequestError::UriTooLong { .. } => "uri_too_long",
+            RequestError::HeadersTooLarge => "headers_too_large",
+            RequestError::UnsupportedTransferCoding(_) => "unsupported_transfer_coding",
+            RequestError::RepeatedTransferEncoding => "bad_framing",
+            RequestError::Unparseable => "bad_request",
+        }
     }
 }
 
 /// Serves one request on a worker. Never fails: every error becomes a response.
-pub async fn serve(req: Request<Incoming>, conn: Rc<ConnInfo>) -> Response<ResponseBody> {
-    let snapshot = conn.worker.snapshot();
+pub async fn serve(req: Request<Incoming>, conn: Rc<ConnInfo>, worker: Rc<WorkerLocal>) -> Response<ResponseBody> {
+    let snapshot = worker.snapshot();
     let (mut head, body) = req.into_parts();
-    let mut ctx = Box::new(RequestCtx::new(conn, snapshot.clone(), &head));
+    let request_id = headers::request_id(&head.headers);
+    let client_ip = headers::client_ip(conn.peer.ip(), &head.headers, &snapshot.config.server.trusted_proxies);
+    let view: Rc<dyn SnapshotView> = snapshot.clone();
+    let mut ctx = Box::new(RequestCtx::new(conn, view, &head, request_id, client_ip));
     head.headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
-    match run(&mut ctx, &snapshot, head, body).await {
-        Ok(forwarded) => proxied_response(ctx, &snapshot, forwarded),
+    match run(&mut ctx, &snapshot, &worker, head, body).await {
+        Ok(forwarded) => proxied_response(ctx, &snapshot, &worker, forwarded),
         Err(error) => refusal(ctx, &snapshot, &error),
     }
 }
@@ -127,6 +116,7 @@ pub async fn serve(req: Request<Incoming>, conn: Rc<ConnInfo>) -> Response<Respo
 async fn run(
     ctx: &mut RequestCtx,
     snapshot: &Snapshot,
+    worker: &WorkerLocal,
     mut head: request::Parts,
     body: Incoming,
 ) -> Result<proxy::Forwarded, GatewayError> {
@@ -135,11 +125,11 @@ async fn run(
         phase.before_route(ctx)?;
     }
     let authority = head::check(&head, limits)?;
-    snapshot.client_headers.drop_from(&mut head.headers, &ctx.conn.worker.metrics);
+    snapshot.client_headers.drop_from(&mut head.headers, &worker.metrics);
     let host = authority.as_ref().map(head::Authority::host);
     let normalized = crate::route::normalize_path(head.uri.path()).map_err(RequestError::BadPath)?;
     let path = normalized.as_deref().unwrap_or(head.uri.path());
-    let found = snapshot.config.routes.find(host, path, &head.method, &head.headers).ok_or(GatewayError::NoRoute)?;
+    let found = snapshot.config.routes.find(host, path, &head.method, &head.headers).ok_or(RequestError::NoRoute)?;
     let route = found.route;
     ctx.route = Some(route.index);
     ctx.service = Some(route.service);
@@ -169,7 +159,7 @@ async fn run(
     // The upload counts as upstream time whether it is read ahead or streamed.
     ctx.timings.upstream_start = Some(Instant::now());
     body.read_ahead(route.body.request_buffer).await.map_err(proxy::ProxyError::unsent_body)?;
-    let fwd = Forward { service, pool: &ctx.conn.worker.pool, path_and_query, host: preserved_host };
+    let fwd = Forward { service, pool: &worker.pool, path_and_query, host: preserved_host };
     match proxy::forward(fwd, head, body).await {
         Ok(f) => {
             ctx.target = Some(f.target);
@@ -228,6 +218,7 @@ fn prepare_upstream_headers(
 fn proxied_response(
     mut ctx: Box<RequestCtx>,
     snapshot: &Snapshot,
+    worker: &WorkerLocal,
     forwarded: proxy::Forwarded,
 ) -> Response<ResponseBody> {
     let (mut head, body) = forwarded.response.into_parts();
@@ -237,7 +228,9 @@ fn proxied_response(
     respond_phases(&mut ctx, snapshot, &mut head);
     let read_timeout =
         ctx.service.and_then(|s| snapshot.services.get(s)).map_or(DEFAULT_READ_TIMEOUT, |s| s.spec.read_timeout);
-    Response::from_parts(head, ResponseBody::upstream(body, read_timeout, forwarded.lease, ctx))
+    let buffering = ctx.route.and_then(|r| snapshot.config.routes.get(r)).and_then(|r| r.body.response_buffer.clone());
+    let spool = buffering.map(|spec| (spec, worker.metrics.shared().clone()));
+    Response::from_parts(head, ResponseBody::upstream(body, read_timeout, forwarded.lease, spool, ctx))
 }
 
 fn refusal(mut ctx: Box<RequestCtx>, snapshot: &Snapshot, error: &GatewayError) -> Response<ResponseBody> {

@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, Request, Response, Version, header, request, uri
 use hyper::body::Incoming;
 use thiserror::Error;
 
-pub use body::{BodyError, BodyObserver, BodyProgress, RequestBody, RequestObserver, ResponseBody, UpstreamLease};
+pub use body::{BodyError, BodyProgress, RequestBody, ResponseBody, UpstreamLease};
 pub use policy::{BodyPolicy, SpoolSpec};
 
 use crate::upstream::{ConnectError, PickError, Service, UpstreamPool};
@@ -43,6 +43,34 @@ impl ProxyError {
             BodyError::TooLarge { limit } => ProxyError::ClientBodyTooLarge { limit },
             BodyError::ClientTimeout(d) => ProxyError::ClientBodyTimeout(d),
             other => ProxyError::ClientBody(Box::new(other)),
+        }
+    }
+}
+
+impl crate::error::Refusal for ProxyError {
+    fn status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::ResponseTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ClientBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoHealthyUpstream => "no_healthy_upstream",
+            ProxyError::Connect(c) => c.reason(),
+            ProxyError::ResponseTimeout(_) => "read_timeout",
+            ProxyError::Upstream(_) => "upstream_reset",
+            ProxyError::ClientBodyTooLarge { .. } => "body_too_large",
+            ProxyError::ClientBody(_) => "client_body_error",
+            ProxyError::ClientBodyTimeout(_) => "client_body_timeout",
         }
     }
 }

@@ -39,7 +39,7 @@ use crate::{
     config::Config,
     error::GatewayError,
     kv::{FailMode, Kv, KvError, KvMetrics, KvSpec},
-    pipeline::{Phase, RequestCtx, Step},
+    request::{Phase, RequestCtx, Step},
 };
 use memory::{KeyHasher, ShardedStore, WindowSlot};
 use window::{Outcome, Position};
@@ -68,6 +68,31 @@ impl RateLimitError {
             RateLimitError::Limited { retry_after, .. } => *retry_after,
             RateLimitError::Unavailable { .. } => Duration::from_secs(1),
         }
+    }
+}
+
+impl crate::error::Refusal for RateLimitError {
+    fn status(&self) -> http::StatusCode {
+        match self {
+            RateLimitError::Limited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
+            RateLimitError::Unavailable { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            RateLimitError::Limited { .. } => "rate_limited",
+            RateLimitError::Unavailable { .. } => "ratelimit_unavailable",
+        }
+    }
+
+    /// The Redis outage behind it is logged once by `kv`.
+    fn logged_at_source(&self) -> bool {
+        matches!(self, RateLimitError::Unavailable { .. })
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        Some(RateLimitError::retry_after(self))
     }
 }
 
@@ -230,6 +255,8 @@ pub struct RateLimitPhase {
     plans: Vec<Plan>,
     state: Arc<LimitState>,
     kv: Option<Kv>,
+    /// `[auth] api_key_header`, for layers keyed by API key.
+    api_key_header: http::HeaderName,
 }
 
 impl RateLimitPhase {
@@ -247,7 +274,7 @@ impl RateLimitPhase {
                 }
             })
             .collect();
-        RateLimitPhase { layers, plans, state, kv }
+        RateLimitPhase { layers, plans, state, kv, api_key_header: config.auth.api_key_header.clone() }
     }
 
     fn plan(&self, ctx: &RequestCtx) -> Option<&Plan> {
@@ -258,12 +285,12 @@ impl RateLimitPhase {
     /// plans never wait, see [`poll_once`]).
     async fn check(&self, plan: &Plan, ctx: &mut RequestCtx, head: &request::Parts) -> Result<(), RateLimitError> {
         let now = self.state.clock.now_ms();
-        let worker = ctx.conn.worker.id;
+        let worker = ctx.conn.worker_id;
         let mut decisions = Vec::with_capacity(plan.steps.len());
         let mut result = Ok(());
         for (i, counters) in &plan.steps {
             let layer = &self.layers[*i];
-            let Some(key) = key::find(&layer.key, layer.ipv6_prefix, ctx, head) else { continue };
+            let Some(key) = key::find(&layer.key, layer.ipv6_prefix, &self.api_key_header, ctx, head) else { continue };
             let limit = layer.limit_for(&key);
             let verdict = match (layer.backend, &self.kv) {
                 (Backend::Memory, _) => Ok(self.state.decide_memory(layer, &key, limit, now)),

@@ -5,14 +5,15 @@
 use std::sync::Arc;
 
 use crate::{
+    access::RequestMetrics,
     audit::{AuditPhase, AuditSink},
     auth::{IdentifyPhase, OidcLoginPhase},
     budget::BudgetPhase,
     config::Config,
     kv::Kv,
-    metrics::RequestMetrics,
-    pipeline::{ClientHeaders, LatencyHeaders, Phase, Pipeline},
+    pipeline::{ClientHeaders, LatencyHeaders},
     ratelimit::{LimitState, RateLimitPhase},
+    request::{Phase, Pipeline, SnapshotView},
     tls::{ClientCertPhase, TlsParts, TlsRuntime, UpstreamTls},
     upstream::Service,
 };
@@ -27,8 +28,8 @@ pub struct Snapshot {
     pub pipeline: Pipeline,
     /// Client header names dropped before routing.
     pub client_headers: ClientHeaders,
-    /// The listeners' TLS server configs.
-    pub tls: TlsRuntime,
+    /// The listeners' TLS server configs (the client-certificate phase holds them too).
+    pub tls: Arc<TlsRuntime>,
 }
 
 /// A worker's handle on a snapshot: cloning it is a non-atomic `Rc` increment, so requests do
@@ -43,6 +44,25 @@ impl std::ops::Deref for SnapshotArc {
     type Target = Snapshot;
     fn deref(&self) -> &Snapshot {
         &self.0
+    }
+}
+
+/// What a request may see of its snapshot (see `request::SnapshotView`).
+impl SnapshotView for SnapshotArc {
+    fn pipeline(&self) -> &Pipeline {
+        &self.0.pipeline
+    }
+
+    fn route_name(&self, route: usize) -> Option<&Arc<str>> {
+        self.0.config.routes.get(route).map(|r| &r.name)
+    }
+
+    fn service_name(&self, service: usize) -> Option<&Arc<str>> {
+        self.0.services.get(service).map(|s| &s.spec.name)
+    }
+
+    fn target_label(&self, service: usize, target: usize) -> Option<&Arc<str>> {
+        self.0.services.get(service)?.targets.get(target).map(|t| &t.label)
     }
 }
 
@@ -74,18 +94,24 @@ impl Snapshot {
                 service
             })
             .collect();
-        let tls = TlsRuntime::build(&config.listener_tls, &parts.tls);
-        let pipeline = standard_pipeline(&config, parts);
+        let tls = Arc::new(TlsRuntime::build(&config.listener_tls, &parts.tls));
+        let pipeline = standard_pipeline(generation, &config, &tls, parts);
         let client_headers = ClientHeaders::new(&config);
         Snapshot { generation, config, services, pipeline, client_headers, tls }
     }
 }
 
 /// The phases, in order. Request hooks run in this order; so do response and log hooks.
-fn standard_pipeline(config: &Config, parts: PhaseParts) -> Pipeline {
+fn standard_pipeline(generation: u64, config: &Config, tls: &Arc<TlsRuntime>, parts: PhaseParts) -> Pipeline {
     // Client certificate first (consumer by certificate), then identity (tokens, API keys,
     // policies: it reads the certificate's consumer); the limits key on who the client is.
-    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(ClientCertPhase)];
+    let client_cert = ClientCertPhase {
+        generation,
+        tls: tls.clone(),
+        requirements: config.routes.routes().iter().map(|r| r.client_cert).collect(),
+        consumers: config.consumers.clone(),
+    };
+    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(client_cert)];
     // The login phase turns a session into the bearer token identity then checks.
     phases.extend(parts.login.map(|p| Box::new(p) as Box<dyn Phase>));
     phases.push(Box::new(parts.identify));

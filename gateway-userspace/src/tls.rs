@@ -21,14 +21,12 @@ mod store;
 mod upstream;
 
 use std::{
-    cell::{Cell, OnceCell},
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
 use rustls::{
     ServerConfig,
-    pki_types::CertificateDer,
     server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions},
 };
 use serde::Deserialize;
@@ -46,7 +44,7 @@ pub use upstream::{
     TlsEndpoint, UpstreamTls, UpstreamTlsError, UpstreamTlsSpec, connect as connect_upstream, tls_error_in,
 };
 
-use crate::snapshot::Snapshot;
+pub use crate::request::{ClientCert, TlsInfo, VerifyStatus};
 
 /// The lowest TLS version a listener accepts. TLS 1.3 is always on.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -205,125 +203,46 @@ impl TlsRuntime {
     }
 }
 
-/// What the TLS handshake of a client connection established. Read by phases through
-/// `ConnInfo::tls` (identity, certificate-bound tokens).
-#[derive(Debug)]
-pub struct TlsInfo {
-    /// `"TLSv1.3"` or `"TLSv1.2"`.
-    pub version: &'static str,
-    /// IANA-style suite name, e.g. `"TLS13_AES_128_GCM_SHA256"`.
-    pub cipher: &'static str,
-    /// The server name the client asked for (SNI), if any.
-    pub sni: Option<Box<str>>,
-    /// The ALPN protocol agreed on (`"h2"`, `"http/1.1"`), if any.
-    pub alpn: Option<&'static str>,
-    pub resumed: bool,
-    /// The session runs in the kernel (kTLS).
-    pub ktls: bool,
-    /// The certificate the client presented and that verified at handshake time.
-    pub client_cert: Option<ClientCert>,
-    /// Set when the listener refuses this client with a status (`client_cert_refusal =
-    /// "status"`): why its certificate is missing or does not verify. Every request on the
-    /// connection is answered 400.
-    pub refusal: Option<client_auth::Failure>,
-}
-
-impl TlsInfo {
-    /// The client certificate's status for a request on `snapshot`: a reload that changed the
-    /// listener's CAs or CRLs (a partner's certificate revoked) re-verifies it once per
-    /// connection, so established connections are held to the new rules.
-    pub fn client_status(&self, snapshot: &Snapshot, listener: &str) -> VerifyStatus {
-        match self.client_failure(snapshot, listener) {
-            Some(_) => VerifyStatus::Failed,
-            None if self.client_cert.is_some() => VerifyStatus::Success,
-            None => VerifyStatus::Absent,
-        }
-    }
-
-    /// Why a presented client certificate does not verify (a `gateway_tls_handshakes_total`
-    /// result: `revoked`, `unknown_ca`, …): refused at the handshake, or since a reload.
-    pub fn client_failure(&self, snapshot: &Snapshot, listener: &str) -> Option<&'static str> {
-        match (&self.client_cert, &self.refusal) {
-            (Some(c), _) => c.failure(snapshot, listener),
-            (None, Some(refused)) if refused.result != "no_client_cert" => Some(refused.result),
-            (None, _) => None,
-        }
+/// The client certificate's status for a request on the config of `generation`: a reload that
+/// changed the listener's CAs or CRLs (a partner's certificate revoked) re-verifies it once per
+/// connection, so established connections are held to the new rules.
+pub fn client_status(info: &TlsInfo, tls: &TlsRuntime, generation: u64, listener: &str) -> VerifyStatus {
+    match client_failure(info, tls, generation, listener) {
+        Some(_) => VerifyStatus::Failed,
+        None if info.client_cert.is_some() => VerifyStatus::Success,
+        None => VerifyStatus::Absent,
     }
 }
 
-/// A client certificate chain (end entity first) and, lazily, its facts.
-pub struct ClientCert {
-    pub chain: Vec<CertificateDer<'static>>,
-    facts: OnceCell<Option<CertFacts>>,
-    /// (snapshot generation, why it failed) of the last check; `None`: verified.
-    checked: Cell<(u64, Option<&'static str>)>,
-}
-
-impl std::fmt::Debug for ClientCert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientCert").field("facts", &self.facts()).finish_non_exhaustive()
+/// Why a presented client certificate does not verify (a `gateway_tls_handshakes_total`
+/// result: `revoked`, `unknown_ca`, …): refused at the handshake, or since a reload.
+pub fn client_failure(info: &TlsInfo, tls: &TlsRuntime, generation: u64, listener: &str) -> Option<&'static str> {
+    match (&info.client_cert, &info.refusal) {
+        (Some(c), _) => reverify(c, tls, generation, listener),
+        (None, Some(refused)) if refused.result != "no_client_cert" => Some(refused.result),
+        (None, _) => None,
     }
 }
 
-impl ClientCert {
-    /// A chain that verified on the snapshot of `generation`.
-    pub fn verified(chain: Vec<CertificateDer<'static>>, generation: u64) -> Self {
-        ClientCert { chain, facts: OnceCell::new(), checked: Cell::new((generation, None)) }
+fn reverify(cert: &ClientCert, tls: &TlsRuntime, generation: u64, listener: &str) -> Option<&'static str> {
+    let (checked_on, failure) = cert.checked();
+    if checked_on == generation {
+        return failure;
     }
-
-    /// Subject, SANs, fingerprint, serial (parsed on first use).
-    pub fn facts(&self) -> Option<&CertFacts> {
-        self.facts.get_or_init(|| self.chain.first().and_then(|c| CertFacts::parse(c).ok())).as_ref()
-    }
-
-    /// SHA-256 of the end-entity certificate (RFC 8705 `x5t#S256` is its base64url).
-    pub fn sha256(&self) -> Option<[u8; 32]> {
-        self.facts().map(|f| f.sha256)
-    }
-
-    fn failure(&self, snapshot: &Snapshot, listener: &str) -> Option<&'static str> {
-        let (generation, failure) = self.checked.get();
-        if generation == snapshot.generation {
-            return failure;
-        }
-        let trust = snapshot.tls.listener(listener).and_then(|s| s.spec.client_trust.as_ref());
-        let failure = match trust {
-            Some(t) => match t.verify(&self.chain) {
-                Ok(()) => None,
-                Err(e) => {
-                    let reason = client_auth::classify_tls(&e);
-                    tracing::info!(listener, reason, error = %client_auth::describe(&e),
-                        "a client certificate accepted earlier no longer verifies after the reload");
-                    Some(reason)
-                }
-            },
-            // The listener no longer verifies client certificates: nothing vouches for it.
-            None => Some("other"),
-        };
-        self.checked.set((snapshot.generation, failure));
-        failure
-    }
-}
-
-/// The client certificate status of a request, in the vocabulary of nginx's
-/// `$ssl_client_verify` as Kong/Cloudflare report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerifyStatus {
-    /// No certificate was presented.
-    Absent,
-    /// A certificate was presented but does not verify: refused at the handshake, or (now)
-    /// revoked by a reload.
-    Failed,
-    /// A certificate was presented and verified.
-    Success,
-}
-
-impl VerifyStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VerifyStatus::Absent => "absent",
-            VerifyStatus::Failed => "failed",
-            VerifyStatus::Success => "success",
-        }
-    }
+    let trust = tls.listener(listener).and_then(|s| s.spec.client_trust.as_ref());
+    let failure = match trust {
+        Some(t) => match t.verify(&cert.chain) {
+            Ok(()) => None,
+            Err(e) => {
+                let reason = client_auth::classify_tls(&e);
+                tracing::info!(listener, reason, error = %client_auth::describe(&e),
+                    "a client certificate accepted earlier no longer verifies after the reload");
+                Some(reason)
+            }
+        },
+        // The listener no longer verifies client certificates: nothing vouches for it.
+        None => Some("other"),
+    };
+    cert.set_checked(generation, failure);
+    failure
 }

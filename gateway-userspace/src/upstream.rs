@@ -20,8 +20,6 @@ use std::{
 pub use health::{InFlight, TargetState};
 pub use pool::{ConnectError, Endpoint, PooledSender, UpstreamPool};
 
-use crate::config::LbAlgorithm;
-
 /// A service as configured (validated, not yet running).
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
@@ -135,3 +133,12 @@ impl Service {
 
 #[cfg(test)]
 mod tests;
+
+/// A service's `load_balancing`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbAlgorithm {
+    #[default]
+    RoundRobin,
+    LeastConn,
+}

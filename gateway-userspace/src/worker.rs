@@ -17,9 +17,10 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle as TaskHandle};
 
 use crate::{
     config::ListenerSpec,
-    listener::{self, handover, handover::Handover, socket},
+    listener::{self, handover, handover::Handover},
     metrics::WorkerMetrics,
     snapshot::{LocalSnapshot, SnapshotArc},
+    socket,
     state::SharedState,
     upstream::UpstreamPool,
 };
@@ -44,7 +45,7 @@ pub struct WorkerLocal {
     pub id: usize,
     pub shared: Arc<SharedState>,
     pub pool: Rc<UpstreamPool>,
-    pub metrics: WorkerMetrics,
+    pub metrics: Rc<WorkerMetrics>,
     pub tls_metrics: crate::tls::WorkerTlsMetrics,
     cached: RefCell<Option<LocalSnapshot>>,
     pub open_connections: Cell<usize>,
@@ -108,7 +109,7 @@ async fn serve(s: &WorkerSettings) {
         id: s.id,
         shared: s.shared.clone(),
         pool: UpstreamPool::new(),
-        metrics: WorkerMetrics::new(s.shared.metrics.clone()),
+        metrics: Rc::new(WorkerMetrics::new(s.shared.metrics.clone())),
         tls_metrics: crate::tls::WorkerTlsMetrics::new(s.shared.parts.tls().metrics.clone()),
         cached: RefCell::new(None),
         open_connections: Cell::new(0),

@@ -8,6 +8,7 @@ mod cmd;
 mod deps;
 mod dist;
 mod fuzz;
+mod layers;
 mod run;
 mod test;
 mod vm;
@@ -46,6 +47,8 @@ enum Command {
         #[arg(long)]
         scenario: Option<String>,
     },
+    /// The daemon's module import graph: cycles and imports that point up a layer (fails on any).
+    Layers(layers::Options),
     /// Build the Debian package target/dist/gatewayd_<version>_amd64.deb (checked with lintian).
     Dist(dist::Options),
     /// Run a benchmark and write bench/results/<TARGET>.md.
@@ -85,6 +88,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             vm_test::run(cmd::workspace_root(), scenario.as_deref())?
         }
         Command::Fuzz(opts) => fuzz::run(&opts)?,
+        Command::Layers(opts) => layers::run(&opts)?,
         Command::Dist(opts) => {
             dist::run(&opts)?;
         }

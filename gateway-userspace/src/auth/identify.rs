@@ -37,8 +37,8 @@ use super::{
 use crate::{
     error::GatewayError,
     kv::Kv,
-    pipeline::{Phase, RequestCtx, Step},
-    tls::VerifyStatus,
+    request::VerifyStatus,
+    request::{Phase, RequestCtx, Step},
 };
 
 static NEXT_PHASE_ID: AtomicU64 = AtomicU64::new(1);
@@ -189,7 +189,7 @@ impl IdentifyPhase {
         if let Some(route) = ctx.route_name() {
             self.metrics.failure(route, e.reason());
         }
-        GatewayError::Auth(e)
+        e.into()
     }
 
     /// Runs the policy as far as it can without I/O.
@@ -470,11 +470,11 @@ impl IdentifyPhase {
             h.insert(&names.user, u.header.clone());
             ctx.identity.user_id = Some(u.text.to_string());
         }
-        if let (Some(c), Some(index)) = (consumer, outcome.consumer) {
+        if let Some(c) = consumer {
             h.insert(&names.consumer_username, c.name.header.clone());
             h.insert(&names.consumer_id, c.id.header.clone());
             if ctx.identity.consumer.is_none() {
-                ctx.identity.consumer = ctx.snapshot.config.consumers.get(index).cloned();
+                ctx.identity.consumer = Some(c.consumer.clone());
             }
         }
         let workspace = token.and_then(|v| v.claims.workspace.as_ref()).or(consumer.and_then(|c| c.workspace.as_ref()));
@@ -795,7 +795,7 @@ fn joined(a: &HeaderValue, b: &HeaderValue) -> Option<HeaderValue> {
 /// against the current snapshot's CAs and CRLs. Plain TCP connections have none.
 fn client_cert_sha256(ctx: &RequestCtx) -> Option<[u8; 32]> {
     let tls = ctx.conn.tls.as_ref()?;
-    if tls.client_status(&ctx.snapshot, &ctx.conn.listener) != VerifyStatus::Success {
+    if ctx.client_cert.0 != VerifyStatus::Success {
         return None;
     }
     tls.client_cert.as_ref()?.sha256()

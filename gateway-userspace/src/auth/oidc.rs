@@ -25,7 +25,7 @@ mod provider;
 mod spec;
 mod store;
 
-use http::{HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use thiserror::Error;
 
 pub use metrics::OidcMetrics;
@@ -60,8 +60,8 @@ pub enum OidcError {
     StoreUnavailable,
 }
 
-impl OidcError {
-    pub fn status(&self) -> StatusCode {
+impl crate::error::Refusal for OidcError {
+    fn status(&self) -> StatusCode {
         match self {
             OidcError::Redirect { .. } => StatusCode::SEE_OTHER,
             OidcError::BadState | OidcError::BadReturnUrl => StatusCode::BAD_REQUEST,
@@ -73,7 +73,7 @@ impl OidcError {
         }
     }
 
-    pub fn reason(&self) -> &'static str {
+    fn reason(&self) -> &'static str {
         match self {
             OidcError::Redirect { why, .. } => why,
             OidcError::BadState => "oidc_bad_state",
@@ -87,19 +87,23 @@ impl OidcError {
         }
     }
 
-    /// Headers the response carries besides the JSON error ones.
-    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+    /// Redirects carry `Location` and cookies; nothing here may be cached.
+    fn add_headers(&self, headers: &mut HeaderMap) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            OidcError::Redirect { location, cookies, .. } => std::iter::once((header::LOCATION, location.clone()))
-                .chain(cookies.iter().map(|c| (header::SET_COOKIE, c.clone())))
-                .chain([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))])
-                .collect(),
-            OidcError::NoSession { cookies } => cookies
-                .iter()
-                .map(|c| (header::SET_COOKIE, c.clone()))
-                .chain([(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gatewayd\""))])
-                .collect(),
-            _ => vec![(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            OidcError::Redirect { location, cookies, .. } => {
+                headers.insert(header::LOCATION, location.clone());
+                for c in cookies {
+                    headers.append(header::SET_COOKIE, c.clone());
+                }
+            }
+            OidcError::NoSession { cookies } => {
+                for c in cookies {
+                    headers.append(header::SET_COOKIE, c.clone());
+                }
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gatewayd\""));
+            }
+            _ => {}
         }
     }
 }

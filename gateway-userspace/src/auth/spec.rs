@@ -268,6 +268,9 @@ pub struct ConsumerSpec {
     pub scopes: Vec<Arc<str>>,
     pub scope_header: Option<HeaderValue>,
     pub workspace: Option<Named>,
+    /// The consumer as requests see it (`ctx.identity.consumer`, metrics, audit): the same
+    /// value whichever credential identified it.
+    pub consumer: crate::consumer::Consumer,
 }
 
 /// Header names and values taken from the configuration are interned as `'static`: cloning a

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::usage::MAX_JSON_COPY;
-use crate::proxy::RequestObserver;
+use crate::request::RequestObserver;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RequestFacts {

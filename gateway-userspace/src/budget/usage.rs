@@ -18,7 +18,10 @@ use memchr::memmem;
 use serde_json::Value;
 
 use super::request::RequestFacts;
-use crate::{pipeline::RequestCtx, proxy::BodyObserver, ratelimit::LimitMetrics};
+use crate::{
+    ratelimit::LimitMetrics,
+    request::{BodyObserver, RequestCtx},
+};
 
 /// Largest JSON body (request or response) copied for parsing; larger ones are not read.
 pub const MAX_JSON_COPY: usize = 1 << 20;

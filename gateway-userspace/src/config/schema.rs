@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, time::Duration};
 use serde::Deserialize;
 
 mod xdp;
-pub use xdp::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection};
+pub use crate::{ebpf::SteeringPolicy, logging::LogFormat, upstream::LbAlgorithm};
+pub use xdp::{XdpFeedbackSection, XdpRateSection, XdpSection};
 mod limits;
 pub use limits::*;
 mod oidc;
@@ -126,14 +127,6 @@ mod auto_keyword {
         let s = String::deserialize(d)?;
         if s == "auto" { Ok(()) } else { Err(D::Error::custom("expected \"auto\" or a number")) }
     }
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
 }
 
 /// `[server.limits]`: what a client may send. Each limit answers with its own status.
@@ -455,14 +448,6 @@ pub struct ServiceSection {
     pub tls_client_cert: Option<String>,
     /// Private key (PEM) of `tls_client_cert`.
     pub tls_client_key: Option<String>,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LbAlgorithm {
-    #[default]
-    RoundRobin,
-    LeastConn,
 }
 
 /// `[[routes]]`: what requests go to which service. See the README for the priority rules.

@@ -91,7 +91,7 @@ impl Validator<'_> {
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
         let xdp = self.xdp(&f.xdp);
-        let auth = Arc::new(self.auth(&f));
+        let auth = Arc::new(self.auth(&f, &consumers));
         let redis = self.redis(&f);
         let mut layer_names = HashSet::new();
         let rate_limits = self.rate_limits(&f, redis.is_some(), &mut layer_names);

@@ -25,8 +25,8 @@ use ipnet::IpNet;
 
 use super::service::Command;
 use crate::{
-    config::{FeedbackReason, FeedbackSpec},
-    pipeline::{Phase, RequestCtx},
+    ebpf::{FeedbackReason, FeedbackSpec},
+    request::{Phase, RequestCtx},
 };
 
 const SHARDS: usize = 16;

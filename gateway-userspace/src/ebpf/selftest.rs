@@ -192,7 +192,7 @@ fn steering_check() -> Result<(), String> {
         xdp::mapped_v4,
     };
 
-    use crate::{config::SteeringPolicy, listener::socket::bind_reuseport};
+    use crate::{ebpf::SteeringPolicy, socket::bind_reuseport};
     const WORKERS: usize = 2;
     let steering = super::Steering::new(SteeringPolicy::ClientHash, WORKERS).map_err(|e| e.to_string())?;
     let first = bind_reuseport(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), 16).map_err(|e| e.to_string())?;

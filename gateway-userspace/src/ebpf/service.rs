@@ -17,13 +17,13 @@ use gateway_common::xdp::{DenyEntry, DenyOrigin, GuardConfig, OVERFLOW_KEY, flag
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::XdpSpec;
 use super::{
     AttachMode, Counters, EbpfError, LoadOptions, XdpGuard,
     lists::{net_of_key, normalize_net, source_net},
     monotonic_ns,
     offenders::{Offence, Offenders},
 };
-use crate::config::XdpSpec;
 
 /// Feedback block requests waiting for the maintenance thread.
 const COMMAND_QUEUE: usize = 1024;

@@ -21,8 +21,8 @@ use gateway_common::steer::{
     SteerConfig, policy,
 };
 
+use super::SteeringPolicy;
 use super::{EbpfError, program_error, raise_memlock_limit};
-use crate::config::SteeringPolicy;
 
 static STEER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-steer"));
 

@@ -59,19 +59,15 @@ mod h2_flood;
 use crate::{
     config::{Limits, ListenerSpec},
     metrics::{LabelValue, Labels},
-    pipeline::{self, ConnInfo},
+    pipeline,
     proxy::ResponseBody,
+    request::ConnInfo,
     snapshot::LocalSnapshot,
     tls,
     worker::WorkerLocal,
 };
 
-/// The HTTP version a connection speaks, decided before hyper sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    Http1,
-    Http2,
-}
+pub use crate::request::Proto;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -95,8 +91,8 @@ pub(super) async fn serve_tcp(
     }
     drop(snapshot);
     let proto = if spec.http2 { detect(&stream, limits.header_read_timeout).await } else { Proto::Http1 };
-    let conn = conn_info(worker, &spec, peer, local, None);
-    serve_connection(stream, proto, conn, limits, shutdown).await;
+    let conn = conn_info(&worker, &spec, peer, local, None);
+    serve_connection(stream, proto, conn, worker, limits, shutdown).await;
 }
 
 /// The TLS handshake, then HTTP on the TLS stream (the listener's TLS setup is re-read from the
@@ -116,19 +112,20 @@ async fn serve_tls(
     let accepted = tls::accept(stream, peer, listener, &worker.tls_metrics, limits.header_read_timeout).await;
     let Some(accepted) = accepted else { return };
     drop(snapshot);
-    let conn = conn_info(worker, &spec, peer, local, Some(accepted.info));
-    serve_connection(accepted.io, accepted.proto, conn, limits, shutdown).await;
+    let conn = conn_info(&worker, &spec, peer, local, Some(accepted.info));
+    serve_connection(accepted.io, accepted.proto, conn, worker, limits, shutdown).await;
 }
 
 fn conn_info(
-    worker: Rc<WorkerLocal>,
+    worker: &WorkerLocal,
     spec: &ListenerSpec,
     peer: SocketAddr,
     local: SocketAddr,
     tls: Option<tls::TlsInfo>,
 ) -> Rc<ConnInfo> {
     Rc::new(ConnInfo {
-        worker,
+        worker_id: worker.id,
+        metrics: worker.metrics.clone(),
         listener: spec.name.clone(),
         peer,
         local,
@@ -187,23 +184,30 @@ pub async fn serve_connection<I: ClientIo>(
     io: I,
     proto: Proto,
     conn: Rc<ConnInfo>,
+    worker: Rc<WorkerLocal>,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) {
-    let shared = conn.worker.metrics.shared().clone();
+    let shared = conn.metrics.shared().clone();
     let gauge = shared
         .connections_active
         .get_or_create(&Labels([("listener", LabelValue::Shared(conn.listener.clone()))]))
         .clone();
     gauge.inc();
-    let worker = conn.worker.clone();
     worker.open_connections.set(worker.open_connections.get() + 1);
+    let w = worker.clone();
     let _open = scopeguard(move || {
         gauge.dec();
-        worker.open_connections.set(worker.open_connections.get() - 1);
-        note_released(&worker);
+        w.open_connections.set(w.open_connections.get() - 1);
+        note_released(&w);
     });
-    let mut conn_io = Some(WatchedIo { inner: io, conn: conn.clone(), prefix: Bytes::new(), refusal: Bytes::new() });
+    let mut conn_io = Some(WatchedIo {
+        inner: io,
+        conn: conn.clone(),
+        max_request_line: limits.max_request_line,
+        prefix: Bytes::new(),
+        refusal: Bytes::new(),
+    });
     let mut shutdown = shutdown;
     while let Some(io) = conn_io.take() {
         let parkable = proto == Proto::Http1 && io.inner.park_socket().is_some();
@@ -211,8 +215,8 @@ pub async fn serve_connection<I: ClientIo>(
         // connection is not parked, so neither it nor its construction may take room in this
         // (long-lived) future.
         let ended = match proto {
-            Proto::Http1 => Box::pin(drive_h1(io, &conn, &limits, &mut shutdown, parkable)).await,
-            Proto::Http2 => Box::pin(drive_h2(io, &conn, &limits, &mut shutdown)).await,
+            Proto::Http1 => Box::pin(drive_h1(io, &conn, &worker, &limits, &mut shutdown, parkable)).await,
+            Proto::Http2 => Box::pin(drive_h2(io, &conn, &worker, &limits, &mut shutdown)).await,
         };
         let io = match ended {
             Ok(Some(io)) if conn.park.get() => io,
@@ -233,7 +237,7 @@ pub async fn serve_connection<I: ClientIo>(
             }
         };
         conn.park.set(false);
-        note_released(&conn.worker);
+        note_released(&worker);
         shared
             .connections_parked
             .get_or_create(&Labels([("listener", LabelValue::Shared(conn.listener.clone()))]))
@@ -250,11 +254,12 @@ pub async fn serve_connection<I: ClientIo>(
 async fn drive_h1<I: ClientIo>(
     io: WatchedIo<I>,
     conn: &Rc<ConnInfo>,
+    worker: &Rc<WorkerLocal>,
     limits: &Limits,
     shutdown: &mut watch::Receiver<bool>,
     parkable: bool,
 ) -> Result<Option<WatchedIo<I>>, End> {
-    let http = Reusable(Some(h1_builder(limits).serve_connection(TokioIo::new(io), service(conn))));
+    let http = Reusable(Some(h1_builder(limits).serve_connection(TokioIo::new(io), service(conn, worker))));
     Ok(drive(http, conn, Proto::Http1, limits, shutdown, parkable).await?.map(take_io))
 }
 
@@ -263,11 +268,12 @@ async fn drive_h1<I: ClientIo>(
 async fn drive_h2<I: ClientIo>(
     io: WatchedIo<I>,
     conn: &Rc<ConnInfo>,
+    worker: &Rc<WorkerLocal>,
     limits: &Limits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<WatchedIo<I>>, End> {
     let io = h2_flood::FloodGuard::new(io, conn.clone(), limits.h2_control_frames_per_second);
-    let http = h2_builder(limits).serve_connection(TokioIo::new(io), service(conn));
+    let http = h2_builder(limits).serve_connection(TokioIo::new(io), service(conn, worker));
     drive(http, conn, Proto::Http2, limits, shutdown, false).await.map(|()| None)
 }
 
@@ -288,18 +294,19 @@ fn note_released(worker: &WorkerLocal) {
 
 fn service(
     conn: &Rc<ConnInfo>,
+    worker: &Rc<WorkerLocal>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = hyper::Response<ResponseBody>,
     Error = Infallible,
     Future = ServeFuture,
 > {
-    let conn = conn.clone();
+    let (conn, worker) = (conn.clone(), worker.clone());
     service_fn(move |req: Request<Incoming>| -> ServeFuture {
         // Boxed: hyper keeps a slot for this future for the connection's whole life, and the
         // request path's state machine is several KiB.
-        let c = conn.clone();
-        Box::pin(async move { Ok(pipeline::serve(req, c).await) })
+        let (c, w) = (conn.clone(), worker.clone());
+        Box::pin(async move { Ok(pipeline::serve(req, c, w).await) })
     })
 }
 
@@ -509,7 +516,7 @@ fn connection_error(conn: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
         None
     };
     if let Some(reason) = reason {
-        conn.worker.metrics.shared().refused(reason);
+        conn.metrics.shared().refused(reason);
         tracing::debug!(peer = %conn.peer, reason, error = %h, "request refused by the HTTP parser");
     } else {
         tracing::debug!(peer = %conn.peer, error = %h, "connection error");
@@ -523,6 +530,8 @@ fn connection_error(conn: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
 struct WatchedIo<I> {
     inner: I,
     conn: Rc<ConnInfo>,
+    /// For the 414 hyper's parser answers (its JSON rewrite names the limit).
+    max_request_line: usize,
     prefix: Bytes,
     /// The JSON refusal written in place of hyper's, while not all of it is written.
     refusal: Bytes,
@@ -590,7 +599,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.refusal.is_empty()
             && self.may_be_refusal(buf)
-            && let Some(json) = super::parse_refusal::rewrite(buf, &self.conn)
+            && let Some(json) = super::parse_refusal::rewrite(buf, self.max_request_line)
         {
             // hyper's bytes count as written; ours go out now or on the next write/flush.
             self.refusal = json;

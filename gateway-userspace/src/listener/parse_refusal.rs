@@ -12,11 +12,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::Response;
 
-use crate::{
-    error::GatewayError,
-    pipeline::{ConnInfo, RequestError},
-    proxy::headers,
-};
+use crate::{error::GatewayError, pipeline::RequestError, proxy::headers};
 
 /// `HTTP/1.1 NNN Reason\r\n` is followed by exactly this, a 29-byte IMF-fixdate and the end of
 /// the head.
@@ -24,7 +20,7 @@ const AUTOMATIC_HEADERS: &[u8] = b"connection: close\r\ncontent-length: 0\r\ndat
 const DATE_AND_END: usize = 29 + 4;
 
 /// The JSON response to write instead of `written`, when `written` is hyper's automatic answer.
-pub(super) fn rewrite(written: &[u8], conn: &ConnInfo) -> Option<Bytes> {
+pub(super) fn rewrite(written: &[u8], max_request_line: usize) -> Option<Bytes> {
     let rest = written.strip_prefix(b"HTTP/1.1 ")?;
     let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
     let after = rest[line_end + 2..].strip_prefix(AUTOMATIC_HEADERS)?;
@@ -34,7 +30,7 @@ pub(super) fn rewrite(written: &[u8], conn: &ConnInfo) -> Option<Bytes> {
     let error: GatewayError = match rest.get(..4)? {
         b"400 " => RequestError::Unparseable,
         b"431 " => RequestError::HeadersTooLarge,
-        b"414 " => RequestError::UriTooLong { limit: conn.worker.snapshot().config.server.limits.max_request_line },
+        b"414 " => RequestError::UriTooLong { limit: max_request_line },
         _ => return None,
     }
     .into();

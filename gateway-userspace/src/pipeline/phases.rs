@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use http::{HeaderName, HeaderValue, response};
 
-use super::{Phase, RequestCtx};
+use crate::request::{Phase, RequestCtx};
 
 static UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-gateway-upstream-latency");
 static PROXY_LATENCY: HeaderName = HeaderName::from_static("x-gateway-proxy-latency");

@@ -10,6 +10,7 @@ pub use request::{BodyProgress, RequestBody};
 use std::{
     pin::Pin,
     rc::Rc,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -20,9 +21,10 @@ use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use thiserror::Error;
 use tokio::time::{Instant, Sleep};
 
-use super::spool::Spool;
+use super::{SpoolSpec, spool::Spool};
 use crate::{
-    pipeline::{Outcome, RequestCtx},
+    metrics::Metrics,
+    request::{Outcome, RequestCtx},
     upstream::{InFlight, UpstreamPool},
 };
 
@@ -41,25 +43,6 @@ pub enum BodyError {
     ClientTimeout(Duration),
     #[error("response temp file failed: {0}")]
     Spool(#[source] std::io::Error),
-}
-
-/// Something that watches a body go by without holding it (e.g. token accounting).
-pub trait BodyObserver {
-    fn on_data(&mut self, data: &Bytes);
-    /// Called once when the body ended cleanly, before the log phases run.
-    fn on_end(&mut self, ctx: &mut RequestCtx);
-    /// Called once instead of `on_end` when the body did not end cleanly (client gone, upstream
-    /// failed), before the log phases run: what was seen so far may still count.
-    fn on_abort(&mut self, _ctx: &mut RequestCtx) {}
-}
-
-/// Something that watches the request body go upstream (e.g. MCP tool calls). It runs where
-/// the body is polled (the upstream connection's task), so it cannot reach the request context:
-/// share state with a phase through the observer itself.
-pub trait RequestObserver {
-    fn on_data(&mut self, data: &Bytes);
-    /// Called once when the whole body was read.
-    fn on_end(&mut self);
 }
 
 /// An upstream connection borrowed for one request; back to the pool when the response body ends.
@@ -97,11 +80,16 @@ impl ResponseBody {
 
     /// The upstream's body: streamed at the client's pace, or spooled when the route buffers
     /// responses (and there is a body at all).
-    pub fn upstream(body: Incoming, read_timeout: Duration, lease: UpstreamLease, ctx: Box<RequestCtx>) -> Self {
-        let route = ctx.route.and_then(|r| ctx.snapshot.config.routes.get(r));
-        let source = match route.and_then(|r| r.body.response_buffer.clone()) {
-            Some(spec) if !body.is_end_stream() => {
-                let metrics = ctx.conn.worker.metrics.shared().clone();
+    /// `spool`: the route's response buffering and the metrics it counts into, when it buffers.
+    pub fn upstream(
+        body: Incoming,
+        read_timeout: Duration,
+        lease: UpstreamLease,
+        spool: Option<(Arc<SpoolSpec>, Arc<Metrics>)>,
+        ctx: Box<RequestCtx>,
+    ) -> Self {
+        let source = match spool {
+            Some((spec, metrics)) if !body.is_end_stream() => {
                 Source::Spooled(Spool::start(body, read_timeout, lease, spec, metrics))
             }
             _ => Source::Upstream { body, read_timeout, timer: None, lease: Some(lease) },

@@ -12,7 +12,7 @@ use std::{
 
 use http::{HeaderName, request};
 
-use crate::{consumer::Consumer, pipeline::RequestCtx};
+use crate::{consumer::Consumer, request::RequestCtx};
 
 /// `X-Workspace-Id`: the workspace when no identity phase set one (the seed's header).
 pub static WORKSPACE_HEADER: HeaderName = HeaderName::from_static("x-workspace-id");
@@ -98,9 +98,11 @@ pub enum Value<'a> {
 }
 
 /// The first of `sources` present in the request.
+/// `api_key_header`: where API keys arrive (`[auth] api_key_header`).
 pub fn find<'a>(
     sources: &'a [KeySource],
     ipv6_prefix: u8,
+    api_key_header: &HeaderName,
     ctx: &'a RequestCtx,
     head: &'a request::Parts,
 ) -> Option<Key<'a>> {
@@ -118,7 +120,7 @@ pub fn find<'a>(
                 Value::Text(user.as_bytes())
             }
             KeySource::Workspace => Value::Text(ctx.identity.workspace_id.as_deref()?.as_bytes()),
-            KeySource::ApiKey => match header(head, &ctx.snapshot.config.auth.api_key_header) {
+            KeySource::ApiKey => match header(head, api_key_header) {
                 Some(v) => Value::Text(v),
                 // The identify phase removes a verified key before proxying: its consumer stands
                 // for it (one consumer, one budget, whichever of its keys was used).

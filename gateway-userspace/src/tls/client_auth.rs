@@ -183,11 +183,7 @@ fn key_proof_failed(e: TlsError) -> TlsError {
 }
 
 /// Why a handshake failed: the `result` label, and a sentence for the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub result: &'static str,
-    pub detail: String,
-}
+pub use crate::request::HandshakeRefusal as Failure;
 
 /// Every `result` label value of `gateway_tls_handshakes_total`.
 pub const RESULTS: &[&str] = &[

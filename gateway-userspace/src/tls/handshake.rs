@@ -23,7 +23,7 @@ use super::{
     client_auth::{self, Failure, classify_io, classify_tls, describe},
     metrics::WorkerTlsMetrics,
 };
-use crate::listener::Proto;
+use crate::request::Proto;
 
 /// A client connection after its handshake: in rustls, or handed to the kernel.
 pub enum TlsIo {

@@ -9,10 +9,13 @@ use http::{HeaderName, HeaderValue, request};
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::{CertFacts, ClientAuth, VerifyStatus};
+use std::sync::Arc;
+
+use super::{CertFacts, ClientAuth, TlsRuntime, VerifyStatus};
 use crate::{
+    consumer::Consumers,
     error::GatewayError,
-    pipeline::{Phase, RequestCtx, Step},
+    request::{Phase, RequestCtx, Step},
 };
 
 /// `client_cert` of a route.
@@ -66,9 +69,34 @@ pub fn identity_headers() -> [&'static HeaderName; 7] {
     ]
 }
 
+impl crate::error::Refusal for ClientCertError {
+    fn status(&self) -> http::StatusCode {
+        match self {
+            ClientCertError::Refused { .. } => http::StatusCode::BAD_REQUEST,
+            _ => http::StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ClientCertError::Refused { result: "no_client_cert" } | ClientCertError::Required => "client_cert_required",
+            ClientCertError::Refused { .. } | ClientCertError::Invalid => "client_cert_invalid",
+            ClientCertError::UnknownConsumer => "unknown_consumer",
+        }
+    }
+}
+
 /// See the module documentation. Runs first, so later identity phases (JWT with certificate-
-/// bound tokens) see its decision in `ctx.identity`.
-pub struct ClientCertPhase;
+/// bound tokens) see its decision in `ctx.identity` and `ctx.client_cert`.
+pub struct ClientCertPhase {
+    /// The config generation the listeners' trust belongs to (certificates are re-verified
+    /// once per generation).
+    pub generation: u64,
+    pub tls: Arc<TlsRuntime>,
+    /// `client_cert` of each route, indexed by route.
+    pub requirements: Vec<ClientCertRequirement>,
+    pub consumers: Arc<Consumers>,
+}
 
 impl Phase for ClientCertPhase {
     fn name(&self) -> &'static str {
@@ -77,12 +105,25 @@ impl Phase for ClientCertPhase {
 
     /// A connection whose certificate the listener refused gets 400 whatever it asks for, and
     /// ends after it (HTTP/1: `Connection: close`; HTTP/2: GOAWAY, no more streams).
+    ///
+    /// Every request also learns its certificate's status here (`ctx.client_cert`), before any
+    /// refusal, so the audit log has it for all of them.
     fn before_route(&self, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
-        match ctx.conn.tls.as_ref().and_then(|t| t.refusal.as_ref()) {
+        let conn = ctx.conn.clone();
+        if let Some(tls) = conn.tls.as_ref() {
+            let failure = super::client_failure(tls, &self.tls, self.generation, &conn.listener);
+            let status = match failure {
+                Some(_) => VerifyStatus::Failed,
+                None if tls.client_cert.is_some() => VerifyStatus::Success,
+                None => VerifyStatus::Absent,
+            };
+            ctx.client_cert = (status, failure);
+        }
+        match conn.tls.as_ref().and_then(|t| t.refusal.as_ref()) {
             Some(refusal) => {
-                ctx.conn.close_requested.set(true);
-                ctx.conn.watchdog_wake.notify_one();
-                Err(GatewayError::ClientCert(ClientCertError::Refused { result: refusal.result }))
+                conn.close_requested.set(true);
+                conn.watchdog_wake.notify_one();
+                Err(ClientCertError::Refused { result: refusal.result }.into())
             }
             None => Ok(()),
         }
@@ -92,13 +133,11 @@ impl Phase for ClientCertPhase {
         for name in identity_headers() {
             head.headers.remove(name);
         }
-        let snapshot = ctx.snapshot.clone();
         let conn = ctx.conn.clone();
-        let status = conn.tls.as_ref().map_or(VerifyStatus::Absent, |t| t.client_status(&snapshot, &conn.listener));
+        let status = ctx.client_cert.0;
         head.headers.insert(&CLIENT_CERT_VERIFY, HeaderValue::from_static(status.as_str()));
-        let mut requirement =
-            ctx.route.and_then(|r| snapshot.config.routes.get(r)).map(|r| r.client_cert).unwrap_or_default();
-        let listener_auth = snapshot.tls.listener(&conn.listener).map_or(ClientAuth::None, |s| s.spec.client_auth);
+        let mut requirement = ctx.route.and_then(|r| self.requirements.get(r)).copied().unwrap_or_default();
+        let listener_auth = self.tls.listener(&conn.listener).map_or(ClientAuth::None, |s| s.spec.client_auth);
         if requirement == ClientCertRequirement::Optional && listener_auth == ClientAuth::Required {
             requirement = ClientCertRequirement::Required;
         }
@@ -120,7 +159,7 @@ impl Phase for ClientCertPhase {
             };
         };
         set_cert_headers(head, facts);
-        match snapshot.config.consumers.by_certificate(facts) {
+        match self.consumers.by_certificate(facts) {
             Some(consumer) => {
                 head.headers.insert(&CONSUMER_NAME, header_value(&consumer.name));
                 head.headers.insert(&CONSUMER_ID, header_value(&consumer.id));
@@ -155,7 +194,7 @@ fn refusal_message(result: &str) -> &'static str {
 }
 
 fn refuse(e: ClientCertError) -> Step<'static> {
-    Step::Refuse(GatewayError::ClientCert(e))
+    Step::refuse(e)
 }
 
 fn set_cert_headers(head: &mut request::Parts, facts: &CertFacts) {

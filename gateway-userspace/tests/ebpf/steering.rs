@@ -15,7 +15,7 @@ use gateway_common::{
 use gateway_userspace::{
     config::SteeringPolicy,
     ebpf::{Steering, steering::slot_table},
-    listener::socket::bind_reuseport,
+    socket::bind_reuseport,
 };
 use socket2::{Domain, Socket, Type};
 

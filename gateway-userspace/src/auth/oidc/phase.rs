@@ -29,7 +29,7 @@ use crate::{
     },
     error::GatewayError,
     kv::Kv,
-    pipeline::{Phase, RequestCtx, Step},
+    request::{Phase, RequestCtx, Step},
 };
 
 /// Set in `RequestCtx::extensions` when the session's access token is to reach the upstream
@@ -172,9 +172,9 @@ impl OidcLoginPhase {
 
     fn fail(&self, login: &Login, e: OidcError) -> GatewayError {
         if !matches!(e, OidcError::Redirect { .. }) {
-            self.metrics.failure(&login.spec.name, e.reason().trim_start_matches("oidc_"));
+            self.metrics.failure(&login.spec.name, crate::error::Refusal::reason(&e).trim_start_matches("oidc_"));
         }
-        GatewayError::Oidc(e)
+        GatewayError::from(e)
     }
 
     /// Sends the browser to the IdP: a new state (also in a cookie), PKCE verifier, nonce.
@@ -201,7 +201,7 @@ impl OidcLoginPhase {
             .map_err(|_| self.fail(login, OidcError::IdpUnavailable))?;
         cookies.push(set_cookie(&login.state_cookie, &state, store::PENDING_TTL.as_secs()));
         self.metrics.redirect(&spec.name);
-        Err(GatewayError::Oidc(OidcError::Redirect { why: "oidc_login_redirect", location, cookies }))
+        Err(GatewayError::from(OidcError::Redirect { why: "oidc_login_redirect", location, cookies }))
     }
 
     /// The IdP sent the browser back: check everything, then open a session.
@@ -258,7 +258,7 @@ impl OidcLoginPhase {
             set_cookie(&login.spec.cookie_name, &id, login.spec.session_lifetime.as_secs()),
             set_cookie(&login.state_cookie, "", 0),
         ];
-        Err(GatewayError::Oidc(OidcError::Redirect { why: "oidc_login", location, cookies }))
+        Err(GatewayError::from(OidcError::Redirect { why: "oidc_login", location, cookies }))
     }
 
     /// Signature (the issuer's keys, refetched once for an unknown `kid`), iss, aud = client id,
@@ -311,7 +311,7 @@ impl OidcLoginPhase {
         };
         let location = HeaderValue::from_str(&target).unwrap_or(HeaderValue::from_static("/"));
         let cookies = vec![set_cookie(&spec.cookie_name, "", 0)];
-        Err(GatewayError::Oidc(OidcError::Redirect { why: "oidc_logout", location, cookies }))
+        Err(GatewayError::from(OidcError::Redirect { why: "oidc_logout", location, cookies }))
     }
 
     /// The session's tokens, refreshed when the access token is about to expire. One refresh per

@@ -129,30 +129,6 @@ impl Default for XdpFeedbackSection {
     }
 }
 
-/// `[server] steering`: how new connections are spread over workers.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SteeringPolicy {
-    /// The kernel's SO_REUSEPORT hash of the 4-tuple.
-    #[default]
-    None,
-    /// The worker of the CPU that received the connection (pair with `pin_workers`).
-    Cpu,
-    /// A hash of the client address: reconnects land on the worker holding the client's state.
-    ClientHash,
-}
-
-impl SteeringPolicy {
-    /// As written in the config.
-    pub const fn label(self) -> &'static str {
-        match self {
-            SteeringPolicy::None => "none",
-            SteeringPolicy::Cpu => "cpu",
-            SteeringPolicy::ClientHash => "client_hash",
-        }
-    }
-}
-
 fn default_mode() -> String {
     "auto".into()
 }

@@ -23,6 +23,7 @@ use crate::{
         AuthSection, ConsumerSection, FailMode, FileConfig, IntrospectionCache, IssuerSection, PolicySection,
         RevocationStore,
     },
+    consumer::{Consumer, Consumers},
 };
 
 const ALL_ALGORITHMS: [Algorithm; 9] = [
@@ -67,7 +68,7 @@ fn reserved(name: &str) -> bool {
 }
 
 impl Validator<'_> {
-    pub(super) fn auth(&mut self, f: &FileConfig) -> AuthSpec {
+    pub(super) fn auth(&mut self, f: &FileConfig, models: &Consumers) -> AuthSpec {
         let a = &f.auth;
         let at = || root("auth");
         if a.leeway.as_secs() > 600 {
@@ -91,7 +92,7 @@ impl Validator<'_> {
         self.client_header(at().key("api_key_header"), &a.api_key_header, f.server.underscores_in_headers);
         let headers = self.identity_headers(a);
         let issuers: Vec<IssuerSpec> = a.issuers.iter().enumerate().filter_map(|(i, s)| self.issuer(i, s)).collect();
-        let (consumers, api_keys) = self.consumer_credentials(&f.consumers);
+        let (consumers, api_keys) = self.consumer_credentials(&f.consumers, models);
         let consumer_by_name = consumers.iter().enumerate().map(|(i, c)| (c.name.text.clone(), i)).collect();
         let mut policies = self.policies(a, &issuers);
         let logins = self.logins(a, &issuers, f.redis.is_some());
@@ -438,7 +439,11 @@ impl Validator<'_> {
 
     /// The consumers' identity parts (their names and certificates are checked by the TLS
     /// validation, which builds `Config::consumers` in the same order).
-    fn consumer_credentials(&mut self, sections: &[ConsumerSection]) -> (Vec<ConsumerSpec>, ApiKeys) {
+    fn consumer_credentials(
+        &mut self,
+        sections: &[ConsumerSection],
+        models: &Consumers,
+    ) -> (Vec<ConsumerSpec>, ApiKeys) {
         let mut out = Vec::new();
         let mut keys = ApiKeys::default();
         for (i, c) in sections.iter().enumerate() {
@@ -467,7 +472,11 @@ impl Validator<'_> {
                     None
                 }
             };
-            out.push(ConsumerSpec { name, id: id_named, scopes, scope_header, workspace });
+            // The one consumer model (built by the TLS validation in the same order): requests
+            // identified by a key or by a certificate carry the same `Consumer`.
+            let consumer =
+                models.get(i).cloned().unwrap_or_else(|| Consumer { name: c.name.as_str().into(), id: id.into() });
+            out.push(ConsumerSpec { name, id: id_named, scopes, scope_header, workspace, consumer });
         }
         (out, keys)
     }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
     metrics::{LabelValue, Labels},
-    pipeline::ConnInfo,
+    request::ConnInfo,
 };
 
 /// Extra frames of each kind allowed per request opened and per DATA frame sent.
@@ -260,7 +260,7 @@ impl<I: AsyncWrite + Unpin> FloodGuard<I> {
     /// blocking or splitting one of hyper's), and shuts the stream down.
     fn close_flooded(&mut self, kind: Kind, cx: &mut Context<'_>) {
         self.flooded = Some(kind);
-        let shared = self.conn.worker.metrics.shared();
+        let shared = self.conn.metrics.shared();
         shared.http2_flood_closes.get_or_create(&Labels([("frame", LabelValue::Static(kind.label()))])).inc();
         tracing::info!(
             peer = %self.conn.peer,

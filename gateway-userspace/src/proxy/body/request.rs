@@ -17,7 +17,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::{BodyError, RequestObserver};
+use super::BodyError;
+use crate::request::RequestObserver;
 
 /// How far the request body got, shared with the code that waits for the upstream's answer:
 /// only an upstream that stalls while it has the whole body (or while it does not take the body

@@ -1,11 +1,13 @@
-//! The validated `[xdp]` section and `[server] steering`.
+//! The validated `[xdp]` section and `[server] steering`: the guard's own config spec (the
+//! config module parses the file and builds these).
 
 use std::{path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 
-pub use super::schema::SteeringPolicy;
-use crate::ebpf::AttachMode;
+use serde::Deserialize;
+
+use super::AttachMode;
 
 /// The guard's settings. `enabled = false` leaves the rest at its defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +76,30 @@ impl FeedbackReason {
             429 => Some(FeedbackReason::RateLimit),
             404 => Some(FeedbackReason::NotFound),
             _ => None,
+        }
+    }
+}
+
+/// `[server] steering`: how new connections are spread over workers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SteeringPolicy {
+    /// The kernel's SO_REUSEPORT hash of the 4-tuple.
+    #[default]
+    None,
+    /// The worker of the CPU that received the connection (pair with `pin_workers`).
+    Cpu,
+    /// A hash of the client address: reconnects land on the worker holding the client's state.
+    ClientHash,
+}
+
+impl SteeringPolicy {
+    /// As written in the config.
+    pub const fn label(self) -> &'static str {
+        match self {
+            SteeringPolicy::None => "none",
+            SteeringPolicy::Cpu => "cpu",
+            SteeringPolicy::ClientHash => "client_hash",
         }
     }
 }

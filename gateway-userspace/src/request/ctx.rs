@@ -1,8 +1,8 @@
-//! Per-request state shared by the phases, and per-connection facts.
+//! Per-request state shared by the phases: the request's facts, not the process's.
 
 use std::{
     cell::Cell,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
@@ -11,36 +11,16 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, Method, header, request};
 
-use crate::{
-    proxy::{BodyObserver, RequestObserver, headers},
-    snapshot::LocalSnapshot,
-    worker::WorkerLocal,
-};
+use super::{BodyObserver, ConnInfo, Pipeline, RequestObserver, VerifyStatus};
 
-/// Facts about the client connection a request arrived on.
-pub struct ConnInfo {
-    pub worker: Rc<WorkerLocal>,
-    pub listener: Arc<str>,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    /// `"http"` or `"https"`.
-    pub scheme: &'static str,
-    /// Requests in flight on this connection (the idle watchdog reads it).
-    pub active: Cell<u32>,
-    /// When the last request finished (or the connection was accepted).
-    pub last_active: Cell<Instant>,
-    /// When the first byte of a not-yet-complete request head arrived.
-    pub head_started: Cell<Option<Instant>>,
-    /// Wakes the connection watchdog when a head starts or the last request ends, so its
-    /// deadlines (slow header, park, idle) are exact.
-    pub watchdog_wake: tokio::sync::Notify,
-    /// Set while an idle HTTP/1 connection is being parked (see `listener::conn`).
-    pub park: Cell<bool>,
-    /// Set (with `watchdog_wake`) when the connection must end once its requests in flight are
-    /// answered: HTTP/2 sends GOAWAY, so the client opens no more streams on it.
-    pub close_requested: Cell<bool>,
-    /// The TLS session (version, SNI, client certificate), on TLS listeners.
-    pub tls: Option<crate::tls::TlsInfo>,
+/// What a request may know of the snapshot it runs on: the names behind its indexes, and the
+/// phases whose log hooks end it. The snapshot implements it; holding it keeps that snapshot
+/// alive until the request is logged (a reload never changes a request mid-way).
+pub trait SnapshotView {
+    fn pipeline(&self) -> &Pipeline;
+    fn route_name(&self, route: usize) -> Option<&Arc<str>>;
+    fn service_name(&self, service: usize) -> Option<&Arc<str>>;
+    fn target_label(&self, service: usize, target: usize) -> Option<&Arc<str>>;
 }
 
 /// How a request ended.
@@ -106,7 +86,7 @@ pub struct Usage {
 /// Everything the phases know about one request.
 pub struct RequestCtx {
     pub conn: Rc<ConnInfo>,
-    pub snapshot: LocalSnapshot,
+    view: Rc<dyn SnapshotView>,
     pub request_id: HeaderValue,
     pub method: Method,
     /// The path as the client sent it (for logs).
@@ -125,6 +105,9 @@ pub struct RequestCtx {
     pub bytes_received: Rc<Cell<u64>>,
     pub bytes_sent: u64,
     pub identity: Identity,
+    /// The client certificate's status and, when it fails, why (set by the client-certificate
+    /// phase; read by the audit log).
+    pub client_cert: (VerifyStatus, Option<&'static str>),
     pub usage: Usage,
     /// Observers attached by phases to the response body.
     pub response_observers: Vec<Box<dyn BodyObserver>>,
@@ -135,19 +118,25 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(conn: Rc<ConnInfo>, snapshot: LocalSnapshot, head: &request::Parts) -> Self {
+    /// A request's context; `request_id` and `client_ip` are the driver's to decide (header
+    /// rules and trusted proxies).
+    pub fn new(
+        conn: Rc<ConnInfo>,
+        view: Rc<dyn SnapshotView>,
+        head: &request::Parts,
+        request_id: HeaderValue,
+        client_ip: IpAddr,
+    ) -> Self {
         conn.active.set(conn.active.get() + 1);
         conn.head_started.set(None);
-        let trusted = &snapshot.config.server.trusted_proxies;
-        let client_ip = headers::client_ip(conn.peer.ip(), &head.headers, trusted);
         RequestCtx {
-            request_id: headers::request_id(&head.headers),
+            request_id,
             method: head.method.clone(),
             path: head.uri.path().to_owned(),
             user_agent: head.headers.get(header::USER_AGENT).cloned(),
             client_ip,
             conn,
-            snapshot,
+            view,
             route: None,
             service: None,
             target: None,
@@ -164,6 +153,7 @@ impl RequestCtx {
             bytes_received: Rc::default(),
             bytes_sent: 0,
             identity: Identity::default(),
+            client_cert: (VerifyStatus::Absent, None),
             usage: Usage::default(),
             response_observers: Vec::new(),
             request_observers: Vec::new(),
@@ -172,19 +162,18 @@ impl RequestCtx {
     }
 
     pub fn route_name(&self) -> Option<&Arc<str>> {
-        self.route.and_then(|r| self.snapshot.config.routes.get(r)).map(|r| &r.name)
+        self.view.route_name(self.route?)
     }
 
     pub fn service_name(&self) -> Option<&Arc<str>> {
-        self.service.and_then(|s| self.snapshot.services.get(s)).map(|s| &s.spec.name)
+        self.view.service_name(self.service?)
     }
 
     pub fn target_label(&self) -> Option<&Arc<str>> {
-        let service = self.snapshot.services.get(self.service?)?;
-        service.targets.get(self.target?).map(|t| &t.label)
+        self.view.target_label(self.service?, self.target?)
     }
 
-    pub(crate) fn on_response_data(&mut self, data: &Bytes) {
+    pub fn on_response_data(&mut self, data: &Bytes) {
         self.bytes_sent += data.len() as u64;
         for o in &mut self.response_observers {
             o.on_data(data);
@@ -192,7 +181,7 @@ impl RequestCtx {
     }
 
     /// Ends the request: observers, then every phase's log hook. Called exactly once.
-    pub(crate) fn finish(&mut self, mut outcome: Outcome) {
+    pub fn finish(&mut self, mut outcome: Outcome) {
         if outcome == Outcome::ClientAborted && (self.method == Method::HEAD || matches!(self.status, 204 | 304)) {
             // Bodiless responses are never polled to the end.
             outcome = Outcome::Completed;
@@ -207,8 +196,8 @@ impl RequestCtx {
                 o.on_abort(self);
             }
         }
-        let snapshot = self.snapshot.clone();
-        for phase in snapshot.pipeline.phases() {
+        let view = self.view.clone();
+        for phase in view.pipeline().phases() {
             phase.on_log(self);
         }
         self.conn.active.set(self.conn.active.get().saturating_sub(1));

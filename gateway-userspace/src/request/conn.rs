@@ -1,0 +1,146 @@
+//! Facts about the client connection a request arrived on: addresses, the worker it runs on,
+//! the watchdog's state, and what the TLS handshake established.
+
+use std::{
+    cell::{Cell, OnceCell},
+    net::SocketAddr,
+    rc::Rc,
+    sync::Arc,
+    time::Instant,
+};
+
+use rustls::pki_types::CertificateDer;
+
+use crate::{cert::CertFacts, metrics::WorkerMetrics};
+
+/// The HTTP version a connection speaks (ALPN, or the HTTP/2 preface on plain TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    Http2,
+}
+
+/// Facts about the client connection a request arrived on.
+pub struct ConnInfo {
+    /// The worker (thread) serving the connection: phases with per-worker state index by it.
+    pub worker_id: usize,
+    /// The worker's metric shards.
+    pub metrics: Rc<WorkerMetrics>,
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// `"http"` or `"https"`.
+    pub scheme: &'static str,
+    /// Requests in flight on this connection (the idle watchdog reads it).
+    pub active: Cell<u32>,
+    /// When the last request finished (or the connection was accepted).
+    pub last_active: Cell<Instant>,
+    /// When the first byte of a not-yet-complete request head arrived.
+    pub head_started: Cell<Option<Instant>>,
+    /// Wakes the connection watchdog when a head starts or the last request ends, so its
+    /// deadlines (slow header, park, idle) are exact.
+    pub watchdog_wake: tokio::sync::Notify,
+    /// Set while an idle HTTP/1 connection is being parked (see `listener::conn`).
+    pub park: Cell<bool>,
+    /// Set (with `watchdog_wake`) when the connection must end once its requests in flight are
+    /// answered: HTTP/2 sends GOAWAY, so the client opens no more streams on it.
+    pub close_requested: Cell<bool>,
+    /// The TLS session (version, SNI, client certificate), on TLS listeners.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the TLS handshake of a client connection established. Read by phases through
+/// `ConnInfo::tls` (identity, certificate-bound tokens).
+#[derive(Debug)]
+pub struct TlsInfo {
+    /// `"TLSv1.3"` or `"TLSv1.2"`.
+    pub version: &'static str,
+    /// IANA-style suite name, e.g. `"TLS13_AES_128_GCM_SHA256"`.
+    pub cipher: &'static str,
+    /// The server name the client asked for (SNI), if any.
+    pub sni: Option<Box<str>>,
+    /// The ALPN protocol agreed on (`"h2"`, `"http/1.1"`), if any.
+    pub alpn: Option<&'static str>,
+    pub resumed: bool,
+    /// The session runs in the kernel (kTLS).
+    pub ktls: bool,
+    /// The certificate the client presented and that verified at handshake time.
+    pub client_cert: Option<ClientCert>,
+    /// Set when the listener refuses this client with a status (`client_cert_refusal =
+    /// "status"`): why its certificate is missing or does not verify. Every request on the
+    /// connection is answered 400.
+    pub refusal: Option<HandshakeRefusal>,
+}
+
+/// Why a handshake failed (or a certificate was refused): the `result` label of
+/// `gateway_tls_handshakes_total`, and a sentence for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeRefusal {
+    pub result: &'static str,
+    pub detail: String,
+}
+
+/// A client certificate chain (end entity first), lazily its facts, and the last verdict on it
+/// (the TLS feature re-verifies it once per config generation).
+pub struct ClientCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    facts: OnceCell<Option<CertFacts>>,
+    /// (config generation, why it failed) of the last check; `None`: verified.
+    checked: Cell<(u64, Option<&'static str>)>,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert").field("facts", &self.facts()).finish_non_exhaustive()
+    }
+}
+
+impl ClientCert {
+    /// A chain that verified on the config of `generation`.
+    pub fn verified(chain: Vec<CertificateDer<'static>>, generation: u64) -> Self {
+        ClientCert { chain, facts: OnceCell::new(), checked: Cell::new((generation, None)) }
+    }
+
+    /// Subject, SANs, fingerprint, serial (parsed on first use).
+    pub fn facts(&self) -> Option<&CertFacts> {
+        self.facts.get_or_init(|| self.chain.first().and_then(|c| CertFacts::parse(c).ok())).as_ref()
+    }
+
+    /// SHA-256 of the end-entity certificate (RFC 8705 `x5t#S256` is its base64url).
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.facts().map(|f| f.sha256)
+    }
+
+    /// The last verdict: (generation it was reached on, failure reason or `None`).
+    pub fn checked(&self) -> (u64, Option<&'static str>) {
+        self.checked.get()
+    }
+
+    pub fn set_checked(&self, generation: u64, failure: Option<&'static str>) {
+        self.checked.set((generation, failure));
+    }
+}
+
+/// The client certificate status of a request, in the vocabulary of nginx's
+/// `$ssl_client_verify` as Kong/Cloudflare report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyStatus {
+    /// No certificate was presented.
+    #[default]
+    Absent,
+    /// A certificate was presented but does not verify: refused at the handshake, or (now)
+    /// revoked by a reload.
+    Failed,
+    /// A certificate was presented and verified.
+    Success,
+}
+
+impl VerifyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyStatus::Absent => "absent",
+            VerifyStatus::Failed => "failed",
+            VerifyStatus::Success => "success",
+        }
+    }
+}
