@@ -8,7 +8,10 @@ use std::{cell::Cell, rc::Rc, time::Duration};
 
 use bytes::Bytes;
 use gateway_fuzz::{serve_http1, small_limits};
-use gateway_userspace::proxy::{BodyError, RequestBody, RequestObserver};
+use gateway_userspace::{
+    proxy::{BodyError, RequestBody},
+    request::RequestObserver,
+};
 use http_body_util::BodyExt as _;
 use libfuzzer_sys::fuzz_target;
 

@@ -107,6 +107,10 @@ pub async fn serve(req: Request<Incoming>, conn: Rc<ConnInfo>, worker: Rc<Worker
     let view: Rc<dyn SnapshotView> = snapshot.clone();
     let mut ctx = Box::new(RequestCtx::new(conn, view, &head, request_id, client_ip));
     head.headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    // ACME http-01 challenges win over every route (and every check a route would bring).
+    if let Some(answer) = snapshot.tls.parts().and_then(|p| p.acme.http01_answer(head.uri.path())) {
+        return Response::new(ResponseBody::full(answer.into(), ctx));
+    }
     match run(&mut ctx, &snapshot, &worker, head, body).await {
         Ok(forwarded) => proxied_response(ctx, &snapshot, &worker, forwarded),
         Err(error) => refusal(ctx, &snapshot, &error),

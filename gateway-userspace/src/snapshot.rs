@@ -94,7 +94,7 @@ impl Snapshot {
                 service
             })
             .collect();
-        let tls = Arc::new(TlsRuntime::build(&config.listener_tls, &parts.tls));
+        let tls = Arc::new(TlsRuntime::build(&config.listener_tls, &parts.tls, parts.kv.as_ref()));
         let pipeline = standard_pipeline(generation, &config, &tls, parts);
         let client_headers = ClientHeaders::new(&config);
         Snapshot { generation, config, services, pipeline, client_headers, tls }

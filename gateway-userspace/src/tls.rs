@@ -10,6 +10,7 @@
 //! cache, the kTLS decision), so resumption survives reloads and established connections keep
 //! the session they negotiated.
 
+pub mod acme;
 pub mod certs;
 mod client_auth;
 mod handshake;
@@ -69,10 +70,17 @@ pub struct ServerTlsSpec {
     pub ktls: bool,
     /// Offer `h2` in ALPN (the listener's `http2`).
     pub h2: bool,
+    /// The listener's certificate comes from an ACME CA (`acme = { … }`).
+    pub acme: Option<acme::AcmeSpec>,
 }
 
 impl ServerTlsSpec {
-    fn server_config(&self, sessions: &ListenerSessions, ktls: bool) -> Arc<ServerConfig> {
+    fn server_config(
+        &self,
+        sessions: &ListenerSessions,
+        ktls: bool,
+        acme: Option<Arc<acme::AcmeCertificate>>,
+    ) -> Arc<ServerConfig> {
         let versions: &[&rustls::SupportedProtocolVersion] = match self.min_version {
             MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             MinVersion::Tls13 => &[&rustls::version::TLS13],
@@ -84,9 +92,17 @@ impl ServerTlsSpec {
             Some(trust) => builder.with_client_cert_verifier(trust.handshake_verifier.clone()),
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_cert_resolver(self.certs.clone());
+        let tls_alpn = acme.as_ref().is_some_and(|a| a.spec.challenge == acme::Challenge::TlsAlpn01);
+        let mut config = match acme {
+            Some(acme) => builder.with_cert_resolver(Arc::new(acme::AcmeResolver { acme, store: self.certs.clone() })),
+            None => builder.with_cert_resolver(self.certs.clone()),
+        };
         config.alpn_protocols =
             if self.h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+        if tls_alpn {
+            // tls-alpn-01 validation handshakes offer only this; the handshake closes them.
+            config.alpn_protocols.push(acme::ACME_TLS_ALPN.to_vec());
+        }
         match &sessions.ticketer {
             Some(ticketer) if self.session_tickets => config.ticketer = ticketer.clone(),
             _ => config.send_tls13_tickets = 0,
@@ -129,6 +145,8 @@ pub struct TlsParts {
     sessions: Arc<Mutex<SessionsByListener>>,
     pub ktls: Arc<KtlsSupport>,
     pub metrics: Arc<TlsMetrics>,
+    /// ACME certificates and their renewal tasks.
+    pub acme: Arc<acme::AcmeRegistry>,
 }
 
 /// TLS 1.2 clients without ticket support resume from this many cached sessions.
@@ -137,7 +155,8 @@ const SESSION_CACHE_SIZE: usize = 4096;
 impl TlsParts {
     pub fn new(ktls: KtlsSupport, metrics: Arc<TlsMetrics>) -> Result<TlsParts, rustls::Error> {
         metrics.set_ktls_supported(ktls.supported());
-        Ok(TlsParts { sessions: Arc::default(), ktls: Arc::new(ktls), metrics })
+        let acme = Arc::new(acme::AcmeRegistry::new(metrics.acme.clone()));
+        Ok(TlsParts { sessions: Arc::default(), ktls: Arc::new(ktls), metrics, acme })
     }
 
     /// The sessions of each listener in `specs`, kept from earlier snapshots; those of removed
@@ -177,15 +196,22 @@ pub struct TlsRuntime {
 }
 
 impl TlsRuntime {
-    pub fn build(specs: &BTreeMap<Arc<str>, Arc<ServerTlsSpec>>, parts: &TlsParts) -> TlsRuntime {
+    /// `kv`: `[redis]`, through which ACME listeners share their certificates.
+    pub fn build(
+        specs: &BTreeMap<Arc<str>, Arc<ServerTlsSpec>>,
+        parts: &TlsParts,
+        kv: Option<&crate::kv::Kv>,
+    ) -> TlsRuntime {
         let sessions = parts.sessions_for(specs);
+        parts.acme.retain(|name| specs.get(name).is_some_and(|s| s.acme.is_some()));
         let listeners = specs
             .iter()
             .zip(sessions)
             .map(|((name, spec), sessions)| {
+                let acme = spec.acme.as_ref().map(|a| parts.acme.certificate(name, a, kv));
                 let server = ServerTls {
                     spec: spec.clone(),
-                    config: spec.server_config(&sessions, parts.ktls.supported()),
+                    config: spec.server_config(&sessions, parts.ktls.supported(), acme),
                     ktls: spec.ktls && parts.ktls.supported(),
                 };
                 (name.clone(), Arc::new(server))

@@ -9,6 +9,7 @@ mod e2e {
     pub mod prometheus;
     pub mod support;
 
+    mod acme;
     mod bodies;
     mod body_limits_h2;
     mod budget;

@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "hey",
+    // ACME tests: Let's Encrypt's test CA (RFC 8555, both challenge types, short lifetimes).
+    "pebble",
     // TLS fixtures and manual checks (`cargo xtask run` suggests curl).
     "curl",
     "openssl",

@@ -241,14 +241,15 @@ echo "ok: native XDP on a veth pair on $(uname -r): $(tail -n 1 /tmp/veth.log)"
 
 /// CPU steering where there are more CPUs than the host's two: the eBPF steering tests (the
 /// `ebpf` test binary, which loads the real `sk_reuseport` program) in a 4-vCPU guest. The `cpu`
-/// policy must land each CPU's connections on that CPU's worker, all four of them; on one CPU
-/// the test refuses to run rather than pass trivially.
+/// policy must land each CPU's connections on that CPU's worker, all four of them (the test is
+/// told to expect four workers, so a guest seen with fewer CPUs fails); on one CPU the test
+/// refuses to run rather than pass trivially.
 fn steering(root: &Path) -> Result<Vec<(String, Guest)>> {
     let tests = ebpf_test_binary(root)?;
     let script = r#"set -e
 n=$(nproc)
 [ "$n" -eq 4 ] || { echo "expected 4 CPUs, the guest has $n"; exit 1; }
-if ! /usr/bin/gateway-ebpf-tests --test-threads 1 ebpf::steering:: > /tmp/steering.log 2>&1; then
+if ! GATEWAYD_STEERING_WORKERS=4 /usr/bin/gateway-ebpf-tests --test-threads 1 ebpf::steering:: > /tmp/steering.log 2>&1; then
   cat /tmp/steering.log; exit 1
 fi
 grep -E '^test .* ok$' /tmp/steering.log | sed 's/^/vm: /'

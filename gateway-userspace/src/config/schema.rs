@@ -254,8 +254,11 @@ pub struct ListenerSection {
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsSection {
     /// Server certificates (chain + key, PEM; RSA, ECDSA P-256/P-384 or Ed25519), chosen by SNI.
-    /// Required, at least one.
+    /// Required, at least one, unless `acme` provides the certificate.
+    #[serde(default)]
     pub certificates: Vec<CertificateSection>,
+    /// Obtain and renew the certificate from an ACME CA (README: ACME certificates).
+    pub acme: Option<crate::tls::acme::AcmeSection>,
     /// `"1.3"`, or `"1.2"` to also accept TLS 1.2 (ECDHE with AEAD suites only). Default: `"1.3"`.
     #[serde(default)]
     pub min_version: crate::tls::MinVersion,

@@ -594,28 +594,28 @@ impl Suite<'_> {
         let hour = Duration::from_secs(3600).as_nanos() as u64;
         self.guard.deny_insert(net("192.0.2.128/26"), deny_entry(monotonic_ns() + hour))?;
         self.expect("timed deny entry applies", &tcp("192.0.2.130").bytes, Verdict::DropDenyList)?;
-        let ttl = Duration::from_millis(100);
-        // Before the expiry is computed: both clocks are CLOCK_MONOTONIC, so a pass seen at
-        // `start + elapsed` is early only if elapsed < ttl (a slow machine only makes it later).
-        let start = Instant::now();
-        self.guard.deny_insert(net("192.0.2.128/26"), deny_entry(monotonic_ns() + ttl.as_nanos() as u64))?;
-        let failure = self.until_pass(&tcp("192.0.2.131").bytes, Duration::from_secs(2))?;
-        let early = start.elapsed() < ttl;
-        self.record(
-            "timed deny entry ends at its expiry (program checks it)",
-            failure.or_else(|| early.then(|| format!("passed after {:?}, before the {ttl:?} expiry", start.elapsed()))),
-        );
+        let expires = monotonic_ns() + Duration::from_millis(100).as_nanos() as u64;
+        self.guard.deny_insert(net("192.0.2.128/26"), deny_entry(expires))?;
+        let failure = self.until_pass_after(&tcp("192.0.2.131").bytes, expires, Duration::from_secs(2))?;
+        self.record("timed deny entry ends at its expiry (program checks it)", failure);
         Ok(())
     }
 
-    /// Sends `frame` every 200 µs until it passes; `Some(why)` if it never does.
-    fn until_pass(&mut self, frame: &[u8], limit: Duration) -> Result<Option<String>, EbpfError> {
-        let deadline = Instant::now() + limit;
+    /// Sends `frame` (refused until `due_ns`) every 200 µs until it passes. The program reads
+    /// CLOCK_MONOTONIC, the clock of `due_ns`; reading it after each verdict dates the verdict,
+    /// so a pass dated before `due_ns` came early, whatever the machine's speed. `Some(why)` if
+    /// it passed early, or still did not pass `limit` after `due_ns`.
+    fn until_pass_after(&mut self, frame: &[u8], due_ns: u64, limit: Duration) -> Result<Option<String>, EbpfError> {
         loop {
-            match self.verdict(frame)? {
+            let verdict = self.verdict(frame)?;
+            let read_at = monotonic_ns();
+            match verdict {
+                Ok(Verdict::Pass) if read_at < due_ns => {
+                    return Ok(Some(format!("passed {} µs too early", (due_ns - read_at) / 1000)));
+                }
                 Ok(Verdict::Pass) => return Ok(None),
-                Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
-                Ok(v) => return Ok(Some(format!("still {} after {limit:?}", v.label()))),
+                Ok(_) if read_at < due_ns + limit.as_nanos() as u64 => std::thread::sleep(Duration::from_micros(200)),
+                Ok(v) => return Ok(Some(format!("still {} {limit:?} after it was due", v.label()))),
                 Err(why) => return Ok(Some(why)),
             }
         }
@@ -632,11 +632,13 @@ impl Suite<'_> {
         steps.push((&a, DropRateLimit));
         steps.push((&b, Pass));
         steps.push((&a, DropRateLimit));
+        // The first token comes back one interval after the first packet, which the program
+        // saw no earlier than this.
+        let first = monotonic_ns();
         self.expect_seq("burst of 5 passes, the 6th is dropped; another source is unaffected", &steps)?;
-        let exhausted = Instant::now();
-        let failure = self.until_pass(&a.bytes, Duration::from_secs(5))?;
-        let waited = exhausted.elapsed();
-        self.record(format!("bucket refills at the configured rate (passed again after {waited:?})"), failure);
+        let due = first + Duration::from_secs(1).as_nanos() as u64;
+        let failure = self.until_pass_after(&a.bytes, due, Duration::from_secs(5))?;
+        self.record("bucket refills at the configured rate (not before one interval)", failure);
 
         // SYNs: 1/s, burst 2, next to a generous packet bucket.
         self.reset(Limits { syn: Some((1, 2)), ..GENEROUS })?;

@@ -79,6 +79,10 @@ pub async fn accept(
         }
     };
     let conn = stream.connection();
+    if conn.alpn_protocol() == Some(super::acme::ACME_TLS_ALPN) {
+        // A tls-alpn-01 validation: the certificate was the answer; nothing is served on it.
+        return None;
+    }
     let facts = Facts::of(conn);
     let (client_cert, refusal) = match client_certificate(&listener, conn, facts.resumed) {
         Ok(cert) => (cert, None),

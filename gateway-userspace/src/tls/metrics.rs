@@ -31,6 +31,8 @@ pub struct TlsMetrics {
     connections: ShardedFamily<Labels<2>, CounterShard>,
     ktls_supported: Gauge,
     upstream_errors: Family<Labels<2>, Counter>,
+    /// `gateway_acme_*`.
+    pub acme: Arc<super::acme::AcmeMetrics>,
 }
 
 impl fmt::Debug for TlsMetrics {
@@ -47,6 +49,7 @@ impl TlsMetrics {
             connections: ShardedFamily::new(&[]),
             ktls_supported: Gauge::default(),
             upstream_errors: Family::default(),
+            acme: super::acme::AcmeMetrics::register(registry),
         });
         registry.register(
             "gateway_tls_handshakes",

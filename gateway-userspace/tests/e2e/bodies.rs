@@ -124,7 +124,7 @@ async fn stalled_uploads_get_408_and_never_eject_a_healthy_target() {
         assert_eq!(r.status.as_u16(), 504);
         assert_eq!(r.json()["error"], "read_timeout");
     }
-    assert_eq!(gw.metric("gateway_upstream_target_up", &[("service", "s"), ("target", &target)]), 0.0);
+    assert_eq!(gw.series("gateway_upstream_target_up", &[("service", "s"), ("target", &target)]), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,7 +215,7 @@ async fn slow_readers_release_the_upstream_and_memory_stays_bounded() {
     let readers: Vec<TcpStream> = (0..CLIENTS).map(|_| slow_reader(addr, &path)).collect();
     let released = eventually(Duration::from_secs(30), || {
         let done = gw.metric("gateway_proxy_buffered_responses_total", &[]) >= (CLIENTS + 1) as f64;
-        let active = gw.metric("gateway_upstream_target_active_requests", &[("target", &target)]);
+        let active = gw.series("gateway_upstream_target_active_requests", &[("target", &target)]);
         (done && active == 0.0).then_some(())
     });
     let grown_kib = vm_rss_kib(gw.pid()).saturating_sub(before);
@@ -244,7 +244,7 @@ async fn a_full_temp_file_reads_the_upstream_at_the_clients_pace() {
     });
     let len = large_body();
     let reader = slow_reader(gw.ports.listen, &format!("/spooled/pattern/{len}"));
-    let active = || gw.metric("gateway_upstream_target_active_requests", &[("service", "big")]);
+    let active = || gw.series("gateway_upstream_target_active_requests", &[("service", "big")]);
     let filled = eventually(Duration::from_secs(20), || {
         (gw.metric("gateway_proxy_spooled_bytes_total", &[]) >= (128 << 10) as f64).then_some(())
     });

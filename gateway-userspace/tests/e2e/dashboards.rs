@@ -209,6 +209,11 @@ fn unavailable_here(expr: &str) -> Option<&'static str> {
     if expr.contains("gateway_cpu_frequency_") && cpu0("cpufreq") {
         return Some("no cpufreq in sysfs (a VM)");
     }
+    if expr.contains("gateway_acme_") {
+        return Some(
+            "no ACME CA in this test: acme::tls_alpn_01_issues_renews_in_place_and_a_ca_outage_keeps_the_old_certificate checks these against pebble",
+        );
+    }
     if expr.contains("gateway_xdp_") {
         return Some(
             "no XDP guard in this test (it needs a veth in a private netns): xdp::xdp_dashboard_panels_have_data_in_a_real_prometheus checks these",

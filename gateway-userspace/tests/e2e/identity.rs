@@ -395,7 +395,7 @@ async fn the_outage_grace_counts_from_the_first_failed_refresh_not_from_the_last
     let r = call(&gw, "/closed/x", Some(&b.token(json!({"kid": "b"}), &idp.claims("bob")))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(gw.metric("gateway_auth_jwks_unknown_kid_refetches_total", &[("issuer", "idp")]), 1.0);
-    assert_eq!(gw.metric("gateway_auth_issuer_failed_closed", &[("issuer", "idp")]), 0.0);
+    assert_eq!(gw.series("gateway_auth_issuer_failed_closed", &[("issuer", "idp")]), 0.0);
 
     // The IdP fails: an unknown kid's refetch is the first failed refresh.
     idp.set_down(true);
@@ -422,7 +422,7 @@ async fn the_outage_grace_counts_from_the_first_failed_refresh_not_from_the_last
         (futures_block(call(&gw, "/closed/x", Some(&token))).status == 200).then_some(())
     })
     .expect("the issuer did not recover");
-    assert_eq!(gw.metric("gateway_auth_issuer_failed_closed", &[("issuer", "idp")]), 0.0);
+    assert_eq!(gw.series("gateway_auth_issuer_failed_closed", &[("issuer", "idp")]), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -332,11 +332,22 @@ const PROCESS_STATE: &str = "GATEWAYD_TEST_IDP_STATE";
 fn idp_process() {
     let addr: SocketAddr = std::env::var(PROCESS_ADDR).expect("run by IdpProcess").parse().expect("address");
     let file = PathBuf::from(std::env::var(PROCESS_STATE).expect("run by IdpProcess"));
-    let listener = TcpListener::bind(addr).expect("bind the IdP process's address");
+    // SO_REUSEPORT: the port is also held by the test's IdpProcess (bound, not listening).
+    let listener = reuse_port_socket(addr);
+    listener.listen(1024).expect("listen on the IdP process's address");
+    let listener: TcpListener = listener.into();
     let state = State::new(format!("http://{addr}/realms/api"), Some(file));
     let (_keep, rx) = tokio::sync::oneshot::channel::<()>();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(serve(listener, state, None, rx));
+}
+
+/// A TCP socket bound to `addr` with SO_REUSEPORT (port 0: a free one).
+fn reuse_port_socket(addr: SocketAddr) -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).expect("socket");
+    socket.set_reuse_port(true).expect("SO_REUSEPORT");
+    socket.bind(&addr.into()).expect("bind");
+    socket
 }
 
 /// The test IdP as a process of its own (see the module documentation). Its keys, introspection
@@ -348,14 +359,20 @@ pub struct IdpProcess {
     state_file: PathBuf,
     state: Mutex<Value>,
     child: Option<Child>,
+    /// The IdP's port, bound (SO_REUSEPORT, like the process's listener) and never listening,
+    /// for the whole test: while the process is killed the port refuses connections, and no
+    /// parallel test can take it before the restart (a port bound and released could be).
+    _port: socket2::Socket,
     _dir: tempfile::TempDir,
 }
 
 impl IdpProcess {
     pub fn start() -> IdpProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr = super::support::free_port();
+        let port = reuse_port_socket(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = port.local_addr().expect("local addr").as_socket().expect("an inet address");
         let mut idp = IdpProcess {
+            _port: port,
             addr,
             issuer: format!("http://{addr}/realms/api"),
             state_file: dir.path().join("idp-state.json"),

@@ -282,7 +282,7 @@ on_redis_error = "fail_closed"
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.num("retry-after"), 1);
     assert!(r.body.contains("ratelimit_unavailable"));
-    let down = eventually(Duration::from_secs(5), || (gw.metric("gateway_redis_up", &[]) == 0.0).then_some(()));
+    let down = eventually(Duration::from_secs(5), || (gw.series("gateway_redis_up", &[]) == 0.0).then_some(()));
     assert!(down.is_some(), "gateway_redis_up drops");
     let m = gw.metrics();
     assert!(

@@ -174,7 +174,7 @@ fn a_paused_single_redis_costs_at_most_three_timeouts() {
     }
     // Three timeouts in a row mark it down; every later request fails open at once.
     assert_eq!(gw.metric("gateway_redis_errors_total", &[("kind", "timeout")]), 3.0);
-    assert_eq!(gw.metric("gateway_redis_up", &[]), 0.0);
+    assert_eq!(gw.series("gateway_redis_up", &[]), 0.0);
     paused.report("single", "SIGSTOP", "fail_open");
     redis.pause(false);
     let back = eventually(Duration::from_secs(3), || (gw.metric("gateway_redis_up", &[]) == 1.0).then_some(()));
@@ -227,7 +227,7 @@ fn a_dead_cluster_master_costs_its_slots_nothing_but_the_fail_mode_and_the_rest_
     assert_eq!(gw.metric("gateway_redis_errors_total", &[("kind", "timeout")]), 0.0);
     assert_eq!(gw.metric("gateway_redis_up", &[]), 1.0, "one master down is not the cluster down");
     let node = format!("127.0.0.1:{}", cluster.ports[0]);
-    assert_eq!(gw.metric("gateway_redis_node_up", &[("node", &node)]), 0.0);
+    assert_eq!(gw.series("gateway_redis_node_up", &[("node", &node)]), 0.0);
     dead.report("cluster (3 masters)", "master killed: its slots", "fail_closed");
     alive.report("cluster (3 masters)", "master killed: other slots", "fail_closed");
 
@@ -261,7 +261,7 @@ fn a_paused_cluster_master_costs_three_timeouts_then_fails_fast() {
         }
     }
     let node = format!("127.0.0.1:{}", cluster.ports[0]);
-    assert_eq!(gw.metric("gateway_redis_node_up", &[("node", &node)]), 0.0);
+    assert_eq!(gw.series("gateway_redis_node_up", &[("node", &node)]), 0.0);
     // redis-rs's own response timeout (the same `timeout`) or three of ours in a row mark it down.
     let timeouts = gw.metric("gateway_redis_errors_total", &[("kind", "timeout")]);
     assert!(timeouts <= 3.0, "{timeouts} requests waited for the timeout");
@@ -307,8 +307,8 @@ fn a_failover_keeps_the_fail_mode_meanwhile_and_uses_the_promoted_replica_after(
     // The node gauges follow the slot map, which is re-read about once a second: wait for it.
     let gauges = eventually(Duration::from_secs(10), || {
         let m = gw.metrics();
-        let up = |node: &str| metric_value(&m, "gateway_redis_node_up", &[("node", node)]);
-        (up(&new) == 1.0 && up(&old) == 0.0).then_some(())
+        let up = |node: &str| series_value(&m, "gateway_redis_node_up", &[("node", node)]);
+        (up(&new) == Some(1.0) && up(&old) == Some(0.0)).then_some(())
     });
     assert!(gauges.is_some(), "node gauges after the failover:\n{}", gw.metrics());
     let mut after = Phase::default();

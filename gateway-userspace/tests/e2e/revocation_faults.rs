@@ -69,8 +69,17 @@ async fn a_revocation_made_while_redis_is_down_is_queued_and_reaches_the_fleet()
     assert_eq!(a.metric("gateway_auth_revocations_pending", &[]), 1.0);
     let state = std::fs::read_to_string(a.ports.dir.join("revocations.json")).unwrap();
     assert!(state.contains("\"jti\":\"queued-1\"") && state.contains("\"pending\":true"), "{state}");
-    // The other node cannot know yet (and fails open).
+    // The other node cannot know yet (it fails open, or a worker reuses its cached answer).
     assert_eq!(call(&b, "/api/x", Some(&token)).await.status, 200);
+    // A jti it never checked cannot be checked while Redis is down: fail_open serves it, and
+    // counts it as such.
+    let mut fresh = idp.claims("bob");
+    fresh["jti"] = json!("never-seen");
+    let failed_open = || b.metric("gateway_auth_revocation_store_errors_total", &[("result", "fail_open")]);
+    let before = failed_open();
+    let r = call(&b, "/api/x", Some(&key.token(json!({"kid": "k"}), &fresh))).await;
+    assert_eq!(r.status, 200, "fail_open refused a token the store could not check: {:?}", r.body);
+    assert!(failed_open() > before, "the unchecked token was not counted as failing open");
 
     // Redis back: the queue is published without a retry by hand, and every node refuses it.
     redis.restart();
@@ -80,7 +89,7 @@ async fn a_revocation_made_while_redis_is_down_is_queued_and_reaches_the_fleet()
     assert!(converged.is_some(), "the other node still accepts the token:\n{}", a.stderr());
     assert_eq!(call(&b, "/api/x", Some(&token)).await.json()["error"], "revoked");
     let drained =
-        eventually(Duration::from_secs(5), || (a.metric("gateway_auth_revocations_pending", &[]) == 0.0).then_some(()));
+        eventually(Duration::from_secs(5), || (a.series("gateway_auth_revocations_pending", &[]) == 0.0).then_some(()));
     assert!(drained.is_some());
     let ttl = redis_command(redis.port, "TTL gatewayd:auth:revoked:queued-1").unwrap();
     assert!(ttl.trim().trim_start_matches(':').parse::<u64>().is_ok_and(|t| t > 0), "{ttl}");

@@ -782,7 +782,7 @@ async fn ktls_is_decided_at_startup_and_large_bodies_stream_intact() {
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(r.body.len(), 4 << 20);
     assert!(r.body.iter().all(|b| *b == b'x'));
-    let supported = gw.metric("gateway_ktls_supported", &[]);
+    let supported = gw.series("gateway_ktls_supported", &[]);
     let log = gw.stderr();
     // What the kernel can do, asked independently of the daemon: its probe (setsockopt TCP_ULP
     // "tls") loads the tls module where the kernel has one, and /proc/net/tls_stat exists exactly

@@ -604,12 +604,11 @@ fn reload_updates_lists_and_limits_in_place() {
     );
     assert_eq!(log.matches("xdp guard attached").count(), 1, "the guard was reattached:\n{log}");
 
-    // Lift the deny, and tighten the SYN burst to one: the second new connection in a second is dropped.
+    // Lift the deny, and tighten the SYN burst to one: new connections in a row soon meet the
+    // empty bucket (rate 1/s, burst 1) where burst 100 let every one through. The SYN drop
+    // counter moving is the event; how many pass first depends only on the machine's speed.
     assert!(gw.reload(net.gw_addr, &xdp("", 1)));
-    // New connections in a row until one is dropped. Whatever the machine's speed, the bucket
-    // (rate 1/s, burst 1) lets through at most 1 + the whole seconds that passed, and the first
-    // attempts are far quicker than a second apart, so a drop comes within a few.
-    let started = Instant::now();
+    let syn_drops = gw.packets("drop_syn_ratelimit");
     let mut served = 0u64;
     let dropped = (0..10).any(|_| {
         let r = get_from(&net.peer, client, dst, "/demo/hello", SHORT);
@@ -618,9 +617,7 @@ fn reload_updates_lists_and_limits_in_place() {
     });
     assert!(served >= 1, "the lifted deny still applies");
     assert!(dropped, "a SYN burst of 1 let ten connections through in a row");
-    let allowed = 1 + started.elapsed().as_secs() + 1;
-    assert!(served <= allowed, "{served} connections passed a 1/s bucket with burst 1 in {:?}", started.elapsed());
-    assert!(gw.packets("drop_syn_ratelimit") >= 1.0);
+    assert!(gw.packets("drop_syn_ratelimit") > syn_drops, "the refused connection was not the SYN bucket's drop");
 
     // A bad section is refused and changes nothing.
     assert!(!gw.reload(net.gw_addr, &xdp("\"10.0.0.1/8\"", 100)));

@@ -100,6 +100,11 @@ fn cpu_policy_steers_to_the_receiving_cpus_worker() {
     // On one CPU every connection lands on worker 0 whatever the program does: that proves nothing.
     assert!(cpus >= 2, "CPU steering needs several CPUs to be tested ({cpus} here)");
     let workers = cpus.min(4);
+    // `cargo xtask vm-test steering` says how many workers the spread must cover (its guest's
+    // four vCPUs): fewer CPUs seen here would make a narrower spread pass.
+    if let Ok(want) = std::env::var("GATEWAYD_STEERING_WORKERS") {
+        assert_eq!(workers.to_string(), want, "CPU steering spread over {workers} workers, {want} expected");
+    }
     let steering = Steering::new(SteeringPolicy::Cpu, workers).expect("steering loads");
     let g = group(&steering, workers);
     for cpu in 0..workers {
@@ -116,4 +121,7 @@ fn cpu_policy_steers_to_the_receiving_cpus_worker() {
         });
         assert!(got.iter().all(|w| *w == cpu % workers), "from CPU {cpu}: workers {got:?}");
     }
+    // The program counted each worker's three, none by the fallback.
+    let (counted, fallback) = steering.counts();
+    assert_eq!((counted, fallback), (vec![3; workers], 0), "steering counters");
 }

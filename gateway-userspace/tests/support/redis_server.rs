@@ -1,18 +1,41 @@
-//! Real Redis servers for tests: a single node and a three-master cluster on free loopback
+//! Real Redis servers for tests: a single node and a three-master cluster on held loopback
 //! ports, in temporary directories. Shared by the unit tests (`kv::testing`) and the end-to-end
 //! tests (`tests/e2e/support.rs`), which include this file by path. They fail loudly when
 //! redis-server is missing (`cargo xtask deps` installs it): a test that cannot run must not pass.
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+/// A loopback port held for as long as this lives: bound with SO_REUSEADDR, never listening.
+/// redis-server (which sets SO_REUSEADDR too) still binds and listens on it, while the port of a
+/// killed server refuses connections and cannot go to a parallel test before the restart: the
+/// kernel hands out no port that is bound (one bound and released could be taken).
+struct HeldPort(socket2::Socket);
+
+impl HeldPort {
+    fn new() -> HeldPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind :0");
+        HeldPort(socket)
+    }
+
+    fn port(&self) -> u16 {
+        self.0.local_addr().ok().and_then(|a| a.as_socket()).expect("an inet address").port()
+    }
+}
+
+/// A new [`HeldPort`], kept in `held`; returns its number.
+fn hold_port(held: &mut Vec<HeldPort>) -> u16 {
+    let port = HeldPort::new();
+    let n = port.port();
+    held.push(port);
+    n
 }
 
 /// Sends one inline command and returns the raw reply (enough for PING and CLUSTER INFO).
@@ -55,18 +78,20 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    _held: Vec<HeldPort>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        RedisServer::start_with(None, Vec::new())
+        RedisServer::start_with(None, Vec::new(), Vec::new())
     }
 
     /// Also listening with TLS (certificate `cert`/`key`, clients must present a certificate
     /// issued by `ca`); the plain port stays for readiness checks and raw commands.
     #[allow(dead_code)] // not every test binary speaks TLS to Redis
     pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
-        let tls_port = free_port();
+        let mut held = Vec::new();
+        let tls_port = hold_port(&mut held);
         let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
         let extra = vec![
             "--tls-port".into(),
@@ -80,12 +105,13 @@ impl RedisServer {
             "--tls-auth-clients".into(),
             "yes".into(),
         ];
-        RedisServer::start_with(Some(tls_port), extra)
+        RedisServer::start_with(Some(tls_port), extra, held)
     }
 
-    fn start_with(tls_port: Option<u16>, extra: Vec<String>) -> RedisServer {
+    fn start_with(tls_port: Option<u16>, extra: Vec<String>, mut held: Vec<HeldPort>) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = RedisServer { port: free_port(), tls_port, child: None, dir, extra };
+        let port = hold_port(&mut held);
+        let mut s = RedisServer { port, tls_port, child: None, dir, extra, _held: held };
         s.restart();
         s
     }
@@ -156,6 +182,7 @@ pub struct RedisCluster {
     children: Vec<Option<Child>>,
     extra: Vec<Vec<String>>,
     dir: tempfile::TempDir,
+    _held: Vec<HeldPort>,
 }
 
 #[allow(dead_code)] // not every test binary injects faults into a cluster
@@ -170,8 +197,9 @@ impl RedisCluster {
         let mut ports = Vec::new();
         let mut children = Vec::new();
         let mut extras = Vec::new();
+        let mut held = Vec::new();
         for i in 0..o.masters * (1 + o.replicas) {
-            let (port, bus) = (free_port(), free_port());
+            let (port, bus) = (hold_port(&mut held), hold_port(&mut held));
             let node_dir = dir.path().join(format!("n{i}"));
             std::fs::create_dir(&node_dir).expect("node dir");
             let extra: Vec<String> = [
@@ -204,7 +232,7 @@ impl RedisCluster {
             .output()
             .expect("cannot run redis-cli (install redis-server with `cargo xtask deps`)");
         assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
-        let cluster = RedisCluster { ports, children, extra: extras, dir };
+        let cluster = RedisCluster { ports, children, extra: extras, dir, _held: held };
         cluster.wait_ok();
         cluster
     }

@@ -45,11 +45,20 @@ impl Validator<'_> {
 
     fn server_tls(&mut self, t: &ListenerTlsSection, i: usize, h2: bool) -> Option<ServerTlsSpec> {
         let at = || root("listeners").index(i).key("tls");
-        if t.certificates.is_empty() {
-            self.problem(at().key("certificates"), "at least one certificate is required");
+        if t.certificates.is_empty() && t.acme.is_none() {
+            self.problem(at().key("certificates"), "at least one certificate is required (or `acme`)");
             return None;
         }
         let before = self.problems.len();
+        let acme = t.acme.as_ref().and_then(|a| match a.validate(|raw| self.file_path(raw)) {
+            Ok(spec) => Some(spec),
+            Err(problems) => {
+                for (key, reason) in problems {
+                    self.problem(at().key("acme").key(key), reason);
+                }
+                None
+            }
+        });
         let mut certs = Vec::new();
         let mut default = None;
         for (j, c) in t.certificates.iter().enumerate() {
@@ -107,6 +116,7 @@ impl Validator<'_> {
             session_tickets: t.session_tickets,
             ktls: t.ktls,
             h2,
+            acme,
         })
     }
 
