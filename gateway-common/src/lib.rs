@@ -2,5 +2,6 @@
 //! `no_std`, `#[repr(C)]`, no padding surprises: both sides read the same bytes.
 #![no_std]
 
+pub mod gcra;
 pub mod steer;
 pub mod xdp;

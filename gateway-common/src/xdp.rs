@@ -11,6 +11,9 @@ pub const XDP_PROGRAM: &str = "gateway_xdp";
 pub const TC_PROGRAM: &str = "gateway_tc";
 /// An XDP program that only returns `XDP_PASS`: the floor the benchmark compares against.
 pub const EMPTY_PROGRAM: &str = "gateway_xdp_empty";
+/// An XDP program (never attached) that writes `bpf_jiffies64` and `bpf_ktime_get_ns` into
+/// [`CLOCK_MAP`]: the daemon runs it twice to calibrate the tick (see [`crate::gcra`]).
+pub const CLOCK_PROGRAM: &str = "gateway_clock";
 
 /// Array, one [`GuardConfig`] at index 0, written by the daemon.
 pub const CONFIG_MAP: &str = "GW_CONFIG";
@@ -28,6 +31,8 @@ pub const DENY_MAP: &str = "GW_DENY";
 pub const LISTED_MAP: &str = "GW_LISTED";
 /// Per-CPU array, one [`NewSourceWindow`]: the new-source guard.
 pub const NEW_SOURCES_MAP: &str = "GW_NEWSRC";
+/// Array of two `u64`: jiffies and CLOCK_MONOTONIC ns, as [`CLOCK_PROGRAM`] last read them.
+pub const CLOCK_MAP: &str = "GW_CLOCK";
 
 /// Default capacity of [`SOURCES_MAP`]; the daemon sets the configured one at load.
 pub const DEFAULT_MAX_SOURCES: u32 = 262_144;
@@ -157,7 +162,8 @@ pub mod flags {
 ///
 /// Rates are kept as GCRA parameters (the token bucket's equivalent form, one timestamp per
 /// bucket): a packet costs `interval_ns`, and passes while the bucket's theoretical arrival time
-/// is at most `tolerance_ns` ahead of now; `tolerance_ns = (burst - 1) * interval_ns`.
+/// is at most `tolerance_ns` ahead of now; `tolerance_ns = (burst - 1) * interval_ns + tick_ns`
+/// ([`crate::gcra::params`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuardConfig {
@@ -172,6 +178,9 @@ pub struct GuardConfig {
     pub syn_tolerance_ns: u64,
     /// New sources each CPU may insert into [`SOURCES_MAP`] per second.
     pub new_sources_per_sec: u64,
+    /// Nanoseconds per jiffy: the program's clock is `bpf_jiffies64() × tick_ns` (see
+    /// [`crate::gcra`]; tolerances include one tick). 0 = `bpf_ktime_get_ns` (not calibrated).
+    pub tick_ns: u64,
 }
 
 /// Key of [`SOURCES_MAP`]: the source address masked to the configured prefix.
@@ -194,7 +203,8 @@ pub const OVERFLOW_KEY: SourceKey = SourceKey { addr: [u32::MAX; 4] };
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceState {
-    /// GCRA theoretical arrival time of the packet bucket (CLOCK_MONOTONIC ns).
+    /// GCRA theoretical arrival time of the packet bucket (ns of the guard's clock: jiffies ×
+    /// tick, or CLOCK_MONOTONIC when not calibrated).
     pub tat_ns: u64,
     /// GCRA theoretical arrival time of the SYN bucket.
     pub syn_tat_ns: u64,
@@ -323,7 +333,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(core::mem::size_of::<GuardConfig>(), 8 + 16 + 16 + 8 * 5);
+        assert_eq!(core::mem::size_of::<GuardConfig>(), 8 + 16 + 16 + 8 * 6);
         assert_eq!(core::mem::size_of::<SourceKey>(), 16);
         assert_eq!(core::mem::size_of::<SourceState>(), 32);
         assert_eq!(core::mem::size_of::<LpmAddr>(), 20);

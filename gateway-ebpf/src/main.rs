@@ -5,6 +5,10 @@
 //!
 //! Must load on Linux 5.10: no atomic whose result is used, bounded loops only, no helpers newer
 //! than 5.10. Map layouts and names come from `gateway_common::xdp`.
+//!
+//! The clock is `bpf_jiffies64() × tick` (inlined by the verifier: no helper call on the pass
+//! path), with the tick calibrated by the daemon; the bucket math and its error bounds are in
+//! `gateway_common::gcra`. Deny-entry expiries keep `bpf_ktime_get_ns` (only a deny-list hit pays it).
 #![no_std]
 #![no_main]
 // The one atomic the guard needs is written as the exact BPF instruction (see `atomic_add`).
@@ -21,15 +25,18 @@ use core::{
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::{bpf_ktime_get_ns, generated::bpf_map_lookup_elem},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, generated::bpf_map_lookup_elem},
     macros::{classifier, map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
-use gateway_common::xdp::{
-    COUNTER_ENTRIES, DEFAULT_MAX_SOURCES, DenyEntry, GuardConfig, LISTED_WORDS, MAX_LIST_ENTRIES, NEW_SOURCE_INSERTED,
-    NEW_SOURCE_OVER_CAP, NewSourceWindow, OVERFLOW_KEY, SourceKey, SourceState, Verdict, counter_index, flags,
-    list_bucket,
+use gateway_common::{
+    gcra,
+    xdp::{
+        COUNTER_ENTRIES, DEFAULT_MAX_SOURCES, DenyEntry, GuardConfig, LISTED_WORDS, MAX_LIST_ENTRIES,
+        NEW_SOURCE_INSERTED, NEW_SOURCE_OVER_CAP, NewSourceWindow, OVERFLOW_KEY, SourceKey, SourceState, Verdict,
+        counter_index, flags, list_bucket,
+    },
 };
 use parse::Parsed;
 
@@ -54,7 +61,9 @@ static LISTED: Array<u64> = Array::with_max_entries(LISTED_WORDS, 0);
 #[map(name = "GW_NEWSRC")]
 static NEW_SOURCES: PerCpuArray<NewSourceWindow> = PerCpuArray::with_max_entries(1, 0);
 
-const NS_PER_SEC: u64 = 1_000_000_000;
+#[map(name = "GW_CLOCK")]
+static CLOCK: Array<u64> = Array::with_max_entries(2, 0);
+
 /// Header bytes the TC program makes sure are in the linear part of the skb.
 const TC_HEADER_BYTES: u32 = 128;
 
@@ -80,6 +89,29 @@ pub fn gateway_tc(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn gateway_xdp_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The calibration probe: both clocks, read back to back.
+#[xdp]
+pub fn gateway_clock(_ctx: XdpContext) -> u32 {
+    let (jiffies, ns) = unsafe { (bpf_jiffies64(), bpf_ktime_get_ns()) };
+    if let (Some(j), Some(n)) = (CLOCK.get_ptr_mut(0), CLOCK.get_ptr_mut(1)) {
+        unsafe {
+            write_volatile(j, jiffies);
+            write_volatile(n, ns);
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
+/// The guard's clock in ns (see the module comment).
+#[inline(always)]
+fn now_ns(cfg: &GuardConfig) -> u64 {
+    if cfg.tick_ns != 0 {
+        gcra::coarse_ns(unsafe { bpf_jiffies64() }, cfg.tick_ns)
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    }
 }
 
 #[inline(always)]
@@ -115,7 +147,7 @@ fn classify(data: usize, end: usize, ifindex: u32) -> Verdict {
     }
     let mask = if v4 { &cfg.mask_v4 } else { &cfg.mask_v6 };
     let key = SourceKey { addr: [addr[0] & mask[0], addr[1] & mask[1], addr[2] & mask[2], addr[3] & mask[3]] };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns(cfg);
     match SOURCES.get_ptr_mut(&key) {
         Some(state) => limit(state, cfg, now, syn),
         None => new_source(&key, cfg, now, syn, ifindex),
@@ -160,12 +192,14 @@ fn limit(state: *mut SourceState, cfg: &GuardConfig, now: u64, syn: bool) -> Ver
     unsafe {
         if syn
             && f & flags::SYN != 0
-            && !gcra(&raw mut (*state).syn_tat_ns, now, cfg.syn_interval_ns, cfg.syn_tolerance_ns)
+            && !gcra_charge(&raw mut (*state).syn_tat_ns, now, cfg.syn_interval_ns, cfg.syn_tolerance_ns)
         {
             write_volatile(&mut (*state).syn_dropped, read_volatile(&(*state).syn_dropped) + 1);
             return Verdict::DropSynRateLimit;
         }
-        if f & flags::RATE != 0 && !gcra(&raw mut (*state).tat_ns, now, cfg.pkt_interval_ns, cfg.pkt_tolerance_ns) {
+        if f & flags::RATE != 0
+            && !gcra_charge(&raw mut (*state).tat_ns, now, cfg.pkt_interval_ns, cfg.pkt_tolerance_ns)
+        {
             write_volatile(&mut (*state).dropped, read_volatile(&(*state).dropped) + 1);
             return Verdict::DropRateLimit;
         }
@@ -178,11 +212,12 @@ fn limit(state: *mut SourceState, cfg: &GuardConfig, now: u64, syn: bool) -> Ver
 /// on 5.10), so concurrent passes on other CPUs are never lost; only the reset of an idle bucket
 /// is a plain store.
 #[inline(always)]
-unsafe fn gcra(tat: *mut u64, now: u64, interval: u64, tolerance: u64) -> bool {
+unsafe fn gcra_charge(tat: *mut u64, now: u64, interval: u64, tolerance: u64) -> bool {
     let t = unsafe { read_volatile(tat) };
-    if t > now.saturating_add(tolerance) {
+    if !gcra::conforms(t, now, tolerance) {
         return false;
     }
+    // `gcra::advance`, split so that the common case is an atomic add.
     if t <= now {
         unsafe { write_volatile(tat, now + interval) };
     } else {
@@ -208,7 +243,7 @@ fn new_source(key: &SourceKey, cfg: &GuardConfig, now: u64, syn: bool, ifindex: 
     let Some(window) = NEW_SOURCES.get_ptr_mut(0) else { return Verdict::Pass };
     // Per-CPU value: this CPU is its only writer.
     let window = unsafe { &mut *window };
-    if now.wrapping_sub(window.start_ns) >= NS_PER_SEC {
+    if now.wrapping_sub(window.start_ns) >= gcra::NS_PER_SEC {
         window.start_ns = now;
         window.inserted = 0;
     }

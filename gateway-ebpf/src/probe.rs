@@ -23,6 +23,10 @@ use gateway_common::xdp::{DEFAULT_MAX_SOURCES, DenyEntry, MAX_LIST_ENTRIES, PROB
 #[map(name = "PROBE_SOURCES")]
 static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
 
+/// The same with a 4-byte key (an IPv4-only table): what the key's size costs in the lookup.
+#[map(name = "PROBE_SOURCES4")]
+static SOURCES4: LruHashMap<u32, SourceState> = LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+
 #[map(name = "PROBE_LPM_A")]
 static LPM_A: LpmTrie<[u32; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
 
@@ -55,6 +59,12 @@ pub fn probe_jiffies(_ctx: XdpContext) -> u32 {
 pub fn probe_lru(_ctx: XdpContext) -> u32 {
     let key = SourceKey { addr: PROBE_SOURCE };
     pass_unless(SOURCES.get_ptr_mut(&key).is_none())
+}
+
+/// The bucket lookup with a 4-byte key (the benchmark inserts the IPv4 source first).
+#[xdp]
+pub fn probe_lru4(_ctx: XdpContext) -> u32 {
+    pass_unless(SOURCES4.get_ptr_mut(&PROBE_SOURCE[3]).is_none())
 }
 
 /// One LPM lookup of a full address.

@@ -22,6 +22,8 @@ use tokio::{
 
 use crate::state::SharedState;
 
+pub mod changes;
+mod inventory;
 mod metrics;
 
 /// Largest admin request body.
@@ -46,6 +48,8 @@ pub struct AdminServer {
     shared: Arc<SharedState>,
     registry: Arc<prometheus_client::registry::Registry>,
     commands: mpsc::Sender<AdminCommand>,
+    /// Changes waiting for a person's approval (`admin/changes.rs`).
+    changes: changes::Changes,
 }
 
 impl AdminServer {
@@ -67,7 +71,7 @@ impl AdminServer {
         }
         let listener = UnixListener::bind(path).map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        let server = Arc::new(AdminServer { shared, registry, commands });
+        let server = Arc::new(AdminServer { shared, registry, commands, changes: changes::Changes::default() });
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
@@ -104,6 +108,11 @@ impl AdminServer {
             (&Method::POST, "/v1/xdp/block") => self.xdp_block(&body),
             (&Method::POST, "/v1/xdp/unblock") => self.xdp_unblock(&body),
             (&Method::POST, "/v1/revoke") => self.revoke(&body).await,
+            (&Method::GET, "/v1/routes") => self.routes(),
+            (&Method::GET, "/v1/refusals") => self.refusals(parts.uri.query()).await,
+            (method, path) if path == "/v1/changes" || path.starts_with("/v1/changes/") => {
+                self.changes(method, path, parts.uri.query(), &body).await
+            }
             _ => {
                 drop(body);
                 json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "not_found"}))

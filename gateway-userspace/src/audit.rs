@@ -142,7 +142,7 @@ impl AuditMetrics {
 /// The sending side, held by the audit phase.
 #[derive(Debug, Clone)]
 pub struct AuditSink {
-    tx: SyncSender<AuditRecord>,
+    tx: SyncSender<AuditLine>,
     reopen: Arc<AtomicBool>,
     metrics: AuditMetrics,
     path: PathBuf,
@@ -170,7 +170,17 @@ impl AuditSink {
     }
 
     pub fn send(&self, record: AuditRecord) {
-        match self.tx.try_send(record) {
+        self.send_line(AuditLine::Request(record));
+    }
+
+    /// An operator event (a change requested, approved, applied, …): one JSON object, written
+    /// in order with the request lines.
+    pub fn send_event(&self, event: serde_json::Value) {
+        self.send_line(AuditLine::Event(event));
+    }
+
+    fn send_line(&self, line: AuditLine) {
+        match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.metrics.dropped.inc();
@@ -187,6 +197,17 @@ impl AuditSink {
     }
 }
 
+/// What the writer thread writes: a request's record, or an operator event.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "request records go through the queue by value, as before events existed: boxing them would cost an allocation per request"
+)]
+enum AuditLine {
+    Request(AuditRecord),
+    Event(serde_json::Value),
+}
+
 struct Writer {
     path: PathBuf,
     out: BufWriter<File>,
@@ -195,7 +216,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: &mpsc::Receiver<AuditRecord>) {
+    fn run(mut self, rx: &mpsc::Receiver<AuditLine>) {
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(record) => {
@@ -225,10 +246,12 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, record: &AuditRecord) {
-        let result = serde_json::to_writer(&mut self.out, record)
-            .map_err(std::io::Error::other)
-            .and_then(|()| self.out.write_all(b"\n"));
+    fn write(&mut self, line: &AuditLine) {
+        let result = match line {
+            AuditLine::Request(record) => serde_json::to_writer(&mut self.out, record),
+            AuditLine::Event(event) => serde_json::to_writer(&mut self.out, event),
+        };
+        let result = result.map_err(std::io::Error::other).and_then(|()| self.out.write_all(b"\n"));
         match result {
             Ok(()) => {
                 self.metrics.written.inc();

@@ -82,6 +82,37 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A Model Context Protocol server for agents, over stdio (default) or streamable HTTP on
+    /// `admin.mcp_listen` (--http). Talks to the running daemon through its admin socket; tools
+    /// that change something only create pending changes that a person approves.
+    Mcp {
+        /// Serve MCP's streamable HTTP transport on `admin.mcp_listen` (from --config) instead of
+        /// stdio.
+        #[arg(long)]
+        http: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Approve and apply a pending change (requested by an agent through `gatewayd mcp`).
+    Approve {
+        /// The change id (`chg-…`).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Reject a pending change.
+    Reject {
+        /// The change id (`chg-…`).
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List changes requested by agents, with the approval token of each pending one (to hand
+    /// to a person approving from elsewhere).
+    Changes(AdminArgs),
     /// Certificates for development and tests.
     #[command(subcommand)]
     Certs(CertsCommand),

@@ -33,6 +33,8 @@ pub struct Config {
     pub metrics: MetricsSpec,
     pub audit: Option<AuditSpec>,
     pub admin_socket: Option<PathBuf>,
+    /// `admin.mcp_listen`: the MCP streamable HTTP address of `gatewayd mcp --http`.
+    pub mcp_listen: Option<SocketAddr>,
     pub services: Vec<ServiceSpec>,
     pub routes: RouteTable,
     pub demo: Option<SocketAddr>,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod kv;
 pub mod listener;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

@@ -7,7 +7,7 @@ use gateway_userspace::{
     admin,
     cli::{AdminArgs, CertsCommand, Cli, Command, XdpCommand},
     config::{Config, EMBEDDED_DEFAULTS},
-    daemon, ebpf,
+    daemon, ebpf, mcp,
     tls::certs,
     top,
 };
@@ -36,6 +36,15 @@ fn main() -> ExitCode {
         Command::Top { interval, admin } => live_view(&cli, admin, *interval),
         Command::Xdp { command } => xdp(&cli, command),
         Command::Revoke { jti, until, admin } => revoke(&cli, admin, jti, until),
+        Command::Mcp { http, admin } => run_mcp(&cli, admin, *http),
+        Command::Approve { id, admin } => {
+            change_id(id).and_then(|id| admin_call(&cli, admin, Method::POST, &format!("/v1/changes/{id}/approve")))
+        }
+        Command::Reject { id, reason, admin } => change_id(id).and_then(|id| {
+            let body = serde_json::json!({"reason": reason});
+            admin_call_with(&cli, admin, Method::POST, &format!("/v1/changes/{id}/reject"), Some(body))
+        }),
+        Command::Changes(admin) => admin_call(&cli, admin, Method::GET, "/v1/changes?tokens=1"),
         Command::Certs(CertsCommand::Init { out, cn, san, days, client_cn, key_type, force }) => {
             let options = certs::InitOptions {
                 out: out.clone(),
@@ -109,6 +118,33 @@ fn admin_call_with(
     let answer = admin::call_blocking(&socket, method, path, body).map_err(|e| e.to_string())?;
     println!("{answer:#}");
     Ok(())
+}
+
+/// A change id as typed (`chg-` and hex digits): nothing else goes into the admin path.
+fn change_id(id: &str) -> Result<&str, String> {
+    match id.strip_prefix("chg-") {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(id),
+        _ => Err(format!("{id:?}: a change id looks like chg-0123abcd4567")),
+    }
+}
+
+fn run_mcp(cli: &Cli, admin: &AdminArgs, http: bool) -> Result<(), String> {
+    let socket = admin_socket(cli, admin)?;
+    let transport = if http {
+        let file = admin
+            .config
+            .as_ref()
+            .or(cli.config.as_ref())
+            .ok_or("--http serves on admin.mcp_listen: give the daemon's --config")?;
+        let c = Config::load_file(file).map_err(|e| e.to_string())?;
+        let addr = c.mcp_listen.ok_or_else(|| {
+            format!("{}: admin.mcp_listen is not set (streamable HTTP is off by default)", file.display())
+        })?;
+        mcp::Transport::Http(addr)
+    } else {
+        mcp::Transport::Stdio
+    };
+    mcp::run(mcp::McpOptions { socket, transport }).map_err(|e| e.to_string())
 }
 
 fn live_view(cli: &Cli, admin: &AdminArgs, interval: std::time::Duration) -> Result<(), String> {

@@ -38,6 +38,11 @@ static LATENCY_BUCKETS: [f64; 16] =
 static OVERHEAD_BUCKETS: [f64; 12] =
     [0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
 
+/// Worker loop lag buckets (seconds, `worker/loop_lag.rs`): a healthy loop answers in
+/// microseconds; a stall is milliseconds.
+pub static LOOP_LAG_BUCKETS: [f64; 14] =
+    [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
 /// Labels built from static strings or shared names (no allocation to encode).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Labels<const N: usize>(pub [(&'static str, LabelValue); N]);
@@ -99,6 +104,8 @@ pub struct Metrics {
     pub worker_connections: Family<OneLabel, Counter>,
     pub connections_parked: Family<OneLabel, Counter>,
     pub http2_flood_closes: Family<OneLabel, Counter>,
+    /// Per worker: how long a ready task waits for its event loop (`worker/loop_lag.rs`).
+    pub worker_loop_lag: ShardedFamily<OneLabel, HistogramShard>,
     pub config_reloads: Family<OneLabel, Counter>,
     /// Responses read through the response buffer (`proxy/spool.rs`).
     pub buffered_responses: Counter,
@@ -126,6 +133,7 @@ impl Metrics {
             worker_connections: Family::default(),
             connections_parked: Family::default(),
             http2_flood_closes: Family::default(),
+            worker_loop_lag: ShardedFamily::new(&LOOP_LAG_BUCKETS),
             config_reloads: Family::default(),
             buffered_responses: Counter::default(),
             spooled_bytes: Counter::default(),
@@ -184,6 +192,11 @@ impl Metrics {
             "gateway_http2_flood_closes",
             "HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) for too many frames carrying no request, by frame type",
             m.http2_flood_closes.clone(),
+        );
+        registry.register(
+            "gateway_worker_loop_lag_seconds",
+            "How long a task that became ready waited for its worker's event loop, by worker (sampled about 20 times a second)",
+            m.worker_loop_lag.clone(),
         );
         registry.register("gateway_config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
         registry.register(

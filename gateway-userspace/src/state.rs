@@ -111,6 +111,11 @@ impl PartsHolder {
         *self.offenders.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = offenders;
     }
 
+    /// The audit writer in use, if the audit log is enabled (operator events go there too).
+    pub fn audit(&self) -> Option<AuditSink> {
+        self.audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     pub fn reopen_audit(&self) {
         if let Some(sink) = self.audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
             sink.reopen();

@@ -15,6 +15,7 @@ mod e2e {
     mod budget;
     mod client_address;
     mod config_cli;
+    mod conformance;
     mod h2_flood;
     mod handover;
     mod headers;
@@ -22,6 +23,8 @@ mod e2e {
     mod idp_faults;
     mod lifecycle;
     mod limits;
+    mod loop_lag;
+    mod mcp;
     mod observability;
     mod oidc;
     mod operators;

@@ -10,6 +10,8 @@
 mod auth;
 pub mod c100k;
 mod cpus;
+mod flood;
+mod harness;
 mod http;
 mod idle;
 mod load;
@@ -39,16 +41,23 @@ pub struct Options {
     /// Measured runs of each kind per subject (interleaved); the report shows their medians.
     #[arg(long, default_value_t = 3)]
     reps: u32,
-    /// Seconds each measured load run lasts [default: 10; tls: 5].
+    /// Seconds each measured load run lasts [default: 10; tls: 5; flood: 5 per cell].
     #[arg(long)]
     duration: Option<u64>,
     /// Concurrent keep-alive connections of the load generators (tls: client threads, each with
     /// one connection at a time).
     #[arg(long, default_value_t = 64)]
     connections: usize,
-    /// Idle keep-alive connections opened to measure memory per connection.
-    #[arg(long, default_value_t = 10_000)]
-    idle_connections: usize,
+    /// Idle keep-alive connections opened to measure memory per connection; a list measures
+    /// each count in turn (memory per connection must hold at every scale, not only the one
+    /// that amortises fixed costs best).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 2_000, 10_000])]
+    idle_connections: Vec<usize>,
+    /// The closed-loop load generator for the highest rate (proxy).
+    #[arg(long, value_enum, default_value_t = load::MaxLoad::Wrk)]
+    load: load::MaxLoad,
+    #[command(flatten)]
+    flood: flood::Flags,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -69,6 +78,9 @@ enum Target {
     /// 100,000 concurrent keep-alive connections in a systemd-booted guest: RSS per connection,
     /// time to open them, p99 of a separate client.
     C100k,
+    /// Legitimate clients under SYN, UDP, connection, HTTP and rotating-source floods, per
+    /// defence: kernel defaults, nftables meters, the guard in XDP and TC mode (needs root).
+    Flood,
 }
 
 impl Options {
@@ -86,6 +98,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Tls => tls::run(opts),
         Target::Ratelimit => ratelimit::run(opts),
         Target::C100k => c100k::run(),
+        Target::Flood => flood::run(opts),
     }
 }
 

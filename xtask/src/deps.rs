@@ -7,6 +7,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{capture, cargo, exec, succeeds, workspace_root};
 
+mod mcp_sdk;
+
 /// Debian packages the pipeline uses, installed with apt when missing.
 const APT_PACKAGES: &[&str] = &[
     // Rate-limit and jti revocation tests run a real redis-server (and redis-cli builds a
@@ -26,6 +28,11 @@ const APT_PACKAGES: &[&str] = &[
     "hey",
     // ACME tests: Let's Encrypt's test CA (RFC 8555, both challenge types, short lifetimes).
     "pebble",
+    // `bench proxy`'s third subject: HAProxy 2.6 as users run it next to nginx.
+    "haproxy",
+    // `bench flood`: the nftables defence (per-source meters at the netdev ingress hook) that
+    // the XDP guard is compared with.
+    "nftables",
     // TLS fixtures and manual checks (`cargo xtask run` suggests curl).
     "curl",
     "openssl",
@@ -49,6 +56,8 @@ const APT_PACKAGES: &[&str] = &[
     // Dashboards and alerts: promtool (check/test rules, check metrics) and a real Prometheus
     // server that evaluates every dashboard and rule expression against a live gatewayd.
     "prometheus",
+    // `gatewayd mcp` e2e test: a venv for the official MCP Python SDK (deps/mcp_sdk.rs).
+    "python3-venv",
     // dist: dpkg-shlibdeps (the package's library dependencies) and lintian (the package's checks).
     "dpkg-dev",
     "lintian",
@@ -66,7 +75,7 @@ const APT_PACKAGES: &[&str] = &[
 /// Services apt starts on install (prometheus brings prometheus-node-exporter, which takes
 /// :9100). Tests and benchmarks start their own instances on their own ports; system-wide ones
 /// would only take ports and memory.
-const SYSTEM_SERVICES: &[&str] = &["redis-server", "nginx", "prometheus", "prometheus-node-exporter"];
+const SYSTEM_SERVICES: &[&str] = &["redis-server", "nginx", "haproxy", "prometheus", "prometheus-node-exporter"];
 
 /// aya-build builds the eBPF programs with this toolchain (`rustup run nightly`); cargo-fuzz
 /// needs it too (sanitizer and coverage flags).
@@ -83,7 +92,8 @@ pub fn ensure() -> Result<()> {
     npm_tools()?;
     rust_components()?;
     bpf_linker()?;
-    cargo_fuzz()
+    cargo_fuzz()?;
+    mcp_sdk::ensure()
 }
 
 /// npm tools of the e2e tests, pinned with their dependencies by `xtask/npm/package-lock.json`:

@@ -32,7 +32,10 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // snapshot, the request driver, connections, workers, the daemon and its CLI.
     (
         "driver",
-        &["config", "snapshot", "pipeline", "listener", "worker", "state", "admin", "daemon", "demo", "cli", "top"],
+        &[
+            "config", "snapshot", "pipeline", "listener", "worker", "state", "admin", "daemon", "demo", "cli", "top",
+            "mcp",
+        ],
     ),
 ];
 

@@ -397,11 +397,14 @@ pub struct AdminSection {
     /// Unix socket path (mode 0600). Empty string disables it. Default: `/run/gatewayd/admin.sock`.
     #[serde(default = "default_admin_socket")]
     pub socket: String,
+    /// Where `gatewayd mcp --http` serves MCP's streamable HTTP transport (`127.0.0.1:9181`).
+    /// Unset (the default): only stdio. Never one of the proxy listeners' addresses.
+    pub mcp_listen: Option<String>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        Self { socket: default_admin_socket() }
+        Self { socket: default_admin_socket(), mcp_listen: None }
     }
 }
 

@@ -208,3 +208,15 @@ fn bad_body_settings_are_located() {
         assert!(keys.contains(&k), "missing {k} in {keys:?}");
     }
 }
+
+#[test]
+fn mcp_listen_is_off_by_default_and_never_a_listener_address() {
+    assert_eq!(Config::load_str(GOOD, "test.toml").unwrap().mcp_listen, None);
+    let on = format!("{GOOD}\n[admin]\nmcp_listen = \"127.0.0.1:9181\"\n");
+    assert_eq!(Config::load_str(&on, "test.toml").unwrap().mcp_listen, Some("127.0.0.1:9181".parse().unwrap()));
+    let p = problems(&format!("{GOOD}\n[admin]\nmcp_listen = \"127.0.0.1:18080\"\n"));
+    assert_eq!(p[0].key, "admin.mcp_listen", "{p:?}");
+    assert!(p[0].reason.contains("listener"), "{p:?}");
+    let p = problems(&format!("{GOOD}\n[admin]\nmcp_listen = \"nowhere\"\n"));
+    assert_eq!(p[0].key, "admin.mcp_listen", "{p:?}");
+}

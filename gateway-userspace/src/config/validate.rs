@@ -26,6 +26,7 @@ use crate::{
 };
 
 mod limits;
+mod mcp;
 mod xdp;
 
 const DEFAULT_AUDIT_QUEUE: usize = 65_536;
@@ -90,6 +91,7 @@ impl Validator<'_> {
             None
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
+        let mcp_listen = self.mcp_listen(&f.admin, &listeners);
         let xdp = self.xdp(&f.xdp);
         let auth = Arc::new(self.auth(&f, &consumers));
         let redis = self.redis(&f);
@@ -103,6 +105,7 @@ impl Validator<'_> {
             metrics,
             audit,
             admin_socket,
+            mcp_listen,
             services,
             routes,
             demo,

@@ -102,6 +102,17 @@ fn measure(repeat: u32, distinct: u32) -> Result<Vec<Measurement>, EbpfError> {
     let (_, d) = guard.test_run(GuardProgram::Xdp, &known, repeat)?;
     out.push(Measurement { name: "known source, pass (lists empty)", ns_per_packet: per(d), method: looped.clone() });
 
+    // The same on the clock the guard used before the calibrated jiffies clock.
+    let tick = guard.tick_ns();
+    guard.set_clock(None)?;
+    let (_, d) = guard.test_run(GuardProgram::Xdp, &known, repeat)?;
+    out.push(Measurement {
+        name: "known source, pass (lists empty), bpf_ktime_get_ns clock",
+        ns_per_packet: per(d),
+        method: looped.clone(),
+    });
+    guard.set_clock((tick != 0).then_some(tick))?;
+
     // Drop: a bucket of 1 packet/s, exhausted by the priming run.
     guard.clear_sources()?;
     guard.write_config(&settings(1, 1, 1_000_000))?;
@@ -149,6 +160,7 @@ const PROBES: &[(&str, &str)] = &[
     ("probe_ktime", "probe: bpf_ktime_get_ns"),
     ("probe_jiffies", "probe: bpf_jiffies64"),
     ("probe_lru", "probe: LRU hash lookup, known source"),
+    ("probe_lru4", "probe: LRU hash lookup, known source, 4-byte key"),
     ("probe_lpm", "probe: one LPM trie lookup"),
     ("probe_lpm2", "probe: two LPM trie lookups"),
     ("probe_atomic", "probe: array lookup + atomic add"),
@@ -170,6 +182,10 @@ fn probes(repeat: u32, frame: &[u8]) -> Result<Vec<Measurement>, EbpfError> {
     sources
         .insert(SourceKey { addr: PROBE_SOURCE }, SourceState::default(), 0)
         .map_err(EbpfError::map("PROBE_SOURCES"))?;
+    let mut sources4: aya::maps::HashMap<_, u32, SourceState> =
+        aya::maps::HashMap::try_from(ebpf.map_mut("PROBE_SOURCES4").ok_or(EbpfError::MissingMap("PROBE_SOURCES4"))?)
+            .map_err(EbpfError::map("PROBE_SOURCES4"))?;
+    sources4.insert(PROBE_SOURCE[3], SourceState::default(), 0).map_err(EbpfError::map("PROBE_SOURCES4"))?;
     for name in ["PROBE_LPM_A", "PROBE_LPM_B"] {
         let mut trie: LpmTrie<_, [u32; 4], DenyEntry> =
             LpmTrie::try_from(ebpf.map_mut(name).ok_or(EbpfError::MissingMap("PROBE_LPM"))?)
@@ -210,6 +226,8 @@ fn settings(rate: u64, burst: u64, new_per_sec: u64) -> GuardConfig {
         syn_interval_ns: interval,
         syn_tolerance_ns: interval * (burst - 1),
         new_sources_per_sec: new_per_sec,
+        // The guard's own (calibrated at load).
+        tick_ns: 0,
     }
 }
 
@@ -271,10 +289,12 @@ impl BenchReport {
             let _ = writeln!(s, "| {} | {:.1} | {ratio} | {extra:.1} | {} |", m.name, m.ns_per_packet, m.method);
         }
         if let Some(r) = self.known_over_floor() {
-            let verdict = if r <= 2.0 { "met" } else { "not met" };
+            let verdict = |goal: f64| if r <= goal { "met" } else { "not met" };
             let _ = writeln!(
                 s,
-                "\nGoal: the known-source pass path within 2× of the empty program: **{verdict}** ({r:.1}×)."
+                "\nThe known-source pass path is {r:.1}× the empty program: target 2.5× **{}**, goal 2× **{}**.",
+                verdict(2.5),
+                verdict(2.0)
             );
         }
         let cost = |prefix: &str| {
@@ -288,29 +308,41 @@ impl BenchReport {
             s,
             "Each probe (`gateway-ebpf/src/probe.rs`) is a program doing one operation of the pass path; its cost \
              is its time minus the floor. The known-source pass path is the floor, plus parsing, the config \
-             lookup and the verdict counter ({:.0} ns, the \"parse + count\" row), plus `bpf_ktime_get_ns` \
-             ({:.0} ns), plus the LRU lookup of the source's bucket ({:.0} ns); the bucket's charge (an atomic \
-             add or a plain store, {:.0} ns) and the list prefilter (an inlined array read) are noise next to \
-             those. Lists in use add the two LPM lookups ({:.0} ns) only for a source whose /16 holds a list \
-             entry (the row \"an entry in the source's /16\", whose deny trie also holds a /27 beside the \
-             source: a deeper walk than in the other rows' tries); any other source pays the prefilter alone.",
+             lookup and the verdict counter ({:.0} ns, the \"parse + count\" row), plus the clock \
+             (`bpf_jiffies64`, inlined by the verifier: {:.0} ns), plus the LRU lookup of the source's bucket \
+             ({:.0} ns); the bucket's charge (an atomic add or a plain store, {:.0} ns) and the list prefilter \
+             (an inlined array read) are noise next to those. Lists in use add the two LPM lookups ({:.0} ns) \
+             only for a source whose /16 holds a list entry (the row \"an entry in the source's /16\", whose deny \
+             trie also holds a /27 beside the source: a deeper walk than in the other rows' tries); any other \
+             source pays the prefilter alone.",
             cost("guard on"),
-            cost("probe: bpf_ktime"),
-            cost("probe: LRU"),
+            cost("probe: bpf_jiffies64"),
+            cost("probe: LRU hash lookup, known source"),
             cost("probe: array lookup + atomic"),
             cost("probe: two LPM"),
         );
         let _ = writeln!(
             s,
-            "\nHelper calls dominate: a call to a kernel function costs tens of ns on this VM (the kernel \
+            "\nThe clock: `bpf_ktime_get_ns` is a helper call ({:.0} ns here, the row \"bpf_ktime_get_ns clock\" \
+             is the pass path on it); the guard now reads `bpf_jiffies64() × tick`, with the tick calibrated at \
+             load against CLOCK_MONOTONIC and snapped to a known HZ, and every bucket's tolerance widened by one \
+             tick. The error bounds (no conforming sender dropped; at most two ticks' worth of the rate admitted \
+             beyond the exact bucket in any window) are derived and tested in `gateway-common/src/gcra.rs`.",
+            cost("probe: bpf_ktime"),
+        );
+        let _ = writeln!(
+            s,
+            "\nWhat remains is one helper call: the LRU lookup. Helper calls dominate on this VM (the kernel \
              reports `spec_rstack_overflow: Safe RET`, which makes every return expensive), while what the \
-             verifier inlines (array lookups, `bpf_jiffies64`) costs 1-2 ns. The 2× goal leaves 1× the floor \
-             for everything: parsing plus one LRU lookup already exceed it, and a per-source rate limiter \
-             cannot skip finding the source's bucket. `bpf_jiffies64` would save the clock read, but its \
-             resolution is one tick (1/HZ, 4 ms on Debian) and the tick length is a kernel build option \
-             (CONFIG_HZ) the daemon would have to find or calibrate: the buckets' arithmetic would need a calibrated tick and a tolerance widened by a tick; not done. \
-             Merging the allow and deny tries into one would save one of two LPM lookups only for sources the \
-             prefilter lets through ({:.0} ns measured for one lookup, {:.0} ns for two); not done.",
+             verifier inlines (array lookups, `bpf_jiffies64`) costs 1-2 ns. The key's size is not the cost \
+             (the 4-byte-key probe costs {:.0} ns against {:.0} ns for 16 bytes): the call is. Going below it \
+             means a bucket table the verifier can inline (an array indexed by a hash computed in the program, \
+             set-associative, with its own eviction in place of the LRU's); not done. Merging the allow and \
+             deny tries into one would save one of two LPM lookups only for sources the prefilter lets through \
+             ({:.0} ns measured for one lookup, {:.0} ns for two), and would change which list wins when both \
+             hold a prefix of the source (allow wins today, whatever the prefix lengths); not done.",
+            cost("probe: LRU hash lookup, known source, 4-byte"),
+            cost("probe: LRU hash lookup, known source"),
             cost("probe: one LPM"),
             cost("probe: two LPM"),
         );

@@ -19,6 +19,8 @@ use gateway_common::xdp::{
 };
 use ipnet::IpNet;
 
+mod clock;
+
 use super::{
     Counters, EbpfError, PinLock,
     attach::Attachment,
@@ -86,8 +88,11 @@ pub struct XdpGuard {
     listed_map: Array<MapData, u64>,
     /// The prefilter bitmap as last written to `listed_map`.
     listed: Vec<u64>,
-    /// The settings last written, without the list bits (those follow the lists).
+    /// The settings last written, without the list bits (those follow the lists) and without
+    /// the clock's tick (added when written).
     config: GuardConfig,
+    /// Nanoseconds per jiffy of the program's clock; 0: `bpf_ktime_get_ns`.
+    tick_ns: u64,
     pub(super) pin_dir: Option<PathBuf>,
     pub(super) attachments: Vec<Attachment>,
     /// Held for as long as the guard lives; released last.
@@ -141,7 +146,15 @@ impl XdpGuard {
             deny,
             listed_map,
             listed: vec![0; LISTED_WORDS as usize],
-            config: GuardConfig { flags: config.flags & !(flags::ALLOW | flags::DENY), ..config },
+            // A pinned config carries the previous run's clock: taken back out (re-added on write).
+            config: GuardConfig {
+                flags: config.flags & !(flags::ALLOW | flags::DENY),
+                pkt_tolerance_ns: config.pkt_tolerance_ns.saturating_sub(config.tick_ns),
+                syn_tolerance_ns: config.syn_tolerance_ns.saturating_sub(config.tick_ns),
+                tick_ns: 0,
+                ..config
+            },
+            tick_ns: 0,
             pin_dir: opts.pin_dir.clone(),
             attachments: Vec::new(),
             _lock: lock,
@@ -149,7 +162,29 @@ impl XdpGuard {
         // What a pinned bitmap holds is not known here (or there is none yet, next to lists an
         // older run pinned): written in full.
         guard.rebuild_prefilter(true)?;
+        guard.tick_ns = match clock::calibrate(&mut guard.ebpf)? {
+            Ok(tick) => {
+                tracing::info!(tick_ns = tick, hz = 1_000_000_000 / tick, "XDP guard clock: jiffies (calibrated)");
+                tick
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "XDP guard clock: jiffies cannot be calibrated; using bpf_ktime_get_ns (slower pass path)");
+                0
+            }
+        };
         Ok(guard)
+    }
+
+    /// Nanoseconds per tick of the program's clock (0: `bpf_ktime_get_ns`).
+    pub fn tick_ns(&self) -> u64 {
+        self.tick_ns
+    }
+
+    /// Switches the program's clock: `Some(tick)` for jiffies × tick, `None` for
+    /// `bpf_ktime_get_ns` (the selftest runs its bucket cases on both). Rewrites the settings.
+    pub fn set_clock(&mut self, tick_ns: Option<u64>) -> Result<(), EbpfError> {
+        self.tick_ns = tick_ns.unwrap_or(0);
+        self.flush_config()
     }
 
     /// Recomputes the list prefilter from the lists as stored and clears the bits no entry
@@ -204,9 +239,10 @@ impl XdpGuard {
     }
 
     /// Writes the settings. The allow/deny bits are derived from the lists (an empty list costs
-    /// no lookup), whatever `config` says.
+    /// no lookup), whatever `config` says; the clock fields (`tick_ns`, and one tick added to each
+    /// tolerance) are the guard's own.
     pub fn write_config(&mut self, config: &GuardConfig) -> Result<(), EbpfError> {
-        self.config = GuardConfig { flags: config.flags & !(flags::ALLOW | flags::DENY), ..*config };
+        self.config = GuardConfig { flags: config.flags & !(flags::ALLOW | flags::DENY), tick_ns: 0, ..*config };
         self.flush_config()
     }
 
@@ -217,6 +253,11 @@ impl XdpGuard {
 
     fn flush_config(&mut self) -> Result<(), EbpfError> {
         let mut config = self.config;
+        // A clock of one-tick resolution lags by up to a tick: the tolerance grows by one so that
+        // conforming senders still pass (bounds in `gateway_common::gcra`).
+        config.tick_ns = self.tick_ns;
+        config.pkt_tolerance_ns = config.pkt_tolerance_ns.saturating_add(self.tick_ns);
+        config.syn_tolerance_ns = config.syn_tolerance_ns.saturating_add(self.tick_ns);
         if self.allow.keys().next().is_some() {
             config.flags |= flags::ALLOW;
         }

@@ -1,12 +1,13 @@
 //! The guard's programs run on crafted frames through `BPF_PROG_TEST_RUN`, in the kernel this
 //! process runs on: parsing (IPv4, IPv6, VLAN, fragments, extension headers), truncation at every
 //! header boundary, garbage, allow/deny precedence and expiry, bucket exhaustion and refill, the
-//! SYN bucket, prefix grouping, the new-source guard, and the per-verdict counters (every case
-//! checks that exactly its verdict's counter moved).
+//! SYN bucket, prefix grouping, the new-source guard, the clock (`clock`), and the per-verdict
+//! counters (every case checks that exactly its verdict's counter moved).
 //!
 //! Used by the test suite, by `gatewayd xdp selftest` (which the qemu scenarios run on 5.10, 6.1
 //! and 6.12) and by nothing on a production path. Needs root (CAP_BPF, CAP_NET_ADMIN).
 
+mod clock;
 pub mod frames;
 
 use std::{
@@ -265,10 +266,8 @@ const GENEROUS: Limits = Limits {
 };
 
 fn config(l: Limits) -> GuardConfig {
-    let gcra = |(rate, burst): (u64, u64)| {
-        let interval = (1_000_000_000 / rate).max(1);
-        (interval, interval * (burst - 1))
-    };
+    // On an exact clock: the guard adds its tick.
+    let gcra = |(rate, burst): (u64, u64)| gateway_common::gcra::params(rate, burst, 0);
     let mut c = GuardConfig {
         flags: flags::ENABLED,
         mask_v4: prefix_mask(96 + l.v4_prefix),
@@ -308,7 +307,11 @@ impl Suite<'_> {
     }
 
     fn record(&mut self, name: impl Into<String>, failure: Option<String>) {
-        self.report.cases.push(CaseResult { program: self.program_label(), name: name.into(), failure });
+        let mut name = name.into();
+        if self.guard.tick_ns() == 0 {
+            name.push_str(" [bpf_ktime_get_ns clock]");
+        }
+        self.report.cases.push(CaseResult { program: self.program_label(), name, failure });
     }
 
     fn reset(&mut self, limits: Limits) -> Result<(), EbpfError> {
@@ -393,6 +396,7 @@ impl Suite<'_> {
         self.lists()?;
         self.buckets()?;
         self.new_source_guard()?;
+        self.clock()?;
         self.disabled()
     }
 

@@ -425,10 +425,9 @@ pub fn guard_config(spec: &XdpSpec) -> GuardConfig {
 }
 
 /// A token bucket of `rate`/s and `burst` as GCRA: the cost of one packet, and how far ahead of
-/// now the bucket's arrival time may run.
+/// now the bucket's arrival time may run (on an exact clock: the guard adds its tick).
 fn gcra(rate: u64, burst: u64) -> (u64, u64) {
-    let interval = (1_000_000_000 / rate.max(1)).max(1);
-    (interval, interval.saturating_mul(burst.max(1) - 1))
+    gateway_common::gcra::params(rate, burst, 0)
 }
 
 /// Makes the config-origin deny entries equal to `wanted`; run-time blocks are left alone, except

@@ -55,6 +55,11 @@ impl Scrape {
         Ok(scrape)
     }
 
+    /// Every sample, in the order written.
+    pub fn all(&self) -> &[Sample] {
+        &self.samples
+    }
+
     /// Every sample of the metric `name`.
     pub fn samples<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
         self.samples.iter().filter(move |s| s.name == name)

@@ -23,6 +23,9 @@ pub struct TargetState {
     ejected_until: AtomicU64,
     /// Set while the single probe request after a cool-down is in flight.
     probing: AtomicBool,
+    /// Taken out of rotation by an operator (`drain_target`): no new requests, in-flight ones
+    /// finish. Kept across reloads with the rest of the state.
+    drained: AtomicBool,
 }
 
 impl TargetState {
@@ -35,7 +38,19 @@ impl TargetState {
         self.ejected_until.load(Ordering::Relaxed) == 0
     }
 
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains (`true`) or returns the target to rotation; returns the previous setting.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Ordering::Relaxed)
+    }
+
     pub(super) fn is_available(&self, now: u64) -> bool {
+        if self.drained.load(Ordering::Relaxed) {
+            return false;
+        }
         let until = self.ejected_until.load(Ordering::Relaxed);
         until == 0 || (now >= until && !self.probing.load(Ordering::Relaxed))
     }

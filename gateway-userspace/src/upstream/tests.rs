@@ -85,3 +85,15 @@ fn state_survives_rebuild() {
     assert!(!new.targets[1].state.is_up());
     assert!(new.targets[2].state.is_up());
 }
+
+#[test]
+fn drained_targets_get_no_new_requests_until_returned() {
+    let s = Service::new(spec(LbAlgorithm::RoundRobin, 2), None);
+    assert!(!s.targets[0].state.set_drained(true));
+    let picks: Vec<usize> = (0..4).map(|_| s.pick(0).unwrap()).collect();
+    assert_eq!(picks, vec![1, 1, 1, 1]);
+    s.targets[1].state.set_drained(true);
+    assert_eq!(s.pick(0), Err(PickError::NoHealthyTarget));
+    assert!(s.targets[0].state.set_drained(false));
+    assert_eq!(s.pick(0), Ok(0));
+}

@@ -29,11 +29,11 @@ use super::{
     support::{BIN, eventually, metric_value, raw_get},
 };
 
-const HTTP_PORT: u16 = 8080;
+pub(super) const HTTP_PORT: u16 = 8080;
 const METRICS: &str = "127.0.0.1:9090";
 
 /// gatewayd running inside a namespace, with the demo upstream behind `/demo`.
-struct NsGateway<'a> {
+pub(super) struct NsGateway<'a> {
     ns: &'a Netns,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -120,15 +120,20 @@ auth = "none"
         }
     }
 
-    fn start(ns: &'a Netns, listen: Ipv4Addr, xdp: &str) -> NsGateway<'a> {
+    pub(super) fn start(ns: &'a Netns, listen: Ipv4Addr, xdp: &str) -> NsGateway<'a> {
         Self::try_start(ns, listen, xdp).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn stderr(&self) -> String {
+    /// The directory of its config and admin socket (`admin.sock`).
+    pub(super) fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub(super) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(super) fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = self.ns.run(|| raw_get(METRICS.parse().unwrap(), "/metrics")).expect("scrape");
         metric_value(&text, name, labels)
     }
@@ -138,7 +143,7 @@ auth = "none"
     }
 
     /// `gatewayd --admin-socket … ARGS` (the admin socket is a path: no namespace needed).
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(super) fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .arg("--admin-socket")
             .arg(self.dir.path().join("admin.sock"))
@@ -193,7 +198,13 @@ impl Drop for NsGateway<'_> {
 }
 
 /// GET `path` from source address `src`: the status, or why there was none.
-fn get_from(ns: &Netns, src: Ipv4Addr, dst: SocketAddr, path: &str, timeout: Duration) -> Result<u16, String> {
+pub(super) fn get_from(
+    ns: &Netns,
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
     get_from_with(ns, src, dst, path, "", timeout)
 }
 
@@ -257,10 +268,10 @@ impl Drop for Flood {
 }
 
 /// A pin directory of its own, removed (links detached) at the end of the test.
-struct PinDir(PathBuf);
+pub(super) struct PinDir(PathBuf);
 
 impl PinDir {
-    fn new(tag: &str) -> PinDir {
+    pub(super) fn new(tag: &str) -> PinDir {
         PinDir(PathBuf::from(format!("/sys/fs/bpf/gwtest-{}-{tag}", std::process::id())))
     }
 }
@@ -279,7 +290,7 @@ fn guard_attached(ns: &Netns) -> bool {
     link.contains("xdp") || tc.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("gateway_tc"))
 }
 
-const SHORT: Duration = Duration::from_secs(1);
+pub(super) const SHORT: Duration = Duration::from_secs(1);
 
 fn flood_dropped_others_served(mode: &str, tag: &str, subnet: u8) {
     let net = VethPair::new(tag, subnet, 4);
@@ -359,7 +370,7 @@ fn flood_is_dropped_while_others_are_served_tc() {
 }
 
 /// The guard in skb mode with a configured deny entry and a 50/s (burst 100) rate limit.
-fn rate_limited_guard(pins: &PinDir) -> String {
+pub(super) fn rate_limited_guard(pins: &PinDir) -> String {
     format!(
         "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\ndeny = [\"192.0.2.0/24\"]\n\n[xdp.rate_limit]\nrate = 50\nburst = 100\n",
         pins.0.display()

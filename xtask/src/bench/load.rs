@@ -92,6 +92,88 @@ fn parse_wrk(out: &str) -> Result<WrkResult> {
     })
 }
 
+/// The closed-loop load generator for the highest rate: wrk (default), or hey, which is what
+/// many users reach for first (`--load hey`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MaxLoad {
+    Wrk,
+    Hey,
+}
+
+impl MaxLoad {
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxLoad::Wrk => "wrk",
+            MaxLoad::Hey => "hey",
+        }
+    }
+
+    pub fn command(self, connections: usize, duration: Duration, cpus: &CpuList, url: &str) -> Command {
+        match self {
+            MaxLoad::Wrk => Wrk { connections, duration }.command(cpus, url),
+            MaxLoad::Hey => hey_command(connections, duration, cpus, url),
+        }
+    }
+
+    /// Runs it; fails if the tool fails, saw no request, or got any non-2xx answer.
+    pub fn run(self, connections: usize, duration: Duration, cpus: &CpuList, url: &str) -> Result<WrkResult> {
+        match self {
+            MaxLoad::Wrk => Wrk { connections, duration }.run(cpus, url),
+            MaxLoad::Hey => {
+                let mut cmd = hey_command(connections, duration, cpus, url);
+                announce(&cmd);
+                let out = capture(&mut cmd)?;
+                let result = parse_hey(&out, duration).with_context(|| format!("cannot read hey's output:\n{out}"))?;
+                if result.requests == 0 || result.non_2xx > 0 {
+                    bail!("hey against {url}: {} answers, {} non-2xx:\n{out}", result.requests, result.non_2xx);
+                }
+                Ok(result)
+            }
+        }
+    }
+}
+
+/// `hey -z D -c N -cpus K`: N workers (keep-alive connections) on the load CPUs.
+fn hey_command(connections: usize, duration: Duration, cpus: &CpuList, url: &str) -> Command {
+    let mut cmd = cpus.taskset("hey");
+    cmd.args(["-z", &format!("{}s", duration.as_secs())])
+        .args(["-c", &connections.to_string()])
+        .args(["-cpus", &cpus.len().to_string()])
+        .arg(url);
+    cmd
+}
+
+/// hey's summary: `Requests/sec:`, the status code distribution (`[200]\tN responses`) and the
+/// error distribution (`[N]\tGet ...: error`), in the shape of wrk's result.
+fn parse_hey(out: &str, duration: Duration) -> Result<WrkResult> {
+    let mut rps = None;
+    let (mut ok, mut non_2xx, mut errors) = (0u64, 0u64, 0u64);
+    let mut section = "";
+    for line in out.lines().map(str::trim) {
+        if let Some(value) = line.strip_prefix("Requests/sec:") {
+            rps = value.trim().parse().ok();
+        } else if line.ends_with("distribution:") {
+            section = line;
+        } else if let Some(rest) = line.strip_prefix('[') {
+            let Some((key, rest)) = rest.split_once(']') else { continue };
+            let count: u64 = rest.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            if section.starts_with("Status code") {
+                if key.starts_with('2') { ok += count } else { non_2xx += count }
+            } else if section.starts_with("Error") {
+                // Here the key is the count: `[3]\tGet "...": EOF`.
+                errors += key.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Ok(WrkResult {
+        requests: ok,
+        seconds: duration.as_secs_f64(),
+        rps: rps.context("no `Requests/sec:` line")?,
+        socket_errors: errors,
+        non_2xx,
+    })
+}
+
 /// What an open-loop oha run measured. Latencies in seconds, from each request's *scheduled*
 /// start (`--latency-correction`).
 #[derive(Debug, Clone, PartialEq)]
@@ -245,6 +327,14 @@ Transfer/sec:      8.36MB
         let expected = WrkResult { requests: 528_571, seconds: 10.01, rps: 52804.29, socket_errors: 4, non_2xx: 7 };
         assert_eq!(parsed, Some(expected));
         assert!(parse_wrk("unable to connect to 127.0.0.1:1 Connection refused").is_err());
+    }
+
+    #[test]
+    fn hey_output_is_read() {
+        let out = "Summary:\n  Total:\t1.0004 secs\n  Requests/sec:\t30942.0891\n\nStatus code distribution:\n  [200]\t30954 responses\n  [502]\t2 responses\n\nError distribution:\n  [3]\tGet \"http://x/\": EOF\n";
+        let expected = WrkResult { requests: 30_954, seconds: 1.0, rps: 30942.0891, socket_errors: 3, non_2xx: 2 };
+        assert_eq!(parse_hey(out, Duration::from_secs(1)).ok(), Some(expected));
+        assert!(parse_hey("", Duration::from_secs(1)).is_err());
     }
 
     #[test]

@@ -49,6 +49,16 @@ impl Report {
         self.blank();
     }
 
+    /// The commands a run used, then each config file (title, code-block language, text).
+    pub fn commands_and_configs<N: AsRef<str>>(&mut self, commands: &[String], configs: &[(N, &str, String)]) {
+        self.paragraph("Commands (ports are picked free for each run):");
+        self.code("sh", &commands.join("\n"));
+        for (name, lang, text) in configs {
+            self.paragraph(&format!("{}:", name.as_ref()));
+            self.code(lang, text);
+        }
+    }
+
     /// Writes `bench/results/<name>.md` and returns its path.
     pub fn write(&self, name: &str) -> Result<PathBuf> {
         let dir = workspace_root().join("bench").join("results");
@@ -94,6 +104,7 @@ pub fn num(value: f64, digits: usize) -> String {
 }
 
 /// Facts about the machine and the moment, for the report's setup section.
+#[derive(Clone)]
 pub struct Machine {
     pub date: String,
     pub kernel: String,

@@ -158,13 +158,13 @@ impl AcmeSpec {
             seed.push('\n');
             seed.push_str(d);
         }
-        let hash = super::super::material::hex_lower(&super::super::material::sha256(seed.as_bytes()));
+        let hash = crate::cert::hex_lower(&crate::cert::sha256(seed.as_bytes()));
         format!("{}-{}", self.domains.first().map_or("cert", String::as_str), &hash[..12])
     }
 
     /// Names the account file: one account per CA directory.
     pub fn account_id(&self) -> String {
-        let hash = super::super::material::hex_lower(&super::super::material::sha256(self.directory.as_bytes()));
+        let hash = crate::cert::hex_lower(&crate::cert::sha256(self.directory.as_bytes()));
         format!("account-{}", &hash[..12])
     }
 }

@@ -62,7 +62,7 @@ impl Lock {
         let key = kv.key(format_args!("acme:lock:{}", spec.cert_id()));
         let mut raw = [0u8; 16];
         let _ = aws_lc_rs::rand::fill(&mut raw);
-        let token = crate::tls::material::hex_lower(&raw);
+        let token = crate::cert::hex_lower(&raw);
         let cmd = redis::cmd("SET").arg(&key).arg(&token).arg("NX").arg("PX").arg(LOCK_TTL.as_millis() as u64).clone();
         let set: Option<String> = kv.query("acme_lock", &cmd).await?;
         Ok(set.map(|_| Lock { kv: kv.clone(), key, token }))

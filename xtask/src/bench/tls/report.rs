@@ -184,12 +184,7 @@ pub fn write(subjects: &[Subject], results: &[(Phase, Vec<Vec<Run>>)], setup: &S
             vec!["OpenSSL".into(), report::version_of(Command::new("openssl").arg("version"))],
         ],
     );
-    rep.paragraph("Commands (ports are picked free for each run):");
-    rep.code("sh", &setup.commands.join("\n"));
-    for (name, lang, text) in &setup.configs {
-        rep.paragraph(&format!("{name}:"));
-        rep.code(lang, text);
-    }
+    rep.commands_and_configs(&setup.commands, &setup.configs);
     rep
 }
 

@@ -1,0 +1,381 @@
+//! The attacks, run from threads inside the attacker namespace and bounded in time.
+//!
+//! Raw-packet floods are sent by our own AF_PACKET sender rather than trafgen or hping3: it
+//! needs no config language for per-packet source schemes (131,072 spoofed v4 and v6 sources,
+//! a never-repeating rotation), paces itself to `--attack-pps`, and nothing is installed for it.
+//! Real handshakes and HTTP requests use ordinary sockets bound to the attacker's addresses.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use socket2::{Domain, Socket, Type};
+
+use super::{
+    packet::{self, Frame, Link, Payload},
+    topology::{
+        self, ATTACK_IF, ATTACK_NS, CONNECTION_SOURCES, GW_ATTACK_ADDR, GW_ATTACK_ADDR6, HTTP_SOURCES, Topology,
+    },
+};
+
+pub const SERVICE_PORT: u16 = 8080;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attack {
+    /// No attack: the baseline of each subject.
+    None,
+    /// TCP SYNs from 131,072 spoofed sources (half IPv4, half IPv6).
+    SynSpoofed,
+    /// TCP SYNs from one spoofed source.
+    SynOne,
+    /// UDP junk (64 bytes) to the service port from 16 spoofed sources.
+    Udp,
+    /// Real handshakes (connect, then reset) from 300 addresses.
+    Connections,
+    /// HTTP requests from 4 addresses, refused by the per-IP L7 limit (429).
+    Http,
+    /// TCP SYNs from never-repeating spoofed sources (v4 and v6): tries to evict tracked sources.
+    Rotating,
+}
+
+impl Attack {
+    pub const ALL: [Attack; 7] = [
+        Attack::None,
+        Attack::SynSpoofed,
+        Attack::SynOne,
+        Attack::Udp,
+        Attack::Connections,
+        Attack::Http,
+        Attack::Rotating,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Attack::None => "none",
+            Attack::SynSpoofed => "syn-spoofed",
+            Attack::SynOne => "syn-one",
+            Attack::Udp => "udp",
+            Attack::Connections => "connections",
+            Attack::Http => "http",
+            Attack::Rotating => "rotating",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Attack::None => "no attack (baseline)",
+            Attack::SynSpoofed => {
+                "SYN flood, 131,072 spoofed sources (65,536 IPv4 in 10.128.0.0/9, 65,536 IPv6 in fd73::/32), paced"
+            }
+            Attack::SynOne => "SYN flood from one spoofed source (10.128.0.1), paced",
+            Attack::Udp => "UDP datagrams (64 bytes of junk) to the service port from 16 spoofed sources, paced",
+            Attack::Connections => {
+                "real TCP handshakes from 300 addresses, each closed with a reset at once, 4 threads (at most pps/4 per second)"
+            }
+            Attack::Http => {
+                "keep-alive HTTP GETs from 4 addresses (2 connections each, one request in flight), refused by the per-IP limit of 1,000/s"
+            }
+            Attack::Rotating => {
+                "SYN flood whose source never repeats (alternating IPv4 and IPv6), to flush the guard's LRU of tracked sources, paced"
+            }
+        }
+    }
+}
+
+/// A running attack: its threads stop at `stop()` or at their deadline, whichever comes first.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<u64>>>,
+}
+
+impl Running {
+    /// Stops the threads; returns how many units (frames, handshakes, requests) they sent.
+    pub fn stop(self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for thread in self.threads {
+            total += thread.join().map_err(|_| anyhow::anyhow!("an attack thread panicked"))??;
+        }
+        Ok(total)
+    }
+}
+
+/// Starts `attack`; it ends by itself after `limit` at the latest.
+pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Result<Running> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + limit;
+    let link = Link { src_mac: topo.attack_mac, dst_mac: topo.gw_attack_mac };
+    let mut threads = Vec::new();
+    let raw = |scheme: Scheme, payload: Payload| {
+        let stop = stop.clone();
+        topology::spawn_in(ATTACK_NS, move || raw_flood(link, scheme, payload, pps, deadline, &stop))
+    };
+    match attack {
+        Attack::None => {}
+        Attack::SynSpoofed => threads.push(raw(Scheme::Pool, Payload::Syn)?),
+        Attack::SynOne => threads.push(raw(Scheme::One, Payload::Syn)?),
+        Attack::Udp => threads.push(raw(Scheme::Few(16), Payload::Udp(64))?),
+        Attack::Rotating => threads.push(raw(Scheme::Rotating, Payload::Syn)?),
+        Attack::Connections => {
+            const THREADS: usize = 4;
+            let per_thread = (pps / 4 / THREADS as u64).max(1);
+            for t in 0..THREADS {
+                let stop = stop.clone();
+                threads.push(topology::spawn_in(ATTACK_NS, move || {
+                    connection_flood(t, THREADS, per_thread, deadline, &stop)
+                })?);
+            }
+        }
+        Attack::Http => {
+            for i in 0..HTTP_SOURCES * 2 {
+                let stop = stop.clone();
+                let src = topology::http_source(i % HTTP_SOURCES);
+                threads.push(topology::spawn_in(ATTACK_NS, move || http_flood(src, deadline, &stop))?);
+            }
+        }
+    }
+    Ok(Running { stop, threads })
+}
+
+/// Which spoofed source the n-th frame carries.
+#[derive(Debug, Clone, Copy)]
+enum Scheme {
+    /// 2^16 IPv4 and 2^16 IPv6 sources, in a scrambled order.
+    Pool,
+    One,
+    Few(u32),
+    /// A new source for every frame.
+    Rotating,
+}
+
+const POOL_BITS: u32 = 16;
+
+impl Scheme {
+    fn source(self, n: u64) -> IpAddr {
+        match self {
+            Scheme::Pool => {
+                let idx = mix(n) & ((1 << (POOL_BITS + 1)) - 1);
+                let member = mix(idx ^ 0x5bd1_e995);
+                if idx & 1 == 0 {
+                    // Distinct per idx: the low 16 bits are idx/2; the /9 leaves 7 more bits.
+                    IpAddr::V4(topology::spoofed_v4((((member as u32) & 0x7F) << 16) | (idx as u32 >> 1)))
+                } else {
+                    IpAddr::V6(topology::spoofed_v6(((member & 0xFFFF) << 16) | (idx >> 1)))
+                }
+            }
+            Scheme::One => IpAddr::V4(topology::spoofed_v4(1)),
+            Scheme::Few(k) => IpAddr::V4(topology::spoofed_v4(1000 + (n % u64::from(k)) as u32)),
+            Scheme::Rotating => {
+                if n & 1 == 0 {
+                    IpAddr::V4(topology::spoofed_v4(0x10_0000 + (n >> 1) as u32))
+                } else {
+                    IpAddr::V6(topology::spoofed_v6((1 << 40) + (n >> 1)))
+                }
+            }
+        }
+    }
+}
+
+/// splitmix64's finaliser: scrambles an index into a well-spread 64-bit value.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// An AF_PACKET socket bound to the attacker's veth, bypassing its qdisc (as trafgen does).
+fn packet_socket() -> Result<OwnedFd> {
+    // SAFETY: plain system calls on a descriptor we own; sockaddr_ll is fully initialised.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET) (needs root)");
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let name = std::ffi::CString::new(ATTACK_IF)?;
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        if ifindex == 0 {
+            bail!("no interface {ATTACK_IF} in {ATTACK_NS}");
+        }
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = i32::try_from(ifindex)?;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        if libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
+        }
+        let one: libc::c_int = 1;
+        let one_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // Best effort: without it frames only take the (noqueue) qdisc path.
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, (&raw const one).cast(), one_len);
+        Ok(fd)
+    }
+}
+
+/// Sends frames paced to `pps` until `stop` or `deadline`; returns the frames the kernel took.
+fn raw_flood(
+    link: Link,
+    scheme: Scheme,
+    payload: Payload,
+    pps: u64,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<u64> {
+    let fd = packet_socket()?;
+    let mut buf = Vec::with_capacity(packet::frame_len(true, payload));
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        // Pace in batches: ahead of schedule, sleep the difference.
+        let due = (start.elapsed().as_secs_f64() * pps as f64) as u64;
+        if sent > due {
+            std::thread::sleep(Duration::from_secs_f64((sent - due) as f64 / pps as f64));
+            continue;
+        }
+        for _ in 0..64 {
+            let src = scheme.source(n);
+            let dst = if src.is_ipv6() { IpAddr::V6(GW_ATTACK_ADDR6) } else { IpAddr::V4(GW_ATTACK_ADDR) };
+            let sport = 1024 + (mix(n ^ 0xA5A5) % 64000) as u16;
+            packet::build(&mut buf, link, Frame { src, dst, sport, dport: SERVICE_PORT, payload, seq: n as u32 });
+            n += 1;
+            // SAFETY: buf is a live, initialised buffer of buf.len() bytes.
+            let rc = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
+            if rc > 0 {
+                sent += 1;
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Completed handshakes from this thread's share of the 300 sources, each reset at once (no
+/// TIME_WAIT on either side), at most `per_second`.
+fn connection_flood(
+    thread: usize,
+    threads: usize,
+    per_second: u64,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<u64> {
+    let dst = SocketAddr::from((GW_ATTACK_ADDR, SERVICE_PORT));
+    let start = Instant::now();
+    let mut done: u64 = 0;
+    let mut i = thread;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let due = (start.elapsed().as_secs_f64() * per_second as f64) as u64;
+        if done > due {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let src = SocketAddr::from((topology::connection_source(i % CONNECTION_SOURCES), 0));
+        i += threads;
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.set_linger(Some(Duration::ZERO))?;
+        socket.bind(&src.into())?;
+        if socket.connect_timeout(&dst.into(), Duration::from_millis(500)).is_ok() {
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// Keep-alive requests from `src`, one in flight, reconnecting when the gateway closes or stops
+/// answering (as it does once the source is blocked).
+fn http_flood(src: std::net::Ipv4Addr, deadline: Instant, stop: &AtomicBool) -> Result<u64> {
+    const REQUEST: &[u8] = b"GET /demo/hello HTTP/1.1\r\nHost: flood\r\n\r\n";
+    let dst = SocketAddr::from((GW_ATTACK_ADDR, SERVICE_PORT));
+    let mut sent: u64 = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.set_linger(Some(Duration::ZERO))?;
+        socket.bind(&SocketAddr::from((src, 0)).into())?;
+        if socket.connect_timeout(&dst.into(), Duration::from_millis(300)).is_err() {
+            continue;
+        }
+        let mut stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if stream.write_all(REQUEST).is_err() {
+                break;
+            }
+            sent += 1;
+            match stream.read(&mut buf) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn the_pool_has_both_families_and_over_50k_sources() {
+        let sources: HashSet<IpAddr> = (0..2_000_000).map(|n| Scheme::Pool.source(n)).collect();
+        let v6 = sources.iter().filter(|s| s.is_ipv6()).count();
+        assert!(sources.len() >= 120_000, "{} distinct sources", sources.len());
+        assert!(v6 > 50_000 && sources.len() - v6 > 50_000, "{v6} IPv6 of {}", sources.len());
+        assert!(sources.len() <= 1 << (POOL_BITS + 1), "the pool is bounded");
+    }
+
+    #[test]
+    fn rotation_never_repeats_and_one_is_one() {
+        let rotating: HashSet<IpAddr> = (0..100_000).map(|n| Scheme::Rotating.source(n)).collect();
+        assert_eq!(rotating.len(), 100_000);
+        let one: HashSet<IpAddr> = (0..1000).map(|n| Scheme::One.source(n)).collect();
+        assert_eq!(one.len(), 1);
+        let few: HashSet<IpAddr> = (0..1000).map(|n| Scheme::Few(16).source(n)).collect();
+        assert_eq!(few.len(), 16);
+    }
+
+    /// `Tcp: InSegs` / `Udp: InDatagrams`-style counters of `/proc/net/snmp` inside `ns`.
+    fn snmp(ns: &str, proto: &str, field: &str) -> u64 {
+        let out = crate::cmd::capture(topology::in_ns(ns, "cat").arg("/proc/net/snmp")).expect("read /proc/net/snmp");
+        let mut lines = out.lines().filter(|l| l.starts_with(&format!("{proto}:")));
+        let (names, values) = (lines.next().expect("header"), lines.next().expect("values"));
+        let at = names.split_whitespace().position(|n| n == field).expect("field");
+        values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("number")
+    }
+
+    /// The harness itself, for real and in a second: the namespaces come up, the raw sender's
+    /// SYNs (v4 and v6, spoofed) and UDP junk reach the gateway's stack with valid checksums, and
+    /// the attacker veth's counter sees them. Needs root (like the XDP tests).
+    #[test]
+    fn raw_floods_reach_the_gateway_stack_with_valid_checksums() -> Result<()> {
+        let topo = Topology::create()?;
+        let ns = topology::GW_NS;
+        let (segs, udp, csum) =
+            (snmp(ns, "Tcp", "InSegs"), snmp(ns, "Udp", "NoPorts"), snmp(ns, "Tcp", "InCsumErrors"));
+        let tx = topology::tx_packets(ATTACK_NS, ATTACK_IF)?;
+        let run = |attack| -> Result<u64> {
+            let running = start(attack, &topo, 5_000, Duration::from_secs(5))?;
+            std::thread::sleep(Duration::from_millis(200));
+            running.stop()
+        };
+        let (sent, junk) = (run(Attack::SynSpoofed)?, run(Attack::Udp)?);
+        assert!(sent > 100 && junk > 100, "sent {sent} SYNs, {junk} datagrams");
+        assert!(topology::tx_packets(ATTACK_NS, ATTACK_IF)? - tx >= sent + junk);
+        // Every SYN is a valid segment to the stack (v4 and v6 both count in Tcp: InSegs).
+        assert!(snmp(ns, "Tcp", "InSegs") - segs >= sent, "SYNs lost or refused");
+        assert_eq!(snmp(ns, "Tcp", "InCsumErrors"), csum, "bad TCP checksums");
+        assert!(snmp(ns, "Udp", "NoPorts") - udp >= junk, "datagrams lost or refused");
+        Ok(())
+    }
+}

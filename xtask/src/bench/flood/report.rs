@@ -1,0 +1,268 @@
+//! `bench/results/flood.md`: medians per (attack, defence), the goal check for the guard, every
+//! raw cell, and what is needed to reproduce the run (the nftables rules, gatewayd's config).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+
+use super::{
+    Cell,
+    attack::Attack,
+    subject::{self, Defence, L7_LIMIT_PER_SECOND},
+};
+use crate::bench::{
+    Options,
+    report::{Machine, Report, git_revision, median, num, version_of},
+};
+
+/// Per (attack, defence): the medians over reps, CPU with the defence's no-attack cost removed.
+struct Summary {
+    success: f64,
+    p99_keep_alive: f64,
+    p99_new: f64,
+    offered_pps: f64,
+    dropped_pps: f64,
+    softirq_per_m: f64,
+    gatewayd_per_m: f64,
+    cpu_per_dropped_us: f64,
+    escalation: f64,
+}
+
+fn summarise(cells: &[Cell], attack: Attack, defence: Defence) -> Option<Summary> {
+    let mine: Vec<&Cell> = cells.iter().filter(|c| c.attack == attack && c.defence == defence).collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let baseline: Vec<&Cell> = cells.iter().filter(|c| c.attack == Attack::None && c.defence == defence).collect();
+    let soft_rate = median(&baseline.iter().map(|c| c.softirq / c.seconds).collect::<Vec<_>>());
+    let gw_rate = median(&baseline.iter().map(|c| c.gatewayd / c.seconds).collect::<Vec<_>>());
+    let m = |f: &dyn Fn(&Cell) -> f64| median(&mine.iter().map(|c| f(c)).collect::<Vec<_>>());
+    let extra = |c: &Cell| {
+        let soft = (c.softirq - soft_rate.max(0.0) * c.seconds).max(0.0);
+        let gw = (c.gatewayd - gw_rate.max(0.0) * c.seconds).max(0.0);
+        (soft, gw)
+    };
+    let per_m = |v: f64, c: &Cell| if c.offered == 0 { f64::NAN } else { v * 1e3 / (c.offered as f64 / 1e6) };
+    Some(Summary {
+        success: m(&|c| c.success()),
+        p99_keep_alive: m(&|c| c.keep_alive.p99),
+        p99_new: m(&|c| c.new_conn.p99),
+        offered_pps: m(&|c| c.offered as f64 / c.seconds),
+        dropped_pps: m(&|c| c.dropped.map_or(f64::NAN, |d| d as f64 / c.seconds)),
+        softirq_per_m: m(&|c| per_m(extra(c).0, c)),
+        gatewayd_per_m: m(&|c| per_m(extra(c).1, c)),
+        cpu_per_dropped_us: m(&|c| match c.dropped {
+            Some(d) if d > 0 => {
+                let (soft, gw) = extra(c);
+                (soft + gw) * 1e6 / d as f64
+            }
+            _ => f64::NAN,
+        }),
+        escalation: m(&|c| c.escalation.unwrap_or(f64::NAN)),
+    })
+}
+
+fn ms(seconds: f64) -> String {
+    num(seconds * 1e3, 1)
+}
+
+fn pct(ratio: f64) -> String {
+    if ratio.is_finite() { format!("{:.2} %", ratio * 100.0) } else { "–".to_owned() }
+}
+
+pub fn one_line(c: &Cell) -> String {
+    format!(
+        "success {} p99 {}/{} ms, offered {:.0} pps, dropped {}, softirq {:.2} s, gatewayd {:.2} s, escalation {}",
+        pct(c.success()),
+        ms(c.keep_alive.p99),
+        ms(c.new_conn.p99),
+        c.offered as f64 / c.seconds,
+        c.dropped.map_or("–".to_owned(), |d| d.to_string()),
+        c.softirq,
+        c.gatewayd,
+        c.escalation.map_or("–".to_owned(), |e| format!("{e:.2} s")),
+    )
+}
+
+pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathBuf> {
+    let flags = &opts.flood;
+    let machine = Machine::read();
+    let mut attacks: Vec<Attack> = Vec::new();
+    let mut defences: Vec<Defence> = Vec::new();
+    for c in cells {
+        if !attacks.contains(&c.attack) {
+            attacks.push(c.attack);
+        }
+        if !defences.contains(&c.defence) {
+            defences.push(c.defence);
+        }
+    }
+    let mut r = Report::new("Flood benchmark: legitimate clients under attack, per defence");
+    r.paragraph(&format!(
+        "`cargo xtask bench flood --reps {} --duration {} --attack-pps {} --legit-rate {} --legit-new-rate {}` \
+         on {} ({}, {} CPUs, {}), {}, commit {}, load average before the report {}. oha: {}. nft: {}.",
+        opts.reps,
+        duration.as_secs(),
+        flags.attack_pps,
+        flags.legit_rate,
+        flags.legit_new_rate,
+        machine.kernel,
+        machine.cpu_model,
+        machine.cpus,
+        machine.memory,
+        machine.date,
+        git_revision(),
+        machine.loadavg,
+        version_of(std::process::Command::new("oha").arg("--version")),
+        version_of(std::process::Command::new("nft").arg("--version")),
+    ));
+    r.heading("Setup");
+    r.paragraph(
+        "Three network namespaces: `fl-gw` (gatewayd with its built-in demo upstream, two workers), `fl-cli` \
+         (the legitimate clients) and `fl-atk` (the attackers), joined to `fl-gw` by two veth pairs; the guard \
+         and the nftables chain sit on both of `fl-gw`'s veth ends. Answers to spoofed sources are blackholed \
+         in `fl-gw`. Every cell starts gatewayd afresh (pinned maps removed, nftables table reloaded), starts the \
+         attack, and 0.5 s later two oha clients from one address for the run's duration: a keep-alive one \
+         and one that opens a connection per request (`--disable-keepalive`), 8 connections each, 3 s \
+         timeout per request, `--latency-correction`.",
+    );
+    let rows: Vec<Vec<String>> = Attack::ALL
+        .iter()
+        .filter(|a| attacks.contains(a))
+        .map(|a| vec![format!("`{}`", a.label()), a.describe().to_owned()])
+        .collect();
+    r.table(&["attack", "what the attacker sends"], &rows);
+    r.paragraph(&format!(
+        "gatewayd refuses more than {L7_LIMIT_PER_SECOND} requests per second per IP (429), and under the guard \
+         `[xdp.feedback]` blocks a source after 20 refusals in 60 s (the defaults). Offered pps counts every \
+         packet the attacker's veth sent during the attack window (handshake packets and requests too); dropped \
+         pps counts what the defence itself discarded (guard: `drop_*` verdicts; nftables: its drop counters; \
+         the kernel filters nothing and answers SYNs with cookies). CPU is the softirq time of all CPUs \
+         (`/proc/stat`) and gatewayd's own CPU time, minus what the same defence used without an attack over \
+         the same time, per million offered packets; per dropped packet it is the same extra CPU divided by \
+         the packets dropped. Escalation is the time from the start of the HTTP flood until the guard's deny \
+         list dropped a flooder's packet."
+    ));
+    r.heading("Results (medians over reps)");
+    let mut rows = Vec::new();
+    for &attack in &attacks {
+        for &defence in &defences {
+            let Some(s) = summarise(cells, attack, defence) else { continue };
+            rows.push(vec![
+                attack.label().to_owned(),
+                defence.label().to_owned(),
+                pct(s.success),
+                ms(s.p99_keep_alive),
+                ms(s.p99_new),
+                num(s.offered_pps, 0),
+                num(s.dropped_pps, 0),
+                num(s.softirq_per_m, 0),
+                num(s.gatewayd_per_m, 0),
+                num(s.cpu_per_dropped_us, 2),
+                if s.escalation.is_finite() { format!("{:.2} s", s.escalation) } else { "–".to_owned() },
+            ]);
+        }
+    }
+    r.table(
+        &[
+            "attack",
+            "defence",
+            "legit success",
+            "p99 keep-alive ms",
+            "p99 new conn ms",
+            "attack pps offered",
+            "dropped pps",
+            "softirq ms / M pkts",
+            "gatewayd ms / M pkts",
+            "CPU µs / dropped pkt",
+            "escalation",
+        ],
+        &rows,
+    );
+    r.heading("Goal check");
+    r.paragraph(
+        "Goal: with the guard, legitimate success ≥ 99 % and p99 (the worse of the two clients) within 2× of the \
+         same defence without attack, for every attack this machine can generate, at lower CPU per dropped packet \
+         than nftables. The CPU column compares softirq + gatewayd CPU per million *offered* attack packets (what \
+         the flood costs the host, whatever each defence drops: nftables' per-source meters drop nothing of a \
+         spoofed flood, so per dropped packet would compare with nothing).",
+    );
+    r.table(
+        &["attack", "defence", "success ≥ 99 %", "p99 ≤ 2× no attack", "CPU / attack pkt < nftables"],
+        &goal_rows(cells, &attacks, &defences),
+    );
+    r.heading("Every cell");
+    let raw: Vec<Vec<String>> = cells
+        .iter()
+        .map(|c| {
+            vec![
+                c.attack.label().to_owned(),
+                c.defence.label().to_owned(),
+                format!("{}/{}", c.keep_alive.ok, c.keep_alive.failed),
+                format!("{}/{}", c.new_conn.ok, c.new_conn.failed),
+                ms(c.keep_alive.p99),
+                ms(c.new_conn.p99),
+                c.offered.to_string(),
+                c.units.to_string(),
+                c.dropped.map_or("–".to_owned(), |d| d.to_string()),
+                num(c.softirq, 2),
+                num(c.gatewayd, 2),
+                num(c.seconds, 2),
+            ]
+        })
+        .collect();
+    r.table(
+        &[
+            "attack",
+            "defence",
+            "keep-alive ok/failed",
+            "new conn ok/failed",
+            "p99 ka ms",
+            "p99 new ms",
+            "packets offered",
+            "attack units sent",
+            "dropped",
+            "softirq s",
+            "gatewayd s",
+            "window s",
+        ],
+        &raw,
+    );
+    r.heading("The nftables rules (netdev ingress on both of fl-gw's veth ends)");
+    r.code("nft", &subject::nft_ruleset());
+    r.heading("gatewayd's configuration (guard-xdp; guard-tc differs in `mode`, the others have no `[xdp]`)");
+    r.code("toml", &subject::gatewayd_config(Defence::GuardXdp));
+    r.write("flood")
+}
+
+fn goal_rows(cells: &[Cell], attacks: &[Attack], defences: &[Defence]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let yes_no = |ok: bool, detail: String| format!("{} ({detail})", if ok { "yes" } else { "**no**" });
+    for &defence in defences.iter().filter(|d| d.is_guard()) {
+        let Some(base) = summarise(cells, Attack::None, defence) else { continue };
+        let base_p99 = base.p99_keep_alive.max(base.p99_new);
+        for &attack in attacks.iter().filter(|a| **a != Attack::None) {
+            let Some(s) = summarise(cells, attack, defence) else { continue };
+            let p99 = s.p99_keep_alive.max(s.p99_new);
+            // Per offered attack packet: what the operator pays for the flood whatever each defence
+            // chose to drop (nftables drops nothing of a spoofed flood, so per dropped packet has
+            // nothing to compare with there).
+            let cpu_per_m = |s: &Summary| s.softirq_per_m + s.gatewayd_per_m;
+            let nft = summarise(cells, attack, Defence::Nftables).map_or(f64::NAN, |n| cpu_per_m(&n));
+            let mine = cpu_per_m(&s);
+            let cpu = if nft.is_finite() && mine.is_finite() {
+                yes_no(mine < nft, format!("{mine:.0} vs {nft:.0} ms / M pkts"))
+            } else {
+                format!("n/a (guard {} , nftables {} ms / M pkts)", num(mine, 0), num(nft, 0))
+            };
+            rows.push(vec![
+                attack.label().to_owned(),
+                defence.label().to_owned(),
+                yes_no(s.success >= 0.99, pct(s.success)),
+                yes_no(p99 <= 2.0 * base_p99, format!("{} vs {} ms", ms(p99), ms(base_p99))),
+                cpu,
+            ]);
+        }
+    }
+    rows
+}
