@@ -36,6 +36,7 @@ mod introspection;
 mod jwks;
 mod jwt;
 mod metrics;
+mod oidc;
 mod policy;
 mod revocation;
 mod spec;
@@ -52,6 +53,9 @@ pub use identify::IdentifyPhase;
 pub use idp_http::tls_config;
 pub use jwks::{Key, KeySet, parse_jwks, parse_pem_key};
 pub use metrics::AuthMetrics;
+pub use oidc::{
+    ClientAuth, ForwardLoginToken, LoginSpec, MemorySessions, OidcError, OidcLoginPhase, OidcMetrics, SessionStoreKind,
+};
 pub use policy::{Credential, Mode, Policy, RoutePolicy};
 pub use revocation::{RevocationError, Revocations, Revoked, default_state_file as default_revocation_state_file};
 pub use spec::{
@@ -215,11 +219,13 @@ pub struct AuthHolder {
     env: AuthEnv,
     issuers: Mutex<Vec<Arc<jwks::IssuerKeys>>>,
     revocations: Mutex<Option<Arc<Revocations>>>,
+    /// Login sessions kept in this process (`session_store = "memory"`): a reload keeps them.
+    sessions: Arc<MemorySessions>,
 }
 
 impl AuthHolder {
     pub fn new(env: AuthEnv) -> Self {
-        AuthHolder { env, issuers: Mutex::default(), revocations: Mutex::default() }
+        AuthHolder { env, issuers: Mutex::default(), revocations: Mutex::default(), sessions: Arc::default() }
     }
 
     /// The phase for `spec`, reusing running issuers and the revocation list where the
@@ -256,6 +262,13 @@ impl AuthHolder {
         *current = Some(revocations.clone());
         drop(current);
         IdentifyPhase::new(spec, issuers, revocations, kv, self.env.metrics.clone())
+    }
+
+    /// The OIDC login phase for `spec` (after [`AuthHolder::phase`], whose issuers it uses), or
+    /// `None` when no policy has a login.
+    pub fn login_phase(&self, spec: Arc<AuthSpec>, kv: Option<Kv>) -> Option<OidcLoginPhase> {
+        let issuers = self.issuers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        OidcLoginPhase::new(spec, &issuers, self.sessions.clone(), kv, self.env.metrics.oidc().clone())
     }
 
     /// The running revocation list (for the admin endpoint).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::{
     access::RequestMetrics,
     audit::{AuditPhase, AuditSink},
-    auth::IdentifyPhase,
+    auth::{IdentifyPhase, OidcLoginPhase},
     budget::BudgetPhase,
     config::Config,
     kv::Kv,
@@ -76,6 +76,8 @@ pub struct PhaseParts {
     /// The XDP feedback loop, when `[xdp.feedback]` is on.
     pub feedback: Option<std::sync::Arc<crate::ebpf::Offenders>>,
     pub identify: IdentifyPhase,
+    /// OIDC login for browsers, when some policy has a `login`.
+    pub login: Option<OidcLoginPhase>,
     pub tls: TlsParts,
     /// Rate-limit and budget stores, clock and metrics.
     pub limits: Arc<LimitState>,
@@ -113,7 +115,10 @@ fn standard_pipeline(generation: u64, config: &Config, tls: &Arc<TlsRuntime>, pa
         requirements: config.routes.routes().iter().map(|r| r.client_cert).collect(),
         consumers: config.consumers.clone(),
     };
-    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(client_cert), Box::new(parts.identify)];
+    let mut phases: Vec<Box<dyn Phase>> = vec![Box::new(client_cert)];
+    // The login phase turns a session into the bearer token identity then checks.
+    phases.extend(parts.login.map(|p| Box::new(p) as Box<dyn Phase>));
+    phases.push(Box::new(parts.identify));
     let on = PhaseConfig {
         routes: config.routes.routes(),
         workers: config.server.workers,

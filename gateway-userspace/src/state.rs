@@ -103,7 +103,8 @@ impl PartsHolder {
         let feedback = offenders.clone().filter(|_| config.xdp.feedback.is_some());
         drop(offenders);
         let identify = self.auth.phase(config.auth.clone(), kv.clone());
-        Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv, identify, feedback })
+        let login = self.auth.login_phase(config.auth.clone(), kv.clone());
+        Ok(PhaseParts { audit, tls: self.tls.clone(), limits, kv, identify, login, feedback })
     }
 
     pub fn set_offenders(&self, offenders: Option<Arc<crate::ebpf::Offenders>>) {

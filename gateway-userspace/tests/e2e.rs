@@ -27,6 +27,7 @@ mod e2e {
     mod mcp;
     mod observability;
     mod ocsp;
+    mod oidc;
     mod operators;
     mod parking;
     mod ratelimit;

@@ -65,6 +65,11 @@ const APT_PACKAGES: &[&str] = &[
     // an ext4 image with the run's files written in (mke2fs -d, debugfs).
     "mmdebstrap",
     "e2fsprogs",
+    // OIDC login tests: node runs the npm OIDC provider (oauth2-mock-server, see `npm_tools`);
+    // one login runs in a real headless Chromium driven over WebDriver by chromedriver.
+    "nodejs",
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Services apt starts on install (prometheus brings prometheus-node-exporter, which takes
@@ -84,10 +89,38 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn ensure() -> Result<()> {
     apt_packages()?;
+    npm_tools()?;
     rust_components()?;
     bpf_linker()?;
     cargo_fuzz()?;
     mcp_sdk::ensure()
+}
+
+/// npm tools of the e2e tests, pinned with their dependencies by `xtask/npm/package-lock.json`:
+/// `oauth2-mock-server`, a maintained OIDC provider (discovery, JWKS, authorization code with PKCE
+/// S256 verified at the token endpoint, refresh, end_session) whose hooks let a test steer token
+/// lifetimes and refusals. Installed with `npm ci` into `target/npm` (the tests look there),
+/// again only when the lock file changed.
+fn npm_tools() -> Result<()> {
+    let source = workspace_root().join("xtask/npm");
+    let target = workspace_root().join("target/npm");
+    let lock = fs::read(source.join("package-lock.json")).context("xtask/npm/package-lock.json")?;
+    let stamp = target.join(".installed-lock.json");
+    if fs::read(&stamp).is_ok_and(|installed| installed == lock) {
+        return Ok(());
+    }
+    if !succeeds(Command::new("npm").arg("--version")) {
+        // Debian's nodejs does not bring npm (NodeSource's does).
+        exec(as_root("apt-get").args(["install", "-y", "npm"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    fs::create_dir_all(&target)?;
+    for file in ["package.json", "package-lock.json"] {
+        fs::copy(source.join(file), target.join(file)).with_context(|| format!("copying xtask/npm/{file}"))?;
+    }
+    exec(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--prefix"]).arg(&target))
+        .context("npm ci for the test tools failed")?;
+    fs::write(&stamp, lock)?;
+    Ok(())
 }
 
 fn apt_packages() -> Result<()> {

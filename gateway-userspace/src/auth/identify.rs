@@ -492,7 +492,7 @@ impl IdentifyPhase {
         if let Some(s) = scope {
             h.insert(&names.scope, s);
         }
-        if !names.forward_credentials {
+        if !names.forward_credentials && ctx.extensions.get::<super::ForwardLoginToken>().is_none() {
             h.remove(header::AUTHORIZATION);
             h.remove(&self.spec.api_key_header);
         }

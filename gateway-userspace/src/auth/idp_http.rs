@@ -105,16 +105,17 @@ impl IdpClient {
     pub async fn post_form(
         &self,
         url: &str,
-        authorization: &str,
+        authorization: Option<&str>,
         form: String,
         timeout: Duration,
     ) -> Result<Answer, IdpHttpError> {
-        let req = Request::post(url)
+        let mut req = Request::post(url)
             .header(header::ACCEPT, "application/json")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::AUTHORIZATION, authorization)
-            .body(Full::new(Bytes::from(form)))
-            .map_err(|_| IdpHttpError::Url(url.to_owned()))?;
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(authorization) = authorization {
+            req = req.header(header::AUTHORIZATION, authorization);
+        }
+        let req = req.body(Full::new(Bytes::from(form))).map_err(|_| IdpHttpError::Url(url.to_owned()))?;
         self.send(req, timeout).await
     }
 

@@ -57,7 +57,7 @@ pub async fn introspect(
         .append_pair("token_type_hint", "access_token")
         .finish();
     let failed = |why: String| IntrospectionError::Failed(format!("introspection {endpoint}: {why}"));
-    let answer = match breaker.call(client.post_form(endpoint, &basic_auth(spec), form, spec.timeout)).await {
+    let answer = match breaker.call(client.post_form(endpoint, Some(&basic_auth(spec)), form, spec.timeout)).await {
         Ok(answer) => answer,
         Err(open @ BreakerError::Open(_)) => return Err(IntrospectionError::CircuitOpen(open)),
         Err(e) => return Err(failed(e.to_string())),

@@ -36,6 +36,7 @@ struct Inner {
     breaker_state: Family<Labels<1>, Gauge>,
     breaker_transitions: Family<Labels<2>, Counter>,
     breaker_rejections: Family<Labels<1>, Counter>,
+    oidc: super::OidcMetrics,
 }
 
 /// Registered once at startup; cheap to clone.
@@ -69,6 +70,7 @@ impl Default for AuthMetrics {
             breaker_state: Family::default(),
             breaker_transitions: Family::default(),
             breaker_rejections: Family::default(),
+            oidc: super::OidcMetrics::default(),
         }))
     }
 }
@@ -91,7 +93,10 @@ fn one(name: &'static str, value: LabelValue) -> Labels<1> {
 
 impl AuthMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = AuthMetrics::default();
+        let mut m = AuthMetrics::default();
+        if let Some(inner) = Arc::get_mut(&mut m.0) {
+            inner.oidc = super::OidcMetrics::register(registry);
+        }
         let i = &m.0;
         registry.register(
             "gateway_auth_failures",
@@ -180,6 +185,10 @@ impl AuthMetrics {
             i.breaker_rejections.clone(),
         );
         m
+    }
+
+    pub fn oidc(&self) -> &super::OidcMetrics {
+        &self.0.oidc
     }
 
     fn id(&self) -> usize {

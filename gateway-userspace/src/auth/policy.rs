@@ -78,6 +78,8 @@ pub struct Policy {
     pub scopes_joined: Arc<str>,
     /// What a client without credentials is told it needs ("a bearer token or an API key").
     pub wanted: Arc<str>,
+    /// Index into `AuthSpec::logins`: browsers without a session are sent to log in.
+    pub login: Option<usize>,
 }
 
 impl Policy {
@@ -99,6 +101,7 @@ impl Policy {
             scopes,
             scopes_joined: joined.into(),
             wanted: wanted.into(),
+            login: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct AuthSpec {
     pub token_cache_size: usize,
     pub headers: IdentityHeaders,
     pub revocation: RevocationSpec,
+    /// `[[auth.logins]]`, in file order (policies' `login` index them).
+    pub logins: Vec<super::LoginSpec>,
 }
 
 /// Where bearer tokens are read from besides `Authorization: Bearer`.

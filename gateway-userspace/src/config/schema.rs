@@ -11,6 +11,8 @@ pub use crate::{ebpf::SteeringPolicy, logging::LogFormat, upstream::LbAlgorithm}
 pub use xdp::{XdpFeedbackSection, XdpRateSection, XdpSection};
 mod limits;
 pub use limits::*;
+mod oidc;
+pub use oidc::LoginSection;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -554,6 +556,9 @@ pub struct AuthSection {
     pub policies: Vec<PolicySection>,
     #[serde(default)]
     pub revocation: RevocationSection,
+    /// OIDC logins for browsers (see `schema/oidc.rs`). Default: none.
+    #[serde(default)]
+    pub logins: Vec<LoginSection>,
 }
 
 impl Default for AuthSection {
@@ -570,6 +575,7 @@ impl Default for AuthSection {
             issuers: Vec::new(),
             policies: Vec::new(),
             revocation: RevocationSection::default(),
+            logins: Vec::new(),
         }
     }
 }
@@ -741,6 +747,8 @@ pub struct PolicySection {
     /// Scopes that must all be granted (else 403 insufficient_scope). Default: none.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// An `[[auth.logins]]` name: browsers without a session are sent to log in. Default: none.
+    pub login: Option<String>,
 }
 
 /// `[auth.revocation]`: the jti denylist.

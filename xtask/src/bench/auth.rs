@@ -9,6 +9,9 @@
 //!    (an ES256 JWT from a static key, scope required). Every request of both carries the same
 //!    `Authorization` header, so the difference is the validation alone (cached after the first
 //!    request of each worker). Highest rate (wrk) and latency at a fixed rate (oha), interleaved.
+//! 3. A third route, `/session`, behind an OIDC login (issue 16): its requests carry only the
+//!    session cookie of one real login at the e2e tests' provider; the gateway looks the session
+//!    up and validates its access token. The difference to `/auth` is the session lookup.
 
 use std::{fs, net::SocketAddr, path::Path, process::Command, time::Duration};
 
@@ -30,6 +33,8 @@ use crate::{
     cmd::{capture, cargo, exec},
     deps,
 };
+
+mod oidc;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const WARMUP: Duration = Duration::from_secs(2);
@@ -53,6 +58,13 @@ struct Route {
     name: &'static str,
     url: String,
     tree: Tree,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Route {
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
 }
 
 struct Run<T> {
@@ -83,15 +95,16 @@ pub fn run(opts: &Options) -> Result<()> {
     )?;
     let token = fs::read_to_string(keys.join("token")).context("the minted token")?;
     let authorization = format!("Bearer {}", token.trim());
-    let headers = [("Authorization", authorization.as_str())];
 
     let upstream_addr = free_port()?;
     let upstream_conf = nginx_upstream_conf(&dir.join("upstream"), upstream_addr, plan.load.len(), nofile)?;
     let (mut upstream, _) = start_nginx("upstream nginx", &plan.load, &dir.join("upstream"), &upstream_conf)?;
     upstream.wait_http_ok(upstream_addr, "/", READY_TIMEOUT)?;
 
+    let provider = oidc::start_provider(&plan.load, &dir)?;
     let (gw_addr, metrics_addr) = (free_port()?, free_port()?);
-    let gw_conf = gatewayd_conf(gw_addr, metrics_addr, upstream_addr, workers, &keys.join("bench.pem"));
+    let gw_conf = gatewayd_conf(gw_addr, metrics_addr, upstream_addr, workers, &keys.join("bench.pem"))
+        + &oidc::config(provider.addr, gw_addr, &dir)?;
     let gw_conf_path = dir.join("gatewayd.toml");
     fs::write(&gw_conf_path, &gw_conf)?;
     let mut gw_cmd = plan.subject.taskset(gatewayd_binary().to_str().context("gatewayd path is not UTF-8")?);
@@ -100,34 +113,47 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut gw = Service::start("gatewayd", gw_cmd, &dir.join("gatewayd.log"))?;
     gw.wait_http_ok(gw_addr, "/open", READY_TIMEOUT)?;
     sanity_check(gw_addr, &authorization)?;
+    let session = oidc::log_in(gw_addr)?;
 
+    let bearer = vec![("Authorization", authorization.clone())];
     let routes = [
-        Route { name: "open route", url: format!("http://{gw_addr}/open"), tree: gw.tree() },
-        Route { name: "authenticated route (ES256 JWT)", url: format!("http://{gw_addr}/auth"), tree: gw.tree() },
+        Route { name: "open route", url: format!("http://{gw_addr}/open"), tree: gw.tree(), headers: bearer.clone() },
+        Route {
+            name: "authenticated route (ES256 JWT)",
+            url: format!("http://{gw_addr}/auth"),
+            tree: gw.tree(),
+            headers: bearer,
+        },
+        Route {
+            name: "logged-in route (session cookie)",
+            url: format!("http://{gw_addr}/session"),
+            tree: gw.tree(),
+            headers: vec![("Cookie", session)],
+        },
     ];
     let background = Background { cpus: &plan.subject, own: vec![gw.tree()] };
     let warm = Wrk { connections: opts.connections, duration: WARMUP };
     for r in &routes {
-        warm.run_with(&plan.load, &r.url, &headers)?;
+        warm.run_with(&plan.load, &r.url, &r.headers())?;
     }
     let wrk = Wrk { connections: opts.connections, duration: opts.duration(10) };
     let max_runs = interleave(opts.reps, &routes, |_, r| {
         let cpu = r.tree.cpu_time()?;
-        let (w, background) = background.measure(|| wrk.run_with(&plan.load, &r.url, &headers))?;
+        let (w, background) = background.measure(|| wrk.run_with(&plan.load, &r.url, &r.headers()))?;
         let cpu = r.tree.cpu_time()? - cpu;
         gw.check_alive()?;
         Ok(Run { cpu_us_per_request: cpu.as_secs_f64() * 1e6 / w.requests as f64, result: w, background })
     })?;
     let max_rps: Vec<f64> =
         max_runs.iter().map(|runs| median(&runs.iter().map(|r| r.result.rps).collect::<Vec<_>>())).collect();
-    let rate = ((max_rps[0].min(max_rps[1]) * 0.5) / 100.0).floor() as u64 * 100;
+    let rate = ((max_rps.iter().copied().fold(f64::MAX, f64::min) * 0.5) / 100.0).floor() as u64 * 100;
     if rate == 0 {
         bail!("gatewayd sustained under 200 requests/s ({max_rps:?}); something is wrong");
     }
     let oha = Oha { connections: opts.connections, duration: opts.duration(10), rate };
     let rate_runs = interleave(opts.reps, &routes, |_, r| {
         let cpu = r.tree.cpu_time()?;
-        let (o, background) = background.measure(|| oha.run_with(&plan.load, &r.url, &headers))?;
+        let (o, background) = background.measure(|| oha.run_with(&plan.load, &r.url, &r.headers()))?;
         let cpu = r.tree.cpu_time()? - cpu;
         gw.check_alive()?;
         Ok(Run { cpu_us_per_request: cpu.as_secs_f64() * 1e6 / o.requests as f64, result: o, background })
@@ -138,6 +164,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let load_after = report::loadavg();
     gw.stop()?;
     upstream.stop()?;
+    provider.service.stop()?;
 
     let mut rep = Report::new("Benchmark: auth");
     rep.paragraph(&format!(
@@ -197,18 +224,35 @@ pub fn run(opts: &Options) -> Result<()> {
     let cpu_max = |i: usize| medf(max_runs[i].iter().map(|r| r.cpu_us_per_request).collect());
     let cpu_rate = |i: usize| medf(rate_runs[i].iter().map(|r| r.cpu_us_per_request).collect());
     let lat = |i: usize, f: fn(&OhaResult) -> f64| medf(rate_runs[i].iter().map(|r| f(&r.result) * 1e3).collect());
-    let line = |label: String, a: f64, b: f64, digits: usize| {
-        vec![label, num(a, digits), num(b, digits), ratio(b, a), num(b - a, digits.max(1))]
+    let line = |label: String, v: [f64; 3], digits: usize| {
+        vec![
+            label,
+            num(v[0], digits),
+            num(v[1], digits),
+            num(v[2], digits),
+            ratio(v[1], v[0]),
+            num(v[1] - v[0], digits.max(1)),
+            num(v[2] - v[1], digits.max(1)),
+        ]
     };
+    let each = |f: &dyn Fn(usize) -> f64| [f(0), f(1), f(2)];
     let table = vec![
-        line("max requests/s (wrk)".into(), med(&max_runs[0]), med(&max_runs[1]), 0),
-        line("gatewayd CPU µs/request at max rate".into(), cpu_max(0), cpu_max(1), 1),
-        line(format!("p50 latency at {rate} req/s (ms)"), lat(0, |o| o.p50), lat(1, |o| o.p50), 3),
-        line(format!("p99 latency at {rate} req/s (ms)"), lat(0, |o| o.p99), lat(1, |o| o.p99), 3),
-        line(format!("p99.9 latency at {rate} req/s (ms)"), lat(0, |o| o.p999), lat(1, |o| o.p999), 3),
-        line(format!("gatewayd CPU µs/request at {rate} req/s"), cpu_rate(0), cpu_rate(1), 1),
+        line("max requests/s (wrk)".into(), each(&|i| med(&max_runs[i])), 0),
+        line("gatewayd CPU µs/request at max rate".into(), each(&cpu_max), 1),
+        line(format!("p50 latency at {rate} req/s (ms)"), each(&|i| lat(i, |o| o.p50)), 3),
+        line(format!("p99 latency at {rate} req/s (ms)"), each(&|i| lat(i, |o| o.p99)), 3),
+        line(format!("p99.9 latency at {rate} req/s (ms)"), each(&|i| lat(i, |o| o.p999)), 3),
+        line(format!("gatewayd CPU µs/request at {rate} req/s"), each(&cpu_rate), 1),
     ];
-    rep.table(&["", routes[0].name, routes[1].name, "auth / open", "difference"], &table);
+    rep.table(
+        &["", routes[0].name, routes[1].name, routes[2].name, "auth / open", "auth − open", "session − auth"],
+        &table,
+    );
+    rep.paragraph(
+        "`session − auth` is the added cost of a logged-in browser request: cookie parse, SHA-256 of the \
+         session id, memory-store lookup, the access token set as the bearer (then validated from the \
+         token cache as on `/auth`).",
+    );
     let background: Vec<f64> = max_runs
         .iter()
         .flatten()

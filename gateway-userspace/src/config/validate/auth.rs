@@ -94,7 +94,9 @@ impl Validator<'_> {
         let issuers: Vec<IssuerSpec> = a.issuers.iter().enumerate().filter_map(|(i, s)| self.issuer(i, s)).collect();
         let (consumers, api_keys) = self.consumer_credentials(&f.consumers, models);
         let consumer_by_name = consumers.iter().enumerate().map(|(i, c)| (c.name.text.clone(), i)).collect();
-        let policies = self.policies(a, &issuers);
+        let mut policies = self.policies(a, &issuers);
+        let logins = self.logins(a, &issuers, f.redis.is_some());
+        self.policy_logins(a, &mut policies, &logins);
         let route_policies = self.route_policies(f, &policies);
         if a.revocation.store == RevocationStore::Redis && f.redis.is_none() {
             self.problem(root("auth").key("revocation").key("store"), "\"redis\" needs a [redis] section");
@@ -142,6 +144,7 @@ impl Validator<'_> {
             token_cache_size: a.token_cache_size.max(1),
             headers,
             revocation,
+            logins,
         }
     }
 
@@ -194,6 +197,23 @@ impl Validator<'_> {
             self.problem(path, reason);
         }
         out
+    }
+
+    /// A client secret from its file (one trailing newline dropped); empty and unreadable files
+    /// are problems at `path`.
+    fn secret_file(&mut self, path: KeyPath, raw: &str) -> String {
+        let file = self.config_relative(raw);
+        match std::fs::read_to_string(&file) {
+            Ok(s) if !s.trim().is_empty() => s.trim_end_matches(['\n', '\r']).to_owned(),
+            Ok(_) => {
+                self.problem(path, format!("{} is empty", file.display()));
+                String::new()
+            }
+            Err(e) => {
+                self.problem(path, format!("cannot read {}: {e}", file.display()));
+                String::new()
+            }
+        }
     }
 
     /// Relative paths are relative to the config file's directory.
@@ -362,21 +382,7 @@ impl Validator<'_> {
                 if intro.client_id.is_empty() {
                     self.problem(ip().key("client_id"), "must not be empty");
                 }
-                let secret_path = self.config_relative(&intro.client_secret_file);
-                let secret = match std::fs::read_to_string(&secret_path) {
-                    Ok(s) if !s.trim().is_empty() => s.trim_end_matches(['\n', '\r']).to_owned(),
-                    Ok(_) => {
-                        self.problem(ip().key("client_secret_file"), format!("{} is empty", secret_path.display()));
-                        String::new()
-                    }
-                    Err(e) => {
-                        self.problem(
-                            ip().key("client_secret_file"),
-                            format!("cannot read {}: {e}", secret_path.display()),
-                        );
-                        String::new()
-                    }
-                };
+                let secret = self.secret_file(ip().key("client_secret_file"), &intro.client_secret_file);
                 if intro.cache_ttl.as_millis() < 1000 || intro.negative_cache_ttl.as_millis() < 1000 {
                     self.problem(ip(), "cache_ttl and negative_cache_ttl must be at least 1s");
                 }
@@ -598,5 +604,6 @@ fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+mod oidc;
 #[cfg(test)]
 mod tests;
