@@ -1,6 +1,11 @@
-//! The request metrics phase: every finished request counted by route, service, method,
-//! status (and, opt-in, consumer), with its total, upstream and gateway-overhead durations, into
-//! the worker's metric shards.
+//! Accounting for every request: the request metrics phase (every finished request counted by
+//! route, service, method, status and, opt-in, consumer, with its total, upstream and
+//! gateway-overhead durations, into the worker's metric shards) and the latency headers
+//! (`latency`).
+
+mod latency;
+
+pub use latency::LatencyHeaders;
 
 use crate::{
     metrics::RequestSample,

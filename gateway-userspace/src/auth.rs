@@ -16,7 +16,7 @@
 //! - `identify`: the request phase that ties them together, strips client-supplied identity
 //!   headers and sets ours.
 //!
-//! Every refusal goes through `IdentifyPhase::refused` (metric, then `GatewayError::Auth`). That is
+//! Every refusal goes through `IdentifyPhase::refused` (metric, then the `AuthError` as a `GatewayError`). That is
 //! where repeat offenders are to be reported to the eBPF L7→L3 feedback (issue 4) once it exists:
 //! `ctx.client_ip` for the reasons that mean forgery or probing (`bad_signature`, `malformed`,
 //! `unknown_kid`, `invalid_api_key`), never for `missing`, `expired` or `idp_unavailable`, which

@@ -118,8 +118,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        auth::AuthError, budget::BudgetError, pipeline::RequestError, proxy::ProxyError, ratelimit::RateLimitError,
-        tls::ClientCertError, upstream::ConnectError,
+        auth::AuthError,
+        budget::BudgetError,
+        pipeline::RequestError,
+        proxy::{ConnectError, ProxyError},
+        ratelimit::RateLimitError,
+        tls::ClientCertError,
     };
 
     #[test]

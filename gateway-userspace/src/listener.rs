@@ -3,6 +3,7 @@
 
 mod conn;
 pub mod handover;
+mod local;
 pub mod occupant;
 mod parse_refusal;
 
@@ -11,11 +12,11 @@ use std::{io, rc::Rc, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
 
 pub use conn::{Proto, h1_builder, serve_connection};
+pub use local::WorkerLocal;
 
 use crate::{
     config::ListenerSpec,
     metrics::{LabelValue, Labels},
-    worker::WorkerLocal,
 };
 
 /// A listener's accept loop on one worker.

@@ -6,9 +6,7 @@
 //! continue or refuse with a [`GatewayError`]; refusals become responses in one place
 //! (`error.rs`). Policies hang on routes, so routing runs before any phase.
 
-mod client_headers;
 mod head;
-mod phases;
 
 use std::{rc::Rc, time::Instant};
 
@@ -17,16 +15,13 @@ use http::{HeaderValue, Request, Response, StatusCode, header, request, response
 use hyper::body::Incoming;
 use thiserror::Error;
 
-pub use client_headers::ClientHeaders;
-pub use phases::LatencyHeaders;
-
 use crate::{
     error::GatewayError,
+    proxy::UpstreamPool,
     proxy::{self, Forward, RequestBody, ResponseBody, headers},
     request::{ConnInfo, RequestCtx, SnapshotView, Step},
     route::PathError,
-    snapshot::Snapshot,
-    worker::WorkerLocal,
+    snapshot::{LocalSnapshot, Snapshot},
 };
 
 const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -99,8 +94,14 @@ impl crate::error::Refusal for RequestError {
 }
 
 /// Serves one request on a worker. Never fails: every error becomes a response.
-pub async fn serve(req: Request<Incoming>, conn: Rc<ConnInfo>, worker: Rc<WorkerLocal>) -> Response<ResponseBody> {
-    let snapshot = worker.snapshot();
+///
+/// `snapshot` is the worker's current one, `pool` its upstream connections.
+pub async fn serve(
+    req: Request<Incoming>,
+    conn: Rc<ConnInfo>,
+    snapshot: LocalSnapshot,
+    pool: Rc<UpstreamPool>,
+) -> Response<ResponseBody> {
     let (mut head, body) = req.into_parts();
     let request_id = headers::request_id(&head.headers);
     let client_ip = headers::client_ip(conn.peer.ip(), &head.headers, &snapshot.config.server.trusted_proxies);
@@ -111,8 +112,8 @@ pub async fn serve(req: Request<Incoming>, conn: Rc<ConnInfo>, worker: Rc<Worker
     if let Some(answer) = snapshot.tls.parts().and_then(|p| p.acme.http01_answer(head.uri.path())) {
         return Response::new(ResponseBody::full(answer.into(), ctx));
     }
-    match run(&mut ctx, &snapshot, &worker, head, body).await {
-        Ok(forwarded) => proxied_response(ctx, &snapshot, &worker, forwarded),
+    match run(&mut ctx, &snapshot, &pool, head, body).await {
+        Ok(forwarded) => proxied_response(ctx, &snapshot, forwarded),
         Err(error) => refusal(ctx, &snapshot, &error),
     }
 }
@@ -120,7 +121,7 @@ pub async fn serve(req: Request<Incoming>, conn: Rc<ConnInfo>, worker: Rc<Worker
 async fn run(
     ctx: &mut RequestCtx,
     snapshot: &Snapshot,
-    worker: &WorkerLocal,
+    pool: &Rc<UpstreamPool>,
     mut head: request::Parts,
     body: Incoming,
 ) -> Result<proxy::Forwarded, GatewayError> {
@@ -129,7 +130,7 @@ async fn run(
         phase.before_route(ctx)?;
     }
     let authority = head::check(&head, limits)?;
-    snapshot.client_headers.drop_from(&mut head.headers, &worker.metrics);
+    snapshot.client_headers.drop_from(&mut head.headers, &ctx.conn.metrics);
     let host = authority.as_ref().map(head::Authority::host);
     let normalized = crate::route::normalize_path(head.uri.path()).map_err(RequestError::BadPath)?;
     let path = normalized.as_deref().unwrap_or(head.uri.path());
@@ -163,7 +164,7 @@ async fn run(
     // The upload counts as upstream time whether it is read ahead or streamed.
     ctx.timings.upstream_start = Some(Instant::now());
     body.read_ahead(route.body.request_buffer).await.map_err(proxy::ProxyError::unsent_body)?;
-    let fwd = Forward { service, pool: &worker.pool, path_and_query, host: preserved_host };
+    let fwd = Forward { service, pool, path_and_query, host: preserved_host };
     match proxy::forward(fwd, head, body).await {
         Ok(f) => {
             ctx.target = Some(f.target);
@@ -222,7 +223,6 @@ fn prepare_upstream_headers(
 fn proxied_response(
     mut ctx: Box<RequestCtx>,
     snapshot: &Snapshot,
-    worker: &WorkerLocal,
     forwarded: proxy::Forwarded,
 ) -> Response<ResponseBody> {
     let (mut head, body) = forwarded.response.into_parts();
@@ -233,7 +233,7 @@ fn proxied_response(
     let read_timeout =
         ctx.service.and_then(|s| snapshot.services.get(s)).map_or(DEFAULT_READ_TIMEOUT, |s| s.spec.read_timeout);
     let buffering = ctx.route.and_then(|r| snapshot.config.routes.get(r)).and_then(|r| r.body.response_buffer.clone());
-    let spool = buffering.map(|spec| (spec, worker.metrics.shared().clone()));
+    let spool = buffering.map(|spec| (spec, ctx.conn.metrics.shared().clone()));
     Response::from_parts(head, ResponseBody::upstream(body, read_timeout, forwarded.lease, spool, ctx))
 }
 

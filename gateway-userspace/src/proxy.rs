@@ -4,6 +4,7 @@
 pub mod body;
 pub mod headers;
 mod policy;
+mod pool;
 mod spool;
 
 use std::{rc::Rc, time::Duration};
@@ -15,7 +16,9 @@ use thiserror::Error;
 pub use body::{BodyError, BodyProgress, RequestBody, ResponseBody, UpstreamLease};
 pub use policy::{BodyPolicy, SpoolSpec};
 
-use crate::upstream::{ConnectError, PickError, Service, UpstreamPool};
+pub use pool::{ConnectError, PooledSender, UpstreamPool};
+
+use crate::upstream::{PickError, Service};
 
 #[derive(Debug, Error)]
 pub enum ProxyError {

@@ -2,24 +2,25 @@
 //! ordered phases. Built off the request path, swapped atomically on reload; in-flight
 //! requests finish on the snapshot they started with.
 
+mod client_headers;
 mod collectors;
 
 use std::sync::Arc;
 
 use crate::{
-    access::RequestMetrics,
+    access::{LatencyHeaders, RequestMetrics},
     audit::{AuditPhase, AuditSink},
     auth::{IdentifyPhase, OidcLoginPhase},
     budget::BudgetPhase,
     config::Config,
     kv::Kv,
-    pipeline::{ClientHeaders, LatencyHeaders},
     ratelimit::{LimitState, PhaseConfig, RateLimitPhase},
     request::{Phase, Pipeline, SnapshotView},
     tls::{ClientCertPhase, TlsParts, TlsRuntime, UpstreamTls},
     upstream::Service,
 };
 
+pub use client_headers::ClientHeaders;
 pub use collectors::{ExpiryCollector, UpstreamCollector};
 
 #[derive(Debug)]

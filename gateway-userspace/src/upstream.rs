@@ -6,7 +6,6 @@
 //! down nor resets least-connections counts.
 
 pub mod health;
-mod pool;
 
 use std::{
     net::SocketAddr,
@@ -18,7 +17,23 @@ use std::{
 };
 
 pub use health::{InFlight, TargetState};
-pub use pool::{ConnectError, Endpoint, PooledSender, UpstreamPool};
+
+/// How to reach one target.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<crate::tls::TlsEndpoint>>,
+}
+
+impl Endpoint {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Endpoint { addr, tls: None }
+    }
+
+    pub(crate) fn key(&self) -> (SocketAddr, u64) {
+        (self.addr, self.tls.as_ref().map_or(0, |t| t.pool_key))
+    }
+}
 
 /// A service as configured (validated, not yet running).
 #[derive(Debug, Clone)]

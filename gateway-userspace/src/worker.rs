@@ -5,25 +5,15 @@
 pub mod liveness;
 pub mod loop_lag;
 
-use std::{
-    cell::{Cell, RefCell},
-    collections::HashMap,
-    rc::Rc,
-    sync::Arc,
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{collections::HashMap, rc::Rc, sync::Arc, thread::JoinHandle, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle as TaskHandle};
 
 use crate::{
     config::ListenerSpec,
     listener::{self, handover, handover::Handover},
-    metrics::WorkerMetrics,
-    snapshot::{LocalSnapshot, SnapshotArc},
     socket,
     state::SharedState,
-    upstream::UpstreamPool,
 };
 
 /// What a worker reports to the control thread.
@@ -41,36 +31,7 @@ pub enum WorkerEvent {
     },
 }
 
-/// A worker's thread-local context, shared by its tasks.
-pub struct WorkerLocal {
-    pub id: usize,
-    pub shared: Arc<SharedState>,
-    pub pool: Rc<UpstreamPool>,
-    pub metrics: Rc<WorkerMetrics>,
-    pub tls_metrics: crate::tls::WorkerTlsMetrics,
-    cached: RefCell<Option<LocalSnapshot>>,
-    pub open_connections: Cell<usize>,
-    /// Connections parked or closed since the allocator last returned free pages (see
-    /// `sweep_pool`).
-    pub released_connections: Cell<u64>,
-}
-
-impl WorkerLocal {
-    /// The current snapshot. Re-wrapped only when a reload swapped it, so per request this is
-    /// one arc-swap load and a non-atomic `Rc` clone.
-    pub fn snapshot(&self) -> LocalSnapshot {
-        let current = self.shared.snapshot.load();
-        let mut cached = self.cached.borrow_mut();
-        match cached.as_ref() {
-            Some(s) if Arc::ptr_eq(&s.0, &current) => s.clone(),
-            _ => {
-                let fresh = Rc::new(SnapshotArc(arc_swap::Guard::into_inner(current)));
-                *cached = Some(fresh.clone());
-                fresh
-            }
-        }
-    }
-}
+pub use crate::listener::WorkerLocal;
 
 pub struct WorkerSettings {
     pub id: usize,
@@ -106,16 +67,7 @@ fn run(s: WorkerSettings) {
 }
 
 async fn serve(s: &WorkerSettings) {
-    let worker = Rc::new(WorkerLocal {
-        id: s.id,
-        shared: s.shared.clone(),
-        pool: UpstreamPool::new(),
-        metrics: Rc::new(WorkerMetrics::new(s.shared.metrics.clone())),
-        tls_metrics: crate::tls::WorkerTlsMetrics::new(s.shared.parts.tls().metrics.clone()),
-        cached: RefCell::new(None),
-        open_connections: Cell::new(0),
-        released_connections: Cell::new(0),
-    });
+    let worker = Rc::new(WorkerLocal::new(s.id, s.shared.clone()));
     let mut listeners: HashMap<ListenerSpec, TaskHandle<()>> = HashMap::new();
     let mut generations = s.shared.generation.subscribe();
     let mut shutdown = s.shutdown.clone();

@@ -39,7 +39,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ),
 ];
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Options {
     /// Print every module-to-module import.
     #[arg(long)]

@@ -64,9 +64,9 @@ use crate::{
     request::ConnInfo,
     snapshot::LocalSnapshot,
     tls,
-    worker::WorkerLocal,
 };
 
+use super::WorkerLocal;
 pub use crate::request::Proto;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -306,7 +306,7 @@ fn service(
         // Boxed: hyper keeps a slot for this future for the connection's whole life, and the
         // request path's state machine is several KiB.
         let (c, w) = (conn.clone(), worker.clone());
-        Box::pin(async move { Ok(pipeline::serve(req, c, w).await) })
+        Box::pin(async move { Ok(pipeline::serve(req, c, w.snapshot(), w.pool.clone()).await) })
     })
 }
 

@@ -24,8 +24,9 @@ use tokio::time::{Instant, Sleep};
 use super::{SpoolSpec, spool::Spool};
 use crate::{
     metrics::Metrics,
+    proxy::UpstreamPool,
     request::{Outcome, RequestCtx},
-    upstream::{InFlight, UpstreamPool},
+    upstream::InFlight,
 };
 
 /// Why a body stream failed.

@@ -1,4 +1,4 @@
-//! Small phases that belong to the pipeline itself.
+//! The latency headers phase: how long the upstream and the gateway took, on every response.
 
 use std::fmt::Write as _;
 

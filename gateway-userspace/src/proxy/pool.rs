@@ -9,7 +9,6 @@ use std::{
     io,
     net::SocketAddr,
     rc::Rc,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,10 +17,8 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::{
-    proxy::RequestBody,
-    tls::{TlsEndpoint, UpstreamTlsError},
-};
+use super::RequestBody;
+use crate::{tls::UpstreamTlsError, upstream::Endpoint};
 
 /// Why a connection to a target could not be made.
 #[derive(Debug, Error)]
@@ -66,23 +63,6 @@ struct Idle {
 pub struct PooledSender {
     pub sender: SendRequest<RequestBody>,
     pub reused: bool,
-}
-
-/// How to reach one target.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub tls: Option<Arc<TlsEndpoint>>,
-}
-
-impl Endpoint {
-    pub fn plain(addr: SocketAddr) -> Self {
-        Endpoint { addr, tls: None }
-    }
-
-    fn key(&self) -> (SocketAddr, u64) {
-        (self.addr, self.tls.as_ref().map_or(0, |t| t.pool_key))
-    }
 }
 
 #[derive(Default)]
