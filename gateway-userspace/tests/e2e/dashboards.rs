@@ -214,6 +214,11 @@ fn unavailable_here(expr: &str) -> Option<&'static str> {
             "no ACME CA in this test: acme::tls_alpn_01_issues_renews_in_place_and_a_ca_outage_keeps_the_old_certificate checks these against pebble",
         );
     }
+    if expr.contains("gateway_tls_revocation_") {
+        return Some(
+            "no revocation sources in this test: ocsp::client_certificates_are_checked_with_an_ocsp_responder_under_each_mode checks these against openssl ocsp",
+        );
+    }
     if expr.contains("gateway_xdp_") {
         return Some(
             "no XDP guard in this test (it needs a veth in a private netns): xdp::xdp_dashboard_panels_have_data_in_a_real_prometheus checks these",

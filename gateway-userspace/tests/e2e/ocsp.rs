@@ -20,7 +20,12 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use time::OffsetDateTime;
 
-use super::{pki::Https, support::*};
+use super::{
+    dashboards::{dashboard, dashboard_exprs, with_variables},
+    pki::Https,
+    prometheus::Prometheus,
+    support::*,
+};
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
@@ -413,6 +418,8 @@ async fn client_certificates_are_checked_with_an_ocsp_responder_under_each_mode(
         config(p, open, &up, r#"ocsp = "require", timeout = "300ms", cache = "1s""#)
     });
     let closed = gw.ports.listen;
+    // The dashboard's revocation panels are read from a real Prometheus scraping this gateway.
+    let prometheus = Prometheus::start(gw.ports.metrics, &[]);
 
     assert_eq!(status(closed, &ca, &good).await, 200);
     assert_eq!(checks(&gw, "ocsp", "good"), 1.0);
@@ -470,6 +477,16 @@ async fn client_certificates_are_checked_with_an_ocsp_responder_under_each_mode(
     });
     assert!(refused.is_some(), "the revoked certificate's connection was still served:\n{}", gw.stderr());
     assert!(gw.stderr().contains("found revoked during its connection"), "{}", gw.stderr());
+
+    prometheus.wait_scrapes(2.0);
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard()["panels"], &mut exprs);
+    let panels: Vec<String> =
+        exprs.iter().filter(|e| e.contains("gateway_tls_revocation_")).map(|e| with_variables(e)).collect();
+    assert!(panels.len() >= 2, "{panels:?}");
+    for expr in &panels {
+        assert!(!prometheus.query(expr).is_empty(), "no data: {expr}\n{}", prometheus.targets());
+    }
     drop(slow);
 }
 
