@@ -10,7 +10,7 @@ use bytes::Bytes;
 use gateway_fuzz::{chunk_size_and_body, distinct_names, same_in_chunks};
 use gateway_userspace::{
     budget::{RequestFacts, RequestUsage},
-    proxy::RequestObserver as _,
+    request::RequestObserver as _,
 };
 use libfuzzer_sys::fuzz_target;
 
