@@ -1,0 +1,203 @@
+//! Driving hyper on one connection: HTTP/1 (reusable across parks) and HTTP/2 builders with the
+//! configured limits, and `drive`, which runs a connection until it ends, its watchdog fires,
+//! it parks, or the worker shuts down (gracefully: in-flight requests finish).
+
+use super::{
+    watchdog::{Watch, watchdog},
+    *,
+};
+
+/// Serves HTTP/1 on `io` until the connection ends or is parked; gives the stream back unless
+/// hyper shut it down.
+pub(super) async fn drive_h1<I: ClientIo>(
+    io: WatchedIo<I>,
+    conn: &Rc<ConnInfo>,
+    worker: &Rc<WorkerLocal>,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+    parkable: bool,
+) -> Result<Option<WatchedIo<I>>, End> {
+    let http = Reusable(Some(h1_builder(limits).serve_connection(TokioIo::new(io), service(conn, worker))));
+    Ok(drive(http, conn, Proto::Http1, limits, shutdown, parkable).await?.map(take_io))
+}
+
+/// Serves HTTP/2 on `io` until the connection ends (hyper shuts the stream down itself), with
+/// frames that carry no request bounded (`h2_flood`).
+pub(super) async fn drive_h2<I: ClientIo>(
+    io: WatchedIo<I>,
+    conn: &Rc<ConnInfo>,
+    worker: &Rc<WorkerLocal>,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<WatchedIo<I>>, End> {
+    let io = h2_flood::FloodGuard::new(io, conn.clone(), limits.h2_control_frames_per_second);
+    let http = h2_builder(limits).serve_connection(TokioIo::new(io), service(conn, worker));
+    drive(http, conn, Proto::Http2, limits, shutdown, false).await.map(|()| None)
+}
+
+/// Takes the socket (and any read-ahead bytes) out of a finished hyper connection. A function of
+/// its own so that `parts` is dropped here: held across the park, its empty `read_buf` would keep
+/// hyper's whole 8 KiB read buffer (and the service) alive for as long as the connection idles.
+pub(super) fn take_io<I, S>(parts: http1::Parts<TokioIo<WatchedIo<I>>, S>) -> WatchedIo<I> {
+    let mut io = parts.io.into_inner();
+    // Read-ahead bytes only: an empty slice would keep the 8 KiB allocation alive too.
+    io.prefix = if parts.read_buf.is_empty() { Bytes::new() } else { parts.read_buf };
+    io
+}
+
+/// Why `drive` stopped without the connection ending on its own.
+pub(super) enum End {
+    Error(Box<dyn std::error::Error + Send + Sync>),
+    SlowHeader,
+}
+
+/// Graceful shutdown for both hyper connection types.
+pub(super) trait GracefulShutdown {
+    fn shutdown_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulShutdown for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shutdown_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// An HTTP/1 connection that, when it ends, gives its socket back instead of shutting it down
+/// (for parking).
+pub(super) struct Reusable<I, S: hyper::service::HttpService<Incoming>>(Option<http1::Connection<I, S>>);
+
+impl<I, S> Future for Reusable<I, S>
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    S::Future: Unpin,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = Result<Option<http1::Parts<I, S>>, hyper::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(conn) = self.0.as_mut() else { return Poll::Ready(Ok(None)) };
+        std::task::ready!(conn.poll_without_shutdown(cx))?;
+        Poll::Ready(Ok(self.0.take().map(http1::Connection::into_parts)))
+    }
+}
+
+impl<I, S> GracefulShutdown for Reusable<I, S>
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown_gracefully(mut self: Pin<&mut Self>) {
+        if let Some(conn) = self.0.as_mut() {
+            Pin::new(conn).graceful_shutdown();
+        }
+    }
+}
+
+/// Runs a hyper connection under the watchdog until it ends, the client is too slow, or it goes
+/// idle long enough to park (then it is made to end, with `conn.park` set).
+pub(super) async fn drive<F, T, E>(
+    http: F,
+    conn: &ConnInfo,
+    proto: Proto,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+    parkable: bool,
+) -> Result<T, End>
+where
+    F: Future<Output = Result<T, E>> + GracefulShutdown,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut http = pin!(http);
+    let mut timer = pin!(sleep_until(tokio::time::Instant::now() + limits.idle_timeout));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = http.as_mut() => return result.map_err(|e| End::Error(e.into())),
+            () = timer.as_mut() => {
+                match watchdog(conn, proto, limits, parkable && !closing) {
+                    Watch::Next(at) => timer.as_mut().reset(at.into()),
+                    Watch::SlowHeader => return Err(End::SlowHeader),
+                    Watch::Park => {
+                        // Wake hyper's read: it sees end-of-stream and finishes without shutdown.
+                        conn.park.set(true);
+                        timer.as_mut().reset((Instant::now() + limits.idle_timeout).into());
+                    }
+                    Watch::Idle if !closing => {
+                        closing = true;
+                        http.as_mut().shutdown_gracefully();
+                        timer.as_mut().reset((Instant::now() + Duration::from_secs(1)).into());
+                    }
+                    Watch::Idle => return Err(End::Error("idle connection did not close".into())),
+                }
+            }
+            () = conn.watchdog_wake.notified() => {
+                if conn.close_requested.get() && !closing {
+                    closing = true;
+                    conn.park.set(false);
+                    http.as_mut().shutdown_gracefully();
+                }
+                // Recompute the deadline only; acting on it is the timer's job.
+                let deadline = match watchdog(conn, proto, limits, parkable && !closing) {
+                    Watch::Next(at) => at,
+                    _ => Instant::now(),
+                };
+                timer.as_mut().reset(deadline.into());
+            }
+            Ok(()) = shutdown.changed(), if !closing => {
+                if *shutdown.borrow() {
+                    closing = true;
+                    conn.park.set(false);
+                    http.as_mut().shutdown_gracefully();
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP/1 server settings of every listener (public for the fuzz targets that drive hyper
+/// with them).
+pub fn h1_builder(limits: &Limits) -> http1::Builder {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
+    // hyper answers 431 itself past its buffer; smaller limits are enforced per request.
+    h1.max_buf_size(limits.max_header_bytes.max(8192));
+    if limits.max_headers != 100 {
+        // hyper moves header parsing to the heap when this is set: only pay for it if asked.
+        h1.max_headers(limits.max_headers);
+    }
+    h1
+}
+
+pub(super) fn h2_builder(limits: &Limits) -> http2::Builder<LocalExec> {
+    let mut h2 = http2::Builder::new(LocalExec);
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    h2
+}
+
+/// hyper's executor for HTTP/2 streams: tasks stay on this worker's thread.
+#[derive(Clone, Copy)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
