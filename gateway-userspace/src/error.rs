@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 /// A refusal a feature answers a request with. The status table of each feature lives next to
 /// its error enum, in its `impl Refusal`.
-pub trait Refusal: std::error::Error + std::any::Any + Send + Sync {
+pub trait Refusal: std::error::Error + Send + Sync + 'static {
     /// The status the client gets.
     fn status(&self) -> StatusCode;
 
@@ -64,11 +64,6 @@ impl GatewayError {
 
     pub fn logged_at_source(&self) -> bool {
         self.0.logged_at_source()
-    }
-
-    /// The refusal itself, for callers that react to one kind (tests, the XDP feedback).
-    pub fn downcast_ref<E: Refusal>(&self) -> Option<&E> {
-        (&*self.0 as &dyn std::any::Any).downcast_ref()
     }
 
     /// `Retry-After` in whole seconds, at least one.

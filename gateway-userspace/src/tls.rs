@@ -232,20 +232,28 @@ impl TlsRuntime {
     }
 }
 
-/// The client certificate's status for a request on the config of `generation`: a reload that
-/// changed the listener's CAs or CRLs (a partner's certificate revoked) re-verifies it once per
-/// connection, so established connections are held to the new rules.
-pub fn client_status(info: &TlsInfo, tls: &TlsRuntime, generation: u64, listener: &str) -> VerifyStatus {
-    match client_failure(info, tls, generation, listener) {
+/// The client certificate's status for a request on the config of `generation`, and why it
+/// fails when it does: a reload that changed the listener's CAs or CRLs (a partner's
+/// certificate revoked) re-verifies it once per connection, so established connections are
+/// held to the new rules.
+pub fn client_status(
+    info: &TlsInfo,
+    tls: &TlsRuntime,
+    generation: u64,
+    listener: &str,
+) -> (VerifyStatus, Option<&'static str>) {
+    let failure = client_failure(info, tls, generation, listener);
+    let status = match failure {
         Some(_) => VerifyStatus::Failed,
         None if info.client_cert.is_some() => VerifyStatus::Success,
         None => VerifyStatus::Absent,
-    }
+    };
+    (status, failure)
 }
 
 /// Why a presented client certificate does not verify (a `gateway_tls_handshakes_total`
 /// result: `revoked`, `unknown_ca`, …): refused at the handshake, or since a reload.
-pub fn client_failure(info: &TlsInfo, tls: &TlsRuntime, generation: u64, listener: &str) -> Option<&'static str> {
+fn client_failure(info: &TlsInfo, tls: &TlsRuntime, generation: u64, listener: &str) -> Option<&'static str> {
     match (&info.client_cert, &info.refusal) {
         (Some(c), _) => reverify(c, tls, generation, listener),
         (None, Some(refused)) if refused.result != "no_client_cert" => Some(refused.result),

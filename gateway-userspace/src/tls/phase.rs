@@ -111,13 +111,7 @@ impl Phase for ClientCertPhase {
     fn before_route(&self, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         let conn = ctx.conn.clone();
         if let Some(tls) = conn.tls.as_ref() {
-            let failure = super::client_failure(tls, &self.tls, self.generation, &conn.listener);
-            let status = match failure {
-                Some(_) => VerifyStatus::Failed,
-                None if tls.client_cert.is_some() => VerifyStatus::Success,
-                None => VerifyStatus::Absent,
-            };
-            ctx.client_cert = (status, failure);
+            ctx.client_cert = super::client_status(tls, &self.tls, self.generation, &conn.listener);
         }
         match conn.tls.as_ref().and_then(|t| t.refusal.as_ref()) {
             Some(refusal) => {
