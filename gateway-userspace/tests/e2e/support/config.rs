@@ -14,13 +14,21 @@ pub struct ConfigBuilder<'p> {
     ports: &'p Ports,
     workers: usize,
     server: String,
+    listener_tls: Option<String>,
     auth: Option<String>,
     sections: String,
 }
 
 impl<'p> ConfigBuilder<'p> {
     pub fn new(ports: &'p Ports) -> Self {
-        ConfigBuilder { ports, workers: 1, server: String::new(), auth: None, sections: String::new() }
+        ConfigBuilder {
+            ports,
+            workers: 1,
+            server: String::new(),
+            listener_tls: None,
+            auth: None,
+            sections: String::new(),
+        }
     }
 
     pub fn workers(mut self, workers: usize) -> Self {
@@ -32,6 +40,12 @@ impl<'p> ConfigBuilder<'p> {
     pub fn server(mut self, lines: &str) -> Self {
         self.server.push_str(lines.trim());
         self.server.push('\n');
+        self
+    }
+
+    /// The listener serves TLS: `[listeners.tls]` with these lines (certificates, client_auth, …).
+    pub fn listener_tls(mut self, lines: &str) -> Self {
+        self.listener_tls = Some(format!("\n[listeners.tls]\n{}\n", lines.trim()));
         self
     }
 
@@ -68,11 +82,6 @@ impl<'p> ConfigBuilder<'p> {
         self.table("[[rate_limits]]", lines)
     }
 
-    /// A `[[token_budgets]]` entry with these lines.
-    pub fn token_budget(self, lines: &str) -> Self {
-        self.table("[[token_budgets]]", lines)
-    }
-
     /// Any table: its header line (`[redis]`, `[[auth.issuers]]`) and its lines.
     pub fn table(mut self, header: &str, lines: &str) -> Self {
         let _ = write!(self.sections, "\n{header}\n{}\n", lines.trim());
@@ -101,7 +110,7 @@ workers = {workers}
 [[listeners]]
 name = "public"
 bind = "{listen}"
-
+{listener_tls}
 [metrics]
 bind = "{metrics}"
 proc_root = "/proc"
@@ -115,6 +124,7 @@ socket = ""
             workers = self.workers,
             server = self.server,
             listen = self.ports.listen,
+            listener_tls = self.listener_tls.unwrap_or_default(),
             metrics = self.ports.metrics,
             sections = self.sections,
         )
