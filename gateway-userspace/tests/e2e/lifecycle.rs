@@ -82,11 +82,7 @@ async fn connections_spread_over_several_workers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_socket_reports_status_and_reloads() {
     let u = Upstream::start("u");
-    let gw = Gateway::start(|p| {
-        config(p, 1, &u)
-            .build()
-            .replace("socket = \"\"", &format!("socket = \"{}\"", p.dir.join("admin.sock").display()))
-    });
+    let gw = Gateway::start(|p| config(p, 1, &u).admin_socket(&p.dir.join("admin.sock")).build());
     let socket = gw.ports.dir.join("admin.sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the admin socket is private");

@@ -14,6 +14,7 @@ pub struct ConfigBuilder<'p> {
     ports: &'p Ports,
     workers: usize,
     server: String,
+    admin_socket: String,
     listener_tls: Option<String>,
     auth: Option<String>,
     sections: String,
@@ -25,6 +26,7 @@ impl<'p> ConfigBuilder<'p> {
             ports,
             workers: 1,
             server: String::new(),
+            admin_socket: String::new(),
             listener_tls: None,
             auth: None,
             sections: String::new(),
@@ -46,6 +48,12 @@ impl<'p> ConfigBuilder<'p> {
     /// The listener serves TLS: `[listeners.tls]` with these lines (certificates, client_auth, …).
     pub fn listener_tls(mut self, lines: &str) -> Self {
         self.listener_tls = Some(format!("\n[listeners.tls]\n{}\n", lines.trim()));
+        self
+    }
+
+    /// The admin socket at `path` (none by default).
+    pub fn admin_socket(mut self, path: &std::path::Path) -> Self {
+        self.admin_socket = path.display().to_string();
         self
     }
 
@@ -116,13 +124,14 @@ bind = "{metrics}"
 proc_root = "/proc"
 
 [admin]
-socket = ""
+socket = "{admin_socket}"
 
 {auth}
 {sections}
 "#,
             workers = self.workers,
             server = self.server,
+            admin_socket = self.admin_socket,
             listen = self.ports.listen,
             listener_tls = self.listener_tls.unwrap_or_default(),
             metrics = self.ports.metrics,
