@@ -104,8 +104,9 @@ mod tests {
         assert_eq!(buf, b"POST /p HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
 
         buf.clear();
-        let unknown =
-            StreamBody::new(futures_util::stream::iter([Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::new()))]));
+        let unknown = StreamBody::new(futures_util::stream::iter([Ok::<_, std::io::Error>(http_body::Frame::data(
+            Bytes::new(),
+        ))]));
         let head = parts(Request::put("/p"));
         assert_eq!(request_head(&mut buf, &head, &unknown), BodyFraming::Chunked);
         assert_eq!(buf, b"PUT /p HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");

@@ -129,7 +129,8 @@ async fn a_close_without_answer_is_stale_and_a_bad_head_is_not() {
     let Err(error) = exchange(conn, &get(), &mut RequestBody::empty()).await else { panic!("an answer") };
     assert!(stale(&error), "{error:?}");
 
-    let (conn, _up) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n", true).await;
+    let (conn, _up) =
+        upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n", true).await;
     let Err(error) = exchange(conn, &get(), &mut RequestBody::empty()).await else { panic!("an answer") };
     assert!(matches!(error, SendError::Upstream { error: H1Error::Malformed(_), answered: true }), "{error:?}");
     assert!(!stale(&error));

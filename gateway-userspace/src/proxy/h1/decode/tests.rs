@@ -106,14 +106,14 @@ fn chunk_size_lines() {
         assert_eq!(chunk_size_line(partial.as_bytes()).unwrap(), None, "{partial:?}");
     }
     let bad = [
-        "1\n",           // bare LF
-        "1\rx",          // CR without LF
-        "\r\n",          // no size
-        ";ext\r\n",      // no size
-        "-1\r\n",        // sign
-        "0x10\r\n",      // prefix
-        "1 2\r\n",       // junk after the size
-        "1g\r\n",        // not hex
+        "1\n",                   // bare LF
+        "1\rx",                  // CR without LF
+        "\r\n",                  // no size
+        ";ext\r\n",              // no size
+        "-1\r\n",                // sign
+        "0x10\r\n",              // prefix
+        "1 2\r\n",               // junk after the size
+        "1g\r\n",                // not hex
         "10000000000000000\r\n", // 17 digits: overflows 64 bits
     ];
     for line in bad {
