@@ -68,7 +68,9 @@ mod tests {
 
     #[test]
     fn milliseconds_are_written_as_float_formatting_would() {
-        for nanos in [0u64, 499, 500, 1_000, 999_499, 999_500, 1_234_567, 12_000_000, 3_600_000_000_000] {
+        // Exact halves left out: an f64 cannot hold most of them, so `{:.3}` rounds whichever
+        // way the nearest double lies; integers round them up.
+        for nanos in [0u64, 499, 501, 1_000, 999_499, 999_501, 1_234_567, 12_000_000, 3_600_000_000_000] {
             let d = Duration::from_nanos(nanos);
             let ms = d.as_secs_f64() * 1e3;
             assert_eq!(ms_3(d), format!("{ms:.3}"), "{nanos} ns");
