@@ -226,8 +226,8 @@ fn settings(rate: u64, burst: u64, new_per_sec: u64) -> GuardConfig {
         syn_interval_ns: interval,
         syn_tolerance_ns: interval * (burst - 1),
         new_sources_per_sec: new_per_sec,
-        // The guard's own (calibrated at load).
-        tick_ns: 0,
+        // The guard's own (calibrated at load; the table's, chosen at load).
+        ..GuardConfig::default()
     }
 }
 
