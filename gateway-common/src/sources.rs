@@ -17,9 +17,12 @@
 //! bucket that was limiting someone. Those are budgeted per CPU
 //! (`GuardConfig::new_sources_per_sec`); beyond the budget the new source shares the
 //! overflow bucket (the last array element) rather than evict. A source that is being limited
-//! has `busy_until` within one interval of `now + tolerance`, the highest any way can reach, so
-//! it is the *last* way of its set to go: evicting it takes [`WAYS`] − 1 other sources limited in
-//! the same set (the set is secret: the seed is random per table).
+//! has `busy_until` within one interval of `now + tolerance` of that bucket, the highest a way
+//! can reach; with the defaults (packet tolerance 2 s, SYN tolerance 2 s, a spoofed source busy
+//! for one SYN interval, 5 ms) it is the *last* way of its set to go: evicting it takes
+//! [`WAYS`] − 1 other sources limited as hard in the same set (the set is secret: the seed is
+//! random per table). A source is easiest to evict in the first moments after it got its way,
+//! before its buckets ran ahead (the host tests show both cases).
 //!
 //! Error bound (on top of the GCRA bounds in [`crate::gcra`]): a source passes at most one
 //! burst more than its bucket allows per busy eviction of its way, and busy evictions happen at
