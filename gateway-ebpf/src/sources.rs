@@ -4,7 +4,10 @@
 
 use core::ptr::write_volatile;
 
-use aya_ebpf::{macros::map, maps::{Array, PerCpuArray}};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
 use gateway_common::{
     gcra,
     sources::{Placement, SourceSet, SourceWay, WAYS, array_entries, busy_until, place, set_count, set_index},

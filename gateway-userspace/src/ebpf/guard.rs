@@ -12,12 +12,12 @@ use aya::{
     maps::{Array, LpmTrie, MapData, MapInfo, MapType, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+use gateway_common::sources::{SourceSet, array_entries, set_count};
 use gateway_common::xdp::{
     ALLOW_MAP, CONFIG_MAP, COUNTER_ENTRIES, COUNTERS_MAP, COUNTERS_PER_SLOT, DENY_MAP, DenyEntry, EMPTY_PROGRAM,
     GuardConfig, LISTED_MAP, LISTED_WORDS, MAX_LIST_ENTRIES, NEW_SOURCES_MAP, SOURCES_MAP, TC_PROGRAM, XDP_PROGRAM,
     counter_index, flags,
 };
-use gateway_common::sources::{SourceSet, array_entries, set_count};
 use ipnet::IpNet;
 
 mod clock;

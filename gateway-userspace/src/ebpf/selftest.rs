@@ -15,11 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use gateway_common::sources::set_index;
 use gateway_common::xdp::{
     DenyEntry, DenyOrigin, GuardConfig, NEW_SOURCE_INSERTED, NEW_SOURCE_OVER_CAP, SourceKey, Verdict, flags, mapped_v4,
     prefix_mask,
 };
-use gateway_common::sources::set_index;
 use ipnet::IpNet;
 
 use self::frames::{ETH_P_8021AD, ETH_P_8021Q, Frame, FrameSpec, IPV6_DSTOPTS, IPV6_HOPOPTS, IPV6_ROUTING, L4, Rng};

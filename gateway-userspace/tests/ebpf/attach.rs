@@ -157,7 +157,10 @@ fn a_pinned_map_of_another_capacity_is_replaced() {
 /// before is found (and still charged) after.
 #[test]
 fn a_pinned_source_table_keeps_its_buckets_and_seed() {
-    use gateway_userspace::ebpf::{GuardProgram, selftest::frames::{FrameSpec, L4}};
+    use gateway_userspace::ebpf::{
+        GuardProgram,
+        selftest::frames::{FrameSpec, L4},
+    };
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/gwtest-{}-table", std::process::id()));
     let _cleanup = Cleanup(dir.clone());
     let frame = FrameSpec::new("198.51.100.9", L4::TcpData).build();

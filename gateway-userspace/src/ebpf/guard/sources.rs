@@ -61,7 +61,9 @@ impl XdpGuard {
     /// Forgets every bucket (tests and benchmarks start from a clean table).
     pub fn clear_sources(&mut self) -> Result<(), EbpfError> {
         for index in 0..=self.sets {
-            self.sources.set(index, SourceSet::default(), 0).map_err(|e| EbpfError::Map { map: SOURCES_MAP, source: e })?;
+            self.sources
+                .set(index, SourceSet::default(), 0)
+                .map_err(|e| EbpfError::Map { map: SOURCES_MAP, source: e })?;
         }
         Ok(())
     }
