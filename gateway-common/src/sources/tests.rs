@@ -107,7 +107,7 @@ impl Model {
         Model {
             sets: vec![SourceSet::default(); sets as usize],
             overflow: SourceState::default(),
-            seed: 0x5eed_0f_7ab1e,
+            seed: 0x5eed_0f7a_b1e5,
             mask: sets as u64 - 1,
             window: (0, 0),
             limits,
@@ -168,7 +168,7 @@ fn spoofed_new_sources_never_push_a_legitimate_new_source_out() {
     let mut legit_dropped = 0;
     for i in 0..450_000u64 {
         let now = 1_000 * NS_PER_SEC + i * step;
-        let spoofed = if i % 2 == 0 { key4(0x0a80_0000 | (i as u32 >> 1) % 65_536) } else { key6(i) };
+        let spoofed = if i % 2 == 0 { key4(0x0a80_0000 | ((i as u32 >> 1) % 65_536)) } else { key6(i) };
         m.packet(spoofed, now, true);
         if i % 3_000 == 0 {
             // A new client address each time, its SYN and two more packets.
@@ -211,7 +211,7 @@ fn a_limited_flooder_is_not_evicted_by_churn_in_its_set() {
     // Burst 2000 plus 1000/s for two seconds (+1 for the exact boundary).
     assert!(passed <= 2_000 + 2 * 1_000 + 1, "flooder passed {passed}: its bucket was reset");
     assert!(passed >= 2 * 1_000, "flooder passed {passed}");
-    assert!(m.placed.iter().any(|p| *p == Placement::Overflow), "the churn should have exhausted the budget");
+    assert!(m.placed.contains(&Placement::Overflow), "the churn should have exhausted the budget");
 }
 
 /// Busy evictions are budgeted: past the budget, new sources of a fully busy set share the
