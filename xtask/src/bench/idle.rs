@@ -77,7 +77,7 @@ pub fn measure_with<C>(
     if n as u64 + 64 > soft {
         bail!("{n} idle connections need more descriptors than the limit of {soft} (see raise_fd_limit)");
     }
-    let fds_before = tree.open_fds()?;
+    let fds_before = settled_fds(tree)?;
     let before = tree.memory()?;
 
     let mut conns: Vec<C> = Vec::with_capacity(n);
@@ -100,4 +100,20 @@ pub fn measure_with<C>(
     tree.wait_for_fds("the connections to be closed", SETTLE_TIMEOUT, |fds| fds <= fds_before + UPSTREAM_SLACK)?;
     let released = tree.memory()?;
     Ok(IdleResult { connections: n, before, connected, after_request, released })
+}
+
+/// The subject's descriptor count once it holds still: connections of an earlier measurement
+/// may still be closing (a TLS close sends close_notify first), and a count taken meanwhile
+/// would be a baseline the next measurement cannot reach.
+fn settled_fds(tree: Tree) -> Result<usize> {
+    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut last = tree.open_fds()?;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = tree.open_fds()?;
+        if now == last || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
 }
