@@ -292,7 +292,9 @@ fn reverify(cert: &ClientCert, tls: &TlsRuntime, generation: u64, listener: &str
     // Online answers: the cache only, never a wait (this also starts a refresh that is due,
     // so a long-lived connection learns of a revocation).
     let failure = failure.or_else(|| {
-        trust?.revocation.as_ref()?.revoked_now(&cert.chain).then(|| {
+        let revocation = trust?.revocation.as_ref()?;
+        let lookup = cert.derived(generation, || revocation.lookup(&cert.chain));
+        lookup.as_ref().as_ref().is_some_and(|l| revocation.revoked_now(l)).then(|| {
             tracing::info!(listener, "a client certificate was found revoked during its connection (OCSP/CRL)");
             "revoked"
         })

@@ -5,7 +5,7 @@
 //! connection whose request head is not complete `header_read_timeout` after its first byte
 //! (slowloris), and an idle connection after `idle_timeout`.
 //!
-//! Idle HTTP/1 connections are *parked*: hyper keeps an 8 KiB read buffer, an 8 KiB write buffer
+//! Idle HTTP/1 connections (plain, rustls or kTLS) are *parked*: hyper keeps an 8 KiB read buffer, an 8 KiB write buffer
 //! and per-request state for as long as a connection lives, so after `park_after` without a
 //! request the connection hands hyper an end-of-stream, takes its socket back (hyper's
 //! `without_shutdown`), waits for readability holding nothing but the socket, and builds a fresh
@@ -149,10 +149,13 @@ fn conn_info(
     })
 }
 
-/// A client stream. `park_socket` gives the socket to wait on while an idle HTTP/1 connection is
-/// parked, for streams that hold no data of their own between requests (plain TCP); streams with
-/// userspace buffers (rustls) are never parked.
+/// A client stream. `parkable`: an idle HTTP/1 connection on it may be parked; `park_socket`
+/// gives the socket to wait on while parked, when the stream holds no data of its own (plain
+/// TCP always; TLS when nothing is buffered, see `tls::TlsIo::park_socket`).
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + 'static {
+    fn parkable(&self) -> bool {
+        self.park_socket().is_some()
+    }
     fn park_socket(&self) -> Option<&TcpStream> {
         None
     }
@@ -164,7 +167,14 @@ impl ClientIo for TcpStream {
     }
 }
 
-impl ClientIo for tls::TlsIo {}
+impl ClientIo for tls::TlsIo {
+    fn parkable(&self) -> bool {
+        tls::TlsIo::parkable(self)
+    }
+    fn park_socket(&self) -> Option<&TcpStream> {
+        tls::TlsIo::park_socket(self)
+    }
+}
 
 /// Serves HTTP on an established (possibly TLS) stream until it closes, times out, or
 /// `shutdown` flips and in-flight requests are done.
@@ -198,7 +208,7 @@ pub async fn serve_connection<I: ClientIo>(
     });
     let mut shutdown = shutdown;
     while let Some(io) = conn_io.take() {
-        let parkable = proto == Proto::Http1 && io.inner.park_socket().is_some();
+        let parkable = proto == Proto::Http1 && io.inner.parkable();
         // Boxed, and built inside the box: the hyper connection exists only while the
         // connection is not parked, so neither it nor its construction may take room in this
         // (long-lived) future.

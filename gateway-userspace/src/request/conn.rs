@@ -2,7 +2,8 @@
 //! the watchdog's state, and what the TLS handshake established.
 
 use std::{
-    cell::{Cell, OnceCell},
+    any::Any,
+    cell::{Cell, OnceCell, RefCell},
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
@@ -138,6 +139,9 @@ pub struct ClientCert {
     facts: OnceCell<Option<CertFacts>>,
     /// (config generation, why it failed) of the last check; `None`: verified.
     checked: Cell<(u64, Option<&'static str>)>,
+    /// (config generation, value) a feature derived from the chain for that generation (the
+    /// TLS feature's revocation lookup keys), so requests do not re-parse the certificate.
+    derived: RefCell<Option<(u64, Rc<dyn Any>)>>,
 }
 
 impl std::fmt::Debug for ClientCert {
@@ -149,7 +153,12 @@ impl std::fmt::Debug for ClientCert {
 impl ClientCert {
     /// A chain that verified on the config of `generation`.
     pub fn verified(chain: Vec<CertificateDer<'static>>, generation: u64) -> Self {
-        ClientCert { chain, facts: OnceCell::new(), checked: Cell::new((generation, None)) }
+        ClientCert {
+            chain,
+            facts: OnceCell::new(),
+            checked: Cell::new((generation, None)),
+            derived: RefCell::new(None),
+        }
     }
 
     /// Subject, SANs, fingerprint, serial (parsed on first use).
@@ -169,6 +178,20 @@ impl ClientCert {
 
     pub fn set_checked(&self, generation: u64, failure: Option<&'static str>) {
         self.checked.set((generation, failure));
+    }
+
+    /// What `derive` makes of the chain on the config of `generation`: made once per
+    /// connection and generation (a reload may change what it depends on), then shared.
+    pub fn derived<T: 'static>(&self, generation: u64, derive: impl FnOnce() -> T) -> Rc<T> {
+        if let Some((g, value)) = &*self.derived.borrow()
+            && *g == generation
+            && let Ok(value) = value.clone().downcast::<T>()
+        {
+            return value;
+        }
+        let value = Rc::new(derive());
+        *self.derived.borrow_mut() = Some((generation, value.clone()));
+        value
     }
 }
 
@@ -193,5 +216,29 @@ impl VerifyStatus {
             VerifyStatus::Failed => "failed",
             VerifyStatus::Success => "success",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The revocation lookup keys are made once per connection and config generation, not per
+    /// request (a reload may change the CAs or CRL URLs they depend on, so it makes them again).
+    #[test]
+    fn derived_values_are_made_once_per_generation() {
+        let cert = ClientCert::verified(vec![CertificateDer::from(vec![1, 2, 3])], 7);
+        let made = Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            made.get()
+        };
+        assert_eq!(*cert.derived(7, make), 1);
+        assert_eq!(*cert.derived(7, make), 1);
+        assert_eq!(*cert.derived(7, make), 1);
+        assert_eq!(made.get(), 1, "re-derived within a generation");
+        assert_eq!(*cert.derived(8, make), 2);
+        assert_eq!(*cert.derived(8, make), 2);
+        assert_eq!(made.get(), 2);
     }
 }

@@ -220,6 +220,32 @@ impl Facts {
     }
 }
 
+impl TlsIo {
+    /// Whether an idle connection on this stream may be parked (see `listener/conn.rs`): after
+    /// the handshake a kTLS socket is plain to userspace, and a rustls connection keeps only its
+    /// own small state (its 4 KiB read buffer shrinks when empty) between requests. A corked
+    /// stream (kTLS-prepared, suite refused by the kernel) is rare and not parked.
+    pub fn parkable(&self) -> bool {
+        !matches!(self, TlsIo::Corked(_))
+    }
+
+    /// The socket to wait on while parked, when the stream holds nothing a new hyper
+    /// connection would have to be given first: no decrypted bytes waiting to be read, no TLS
+    /// records waiting to be written. (A partial record in rustls' buffer is fine: the rest of it
+    /// makes the socket readable.) kTLS: its bytes read before the switch are delivered before
+    /// a read ever returns pending, so an idle stream has none left.
+    pub fn park_socket(&self) -> Option<&TcpStream> {
+        match self {
+            TlsIo::Rustls(s) => {
+                let (socket, conn) = s.get_ref();
+                (conn.wants_read() && !conn.wants_write()).then_some(socket)
+            }
+            TlsIo::Kernel(s) => Some(s.get_ref()),
+            TlsIo::Corked(_) => None,
+        }
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {

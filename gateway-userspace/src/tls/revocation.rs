@@ -216,23 +216,31 @@ impl Revocation {
         if why.is_empty() { Verdict::Unchecked } else { Verdict::Unavailable(why.join("; ")) }
     }
 
-    /// What the cache says now (never waits; refreshes in the background when due): a
-    /// certificate learnt to be revoked since the connection was checked.
-    pub fn revoked_now(&self, chain: &[CertificateDer<'static>]) -> bool {
-        let (Some(leaf), Some(issuer)) = (chain.first(), self.issuer(chain)) else { return false };
-        let Ok(query) = Query::new(leaf, issuer) else { return false };
+    /// What the per-request check needs from a chain: parsed and hashed once (per connection
+    /// and config generation, see `tls::reverify`), not on every request. `None`: the chain
+    /// cannot be looked up (no issuer at hand, unparseable), so no cached answer can refuse it.
+    pub fn lookup(&self, chain: &[CertificateDer<'static>]) -> Option<Lookup> {
+        let (leaf, issuer) = (chain.first()?, self.issuer(chain)?);
+        let query = Query::new(leaf, issuer).ok()?;
+        let serial = crl::trim_serial(X509Certificate::from_der(leaf).map(|(_, c)| c.raw_serial()).unwrap_or_default());
+        Some(Lookup { query, serial, crl_urls: self.crl_urls(leaf) })
+    }
+
+    /// What the cache says now about `lookup`'s certificate (never waits; refreshes in the
+    /// background when due): a certificate learnt to be revoked since the connection was checked.
+    pub fn revoked_now(&self, lookup: &Lookup) -> bool {
         let svc = service();
         if self.ocsp != OcspMode::Off
-            && let Some(url) = &query.url
-            && let Some(a) = svc.ocsp_cached(url, &query, self.timeout, self.max_age)
+            && let Some(url) = &lookup.query.url
+            && let Some(a) = svc.ocsp_cached(url, &lookup.query, self.timeout, self.max_age)
         {
             return matches!(a.status, Status::Revoked(_));
         }
-        let serial = crl::trim_serial(X509Certificate::from_der(leaf).map(|(_, c)| c.raw_serial()).unwrap_or_default());
-        self.crl_urls(leaf)
+        lookup
+            .crl_urls
             .iter()
             .filter_map(|u| svc.crl_cached(u, &self.cas, self.max_age))
-            .any(|c| c.revoked.contains(&serial))
+            .any(|c| c.revoked.contains(&lookup.serial))
     }
 
     /// The handshake's decision: `Err` refuses the certificate (as `revoked` or
@@ -289,6 +297,14 @@ fn ocsp_verdict(status: Status) -> Verdict {
         Status::Revoked(_) => Verdict::Revoked { source: "ocsp" },
         Status::Unknown => Verdict::Unknown,
     }
+}
+
+/// A certificate's keys into the revocation caches (see `Revocation::lookup`).
+pub struct Lookup {
+    query: Query,
+    /// The serial as CRLs list it.
+    serial: Vec<u8>,
+    crl_urls: Vec<String>,
 }
 
 /// After the handshake: a verified client certificate is checked online when the listener

@@ -250,15 +250,23 @@ async fn sni_selects_exact_wildcard_and_default_certificates() {
     await_handshakes(&strict, "bad_sni", 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sessions_resume_with_tickets() {
+/// An upstream, a CA, and a gateway with one TLS listener for "localhost" (a certificate from
+/// that CA) in front of it; `limits`: the body of `[server.limits]`.
+fn edge_gateway(limits: &str) -> (Upstream, Ca, Gateway) {
     let u = Upstream::start("u");
     let ca = Ca::new("edge CA");
     let server = ca.server(&["localhost"]);
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
-        tls_config(p, CERT, &service(&u))
+        let config = tls_config(p, CERT, &service(&u));
+        config.replace("drain_timeout = \"5s\"", &format!("drain_timeout = \"5s\"\n[server.limits]\n{limits}"))
     });
+    (u, ca, gw)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_resume_with_tickets() {
+    let (_u, ca, gw) = edge_gateway("");
     // One client config = one session store: the second connection presents a ticket.
     let cfg = client_config(&ca, None, &[]);
     let mut first = Https::connect(gw.ports.listen, "localhost", cfg.clone()).await.unwrap();
@@ -289,6 +297,26 @@ async fn sessions_resume_with_tickets() {
         s_client(gw.ports.listen, &["-servername", "localhost", "-CAfile", path(&ca_file), "-sess_in", path(&sess)]);
     assert!(ok, "{out}");
     assert!(out.contains("Reused, TLSv1.3"), "openssl did not resume:\n{out}");
+}
+
+/// An idle HTTPS keep-alive connection is parked like a plain one (hyper's buffers given back,
+/// rustls' state kept) and serves its next requests on the same TLS session.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_tls_connections_park_and_keep_serving() {
+    let (_u, ca, gw) = edge_gateway("park_after = \"200ms\"");
+    let parks = || gw.metric("gateway_connections_parked_total", &[("listener", "tls")]);
+    let mut c = Https::connect(gw.ports.listen, "localhost", client_config(&ca, None, &[])).await.unwrap();
+    for (round, path) in ["/one", "/two", "/three"].into_iter().enumerate() {
+        let r = c.get(path, &[]).await.unwrap();
+        assert_eq!(r.status.as_u16(), 200, "{path}");
+        assert_eq!(r.json()["path"], path);
+        let parked = eventually(Duration::from_secs(5), || (parks() > round as f64).then_some(()));
+        assert!(parked.is_some(), "the idle TLS connection was not parked after {path}:\n{}", gw.metrics());
+    }
+    let r = c.get("/four", &[]).await.unwrap();
+    assert_eq!(r.json()["path"], "/four");
+    assert_eq!(gw.metric("gateway_connections_total", &[]), 1.0, "one client connection throughout");
+    assert_eq!(handshakes(&gw, "ok"), 1.0, "one TLS session throughout");
 }
 
 /// A listener requiring client certificates from `ca` (with a CRL), and a service.

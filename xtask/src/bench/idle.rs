@@ -55,25 +55,40 @@ pub fn raise_fd_limit() -> Result<u64> {
 /// other (sequentially, so a proxy needs a single upstream connection) and measures the
 /// subject's memory at each step. The connections are closed before this returns.
 pub fn measure(tree: Tree, addr: SocketAddr, path: &str, n: usize) -> Result<IdleResult> {
+    let request = |conn: &mut TcpStream| -> Result<()> {
+        let response = http::request(conn, addr, path)?;
+        if response.status != 200 {
+            bail!("status {}", response.status);
+        }
+        Ok(())
+    };
+    measure_with(tree, n, || http::connect(addr), request)
+}
+
+/// `measure` with any kind of connection: `connect` opens one (TLS: with its handshake done),
+/// `request` sends one request on it and checks the answer.
+pub fn measure_with<C>(
+    tree: Tree,
+    n: usize,
+    mut connect: impl FnMut() -> Result<C>,
+    mut request: impl FnMut(&mut C) -> Result<()>,
+) -> Result<IdleResult> {
     let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE)?;
     if n as u64 + 64 > soft {
         bail!("{n} idle connections need more descriptors than the limit of {soft} (see raise_fd_limit)");
     }
-    let fds_before = tree.open_fds()?;
+    let fds_before = settled_fds(tree)?;
     let before = tree.memory()?;
 
-    let mut conns: Vec<TcpStream> = Vec::with_capacity(n);
+    let mut conns: Vec<C> = Vec::with_capacity(n);
     for i in 0..n {
-        conns.push(http::connect(addr).with_context(|| format!("idle connection {i} of {n}"))?);
+        conns.push(connect().with_context(|| format!("idle connection {i} of {n}"))?);
     }
     tree.wait_for_fds("the connections to be accepted", SETTLE_TIMEOUT, |fds| fds >= fds_before + n)?;
     let connected = tree.memory()?;
 
     for (i, conn) in conns.iter_mut().enumerate() {
-        let response = http::request(conn, addr, path).with_context(|| format!("request on idle connection {i}"))?;
-        if response.status != 200 {
-            bail!("request on idle connection {i}: status {}", response.status);
-        }
+        request(conn).with_context(|| format!("request on idle connection {i}"))?;
     }
     // "Idle" means idle for a moment: long enough for a proxy to do what it does with idle
     // connections (gatewayd parks them after 1 s; see listener/conn.rs).
@@ -85,4 +100,20 @@ pub fn measure(tree: Tree, addr: SocketAddr, path: &str, n: usize) -> Result<Idl
     tree.wait_for_fds("the connections to be closed", SETTLE_TIMEOUT, |fds| fds <= fds_before + UPSTREAM_SLACK)?;
     let released = tree.memory()?;
     Ok(IdleResult { connections: n, before, connected, after_request, released })
+}
+
+/// The subject's descriptor count once it holds still: connections of an earlier measurement
+/// may still be closing (a TLS close sends close_notify first), and a count taken meanwhile
+/// would be a baseline the next measurement cannot reach.
+fn settled_fds(tree: Tree) -> Result<usize> {
+    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut last = tree.open_fds()?;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = tree.open_fds()?;
+        if now == last || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
 }

@@ -11,6 +11,7 @@
 //! (issue 3: ahead of nginx per core).
 
 mod client;
+mod keepalive;
 mod report;
 
 use std::{fs, net::SocketAddr, path::Path, time::Duration};
@@ -229,6 +230,7 @@ pub fn run(opts: &Options) -> Result<()> {
         wait_tls(service, &s.rsa)?;
     }
     let background = Background { cpus: &plan.subject, own: subjects.iter().map(|s| s.tree).collect() };
+    let upstream_tree = upstream.tree();
     let mut services = [upstream, gw, nginx];
     let mut alive = || -> Result<()> { services.iter_mut().try_for_each(Service::check_alive) };
 
@@ -265,13 +267,27 @@ pub fn run(opts: &Options) -> Result<()> {
         })?;
         results.push((phase, runs));
     }
+
+    // HTTPS keep-alive (small answers), then memory per idle TLS connection.
+    eprintln!("xtask: bench tls: small responses over HTTPS keep-alive");
+    let endpoints = [
+        keepalive::Endpoint { name: "upstream direct", url: format!("http://{upstream_addr}/"), tree: upstream_tree },
+        keepalive::Endpoint { name: "gatewayd", url: format!("https://{gw_ecdsa}/"), tree: subjects[0].tree },
+        keepalive::Endpoint { name: "nginx", url: format!("https://{ng_ecdsa}/"), tree: subjects[1].tree },
+    ];
+    let keep_alive =
+        keepalive::run(&endpoints, &plan.load, &background, (opts.reps, opts.connections, duration), &mut alive)?;
+    let idle_targets: Vec<_> = subjects.iter().map(|s| (s.name, s.ecdsa.clone(), s.tree)).collect();
+    let idle = keepalive::idle_memory(&idle_targets, &opts.idle_connections)?;
+    alive()?;
+
     let metrics = http::get(metrics_addr, "/metrics").map(|r| String::from_utf8_lossy(&r.body).into_owned())?;
     let load_after = super::report::loadavg();
     for service in services {
         service.stop()?;
     }
 
-    let setup = Setup {
+    let mut setup = Setup {
         reps: opts.reps,
         duration,
         threads,
@@ -291,7 +307,13 @@ pub fn run(opts: &Options) -> Result<()> {
         ],
         metrics,
     };
-    let path = report::write(&subjects, &results, &setup).write("tls")?;
+    let mut commands = keep_alive.commands.clone();
+    commands.append(&mut setup.commands);
+    setup.commands = commands;
+    let mut rep = report::write(&subjects, &results, &setup);
+    let names: Vec<&str> = subjects.iter().map(|s| s.name).collect();
+    keepalive::write(&mut rep, &keep_alive, &idle, &names);
+    let path = rep.write("tls")?;
     eprintln!("xtask: bench tls: wrote {}", path.display());
     Ok(())
 }

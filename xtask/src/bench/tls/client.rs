@@ -255,6 +255,40 @@ fn exchange_and_close(target: &Target, config: &Arc<ClientConfig>, expect: Hands
     Ok(())
 }
 
+/// A keep-alive connection with its full handshake done (for the idle-memory measurement).
+pub struct KeepAlive(BufReader<StreamOwned<ClientConnection, TcpStream>>);
+
+/// `KeepAlive`s to one target, sharing one client configuration.
+pub struct KeepAlives {
+    target: Target,
+    config: Arc<ClientConfig>,
+}
+
+impl KeepAlives {
+    pub fn new(target: &Target) -> Result<KeepAlives> {
+        Ok(KeepAlives { target: target.clone(), config: config(target, false)? })
+    }
+
+    /// Connects and completes the handshake (TLS 1.3, the benchmark's suite and group).
+    pub fn open(&self) -> Result<KeepAlive> {
+        let mut stream = connect(&self.target, &self.config)?;
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock).context("handshake")?;
+        }
+        check_session(&stream, HandshakeKind::Full)?;
+        Ok(KeepAlive(BufReader::new(stream)))
+    }
+}
+
+impl KeepAlive {
+    /// `GET /` on the open connection; the answer must be 200 "ok".
+    pub fn get_ok(&mut self) -> Result<()> {
+        self.0.get_mut().write_all(format!("GET / HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n").as_bytes())?;
+        let response = http::read_response(&mut self.0).context("reading the response")?;
+        check_response(&response, Some(b"ok"))
+    }
+}
+
 /// One keep-alive `GET path`; the answer must be 200 with `len` bytes.
 fn download(stream: &mut BufReader<StreamOwned<ClientConnection, TcpStream>>, path: &str, len: usize) -> Result<()> {
     stream.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n").as_bytes())?;
