@@ -6,6 +6,7 @@ use ipnet::IpNet;
 
 use super::{Validator, root};
 use crate::{
+    ebpf::NicSteeringPolicy,
     config::{
         FeedbackReason, FeedbackSpec, RateSpec, XdpSpec,
         schema::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection},
@@ -93,6 +94,28 @@ impl Validator<'_> {
             rate_limit,
             syn_limit,
             feedback,
+            steering: x.steering,
+        }
+    }
+
+    /// `xdp.steering = "cpumap"` sends a client's packets to the CPU of the worker the
+    /// `sk_reuseport` program picks by the client hash: it needs both, and pinned workers.
+    pub(super) fn nic_steering(&mut self, xdp: &XdpSpec, server: &crate::config::ServerSettings) {
+        if xdp.steering != NicSteeringPolicy::Cpumap {
+            return;
+        }
+        let mut missing = Vec::new();
+        if !xdp.enabled {
+            missing.push("xdp.enabled = true");
+        }
+        if server.steering != SteeringPolicy::ClientHash {
+            missing.push("server.steering = \"client_hash\"");
+        }
+        if !server.pin_workers {
+            missing.push("server.pin_workers = true");
+        }
+        if !missing.is_empty() {
+            self.problem(root("xdp").key("steering"), format!("\"cpumap\" needs {}", missing.join(", ")));
         }
     }
 
