@@ -6,11 +6,11 @@ use ipnet::IpNet;
 
 use super::{Validator, root};
 use crate::{
-    ebpf::NicSteeringPolicy,
     config::{
         FeedbackReason, FeedbackSpec, RateSpec, XdpSpec,
         schema::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection},
     },
+    ebpf::NicSteeringPolicy,
     ebpf::{AttachMode, parse_list_entry, validate_iface},
 };
 
