@@ -238,6 +238,18 @@ mod tests {
     }
 
     #[test]
+    fn cpumap_steering_needs_client_hash_and_pinned_workers() {
+        let why = problem("[xdp]\nenabled = true\ninterfaces = [\"eth0\"]\nsteering = \"cpumap\"\n", "xdp.steering");
+        assert!(why.contains("client_hash") && why.contains("pin_workers"), "{why}");
+        let c = load(
+            "[server]\nsteering = \"client_hash\"\npin_workers = true\n[xdp]\nenabled = true\ninterfaces = [\"eth0\"]\nsteering = \"cpumap\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.xdp.steering, crate::ebpf::NicSteeringPolicy::Cpumap);
+        assert_eq!(load("").unwrap().xdp.steering, crate::ebpf::NicSteeringPolicy::Off);
+    }
+
+    #[test]
     fn a_full_section_loads() {
         let c = load(
             r#"
