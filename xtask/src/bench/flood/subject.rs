@@ -141,6 +141,10 @@ reasons = ["rate_limit"]
 "#
         ));
     }
+    if defence == Defence::GuardXdpCpumap {
+        config = config.replacen("workers = 2\n", "workers = 2\nsteering = \"client_hash\"\npin_workers = true\n", 1);
+        config = config.replacen("[xdp.feedback]", "steering = \"cpumap\"\n\n[xdp.feedback]", 1);
+    }
     config
 }
 
