@@ -2,6 +2,7 @@
 //! `no_std`, `#[repr(C)]`, no padding surprises: both sides read the same bytes.
 #![no_std]
 
+pub mod cpusteer;
 pub mod gcra;
 pub mod sources;
 pub mod steer;

@@ -15,6 +15,7 @@
 // The one atomic the guard needs is written as the exact BPF instruction (see `atomic_add`).
 #![feature(asm_experimental_arch)]
 
+mod cpusteer;
 mod parse;
 mod sources;
 
@@ -64,7 +65,11 @@ const TC_HEADER_BYTES: u32 = 128;
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    if guard(ctx.data(), ctx.data_end(), ifindex).is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+    if guard(ctx.data(), ctx.data_end(), ifindex).is_drop() {
+        xdp_action::XDP_DROP
+    } else {
+        cpusteer::pass(ctx.data(), ctx.data_end())
+    }
 }
 
 #[classifier]

@@ -18,13 +18,13 @@ use core::ptr::read;
 
 use gateway_common::xdp::mapped_v4;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const ETH_P_QINQ1: u16 = 0x9100;
-const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -47,12 +47,12 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-fn has(at: usize, len: usize, end: usize) -> bool {
+pub(crate) fn has(at: usize, len: usize, end: usize) -> bool {
     at + len <= end
 }
 
 #[inline(always)]
-unsafe fn u8_at(at: usize) -> u8 {
+pub(crate) unsafe fn u8_at(at: usize) -> u8 {
     unsafe { *(at as *const u8) }
 }
 
@@ -67,13 +67,13 @@ unsafe fn u16_at(at: usize) -> u16 {
 }
 
 #[inline(always)]
-unsafe fn be16_at(at: usize) -> u16 {
+pub(crate) unsafe fn be16_at(at: usize) -> u16 {
     u16::from_be(unsafe { u16_at(at) })
 }
 
 /// Two 16-bit loads as one address word (bytes in memory order, like `u32::from_ne_bytes`).
 #[inline(always)]
-unsafe fn word_at(at: usize) -> u32 {
+pub(crate) unsafe fn word_at(at: usize) -> u32 {
     unsafe {
         let lo = u16_at(at) as u32;
         let hi = u16_at(at + 2) as u32;

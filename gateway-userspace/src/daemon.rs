@@ -131,7 +131,10 @@ fn start_ebpf(config: &Config) -> Result<EbpfParts, DaemonError> {
     let steering = match config.server.steering {
         SteeringPolicy::None => None,
         policy => match Steering::new(policy, config.server.workers) {
-            Ok(s) => Some(s),
+            Ok(s) => {
+                s.set_nic(crate::ebpf::cpusteer::start(xdp.as_deref(), config.xdp.steering, config.server.workers));
+                Some(s)
+            }
             Err(e) => {
                 if let Some(x) = &xdp {
                     x.shutdown();

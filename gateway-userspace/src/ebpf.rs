@@ -8,11 +8,14 @@
 //!   expiry, `xdp top`, shutdown (detach, or keep it attached across a restart).
 //! - `offenders`: the L7 → L3 feedback loop (repeat offenders into the deny list).
 //! - `steering`: the `sk_reuseport` program choosing each new connection's worker.
+//! - `cpusteer`: `[xdp] steering = "cpumap"`, the guard sending each client's packets to its
+//!   worker's CPU (or the one log line saying why it falls back).
 //! - `metrics`: the `gateway_xdp_*` and `gateway_steering_*` families, read at scrape.
 //! - `selftest` and `bench`: test_run cases and measurements (`gatewayd xdp selftest|bench`).
 
 mod attach;
 pub mod bench;
+pub mod cpusteer;
 mod guard;
 mod lists;
 mod metrics;
@@ -36,7 +39,7 @@ pub use lists::{net_of_key, normalize_net, parse_list_entry};
 pub use metrics::EbpfCollector;
 pub use offenders::{FeedbackPhase, Offenders};
 pub use service::{BlockOutcome, TopEntry, TopReport, XdpService};
-pub use spec::{FeedbackReason, FeedbackSpec, RateSpec, SteeringPolicy, XdpSpec};
+pub use spec::{FeedbackReason, FeedbackSpec, NicSteeringPolicy, RateSpec, SteeringPolicy, XdpSpec};
 pub use steering::Steering;
 
 use aya::{
@@ -105,6 +108,9 @@ pub enum EbpfError {
     /// Every mode that was tried failed; each attempt's error is listed.
     #[error("cannot attach to {iface}: {attempts}")]
     Attach { iface: String, attempts: String },
+    /// The kernel refused a cpumap entry (NIC steering falls back).
+    #[error("cannot give CPU {cpu} a cpumap entry: {reason}")]
+    CpuMapEntry { cpu: u32, reason: String },
     /// A map had an unexpected shape or could not be read or written.
     #[error("map {map:?}: {source}")]
     Map {

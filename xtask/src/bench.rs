@@ -81,6 +81,9 @@ enum Target {
     /// Legitimate clients under SYN, UDP, connection, HTTP and rotating-source floods, per
     /// defence: kernel defaults, nftables meters, the guard in XDP and TC mode (needs root).
     Flood,
+    /// The guard in native XDP with and without `[xdp] steering = "cpumap"`, in the flood
+    /// topology: success, p99 and CPU per request (needs root).
+    Steering,
 }
 
 impl Options {
@@ -99,6 +102,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Ratelimit => ratelimit::run(opts),
         Target::C100k => c100k::run(),
         Target::Flood => flood::run(opts),
+        Target::Steering => flood::steering::run(opts),
     }
 }
 

@@ -49,6 +49,9 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "bpftool",
     "xdp-tools",
+    // The cpumap steering test turns off TX checksum offload on its veth peer: a redirected
+    // frame loses the skb's "checksum to be filled in" state, so it needs a real checksum.
+    "ethtool",
     // The `gatewayd top` e2e test drives the terminal view in a tmux pane and reads the screen.
     "tmux",
     // Fuzzing: libfuzzer-sys compiles libFuzzer's C++ sources.

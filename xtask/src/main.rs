@@ -12,6 +12,7 @@ mod layers;
 mod run;
 mod test;
 mod vm;
+mod vm_cpusteer;
 mod vm_systemd;
 mod vm_test;
 

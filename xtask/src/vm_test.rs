@@ -13,8 +13,14 @@ use crate::{
 type Scenario = fn(&Path) -> Result<Vec<(String, Guest)>>;
 
 /// Every scenario, in order.
-const SCENARIOS: &[(&str, Scenario)] =
-    &[("boot", boot), ("proxy", proxy), ("ktls", ktls), ("xdp", xdp), ("steering", steering)];
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("boot", boot),
+    ("proxy", proxy),
+    ("ktls", ktls),
+    ("xdp", xdp),
+    ("steering", steering),
+    ("cpusteer", crate::vm_cpusteer::cpusteer),
+];
 
 pub fn run(root: &Path, only: Option<&str>) -> Result<()> {
     let mut failures = Vec::new();

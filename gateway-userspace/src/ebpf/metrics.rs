@@ -12,7 +12,7 @@ use prometheus_client::{
 
 use super::{AttachMode, Steering, XdpService};
 
-type Labels = Vec<(&'static str, String)>;
+pub(super) type Labels = Vec<(&'static str, String)>;
 
 /// Registered once at startup; families are empty while the guard or steering is off.
 pub struct EbpfCollector {
@@ -103,12 +103,31 @@ impl Collector for EbpfCollector {
                 "New connections left to the kernel's hash because the chosen worker's socket was not in the array",
                 &fallback,
             )?;
+            let by_cpu: Vec<_> = steering
+                .counts_by_cpu()
+                .iter()
+                .enumerate()
+                .flat_map(|(w, row)| {
+                    row.iter().enumerate().filter(|(_, n)| **n > 0).map(move |(cpu, n)| {
+                        (vec![("worker", w.to_string()), ("cpu", cpu.to_string())], ConstCounter::new(*n))
+                    })
+                })
+                .collect();
+            family(
+                &mut encoder,
+                "gateway_steering_connections_by_cpu",
+                "New connections steered to each worker, by the CPU that processed their SYN",
+                &by_cpu,
+            )?;
+            if let Some(nic) = steering.nic() {
+                super::cpusteer::encode(&mut encoder, nic)?;
+            }
         }
         Ok(())
     }
 }
 
-fn family<M: EncodeMetric>(
+pub(super) fn family<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -273,6 +273,11 @@ impl XdpService {
         Ok(TopReport { tracked_sources: tracked, entries })
     }
 
+    /// Runs `f` on the loaded guard (NIC steering takes its maps from it).
+    pub(super) fn with_guard<R>(&self, f: impl FnOnce(&mut XdpGuard) -> R) -> R {
+        f(&mut lock(&self.guard))
+    }
+
     /// `(iface, mode)` of every attachment.
     pub fn attachments(&self) -> Vec<(String, AttachMode)> {
         lock(&self.guard).attachments().into_iter().map(|(iface, _, mode)| (iface, mode)).collect()

@@ -29,6 +29,28 @@ pub struct XdpSpec {
     pub rate_limit: Option<RateSpec>,
     pub syn_limit: Option<RateSpec>,
     pub feedback: Option<FeedbackSpec>,
+    pub steering: NicSteeringPolicy,
+}
+
+/// `[xdp] steering`: whether the XDP program steers each client's packets to its worker's CPU.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NicSteeringPolicy {
+    /// Packets are processed on the CPU the NIC picked; workers are chosen at accept.
+    #[default]
+    Off,
+    /// A `BPF_MAP_TYPE_CPUMAP` redirect to the CPU of the client's worker (native XDP only).
+    Cpumap,
+}
+
+impl NicSteeringPolicy {
+    /// As written in the config.
+    pub const fn label(self) -> &'static str {
+        match self {
+            NicSteeringPolicy::Off => "off",
+            NicSteeringPolicy::Cpumap => "cpumap",
+        }
+    }
 }
 
 /// A token bucket: `rate` per second, `burst` at once.

@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
 };
 
 use aya::{
@@ -22,6 +22,7 @@ use gateway_common::steer::{
 };
 
 use super::SteeringPolicy;
+use super::cpusteer::NicSteering;
 use super::{EbpfError, program_error, raise_memlock_limit};
 
 static STEER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-steer"));
@@ -34,6 +35,8 @@ pub struct Steering {
     /// Counts of groups already gone (listeners removed by a reload), so the metric never goes
     /// backwards.
     retired: Mutex<Vec<u64>>,
+    /// `[xdp] steering`: set once at start; its CPU slot table follows this one's.
+    nic: OnceLock<NicSteering>,
 }
 
 /// One listener's program instance and maps.
@@ -60,11 +63,32 @@ impl Steering {
             workers,
             groups: Mutex::new(HashMap::new()),
             retired: Mutex::new(vec![0; COUNT_ENTRIES as usize]),
+            nic: OnceLock::new(),
         }))
     }
 
     pub fn policy(&self) -> SteeringPolicy {
         self.policy
+    }
+
+    /// Attaches NIC (cpumap) steering, whose CPU slot table then follows this slot table.
+    pub fn set_nic(&self, nic: NicSteering) {
+        let _ = self.nic.set(nic);
+    }
+
+    pub fn nic(&self) -> Option<&NicSteering> {
+        self.nic.get()
+    }
+
+    /// Points the XDP program's CPU slot table at the workers `group` has live.
+    fn follow(&self, group: &Group) {
+        let Some(cpu) = self.nic.get().and_then(|n| n.cpu.as_ref()) else { return };
+        if group.registered.iter().all(|r| !r) {
+            return;
+        }
+        if let Err(error) = cpu.follow(&group.registered) {
+            tracing::warn!(%error, "xdp steering: cannot rewrite the CPU slot table");
+        }
     }
 
     /// Puts `worker`'s listening socket for `listener` into the steering array, and attaches the
@@ -82,6 +106,7 @@ impl Steering {
         group.sockets.set(worker as u32, &fd.as_raw_fd(), 0).map_err(EbpfError::map(SOCKETS_MAP))?;
         group.registered[worker] = true;
         group.write_slots()?;
+        self.follow(group);
         let program: &mut SkReuseport = group
             .ebpf
             .program_mut(PROGRAM)
@@ -104,6 +129,7 @@ impl Steering {
         if let Err(error) = group.write_slots() {
             tracing::warn!(%listener, worker, %error, "steering: cannot rewrite the slot table");
         }
+        self.follow(group);
         if let Err(error) = group.sockets.clear_index(&(worker as u32)) {
             tracing::debug!(%listener, worker, %error, "steering: socket already gone from the array");
         }
@@ -129,6 +155,25 @@ impl Steering {
         let fallback = totals[FALLBACK_INDEX as usize];
         totals.truncate(self.workers);
         (totals, fallback)
+    }
+
+    /// Connections steered to each worker by the CPU that ran the program (the CPU processing the
+    /// connection's SYN): `[worker][cpu]`, live listeners only. With NIC steering, a worker's row
+    /// is non-zero only at its own CPU.
+    pub fn counts_by_cpu(&self) -> Vec<Vec<u64>> {
+        let mut rows = vec![Vec::new(); self.workers];
+        for group in lock(&self.groups).values() {
+            for (worker, row) in rows.iter_mut().enumerate() {
+                let Ok(per_cpu) = group.counts.get(&(worker as u32), 0) else { continue };
+                if row.len() < per_cpu.len() {
+                    row.resize(per_cpu.len(), 0);
+                }
+                for (total, c) in row.iter_mut().zip(per_cpu.iter()) {
+                    *total += c;
+                }
+            }
+        }
+        rows
     }
 }
 

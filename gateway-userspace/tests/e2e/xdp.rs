@@ -86,7 +86,12 @@ auth = "none"
     }
 
     /// Like `try_start`, with extra `[server]` keys.
-    fn try_start_with(ns: &'a Netns, listen: Ipv4Addr, server: &str, xdp: &str) -> Result<NsGateway<'a>, String> {
+    pub(super) fn try_start_with(
+        ns: &'a Netns,
+        listen: Ipv4Addr,
+        server: &str,
+        xdp: &str,
+    ) -> Result<NsGateway<'a>, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("gatewayd.toml");
         std::fs::write(&config_path, Self::config(listen, &dir.path().join("admin.sock"), server, xdp))
@@ -131,6 +136,11 @@ auth = "none"
 
     pub(super) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The whole metrics page.
+    pub(super) fn scrape(&self) -> String {
+        self.ns.run(|| raw_get(METRICS.parse().unwrap(), "/metrics")).expect("scrape")
     }
 
     pub(super) fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -268,7 +278,7 @@ impl Drop for Flood {
 }
 
 /// A pin directory of its own, removed (links detached) at the end of the test.
-pub(super) struct PinDir(PathBuf);
+pub(super) struct PinDir(pub(super) PathBuf);
 
 impl PinDir {
     pub(super) fn new(tag: &str) -> PinDir {

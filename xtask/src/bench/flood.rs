@@ -14,6 +14,7 @@ mod attack;
 mod legit;
 mod packet;
 mod report;
+pub mod steering;
 mod subject;
 mod topology;
 

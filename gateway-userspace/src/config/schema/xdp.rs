@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ebpf::NicSteeringPolicy;
+
 /// `[xdp]`: the XDP/TC guard in front of the kernel stack. Off by default.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +56,10 @@ pub struct XdpSection {
     pub syn_limit: XdpRateSection,
     #[serde(default)]
     pub feedback: XdpFeedbackSection,
+    /// `"off"` or `"cpumap"`: steer each client's TCP packets to its worker's CPU in XDP (native
+    /// XDP only; needs `server.steering = "client_hash"` and `server.pin_workers`). Default: off.
+    #[serde(default)]
+    pub steering: NicSteeringPolicy,
 }
 
 impl Default for XdpSection {
@@ -73,6 +79,7 @@ impl Default for XdpSection {
             rate_limit: XdpRateSection::default(),
             syn_limit: XdpRateSection::default(),
             feedback: XdpFeedbackSection::default(),
+            steering: NicSteeringPolicy::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::{
         FeedbackReason, FeedbackSpec, RateSpec, XdpSpec,
         schema::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection},
     },
+    ebpf::NicSteeringPolicy,
     ebpf::{AttachMode, parse_list_entry, validate_iface},
 };
 
@@ -93,6 +94,28 @@ impl Validator<'_> {
             rate_limit,
             syn_limit,
             feedback,
+            steering: x.steering,
+        }
+    }
+
+    /// `xdp.steering = "cpumap"` sends a client's packets to the CPU of the worker the
+    /// `sk_reuseport` program picks by the client hash: it needs both, and pinned workers.
+    pub(super) fn nic_steering(&mut self, xdp: &XdpSpec, server: &crate::config::ServerSettings) {
+        if xdp.steering != NicSteeringPolicy::Cpumap {
+            return;
+        }
+        let mut missing = Vec::new();
+        if !xdp.enabled {
+            missing.push("xdp.enabled = true");
+        }
+        if server.steering != SteeringPolicy::ClientHash {
+            missing.push("server.steering = \"client_hash\"");
+        }
+        if !server.pin_workers {
+            missing.push("server.pin_workers = true");
+        }
+        if !missing.is_empty() {
+            self.problem(root("xdp").key("steering"), format!("\"cpumap\" needs {}", missing.join(", ")));
         }
     }
 
@@ -212,6 +235,18 @@ mod tests {
         assert_eq!(x.rate_limit, Some(RateSpec { rate: 20_000, burst: 40_000 }));
         assert_eq!(x.syn_limit, Some(RateSpec { rate: 200, burst: 400 }));
         assert_eq!(c.server.steering, SteeringPolicy::None);
+    }
+
+    #[test]
+    fn cpumap_steering_needs_client_hash_and_pinned_workers() {
+        let why = problem("[xdp]\nenabled = true\ninterfaces = [\"eth0\"]\nsteering = \"cpumap\"\n", "xdp.steering");
+        assert!(why.contains("client_hash") && why.contains("pin_workers"), "{why}");
+        let c = load(
+            "[server]\nsteering = \"client_hash\"\npin_workers = true\n[xdp]\nenabled = true\ninterfaces = [\"eth0\"]\nsteering = \"cpumap\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.xdp.steering, crate::ebpf::NicSteeringPolicy::Cpumap);
+        assert_eq!(load("").unwrap().xdp.steering, crate::ebpf::NicSteeringPolicy::Off);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum Defence {
     GuardXdp,
     /// The gatewayd guard as a TC ingress classifier.
     GuardTc,
+    /// The guard in native XDP with `steering = "cpumap"` (`bench steering` only).
+    GuardXdpCpumap,
 }
 
 impl Defence {
@@ -38,6 +40,7 @@ impl Defence {
             Defence::Nftables => "nftables",
             Defence::GuardXdp => "guard-xdp",
             Defence::GuardTc => "guard-tc",
+            Defence::GuardXdpCpumap => "guard-xdp-cpumap",
         }
     }
 
@@ -47,7 +50,7 @@ impl Defence {
 
     fn guard_mode(self) -> Option<&'static str> {
         match self {
-            Defence::GuardXdp => Some("xdp-driver"),
+            Defence::GuardXdp | Defence::GuardXdpCpumap => Some("xdp-driver"),
             Defence::GuardTc => Some("tc"),
             Defence::Kernel | Defence::Nftables => None,
         }
@@ -138,6 +141,10 @@ reasons = ["rate_limit"]
 "#
         ));
     }
+    if defence == Defence::GuardXdpCpumap {
+        config = config.replacen("workers = 2\n", "workers = 2\nsteering = \"client_hash\"\npin_workers = true\n", 1);
+        config = config.replacen("[xdp.feedback]", "steering = \"cpumap\"\n\n[xdp.feedback]", 1);
+    }
     config
 }
 
@@ -186,7 +193,7 @@ impl Up {
                 let out = capture(topology::in_ns(GW_NS, "nft").args(["list", "table", "netdev", NFT_TABLE]))?;
                 Ok(Some(nft_dropped(&out)))
             }
-            Defence::GuardXdp | Defence::GuardTc => {
+            Defence::GuardXdp | Defence::GuardTc | Defence::GuardXdpCpumap => {
                 Ok(Some(metric_sum(&scrape("/metrics")?, "gateway_xdp_packets_total", "verdict=\"drop_") as u64))
             }
         }
