@@ -134,6 +134,10 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
         "¹ CPU time (user + system) of the subject's process tree divided by the requests it served during the \
          run; for \"upstream direct\" that is the upstream nginx serving h2 itself (on the load CPUs).",
     );
+    rep.paragraph(
+        "Where gatewayd's instructions per HTTP/2 request go (callgrind, with the command to re-run it) and \
+         what was tried to lower them: [h2-profile.md](h2-profile.md).",
+    );
     rep.heading("Goals");
     rep.table(&["clients", "goal", "gatewayd", "nginx", "verdict"], &goals);
 
