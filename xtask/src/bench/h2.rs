@@ -153,7 +153,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let ng_tree = h.start(NAMES[NGINX], proxy::nginx_command(&subject_cpus, &dir.join("nginx")), ng.h1)?;
 
     let ha = Ports::new()?;
-    let binds = format!("    bind {} proto h2\n    bind {} ssl crt {} alpn h2,http/1.1\n", ha.h2c, ha.tls, pem.display());
+    let binds =
+        format!("    bind {} proto h2\n    bind {} ssl crt {} alpn h2,http/1.1\n", ha.h2c, ha.tls, pem.display());
     let ha_path = dir.join("haproxy.cfg");
     h.config("haproxy.cfg", "haproxy", &ha_path, haproxy::conf_with(ha.h1, &binds, up.h1, &subject_cpus, nofile))?;
     let ha_tree = h.start(NAMES[HAPROXY], haproxy::command(&subject_cpus, &ha_path), ha.h1)?;
@@ -167,9 +168,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut all = Vec::new();
     for mode in [Mode::Cleartext, Mode::Tls] {
         eprintln!("xtask: bench h2: {}", mode.title());
-        let subjects: Vec<Subject> = (0..NAMES.len())
-            .map(|i| Subject { name: NAMES[i], addr: ports[i].of(mode), tree: trees[i] })
-            .collect();
+        let subjects: Vec<Subject> =
+            (0..NAMES.len()).map(|i| Subject { name: NAMES[i], addr: ports[i].of(mode), tree: trees[i] }).collect();
         // Warm-up, and the check that every subject answers h2 with 2xx (h2load fails otherwise).
         for s in &subjects {
             h2load::run(SHAPES[0], warmup, &load_cpus, &mode.url(s.addr))
@@ -192,17 +192,28 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         let oha = Oha { connections: OHA_CONNECTIONS, duration, rate };
         let args = mode.oha_args();
-        let fixed = h.interleave(opts.reps, &subjects, &own, |cpus, s| oha.run_args(cpus, &mode.url(s.addr), &[], &args))?;
+        let fixed =
+            h.interleave(opts.reps, &subjects, &own, |cpus, s| oha.run_args(cpus, &mode.url(s.addr), &[], &args))?;
         all.push(ModeRuns { mode, rate, max, fixed });
     }
     let load_after = h.loadavg();
 
     let mut commands: Vec<String> = Vec::new();
     for shape in SHAPES {
-        commands.push(report::shell_line(&h2load::command(shape, duration, &load_cpus, &Mode::Tls.url(ports[GATEWAYD].tls))));
+        commands.push(report::shell_line(&h2load::command(
+            shape,
+            duration,
+            &load_cpus,
+            &Mode::Tls.url(ports[GATEWAYD].tls),
+        )));
     }
     let oha = Oha { connections: OHA_CONNECTIONS, duration, rate: all[1].rate };
-    commands.push(report::shell_line(&oha.command_args(&load_cpus, &Mode::Tls.url(ports[GATEWAYD].tls), &[], &Mode::Tls.oha_args())));
+    commands.push(report::shell_line(&oha.command_args(
+        &load_cpus,
+        &Mode::Tls.url(ports[GATEWAYD].tls),
+        &[],
+        &Mode::Tls.oha_args(),
+    )));
     commands.push(format!("{gatewayd} certs init --force --cn localhost --san localhost,127.0.0.1 --key-type ecdsa-p256 --days 2 --out DIR"));
     commands.extend(h.commands.iter().cloned());
     let setup = summary::Setup {

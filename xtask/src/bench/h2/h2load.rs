@@ -51,7 +51,11 @@ pub fn run(shape: Shape, duration: Duration, cpus: &CpuList, url: &str) -> Resul
     let out = capture(&mut cmd)?;
     let result = parse(&out).with_context(|| format!("cannot read h2load's output:\n{out}"))?;
     if result.requests == 0 || result.failed > 0 {
-        bail!("h2load against {url}: {} requests succeeded, {} failed or not 2xx:\n{out}", result.requests, result.failed);
+        bail!(
+            "h2load against {url}: {} requests succeeded, {} failed or not 2xx:\n{out}",
+            result.requests,
+            result.failed
+        );
     }
     Ok(result)
 }

@@ -2,7 +2,9 @@
 
 use std::{process::Command, time::Duration};
 
-use super::{DIRECT, GATEWAYD, HAPROXY, ModeRuns, NAMES, NGINX, OHA_CONNECTIONS, OHA_STREAMS, PROXIES, SHAPES, WARMUP_SECS};
+use super::{
+    DIRECT, GATEWAYD, HAPROXY, ModeRuns, NAMES, NGINX, OHA_CONNECTIONS, OHA_STREAMS, PROXIES, SHAPES, WARMUP_SECS,
+};
 use crate::bench::{
     Options,
     cpus::CpuPlan,
@@ -57,7 +59,10 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
         .iter()
         .flat_map(|m| {
             PROXIES.iter().flat_map(move |&s| {
-                m.max.iter().flat_map(move |runs| runs[s].iter().map(|r| r.background)).chain(m.fixed[s].iter().map(|r| r.background))
+                m.max
+                    .iter()
+                    .flat_map(move |runs| runs[s].iter().map(|r| r.background))
+                    .chain(m.fixed[s].iter().map(|r| r.background))
             })
         })
         .collect();
@@ -149,7 +154,16 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
             for (s, name) in NAMES.iter().enumerate() {
                 for (i, shape) in SHAPES.iter().enumerate() {
                     let run = &m.max[i][s][round];
-                    rows.push(raw_row(round, name, &format!("h2load {}", shape.label()), run, run.value.rps, run.value.requests, s, "–"));
+                    rows.push(raw_row(
+                        round,
+                        name,
+                        &format!("h2load {}", shape.label()),
+                        run,
+                        run.value.rps,
+                        run.value.requests,
+                        s,
+                        "–",
+                    ));
                 }
                 let run = &m.fixed[s][round];
                 let latency = format!(
@@ -158,31 +172,37 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
                     num(run.value.p99 * 1e3, 3),
                     num(run.value.p999 * 1e3, 3)
                 );
-                rows.push(raw_row(round, name, &format!("oha {} req/s", m.rate), run, run.value.rps, run.value.requests, s, &latency));
+                rows.push(raw_row(
+                    round,
+                    name,
+                    &format!("oha {} req/s", m.rate),
+                    run,
+                    run.value.rps,
+                    run.value.requests,
+                    s,
+                    &latency,
+                ));
             }
         }
         rep.table(
-            &["round", "subject", "load", "requests/s", "requests", "CPU µs/request", "p50 / p99 / p99.9 ms", "background on proxy CPUs"],
+            &[
+                "round",
+                "subject",
+                "load",
+                "requests/s",
+                "requests",
+                "CPU µs/request",
+                "p50 / p99 / p99.9 ms",
+                "background on proxy CPUs",
+            ],
             &rows,
         );
     }
 
     rep.heading("Setup");
-    let mach = &setup.machine;
     let o = setup.opts;
-    rep.table(
-        &["", ""],
-        &[
-            vec!["machine".into(), format!("{}, {} × {}, {}", mach.kernel, mach.cpus, mach.cpu_model, mach.memory)],
-            vec!["subject CPUs (proxies)".into(), format!("{} (taskset)", setup.plan.subject)],
-            vec!["load CPUs (clients, upstream, xtask)".into(), format!("{} (taskset)", setup.plan.load)],
-            vec![
-                "workers".into(),
-                format!(
-                    "gatewayd `workers = {0}`, nginx `worker_processes {0}`, haproxy `nbthread {0}`",
-                    setup.plan.subject.len()
-                ),
-            ],
+    let mut rows = report::proxy_setup_rows(&setup.machine, &setup.plan);
+    rows.extend([
             vec!["upstream".into(), "nginx, `return 200 \"ok\"`, HTTP/1.1 keep-alive to the proxies; h2c and h2 itself for the direct runs".into()],
             vec!["TLS".into(), "one ECDSA P-256 certificate (`gatewayd certs init`), each subject's default TLS settings".into()],
             vec![
@@ -202,8 +222,8 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
             vec!["haproxy".into(), report::version_of(Command::new("haproxy").arg("-v"))],
             vec!["h2load".into(), report::version_of(Command::new("h2load").arg("--version"))],
             vec!["oha".into(), report::version_of(Command::new("oha").arg("--version"))],
-        ],
-    );
+    ]);
+    rep.table(&["", ""], &rows);
     rep.commands_and_configs(&setup.commands, &setup.configs);
     rep
 }

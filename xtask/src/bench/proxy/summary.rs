@@ -288,21 +288,9 @@ pub fn write_report(
     );
 
     rep.heading("Setup");
-    let m = &setup.machine;
     let o = setup.opts;
-    rep.table(
-        &["", ""],
-        &[
-            vec!["machine".into(), format!("{}, {} × {}, {}", m.kernel, m.cpus, m.cpu_model, m.memory)],
-            vec!["subject CPUs (proxies)".into(), format!("{} (taskset)", setup.plan.subject)],
-            vec!["load CPUs (client, upstream, xtask)".into(), format!("{} (taskset)", setup.plan.load)],
-            vec![
-                "workers".into(),
-                format!(
-                    "gatewayd `workers = {0}`, nginx `worker_processes {0}`, haproxy `nbthread {0}`",
-                    setup.plan.subject.len()
-                ),
-            ],
+    let mut rows = report::proxy_setup_rows(&setup.machine, setup.plan);
+    rows.extend([
             vec!["access log".into(), "off for all (gatewayd: no `[audit]`; nginx: `access_log off`; haproxy: no `log` in its proxies)".into()],
             vec!["upstream".into(), "nginx, `return 200 \"ok\"` (2-byte body), keep-alive".into()],
             vec![
@@ -322,8 +310,8 @@ pub fn write_report(
             vec!["haproxy".into(), report::version_of(Command::new("haproxy").arg("-v"))],
             vec![load.into(), report::version_of(Command::new(load).arg(if load == "wrk" { "-v" } else { "-h" }))],
             vec!["oha".into(), report::version_of(Command::new("oha").arg("--version"))],
-        ],
-    );
+    ]);
+    rep.table(&["", ""], &rows);
     rep.commands_and_configs(&setup.commands, &setup.configs);
     rep
 }
