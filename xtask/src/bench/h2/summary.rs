@@ -2,14 +2,12 @@
 
 use std::{process::Command, time::Duration};
 
-use super::{
-    DIRECT, GATEWAYD, HAPROXY, ModeRuns, NAMES, NGINX, OHA_CONNECTIONS, OHA_STREAMS, PROXIES, SHAPES, WARMUP_SECS,
-};
+use super::{DIRECT, GATEWAYD, ModeRuns, NAMES, NGINX, OHA_CONNECTIONS, OHA_STREAMS, PROXIES, SHAPES, WARMUP_SECS};
 use crate::bench::{
     Options,
     cpus::CpuPlan,
     harness::Measured,
-    report::{self, Machine, Report, median, num, ratio},
+    report::{self, Machine, Report, median, num},
 };
 
 pub struct Setup<'a> {
@@ -88,13 +86,7 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
         rep.heading(m.mode.title());
         let mut rows = Vec::new();
         let mut row = |label: String, values: &[f64], digits: usize, proxies_only: bool| {
-            let mut cells = vec![label];
-            for (s, v) in values.iter().enumerate() {
-                cells.push(if proxies_only && s == DIRECT { "–".to_owned() } else { num(*v, digits) });
-            }
-            cells.push(ratio(values[GATEWAYD], values[NGINX]));
-            cells.push(ratio(values[GATEWAYD], values[HAPROXY]));
-            rows.push(cells);
+            rows.push(report::proxy_row(label, values, digits, proxies_only));
         };
         for (i, shape) in SHAPES.iter().enumerate() {
             row(format!("max requests/s (h2load {})", shape.label()), &f.max_rps[i], 0, false);

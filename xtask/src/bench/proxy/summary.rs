@@ -2,15 +2,13 @@
 
 use std::process::Command;
 
-use super::{
-    DIRECT, DIRECT_NAME, EXTRAPOLATE_TO, GATEWAYD, HAPROXY, IDLE_GOAL_BYTES, MaxRun, NGINX, PROXIES, RateRun, WARMUP,
-};
+use super::{DIRECT, DIRECT_NAME, EXTRAPOLATE_TO, GATEWAYD, IDLE_GOAL_BYTES, MaxRun, NGINX, PROXIES, RateRun, WARMUP};
 use crate::bench::{
     Options, Subject,
     cpus::CpuPlan,
     idle::IdleResult,
     load::OhaResult,
-    report::{self, Machine, Report, median, num, ratio},
+    report::{self, Machine, Report, median, num},
 };
 
 pub struct Setup<'a> {
@@ -52,13 +50,7 @@ pub fn write_report(
     let r = setup.rate;
     let mut rows = Vec::new();
     let mut row = |label: String, values: Vec<f64>, digits: usize, proxies_only: bool| {
-        let mut cells = vec![label];
-        for (s, v) in values.iter().enumerate() {
-            cells.push(if proxies_only && s == DIRECT { "–".to_owned() } else { num(*v, digits) });
-        }
-        cells.push(ratio(values[GATEWAYD], values[NGINX]));
-        cells.push(ratio(values[GATEWAYD], values[HAPROXY]));
-        rows.push(cells);
+        rows.push(report::proxy_row(label, &values, digits, proxies_only));
     };
     let all = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<_>>();
     row(format!("max requests/s ({load})"), all(&|s| med(&max_rps, s)), 0, false);
