@@ -1,5 +1,5 @@
 //! The memory rate limiter's decision cost: ns per decision (a clock read and
-//! `LimitState::decide_memory`: SipHash of layer, window and key, the shard lock, the sliding
+//! `ratelimit::decide_memory`: SipHash of layer, window and key, the shard lock, the sliding
 //! window arithmetic and the count), for one hot key, for many keys (a working set larger than
 //! the CPU caches), for keys new to the store (an insert each), and for one hot key shared by
 //! two threads (two workers meeting on one shard lock).
@@ -23,7 +23,8 @@ use std::{
 
 use gateway_userspace::{
     kv::KvMetrics,
-    ratelimit::{Backend, Clock, Key, KeySource, LayerSpec, LimitMetrics, LimitState, SystemClock, Window, key::Value},
+    limits::{Backend, Clock, Key, KeySource, LimitMetrics, LimitState, SystemClock, key::Value},
+    ratelimit::{LayerSpec, Window, decide_memory},
 };
 use serde_json::json;
 
@@ -98,7 +99,7 @@ fn ip(i: usize) -> IpAddr {
 fn decide(state: &LimitState, layer: &LayerSpec, source: &KeySource, addr: IpAddr) -> bool {
     let key = Key { source, value: Value::Ip(addr), consumer: None };
     let now = SystemClock.now_ms();
-    state.decide_memory(layer, black_box(&key), layer.limit_for(&key), now).allowed
+    decide_memory(state, layer, black_box(&key), layer.limit_for(&key), now).allowed
 }
 
 /// `batches` timed batches; `addr(i)` is the key of the i-th decision overall.

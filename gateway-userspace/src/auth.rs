@@ -11,7 +11,6 @@
 //! - `cache`: the per-worker validated-token cache (SHA-256 of the token → claims, until `exp`).
 //! - `introspection`: RFC 7662 for opaque tokens, with client credentials, cached per worker
 //!   and, with `cache = "redis"`, fleet-wide.
-//! - `api_key`: consumers' API keys, stored as SHA-256 digests, compared in constant time.
 //! - `revocation`: the `jti` denylist (local, and shared through Redis when configured).
 //! - `identify`: the request phase that ties them together, strips client-supplied identity
 //!   headers and sets ours.
@@ -27,7 +26,6 @@
 //! most every `unknown_kid_refetch_interval` is allowed; other unknown-`kid` requests inside that
 //! interval are refused at once with `unknown_kid`.
 
-mod api_key;
 mod breaker;
 mod cache;
 mod identify;
@@ -48,7 +46,6 @@ use std::sync::{Arc, Mutex};
 use http::{HeaderValue, StatusCode};
 use thiserror::Error;
 
-pub use api_key::{ApiKeyDigest, ApiKeys};
 pub use identify::IdentifyPhase;
 pub use idp_http::tls_config;
 pub use jwks::{Key, KeySet, parse_jwks, parse_pem_key};
@@ -59,9 +56,8 @@ pub use oidc::{
 pub use policy::{Credential, Mode, Policy, RoutePolicy};
 pub use revocation::{RevocationError, Revocations, Revoked, default_state_file as default_revocation_state_file};
 pub use spec::{
-    AuthSpec, BreakerSpec, ConsumerSpec, IdentityHeaders, IntrospectionCacheKind, IntrospectionSpec, IssuerSpec,
-    KeySource, Named, OutageMode, RETRIES_WITHIN_GRACE, RefreshSpec, RevocationSpec, RevocationStoreKind, TokenSources,
-    interned,
+    AuthSpec, BreakerSpec, IdentityHeaders, IntrospectionCacheKind, IntrospectionSpec, IssuerSpec, KeySource, Named,
+    OutageMode, RETRIES_WITHIN_GRACE, RefreshSpec, RevocationSpec, RevocationStoreKind, TokenSources, interned,
 };
 
 use crate::{kv::Kv, metrics::Readiness};

@@ -37,7 +37,7 @@ pub use usage::{Facts, ResponseUsage, UsageReader};
 use crate::{
     error::GatewayError,
     kv::{FailMode, Kv, KvError},
-    ratelimit::{
+    limits::{
         Backend, DecisionCounters, DecisionResult, Key, KeySource, LimitState, PhaseConfig, RoutePolicy, key,
         memory::{BudgetSlot, ShardedStore},
         poll_once, unreachable_wait,

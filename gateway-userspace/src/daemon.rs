@@ -22,12 +22,12 @@ use crate::{
     auth::{AuthEnv, AuthMetrics},
     config::{Config, ConfigError, SteeringPolicy},
     ebpf::{EbpfCollector, EbpfError, Steering, XdpService},
+    limits::LimitState,
     listener::{handover::Handover, occupant},
     logging,
     metrics::{
         Metrics, Readiness, ReadinessCollector, host::HostCollector, host::WorkerThreads, server::MetricsServer,
     },
-    ratelimit::LimitState,
     snapshot::Snapshot,
     socket,
     state::{PartsHolder, SharedState, StateError},

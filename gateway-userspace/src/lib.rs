@@ -14,6 +14,7 @@ pub mod demo;
 pub mod ebpf;
 pub mod error;
 pub mod kv;
+pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod mcp;

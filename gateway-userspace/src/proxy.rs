@@ -2,6 +2,7 @@
 //! wait for the response head; retry connect failures on another target for idempotent methods.
 
 pub mod body;
+mod h1;
 pub mod headers;
 mod policy;
 mod pool;
@@ -9,14 +10,14 @@ mod spool;
 
 use std::{rc::Rc, time::Duration};
 
-use http::{HeaderValue, Method, Request, Response, Version, header, request, uri::PathAndQuery};
-use hyper::body::Incoming;
+use http::{HeaderValue, Method, Response, Version, header, request, uri::PathAndQuery};
 use thiserror::Error;
 
 pub use body::{BodyError, BodyProgress, RequestBody, ResponseBody, UpstreamLease};
 pub use policy::{BodyPolicy, SpoolSpec};
 
-pub use pool::{ConnectError, PooledSender, UpstreamPool};
+pub use h1::{H1Error, UpstreamBody};
+pub use pool::{ConnectError, PooledConn, UpstreamPool};
 
 use crate::upstream::{PickError, Service};
 
@@ -29,7 +30,7 @@ pub enum ProxyError {
     #[error("upstream did not answer within {0:?}")]
     ResponseTimeout(Duration),
     #[error("upstream connection failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] H1Error),
     #[error("request body is larger than the {limit} byte limit")]
     ClientBodyTooLarge { limit: u64 },
     #[error("client request body failed: {0}")]
@@ -90,7 +91,7 @@ pub struct Forward<'a> {
 
 /// The upstream's response head and body, the target that served it, and its connection.
 pub struct Forwarded {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     pub target: usize,
     pub lease: UpstreamLease,
 }
@@ -101,7 +102,7 @@ pub struct Failed {
     pub target: Option<usize>,
 }
 
-pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, body: RequestBody) -> Result<Forwarded, Failed> {
+pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, mut body: RequestBody) -> Result<Forwarded, Failed> {
     let service = fwd.service;
     let spec = &service.spec;
     let attempts = if is_idempotent(&head.method) { 1 + spec.retries } else { 1 };
@@ -137,33 +138,29 @@ pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, body: RequestBo
         if let Some(h) = host {
             head.headers.insert(header::HOST, h);
         }
-        let request = Request::from_parts(head, body);
-        let lease = UpstreamLease {
-            pool: fwd.pool.clone(),
-            endpoint,
-            sender: conn.sender,
-            max_idle: spec.max_idle_per_target,
-            in_flight,
-        };
-        return send(lease, request, conn.reused, service, i).await;
+        let lease = UpstreamLease { pool: fwd.pool.clone(), endpoint, max_idle: spec.max_idle_per_target, in_flight };
+        return send(lease, conn, &head, &mut body, service, i).await;
     }
     Err(last.unwrap_or(Failed { error: ProxyError::NoHealthyUpstream, target: None }))
 }
 
-/// Sends on a leased connection. A pooled connection the upstream closed meanwhile gives the
-/// request back unsent; then one fresh connection to the same target is tried.
+/// Sends on a leased connection. A pooled connection the upstream closed as we sent, without a
+/// byte of answer, gets the request once more on a fresh connection to the same target, when
+/// that is safe: an idempotent method and no body (nothing consumed that could not be resent).
 async fn send(
-    mut lease: UpstreamLease,
-    request: Request<RequestBody>,
-    reused: bool,
+    lease: UpstreamLease,
+    conn: PooledConn,
+    head: &request::Parts,
+    body: &mut RequestBody,
     service: &Service,
     i: usize,
 ) -> Result<Forwarded, Failed> {
     let spec = &service.spec;
     let target = &service.targets[i];
     let fail = |error| Failed { error, target: Some(i) };
-    let progress = request.body().progress();
-    let sent = response_or_stall(lease.sender.try_send_request(request), &progress, spec.read_timeout).await;
+    let progress = body.progress();
+    let resendable = conn.reused && http_body::Body::is_end_stream(body) && is_idempotent(&head.method);
+    let sent = response_or_stall(h1::exchange(conn.conn, head, body), &progress, spec.read_timeout).await;
     let error = match sent {
         Some(Ok(response)) => {
             target.state.record_success();
@@ -173,21 +170,19 @@ async fn send(
             target.state.record_failure(spec.max_fails, spec.fail_timeout);
             return Err(fail(ProxyError::ResponseTimeout(spec.read_timeout)));
         }
-        Some(Err(mut e)) => match e.take_message() {
-            Some(request) if reused => {
-                let conn = match fwd_fresh(&lease, spec).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        count_tls(service, &e);
-                        target.state.record_failure(spec.max_fails, spec.fail_timeout);
-                        return Err(fail(ProxyError::Connect(e)));
-                    }
-                };
-                lease.sender = conn;
-                return Box::pin(send(lease, request, false, service, i)).await;
-            }
-            _ => e.into_error(),
-        },
+        Some(Err(e)) if resendable && h1::stale(&e) => {
+            // An idle timeout of zero skips the pool: we just saw a pooled connection fail.
+            let conn = match lease.pool.get(&lease.endpoint, spec.connect_timeout, Duration::ZERO).await {
+                Ok(c) => c,
+                Err(e) => {
+                    count_tls(service, &e);
+                    target.state.record_failure(spec.max_fails, spec.fail_timeout);
+                    return Err(fail(ProxyError::Connect(e)));
+                }
+            };
+            return Box::pin(send(lease, conn, head, body, service, i)).await;
+        }
+        Some(Err(e)) => e,
     };
     Err(fail(classify(error, service, i, &progress)))
 }
@@ -218,14 +213,6 @@ async fn response_or_stall<F: std::future::Future>(
     }
 }
 
-async fn fwd_fresh(
-    lease: &UpstreamLease,
-    spec: &crate::upstream::ServiceSpec,
-) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>, ConnectError> {
-    // An idle timeout of zero skips the pool: we just saw a pooled connection fail.
-    lease.pool.get(&lease.endpoint, spec.connect_timeout, Duration::ZERO).await.map(|c| c.sender)
-}
-
 /// `gateway_upstream_tls_errors_total{service,reason}`.
 fn count_tls(service: &Service, e: &ConnectError) {
     if let (ConnectError::Tls(t), Some(tls)) = (e, &service.tls) {
@@ -239,16 +226,12 @@ fn count_tls(service: &Service, e: &ConnectError) {
 /// TLS alert on the first exchange is the upstream refusing our TLS (in TLS 1.3 it rejects a
 /// client certificate after our side of the handshake is done): that is a TLS connect
 /// failure, with its reason.
-fn classify(error: hyper::Error, service: &Service, i: usize, progress: &BodyProgress) -> ProxyError {
+fn classify(error: h1::SendError, service: &Service, i: usize, progress: &BodyProgress) -> ProxyError {
     let target = &service.targets[i];
-    let source = std::error::Error::source(&error);
-    if let Some(body_error) = source.and_then(|s| s.downcast_ref::<BodyError>()) {
-        return match body_error {
-            BodyError::TooLarge { limit } => ProxyError::ClientBodyTooLarge { limit: *limit },
-            BodyError::ClientTimeout(d) => ProxyError::ClientBodyTimeout(*d),
-            _ => ProxyError::ClientBody(Box::new(error)),
-        };
-    }
+    let error = match error {
+        h1::SendError::ClientBody(e) => return ProxyError::unsent_body(e),
+        h1::SendError::Upstream { error, .. } => error,
+    };
     if service.tls.is_some()
         && let Some(tls) = crate::tls::tls_error_in(target.addr, &error)
     {

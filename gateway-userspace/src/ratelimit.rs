@@ -7,45 +7,32 @@
 //! a sliding window counter (see `window`): exact while the previous window is empty, and no
 //! double burst at window edges.
 //!
-//! Long-lived state (the memory store, the Redis handle) is a [`LimitState`], kept by
-//! `state::PartsHolder` across reloads; a phase is rebuilt per snapshot from the config.
+//! The long-lived stores, the clock and the Redis handle are the shared [`LimitState`] (see
+//! `limits`); this phase is rebuilt per snapshot from the config.
 
-pub mod clock;
 mod headers;
-pub mod key;
-pub(crate) mod memory;
-mod metrics;
 mod policy;
 mod remote;
 pub mod window;
 
-use std::{
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use http::{request, response};
-use prometheus_client::registry::Registry;
 use thiserror::Error;
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use headers::Decision;
-pub use key::{Key, KeySource};
-pub use metrics::{DecisionCounters, DecisionResult, LimitMetrics};
-pub use policy::{Backend, LayerSpec, Window};
+pub use policy::{LayerSpec, Window};
 
 use crate::{
     error::GatewayError,
-    kv::{FailMode, Kv, KvError, KvMetrics, KvSpec},
+    kv::{FailMode, Kv, KvError},
+    limits::{
+        Backend, DecisionCounters, DecisionResult, Key, KeySource, LimitState, PhaseConfig, RoutePolicy, key,
+        memory::WindowSlot, poll_once, unreachable_wait,
+    },
     request::{Phase, RequestCtx, Step},
 };
-use memory::{KeyHasher, ShardedStore, WindowSlot};
 use window::{Outcome, Position};
-
-/// Keys per memory store (rate limits, budgets): a few tens of MB each when full.
-pub const MEMORY_CAPACITY: usize = 1_000_000;
-/// How often dead memory entries are dropped.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum RateLimitError {
@@ -94,29 +81,6 @@ impl crate::error::Refusal for RateLimitError {
     }
 }
 
-/// Limiter state that outlives snapshots: memory stores, the Redis handle, the clock, metrics.
-pub struct LimitState {
-    pub(crate) windows: Arc<ShardedStore<WindowSlot>>,
-    pub(crate) budgets: Arc<ShardedStore<memory::BudgetSlot>>,
-    pub(crate) hasher: KeyHasher,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) metrics: Arc<LimitMetrics>,
-    kv_metrics: KvMetrics,
-    kv: Mutex<Option<Kv>>,
-}
-
-impl std::fmt::Debug for LimitState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LimitState").finish_non_exhaustive()
-    }
-}
-
-/// A limit layer or a token budget: applies to some routes, counts its decisions under its name.
-pub(crate) trait RoutePolicy {
-    fn name(&self) -> &Arc<str>;
-    fn applies_to(&self, route: usize) -> bool;
-}
-
 impl RoutePolicy for LayerSpec {
     fn name(&self) -> &Arc<str> {
         &self.name
@@ -127,110 +91,27 @@ impl RoutePolicy for LayerSpec {
     }
 }
 
-impl LimitState {
-    /// For each route (by index), the policies that apply to it in order, by index into
-    /// `policies`, each with its decision counters.
-    pub(crate) fn route_steps<P: RoutePolicy>(
-        &self,
-        on: &PhaseConfig<'_>,
-        policies: &[P],
-    ) -> Vec<Vec<(usize, DecisionCounters)>> {
-        let workers = on.workers;
-        let steps = |route: &crate::route::Route| {
-            let applying = policies.iter().enumerate().filter(|(_, p)| p.applies_to(route.index));
-            applying.map(|(i, p)| (i, self.metrics.decisions(&route.name, p.name(), workers))).collect()
-        };
-        on.routes.iter().map(steps).collect()
-    }
-
-    /// Registers the limiter and Redis metrics and starts the memory sweep (call it on the
-    /// control runtime, once).
-    pub fn register(registry: &mut Registry) -> Arc<LimitState> {
-        let state =
-            Arc::new(Self::new(Arc::new(SystemClock), LimitMetrics::register(registry), KvMetrics::register(registry)));
-        registry.register_collector(Box::new(metrics::StoreCollector {
-            windows: state.windows.clone(),
-            budgets: state.budgets.clone(),
-        }));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sweep(Arc::downgrade(&state)));
+/// Counts a request against `layer` in `state`'s memory store if it fits.
+pub fn decide_memory(state: &LimitState, layer: &LayerSpec, key: &Key<'_>, limit: u64, now_ms: u64) -> Outcome {
+    let window_ms = layer.window.millis();
+    let pos = Position::of(now_ms, window_ms);
+    let digest = state.hasher.digest(|h| {
+        h.write(layer.name.as_bytes());
+        h.write_u64(window_ms);
+        key.hash_into(h);
+    });
+    let now_s = (now_ms / 1000) as u32;
+    let dead_at = ((pos.index + 2) * window_ms / 1000) as u32;
+    state.windows.with(digest, now_s, WindowSlot::empty, |slot| {
+        slot.roll(pos.index);
+        slot.touched = now_s;
+        let outcome = window::outcome(slot.prev.into(), slot.cur.into(), pos, limit);
+        if outcome.allowed {
+            slot.cur = slot.cur.saturating_add(1);
+            slot.dead_at = dead_at;
         }
-        state
-    }
-
-    /// Unregistered state (tests, or a holder built without a registry).
-    pub fn new(clock: Arc<dyn Clock>, metrics: Arc<LimitMetrics>, kv_metrics: KvMetrics) -> LimitState {
-        LimitState {
-            windows: Arc::new(ShardedStore::new(MEMORY_CAPACITY)),
-            budgets: Arc::new(ShardedStore::new(MEMORY_CAPACITY)),
-            hasher: KeyHasher::default(),
-            clock,
-            metrics,
-            kv_metrics,
-            kv: Mutex::new(None),
-        }
-    }
-
-    /// The Redis handle for `spec`: the running one while the spec is unchanged, a new one
-    /// (connecting in the background) otherwise. Call on the control runtime.
-    pub fn kv_for(&self, spec: Option<&KvSpec>) -> Option<Kv> {
-        let mut current = self.kv.lock().unwrap_or_else(PoisonError::into_inner);
-        let kv = match (spec, current.as_ref()) {
-            (None, _) => None,
-            (Some(s), Some(kv)) if kv.spec() == s => Some(kv.clone()),
-            (Some(s), _) => Some(Kv::start(s.clone(), self.kv_metrics.clone())),
-        };
-        current.clone_from(&kv);
-        kv
-    }
-
-    /// Waits until the Redis handle (if any) made its first connection attempt.
-    pub async fn settled(&self) {
-        let kv = self.kv.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(kv) = kv {
-            let within = kv.spec().connect_timeout + Duration::from_millis(200);
-            if !kv.settled(within).await {
-                tracing::warn!(
-                    "starting without redis; policies that use it apply their on_redis_error mode until it is reachable"
-                );
-            }
-        }
-    }
-
-    /// Counts a request against `layer` in memory if it fits.
-    pub fn decide_memory(&self, layer: &LayerSpec, key: &Key<'_>, limit: u64, now_ms: u64) -> Outcome {
-        let window_ms = layer.window.millis();
-        let pos = Position::of(now_ms, window_ms);
-        let digest = self.hasher.digest(|h| {
-            h.write(layer.name.as_bytes());
-            h.write_u64(window_ms);
-            key.hash_into(h);
-        });
-        let now_s = (now_ms / 1000) as u32;
-        let dead_at = ((pos.index + 2) * window_ms / 1000) as u32;
-        self.windows.with(digest, now_s, WindowSlot::empty, |slot| {
-            slot.roll(pos.index);
-            slot.touched = now_s;
-            let outcome = window::outcome(slot.prev.into(), slot.cur.into(), pos, limit);
-            if outcome.allowed {
-                slot.cur = slot.cur.saturating_add(1);
-                slot.dead_at = dead_at;
-            }
-            outcome
-        })
-    }
-}
-
-/// Drops dead memory entries every few seconds, until the state is gone.
-async fn sweep(state: std::sync::Weak<LimitState>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        tick.tick().await;
-        let Some(state) = state.upgrade() else { return };
-        let now_s = (state.clock.now_ms() / 1000) as u32;
-        state.windows.sweep(now_s);
-        state.budgets.sweep(now_s);
-    }
+        outcome
+    })
 }
 
 /// One route's layers, in order, with their counters.
@@ -245,17 +126,6 @@ struct Plan {
 /// The decisions taken for a request (for the response headers).
 #[derive(Debug, Clone, Default)]
 pub struct Decisions(pub Vec<Decision>);
-
-/// The rate-limit phase.
-/// What the limit phases read of the rest of the config, handed over when the pipeline is built.
-pub struct PhaseConfig<'a> {
-    /// Every route, in table order (plans are indexed by route).
-    pub routes: &'a [crate::route::Route],
-    /// Worker count (decision counters are sharded per worker).
-    pub workers: usize,
-    /// `[auth] api_key_header`, for limits keyed by API key.
-    pub api_key_header: &'a http::HeaderName,
-}
 
 pub struct RateLimitPhase {
     layers: Vec<LayerSpec>,
@@ -300,7 +170,7 @@ impl RateLimitPhase {
             let Some(key) = key::find(&layer.key, layer.ipv6_prefix, &self.api_key_header, ctx, head) else { continue };
             let limit = layer.limit_for(&key);
             let verdict = match (layer.backend, &self.kv) {
-                (Backend::Memory, _) => Ok(self.state.decide_memory(layer, &key, limit, now)),
+                (Backend::Memory, _) => Ok(decide_memory(&self.state, layer, &key, limit, now)),
                 (Backend::Redis(_), Some(kv)) => remote::decide(kv, layer, &key, limit, now).await,
                 (Backend::Redis(_), None) => Err(KvError::Unavailable),
             };
@@ -315,21 +185,6 @@ impl RateLimitPhase {
         ctx.extensions.insert(Decisions(decisions));
         result
     }
-}
-
-/// Runs a future that cannot wait (memory-only checks) to completion without boxing it.
-pub(crate) fn poll_once<F: Future>(f: F) -> Option<F::Output> {
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
-}
-
-/// A memory-only check that waited: a bug, never a reason to refuse traffic.
-pub(crate) fn unreachable_wait(phase: &'static str) -> Step<'static> {
-    tracing::error!(phase, "a memory-only check waited; letting the request through");
-    Step::Continue
 }
 
 /// Counts a layer's verdict and turns it into go / refuse.

@@ -11,7 +11,7 @@ mod ctx;
 mod observe;
 mod phase;
 
-pub use conn::{ClientCert, ConnInfo, HandshakeRefusal, Proto, TlsInfo, VerifyStatus};
+pub use conn::{ClientCert, ConnInfo, HandshakeRefusal, Proto, TlsInfo, VerifyStatus, WatchdogTimer};
 pub use ctx::{Identity, Outcome, RequestCtx, SnapshotView, Timings, Usage};
 pub use observe::{BodyObserver, RequestObserver};
 pub use phase::{Phase, Pipeline, Step};

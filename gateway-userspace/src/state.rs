@@ -10,8 +10,8 @@ use crate::{
     audit::{AuditMetrics, AuditSink},
     auth::{AuthEnv, AuthHolder},
     config::Config,
+    limits::{LimitMetrics, LimitState, SystemClock},
     metrics::{Metrics, Readiness, host::WorkerThreads},
-    ratelimit::{LimitMetrics, LimitState, SystemClock},
     snapshot::{PhaseParts, Snapshot},
     tls::TlsParts,
 };

@@ -27,7 +27,10 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // connection facts, the refusal trait and its one response table, the consumer model.
     ("contracts", &["request", "error", "consumer"]),
     // Capabilities: each owns its config spec, errors, metrics and long-lived parts.
-    ("features", &["tls", "route", "upstream", "proxy", "auth", "ratelimit", "budget", "audit", "ebpf", "access"]),
+    (
+        "features",
+        &["tls", "route", "upstream", "proxy", "auth", "limits", "ratelimit", "budget", "audit", "ebpf", "access"],
+    ),
     // The driver and composition: config schema/validation over the features' specs, the
     // snapshot, the request driver, connections, workers, the daemon and its CLI.
     (

@@ -1,6 +1,6 @@
 //! The latency headers phase: how long the upstream and the gateway took, on every response.
 
-use std::fmt::Write as _;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, response};
 
@@ -13,6 +13,9 @@ static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 /// Kong's latency headers, named for us: `X-Gateway-Upstream-Latency` (ms waiting for the
 /// upstream's response head, connect included), `X-Gateway-Proxy-Latency` (ms the gateway
 /// itself spent), and the same as `Server-Timing` for browsers' dev tools.
+///
+/// Written with integer arithmetic (`itoa`), not float formatting: this runs on every
+/// response, and `{:.3}` of an `f64` was a visible share of the request's CPU.
 pub struct LatencyHeaders;
 
 impl Phase for LatencyHeaders {
@@ -21,24 +24,57 @@ impl Phase for LatencyHeaders {
     }
 
     fn on_response(&self, ctx: &mut RequestCtx, head: &mut response::Parts) {
-        let gateway = ctx.timings.gateway().as_secs_f64() * 1e3;
-        let mut timing = String::with_capacity(48);
+        let gateway = ctx.timings.gateway();
+        let mut timing = Vec::with_capacity(64);
         if let Some(upstream) = ctx.timings.upstream() {
-            let upstream = upstream.as_secs_f64() * 1e3;
-            set(head, &UPSTREAM_LATENCY, &format!("{}", upstream.round() as u64));
-            let _ = write!(timing, "upstream;dur={upstream:.3}, ");
+            head.headers.insert(UPSTREAM_LATENCY.clone(), HeaderValue::from(rounded_ms(upstream)));
+            timing.extend_from_slice(b"upstream;dur=");
+            push_ms_3(&mut timing, upstream);
+            timing.extend_from_slice(b", ");
         }
-        set(head, &PROXY_LATENCY, &format!("{}", gateway.round() as u64));
-        let _ = write!(timing, "gateway;dur={gateway:.3}");
+        head.headers.insert(PROXY_LATENCY.clone(), HeaderValue::from(rounded_ms(gateway)));
+        timing.extend_from_slice(b"gateway;dur=");
+        push_ms_3(&mut timing, gateway);
         // Appended: an upstream's own Server-Timing entries stay.
-        if let Ok(v) = HeaderValue::from_str(&timing) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(timing)) {
             head.headers.append(SERVER_TIMING.clone(), v);
         }
     }
 }
 
-fn set(head: &mut response::Parts, name: &HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        head.headers.insert(name.clone(), v);
+/// Whole milliseconds, rounded half up.
+fn rounded_ms(d: Duration) -> u64 {
+    ((d.as_nanos() + 500_000) / 1_000_000) as u64
+}
+
+/// Milliseconds with three decimals (`12.345`), rounded half up to the microsecond.
+fn push_ms_3(out: &mut Vec<u8>, d: Duration) {
+    let micros = (d.as_nanos() + 500) / 1_000;
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(micros / 1_000).as_bytes());
+    let frac = (micros % 1_000) as u16;
+    out.extend_from_slice(&[b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms_3(d: Duration) -> String {
+        let mut v = Vec::new();
+        push_ms_3(&mut v, d);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn milliseconds_are_written_as_float_formatting_would() {
+        // Exact halves left out: an f64 cannot hold most of them, so `{:.3}` rounds whichever
+        // way the nearest double lies; integers round them up.
+        for nanos in [0u64, 499, 501, 1_000, 999_499, 999_501, 1_234_567, 12_000_000, 3_600_000_000_000] {
+            let d = Duration::from_nanos(nanos);
+            let ms = d.as_secs_f64() * 1e3;
+            assert_eq!(ms_3(d), format!("{ms:.3}"), "{nanos} ns");
+            assert_eq!(rounded_ms(d), ms.round() as u64, "{nanos} ns");
+        }
     }
 }

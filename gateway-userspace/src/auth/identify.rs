@@ -35,6 +35,7 @@ use super::{
     unix_now_ms,
 };
 use crate::{
+    consumer::Consumer,
     error::GatewayError,
     kv::Kv,
     request::VerifyStatus,
@@ -111,8 +112,8 @@ enum Check<T> {
 #[derive(Default)]
 struct Outcome {
     token: Option<Rc<Validated>>,
-    /// Index into `spec.consumers`: from the API key, else from the client certificate.
-    consumer: Option<usize>,
+    /// From the API key, else from the client certificate.
+    consumer: Option<Consumer>,
     api_key: bool,
 }
 
@@ -222,9 +223,9 @@ impl IdentifyPhase {
                         Check::Io(io) => return Decision::Io(io),
                     }
                 }
-                Credential::ApiKey => match self.spec.api_keys.find(presented.api_key.unwrap_or_default()) {
+                Credential::ApiKey => match self.spec.consumers.by_api_key(presented.api_key.unwrap_or_default()) {
                     Some(consumer) => {
-                        outcome.consumer = Some(consumer);
+                        outcome.consumer = Some(consumer.clone());
                         outcome.api_key = true;
                     }
                     None => return Decision::Done(Err(AuthError::InvalidApiKey)),
@@ -232,7 +233,7 @@ impl IdentifyPhase {
                 Credential::Mtls => {
                     // The client-certificate phase found its consumer, if it has one.
                     if outcome.consumer.is_none() {
-                        outcome.consumer = self.cert_consumer(ctx);
+                        outcome.consumer = ctx.identity.consumer.clone();
                     }
                 }
             }
@@ -295,7 +296,7 @@ impl IdentifyPhase {
             }
         }
         let token_scopes = outcome.token.as_ref().map_or(&[][..], |v| &v.claims.scopes[..]);
-        let consumer_scopes = outcome.consumer.map_or(&[][..], |c| &self.spec.consumers[c].scopes[..]);
+        let consumer_scopes = outcome.consumer.as_ref().map_or(&[][..], |c| &c.profile.scopes[..]);
         let lacking = policy.scopes.iter().any(|s| !token_scopes.iter().chain(consumer_scopes).any(|g| g == s));
         if lacking {
             return Err(AuthError::InsufficientScope { required: policy.scopes_joined.clone() });
@@ -387,13 +388,6 @@ impl IdentifyPhase {
         })))
     }
 
-    /// The index (in `spec.consumers`) of the consumer the client-certificate phase mapped the
-    /// connection's certificate to.
-    fn cert_consumer(&self, ctx: &RequestCtx) -> Option<usize> {
-        let consumer = ctx.identity.consumer.as_ref()?;
-        self.spec.consumer_by_name.get(&consumer.name).copied()
-    }
-
     /// Finds the credentials the policy accepts. Refuses ambiguity: several Authorization
     /// headers, or different tokens in the header, query and cookies (token smuggling).
     fn presented<'h>(
@@ -463,7 +457,7 @@ impl IdentifyPhase {
     fn apply(&self, ctx: &mut RequestCtx, head: &mut request::Parts, outcome: Outcome) {
         let names = &self.spec.headers;
         let token = outcome.token.as_deref();
-        let consumer = outcome.consumer.map(|c| &self.spec.consumers[c]);
+        let consumer = outcome.consumer.as_ref().map(|c| &c.profile);
         let h = &mut head.headers;
         let user = token.and_then(|v| v.claims.user.as_ref()).or(consumer.map(|c| &c.id));
         if let Some(u) = user {
@@ -474,7 +468,7 @@ impl IdentifyPhase {
             h.insert(&names.consumer_username, c.name.header.clone());
             h.insert(&names.consumer_id, c.id.header.clone());
             if ctx.identity.consumer.is_none() {
-                ctx.identity.consumer = Some(c.consumer.clone());
+                ctx.identity.consumer = outcome.consumer.clone();
             }
         }
         let workspace = token.and_then(|v| v.claims.workspace.as_ref()).or(consumer.and_then(|c| c.workspace.as_ref()));
@@ -736,7 +730,7 @@ impl Phase for IdentifyPhase {
             head.headers.remove(name);
         }
         // A consumer the client-certificate phase identified is asserted under our names too.
-        if let Some(c) = self.cert_consumer(ctx).map(|i| &self.spec.consumers[i]) {
+        if let Some(c) = ctx.identity.consumer.as_ref().map(|c| &c.profile) {
             head.headers.insert(&self.spec.headers.consumer_username, c.name.header.clone());
             head.headers.insert(&self.spec.headers.consumer_id, c.id.header.clone());
         }

@@ -132,12 +132,7 @@ impl Token<'_> {
     }
 }
 
-/// An identity value, as text (audit, `RequestCtx`) and as the header value sent upstream.
-#[derive(Debug, Clone)]
-pub struct Named {
-    pub text: Arc<str>,
-    pub header: HeaderValue,
-}
+pub use crate::consumer::Named;
 
 impl Named {
     /// Identity values go upstream as header values: one that cannot be is refused rather than

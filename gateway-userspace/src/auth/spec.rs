@@ -1,13 +1,14 @@
 //! The validated `[auth]` and `[[consumers]]` configuration: what the identity phase needs,
 //! nothing file-shaped (header names parsed, static keys loaded, policies resolved to indices).
 
-use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
+use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use jsonwebtoken::Algorithm;
 
 pub use super::jwt::Named;
-use super::{ApiKeys, KeySet, Policy, RoutePolicy};
+use super::{KeySet, Policy, RoutePolicy};
+use crate::consumer::Consumers;
 
 #[derive(Debug)]
 pub struct AuthSpec {
@@ -15,11 +16,9 @@ pub struct AuthSpec {
     pub route_policies: Vec<RoutePolicy>,
     pub policies: Vec<Policy>,
     pub issuers: Vec<IssuerSpec>,
-    /// Indexed like `Config::consumers` (the `[[consumers]]` order).
-    pub consumers: Vec<ConsumerSpec>,
-    /// Consumer name → index (for consumers identified by their client certificate).
-    pub consumer_by_name: HashMap<Arc<str>, usize>,
-    pub api_keys: ApiKeys,
+    /// The one consumer model (`Config::consumers`): API keys and client certificates resolve
+    /// to the same `Consumer`, whose profile carries its identity headers and scopes.
+    pub consumers: Arc<Consumers>,
     pub tokens: TokenSources,
     pub api_key_header: HeaderName,
     /// Clock skew tolerated on `exp`, `nbf`, `iat`, in seconds.
@@ -255,22 +254,6 @@ impl fmt::Debug for IntrospectionSpec {
             .field("cache", &self.cache)
             .finish_non_exhaustive()
     }
-}
-
-/// An API consumer. Its names are interned as `'static` header values (see [`interned`]).
-#[derive(Debug, Clone)]
-pub struct ConsumerSpec {
-    /// `X-Consumer-Username`.
-    pub name: Named,
-    /// `X-Consumer-Id`, and the user id of requests authenticated with its API keys.
-    pub id: Named,
-    /// Scopes its API keys grant.
-    pub scopes: Vec<Arc<str>>,
-    pub scope_header: Option<HeaderValue>,
-    pub workspace: Option<Named>,
-    /// The consumer as requests see it (`ctx.identity.consumer`, metrics, audit): the same
-    /// value whichever credential identified it.
-    pub consumer: crate::consumer::Consumer,
 }
 
 /// Header names and values taken from the configuration are interned as `'static`: cloning a

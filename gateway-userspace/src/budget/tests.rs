@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::{
     kv::{KvMetrics, testing::RedisServer, testing::SpecOf as _, testing::eventually},
-    ratelimit::{LimitMetrics, ManualClock, key::Value},
+    limits::{LimitMetrics, ManualClock, key::Value},
 };
 
 /// 2026-01-01T10:00:00Z.

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::request::RequestFacts;
 use crate::{
-    ratelimit::LimitMetrics,
+    limits::LimitMetrics,
     request::{BodyObserver, RequestCtx},
 };
 

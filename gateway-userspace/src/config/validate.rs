@@ -3,6 +3,7 @@
 
 mod auth;
 mod buffering;
+mod consumers;
 mod tls;
 
 use std::{

@@ -36,7 +36,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
     sync::watch,
-    time::{Duration, sleep_until},
+    time::{Duration, Sleep, sleep_until},
 };
 
 /// `AsyncWrite::poll_flush` and `poll_shutdown` of a stream wrapper, passed to its `inner`.
@@ -71,7 +71,7 @@ use crate::{
     metrics::{LabelValue, Labels},
     pipeline,
     proxy::ResponseBody,
-    request::ConnInfo,
+    request::{ConnInfo, WatchdogTimer},
     snapshot::LocalSnapshot,
     tls,
 };
@@ -142,6 +142,7 @@ fn conn_info(
         last_active: Cell::new(Instant::now()),
         head_started: Cell::new(None),
         watchdog_wake: tokio::sync::Notify::new(),
+        watchdog_timer: WatchdogTimer::default(),
         park: Cell::new(false),
         close_requested: Cell::new(false),
         tls,

@@ -17,11 +17,14 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use thiserror::Error;
 use tokio::time::{Instant, Sleep};
 
-use super::{SpoolSpec, spool::Spool};
+use super::{
+    SpoolSpec,
+    h1::{H1Error, UpstreamBody},
+    spool::Spool,
+};
 use crate::{
     metrics::Metrics,
     proxy::UpstreamPool,
@@ -37,7 +40,7 @@ pub enum BodyError {
     #[error("client body stream failed: {0}")]
     Client(#[source] hyper::Error),
     #[error("upstream body stream failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] H1Error),
     #[error("upstream sent nothing for {0:?}")]
     UpstreamTimeout(Duration),
     #[error("client sent no request body bytes for {0:?}")]
@@ -46,19 +49,28 @@ pub enum BodyError {
     Spool(#[source] std::io::Error),
 }
 
-/// An upstream connection borrowed for one request; back to the pool when the response body ends.
+/// Where an upstream connection borrowed for one request goes back to when the response body
+/// (which holds the connection) ends.
 pub struct UpstreamLease {
     pub pool: Rc<UpstreamPool>,
     pub endpoint: crate::upstream::Endpoint,
-    pub sender: SendRequest<RequestBody>,
     pub max_idle: usize,
     pub in_flight: InFlight,
+}
+
+impl UpstreamLease {
+    /// Returns the body's connection to the pool if it can serve another request.
+    pub fn release(self, body: &mut UpstreamBody) {
+        if let Some(conn) = body.take_reusable() {
+            self.pool.checkin(&self.endpoint, conn, self.max_idle);
+        }
+    }
 }
 
 enum Source {
     Full(Option<Bytes>),
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         read_timeout: Duration,
         timer: Option<Pin<Box<Sleep>>>,
         lease: Option<UpstreamLease>,
@@ -83,7 +95,7 @@ impl ResponseBody {
     /// responses (and there is a body at all).
     /// `spool`: the route's response buffering and the metrics it counts into, when it buffers.
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         read_timeout: Duration,
         lease: UpstreamLease,
         spool: Option<(Arc<SpoolSpec>, Arc<Metrics>)>,
@@ -104,10 +116,10 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, outcome: Outcome) {
-        if let Source::Upstream { lease, .. } = &mut self.source
+        if let Source::Upstream { lease, body, .. } = &mut self.source
             && let (Some(l), Outcome::Completed) = (lease.take(), outcome)
         {
-            l.pool.checkin(&l.endpoint, l.sender, l.max_idle);
+            l.release(body);
         }
         if let Some(mut ctx) = self.ctx.take() {
             ctx.finish(outcome);
@@ -171,7 +183,7 @@ impl Body for ResponseBody {
 
 /// Polls the upstream body; a read timer is armed only while we actually wait.
 pub(super) fn poll_upstream(
-    body: &mut Incoming,
+    body: &mut UpstreamBody,
     read_timeout: Duration,
     timer: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,

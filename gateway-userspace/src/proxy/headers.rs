@@ -1,7 +1,9 @@
 //! Header rewriting between client and upstream: hop-by-hop removal, X-Forwarded-* and
 //! Forwarded (believed only from trusted proxies), request ids.
 
-use std::net::IpAddr;
+use std::{io::Write as _, net::IpAddr};
+
+use bytes::Bytes;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use ipnet::IpNet;
@@ -22,6 +24,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1), plus any header
 /// the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over the names (standard names compare as enum
+    // values) spares nine hashed look-ups on every request.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -32,20 +39,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+/// The hop-by-hop headers of RFC 9110 7.6.1 and their legacy companions.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+];
 
 /// Whether `ip` is one of the configured trusted proxies.
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -83,20 +93,22 @@ pub struct Hop<'a> {
 
 /// Sets X-Forwarded-For/-Proto/-Host/-Port and Forwarded. From a trusted peer the existing
 /// values are extended (For, Forwarded) or kept (Proto, Host, Port); from anyone else they are
-/// replaced, so clients cannot inject them.
+/// replaced, so clients cannot inject them. Built as bytes, without `format!` (every request
+/// pays for this).
 pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let peer = hop.peer.to_canonical();
-    let xff = match (hop.trusted_peer, joined(headers, &X_FORWARDED_FOR)) {
-        (true, Some(prev)) => format!("{prev}, {peer}"),
-        _ => peer.to_string(),
-    };
-    put(headers, X_FORWARDED_FOR.clone(), &xff);
+    let mut xff = Vec::with_capacity(48);
+    if hop.trusted_peer {
+        push_joined(&mut xff, headers, &X_FORWARDED_FOR);
+    }
+    push_ip(&mut xff, peer);
+    put(headers, X_FORWARDED_FOR.clone(), xff);
     if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        put(headers, X_FORWARDED_PROTO.clone(), hop.proto);
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(hop.proto));
     }
     if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
         match hop.host {
-            Some(h) => put(headers, X_FORWARDED_HOST.clone(), h),
+            Some(h) => put(headers, X_FORWARDED_HOST.clone(), h.as_bytes().to_vec()),
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
@@ -105,28 +117,59 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
     if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PORT)) {
         headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(hop.port));
     }
-    let node = match peer {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={}", hop.proto);
-    if let Some(h) = hop.host {
-        element.push_str(&format!(";host=\"{h}\""));
+    let mut forwarded = Vec::with_capacity(64 + hop.host.map_or(0, str::len));
+    if hop.trusted_peer {
+        push_joined(&mut forwarded, headers, &header::FORWARDED);
     }
-    let forwarded = match (hop.trusted_peer, joined(headers, &header::FORWARDED)) {
-        (true, Some(prev)) => format!("{prev}, {element}"),
-        _ => element,
-    };
-    put(headers, header::FORWARDED, &forwarded);
+    forwarded.extend_from_slice(b"for=");
+    match peer {
+        IpAddr::V4(_) => push_ip(&mut forwarded, peer),
+        IpAddr::V6(_) => {
+            forwarded.extend_from_slice(b"\"[");
+            push_ip(&mut forwarded, peer);
+            forwarded.extend_from_slice(b"]\"");
+        }
+    }
+    forwarded.extend_from_slice(b";proto=");
+    forwarded.extend_from_slice(hop.proto.as_bytes());
+    if let Some(h) = hop.host {
+        forwarded.extend_from_slice(b";host=\"");
+        forwarded.extend_from_slice(h.as_bytes());
+        forwarded.push(b'"');
+    }
+    put(headers, header::FORWARDED, forwarded);
 }
 
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let parts: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-    (!parts.is_empty()).then(|| parts.join(", "))
+/// Appends the header's values, joined with `, `, and a `, ` before what follows (nothing when
+/// the header is absent).
+fn push_joined(out: &mut Vec<u8>, headers: &HeaderMap, name: &HeaderName) {
+    for v in headers.get_all(name).iter().filter(|v| v.to_str().is_ok()) {
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b", ");
+    }
 }
 
-fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
+/// An address as text: IPv4 digit by digit (the common case, no `core::fmt`), IPv6 through its
+/// `Display` (the compressed form is not worth re-implementing).
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn put(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(name, v);
     }
 }

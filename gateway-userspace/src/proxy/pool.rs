@@ -12,12 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use super::RequestBody;
+use super::h1::{Conn, Stream};
 use crate::{tls::UpstreamTlsError, upstream::Endpoint};
 
 /// Why a connection to a target could not be made.
@@ -29,8 +27,6 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("connect failed: {0}")]
     Io(#[source] io::Error),
-    #[error("HTTP handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
     #[error(transparent)]
     Tls(#[from] UpstreamTlsError),
 }
@@ -42,26 +38,19 @@ impl ConnectError {
             ConnectError::Refused => "connect_refused",
             ConnectError::Timeout(_) => "connect_timeout",
             ConnectError::Io(_) => "connect_error",
-            ConnectError::Handshake(_) => "upstream_protocol",
             ConnectError::Tls(_) => "upstream_tls",
         }
     }
 }
 
-/// Most bytes one upstream connection reads ahead (hyper's default is about 400 KiB). It caps
-/// what a slow client pins per upstream connection, whose body chunks are slices of this
-/// buffer; response heads must fit in it (nginx's `proxy_buffer_size` is 4-8 KiB; a larger
-/// head is a 502, as with nginx).
-const UPSTREAM_READ_BUFFER: usize = 32 << 10;
-
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
-/// A sender for one request, and whether it came from the pool.
-pub struct PooledSender {
-    pub sender: SendRequest<RequestBody>,
+/// A connection for one request, and whether it came from the pool.
+pub struct PooledConn {
+    pub conn: Conn,
     pub reused: bool,
 }
 
@@ -81,29 +70,29 @@ impl UpstreamPool {
         endpoint: &Endpoint,
         connect_timeout: Duration,
         idle_timeout: Duration,
-    ) -> Result<PooledSender, ConnectError> {
-        if let Some(sender) = self.checkout(endpoint, idle_timeout) {
-            return Ok(PooledSender { sender, reused: true });
+    ) -> Result<PooledConn, ConnectError> {
+        if let Some(conn) = self.checkout(endpoint, idle_timeout) {
+            return Ok(PooledConn { conn, reused: true });
         }
-        let sender = connect(endpoint, connect_timeout).await?;
-        Ok(PooledSender { sender, reused: false })
+        let conn = connect(endpoint, connect_timeout).await?;
+        Ok(PooledConn { conn, reused: false })
     }
 
-    fn checkout(&self, endpoint: &Endpoint, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, endpoint: &Endpoint, idle_timeout: Duration) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&endpoint.key())?;
         // Most recently used first: keeps a few connections warm and lets the rest expire.
-        while let Some(c) = list.pop() {
-            if c.since.elapsed() < idle_timeout && c.sender.is_ready() {
-                return Some(c.sender);
+        while let Some(mut c) = list.pop() {
+            if c.since.elapsed() < idle_timeout && c.conn.is_reusable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
     /// Returns a connection whose response was fully read.
-    pub fn checkin(&self, endpoint: &Endpoint, sender: SendRequest<RequestBody>, max_idle: usize) {
-        if sender.is_closed() || max_idle == 0 {
+    pub fn checkin(&self, endpoint: &Endpoint, conn: Conn, max_idle: usize) {
+        if max_idle == 0 {
             return;
         }
         let mut idle = self.idle.borrow_mut();
@@ -111,14 +100,14 @@ impl UpstreamPool {
         if list.len() >= max_idle {
             list.remove(0);
         }
-        list.push(Idle { sender, since: Instant::now() });
+        list.push(Idle { conn, since: Instant::now() });
     }
 
     /// Drops idle connections that expired or were closed by the upstream.
     pub fn sweep(&self, idle_timeout: Duration) {
         let mut idle = self.idle.borrow_mut();
         for list in idle.values_mut() {
-            list.retain(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed());
+            list.retain_mut(|c| c.since.elapsed() < idle_timeout && c.conn.is_reusable());
         }
         idle.retain(|_, list| !list.is_empty());
     }
@@ -129,7 +118,7 @@ impl UpstreamPool {
 }
 
 /// TCP connect, and the TLS handshake for TLS endpoints, within `timeout` together.
-async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<SendRequest<RequestBody>, ConnectError> {
+async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Conn, ConnectError> {
     let addr = endpoint.addr;
     let connected = async {
         let stream = match TcpStream::connect(addr).await {
@@ -145,30 +134,5 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<SendRequest<R
         }
     };
     let stream = tokio::time::timeout(timeout, connected).await.map_err(|_| ConnectError::Timeout(timeout))??;
-    match stream {
-        Stream::Plain(s) => handshake(s).await,
-        Stream::Tls(s) => handshake(*s).await,
-    }
-}
-
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-async fn handshake<I>(io: I) -> Result<SendRequest<RequestBody>, ConnectError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .max_buf_size(UPSTREAM_READ_BUFFER)
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(ConnectError::Handshake)?;
-    tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(Conn::new(stream))
 }

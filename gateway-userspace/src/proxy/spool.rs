@@ -24,9 +24,8 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
-use super::{BodyError, SpoolSpec, UpstreamLease, body::poll_upstream};
+use super::{BodyError, SpoolSpec, UpstreamLease, body::poll_upstream, h1::UpstreamBody};
 use crate::metrics::Metrics;
 
 /// Bytes read from the temp file per frame handed to the client.
@@ -63,7 +62,7 @@ pub struct Spool {
 impl Spool {
     /// Starts reading `body` in the background; `lease` goes back to the pool when it ends.
     pub fn start(
-        body: Incoming,
+        body: UpstreamBody,
         read_timeout: Duration,
         lease: UpstreamLease,
         spec: Arc<SpoolSpec>,
@@ -224,7 +223,7 @@ impl State {
 
 /// Reads the upstream body into the spool until it ends, fails, or the client goes away.
 async fn pump(
-    mut body: Incoming,
+    mut body: UpstreamBody,
     read_timeout: Duration,
     lease: UpstreamLease,
     spec: Arc<SpoolSpec>,
@@ -246,7 +245,7 @@ async fn pump(
         let frame = match polled {
             None => return,
             Some(None) => {
-                lease.pool.checkin(&lease.endpoint, lease.sender, lease.max_idle);
+                lease.release(&mut body);
                 return state.borrow_mut().finish(End::Done);
             }
             Some(Some(Err(e))) => {

@@ -2,8 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::key::{Key, KeySource};
-use crate::kv::FailMode;
+use crate::limits::{Backend, Key, KeySource};
 
 /// The window lengths a limit can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,15 +54,6 @@ impl std::fmt::Display for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.noun())
     }
-}
-
-/// Where counters live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// In this process: exact for one node, nothing shared with other nodes.
-    Memory,
-    /// In `[redis]`, shared by every node; the fail mode says what happens when it cannot answer.
-    Redis(FailMode),
 }
 
 /// One layer: a key, a limit per window, a backend. Layers run in file order; the first

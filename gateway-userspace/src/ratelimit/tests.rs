@@ -3,11 +3,12 @@
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
-use super::{key::Value, *};
+use super::*;
 use crate::kv::{
     Kv, KvMetrics,
     testing::{RedisCluster, RedisServer, SpecOf as _, raw_command},
 };
+use crate::limits::{LimitMetrics, ManualClock, key::Value};
 
 /// 2026-01-01T00:00:00Z: a minute, hour and day boundary.
 const T0: u64 = 1_767_225_600_000;
@@ -45,7 +46,7 @@ impl Limiter<'_> {
         let key = Key { source: &source, value: Value::Ip(addr), consumer: None };
         let limit = layer.limit_for(&key);
         match self {
-            Limiter::Memory(s) => s.decide_memory(layer, &key, limit, at_ms),
+            Limiter::Memory(s) => decide_memory(s, layer, &key, limit, at_ms),
             Limiter::Redis(kv) => remote::decide(kv, layer, &key, limit, at_ms).await.expect("redis answers"),
         }
     }

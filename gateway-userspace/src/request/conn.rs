@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use rustls::pki_types::CertificateDer;
@@ -38,8 +38,14 @@ pub struct ConnInfo {
     /// When the first byte of a not-yet-complete request head arrived.
     pub head_started: Cell<Option<Instant>>,
     /// Wakes the connection watchdog when a head starts or the last request ends, so its
-    /// deadlines (slow header, park, idle) are exact.
+    /// deadlines (slow header, park, idle) are exact. Only when the new deadline comes before
+    /// the one its timer is armed for (`watchdog_timer`): otherwise the timer fires first and the
+    /// watchdog re-reads the state then, which spares a wake-up and two timer re-registrations
+    /// per request on a busy keep-alive connection.
     pub watchdog_wake: tokio::sync::Notify,
+    /// The watchdog's armed timer and how soon after a head start or an idle start its deadline
+    /// can fall (set by the watchdog).
+    pub watchdog_timer: WatchdogTimer,
     /// Set while an idle HTTP/1 connection is being parked (see `listener::conn`).
     pub park: Cell<bool>,
     /// Set (with `watchdog_wake`) when the connection must end once its requests in flight are
@@ -47,6 +53,51 @@ pub struct ConnInfo {
     pub close_requested: Cell<bool>,
     /// The TLS session (version, SNI, client certificate), on TLS listeners.
     pub tls: Option<TlsInfo>,
+}
+
+/// What the watchdog told the connection about its timer, so that events wake it only when it
+/// must act sooner than it would anyway.
+#[derive(Debug)]
+pub struct WatchdogTimer {
+    /// When the timer fires next (`None`: not known, every event wakes the watchdog).
+    pub armed_at: Cell<Option<Instant>>,
+    /// How long after a request head starts the watchdog may have to act (`None`: never).
+    pub head_within: Cell<Option<Duration>>,
+    /// How long after the last request ends the watchdog may have to act (park or idle).
+    pub idle_within: Cell<Duration>,
+}
+
+impl Default for WatchdogTimer {
+    /// Not armed yet: every event wakes the watchdog.
+    fn default() -> Self {
+        WatchdogTimer {
+            armed_at: Cell::new(None),
+            head_within: Cell::new(Some(Duration::ZERO)),
+            idle_within: Cell::new(Duration::ZERO),
+        }
+    }
+}
+
+impl ConnInfo {
+    /// A request head started arriving at `now` on an idle connection.
+    pub fn note_head_started(&self, now: Instant) {
+        self.head_started.set(Some(now));
+        if let Some(within) = self.watchdog_timer.head_within.get() {
+            self.wake_watchdog_before(now + within);
+        }
+    }
+
+    /// The last request in flight ended at `now`.
+    pub fn note_idle(&self, now: Instant) {
+        self.last_active.set(now);
+        self.wake_watchdog_before(now + self.watchdog_timer.idle_within.get());
+    }
+
+    fn wake_watchdog_before(&self, deadline: Instant) {
+        if self.watchdog_timer.armed_at.get().is_none_or(|armed| deadline < armed) {
+            self.watchdog_wake.notify_one();
+        }
+    }
 }
 
 /// What the TLS handshake of a client connection established. Read by phases through

@@ -187,7 +187,8 @@ impl RequestCtx {
             outcome = Outcome::Completed;
         }
         self.outcome = Some(outcome);
-        self.timings.end = Some(Instant::now());
+        let end = Instant::now();
+        self.timings.end = Some(end);
         let mut observers = std::mem::take(&mut self.response_observers);
         for o in &mut observers {
             if outcome == Outcome::Completed {
@@ -201,9 +202,10 @@ impl RequestCtx {
             phase.on_log(self);
         }
         self.conn.active.set(self.conn.active.get().saturating_sub(1));
-        self.conn.last_active.set(Instant::now());
         if self.conn.active.get() == 0 {
-            self.conn.watchdog_wake.notify_one();
+            self.conn.note_idle(end);
+        } else {
+            self.conn.last_active.set(end);
         }
     }
 }

@@ -11,39 +11,14 @@ use http_body_util::{BodyExt, Full};
 use super::support::*;
 
 fn config(p: &Ports, llm: &FakeLlm, budget: &str) -> String {
-    basic_config(
-        p,
-        2,
-        &format!(
-            r#"
-[audit]
-path = "{audit}"
-
-[[services]]
-name = "llm"
-targets = ["{llm}"]
-
-[[routes]]
-name = "chat"
-service = "llm"
-paths = ["/v1"]
-auth = "tenants"
-
-[[routes]]
-name = "mcp"
-service = "llm"
-paths = ["/mcp"]
-auth = "tenants"
-
-{tenants}
-
-{budget}
-"#,
-            audit = p.dir.join("audit.log").display(),
-            llm = llm.addr,
-            tenants = tenants(),
-        ),
-    )
+    let audit = format!("path = \"{}\"", p.dir.join("audit.log").display());
+    let b = ConfigBuilder::new(p)
+        .workers(2)
+        .table("[audit]", &audit)
+        .service("llm", &[llm.addr])
+        .route("chat", "llm", "paths = [\"/v1\"]\nauth = \"tenants\"")
+        .route("mcp", "llm", "paths = [\"/mcp\"]\nauth = \"tenants\"");
+    tenants(b).toml(budget).build()
 }
 
 /// The workspaces the tests use, each an API consumer: a workspace comes from the caller's
@@ -51,16 +26,14 @@ auth = "tenants"
 const WORKSPACES: [&str; 8] =
     ["workspace-123", "workspace-456", "ws-daily", "ws-mcp", "ws-o", "ws-r", "ws-stream", "ws-tiny"];
 
-fn tenants() -> String {
-    let mut t = String::from("[auth]\n[[auth.policies]]\nname = \"tenants\"\nany_of = [\"api_key\"]\n");
+fn tenants(mut b: ConfigBuilder<'_>) -> ConfigBuilder<'_> {
+    b = b.auth("").table("[[auth.policies]]", "name = \"tenants\"\nany_of = [\"api_key\"]");
     for ws in WORKSPACES {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, api_key(ws).as_bytes());
         let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        t.push_str(&format!(
-            "[[consumers]]\nname = \"{ws}\"\napi_keys = [\"sha256:{hex}\"]\nworkspace_id = \"{ws}\"\n"
-        ));
+        b = b.consumer(&format!("name = \"{ws}\"\napi_keys = [\"sha256:{hex}\"]\nworkspace_id = \"{ws}\""));
     }
-    t
+    b
 }
 
 fn api_key(workspace: &str) -> String {

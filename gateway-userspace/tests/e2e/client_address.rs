@@ -14,17 +14,13 @@ use super::support::*;
 const REAL_CLIENT: &str = "198.51.100.7";
 
 fn config(p: &Ports, u: &Upstream) -> String {
-    basic_config(
-        p,
-        1,
-        &format!(
-            "[audit]\npath = \"{audit}\"\n\n[[services]]\nname = \"s\"\ntargets = [\"{u}\"]\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\n\n\
-             [[rate_limits]]\nname = \"per-ip\"\nkey = \"ip\"\nlimit = 2\nwindow = \"hour\"\n",
-            audit = p.dir.join("audit.log").display(),
-            u = u.addr
-        ),
-    )
-    .replace("drain_timeout", "trusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\ndrain_timeout")
+    ConfigBuilder::new(p)
+        .server(r#"trusted_proxies = ["127.0.0.0/8", "10.0.0.0/8"]"#)
+        .table("[audit]", &format!("path = \"{}\"", p.dir.join("audit.log").display()))
+        .service("s", &[u.addr])
+        .route("r", "s", "")
+        .rate_limit("name = \"per-ip\"\nkey = \"ip\"\nlimit = 2\nwindow = \"hour\"")
+        .build()
 }
 
 async fn get_as(gw: &Gateway, path: &str, xff: &str) -> Reply {

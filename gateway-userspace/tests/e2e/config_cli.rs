@@ -8,7 +8,7 @@ fn check_config_accepts_good_and_locates_bad_files() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        basic_config(&Ports { listen: free_port(), metrics: free_port(), dir: dir.path().into() }, 1, ""),
+        ConfigBuilder::new(&Ports { listen: free_port(), metrics: free_port(), dir: dir.path().into() }).build(),
     )
     .unwrap();
     let out = Command::new(BIN).args(["check-config"]).arg(&good).output().unwrap();
@@ -46,7 +46,7 @@ fn a_config_that_cannot_start_exits_non_zero_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     let p = Ports { listen: free_port(), metrics: taken.local_addr().unwrap(), dir: dir.path().into() };
-    std::fs::write(&path, basic_config(&p, 1, "")).unwrap();
+    std::fs::write(&path, ConfigBuilder::new(&p).build()).unwrap();
     let out = Command::new(BIN).arg("--config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -63,9 +63,8 @@ fn check_config_refuses_an_idp_outage_grace_too_short_for_the_retries() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grace.toml");
     let p = Ports { listen: free_port(), metrics: free_port(), dir: dir.path().into() };
-    let auth = "[auth]\ndefault_policy = \"none\"\n[[auth.issuers]]\nname = \"corp\"\n\
-                issuer = \"http://127.0.0.1:9/realms/api\"\naudiences = [\"api\"]\nidp_outage_grace = \"10s\"\n";
-    let text = basic_config(&p, 1, auth);
+    let issuer = "name = \"corp\"\nissuer = \"http://127.0.0.1:9/realms/api\"\naudiences = [\"api\"]\nidp_outage_grace = \"10s\"";
+    let text = ConfigBuilder::new(&p).auth("default_policy = \"none\"").table("[[auth.issuers]]", issuer).build();
     let line = 1 + text.lines().position(|l| l.starts_with("idp_outage_grace")).unwrap();
     std::fs::write(&path, text).unwrap();
     let out = Command::new(BIN).args(["check-config"]).arg(&path).output().unwrap();

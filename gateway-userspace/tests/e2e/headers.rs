@@ -3,16 +3,12 @@ use http_body_util::Full;
 use super::support::*;
 
 fn config(p: &Ports, u: &Upstream, trusted: &str) -> String {
-    let mut c = basic_config(
-        p,
-        1,
-        &format!(
-            "[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nservice = \"s\"\n[[routes]]\nname = \"keep-host\"\nservice = \"s\"\npaths = [\"/keep\"]\npreserve_host = true\n",
-            u.addr
-        ),
-    );
-    c = c.replace("drain_timeout", &format!("trusted_proxies = [{trusted}]\ndrain_timeout"));
-    c
+    ConfigBuilder::new(p)
+        .server(&format!("trusted_proxies = [{trusted}]"))
+        .service("s", &[u.addr])
+        .route("r", "s", "")
+        .route("keep-host", "s", "paths = [\"/keep\"]\npreserve_host = true")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,21 +5,23 @@ use nix::sys::signal::Signal;
 
 use super::support::*;
 
-fn routes(u: &Upstream, extra_route: &str) -> String {
-    format!(
-        "[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"one\"\nservice = \"s\"\npaths = [\"/one\"]\nstrip_path = true\n{extra_route}",
-        u.addr
+/// One service and the `/one` route (its prefix stripped).
+fn config<'p>(p: &'p Ports, workers: usize, u: &Upstream) -> ConfigBuilder<'p> {
+    ConfigBuilder::new(p).workers(workers).service("s", &[u.addr]).route(
+        "one",
+        "s",
+        "paths = [\"/one\"]\nstrip_path = true",
     )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_applies_good_config_and_keeps_running_on_bad() {
     let u = Upstream::start("u");
-    let gw = Gateway::start(|p| basic_config(p, 2, &routes(&u, "")));
+    let gw = Gateway::start(|p| config(p, 2, &u).build());
     assert_eq!(get(&gw.url("/two")).await.status.as_u16(), 404);
 
-    let good =
-        basic_config(&gw.ports, 2, &routes(&u, "[[routes]]\nname = \"two\"\nservice = \"s\"\npaths = [\"/two\"]\n"));
+    let with_two = || config(&gw.ports, 2, &u).route("two", "s", "paths = [\"/two\"]");
+    let good = with_two().build();
     assert!(gw.reload(&good), "good reload refused:\n{}", gw.stderr());
     assert_eq!(get(&gw.url("/two")).await.status.as_u16(), 200);
 
@@ -31,7 +33,7 @@ async fn reload_applies_good_config_and_keeps_running_on_bad() {
 
     // A listener added by reload is bound by every worker; the old one keeps working.
     let extra = free_port();
-    let more = good.replace("[metrics]", &format!("[[listeners]]\nname = \"extra\"\nbind = \"{extra}\"\n\n[metrics]"));
+    let more = with_two().table("[[listeners]]", &format!("name = \"extra\"\nbind = \"{extra}\"")).build();
     assert!(gw.reload(&more), "{}", gw.stderr());
     assert_eq!(get(&format!("http://{extra}/two")).await.status.as_u16(), 200);
     assert_eq!(get(&gw.url("/one")).await.status.as_u16(), 200);
@@ -43,7 +45,7 @@ async fn reload_applies_good_config_and_keeps_running_on_bad() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let u = Upstream::start("u");
-    let mut gw = Gateway::start(|p| basic_config(p, 2, &routes(&u, "")));
+    let mut gw = Gateway::start(|p| config(p, 2, &u).build());
     let url = gw.url("/one/slow/1500");
     let in_flight = tokio::spawn(async move { get(&url).await });
     assert!(
@@ -64,7 +66,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_spread_over_several_workers() {
     let u = Upstream::start("u");
-    let gw = Gateway::start(|p| basic_config(p, 4, &routes(&u, "")));
+    let gw = Gateway::start(|p| config(p, 4, &u).build());
     for _ in 0..40 {
         // A fresh client per request: a fresh connection, so the kernel picks a socket each time.
         let r = send(&client(), http::Request::get(gw.url("/one")).body(Full::default()).unwrap()).await;
@@ -80,10 +82,7 @@ async fn connections_spread_over_several_workers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_socket_reports_status_and_reloads() {
     let u = Upstream::start("u");
-    let gw = Gateway::start(|p| {
-        basic_config(p, 1, &routes(&u, ""))
-            .replace("socket = \"\"", &format!("socket = \"{}\"", p.dir.join("admin.sock").display()))
-    });
+    let gw = Gateway::start(|p| config(p, 1, &u).admin_socket(&p.dir.join("admin.sock")).build());
     let socket = gw.ports.dir.join("admin.sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the admin socket is private");
@@ -122,7 +121,7 @@ fn speaks_sd_notify() {
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let u = Upstream::start("u");
     let env = [("NOTIFY_SOCKET", path.display().to_string()), ("WATCHDOG_USEC", "400000".to_owned())];
-    let mut gw = Gateway::start_with_env(|p| basic_config(p, 1, &routes(&u, "")), &env);
+    let mut gw = Gateway::start_with_env(|p| config(p, 1, &u).build(), &env);
     let mut seen = String::new();
     let wait_for = |needle: &str, seen: &mut String| {
         let mut buf = [0u8; 4096];

@@ -7,30 +7,20 @@ use std::{
 use super::support::*;
 
 fn config(p: &Ports, u: &Upstream) -> String {
-    basic_config(
-        p,
-        1,
-        &format!(
+    ConfigBuilder::new(p)
+        .limits(
             r#"
-[server.limits]
 max_request_body = "1KiB"
 max_header_bytes = "4KiB"
 max_headers = 20
 max_request_line = 1024
 header_read_timeout = "1s"
 idle_timeout = "1500ms"
-
-[[services]]
-name = "s"
-targets = ["{}"]
-
-[[routes]]
-name = "r"
-service = "s"
 "#,
-            u.addr
-        ),
-    )
+        )
+        .service("s", &[u.addr])
+        .route("r", "s", "")
+        .build()
 }
 
 fn status(raw: &str) -> u16 {

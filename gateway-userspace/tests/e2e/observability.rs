@@ -6,15 +6,11 @@ use nix::sys::signal::Signal;
 use super::support::*;
 
 fn config(p: &Ports, u: &Upstream) -> String {
-    basic_config(
-        p,
-        1,
-        &format!(
-            "[audit]\npath = \"{}\"\n\n[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/api\"]\nstrip_path = true\n",
-            p.dir.join("audit.log").display(),
-            u.addr
-        ),
-    )
+    ConfigBuilder::new(p)
+        .table("[audit]", &format!("path = \"{}\"", p.dir.join("audit.log").display()))
+        .service("s", &[u.addr])
+        .route("r", "s", "paths = [\"/api\"]\nstrip_path = true")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,7 +20,7 @@ fn xdp_block_refuses_host_bits_as_the_config_does() {
     let dir = tempfile::tempdir().unwrap();
     let p = Ports { listen: free_port(), metrics: free_port(), dir: dir.path().into() };
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, basic_config(&p, 1, "[xdp]\ndeny = [\"10.0.7.5/24\"]\n")).unwrap();
+    std::fs::write(&config, ConfigBuilder::new(&p).table("[xdp]", "deny = [\"10.0.7.5/24\"]").build()).unwrap();
     let checked = Command::new(BIN).arg("check-config").arg(&config).output().unwrap();
     assert_eq!(checked.status.code(), Some(1));
     let want = "\"10.0.7.5/24\" has host bits set; did you mean \"10.0.7.0/24\"?";
@@ -83,7 +83,7 @@ fn subcommand_help_lists_only_options_that_apply() {
 /// stderr is a file here, as under journald: no colour escape codes in the text logs.
 #[test]
 fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
-    let gw = Gateway::start(|p| basic_config(p, 1, ""));
+    let gw = Gateway::start(|p| ConfigBuilder::new(p).build());
     raw_get(gw.ports.listen, "/nowhere").expect("request");
     let log = gw.stderr();
     assert!(log.contains("INFO"), "{log}");
@@ -110,8 +110,8 @@ fn xdp_without_privileges_says_what_is_needed_and_leaves_no_pin_directory() {
     let dir = tempfile::tempdir().unwrap();
     let p = Ports { listen: free_port(), metrics: free_port(), dir: dir.path().into() };
     let config = dir.path().join("c.toml");
-    let xdp = format!("[xdp]\nenabled = true\ninterfaces = [\"lo\"]\npin_path = \"{}\"\n", pin.display());
-    std::fs::write(&config, basic_config(&p, 1, &xdp)).unwrap();
+    let xdp = format!("enabled = true\ninterfaces = [\"lo\"]\npin_path = \"{}\"", pin.display());
+    std::fs::write(&config, ConfigBuilder::new(&p).table("[xdp]", &xdp).build()).unwrap();
     // Root without the capabilities eBPF needs (util-linux's setpriv; the bounding set caps what
     // root gets at exec): none of them (maps cannot be created), or CAP_BPF alone (XDP and TC
     // programs cannot be loaded).

@@ -60,30 +60,13 @@ fn clear_of_window_edge(window: u64, margin: u64) {
 }
 
 fn config(p: &Ports, workers: usize, upstream: &Upstream, extra: &str) -> String {
-    basic_config(
-        p,
-        workers,
-        &format!(
-            r#"
-[[services]]
-name = "api"
-targets = ["{}"]
-
-[[routes]]
-name = "chat"
-service = "api"
-paths = ["/v1"]
-
-[[routes]]
-name = "health"
-service = "api"
-paths = ["/health"]
-
-{extra}
-"#,
-            upstream.addr
-        ),
-    )
+    ConfigBuilder::new(p)
+        .workers(workers)
+        .service("api", &[upstream.addr])
+        .route("chat", "api", r#"paths = ["/v1"]"#)
+        .route("health", "api", r#"paths = ["/health"]"#)
+        .toml(extra)
+        .build()
 }
 
 const SEED_LAYERS: &str = r#"
@@ -345,56 +328,36 @@ async fn partners_identified_by_client_certificates_get_their_own_slas() {
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         partners.write(&p.dir, "partners-ca");
-        format!(
-            r#"
-[server]
-workers = 2
-
-[[listeners]]
-name = "mtls"
-bind = "{listen}"
-
-[listeners.tls]
-certificates = [{{ cert = "server.crt", key = "server.key" }}]
+        ConfigBuilder::new(p)
+            .workers(2)
+            .listener_tls(
+                r#"
+certificates = [{ cert = "server.crt", key = "server.key" }]
 client_auth = "required"
 client_ca = ["partners-ca.crt"]
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[[services]]
-name = "s"
-targets = ["{upstream}"]
-
-[[routes]]
-name = "partner-api"
-service = "s"
-client_cert = "consumer"
-# The client-certificate phase does the identification.
-auth = "none"
-
-[[consumers]]
-name = "partner-a"
-client_certs = [{{ subject_cn = "partner-a" }}]
-
-[[consumers]]
-name = "partner-b"
-client_certs = [{{ subject_cn = "partner-b" }}]
-
-[[rate_limits]]
+"#,
+            )
+            .service("s", &[u.addr])
+            // The client-certificate phase does the identification.
+            .route("partner-api", "s", "client_cert = \"consumer\"\nauth = \"none\"")
+            .consumer(
+                r#"name = "partner-a"
+client_certs = [{ subject_cn = "partner-a" }]"#,
+            )
+            .consumer(
+                r#"name = "partner-b"
+client_certs = [{ subject_cn = "partner-b" }]"#,
+            )
+            .rate_limit(
+                r#"
 name = "partner-sla"
 key = "consumer"
 limit = 1
 window = "hour"
-overrides = {{ "partner-a" = 5, "partner-b" = 3 }}
+overrides = { "partner-a" = 5, "partner-b" = 3 }
 "#,
-            listen = p.listen,
-            metrics = p.metrics,
-            upstream = u.addr,
-        )
+            )
+            .build()
     });
     clear_of_window_edge(3600, 30);
     for (leaf, sla) in [(&a, 5u64), (&b, 3)] {

@@ -21,38 +21,18 @@ const LONG_TIMEOUT: &str = "5s";
 
 /// One route (`/v1`) limited per `x-user` header in Redis, with `on_redis_error = mode`.
 fn config(p: &Ports, up: &Upstream, servers: &str, timeout: &str, mode: &str) -> String {
-    basic_config(
-        p,
-        2,
-        &format!(
-            r#"
-[redis]
-{servers}
-timeout = "{timeout}"
-connect_timeout = "1s"
-reconnect_min = "50ms"
-reconnect_max = "30s"
-
-[[services]]
-name = "api"
-targets = ["{up}"]
-
-[[routes]]
-name = "chat"
-service = "api"
-paths = ["/v1"]
-
-[[rate_limits]]
-name = "faults"
-key = "header:x-user"
-limit = 1000000
-window = "hour"
-backend = "redis"
-on_redis_error = "{mode}"
-"#,
-            up = up.addr
-        ),
-    )
+    let redis = format!(
+        "{servers}\ntimeout = \"{timeout}\"\nconnect_timeout = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"30s\""
+    );
+    ConfigBuilder::new(p)
+        .workers(2)
+        .table("[redis]", &redis)
+        .service("api", &[up.addr])
+        .route("chat", "api", r#"paths = ["/v1"]"#)
+        .rate_limit(&format!(
+            "name = \"faults\"\nkey = \"header:x-user\"\nlimit = 1000000\nwindow = \"hour\"\nbackend = \"redis\"\non_redis_error = \"{mode}\""
+        ))
+        .build()
 }
 
 /// Status and latency of one request for `user` on a fresh connection.

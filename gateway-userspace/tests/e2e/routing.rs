@@ -5,62 +5,42 @@ use http_body_util::Full;
 use super::support::*;
 
 fn config(p: &Ports, a: &Upstream, b: &Upstream) -> String {
-    basic_config(
-        p,
-        1,
-        &format!(
-            r#"
-[[services]]
-name = "a"
-targets = ["{a}"]
-
-[[services]]
-name = "b"
-targets = ["{b}"]
-
-[[routes]]
-name = "catch-all"
-service = "a"
-
-[[routes]]
-name = "wild"
-service = "b"
-hosts = ["*.example.org"]
-paths = ["/api"]
-
-[[routes]]
-name = "exact"
-service = "a"
-hosts = ["api.example.org"]
-paths = ["/api"]
-
-[[routes]]
-name = "api-v2"
-service = "b"
-paths = ["/api/v2"]
-strip_path = true
-
-[[routes]]
-name = "api-any"
-service = "a"
-paths = ["/api"]
-
-[[routes]]
-name = "api-post"
-service = "b"
-paths = ["/api"]
-methods = ["POST"]
-
-[[routes]]
-name = "canary"
-service = "b"
-paths = ["/api"]
-headers = {{ "x-canary" = ["yes"] }}
-"#,
-            a = a.addr,
-            b = b.addr
-        ),
-    )
+    ConfigBuilder::new(p)
+        .service("a", &[a.addr])
+        .service("b", &[b.addr])
+        .route("catch-all", "a", "")
+        .route(
+            "wild",
+            "b",
+            r#"hosts = ["*.example.org"]
+paths = ["/api"]"#,
+        )
+        .route(
+            "exact",
+            "a",
+            r#"hosts = ["api.example.org"]
+paths = ["/api"]"#,
+        )
+        .route(
+            "api-v2",
+            "b",
+            r#"paths = ["/api/v2"]
+strip_path = true"#,
+        )
+        .route("api-any", "a", r#"paths = ["/api"]"#)
+        .route(
+            "api-post",
+            "b",
+            r#"paths = ["/api"]
+methods = ["POST"]"#,
+        )
+        .route(
+            "canary",
+            "b",
+            r#"paths = ["/api"]
+headers = { "x-canary" = ["yes"] }"#,
+        )
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,14 +113,7 @@ async fn routes_by_priority_and_strips_paths() {
 async fn no_route_is_a_json_404() {
     let u = Upstream::start("u");
     let gw = Gateway::start(|p| {
-        basic_config(
-            p,
-            1,
-            &format!(
-                "[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/only\"]\n",
-                u.addr
-            ),
-        )
+        ConfigBuilder::new(p).service("s", &[u.addr]).route("r", "s", r#"paths = ["/only"]"#).build()
     });
     let r = get(&gw.url("/elsewhere")).await;
     assert_eq!(r.status.as_u16(), 404);
@@ -155,16 +128,7 @@ async fn no_route_is_a_json_404() {
 #[tokio::test(flavor = "multi_thread")]
 async fn h2c_prior_knowledge_is_served() {
     let u = Upstream::start("u");
-    let gw = Gateway::start(|p| {
-        basic_config(
-            p,
-            1,
-            &format!(
-                "[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nservice = \"s\"\n",
-                u.addr
-            ),
-        )
-    });
+    let gw = Gateway::start(|p| ConfigBuilder::new(p).service("s", &[u.addr]).route("r", "s", "").build());
     let c = h2c_client();
     let mut handles = Vec::new();
     for i in 0..8 {

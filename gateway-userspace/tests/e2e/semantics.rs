@@ -13,42 +13,15 @@ use super::{
 
 /// Two host routes (both `preserve_host`) on their own upstreams, and a catch-all.
 fn config(p: &Ports, good: &Upstream, evil: &Upstream, any: &Upstream, server: &str) -> String {
-    let mut c = basic_config(
-        p,
-        1,
-        &format!(
-            r#"
-[[services]]
-name = "good"
-targets = ["{good}"]
-[[services]]
-name = "evil"
-targets = ["{evil}"]
-[[services]]
-name = "any"
-targets = ["{any}"]
-
-[[routes]]
-name = "good"
-service = "good"
-hosts = ["good.example"]
-preserve_host = true
-[[routes]]
-name = "evil"
-service = "evil"
-hosts = ["evil.example"]
-preserve_host = true
-[[routes]]
-name = "any"
-service = "any"
-"#,
-            good = good.addr,
-            evil = evil.addr,
-            any = any.addr,
-        ),
-    );
-    c = c.replace("drain_timeout", &format!("{server}drain_timeout"));
-    c
+    ConfigBuilder::new(p)
+        .server(server)
+        .service("good", &[good.addr])
+        .service("evil", &[evil.addr])
+        .service("any", &[any.addr])
+        .route("good", "good", "hosts = [\"good.example\"]\npreserve_host = true")
+        .route("evil", "evil", "hosts = [\"evil.example\"]\npreserve_host = true")
+        .route("any", "any", "")
+        .build()
 }
 
 /// Status and body of a raw HTTP/1.1 exchange (the gateway closes: `Connection: close`).
@@ -204,41 +177,17 @@ async fn client_cert_sans_are_one_structured_item_each() {
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
-        format!(
-            r#"
-[server]
-workers = 1
-
-[[listeners]]
-name = "tls"
-bind = "{listen}"
-
-[listeners.tls]
-certificates = [{{ cert = "server.crt", key = "server.key" }}]
+        ConfigBuilder::new(p)
+            .listener_tls(
+                r#"
+certificates = [{ cert = "server.crt", key = "server.key" }]
 client_auth = "required"
 client_ca = ["clients-ca.crt"]
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[auth]
-default_policy = "none"
-
-[[services]]
-name = "s"
-targets = ["{u}"]
-
-[[routes]]
-name = "r"
-service = "s"
 "#,
-            listen = p.listen,
-            metrics = p.metrics,
-            u = u.addr,
-        )
+            )
+            .service("s", &[u.addr])
+            .route("r", "s", "")
+            .build()
     });
     let mut conn = Https::connect(gw.ports.listen, "localhost", client_config(&ca, Some(&partner), &[])).await.unwrap();
     let r = conn.get("/x", &[]).await.unwrap();

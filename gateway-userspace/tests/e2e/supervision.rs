@@ -13,8 +13,9 @@ use nix::sys::signal::Signal;
 
 use super::support::*;
 
-fn routes(u: &Upstream) -> String {
-    format!("[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nservice = \"s\"\n", u.addr)
+/// One service and a catch-all route to it.
+fn config(p: &Ports, workers: usize, u: &Upstream) -> String {
+    ConfigBuilder::new(p).workers(workers).service("s", &[u.addr]).route("r", "s", "").build()
 }
 
 /// The sd_notify messages a daemon sent, as systemd would read them.
@@ -105,7 +106,7 @@ fn a_wedged_worker_stops_the_watchdog_pings() {
     let u = Upstream::start("u");
     // WatchdogSec=2: pings every second while all is well.
     let env = [("NOTIFY_SOCKET", notify.path.display().to_string()), ("WATCHDOG_USEC", "2000000".to_owned())];
-    let gw = Gateway::start_with_env(|p| basic_config(p, 2, &routes(&u)), &env);
+    let gw = Gateway::start_with_env(|p| config(p, 2, &u), &env);
     assert!(notify.wait_for("WATCHDOG=1", Duration::from_secs(10)), "no watchdog pings at all");
 
     let worker = thread_named(gw.pid().as_raw(), "gw-worker-1");
@@ -136,9 +137,7 @@ fn a_wedged_worker_stops_the_watchdog_pings() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_that_reaches_the_drain_deadline_cuts_in_flight_requests_and_exits_zero() {
     let u = Upstream::start("u");
-    let mut gw = Gateway::start(|p| {
-        basic_config(p, 1, &routes(&u)).replace("drain_timeout = \"10s\"", "drain_timeout = \"1s\"")
-    });
+    let mut gw = Gateway::start(|p| config(p, 1, &u).replace("drain_timeout = \"10s\"", "drain_timeout = \"1s\""));
     // A request the upstream answers only after 60 s.
     let mut slow = TcpStream::connect(gw.ports.listen).unwrap();
     slow.write_all(b"GET /slow/60000 HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();

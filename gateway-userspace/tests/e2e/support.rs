@@ -467,31 +467,12 @@ async fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
 /// A config with one listener, metrics, and the given extra TOML (services, routes, …). Routes
 /// are open (`[auth] default_policy = "none"`) unless `extra` has an `[auth]` table of its own.
 pub fn basic_config(p: &Ports, workers: usize, extra: &str) -> String {
-    let open = if extra.contains("[auth]") { "" } else { "[auth]\ndefault_policy = \"none\"\n" };
-    format!(
-        r#"
-[server]
-workers = {workers}
-drain_timeout = "10s"
-
-[[listeners]]
-name = "public"
-bind = "{listen}"
-
-[metrics]
-bind = "{metrics}"
-proc_root = "/proc"
-
-[admin]
-socket = ""
-
-{open}
-{extra}
-"#,
-        listen = p.listen,
-        metrics = p.metrics,
-    )
+    ConfigBuilder::new(p).workers(workers).toml(extra).build()
 }
+
+mod config;
+
+pub use config::ConfigBuilder;
 
 // ---------------------------------------------------------------------------------------------
 // Redis: a real redis-server (and a real three-master Redis Cluster) on free loopback ports.

@@ -91,14 +91,13 @@ fn top_shows_routes_and_answers_its_keys_in_80x24() {
     let upstream = Upstream::start("u");
     let gw = Gateway::start(|p| {
         let socket = p.dir.join("admin.sock");
-        let routes = format!(
-            "[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n\n\
-             [[routes]]\nname = \"orders\"\nservice = \"s\"\npaths = [\"/orders\"]\n\n\
-             [[routes]]\nname = \"users\"\nservice = \"s\"\npaths = [\"/users\"]\n\n\
-             [[routes]]\nname = \"failing\"\nservice = \"s\"\npaths = [\"/status\"]\n",
-            upstream.addr
-        );
-        basic_config(p, 1, &routes).replace("socket = \"\"", &format!("socket = \"{}\"", socket.display()))
+        ConfigBuilder::new(p)
+            .admin_socket(&socket)
+            .service("s", &[upstream.addr])
+            .route("orders", "s", r#"paths = ["/orders"]"#)
+            .route("users", "s", r#"paths = ["/users"]"#)
+            .route("failing", "s", r#"paths = ["/status"]"#)
+            .build()
     });
     traffic(&gw, "/users", 12, "200");
     traffic(&gw, "/orders", 5, "200");

@@ -6,13 +6,11 @@ use super::support::*;
 
 fn service_config(p: &Ports, workers: usize, targets: &[String], extra_service: &str) -> String {
     let targets = targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
-    basic_config(
-        p,
-        workers,
-        &format!(
-            "[[services]]\nname = \"s\"\ntargets = [{targets}]\n{extra_service}\n[[routes]]\nname = \"r\"\nservice = \"s\"\n"
-        ),
-    )
+    ConfigBuilder::new(p)
+        .workers(workers)
+        .table("[[services]]", &format!("name = \"s\"\ntargets = [{targets}]\n{extra_service}"))
+        .route("r", "s", "")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread")]

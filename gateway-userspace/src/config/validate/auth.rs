@@ -14,16 +14,14 @@ use jsonwebtoken::Algorithm;
 use super::{KeyPath, Validator, root};
 use crate::{
     auth::{
-        ApiKeyDigest, ApiKeys, AuthSpec, BreakerSpec, ConsumerSpec, Credential, IdentityHeaders,
-        IntrospectionCacheKind, IntrospectionSpec, IssuerSpec, KeySet, KeySource, Mode, OutageMode, Policy,
-        RETRIES_WITHIN_GRACE, RefreshSpec, RevocationSpec, RevocationStoreKind, RoutePolicy, TokenSources, interned,
-        parse_jwks, parse_pem_key,
+        AuthSpec, BreakerSpec, Credential, IdentityHeaders, IntrospectionCacheKind, IntrospectionSpec, IssuerSpec,
+        KeySet, KeySource, Mode, OutageMode, Policy, RETRIES_WITHIN_GRACE, RefreshSpec, RevocationSpec,
+        RevocationStoreKind, RoutePolicy, TokenSources, interned, parse_jwks, parse_pem_key,
     },
     config::schema::{
-        AuthSection, ConsumerSection, FailMode, FileConfig, IntrospectionCache, IssuerSection, PolicySection,
-        RevocationStore,
+        AuthSection, FailMode, FileConfig, IntrospectionCache, IssuerSection, PolicySection, RevocationStore,
     },
-    consumer::{Consumer, Consumers},
+    consumer::Consumers,
 };
 
 const ALL_ALGORITHMS: [Algorithm; 9] = [
@@ -68,7 +66,7 @@ fn reserved(name: &str) -> bool {
 }
 
 impl Validator<'_> {
-    pub(super) fn auth(&mut self, f: &FileConfig, models: &Consumers) -> AuthSpec {
+    pub(super) fn auth(&mut self, f: &FileConfig, consumers: &Arc<Consumers>) -> AuthSpec {
         let a = &f.auth;
         let at = || root("auth");
         if a.leeway.as_secs() > 600 {
@@ -92,8 +90,6 @@ impl Validator<'_> {
         self.client_header(at().key("api_key_header"), &a.api_key_header, f.server.underscores_in_headers);
         let headers = self.identity_headers(a);
         let issuers: Vec<IssuerSpec> = a.issuers.iter().enumerate().filter_map(|(i, s)| self.issuer(i, s)).collect();
-        let (consumers, api_keys) = self.consumer_credentials(&f.consumers, models);
-        let consumer_by_name = consumers.iter().enumerate().map(|(i, c)| (c.name.text.clone(), i)).collect();
         let mut policies = self.policies(a, &issuers);
         let logins = self.logins(a, &issuers, f.redis.is_some());
         self.policy_logins(a, &mut policies, &logins);
@@ -131,9 +127,7 @@ impl Validator<'_> {
             route_policies,
             policies,
             issuers,
-            consumers,
-            consumer_by_name,
-            api_keys,
+            consumers: consumers.clone(),
             tokens: TokenSources {
                 uri_params: a.uri_param_names.clone(),
                 cookies: a.cookie_names.clone(),
@@ -437,51 +431,7 @@ impl Validator<'_> {
         })
     }
 
-    /// The consumers' identity parts (their names and certificates are checked by the TLS
-    /// validation, which builds `Config::consumers` in the same order).
-    fn consumer_credentials(
-        &mut self,
-        sections: &[ConsumerSection],
-        models: &Consumers,
-    ) -> (Vec<ConsumerSpec>, ApiKeys) {
-        let mut out = Vec::new();
-        let mut keys = ApiKeys::default();
-        for (i, c) in sections.iter().enumerate() {
-            let at = || root("consumers").index(i);
-            let id = c.id.as_deref().unwrap_or(&c.name);
-            let (name, id_named) = (interned::named_lenient(&c.name), interned::named_lenient(id));
-            for (j, raw) in c.api_keys.iter().enumerate() {
-                match ApiKeyDigest::parse(raw) {
-                    Ok(d) if !keys.insert(d, out.len()) => {
-                        self.problem(at().key("api_keys").index(j), "this key is configured twice");
-                    }
-                    Ok(_) => {}
-                    Err(reason) => self.problem(at().key("api_keys").index(j), reason),
-                }
-            }
-            let scopes = self.scopes(at().key("scopes"), &c.scopes);
-            let scope_header = if scopes.is_empty() {
-                None
-            } else {
-                interned::header_value(&scopes.iter().map(|s| &**s).collect::<Vec<_>>().join(" ")).ok()
-            };
-            let workspace = match c.workspace_id.as_deref().map(interned::named).transpose() {
-                Ok(w) => w,
-                Err(reason) => {
-                    self.problem(at().key("workspace_id"), reason);
-                    None
-                }
-            };
-            // The one consumer model (built by the TLS validation in the same order): requests
-            // identified by a key or by a certificate carry the same `Consumer`.
-            let consumer =
-                models.get(i).cloned().unwrap_or_else(|| Consumer { name: c.name.as_str().into(), id: id.into() });
-            out.push(ConsumerSpec { name, id: id_named, scopes, scope_header, workspace, consumer });
-        }
-        (out, keys)
-    }
-
-    fn scopes(&mut self, path: KeyPath, raw: &[String]) -> Vec<Arc<str>> {
+    pub(super) fn scopes(&mut self, path: KeyPath, raw: &[String]) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = Vec::new();
         for (j, s) in raw.iter().enumerate() {
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {

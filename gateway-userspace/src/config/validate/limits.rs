@@ -15,7 +15,8 @@ use crate::{
         },
     },
     kv::{FailMode, KvServers, KvSpec, KvTls},
-    ratelimit::{Backend, KeySource, LayerSpec, Window, window::MAX_LIMIT},
+    limits::{Backend, KeySource},
+    ratelimit::{LayerSpec, Window, window::MAX_LIMIT},
 };
 
 enum PemKind {
@@ -369,9 +370,9 @@ usage_header = "x-usage-tokens"
         .unwrap();
         assert_eq!(c.rate_limits.len(), 2);
         assert_eq!(c.rate_limits[1].routes, Some(vec![0]));
-        assert_eq!(c.rate_limits[1].backend, crate::ratelimit::Backend::Redis(crate::kv::FailMode::Open));
+        assert_eq!(c.rate_limits[1].backend, crate::limits::Backend::Redis(crate::kv::FailMode::Open));
         assert_eq!(c.rate_limits[1].overrides["partner-a"], 5000);
-        assert_eq!(c.token_budgets[0].key, vec![crate::ratelimit::KeySource::Workspace], "default key");
+        assert_eq!(c.token_budgets[0].key, vec![crate::limits::KeySource::Workspace], "default key");
         let redis = c.redis.unwrap();
         assert_eq!(redis.timeout, std::time::Duration::from_millis(50));
         assert_eq!(&*redis.key_prefix, "gatewayd");

@@ -4,7 +4,7 @@
 //! with one changes nothing).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 use super::{Validator, root};
 use crate::{
     config::schema::{ClientCertCredential, FileConfig, ListenerTlsSection, ServiceSection},
-    consumer::{CertMatch, Consumer, Consumers},
+    consumer::{CertMatch, Consumers},
     tls::{
         CertStore, ClientAuth, ClientCertRequirement, ClientTrust, ServerCert, ServerTlsSpec, UpstreamTlsSpec,
         certified_key, load_certs, load_crls, load_key, load_roots,
@@ -291,41 +291,6 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn consumers(&mut self, f: &FileConfig) -> Consumers {
-        let mut consumers = Consumers::default();
-        let mut names = HashSet::new();
-        let mut ids = HashSet::new();
-        for (i, c) in f.consumers.iter().enumerate() {
-            let at = || root("consumers").index(i);
-            if c.name.is_empty() || !names.insert(c.name.as_str()) {
-                self.problem(at().key("name"), format!("consumer name {:?} is empty or used twice", c.name));
-            }
-            let id = c.id.clone().unwrap_or_else(|| c.name.clone());
-            if id.is_empty() || !ids.insert(id.clone()) {
-                self.problem(at().key("id"), format!("consumer id {id:?} is empty or used twice"));
-            }
-            let mut matches = Vec::new();
-            for (j, cred) in c.client_certs.iter().enumerate() {
-                match cert_match(cred) {
-                    Ok(m) => matches.push((j, m)),
-                    Err(reason) => self.problem(at().key("client_certs").index(j), reason),
-                }
-            }
-            let consumer = Consumer { name: c.name.as_str().into(), id: id.into() };
-            let creds = matches.iter().map(|(_, m)| m.clone()).collect();
-            if let Err(duplicates) = consumers.add(consumer, creds) {
-                for (k, d) in duplicates {
-                    let other = consumers.get(d.first).map(|c| c.name.to_string()).unwrap_or_default();
-                    self.problem(
-                        at().key("client_certs").index(matches[k].0),
-                        format!("this certificate already identifies consumer {other:?}"),
-                    );
-                }
-            }
-        }
-        consumers
-    }
-
     pub(super) fn route_client_certs(
         &mut self,
         f: &FileConfig,
@@ -352,7 +317,7 @@ impl Validator<'_> {
     }
 }
 
-fn cert_match(c: &ClientCertCredential) -> Result<CertMatch, String> {
+pub(super) fn cert_match(c: &ClientCertCredential) -> Result<CertMatch, String> {
     match (&c.sha256, &c.subject_cn, &c.san) {
         (Some(h), None, None) => parse_sha256(h).map(CertMatch::Sha256),
         (None, Some(cn), None) if !cn.is_empty() => Ok(CertMatch::SubjectCn(cn.clone())),

@@ -52,8 +52,7 @@ impl<I> WatchedIo<I> {
 
     fn note_head_start(&self) {
         if self.conn.active.get() == 0 && self.conn.head_started.get().is_none() {
-            self.conn.head_started.set(Some(Instant::now()));
-            self.conn.watchdog_wake.notify_one();
+            self.conn.note_head_started(Instant::now());
         }
     }
 }

@@ -140,8 +140,8 @@ auth = "strict"
     assert!(idp.tls.is_none(), "no HTTPS, no TLS setup");
     assert!(matches!(&a.issuers[1].keys, KeySource::Static { keys, .. } if keys.by_kid("k").is_some()));
     assert!(matches!(&a.issuers[2].keys, KeySource::Static { keys, .. } if keys.by_kid("ed").is_some()));
-    assert_eq!(a.api_keys.find("abc"), Some(0));
-    assert_eq!(&*a.consumers[0].id.text, "partner", "id defaults to the name");
+    assert_eq!(a.consumers.by_api_key("abc").map(|c| &*c.name), Some("partner"));
+    assert_eq!(&*a.consumers.get(0).unwrap().profile.id.text, "partner", "id defaults to the name");
     assert!(format!("{:?}", c.auth).contains("[redacted]") && !format!("{:?}", c.auth).contains("s3cret"));
 }
 

@@ -10,9 +10,7 @@
 
 use std::collections::HashMap;
 
-use aws_lc_rs::constant_time::verify_slices_are_equal;
-
-use super::cache::hash;
+use aws_lc_rs::{constant_time::verify_slices_are_equal, digest};
 
 /// A configured key digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +33,9 @@ impl ApiKeyDigest {
     }
 
     pub fn of(key: &str) -> ApiKeyDigest {
-        ApiKeyDigest(hash(key))
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, key.as_bytes()).as_ref());
+        ApiKeyDigest(out)
     }
 
     fn prefix(&self) -> u64 {
@@ -45,7 +45,7 @@ impl ApiKeyDigest {
     }
 }
 
-/// Every configured key: digest → consumer index.
+/// Every configured key: digest → the consumer's position in [`super::Consumers`].
 #[derive(Debug, Default)]
 pub struct ApiKeys {
     by_prefix: HashMap<u64, Vec<(ApiKeyDigest, usize)>>,
@@ -74,6 +74,12 @@ impl ApiKeys {
             }
         }
         found
+    }
+
+    /// Who has this exact digest (configuration time: not constant time).
+    pub fn owner(&self, digest: &ApiKeyDigest) -> Option<usize> {
+        let bucket = self.by_prefix.get(&digest.prefix())?;
+        bucket.iter().find(|(d, _)| d == digest).map(|(_, c)| *c)
     }
 
     pub fn is_empty(&self) -> bool {
