@@ -57,8 +57,9 @@ service = "upstream"
 auth = "none"
 TOML
 taskset -c 0 nginx -p "$OUT/up" -e "$OUT/up/error.log" -c "$OUT/up/nginx.conf" & NGINX=$!
-cc -O2 -o "$OUT/no-getauxv" "$(dirname "$0")/no-getauxv.c"
-"$OUT/no-getauxv" valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" "$BIN" --config "$OUT/gatewayd.toml" \
+# Under the shim bench/callgrind-proxy.sh uses too (see bench/tools/no-prctl-auxv.c for why).
+cc -O2 -o "$OUT/no-prctl-auxv" "$(dirname "$0")/../tools/no-prctl-auxv.c"
+"$OUT/no-prctl-auxv" valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" "$BIN" --config "$OUT/gatewayd.toml" \
   >"$OUT/gatewayd.log" 2>&1 & VG=$!
 trap 'kill $VG $NGINX 2>/dev/null || true' EXIT
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$MET/readyz" >/dev/null && break; sleep 0.2; done
