@@ -3,5 +3,6 @@
 #![no_std]
 
 pub mod gcra;
+pub mod sources;
 pub mod steer;
 pub mod xdp;

@@ -19,7 +19,8 @@ pub const CLOCK_PROGRAM: &str = "gateway_clock";
 pub const CONFIG_MAP: &str = "GW_CONFIG";
 /// Per-CPU array of `u64` counters, see [`counter_index`].
 pub const COUNTERS_MAP: &str = "GW_COUNTERS";
-/// LRU hash [`SourceKey`] → [`SourceState`]: one token bucket pair per source (prefix).
+/// Array of [`crate::sources::SourceSet`]: the set-associative table of token bucket pairs, one
+/// way per source (prefix), plus the overflow bucket (see [`crate::sources`]).
 pub const SOURCES_MAP: &str = "GW_SOURCES";
 /// LPM trie [`LpmAddr`] → `u32` (unused): sources that bypass every check.
 pub const ALLOW_MAP: &str = "GW_ALLOW";
@@ -29,12 +30,12 @@ pub const DENY_MAP: &str = "GW_DENY";
 /// prefix may contain an address of that bucket. A clear bit lets the program skip both LPM
 /// lookups; the daemon derives it from the lists (a superset: never a false "not listed").
 pub const LISTED_MAP: &str = "GW_LISTED";
-/// Per-CPU array, one [`NewSourceWindow`]: the new-source guard.
+/// Per-CPU array, one [`NewSourceWindow`]: this CPU's budget of busy evictions.
 pub const NEW_SOURCES_MAP: &str = "GW_NEWSRC";
 /// Array of two `u64`: jiffies and CLOCK_MONOTONIC ns, as [`CLOCK_PROGRAM`] last read them.
 pub const CLOCK_MAP: &str = "GW_CLOCK";
 
-/// Default capacity of [`SOURCES_MAP`]; the daemon sets the configured one at load.
+/// Default capacity (ways) of [`SOURCES_MAP`]; the daemon sets the configured one at load.
 pub const DEFAULT_MAX_SOURCES: u32 = 262_144;
 /// Capacity of each LPM trie.
 pub const MAX_LIST_ENTRIES: u32 = 65_536;
@@ -72,10 +73,10 @@ pub const COUNTERS_PER_SLOT: u32 = 8;
 /// Size of [`COUNTERS_MAP`].
 pub const COUNTER_ENTRIES: u32 = IFINDEX_SLOTS * COUNTERS_PER_SLOT;
 
-/// Counter: a source seen for the first time got its own bucket.
+/// Counter: a source without a way got one (its set's least busy way).
 pub const NEW_SOURCE_INSERTED: u32 = 6;
-/// Counter: a new source arrived after this CPU's per-second insert budget was spent; it shares
-/// the overflow bucket instead of evicting a tracked one.
+/// Counter: a new source found every way of its set busy after this CPU's per-second budget of
+/// busy evictions was spent; it shares the overflow bucket instead of resetting a tracked one.
 pub const NEW_SOURCE_OVER_CAP: u32 = 7;
 
 /// The slot of an interface in [`COUNTERS_MAP`].
@@ -176,11 +177,15 @@ pub struct GuardConfig {
     pub pkt_tolerance_ns: u64,
     pub syn_interval_ns: u64,
     pub syn_tolerance_ns: u64,
-    /// New sources each CPU may insert into [`SOURCES_MAP`] per second.
+    /// Busy evictions (see [`crate::sources`]) each CPU may make in [`SOURCES_MAP`] per second.
     pub new_sources_per_sec: u64,
     /// Nanoseconds per jiffy: the program's clock is `bpf_jiffies64() × tick_ns` (see
     /// [`crate::gcra`]; tolerances include one tick). 0 = `bpf_ktime_get_ns` (not calibrated).
     pub tick_ns: u64,
+    /// Seed of [`crate::sources::set_index`], random per table (kept with a pinned table).
+    pub hash_seed: u64,
+    /// Sets in [`SOURCES_MAP`] − 1 (a power of two minus one); the overflow element follows.
+    pub set_mask: u64,
 }
 
 /// Key of [`SOURCES_MAP`]: the source address masked to the configured prefix.
@@ -190,11 +195,11 @@ pub struct SourceKey {
     pub addr: [u32; 4],
 }
 
-/// The shared bucket of new sources that arrive beyond the new-source guard's budget. No real
-/// source maps to it: all-ones is multicast in IPv6, and IPv4 keys are `::ffff:…`.
+/// How userspace names the shared overflow bucket (way 0 of the element after the last set).
+/// No real source has this key: all-ones is multicast in IPv6, and IPv4 keys are `::ffff:…`.
 pub const OVERFLOW_KEY: SourceKey = SourceKey { addr: [u32::MAX; 4] };
 
-/// Value of [`SOURCES_MAP`].
+/// The buckets of one source (a way of [`SOURCES_MAP`]).
 ///
 /// Updates from several CPUs race by design (no locks on 5.10): the arrival times advance with
 /// a fire-and-forget atomic add, so concurrent passes are never lost, but a check and its add are
@@ -333,7 +338,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(core::mem::size_of::<GuardConfig>(), 8 + 16 + 16 + 8 * 6);
+        assert_eq!(core::mem::size_of::<GuardConfig>(), 8 + 16 + 16 + 8 * 8);
         assert_eq!(core::mem::size_of::<SourceKey>(), 16);
         assert_eq!(core::mem::size_of::<SourceState>(), 32);
         assert_eq!(core::mem::size_of::<LpmAddr>(), 20);

@@ -1,7 +1,8 @@
 //! The guard: one XDP program and one TC ingress classifier with the same logic, plus an empty
 //! XDP program (the benchmark's floor). Pipeline per frame: parse → list prefilter (is any allow
 //! or deny prefix in the source's /16?) → allow list (bypass) → deny list (drop) → new-source
-//! guard → per-source packet bucket and SYN bucket → pass.
+//! guard → per-source packet bucket and SYN bucket → pass. The buckets live in a set-associative
+//! array table (`sources.rs`), not an LRU hash: no helper call on the pass path.
 //!
 //! Must load on Linux 5.10: no atomic whose result is used, bounded loops only, no helpers newer
 //! than 5.10. Map layouts and names come from `gateway_common::xdp`.
@@ -15,11 +16,11 @@
 #![feature(asm_experimental_arch)]
 
 mod parse;
+mod sources;
 
 use core::{
     arch::asm,
     ffi::c_void,
-    mem::MaybeUninit,
     ptr::{read_volatile, write_volatile},
 };
 
@@ -27,15 +28,14 @@ use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_jiffies64, bpf_ktime_get_ns, generated::bpf_map_lookup_elem},
     macros::{classifier, map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{
     gcra,
     xdp::{
-        COUNTER_ENTRIES, DEFAULT_MAX_SOURCES, DenyEntry, GuardConfig, LISTED_WORDS, MAX_LIST_ENTRIES,
-        NEW_SOURCE_INSERTED, NEW_SOURCE_OVER_CAP, NewSourceWindow, OVERFLOW_KEY, SourceKey, SourceState, Verdict,
-        counter_index, flags, list_bucket,
+        COUNTER_ENTRIES, DenyEntry, GuardConfig, LISTED_WORDS, MAX_LIST_ENTRIES, NEW_SOURCE_INSERTED,
+        NEW_SOURCE_OVER_CAP, SourceKey, SourceState, Verdict, counter_index, flags, list_bucket,
     },
 };
 use parse::Parsed;
@@ -46,9 +46,6 @@ static CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
 #[map(name = "GW_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 
-#[map(name = "GW_SOURCES")]
-static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
-
 #[map(name = "GW_ALLOW")]
 static ALLOW: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(MAX_LIST_ENTRIES, 0);
 
@@ -57,9 +54,6 @@ static DENY: LpmTrie<[u32; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_LIST_E
 
 #[map(name = "GW_LISTED")]
 static LISTED: Array<u64> = Array::with_max_entries(LISTED_WORDS, 0);
-
-#[map(name = "GW_NEWSRC")]
-static NEW_SOURCES: PerCpuArray<NewSourceWindow> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "GW_CLOCK")]
 static CLOCK: Array<u64> = Array::with_max_entries(2, 0);
@@ -148,9 +142,17 @@ fn classify(data: usize, end: usize, ifindex: u32) -> Verdict {
     let mask = if v4 { &cfg.mask_v4 } else { &cfg.mask_v6 };
     let key = SourceKey { addr: [addr[0] & mask[0], addr[1] & mask[1], addr[2] & mask[2], addr[3] & mask[3]] };
     let now = now_ns(cfg);
-    match SOURCES.get_ptr_mut(&key) {
-        Some(state) => limit(state, cfg, now, syn),
-        None => new_source(&key, cfg, now, syn, ifindex),
+    match sources::lookup(&key, cfg, now, syn) {
+        sources::Lookup::Known(state) => limit(state, cfg, now, syn),
+        sources::Lookup::Inserted => {
+            count(ifindex, NEW_SOURCE_INSERTED);
+            Verdict::Pass
+        }
+        sources::Lookup::Overflow(state) => {
+            count(ifindex, NEW_SOURCE_OVER_CAP);
+            limit(state, cfg, now, syn)
+        }
+        sources::Lookup::Missing => Verdict::Pass,
     }
 }
 
@@ -233,47 +235,6 @@ unsafe fn gcra_charge(tat: *mut u64, now: u64, interval: u64, tolerance: u64) ->
 #[inline(always)]
 unsafe fn atomic_add(dst: *mut u64, value: u64) {
     unsafe { asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) dst, in(reg) value, options(nostack)) };
-}
-
-/// A source without a bucket. Each CPU inserts at most `new_sources_per_sec` new buckets per
-/// second, so a spoofed flood cannot evict every tracked source from the LRU; beyond that budget
-/// new sources share the overflow bucket.
-#[inline(always)]
-fn new_source(key: &SourceKey, cfg: &GuardConfig, now: u64, syn: bool, ifindex: u32) -> Verdict {
-    let Some(window) = NEW_SOURCES.get_ptr_mut(0) else { return Verdict::Pass };
-    // Per-CPU value: this CPU is its only writer.
-    let window = unsafe { &mut *window };
-    if now.wrapping_sub(window.start_ns) >= gcra::NS_PER_SEC {
-        window.start_ns = now;
-        window.inserted = 0;
-    }
-    if window.inserted >= cfg.new_sources_per_sec {
-        count(ifindex, NEW_SOURCE_OVER_CAP);
-        return match SOURCES.get_ptr_mut(&OVERFLOW_KEY) {
-            Some(state) => limit(state, cfg, now, syn),
-            None => insert(&OVERFLOW_KEY, cfg, now, syn),
-        };
-    }
-    window.inserted += 1;
-    count(ifindex, NEW_SOURCE_INSERTED);
-    insert(key, cfg, now, syn)
-}
-
-/// A fresh bucket pair with this first packet (burst ≥ 1, so it always passes) already paid.
-#[inline(always)]
-fn insert(key: &SourceKey, cfg: &GuardConfig, now: u64, syn: bool) -> Verdict {
-    let mut state = MaybeUninit::<SourceState>::uninit();
-    let p = state.as_mut_ptr();
-    // Field by field and volatile: a struct literal with zero fields becomes a call to memset.
-    unsafe {
-        write_volatile(&raw mut (*p).tat_ns, now + cfg.pkt_interval_ns);
-        write_volatile(&raw mut (*p).syn_tat_ns, if syn { now + cfg.syn_interval_ns } else { 0 });
-        write_volatile(&raw mut (*p).dropped, 0);
-        write_volatile(&raw mut (*p).syn_dropped, 0);
-    }
-    // BPF_NOEXIST: another CPU inserting the same source first is fine.
-    let _ = SOURCES.insert(key, unsafe { state.assume_init_ref() }, 1);
-    Verdict::Pass
 }
 
 #[inline(always)]

@@ -9,17 +9,19 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, MapType, PerCpuArray},
+    maps::{Array, LpmTrie, MapData, MapInfo, MapType, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+use gateway_common::sources::{SourceSet, array_entries, set_count};
 use gateway_common::xdp::{
     ALLOW_MAP, CONFIG_MAP, COUNTER_ENTRIES, COUNTERS_MAP, COUNTERS_PER_SLOT, DENY_MAP, DenyEntry, EMPTY_PROGRAM,
-    GuardConfig, LISTED_MAP, LISTED_WORDS, MAX_LIST_ENTRIES, NEW_SOURCES_MAP, SOURCES_MAP, SourceKey, SourceState,
-    TC_PROGRAM, XDP_PROGRAM, counter_index, flags,
+    GuardConfig, LISTED_MAP, LISTED_WORDS, MAX_LIST_ENTRIES, NEW_SOURCES_MAP, SOURCES_MAP, TC_PROGRAM, XDP_PROGRAM,
+    counter_index, flags,
 };
 use ipnet::IpNet;
 
 mod clock;
+mod sources;
 
 use super::{
     Counters, EbpfError, PinLock,
@@ -57,7 +59,7 @@ pub struct LoadOptions {
     /// Pin maps (and links) here, under an exclusive lock. `None`: a private instance whose
     /// maps die with it (tests, `selftest`, `bench`).
     pub pin_dir: Option<PathBuf>,
-    /// Capacity of the per-source LRU.
+    /// Capacity (ways) of the per-source table; rounded up to a power-of-two number of sets.
     pub max_sources: u32,
 }
 
@@ -67,7 +69,7 @@ fn pinned_shapes(max_sources: u32) -> [(&'static str, MapType, usize, usize, u32
     [
         (CONFIG_MAP, MapType::Array, 4, size_of::<GuardConfig>(), 1),
         (COUNTERS_MAP, MapType::PerCpuArray, 4, 8, COUNTER_ENTRIES),
-        (SOURCES_MAP, MapType::LruHash, size_of::<SourceKey>(), size_of::<SourceState>(), max_sources),
+        (SOURCES_MAP, MapType::Array, 4, size_of::<SourceSet>(), array_entries(set_count(max_sources))),
         (ALLOW_MAP, MapType::LpmTrie, 20, 4, MAX_LIST_ENTRIES),
         (DENY_MAP, MapType::LpmTrie, 20, size_of::<DenyEntry>(), MAX_LIST_ENTRIES),
         // Pinned too, so a program kept attached from the previous run (until this one replaces
@@ -82,7 +84,11 @@ pub struct XdpGuard {
     pub(super) ebpf: Ebpf,
     config_map: Array<MapData, GuardConfig>,
     counters: PerCpuArray<MapData, u64>,
-    sources: HashMap<MapData, SourceKey, SourceState>,
+    sources: Array<MapData, SourceSet>,
+    /// Sets in `sources` (the overflow element follows them).
+    sets: u32,
+    /// The table's hash seed: kept with a pinned table, else random.
+    hash_seed: u64,
     allow: LpmTrie<MapData, [u32; 4], u32>,
     deny: LpmTrie<MapData, [u32; 4], DenyEntry>,
     listed_map: Array<MapData, u64>,
@@ -119,7 +125,8 @@ impl XdpGuard {
             None => None,
         };
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(SOURCES_MAP, opts.max_sources);
+        let sets = set_count(opts.max_sources);
+        loader.map_max_entries(SOURCES_MAP, array_entries(sets));
         let pins: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => pinned_shapes(opts.max_sources).iter().map(|s| (s.0, dir.join(s.0))).collect(),
             None => Vec::new(),
@@ -132,7 +139,7 @@ impl XdpGuard {
         tc(&mut ebpf)?.load().map_err(|e| program_error(TC_PROGRAM, "load", e))?;
         let config_map = Array::try_from(take(&mut ebpf, CONFIG_MAP)?).map_err(EbpfError::map(CONFIG_MAP))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, COUNTERS_MAP)?).map_err(EbpfError::map(COUNTERS_MAP))?;
-        let sources = HashMap::try_from(take(&mut ebpf, SOURCES_MAP)?).map_err(EbpfError::map(SOURCES_MAP))?;
+        let sources = Array::try_from(take(&mut ebpf, SOURCES_MAP)?).map_err(EbpfError::map(SOURCES_MAP))?;
         let allow = LpmTrie::try_from(take(&mut ebpf, ALLOW_MAP)?).map_err(EbpfError::map(ALLOW_MAP))?;
         let deny = LpmTrie::try_from(take(&mut ebpf, DENY_MAP)?).map_err(EbpfError::map(DENY_MAP))?;
         let listed_map = Array::try_from(take(&mut ebpf, LISTED_MAP)?).map_err(EbpfError::map(LISTED_MAP))?;
@@ -142,6 +149,9 @@ impl XdpGuard {
             config_map,
             counters,
             sources,
+            sets,
+            // A pinned table keeps its sources where the previous run's seed put them.
+            hash_seed: sources::seed_for(&config, sets),
             allow,
             deny,
             listed_map,
@@ -256,6 +266,7 @@ impl XdpGuard {
         // A clock of one-tick resolution lags by up to a tick: the tolerance grows by one so that
         // conforming senders still pass (bounds in `gateway_common::gcra`).
         config.tick_ns = self.tick_ns;
+        (config.hash_seed, config.set_mask) = (self.hash_seed, u64::from(self.sets - 1));
         config.pkt_tolerance_ns = config.pkt_tolerance_ns.saturating_add(self.tick_ns);
         config.syn_tolerance_ns = config.syn_tolerance_ns.saturating_add(self.tick_ns);
         if self.allow.keys().next().is_some() {
@@ -334,50 +345,6 @@ impl XdpGuard {
             *total = per_cpu.iter().sum();
         }
         Ok(out)
-    }
-
-    /// Calls `f` for every tracked source.
-    pub fn for_each_source(&self, mut f: impl FnMut(&SourceKey, &SourceState)) -> Result<(), EbpfError> {
-        for item in self.sources.iter() {
-            match item {
-                Ok((key, state)) => f(&key, &state),
-                // Evicted between listing the key and reading it.
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(EbpfError::Map { map: SOURCES_MAP, source: e }),
-            }
-        }
-        Ok(())
-    }
-
-    /// How many sources have a bucket.
-    pub fn tracked_sources(&self) -> Result<u64, EbpfError> {
-        let mut n = 0;
-        for key in self.sources.keys() {
-            match key {
-                Ok(_) => n += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(EbpfError::Map { map: SOURCES_MAP, source: e }),
-            }
-        }
-        Ok(n)
-    }
-
-    /// The bucket of one source key, if it has one.
-    pub fn source(&self, key: &SourceKey) -> Result<Option<SourceState>, EbpfError> {
-        match self.sources.get(key, 0) {
-            Ok(state) => Ok(Some(state)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(EbpfError::Map { map: SOURCES_MAP, source: e }),
-        }
-    }
-
-    /// Forgets every bucket (tests and benchmarks start from a clean table).
-    pub fn clear_sources(&mut self) -> Result<(), EbpfError> {
-        let keys: Vec<SourceKey> = self.sources.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = self.sources.remove(&key);
-        }
-        Ok(())
     }
 
     /// Resets this CPU-independent state of the new-source guard (each CPU's window).

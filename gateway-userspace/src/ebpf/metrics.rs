@@ -66,7 +66,12 @@ impl Collector for EbpfCollector {
                 &modes,
             )?;
             let tracked = vec![(Labels::new(), ConstGauge::new(snap.tracked_sources as i64))];
-            family(&mut encoder, "gateway_xdp_tracked_sources", "Sources with a bucket in the guard's LRU", &tracked)?;
+            family(
+                &mut encoder,
+                "gateway_xdp_tracked_sources",
+                "Sources with a bucket in the guard's source table",
+                &tracked,
+            )?;
             let blocks: Vec<_> = [("admin", snap.blocks[0]), ("feedback", snap.blocks[1])]
                 .into_iter()
                 .map(|(origin, n)| (vec![("origin", origin.to_owned())], ConstCounter::new(n)))

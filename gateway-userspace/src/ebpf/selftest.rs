@@ -15,8 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use gateway_common::sources::set_index;
 use gateway_common::xdp::{
-    DenyEntry, DenyOrigin, GuardConfig, NEW_SOURCE_INSERTED, NEW_SOURCE_OVER_CAP, Verdict, flags, prefix_mask,
+    DenyEntry, DenyOrigin, GuardConfig, NEW_SOURCE_INSERTED, NEW_SOURCE_OVER_CAP, SourceKey, Verdict, flags, mapped_v4,
+    prefix_mask,
 };
 use ipnet::IpNet;
 
@@ -284,6 +286,20 @@ fn config(l: Limits) -> GuardConfig {
         (c.syn_interval_ns, c.syn_tolerance_ns) = gcra(r);
     }
     c
+}
+
+/// `n` TCP frames from IPv4 sources that share one set of the table (the guard's seed decides).
+fn same_set_sources(config: &GuardConfig, n: usize) -> Vec<Frame> {
+    let set = |i: u32| {
+        let key = SourceKey { addr: mapped_v4(0x6440_0000u32.wrapping_add(i).to_be_bytes()) };
+        set_index(&key, config.hash_seed, config.set_mask)
+    };
+    let first = set(0);
+    (0..1 << 22)
+        .filter(|&i| set(i) == first)
+        .take(n)
+        .map(|i| tcp(&std::net::Ipv4Addr::from(0x6440_0000u32.wrapping_add(i)).to_string()))
+        .collect()
 }
 
 fn tcp(src: &str) -> Frame {
@@ -677,31 +693,33 @@ impl Suite<'_> {
 
     fn new_source_guard(&mut self) -> Result<(), EbpfError> {
         use Verdict::{DropRateLimit, Pass};
-        // Three new sources per second on this CPU; the overflow bucket allows a burst of 2.
-        self.reset(Limits { rate: Some((1, 2)), new_per_sec: 3, ..GENEROUS })?;
+        // One busy eviction per second on this CPU; buckets of burst 2 at 1/s stay busy all along.
+        self.reset(Limits { rate: Some((1, 2)), new_per_sec: 1, ..GENEROUS })?;
+        let srcs = same_set_sources(&self.guard.config()?, 8);
         let before = self.counters()?;
-        let srcs: Vec<Frame> = (1..=6).map(|i| tcp(&format!("100.64.0.{i}"))).collect();
         self.expect_seq(
-            "new-source guard: 3 sources tracked, the next share the overflow bucket",
+            "source table: 4 ways fill, 1 busy eviction, then the overflow bucket (burst 2)",
             &[
                 (&srcs[0], Pass),
                 (&srcs[1], Pass),
                 (&srcs[2], Pass),
                 (&srcs[3], Pass),
                 (&srcs[4], Pass),
-                (&srcs[5], DropRateLimit),
-                (&srcs[0], Pass),
-                (&srcs[0], DropRateLimit),
+                (&srcs[5], Pass),
+                (&srcs[6], Pass),
+                (&srcs[7], DropRateLimit),
+                (&srcs[1], Pass),
+                (&srcs[1], DropRateLimit),
             ],
         )?;
         let after = self.counters()?;
         let inserted = after[NEW_SOURCE_INSERTED as usize] - before[NEW_SOURCE_INSERTED as usize];
         let over = after[NEW_SOURCE_OVER_CAP as usize] - before[NEW_SOURCE_OVER_CAP as usize];
         let tracked = self.guard.tracked_sources()?;
-        let failure = (inserted != 3 || over != 3 || tracked != 4).then(|| {
-            format!("inserted {inserted} (want 3), over cap {over} (want 3), buckets {tracked} (want 3 + overflow)")
+        let failure = (inserted != 5 || over != 3 || tracked != 5).then(|| {
+            format!("inserted {inserted} (want 5), over cap {over} (want 3), buckets {tracked} (want 4 + overflow)")
         });
-        self.record("new-source counters and LRU contents", failure);
+        self.record("source table counters and contents", failure);
         Ok(())
     }
 

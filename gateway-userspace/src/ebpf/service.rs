@@ -29,7 +29,7 @@ use super::{
 const COMMAND_QUEUE: usize = 1024;
 /// How often expired blocks are removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// How often the tracked-sources gauge is refreshed (it walks the whole LRU).
+/// How often the tracked-sources gauge is refreshed (it walks the whole source table).
 const COUNT_EVERY: Duration = Duration::from_secs(10);
 
 /// What the maintenance thread is asked to do.

@@ -149,7 +149,45 @@ fn a_pinned_map_of_another_capacity_is_replaced() {
     drop(XdpGuard::load(&LoadOptions { pin_dir: Some(dir.clone()), max_sources: 2048 }).expect("load"));
     drop(XdpGuard::load(&LoadOptions { pin_dir: Some(dir.clone()), max_sources: 8192 }).expect("reload"));
     let info = aya::maps::MapInfo::from_pin(dir.join("GW_SOURCES")).expect("pinned map");
-    assert_eq!(info.max_entries(), 8192);
+    // 8192 ways: 2048 sets of 4, plus the overflow element.
+    assert_eq!(info.max_entries(), 2049);
+}
+
+/// A restart keeps the source table and the seed that placed its sources: a bucket charged
+/// before is found (and still charged) after.
+#[test]
+fn a_pinned_source_table_keeps_its_buckets_and_seed() {
+    use gateway_userspace::ebpf::{
+        GuardProgram,
+        selftest::frames::{FrameSpec, L4},
+    };
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/gwtest-{}-table", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
+    let frame = FrameSpec::new("198.51.100.9", L4::TcpData).build();
+    let key = gateway_common::xdp::SourceKey { addr: gateway_common::xdp::mapped_v4([198, 51, 100, 9]) };
+    let limited = |g: &mut XdpGuard| {
+        let (interval, tolerance) = gateway_common::gcra::params(1, 1000, 0);
+        let config = GuardConfig {
+            flags: flags::ENABLED | flags::RATE,
+            mask_v4: prefix_mask(128),
+            mask_v6: prefix_mask(64),
+            pkt_interval_ns: interval,
+            pkt_tolerance_ns: tolerance,
+            new_sources_per_sec: 100,
+            ..Default::default()
+        };
+        g.write_config(&config).expect("write config");
+    };
+    let mut first = guard(Some(&dir));
+    limited(&mut first);
+    first.test_run(GuardProgram::Xdp, &frame.bytes, 1).expect("test run");
+    let charged = first.source(&key).expect("read").expect("the source got a way");
+    assert!(charged.tat_ns > 0);
+    drop(first);
+    let mut second = guard(Some(&dir));
+    limited(&mut second);
+    assert_eq!(second.source(&key).expect("read"), Some(charged), "the pinned table or its seed was lost");
+    assert_eq!(second.tracked_sources().expect("walk"), 1);
 }
 
 struct Cleanup(std::path::PathBuf);

@@ -26,7 +26,7 @@ pub struct XdpSection {
     /// the next start adopts it. Default: false (detach on stop).
     #[serde(default)]
     pub keep_attached_on_restart: bool,
-    /// Sources tracked at once (LRU; least recently seen evicted). Default: 262144.
+    /// Sources tracked at once (4-way sets, see `gateway_common::sources`). Default: 262144.
     #[serde(default = "default_max_sources")]
     pub max_sources: u32,
     /// IPv4 sources share a bucket per prefix of this length. Default: 32.
@@ -36,8 +36,8 @@ pub struct XdpSection {
     /// inside its /64). Default: 64.
     #[serde(default = "default_ipv6_prefix")]
     pub ipv6_prefix: u8,
-    /// New sources each CPU may start tracking per second; beyond it they share one overflow
-    /// bucket instead of evicting tracked ones (spoofed floods). Default: 10000.
+    /// Busy evictions (resetting buckets that are not full) each CPU may make per second;
+    /// beyond it new sources share one overflow bucket instead. Default: 10000.
     #[serde(default = "default_new_sources")]
     pub new_sources_per_cpu: u64,
     /// CIDRs (or addresses) that bypass every check. Default: none.
