@@ -11,6 +11,7 @@ mod auth;
 pub mod c100k;
 mod cpus;
 mod flood;
+mod h2;
 mod harness;
 mod http;
 mod idle;
@@ -78,6 +79,9 @@ enum Target {
     /// 100,000 concurrent keep-alive connections in a systemd-booted guest: RSS per connection,
     /// time to open them, p99 of a separate client.
     C100k,
+    /// HTTP/2 clients (h2c and ALPN h2) in front of an HTTP/1.1 upstream: gatewayd vs nginx vs
+    /// HAProxy vs the upstream directly: rps, CPU per request, latency at a fixed rate.
+    H2,
     /// Legitimate clients under SYN, UDP, connection, HTTP and rotating-source floods, per
     /// defence: kernel defaults, nftables meters, the guard in XDP and TC mode (needs root).
     Flood,
@@ -103,6 +107,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::C100k => c100k::run(),
         Target::Flood => flood::run(opts),
         Target::Steering => flood::steering::run(opts),
+        Target::H2 => h2::run(opts),
     }
 }
 

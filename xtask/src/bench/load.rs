@@ -201,7 +201,13 @@ impl Oha {
 
     /// With extra request headers (`-H "name: value"`).
     pub fn command_with(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)]) -> Command {
+        self.command_args(cpus, url, headers, &[])
+    }
+
+    /// With extra request headers and extra options (`bench h2`: `--http2 -p N --insecure`).
+    pub fn command_args(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)], args: &[&str]) -> Command {
         let mut cmd = cpus.taskset("oha");
+        cmd.args(args);
         for (name, value) in headers {
             cmd.args(["-H", &format!("{name}: {value}")]);
         }
@@ -226,7 +232,11 @@ impl Oha {
     }
 
     pub fn run_with(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)]) -> Result<OhaResult> {
-        let mut cmd = self.command_with(cpus, url, headers);
+        self.run_args(cpus, url, headers, &[])
+    }
+
+    pub fn run_args(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)], args: &[&str]) -> Result<OhaResult> {
+        let mut cmd = self.command_args(cpus, url, headers, args);
         announce(&cmd);
         let out = capture(&mut cmd)?;
         let result = parse_oha(&out).with_context(|| format!("cannot read oha's JSON output:\n{out}"))?;

@@ -7,7 +7,7 @@
 //! client, measurable on its own), among the fastest servers there is (it must not be the
 //! bottleneck), already a dependency, and nothing of ours to maintain or to suspect.
 
-mod haproxy;
+pub(super) mod haproxy;
 mod summary;
 
 use std::{fs, net::SocketAddr, path::Path, process::Command, time::Duration};
@@ -178,7 +178,7 @@ fn loop_lag(metrics: SocketAddr) -> Result<Vec<(String, f64)>> {
 }
 
 /// `nginx -p PREFIX -c PREFIX/nginx.conf`, pinned to `cpus`.
-fn nginx_command(cpus: &CpuList, prefix: &Path) -> Command {
+pub(super) fn nginx_command(cpus: &CpuList, prefix: &Path) -> Command {
     let mut cmd = cpus.taskset("nginx");
     // -e: the error log before the config is read (the compiled-in one may not be writable).
     cmd.arg("-p").arg(prefix).arg("-e").arg(prefix.join("error.log")).arg("-c").arg(prefix.join("nginx.conf"));
@@ -214,7 +214,7 @@ pub(super) fn start_nginx(name: &str, cpus: &CpuList, prefix: &Path, conf: &str)
 /// gatewayd as users run it, with its defaults (h2c sniffing, forwarding headers, request ids,
 /// latency headers, metrics) except the access log (the audit log, off like nginx's) and the
 /// admin socket (not needed).
-fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize) -> String {
+pub(super) fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize) -> String {
     gatewayd_server(listen, metrics, workers)
         + &format!(
             r#"[[services]]
@@ -283,6 +283,17 @@ pub(super) fn nginx_temp_paths(prefix: &Path) -> String {
 }
 
 pub(super) fn nginx_upstream_conf(prefix: &Path, listen: SocketAddr, workers: usize, nofile: u64) -> Result<String> {
+    nginx_upstream_conf_with(prefix, listen, "", workers, nofile)
+}
+
+/// The upstream with more server lines (`bench h2`: HTTP/2 listeners and their certificate).
+pub(super) fn nginx_upstream_conf_with(
+    prefix: &Path,
+    listen: SocketAddr,
+    extra: &str,
+    workers: usize,
+    nofile: u64,
+) -> Result<String> {
     Ok(format!(
         "{}http {{
     access_log off;
@@ -291,7 +302,7 @@ pub(super) fn nginx_upstream_conf(prefix: &Path, listen: SocketAddr, workers: us
     keepalive_timeout 120s;
 {}    server {{
         listen {listen} reuseport backlog=1024;
-        location / {{
+{extra}        location / {{
             return 200 \"ok\";
         }}
     }}
@@ -312,6 +323,18 @@ fn nginx_proxy_conf(
     workers: usize,
     nofile: u64,
 ) -> Result<String> {
+    nginx_proxy_conf_with(prefix, listen, "", upstream, workers, nofile)
+}
+
+/// The proxy with more server lines (`bench h2`: HTTP/2 listeners and their certificate).
+pub(super) fn nginx_proxy_conf_with(
+    prefix: &Path,
+    listen: SocketAddr,
+    extra: &str,
+    upstream: SocketAddr,
+    workers: usize,
+    nofile: u64,
+) -> Result<String> {
     Ok(format!(
         "{}http {{
     access_log off;
@@ -325,7 +348,7 @@ fn nginx_proxy_conf(
     }}
     server {{
         listen {listen} reuseport backlog=1024;
-        location / {{
+{extra}        location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";

@@ -139,6 +139,36 @@ impl Machine {
     }
 }
 
+/// The first rows of a three-proxy benchmark's setup table (`proxy`, `h2`): the machine, the CPU
+/// split and the worker count of gatewayd, nginx and HAProxy.
+pub fn proxy_setup_rows(m: &Machine, plan: &super::cpus::CpuPlan) -> Vec<Vec<String>> {
+    vec![
+        vec!["machine".into(), format!("{}, {} × {}, {}", m.kernel, m.cpus, m.cpu_model, m.memory)],
+        vec!["subject CPUs (proxies)".into(), format!("{} (taskset)", plan.subject)],
+        vec!["load CPUs (client, upstream, xtask)".into(), format!("{} (taskset)", plan.load)],
+        vec![
+            "workers".into(),
+            format!(
+                "gatewayd `workers = {0}`, nginx `worker_processes {0}`, haproxy `nbthread {0}`",
+                plan.subject.len()
+            ),
+        ],
+    ]
+}
+
+/// A summary row of a three-proxy benchmark: `values` per subject in the order upstream direct,
+/// gatewayd, nginx, HAProxy (`–` for direct when only the proxies have it), then gatewayd's
+/// ratios to nginx and to HAProxy.
+pub fn proxy_row(label: String, values: &[f64], digits: usize, proxies_only: bool) -> Vec<String> {
+    let mut cells = vec![label];
+    for (s, v) in values.iter().enumerate() {
+        cells.push(if proxies_only && s == 0 { "–".to_owned() } else { num(*v, digits) });
+    }
+    cells.push(ratio(values[1], values[2]));
+    cells.push(ratio(values[1], values[3]));
+    cells
+}
+
 /// The 1, 5 and 15 minute load averages: how busy the machine was (others share it).
 pub fn loadavg() -> String {
     let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -320,7 +320,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// `gatewayd certs init` into `dir` with `key_type`; returns the server certificate (a leaf for
 /// `localhost` and 127.0.0.1, signed by the development CA beside it).
-fn certificate(gatewayd: &str, dir: &Path, key_type: &str) -> Result<CertificateDer<'static>> {
+pub(super) fn certificate(gatewayd: &str, dir: &Path, key_type: &str) -> Result<CertificateDer<'static>> {
     exec(
         std::process::Command::new(gatewayd)
             .args(["certs", "init", "--force", "--cn", client::SERVER_NAME, "--san", "localhost,127.0.0.1"])

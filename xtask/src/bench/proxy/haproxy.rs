@@ -16,6 +16,11 @@ pub fn command(cpus: &CpuList, cfg: &Path) -> Command {
 
 /// `nofile`: the descriptor limit it inherits; it needs one per idle client connection.
 pub fn conf(listen: SocketAddr, upstream: SocketAddr, cpus: &CpuList, nofile: u64) -> String {
+    conf_with(listen, "", upstream, cpus, nofile)
+}
+
+/// With more frontend `bind` lines (`bench h2`: HTTP/2 listeners).
+pub fn conf_with(listen: SocketAddr, binds: &str, upstream: SocketAddr, cpus: &CpuList, nofile: u64) -> String {
     let threads = cpus.len();
     // Room for the idle-connection measurement (one descriptor per idle client connection; the
     // upstream connections are few and reused). HAProxy sizes its descriptor limit for two per
@@ -41,10 +46,10 @@ defaults
 
 frontend bench
     bind {listen}
-    unique-id-format %{{+X}}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    http-request set-header X-Forwarded-Proto http
+{binds}    unique-id-format %{{+X}}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header Forwarded \"for=%[src];proto=http;host=%[req.hdr(host)]\"
+    http-request set-header Forwarded \"for=%[src];proto=%[ssl_fc,iif(https,http)];host=%[req.hdr(host)]\"
     http-request set-header X-Request-Id %[unique-id]
     http-after-response set-header X-Request-Id %[unique-id]
     http-after-response set-header Server-Timing \"upstream;dur=%Tr\"

@@ -2,15 +2,13 @@
 
 use std::process::Command;
 
-use super::{
-    DIRECT, DIRECT_NAME, EXTRAPOLATE_TO, GATEWAYD, HAPROXY, IDLE_GOAL_BYTES, MaxRun, NGINX, PROXIES, RateRun, WARMUP,
-};
+use super::{DIRECT, DIRECT_NAME, EXTRAPOLATE_TO, GATEWAYD, IDLE_GOAL_BYTES, MaxRun, NGINX, PROXIES, RateRun, WARMUP};
 use crate::bench::{
     Options, Subject,
     cpus::CpuPlan,
     idle::IdleResult,
     load::OhaResult,
-    report::{self, Machine, Report, median, num, ratio},
+    report::{self, Machine, Report, median, num},
 };
 
 pub struct Setup<'a> {
@@ -52,13 +50,7 @@ pub fn write_report(
     let r = setup.rate;
     let mut rows = Vec::new();
     let mut row = |label: String, values: Vec<f64>, digits: usize, proxies_only: bool| {
-        let mut cells = vec![label];
-        for (s, v) in values.iter().enumerate() {
-            cells.push(if proxies_only && s == DIRECT { "–".to_owned() } else { num(*v, digits) });
-        }
-        cells.push(ratio(values[GATEWAYD], values[NGINX]));
-        cells.push(ratio(values[GATEWAYD], values[HAPROXY]));
-        rows.push(cells);
+        rows.push(report::proxy_row(label, &values, digits, proxies_only));
     };
     let all = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<_>>();
     row(format!("max requests/s ({load})"), all(&|s| med(&max_rps, s)), 0, false);
@@ -288,21 +280,9 @@ pub fn write_report(
     );
 
     rep.heading("Setup");
-    let m = &setup.machine;
     let o = setup.opts;
-    rep.table(
-        &["", ""],
-        &[
-            vec!["machine".into(), format!("{}, {} × {}, {}", m.kernel, m.cpus, m.cpu_model, m.memory)],
-            vec!["subject CPUs (proxies)".into(), format!("{} (taskset)", setup.plan.subject)],
-            vec!["load CPUs (client, upstream, xtask)".into(), format!("{} (taskset)", setup.plan.load)],
-            vec![
-                "workers".into(),
-                format!(
-                    "gatewayd `workers = {0}`, nginx `worker_processes {0}`, haproxy `nbthread {0}`",
-                    setup.plan.subject.len()
-                ),
-            ],
+    let mut rows = report::proxy_setup_rows(&setup.machine, setup.plan);
+    rows.extend([
             vec!["access log".into(), "off for all (gatewayd: no `[audit]`; nginx: `access_log off`; haproxy: no `log` in its proxies)".into()],
             vec!["upstream".into(), "nginx, `return 200 \"ok\"` (2-byte body), keep-alive".into()],
             vec![
@@ -322,8 +302,8 @@ pub fn write_report(
             vec!["haproxy".into(), report::version_of(Command::new("haproxy").arg("-v"))],
             vec![load.into(), report::version_of(Command::new(load).arg(if load == "wrk" { "-v" } else { "-h" }))],
             vec!["oha".into(), report::version_of(Command::new("oha").arg("--version"))],
-        ],
-    );
+    ]);
+    rep.table(&["", ""], &rows);
     rep.commands_and_configs(&setup.commands, &setup.configs);
     rep
 }
