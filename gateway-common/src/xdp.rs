@@ -7,6 +7,9 @@
 
 /// The `#[xdp]` entry point.
 pub const XDP_PROGRAM: &str = "gateway_xdp";
+/// The same guard plus cpumap steering, attached in native (driver) mode only: see the eBPF
+/// program for why generic mode gets the program without it.
+pub const XDP_NATIVE_PROGRAM: &str = "gateway_xdp_native";
 /// The `#[classifier]` (TC ingress) entry point with the same logic, for devices without XDP.
 pub const TC_PROGRAM: &str = "gateway_tc";
 /// An XDP program that only returns `XDP_PASS`: the floor the benchmark compares against.

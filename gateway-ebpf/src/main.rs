@@ -62,8 +62,18 @@ static CLOCK: Array<u64> = Array::with_max_entries(2, 0);
 /// Header bytes the TC program makes sure are in the linear part of the skb.
 const TC_HEADER_BYTES: u32 = 128;
 
+/// The guard for generic (skb) XDP: no steering. Linux 5.9–5.14 refuse to attach a program
+/// that uses a CPUMAP whose entries may hold programs (aya creates it so there) in generic mode
+/// (`generic_xdp_install`: EINVAL), and a cpumap redirect needs native XDP anyway.
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    if guard(ctx.data(), ctx.data_end(), ifindex).is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+/// The guard for native (driver) XDP: the same verdict, then NIC-side steering of what passes.
+#[xdp]
+pub fn gateway_xdp_native(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     if guard(ctx.data(), ctx.data_end(), ifindex).is_drop() {
         xdp_action::XDP_DROP

@@ -18,7 +18,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use gateway_common::xdp::{TC_PROGRAM, XDP_PROGRAM};
+use gateway_common::xdp::{TC_PROGRAM, XDP_NATIVE_PROGRAM, XDP_PROGRAM};
 
 use super::{
     EbpfError,
@@ -98,6 +98,12 @@ fn kernel_at_least(major: u8, minor: u8) -> bool {
     CURRENT.get_or_init(|| KernelVersion::current().ok()).is_some_and(|k| k >= KernelVersion::new(major, minor, 0))
 }
 
+/// Which XDP program a mode attaches: only native mode carries the cpumap steering (see
+/// `gateway_common::xdp::XDP_NATIVE_PROGRAM`).
+fn xdp_program_for(mode: AttachMode) -> &'static str {
+    if mode == AttachMode::XdpDriver { XDP_NATIVE_PROGRAM } else { XDP_PROGRAM }
+}
+
 impl XdpGuard {
     /// Attaches to `iface` in the calling thread's network namespace, in `mode`, or with `None`
     /// in the first of [`AttachMode::ALL`] that works. Returns the mode that took. A pinned link
@@ -168,10 +174,11 @@ impl XdpGuard {
         let fd: FdLink = PinnedLink::from_pin(path).map_err(link_error)?.into();
         match mode {
             AttachMode::XdpDriver | AttachMode::XdpSkb => {
-                let program = xdp(&mut self.ebpf, XDP_PROGRAM)?;
+                let name = xdp_program_for(mode);
+                let program = xdp(&mut self.ebpf, name)?;
                 let link = XdpLink::try_from(fd).map_err(link_error)?;
-                let id = program.attach_to_link(link).map_err(|e| program_error(XDP_PROGRAM, "update link of", e))?;
-                let link = program.take_link(id).map_err(|e| program_error(XDP_PROGRAM, "take link of", e))?;
+                let id = program.attach_to_link(link).map_err(|e| program_error(name, "update link of", e))?;
+                let link = program.take_link(id).map_err(|e| program_error(name, "take link of", e))?;
                 FdLink::try_from(link).map_err(link_error)
             }
             AttachMode::Tc => {
@@ -185,11 +192,11 @@ impl XdpGuard {
     }
 
     fn attach_fresh(&mut self, iface: &str, ifindex: u32, mode: AttachMode) -> Result<Link, EbpfError> {
-        let attach_error = |e| program_error(XDP_PROGRAM, "attach", e);
+        let attach_error = |e| program_error(xdp_program_for(mode), "attach", e);
         let fd = match mode {
             AttachMode::XdpDriver | AttachMode::XdpSkb => {
                 let xdp_mode = if mode == AttachMode::XdpDriver { XdpMode::Driver } else { XdpMode::Skb };
-                let program = xdp(&mut self.ebpf, XDP_PROGRAM)?;
+                let program = xdp(&mut self.ebpf, xdp_program_for(mode))?;
                 let id = program.attach_to_if_index(ifindex, xdp_mode).map_err(attach_error)?;
                 let link = program.take_link(id).map_err(attach_error)?;
                 if !kernel_at_least(5, 9) {

@@ -15,8 +15,8 @@ use aya::{
 use gateway_common::sources::{SourceSet, array_entries, set_count};
 use gateway_common::xdp::{
     ALLOW_MAP, CONFIG_MAP, COUNTER_ENTRIES, COUNTERS_MAP, COUNTERS_PER_SLOT, DENY_MAP, DenyEntry, EMPTY_PROGRAM,
-    GuardConfig, LISTED_MAP, LISTED_WORDS, MAX_LIST_ENTRIES, NEW_SOURCES_MAP, SOURCES_MAP, TC_PROGRAM, XDP_PROGRAM,
-    counter_index, flags,
+    GuardConfig, LISTED_MAP, LISTED_WORDS, MAX_LIST_ENTRIES, NEW_SOURCES_MAP, SOURCES_MAP, TC_PROGRAM,
+    XDP_NATIVE_PROGRAM, XDP_PROGRAM, counter_index, flags,
 };
 use ipnet::IpNet;
 
@@ -136,6 +136,7 @@ impl XdpGuard {
         }
         let mut ebpf = loader.load(GUARD_OBJECT).map_err(EbpfError::Object)?;
         xdp(&mut ebpf, XDP_PROGRAM)?.load().map_err(|e| program_error(XDP_PROGRAM, "load", e))?;
+        xdp(&mut ebpf, XDP_NATIVE_PROGRAM)?.load().map_err(|e| program_error(XDP_NATIVE_PROGRAM, "load", e))?;
         tc(&mut ebpf)?.load().map_err(|e| program_error(TC_PROGRAM, "load", e))?;
         let config_map = Array::try_from(take(&mut ebpf, CONFIG_MAP)?).map_err(EbpfError::map(CONFIG_MAP))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, COUNTERS_MAP)?).map_err(EbpfError::map(COUNTERS_MAP))?;
