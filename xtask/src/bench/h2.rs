@@ -65,12 +65,9 @@ impl Mode {
         }
     }
 
+    /// `--insecure` for https URLs is added by the oha runner itself (`load::Oha`).
     fn oha_args(self) -> Vec<&'static str> {
-        let mut args = vec!["--http2", "-p", OHA_STREAMS];
-        if self == Mode::Tls {
-            args.push("--insecure");
-        }
-        args
+        vec!["--http2", "-p", OHA_STREAMS]
     }
 }
 
@@ -238,7 +235,7 @@ mod tests {
     #[test]
     fn tls_runs_skip_certificate_verification() {
         assert_eq!(Mode::Cleartext.oha_args(), ["--http2", "-p", "4"]);
-        assert_eq!(Mode::Tls.oha_args(), ["--http2", "-p", "4", "--insecure"]);
+        assert_eq!(Mode::Tls.oha_args(), ["--http2", "-p", "4"]);
         assert_eq!(Mode::Tls.url("127.0.0.1:1".parse().unwrap()), "https://127.0.0.1:1/");
     }
 }

@@ -204,7 +204,7 @@ impl Oha {
         self.command_args(cpus, url, headers, &[])
     }
 
-    /// With extra request headers and extra options (`bench h2`: `--http2 -p N --insecure`).
+    /// With extra request headers and extra options (`bench h2`: `--http2 -p N`).
     pub fn command_args(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)], args: &[&str]) -> Command {
         let mut cmd = cpus.taskset("oha");
         cmd.args(args);
