@@ -411,35 +411,18 @@ async fn optional_listener_routes_require_certificates_and_identity_is_forwarded
     let clients = Ca::new("partner CA");
     let server = ca.server(&["localhost"]);
     let partner = clients.client("partner-a");
-    let routes = |p: &Ports| {
-        format!(
-            r#"
-[audit]
-path = "{audit}"
-
-[[services]]
-name = "s"
-targets = ["{u}"]
-
-[[routes]]
-name = "open"
-service = "s"
-paths = ["/open"]
-
-[[routes]]
-name = "partners"
-service = "s"
-paths = ["/partners"]
-client_cert = "required"
-"#,
-            audit = p.dir.join("audit.log").display(),
-            u = u.addr
-        )
+    let config = |p: &Ports| {
+        tls_config(p, &mtls_listener("optional", false))
+            .table("[audit]", &format!("path = \"{}\"", p.dir.join("audit.log").display()))
+            .service("s", &[u.addr])
+            .route("open", "s", r#"paths = ["/open"]"#)
+            .route("partners", "s", "paths = [\"/partners\"]\nclient_cert = \"required\"")
+            .build()
     };
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
-        tls_config(p, &mtls_listener("optional", false)).toml(&routes(p)).build()
+        config(p)
     });
     let forged =
         [("x-client-cert-subject", "CN=admin"), ("x-client-cert-verify", "success"), ("x-consumer-name", "root")];
@@ -484,22 +467,13 @@ client_cert = "required"
     assert_eq!(refused["error"], "client_cert_required");
 }
 
-fn consumer_config(u: &Upstream, consumers: &str) -> String {
-    format!(
-        r#"
-[[services]]
-name = "s"
-targets = ["{u}"]
-
-[[routes]]
-name = "partner-api"
-service = "s"
-client_cert = "consumer"
-
-{consumers}
-"#,
-        u = u.addr
-    )
+/// An optional-certificate listener, route `partner-api` mapping certificates to `consumers`.
+fn consumer_config(p: &Ports, u: &Upstream, consumers: &str) -> String {
+    tls_config(p, &mtls_listener("optional", false))
+        .service("s", &[u.addr])
+        .route("partner-api", "s", r#"client_cert = "consumer""#)
+        .toml(consumers)
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -525,7 +499,7 @@ client_certs = [{{ sha256 = "{}" }}]
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
-        tls_config(p, &mtls_listener("optional", false)).toml(&consumer_config(&u, &onboarded)).build()
+        consumer_config(p, &u, &onboarded)
     });
     let mut conn_a = Https::connect(gw.ports.listen, "localhost", client_config(&ca, Some(&a), &[])).await.unwrap();
     let r = conn_a.get("/orders", &[]).await.unwrap();
@@ -543,8 +517,7 @@ client_certs = [{{ sha256 = "{}" }}]
     // Offboard "producer": after the reload its requests are refused, on the connection it
     // already has too; partner-b is unaffected.
     let remaining = onboarded.split("[[consumers]]").nth(2).map(|s| format!("[[consumers]]{s}")).unwrap();
-    let config =
-        tls_config(&gw.ports, &mtls_listener("optional", false)).toml(&consumer_config(&u, &remaining)).build();
+    let config = consumer_config(&gw.ports, &u, &remaining);
     assert!(gw.reload(&config), "{}", gw.stderr());
     let r = conn_a.get("/orders", &[]).await.unwrap();
     assert_eq!(r.status.as_u16(), 403);
@@ -678,48 +651,27 @@ async fn upstream_mtls_presents_our_certificate_and_reports_failures() {
     let dogcatcher = Upstream::start_tls("dogcatcher", server_config(&upstream_cert, Some(&ca)));
     let edge_ca = Ca::new("edge CA");
     let edge = edge_ca.server(&["localhost"]);
-    let services = |client: &str| {
-        format!(
-            r#"
-[[services]]
-name = "dogcatcher"
-targets = ["{addr}"]
-tls = true
-tls_ca = ["internal-ca.crt"]
-tls_server_name = "dogcatcher-api"
-{client}
-retries = 0
-
-[[services]]
-name = "wrong-ca"
-targets = ["{addr}"]
-tls = true
-tls_ca = ["rogue-ca.crt"]
-tls_server_name = "dogcatcher-api"
-retries = 0
-
-[[routes]]
-name = "mtls"
-service = "dogcatcher"
-paths = ["/dogcatcher-mtls"]
-strip_path = true
-
-[[routes]]
-name = "wrong-ca"
-service = "wrong-ca"
-paths = ["/wrong-ca"]
-"#,
-            addr = dogcatcher.addr
-        )
+    let config = |p: &Ports, client: &str| {
+        let upstream_tls = "tls = true\ntls_server_name = \"dogcatcher-api\"\nretries = 0";
+        tls_config(p, CERT)
+            .service_with(
+                "dogcatcher",
+                &[dogcatcher.addr],
+                &format!("{upstream_tls}\ntls_ca = [\"internal-ca.crt\"]\n{client}"),
+            )
+            .service_with("wrong-ca", &[dogcatcher.addr], &format!("{upstream_tls}\ntls_ca = [\"rogue-ca.crt\"]"))
+            .route("mtls", "dogcatcher", "paths = [\"/dogcatcher-mtls\"]\nstrip_path = true")
+            .route("wrong-ca", "wrong-ca", r#"paths = ["/wrong-ca"]"#)
+            .build()
     };
-    let good = services("tls_client_cert = \"kong-client.crt\"\ntls_client_key = \"kong-client.key\"");
+    let good = "tls_client_cert = \"kong-client.crt\"\ntls_client_key = \"kong-client.key\"";
     let gw = Gateway::start(|p| {
         edge.write(&p.dir, "server");
         ca.write(&p.dir, "internal-ca");
         rogue.write(&p.dir, "rogue-ca");
         gateway_client.write(&p.dir, "kong-client");
         untrusted_client.write(&p.dir, "untrusted-client");
-        tls_config(p, CERT).toml(&good).build()
+        config(p, good)
     });
     let cfg = client_config(&edge_ca, None, &[]);
     let r = https_get(gw.ports.listen, cfg.clone(), "/dogcatcher-mtls/api/dogs/").await.unwrap();
@@ -741,8 +693,8 @@ paths = ["/wrong-ca"]
         1.0
     );
 
-    let bad = services("tls_client_cert = \"untrusted-client.crt\"\ntls_client_key = \"untrusted-client.key\"");
-    assert!(gw.reload(&tls_config(&gw.ports, CERT).toml(&bad).build()));
+    let bad = "tls_client_cert = \"untrusted-client.crt\"\ntls_client_key = \"untrusted-client.key\"";
+    assert!(gw.reload(&config(&gw.ports, bad)));
     let r = https_get(gw.ports.listen, cfg.clone(), "/dogcatcher-mtls/api/dogs/").await.unwrap();
     assert_eq!(r.status.as_u16(), 502);
     assert_eq!(r.json()["error"], "upstream_tls");
@@ -753,8 +705,7 @@ paths = ["/wrong-ca"]
         ),
         1.0
     );
-    let nocert = services("");
-    assert!(gw.reload(&tls_config(&gw.ports, CERT).toml(&nocert).build()));
+    assert!(gw.reload(&config(&gw.ports, "")));
     let r = https_get(gw.ports.listen, cfg, "/dogcatcher-mtls/api/dogs/").await.unwrap();
     assert_eq!(r.status.as_u16(), 502);
     assert_eq!(
