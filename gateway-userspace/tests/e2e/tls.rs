@@ -28,6 +28,15 @@ fn await_handshakes(gw: &Gateway, result: &str, n: f64) {
     assert!(got.is_some(), "expected {n} handshakes with result {result}:\n{}", gw.metrics());
 }
 
+/// The daemon's log once it has `n` lines containing `needle` (or after 5 s, for the assertion to
+/// show): a refusal is counted before it is logged, so the last line can trail the counter.
+fn logged(gw: &Gateway, needle: &str, n: usize) -> String {
+    eventually(Duration::from_secs(5), || {
+        Some(gw.stderr()).filter(|l| l.lines().filter(|l| l.contains(needle)).count() >= n)
+    })
+    .unwrap_or_else(|| gw.stderr())
+}
+
 /// `openssl s_client` against the gateway with stdin closed; (exit success, output).
 fn s_client(addr: std::net::SocketAddr, args: &[&str]) -> (bool, String) {
     s_client_input(addr, args, b"")
@@ -367,7 +376,7 @@ async fn required_client_certificates_are_refused_with_400_and_the_reason() {
         assert_eq!(r.header("connection"), Some("close"), "{result}");
     })
     .await;
-    let log = gw.stderr();
+    let log = logged(&gw, "client certificate refused", 5);
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("client certificate refused")).collect();
     assert_eq!(refusals.len(), 5, "one log line per refused connection:\n{log}");
     assert!(refusals[3].contains("revoked"), "{log}");
@@ -394,7 +403,7 @@ async fn required_client_certificates_can_be_refused_in_the_handshake() {
         assert!(r.is_err(), "{result}: the handshake must fail, got {r:?}");
     })
     .await;
-    let log = gw.stderr();
+    let log = logged(&gw, "TLS handshake refused: client certificate", 5);
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("TLS handshake refused: client certificate")).collect();
     assert_eq!(refusals.len(), 5, "one log line per refusal:\n{log}");
     assert!(refusals[3].contains("revoked"), "{log}");

@@ -1,14 +1,15 @@
 //! One small builder for the TOML text of test configs: the listener, metrics and admin lines
-//! every test repeats, plus helpers for the sections tests vary (services, routes, auth,
-//! consumers, limits). It writes TOML, so a test still reads as the config it runs, and anything
+//! every test repeats, plus helpers for the sections tests vary (listeners with TLS, services,
+//! routes, auth, consumers, limits). It writes TOML, so a test still reads as the config it runs, and anything
 //! without a helper goes in with [`ConfigBuilder::toml`].
 
 use std::{fmt::Write as _, net::SocketAddr};
 
 use super::Ports;
 
-/// The TOML of a test config: one listener (`public`), metrics, no admin socket, open routes
-/// (`[auth] default_policy = "none"`) unless an `[auth]` table is given.
+/// The TOML of a test config: one listener (`public` on `ports.listen`), metrics, no admin
+/// socket, a 10 s drain, open routes (`[auth] default_policy = "none"`) unless an `[auth]` table
+/// is given.
 #[must_use]
 pub struct ConfigBuilder<'p> {
     ports: &'p Ports,
