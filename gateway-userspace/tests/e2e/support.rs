@@ -29,10 +29,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_gatewayd");
 
 /// A free loopback port, reserved for the rest of the test run: a socket stays bound to it
 /// (SO_REUSEADDR and SO_REUSEPORT, never listening), so no other bind to port 0 and no outgoing
-/// connection's ephemeral port can take it before the process it is meant for binds it (a port
-/// bound and released could be taken: gatewayd then failed to start under load). gatewayd and
-/// the servers tests start bind with SO_REUSEADDR, which a bound, non-listening socket allows;
-/// connecting to the port is refused until they listen.
+/// connection's ephemeral port can take it before the process it is meant for binds it. (A port
+/// bound and released is handed out again at once: gatewayd then failed to start under load.)
+/// gatewayd and the servers tests start (pebble, openssl, node, chromedriver, prometheus) bind
+/// with SO_REUSEADDR, which a bound, non-listening socket allows; a server binding without it
+/// would get EADDRINUSE. Connecting to the port is refused until its server listens.
 pub fn free_port() -> SocketAddr {
     static RESERVED: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
