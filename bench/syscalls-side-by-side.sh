@@ -6,6 +6,8 @@
 # the nginx upstream (`return 200 "ok"`) and the load generator on CPU 0.
 # Usage: bench/syscalls-side-by-side.sh [-s SECONDS] [-q RATE] GATEWAYD_BIN [MORE_GATEWAYD_BINS...]
 #   -q RATE: open-loop load at RATE req/s (oha -c64); default is closed-loop wrk -t1 -c64.
+# Requests in the window are the load's rate × SECONDS: on a busy machine the per-request figures
+# wander ±10% (2.00 reads may print 1.9–2.2), and nstat counts every socket on the host.
 # Takes about (SUBJECTS × (SECONDS + 3)) + 10 s. Needs nginx, haproxy, wrk, oha, perf, nstat.
 set -eu
 secs=5 rate=
