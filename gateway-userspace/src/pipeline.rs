@@ -24,6 +24,8 @@ use crate::{
     snapshot::{LocalSnapshot, Snapshot},
 };
 
+/// Fields the gateway adds to a request head on the common path.
+const UPSTREAM_FIELDS: usize = 8;
 const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Problems with the request itself, found before routing.
@@ -103,6 +105,9 @@ pub async fn serve(
     pool: Rc<UpstreamPool>,
 ) -> Response<ResponseBody> {
     let (mut head, body) = req.into_parts();
+    // hyper sizes the map for the client's fields; the gateway adds about eight (request id,
+    // forwarding, identity): grow once now rather than rehash twice on the way.
+    head.headers.reserve(UPSTREAM_FIELDS);
     let request_id = headers::request_id(&head.headers);
     let client_ip = headers::client_ip(conn.peer.ip(), &head.headers, &snapshot.config.server.trusted_proxies);
     let view: Rc<dyn SnapshotView> = snapshot.clone();

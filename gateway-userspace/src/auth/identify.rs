@@ -726,9 +726,7 @@ impl Phase for IdentifyPhase {
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx, head: &'a mut request::Parts) -> Step<'a> {
         // Whatever the route: identity headers reach the upstream only from us.
-        for name in self.spec.headers.all() {
-            head.headers.remove(name);
-        }
+        crate::request::remove_present(&mut head.headers, &self.spec.headers.all());
         // A consumer the client-certificate phase identified is asserted under our names too.
         if let Some(c) = ctx.identity.consumer.as_ref().map(|c| &c.profile) {
             head.headers.insert(&self.spec.headers.consumer_username, c.name.header.clone());

@@ -26,22 +26,32 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests carry none: one pass over the names (standard names compare as enum
     // values) spares nine hashed look-ups on every request.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+    if !crate::request::contains_any(headers, &HOP_BY_HOP) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    // `Connection: keep-alive` (most upstream responses) names a field removed below anyway:
+    // spare the parse of its tokens into names.
+    let names_others = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"keep-alive")));
+    let named: Vec<HeaderName> = if !names_others {
+        Vec::new()
+    } else {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect()
+    };
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    // Most responses carry one of them (`Connection: keep-alive`): remove what is there
+    // rather than look up all nine.
+    crate::request::remove_present(headers, &HOP_BY_HOP);
 }
 
 /// The hop-by-hop headers of RFC 9110 7.6.1 and their legacy companions.
@@ -203,6 +213,18 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn keep_alive_alone_still_clears_every_hop_field() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

@@ -39,12 +39,13 @@ impl ClientHeaders {
 
     /// Drops what the rules say from a client's request, counted by reason.
     pub fn drop_from(&self, headers: &mut HeaderMap, metrics: &WorkerMetrics) {
-        if !headers.keys().any(|n| n.as_str().contains('_')) {
+        // Byte search: `str::contains(char)` ran a char searcher over every name of every request.
+        if !headers.keys().any(|n| n.as_str().as_bytes().contains(&b'_')) {
             return;
         }
         let doomed: Vec<(HeaderName, &'static str)> = headers
             .keys()
-            .filter(|n| n.as_str().contains('_'))
+            .filter(|n| n.as_str().as_bytes().contains(&b'_'))
             .filter_map(|n| self.reason(n.as_str()).map(|r| (n.clone(), r)))
             .collect();
         for (name, reason) in doomed {

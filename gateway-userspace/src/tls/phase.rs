@@ -124,9 +124,7 @@ impl Phase for ClientCertPhase {
     }
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx, head: &'a mut request::Parts) -> Step<'a> {
-        for name in identity_headers() {
-            head.headers.remove(name);
-        }
+        crate::request::remove_present(&mut head.headers, &identity_headers());
         let conn = ctx.conn.clone();
         let status = ctx.client_cert.0;
         head.headers.insert(&CLIENT_CERT_VERIFY, HeaderValue::from_static(status.as_str()));

@@ -2,6 +2,8 @@
 //! for responses: no obs-fold, no space before the colon, no invalid header skipped), the body's
 //! framing by RFC 9112 section 6.3, chunk-size lines and trailers.
 
+use std::mem::MaybeUninit;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header, response};
 
@@ -9,6 +11,9 @@ use super::H1Error;
 
 /// Most header fields in a response head or trailer section (hyper's default).
 const MAX_HEADERS: usize = 100;
+
+/// How many fields the gateway adds to a response head at most on the common path.
+const GATEWAY_FIELDS: usize = 6;
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +38,16 @@ pub struct Head {
 /// Parses one response head from the start of `buf`: `Ok(None)` when more bytes are needed,
 /// else the head and how many bytes it took.
 pub fn response_head(buf: &[u8], method: &Method) -> Result<Option<(Head, usize)>, H1Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Uninitialised: httparse writes only the fields it finds; initialising all 100 slots cost
+    // more than parsing a small head, on every call.
+    let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    // The default config, as `Response::parse` uses.
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut fields)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(H1Error::Malformed(parse_reason(e))),
@@ -59,7 +71,9 @@ pub fn response_head(buf: &[u8], method: &Method) -> Result<Option<(Head, usize)
 
 /// The header fields, their values sharing `head` (a copy of the head's bytes in `buf`).
 fn header_map(fields: &[httparse::Header<'_>], head: &Bytes, buf: &[u8]) -> Result<HeaderMap, H1Error> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the fields the gateway adds to every response (request id, latency headers,
+    // Server-Timing) without growing and rehashing the map.
+    let mut headers = HeaderMap::with_capacity(fields.len() + GATEWAY_FIELDS);
     for f in fields {
         let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| H1Error::Malformed("invalid header name"))?;
         let start = f.value.as_ptr() as usize - buf.as_ptr() as usize;

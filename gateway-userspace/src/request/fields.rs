@@ -1,0 +1,57 @@
+//! Header field helpers every layer may use on a request or response head.
+
+use http::{HeaderMap, HeaderName};
+
+/// Removes every field named in `names`, looking up only the names the map holds: one pass
+/// over the map's names (a few per request) instead of one hashed `remove` per listed name,
+/// which the request path paid for every owned name on every request.
+pub fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName]) {
+    // Names compare by length first (one bit per length): most of a request's names match
+    // none of the listed lengths, and comparing them byte by byte was this function's cost.
+    let lengths = names.iter().fold(0u64, |mask, n| mask | length_bit(n));
+    loop {
+        let listed = |k: &&HeaderName| lengths & length_bit(k) != 0 && names.contains(k);
+        let Some(name) = headers.keys().find(listed).cloned() else { return };
+        headers.remove(&name);
+    }
+}
+
+/// Whether the map holds any field named in `names` (the same length-first comparison).
+pub fn contains_any(headers: &HeaderMap, names: &[&HeaderName]) -> bool {
+    let lengths = names.iter().fold(0u64, |mask, n| mask | length_bit(n));
+    headers.keys().any(|k| lengths & length_bit(k) != 0 && names.contains(&k))
+}
+
+/// A name's length as one bit of a `u64` (lengths from 63 up share the last bit).
+fn length_bit(name: &HeaderName) -> u64 {
+    1 << name.as_str().len().min(63)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderValue, header};
+
+    use super::*;
+
+    #[test]
+    fn every_listed_field_goes_in_every_value() {
+        let [xff, xfh, xfp] = ["x-forwarded-for", "x-forwarded-host", "x-forwarded-port"].map(HeaderName::from_static);
+        let mut h = HeaderMap::new();
+        h.append(&xff, HeaderValue::from_static("1.2.3.4"));
+        h.append(&xff, HeaderValue::from_static("5.6.7.8"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        assert!(contains_any(&h, &[&xfp, &header::TE]) && !contains_any(&h, &[&xfp]));
+        remove_present(&mut h, &[&xff, &xfh, &header::TE, &xfp]);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+        // Long names share the last length bit and still compare in full.
+        let long = HeaderName::from_static("x-a-very-long-header-name-that-is-longer-than-sixty-four-bytes-x");
+        let other = HeaderName::from_static("x-a-very-long-header-name-that-is-longer-than-sixty-four-bytes-yy");
+        h.insert(&other, HeaderValue::from_static("1"));
+        h.insert(&long, HeaderValue::from_static("1"));
+        remove_present(&mut h, &[&long]);
+        assert!(h.contains_key(&other) && !h.contains_key(&long));
+    }
+}
