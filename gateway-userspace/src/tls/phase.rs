@@ -69,6 +69,12 @@ pub fn identity_headers() -> [&'static HeaderName; 7] {
     ]
 }
 
+/// Whether `name` is one of `identity_headers()` (all of them start with one of these).
+fn is_identity_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-client-cert-") || name.starts_with("x-consumer-")
+}
+
 impl crate::error::Refusal for ClientCertError {
     fn status(&self) -> http::StatusCode {
         match self {
@@ -124,8 +130,12 @@ impl Phase for ClientCertPhase {
     }
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx, head: &'a mut request::Parts) -> Step<'a> {
-        for name in identity_headers() {
-            head.headers.remove(name);
+        // One pass over the request's few names instead of seven hashed removes: clients
+        // almost never send these headers, and this runs on every request.
+        if head.headers.keys().any(is_identity_header) {
+            for name in identity_headers() {
+                head.headers.remove(name);
+            }
         }
         let conn = ctx.conn.clone();
         let status = ctx.client_cert.0;
@@ -262,6 +272,16 @@ mod tests {
         assert_eq!(header_value("CN=a,O=b"), "CN=a,O=b");
         assert_eq!(header_value("CN=Müller"), "CN=M%C3%BCller");
         assert_eq!(header_value("CN=a\r\nX-Evil: 1"), "CN=a%0D%0AX-Evil: 1");
+    }
+
+    #[test]
+    fn every_identity_header_is_recognised() {
+        for name in identity_headers() {
+            assert!(is_identity_header(name), "{name}");
+        }
+        assert!(is_identity_header(&HeaderName::from_static("x-consumer-other")));
+        assert!(!is_identity_header(&http::header::HOST));
+        assert!(!is_identity_header(&HeaderName::from_static("x-client-certificate")));
     }
 
     #[test]
