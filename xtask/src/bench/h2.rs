@@ -1,7 +1,8 @@
 //! `cargo xtask bench h2`: HTTP/2 clients — cleartext with prior knowledge, and TLS with ALPN
 //! h2 — in front of the same HTTP/1.1 upstream as `bench proxy`, through gatewayd, nginx and
-//! HAProxy 2.6 (each one worker/thread on the subject CPUs), and to the upstream directly (it
-//! speaks h2 itself: the baseline for added latency). Highest rate and CPU per request with
+//! HAProxy 2.6 (each one worker/thread on the subject CPUs), and to an origin nginx that answers
+//! h2 itself on the subject CPUs (the baseline for added latency: what the client would see with
+//! no proxy in front, on the same CPU, with the same TLS settings). Highest rate and CPU per request with
 //! h2load in two shapes (many streams on few connections, one stream on many), latency at a
 //! fixed rate with oha (`--http2`, open loop, latency-corrected: h2load reports no
 //! percentiles). Writes `bench/results/h2.md`.
@@ -39,7 +40,18 @@ const GATEWAYD: usize = 1;
 const NGINX: usize = 2;
 const HAPROXY: usize = 3;
 const PROXIES: [usize; 3] = [GATEWAYD, NGINX, HAPROXY];
-const NAMES: [&str; 4] = ["upstream direct", "gatewayd", "nginx", "haproxy"];
+const NAMES: [&str; 4] = ["origin direct", "gatewayd", "nginx", "haproxy"];
+
+/// TLS settings every subject gets, so that no subject wins by a cheaper cipher or group:
+/// TLS 1.3 only, rustls' default cipher suites in rustls' order (gatewayd has no cipher
+/// setting) and X25519 first. nginx and HAProxy would also offer TLS 1.2 and other groups by
+/// default, and HAProxy would pick by its own order (AES-256 where the others follow the
+/// client's AES-128); which suite and group were negotiated is read from h2load and must be the
+/// same for every subject (`tls_parameters`).
+const TLS13_SUITES: &str = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256";
+/// Session resumption as in `bench tls`: tickets (gatewayd's and HAProxy's default too).
+const NGINX_TLS: &str = "        ssl_protocols TLSv1.3;\n        ssl_ecdh_curve X25519:prime256v1:secp384r1;\n        \
+                         ssl_session_tickets on;\n        ssl_session_cache off;\n        ssl_session_timeout 12h;\n";
 
 /// How clients reach the subjects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +109,21 @@ pub struct ModeRuns {
     pub rate: u64,
     pub max: Vec<Vec<Vec<Measured<H2loadResult>>>>,
     pub fixed: Vec<Vec<Measured<OhaResult>>>,
+    /// The TLS version, cipher suite and group every subject negotiated (TLS mode).
+    pub tls: Option<String>,
+}
+
+/// The TLS parameters all subjects negotiated: one answer, or an error naming who differs (a
+/// subject with a cheaper cipher or group would not be compared like for like).
+fn tls_parameters(mode: Mode, warm: &[(&str, Option<String>)]) -> Result<Option<String>> {
+    let first = warm.first().and_then(|(_, tls)| tls.clone());
+    if mode == Mode::Tls && first.is_none() {
+        bail!("h2load did not report the negotiated TLS parameters");
+    }
+    if warm.iter().any(|(_, tls)| *tls != first) {
+        bail!("{}: the subjects negotiated different TLS parameters: {warm:?}", mode.title());
+    }
+    Ok(first)
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -117,20 +144,32 @@ pub fn run(opts: &Options) -> Result<()> {
     // HAProxy wants certificate and key in one file.
     let pem = certs.join("server.pem");
     fs::write(&pem, [fs::read(&crt)?, fs::read(&key)?].concat())?;
-    let ssl = format!("        ssl_certificate {};\n        ssl_certificate_key {};\n", crt.display(), key.display());
+    let ssl = format!(
+        "        ssl_certificate {};\n        ssl_certificate_key {};\n{NGINX_TLS}        ssl_conf_command Ciphersuites {TLS13_SUITES};\n",
+        crt.display(),
+        key.display()
+    );
 
-    // The upstream, with the load, on the load CPUs; it serves h2 itself for the direct runs.
-    let up = Ports::new()?;
-    let extra = format!("        listen {} http2;\n        listen {} ssl http2;\n{ssl}", up.h2c, up.tls);
-    let up_conf = proxy::nginx_upstream_conf_with(&dir.join("upstream"), up.h1, &extra, load_cpus.len(), nofile)?;
+    // The upstream of the proxies, with the load, on the load CPUs (HTTP/1.1 only).
+    let up = free_port()?;
+    let up_conf = proxy::nginx_upstream_conf(&dir.join("upstream"), up, load_cpus.len(), nofile)?;
     h.config("upstream: nginx.conf", "nginx", &dir.join("upstream/nginx.conf"), up_conf)?;
-    let upstream = h.start(NAMES[DIRECT], proxy::nginx_command(&load_cpus, &dir.join("upstream")), up.h1)?;
+    h.start("upstream", proxy::nginx_command(&load_cpus, &dir.join("upstream")), up)?;
+
+    // The direct baseline: the same origin answering h2c and h2 itself, pinned like the proxies
+    // (one worker on the subject CPUs). Served from the load CPUs, it would share a core with
+    // the load generator's TLS and come out slower than the proxies (negative added latency).
+    let or = Ports::new()?;
+    let extra = format!("        listen {} http2;\n        listen {} ssl http2;\n{ssl}", or.h2c, or.tls);
+    let or_conf = proxy::nginx_upstream_conf_with(&dir.join("origin"), or.h1, &extra, workers, nofile)?;
+    h.config("origin direct: nginx.conf", "nginx", &dir.join("origin/nginx.conf"), or_conf)?;
+    let origin = h.start(NAMES[DIRECT], proxy::nginx_command(&subject_cpus, &dir.join("origin")), or.h1)?;
 
     // gatewayd sniffs h2c on its plain listener; its TLS listener offers h2 and http/1.1.
     let gw = Ports::new()?;
     let gw = Ports { h2c: gw.h1, ..gw };
     let metrics = free_port()?;
-    let gw_conf = proxy::gatewayd_conf(gw.h1, metrics, up.h1, workers)
+    let gw_conf = proxy::gatewayd_conf(gw.h1, metrics, up, workers)
         + &format!(
             "\n[[listeners]]\nname = \"tls\"\nbind = \"{}\"\n\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
             gw.tls,
@@ -145,20 +184,24 @@ pub fn run(opts: &Options) -> Result<()> {
 
     let ng = Ports::new()?;
     let extra = format!("        listen {} http2;\n        listen {} ssl http2;\n{ssl}", ng.h2c, ng.tls);
-    let ng_conf = proxy::nginx_proxy_conf_with(&dir.join("nginx"), ng.h1, &extra, up.h1, workers, nofile)?;
+    let ng_conf = proxy::nginx_proxy_conf_with(&dir.join("nginx"), ng.h1, &extra, up, workers, nofile)?;
     h.config("nginx proxy: nginx.conf", "nginx", &dir.join("nginx/nginx.conf"), ng_conf)?;
     let ng_tree = h.start(NAMES[NGINX], proxy::nginx_command(&subject_cpus, &dir.join("nginx")), ng.h1)?;
 
     let ha = Ports::new()?;
-    let binds =
-        format!("    bind {} proto h2\n    bind {} ssl crt {} alpn h2,http/1.1\n", ha.h2c, ha.tls, pem.display());
+    let binds = format!(
+        "    bind {} proto h2\n    bind {} ssl crt {} alpn h2,http/1.1 ssl-min-ver TLSv1.3 ciphersuites {TLS13_SUITES} curves X25519:P-256:P-384 prefer-client-ciphers\n",
+        ha.h2c,
+        ha.tls,
+        pem.display()
+    );
     let ha_path = dir.join("haproxy.cfg");
-    h.config("haproxy.cfg", "haproxy", &ha_path, haproxy::conf_with(ha.h1, &binds, up.h1, &subject_cpus, nofile))?;
+    h.config("haproxy.cfg", "haproxy", &ha_path, haproxy::conf_with(ha.h1, &binds, up, &subject_cpus, nofile))?;
     let ha_tree = h.start(NAMES[HAPROXY], haproxy::command(&subject_cpus, &ha_path), ha.h1)?;
 
-    let ports = [up, gw, ng, ha];
-    let trees = [upstream, gw_tree, ng_tree, ha_tree];
-    let own = [gw_tree, ng_tree, ha_tree];
+    let ports = [or, gw, ng, ha];
+    let trees = [origin, gw_tree, ng_tree, ha_tree];
+    let own = trees;
     let duration = opts.duration(DEFAULT_SECS);
     let warmup = std::time::Duration::from_secs(WARMUP_SECS);
 
@@ -167,11 +210,15 @@ pub fn run(opts: &Options) -> Result<()> {
         eprintln!("xtask: bench h2: {}", mode.title());
         let subjects: Vec<Subject> =
             (0..NAMES.len()).map(|i| Subject { name: NAMES[i], addr: ports[i].of(mode), tree: trees[i] }).collect();
-        // Warm-up, and the check that every subject answers h2 with 2xx (h2load fails otherwise).
+        // Warm-up, and the check that every subject answers h2 with 2xx (h2load fails otherwise)
+        // and negotiated the same TLS.
+        let mut warm = Vec::new();
         for s in &subjects {
-            h2load::run(SHAPES[0], warmup, &load_cpus, &mode.url(s.addr))
+            let run = h2load::run(SHAPES[0], warmup, &load_cpus, &mode.url(s.addr))
                 .with_context(|| format!("{}: {} does not answer", mode.title(), s.name))?;
+            warm.push((s.name, run.tls));
         }
+        let tls = tls_parameters(mode, &warm)?;
         let mut max = Vec::new();
         for shape in SHAPES {
             max.push(h.interleave(opts.reps, &subjects, &own, |cpus, s| {
@@ -191,7 +238,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let args = mode.oha_args();
         let fixed =
             h.interleave(opts.reps, &subjects, &own, |cpus, s| oha.run_args(cpus, &mode.url(s.addr), &[], &args))?;
-        all.push(ModeRuns { mode, rate, max, fixed });
+        all.push(ModeRuns { mode, rate, max, fixed, tls });
     }
     let load_after = h.loadavg();
 
@@ -237,5 +284,16 @@ mod tests {
         assert_eq!(Mode::Cleartext.oha_args(), ["--http2", "-p", "4"]);
         assert_eq!(Mode::Tls.oha_args(), ["--http2", "-p", "4"]);
         assert_eq!(Mode::Tls.url("127.0.0.1:1".parse().unwrap()), "https://127.0.0.1:1/");
+    }
+
+    #[test]
+    fn subjects_must_negotiate_the_same_tls() {
+        let aes = Some("TLSv1.3 TLS_AES_256_GCM_SHA384 X25519".to_owned());
+        let chacha = Some("TLSv1.3 TLS_CHACHA20_POLY1305_SHA256 X25519".to_owned());
+        let same = [("a", aes.clone()), ("b", aes.clone())];
+        assert_eq!(tls_parameters(Mode::Tls, &same).unwrap(), aes);
+        assert!(tls_parameters(Mode::Tls, &[("a", aes.clone()), ("b", chacha)]).is_err());
+        assert!(tls_parameters(Mode::Tls, &[("a", None), ("b", None)]).is_err());
+        assert_eq!(tls_parameters(Mode::Cleartext, &[("a", None), ("b", None)]).unwrap(), None);
     }
 }

@@ -31,6 +31,9 @@ pub struct H2loadResult {
     pub rps: f64,
     /// Requests that failed, errored or timed out, plus non-2xx answers.
     pub failed: u64,
+    /// What TLS the connections negotiated ("TLSv1.3 TLS_AES_256_GCM_SHA384 X25519"), from
+    /// h2load's `TLS Protocol:`, `Cipher:` and `Server Temp Key:` lines; `None` for h2c.
+    pub tls: Option<String>,
 }
 
 /// `h2load -t T -c C -m M -D SECS URL`, one thread per load CPU, pinned there.
@@ -62,6 +65,7 @@ pub fn run(shape: Shape, duration: Duration, cpus: &CpuList, url: &str) -> Resul
 
 fn parse(out: &str) -> Result<H2loadResult> {
     let (mut rps, mut requests, mut failed, mut non_2xx) = (None, None, 0, None);
+    let mut tls: Vec<&str> = Vec::new();
     // "requests: 200 total, 200 started, 200 done, 198 succeeded, 2 failed, 2 errored, 0 timeout"
     let count = |line: &str, name: &str| -> Option<u64> {
         line.split(',').find_map(|part| part.trim().strip_suffix(name)?.trim().parse().ok())
@@ -76,6 +80,11 @@ fn parse(out: &str) -> Result<H2loadResult> {
         } else if let Some(rest) = line.strip_prefix("status codes: ") {
             // "200 2xx, 0 3xx, 0 4xx, 0 5xx"
             non_2xx = Some(["3xx", "4xx", "5xx"].iter().filter_map(|n| count(rest, n)).sum::<u64>());
+        } else if let Some(rest) = line.strip_prefix("TLS Protocol: ").or_else(|| line.strip_prefix("Cipher: ")) {
+            tls.push(rest.trim());
+        } else if let Some(rest) = line.strip_prefix("Server Temp Key: ") {
+            // "X25519 253 bits": the group's name.
+            tls.extend(rest.split_whitespace().next());
         }
     }
     let non_2xx = non_2xx.context("no `status codes:` line")?;
@@ -83,6 +92,7 @@ fn parse(out: &str) -> Result<H2loadResult> {
         requests: requests.context("no `requests:` line")?,
         rps: rps.context("no `finished in` line with req/s")?,
         failed: failed + non_2xx,
+        tls: (!tls.is_empty()).then(|| tls.join(" ")),
     })
 }
 
@@ -104,8 +114,14 @@ traffic: 6.16MB (6458432) total, 1.15MB (1204050) headers (space savings 95.74%)
 
     #[test]
     fn h2load_output_is_read() {
-        let expected = H2loadResult { requests: 200_610, rps: 40123.40, failed: 17 };
+        let expected = H2loadResult { requests: 200_610, rps: 40123.40, failed: 17, tls: None };
         assert_eq!(parse(OUT).ok(), Some(expected));
+        let tls = OUT.replace(
+            "\nfinished",
+            "\nTLS Protocol: TLSv1.3\nCipher: TLS_AES_256_GCM_SHA384\nServer Temp Key: X25519 253 bits\n\
+             Application protocol: h2\nfinished",
+        );
+        assert_eq!(parse(&tls).ok().and_then(|r| r.tls).as_deref(), Some("TLSv1.3 TLS_AES_256_GCM_SHA384 X25519"));
         assert!(parse("connect to 127.0.0.1:1 failed").is_err());
     }
 

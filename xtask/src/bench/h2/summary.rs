@@ -129,7 +129,8 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
     }
     rep.paragraph(
         "¹ CPU time (user + system) of the subject's process tree divided by the requests it served during the \
-         run; for \"upstream direct\" that is the upstream nginx serving h2 itself (on the load CPUs).",
+         run; for \"origin direct\" that is an nginx answering h2 itself (`return 200 \"ok\"`) on the subject \
+         CPUs, with the same TLS settings: the baseline of \"added\" latency.",
     );
     rep.paragraph(
         "Where gatewayd's instructions per HTTP/2 request go (callgrind, with the command to re-run it) and \
@@ -195,8 +196,12 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
     let o = setup.opts;
     let mut rows = report::proxy_setup_rows(&setup.machine, &setup.plan);
     rows.extend([
-            vec!["upstream".into(), "nginx, `return 200 \"ok\"`, HTTP/1.1 keep-alive to the proxies; h2c and h2 itself for the direct runs".into()],
-            vec!["TLS".into(), "one ECDSA P-256 certificate (`gatewayd certs init`), each subject's default TLS settings".into()],
+            vec!["upstream".into(), "nginx, `return 200 \"ok\"`, HTTP/1.1 keep-alive to the proxies, on the load CPUs".into()],
+            vec!["origin direct".into(), "the same nginx `return 200 \"ok\"` answering h2c and h2 itself, one worker on the subject CPUs".into()],
+            vec!["TLS".into(), format!(
+                "one ECDSA P-256 certificate (`gatewayd certs init`) for all; TLS 1.3 only, rustls' cipher suites and groups for nginx and HAProxy too; negotiated by every subject: {}",
+                modes.iter().find_map(|m| m.tls.as_deref()).unwrap_or("–")
+            )],
             vec![
                 "runs".into(),
                 format!(
