@@ -161,6 +161,9 @@ impl Validator<'_> {
         if f.threshold == 0 {
             self.problem(at("threshold"), "must be at least 1");
         }
+        if f.empty_connection_threshold == 0 {
+            self.problem(at("empty_connection_threshold"), "must be at least 1");
+        }
         if f.window.is_zero() {
             self.problem(at("window"), "must be greater than zero");
         }
@@ -177,12 +180,15 @@ impl Validator<'_> {
                 Some(_) => self.problem(at("reasons").index(i), format!("{r:?} is listed twice")),
                 None => self.problem(
                     at("reasons").index(i),
-                    format!("unknown reason {r:?}: expected \"auth\", \"rate_limit\" or \"not_found\""),
+                    format!(
+                        "unknown reason {r:?}: expected \"auth\", \"rate_limit\", \"not_found\" or \"empty_connection\""
+                    ),
                 ),
             }
         }
         f.enabled.then(|| FeedbackSpec {
             threshold: f.threshold.max(1),
+            empty_connection_threshold: f.empty_connection_threshold.max(1),
             window: f.window,
             block_for: f.block_for,
             reasons,
@@ -307,6 +313,10 @@ reasons = ["auth"]
         assert!(problem("[xdp.feedback]\nenabled = true\n", "xdp.feedback.enabled").contains("needs xdp.enabled"));
         assert!(
             problem("[xdp.feedback]\nreasons = [\"teapot\"]\n", "xdp.feedback.reasons[0]").contains("unknown reason")
+        );
+        assert!(
+            problem("[xdp.feedback]\nempty_connection_threshold = 0\n", "xdp.feedback.empty_connection_threshold")
+                .contains("at least 1")
         );
         assert!(problem("[server]\nworkers = 300\nsteering = \"cpu\"\n", "server.steering").contains("at most 256"));
         let unknown = load("[xdp]\nenabeld = true\n").expect_err("unknown key");
