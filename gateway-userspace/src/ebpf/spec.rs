@@ -30,6 +30,9 @@ pub struct XdpSpec {
     pub syn_limit: Option<RateSpec>,
     pub feedback: Option<FeedbackSpec>,
     pub steering: NicSteeringPolicy,
+    /// UDP destination ports dropped in the guard: the TCP listeners' ports (gatewayd serves no
+    /// UDP; a future UDP listener's ports must be left out), unless `drop_udp_to_listeners = false`.
+    pub closed_udp_ports: Vec<u16>,
 }
 
 /// `[xdp] steering`: whether the XDP program steers each client's packets to its worker's CPU.

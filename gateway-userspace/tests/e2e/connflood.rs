@@ -1,10 +1,11 @@
 //! The guard against floods that its per-source packet and SYN buckets let through (issue 15):
 //! a source that keeps opening real connections and closing them before any request is put in
 //! the XDP deny list by `[xdp.feedback]` (reason `empty_connection`), while a client whose
-//! connections carry requests is served throughout. Needs root (network namespaces, XDP).
+//! connections carry requests is served throughout; UDP to the listener's port (gatewayd serves
+//! TCP only) is dropped in XDP, other UDP is not. Needs root (network namespaces, XDP).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -76,4 +77,34 @@ fn sources_that_open_connections_without_requests_are_blocked_in_xdp() {
         5.0,
         "a request-carrying connection was counted as empty"
     );
+}
+
+#[test]
+fn udp_to_the_listener_port_is_dropped_in_xdp() {
+    let net = VethPair::new("cu", 45, 1);
+    let client = net.clients[0];
+    let pins = PinDir::new("cu");
+    let xdp = format!(
+        "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-skb\"\npin_path = \"{}\"\n",
+        pins.0.display()
+    );
+    let gw = NsGateway::start(&net.gw, net.gw_addr, &xdp);
+    let dst = SocketAddr::from((net.gw_addr, HTTP_PORT));
+    let dropped = || gw.metric("gateway_xdp_packets_total", &[("iface", GW_IF), ("verdict", "drop_udp_closed")]);
+    let send = |port: u16, n: usize| {
+        let to = SocketAddr::from((net.gw_addr, port));
+        net.peer.run(move || {
+            let socket = UdpSocket::bind((client, 0)).expect("bind");
+            for _ in 0..n {
+                socket.send_to(b"junk", to).expect("send");
+            }
+        })
+    };
+    send(9, 20);
+    assert_eq!(get_from(&net.peer, client, dst, "/demo/hello", SHORT), Ok(200));
+    assert_eq!(dropped(), 0.0, "udp to a port gatewayd does not listen on was dropped as closed");
+    send(HTTP_PORT, 20);
+    eventually(Duration::from_secs(5), || (dropped() >= 20.0).then_some(()))
+        .unwrap_or_else(|| panic!("udp to the listener port not dropped:\n{}", gw.scrape()));
+    assert_eq!(get_from(&net.peer, client, dst, "/demo/hello", SHORT), Ok(200), "tcp to the same port refused");
 }

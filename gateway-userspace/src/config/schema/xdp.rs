@@ -56,6 +56,11 @@ pub struct XdpSection {
     pub syn_limit: XdpRateSection,
     #[serde(default)]
     pub feedback: XdpFeedbackSection,
+    /// Drop UDP to the ports of gatewayd's listeners (it serves TCP only there: such UDP is a
+    /// flood or junk). Turn off if another program on this host serves UDP on one of those ports.
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub drop_udp_to_listeners: bool,
     /// `"off"` or `"cpumap"`: steer each client's TCP packets to its worker's CPU in XDP (native
     /// XDP only; needs `server.steering = "client_hash"` and `server.pin_workers`). Default: off.
     #[serde(default)]
@@ -79,6 +84,7 @@ impl Default for XdpSection {
             rate_limit: XdpRateSection::default(),
             syn_limit: XdpRateSection::default(),
             feedback: XdpFeedbackSection::default(),
+            drop_udp_to_listeners: true,
             steering: NicSteeringPolicy::default(),
         }
     }
@@ -142,6 +148,9 @@ impl Default for XdpFeedbackSection {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_mode() -> String {
     "auto".into()
 }

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use super::{Validator, root};
 use crate::{
     config::{
-        FeedbackReason, FeedbackSpec, RateSpec, XdpSpec,
+        FeedbackReason, FeedbackSpec, ListenerSpec, RateSpec, XdpSpec,
         schema::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection},
     },
     ebpf::NicSteeringPolicy,
@@ -18,7 +18,8 @@ use crate::{
 const MAX_RATE: u64 = 1_000_000_000;
 
 impl Validator<'_> {
-    pub(super) fn xdp(&mut self, x: &XdpSection) -> XdpSpec {
+    /// `listeners`: the validated listeners, whose ports the guard closes to UDP.
+    pub(super) fn xdp(&mut self, x: &XdpSection, listeners: &[ListenerSpec]) -> XdpSpec {
         let path = |key: &str| root("xdp").key(key);
         if x.enabled && x.interfaces.is_empty() {
             self.problem(path("interfaces"), "at least one interface is required when xdp.enabled is true");
@@ -95,6 +96,7 @@ impl Validator<'_> {
             syn_limit,
             feedback,
             steering: x.steering,
+            closed_udp_ports: if x.drop_udp_to_listeners { listener_ports(listeners) } else { Vec::new() },
         }
     }
 
@@ -205,6 +207,14 @@ impl Validator<'_> {
     }
 }
 
+/// The listeners' ports, sorted, once each.
+fn listener_ports(listeners: &[ListenerSpec]) -> Vec<u16> {
+    let mut ports: Vec<u16> = listeners.iter().map(|l| l.addr.port()).filter(|p| *p != 0).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, ConfigError, FeedbackReason, Problem, RateSpec, SteeringPolicy};
@@ -291,6 +301,7 @@ reasons = ["auth"]
         let f = x.feedback.as_ref().unwrap();
         assert_eq!((f.threshold, f.reasons.as_slice()), (5, &[FeedbackReason::Auth][..]));
         assert_eq!(c.server.steering, SteeringPolicy::ClientHash);
+        assert!(!x.closed_udp_ports.is_empty(), "listener ports are closed to UDP by default");
     }
 
     #[test]
