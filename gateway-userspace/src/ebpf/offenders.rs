@@ -68,6 +68,9 @@ struct Policy {
 struct Window {
     start: Instant,
     count: u32,
+    /// A block was asked for in this window (asked again at the next report while the
+    /// maintenance thread's queue is full, so a burst of offenders is not forgotten).
+    requested: bool,
 }
 
 /// A source to block, sent to the guard's maintenance thread.
@@ -137,17 +140,19 @@ impl Offenders {
                 return;
             }
         }
-        let w = windows.entry((ip, count)).or_insert(Window { start: now, count: 0 });
+        let fresh = Window { start: now, count: 0, requested: false };
+        let w = windows.entry((ip, count)).or_insert(fresh);
         if now.duration_since(w.start) >= policy.spec.window {
-            *w = Window { start: now, count: 0 };
+            *w = Window { start: now, count: 0, requested: false };
         }
         w.count += 1;
-        if w.count == threshold {
+        if w.count >= threshold && !w.requested {
             let offence = Offence { ip, reason, count: w.count };
-            // Never blocks a request: when the maintenance thread is behind, the next refusal
-            // in a new window tries again.
-            if self.commands.try_send(Command::Block(offence)).is_err() {
-                tracing::warn!(%ip, "xdp feedback: block request dropped (maintenance thread busy)");
+            // Never blocks a request: when the maintenance thread is behind, the source's next
+            // report asks again.
+            w.requested = self.commands.try_send(Command::Block(offence)).is_ok();
+            if !w.requested {
+                tracing::warn!(%ip, "xdp feedback: block request deferred (maintenance thread busy)");
             }
         }
     }
@@ -239,6 +244,22 @@ mod tests {
         }
         let reported: Vec<_> = o.reported().filter(|(_, n)| *n > 0).collect();
         assert_eq!(reported, [(FeedbackReason::Auth, 1), (FeedbackReason::EmptyConnection, 3)]);
+    }
+
+    #[test]
+    fn a_block_request_the_full_queue_refused_is_asked_again() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let o = Offenders::new(tx);
+        o.set_policy(Some(&spec(1)), Vec::new());
+        o.report("192.0.2.1".parse().unwrap(), FeedbackReason::Auth);
+        let late: IpAddr = "192.0.2.2".parse().unwrap();
+        o.report(late, FeedbackReason::Auth); // the queue is full: deferred
+        assert!(matches!(rx.try_recv(), Ok(Command::Block(Offence { count: 1, .. }))));
+        o.report(late, FeedbackReason::Auth);
+        match rx.try_recv() {
+            Ok(Command::Block(Offence { ip, count: 2, .. })) => assert_eq!(ip, late),
+            other => panic!("expected the deferred block, got {other:?}"),
+        }
     }
 
     #[test]
