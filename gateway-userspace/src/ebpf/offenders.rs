@@ -44,12 +44,14 @@ const SHARDS: usize = 16;
 pub struct Offenders {
     policy: ArcSwapOption<Policy>,
     /// Windows per source and kind of count (refusals, empty connections).
-    shards: Box<[Mutex<HashMap<(IpAddr, Count), Window>>]>,
+    shards: Box<[Mutex<Windows>]>,
     hasher: RandomState,
     commands: SyncSender<Command>,
     /// Reports counted, by reason (index in `FeedbackReason::ALL`).
     reported: [AtomicU64; FeedbackReason::ALL.len()],
 }
+
+type Windows = HashMap<(IpAddr, Count), Window>;
 
 /// What a window counts: each has its own threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
