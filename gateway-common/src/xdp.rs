@@ -35,6 +35,12 @@ pub const DENY_MAP: &str = "GW_DENY";
 pub const LISTED_MAP: &str = "GW_LISTED";
 /// Per-CPU array, one [`NewSourceWindow`]: this CPU's budget of busy evictions.
 pub const NEW_SOURCES_MAP: &str = "GW_NEWSRC";
+/// Array of [`UDP_PORT_WORDS`] `u64`: one bit per UDP destination port that nothing on this
+/// host serves over UDP but a gatewayd TCP listener uses (see [`flags::UDP_CLOSED`]). Not
+/// pinned: written in full at every load and reload.
+pub const UDP_CLOSED_MAP: &str = "GW_UDP_CLOSED";
+/// Size of [`UDP_CLOSED_MAP`]: 65,536 ports, 64 per word.
+pub const UDP_PORT_WORDS: u32 = 65_536 / 64;
 /// Array of two `u64`: jiffies and CLOCK_MONOTONIC ns, as [`CLOCK_PROGRAM`] last read them.
 pub const CLOCK_MAP: &str = "GW_CLOCK";
 
@@ -71,8 +77,9 @@ const fn first16(word: u32) -> u32 {
 /// Counters are kept per interface: slot = ifindex when below this, else slot 0 (ifindex 0
 /// never names a device, so slot 0 collects the rare interfaces with larger indexes).
 pub const IFINDEX_SLOTS: u32 = 256;
-/// Counters per interface slot: the six verdicts, then the new-source guard's two outcomes.
-pub const COUNTERS_PER_SLOT: u32 = 8;
+/// Counters per interface slot: six verdicts, the new-source guard's two outcomes, then the
+/// verdicts added since ([`Verdict::DropUdpClosed`]).
+pub const COUNTERS_PER_SLOT: u32 = 9;
 /// Size of [`COUNTERS_MAP`].
 pub const COUNTER_ENTRIES: u32 = IFINDEX_SLOTS * COUNTERS_PER_SLOT;
 
@@ -110,10 +117,13 @@ pub enum Verdict {
     PassAllowList = 4,
     /// A header the frame announces is cut short or impossible (see the parser's table).
     DropMalformed = 5,
+    /// UDP to a port of a gatewayd TCP listener, where nothing serves UDP. (Index 8: 6 and 7 are
+    /// the new-source counters.)
+    DropUdpClosed = 8,
 }
 
 /// Number of [`Verdict`] variants.
-pub const VERDICT_COUNT: u32 = 6;
+pub const VERDICT_COUNT: u32 = 7;
 
 impl Verdict {
     /// Every verdict, in index order.
@@ -124,6 +134,7 @@ impl Verdict {
         Verdict::DropDenyList,
         Verdict::PassAllowList,
         Verdict::DropMalformed,
+        Verdict::DropUdpClosed,
     ];
 
     /// The `verdict` label value used in metrics.
@@ -135,6 +146,7 @@ impl Verdict {
             Verdict::DropDenyList => "drop_denylist",
             Verdict::PassAllowList => "pass_allowlist",
             Verdict::DropMalformed => "drop_malformed",
+            Verdict::DropUdpClosed => "drop_udp_closed",
         }
     }
 
@@ -142,7 +154,11 @@ impl Verdict {
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
-            Verdict::DropRateLimit | Verdict::DropSynRateLimit | Verdict::DropDenyList | Verdict::DropMalformed
+            Verdict::DropRateLimit
+                | Verdict::DropSynRateLimit
+                | Verdict::DropDenyList
+                | Verdict::DropMalformed
+                | Verdict::DropUdpClosed
         )
     }
 }
@@ -159,6 +175,9 @@ pub mod flags {
     pub const RATE: u64 = 1 << 3;
     /// Per-source SYN bucket.
     pub const SYN: u64 = 1 << 4;
+    /// Drop UDP to the ports marked in [`super::UDP_CLOSED_MAP`] (gatewayd serves TCP only: a
+    /// UDP flood at its port would otherwise cost the kernel a socket lookup and an ICMP error each).
+    pub const UDP_CLOSED: u64 = 1 << 5;
 }
 
 /// The guard's settings, written by the daemon into [`CONFIG_MAP`] (index 0). All zero (the
@@ -361,7 +380,9 @@ mod tests {
 
     #[test]
     fn counter_slots() {
-        assert_eq!(counter_index(1, Verdict::DropDenyList as u32), 8 + 3);
+        assert_eq!(counter_index(1, Verdict::DropDenyList as u32), COUNTERS_PER_SLOT + 3);
+        assert!(Verdict::ALL.iter().all(|v| (*v as u32) < COUNTERS_PER_SLOT));
+        assert!(Verdict::ALL.iter().all(|v| *v as u32 != NEW_SOURCE_INSERTED && *v as u32 != NEW_SOURCE_OVER_CAP));
         assert_eq!(counter_index(IFINDEX_SLOTS + 7, NEW_SOURCE_OVER_CAP), 7);
         assert!(counter_index(IFINDEX_SLOTS - 1, NEW_SOURCE_OVER_CAP) < COUNTER_ENTRIES);
     }

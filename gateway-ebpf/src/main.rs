@@ -1,7 +1,8 @@
 //! The guard: one XDP program and one TC ingress classifier with the same logic, plus an empty
 //! XDP program (the benchmark's floor). Pipeline per frame: parse → list prefilter (is any allow
 //! or deny prefix in the source's /16?) → allow list (bypass) → deny list (drop) → new-source
-//! guard → per-source packet bucket and SYN bucket → pass. The buckets live in a set-associative
+//! guard → per-source packet bucket and SYN bucket → pass. UDP to a gatewayd TCP listener's port
+//! (nothing serves UDP there) is dropped after the lists, before the buckets. The buckets live in a set-associative
 //! array table (`sources.rs`), not an LRU hash: no helper call on the pass path.
 //!
 //! Must load on Linux 5.10: no atomic whose result is used, bounded loops only, no helpers newer
@@ -36,7 +37,7 @@ use gateway_common::{
     gcra,
     xdp::{
         COUNTER_ENTRIES, DenyEntry, GuardConfig, LISTED_WORDS, MAX_LIST_ENTRIES, NEW_SOURCE_INSERTED,
-        NEW_SOURCE_OVER_CAP, SourceKey, SourceState, Verdict, counter_index, flags, list_bucket,
+        NEW_SOURCE_OVER_CAP, SourceKey, SourceState, UDP_PORT_WORDS, Verdict, counter_index, flags, list_bucket,
     },
 };
 use parse::Parsed;
@@ -55,6 +56,9 @@ static DENY: LpmTrie<[u32; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_LIST_E
 
 #[map(name = "GW_LISTED")]
 static LISTED: Array<u64> = Array::with_max_entries(LISTED_WORDS, 0);
+
+#[map(name = "GW_UDP_CLOSED")]
+static UDP_CLOSED: Array<u64> = Array::with_max_entries(UDP_PORT_WORDS, 0);
 
 #[map(name = "GW_CLOCK")]
 static CLOCK: Array<u64> = Array::with_max_entries(2, 0);
@@ -137,11 +141,12 @@ fn classify(data: usize, end: usize, ifindex: u32) -> Verdict {
     if f & flags::ENABLED == 0 {
         return Verdict::Pass;
     }
-    let (addr, v4, syn) = match parse::parse(data, end) {
+    let (addr, v4, l4) = match parse::parse(data, end) {
         Parsed::NotIp => return Verdict::Pass,
         Parsed::Malformed => return Verdict::DropMalformed,
-        Parsed::Ip { addr, v4, syn } => (addr, v4, syn),
+        Parsed::Ip { addr, v4, l4 } => (addr, v4, l4),
     };
+    let syn = l4.syn;
     if f & (flags::ALLOW | flags::DENY) != 0 && listed(&addr) {
         let lpm = Key::new(128, addr);
         if f & flags::ALLOW != 0 && ALLOW.get(&lpm).is_some() {
@@ -150,6 +155,9 @@ fn classify(data: usize, end: usize, ifindex: u32) -> Verdict {
         if f & flags::DENY != 0 && denied(&lpm) {
             return Verdict::DropDenyList;
         }
+    }
+    if l4.udp_port != 0 && f & flags::UDP_CLOSED != 0 && udp_closed(l4.udp_port) {
+        return Verdict::DropUdpClosed;
     }
     if f & (flags::RATE | flags::SYN) == 0 {
         return Verdict::Pass;
@@ -180,6 +188,15 @@ fn listed(addr: &[u32; 4]) -> bool {
         Some(word) => (*word >> (bucket % 64)) & 1 != 0,
         // Cannot happen (the index is in range); looking the lists up is the safe answer.
         None => true,
+    }
+}
+
+/// Whether UDP to `port` is dropped: an inlined array read and a bit test (UDP packets only).
+#[inline(always)]
+fn udp_closed(port: u16) -> bool {
+    match UDP_CLOSED.get(u32::from(port) / 64) {
+        Some(word) => (*word >> (port % 64)) & 1 != 0,
+        None => false,
     }
 }
 

@@ -13,6 +13,8 @@
 //! | a non-first fragment (IPv4 offset ≠ 0, IPv6 fragment offset ≠ 0) | IP, not a SYN |
 //! | TCP header < 20 bytes, data offset < 5 or past the frame; UDP header < 8 bytes | malformed |
 //! | other IP protocols (ICMP, …) | IP, not a SYN |
+//!
+//! A UDP datagram's destination port is reported (first fragments only) for the closed-UDP check.
 
 use core::ptr::read;
 
@@ -42,9 +44,21 @@ pub enum Parsed {
     NotIp,
     /// See the module table.
     Malformed,
-    /// An IP packet: its source (mapped form for IPv4) and whether it opens a TCP connection.
-    Ip { addr: [u32; 4], v4: bool, syn: bool },
+    /// An IP packet: its source (mapped form for IPv4) and what the guard needs of layer 4.
+    Ip { addr: [u32; 4], v4: bool, l4: L4 },
 }
+
+/// Layer 4 as the guard sees it.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    /// A TCP SYN without ACK: opens a connection.
+    pub syn: bool,
+    /// The destination port of a UDP datagram; 0 for anything else (port 0 is never served).
+    pub udp_port: u16,
+}
+
+/// Neither a SYN nor UDP (or no transport header to read).
+const OTHER: L4 = L4 { syn: false, udp_port: 0 };
 
 #[inline(always)]
 pub(crate) fn has(at: usize, len: usize, end: usize) -> bool {
@@ -135,10 +149,10 @@ fn ipv4(ip: usize, end: usize) -> Parsed {
     let protocol = unsafe { u8_at(ip + 9) };
     let fragment_offset = unsafe { be16_at(ip + 6) } & 0x1fff;
     if fragment_offset != 0 {
-        return Parsed::Ip { addr, v4: true, syn: false };
+        return Parsed::Ip { addr, v4: true, l4: OTHER };
     }
     match transport(protocol, ip + ihl, end) {
-        Some(syn) => Parsed::Ip { addr, v4: true, syn },
+        Some(l4) => Parsed::Ip { addr, v4: true, l4 },
         None => Parsed::Malformed,
     }
 }
@@ -173,7 +187,7 @@ fn ipv6(ip: usize, end: usize) -> Parsed {
                     return Parsed::Malformed;
                 }
                 if unsafe { be16_at(at + 2) } & 0xfff8 != 0 {
-                    return Parsed::Ip { addr, v4: false, syn: false };
+                    return Parsed::Ip { addr, v4: false, l4: OTHER };
                 }
                 8
             }
@@ -184,17 +198,17 @@ fn ipv6(ip: usize, end: usize) -> Parsed {
     }
     if matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT) {
         // Too many extension headers to find the transport header: judged by source only.
-        return Parsed::Ip { addr, v4: false, syn: false };
+        return Parsed::Ip { addr, v4: false, l4: OTHER };
     }
     match transport(next, at, end) {
-        Some(syn) => Parsed::Ip { addr, v4: false, syn },
+        Some(l4) => Parsed::Ip { addr, v4: false, l4 },
         None => Parsed::Malformed,
     }
 }
 
-/// `Some(is_syn)`, or `None` when the TCP/UDP header is cut short or impossible.
+/// `None` when the TCP/UDP header is cut short or impossible.
 #[inline(always)]
-fn transport(protocol: u8, l4: usize, end: usize) -> Option<bool> {
+fn transport(protocol: u8, l4: usize, end: usize) -> Option<L4> {
     match protocol {
         IPPROTO_TCP => {
             if !has(l4, 20, end) {
@@ -205,9 +219,14 @@ fn transport(protocol: u8, l4: usize, end: usize) -> Option<bool> {
                 return None;
             }
             let flags = unsafe { u8_at(l4 + 13) };
-            Some(flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+            Some(L4 { syn: flags & (TCP_SYN | TCP_ACK) == TCP_SYN, udp_port: 0 })
         }
-        IPPROTO_UDP => has(l4, 8, end).then_some(false),
-        _ => Some(false),
+        IPPROTO_UDP => {
+            if !has(l4, 8, end) {
+                return None;
+            }
+            Some(L4 { syn: false, udp_port: unsafe { be16_at(l4 + 2) } })
+        }
+        _ => Some(OTHER),
     }
 }

@@ -16,6 +16,7 @@ mod e2e {
     mod client_address;
     mod config_cli;
     mod conformance;
+    mod connflood;
     mod cpusteer;
     mod h2_flood;
     mod handover;

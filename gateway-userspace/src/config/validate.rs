@@ -93,7 +93,7 @@ impl Validator<'_> {
         };
         let admin_socket = (!f.admin.socket.is_empty()).then(|| PathBuf::from(&f.admin.socket));
         let mcp_listen = self.mcp_listen(&f.admin, &listeners);
-        let xdp = self.xdp(&f.xdp);
+        let xdp = self.xdp(&f.xdp, &listeners);
         self.nic_steering(&xdp, &server);
         let auth = Arc::new(self.auth(&f, &consumers));
         let redis = self.redis(&f);

@@ -22,6 +22,7 @@ use ipnet::IpNet;
 
 mod clock;
 mod sources;
+mod udp;
 
 use super::{
     Counters, EbpfError, PinLock,

@@ -87,6 +87,17 @@ impl Collector for EbpfCollector {
                 .map(|(origin, i)| (vec![("origin", origin.to_owned())], ConstGauge::new(snap.deny_entries[i] as i64)))
                 .collect();
             family(&mut encoder, "gateway_xdp_deny_entries", "Deny-list entries in force, by origin", &entries)?;
+            let reports: Vec<_> = xdp
+                .offenders()
+                .reported()
+                .map(|(reason, n)| (vec![("reason", reason.label().to_owned())], ConstCounter::new(n)))
+                .collect();
+            family(
+                &mut encoder,
+                "gateway_xdp_feedback_reports",
+                "Events counted against sources by [xdp.feedback] (L7 refusals, connections closed without a request), by reason",
+                &reports,
+            )?;
         }
         if let Some(steering) = &self.steering {
             let (per_worker, fallback) = steering.counts();

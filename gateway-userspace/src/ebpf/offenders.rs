@@ -8,6 +8,11 @@
 //! right status is enough. Code outside the request pipeline (a TLS handshake failure, say) calls
 //! `report` directly with the TCP peer address.
 //!
+//! Connections that end before a complete request (`EmptyConnection`, reported by the listener)
+//! are counted in windows of their own against `empty_connection_threshold`: a connection flood
+//! from a few hundred sources shows no refusal at all, and a client's few preconnects must not
+//! add up with its refusals.
+//!
 //! The peer address is what counts, never `X-Forwarded-For`: the guard sees packets, and
 //! blocking a client behind a proxy would block the proxy. Peers in `server.trusted_proxies` and
 //! in the allow list are never reported.
@@ -16,7 +21,11 @@ use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
     net::IpAddr,
-    sync::{Arc, Mutex, mpsc::SyncSender},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc::SyncSender,
+    },
     time::Instant,
 };
 
@@ -34,9 +43,21 @@ const SHARDS: usize = 16;
 /// Counts refusals per source and asks the guard to block a source that crosses the threshold.
 pub struct Offenders {
     policy: ArcSwapOption<Policy>,
-    shards: Box<[Mutex<HashMap<IpAddr, Window>>]>,
+    /// Windows per source and kind of count (refusals, empty connections).
+    shards: Box<[Mutex<Windows>]>,
     hasher: RandomState,
     commands: SyncSender<Command>,
+    /// Reports counted, by reason (index in `FeedbackReason::ALL`).
+    reported: [AtomicU64; FeedbackReason::ALL.len()],
+}
+
+type Windows = HashMap<(IpAddr, Count), Window>;
+
+/// What a window counts: each has its own threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Count {
+    Refusals,
+    EmptyConnections,
 }
 
 struct Policy {
@@ -49,6 +70,9 @@ struct Policy {
 struct Window {
     start: Instant,
     count: u32,
+    /// A block was asked for in this window (asked again at the next report while the
+    /// maintenance thread's queue is full, so a burst of offenders is not forgotten).
+    requested: bool,
 }
 
 /// A source to block, sent to the guard's maintenance thread.
@@ -66,6 +90,7 @@ impl Offenders {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             commands,
+            reported: Default::default(),
         }
     }
 
@@ -82,6 +107,11 @@ impl Offenders {
         self.policy.load().is_some()
     }
 
+    /// Reports counted so far (counted reasons, non-exempt peers), by reason.
+    pub fn reported(&self) -> impl Iterator<Item = (FeedbackReason, u64)> + '_ {
+        FeedbackReason::ALL.into_iter().zip(self.reported.iter().map(|n| n.load(Ordering::Relaxed)))
+    }
+
     /// One refusal of `peer` (the TCP peer address) for `reason`.
     pub fn report(&self, peer: IpAddr, reason: FeedbackReason) {
         let guard = self.policy.load();
@@ -93,11 +123,18 @@ impl Offenders {
         if policy.exempt.iter().any(|net| net.contains(&ip)) {
             return;
         }
+        if let Some(i) = FeedbackReason::ALL.iter().position(|r| *r == reason) {
+            self.reported[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let (count, threshold) = match reason {
+            FeedbackReason::EmptyConnection => (Count::EmptyConnections, policy.spec.empty_connection_threshold),
+            _ => (Count::Refusals, policy.spec.threshold),
+        };
         let now = Instant::now();
         let shard = &self.shards[self.hasher.hash_one(ip) as usize % SHARDS];
         let mut windows = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let per_shard = policy.spec.max_tracked.div_ceil(SHARDS).max(1);
-        if !windows.contains_key(&ip) && windows.len() >= per_shard {
+        if !windows.contains_key(&(ip, count)) && windows.len() >= per_shard {
             let window = policy.spec.window;
             windows.retain(|_, w| now.duration_since(w.start) < window);
             if windows.len() >= per_shard {
@@ -105,17 +142,19 @@ impl Offenders {
                 return;
             }
         }
-        let w = windows.entry(ip).or_insert(Window { start: now, count: 0 });
+        let fresh = Window { start: now, count: 0, requested: false };
+        let w = windows.entry((ip, count)).or_insert(fresh);
         if now.duration_since(w.start) >= policy.spec.window {
-            *w = Window { start: now, count: 0 };
+            *w = Window { start: now, count: 0, requested: false };
         }
         w.count += 1;
-        if w.count == policy.spec.threshold {
+        if w.count >= threshold && !w.requested {
             let offence = Offence { ip, reason, count: w.count };
-            // Never blocks a request: when the maintenance thread is behind, the next refusal
-            // in a new window tries again.
-            if self.commands.try_send(Command::Block(offence)).is_err() {
-                tracing::warn!(%ip, "xdp feedback: block request dropped (maintenance thread busy)");
+            // Never blocks a request: when the maintenance thread is behind, the source's next
+            // report asks again.
+            w.requested = self.commands.try_send(Command::Block(offence)).is_ok();
+            if !w.requested {
+                tracing::warn!(%ip, "xdp feedback: block request deferred (maintenance thread busy)");
             }
         }
     }
@@ -153,6 +192,7 @@ mod tests {
     fn spec(threshold: u32) -> FeedbackSpec {
         FeedbackSpec {
             threshold,
+            empty_connection_threshold: threshold + 1,
             window: Duration::from_secs(60),
             block_for: Duration::from_secs(600),
             reasons: vec![FeedbackReason::Auth, FeedbackReason::NotFound],
@@ -185,6 +225,43 @@ mod tests {
             o.report("10.1.2.3".parse().unwrap(), FeedbackReason::Auth);
         }
         assert!(rx.try_recv().is_err(), "exempt sources are never reported");
+    }
+
+    #[test]
+    fn empty_connections_count_apart_against_their_own_threshold() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let o = Offenders::new(tx);
+        let mut s = spec(2);
+        s.reasons.push(FeedbackReason::EmptyConnection);
+        o.set_policy(Some(&s), Vec::new());
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        o.report(ip, FeedbackReason::Auth);
+        o.report(ip, FeedbackReason::EmptyConnection);
+        o.report(ip, FeedbackReason::EmptyConnection);
+        assert!(rx.try_recv().is_err(), "one refusal and two empty connections: no threshold crossed");
+        o.report(ip, FeedbackReason::EmptyConnection);
+        match rx.try_recv() {
+            Ok(Command::Block(Offence { reason: FeedbackReason::EmptyConnection, count: 3, .. })) => {}
+            other => panic!("expected a block for empty connections, got {other:?}"),
+        }
+        let reported: Vec<_> = o.reported().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(reported, [(FeedbackReason::Auth, 1), (FeedbackReason::EmptyConnection, 3)]);
+    }
+
+    #[test]
+    fn a_block_request_the_full_queue_refused_is_asked_again() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let o = Offenders::new(tx);
+        o.set_policy(Some(&spec(1)), Vec::new());
+        o.report("192.0.2.1".parse().unwrap(), FeedbackReason::Auth);
+        let late: IpAddr = "192.0.2.2".parse().unwrap();
+        o.report(late, FeedbackReason::Auth); // the queue is full: deferred
+        assert!(matches!(rx.try_recv(), Ok(Command::Block(Offence { count: 1, .. }))));
+        o.report(late, FeedbackReason::Auth);
+        match rx.try_recv() {
+            Ok(Command::Block(Offence { ip, count: 2, .. })) => assert_eq!(ip, late),
+            other => panic!("expected the deferred block, got {other:?}"),
+        }
     }
 
     #[test]

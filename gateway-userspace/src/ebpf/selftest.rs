@@ -9,6 +9,7 @@
 
 mod clock;
 pub mod frames;
+mod udp;
 
 use std::{
     fmt,
@@ -17,8 +18,8 @@ use std::{
 
 use gateway_common::sources::set_index;
 use gateway_common::xdp::{
-    DenyEntry, DenyOrigin, GuardConfig, NEW_SOURCE_INSERTED, NEW_SOURCE_OVER_CAP, SourceKey, Verdict, flags, mapped_v4,
-    prefix_mask,
+    COUNTERS_PER_SLOT, DenyEntry, DenyOrigin, GuardConfig, NEW_SOURCE_INSERTED, NEW_SOURCE_OVER_CAP, SourceKey,
+    Verdict, flags, mapped_v4, prefix_mask,
 };
 use ipnet::IpNet;
 
@@ -410,6 +411,7 @@ impl Suite<'_> {
         self.truncation()?;
         self.garbage()?;
         self.lists()?;
+        self.closed_udp()?;
         self.buckets()?;
         self.new_source_guard()?;
         self.clock()?;
@@ -539,7 +541,7 @@ impl Suite<'_> {
 
         let mut rng = Rng::new(0x5eed_f00d);
         let mut failure = None;
-        let mut seen = [0u32; 6];
+        let mut seen = [0u32; COUNTERS_PER_SLOT as usize];
         let mut not_fed = 0;
         const GARBAGE: usize = 3000;
         for i in 0..GARBAGE {

@@ -115,6 +115,7 @@ impl XdpService {
         let opts = LoadOptions { pin_dir: Some(spec.pin_path.clone()), max_sources: spec.max_sources };
         let mut guard = XdpGuard::load(&opts)?;
         guard.write_config(&guard_config(spec))?;
+        guard.set_closed_udp_ports(&spec.closed_udp_ports)?;
         guard.set_allow(&spec.allow)?;
         sync_config_deny(&mut guard, &spec.deny)?;
         for iface in &spec.interfaces {
@@ -177,6 +178,7 @@ impl XdpService {
             config.flags = 0;
         }
         guard.write_config(&config)?;
+        guard.set_closed_udp_ports(&new.closed_udp_ports)?;
         let (allow_added, allow_removed) = guard.set_allow(&new.allow)?;
         let (deny_added, deny_removed) = sync_config_deny(&mut guard, &new.deny)?;
         drop(guard);
@@ -425,6 +427,9 @@ pub fn guard_config(spec: &XdpSpec) -> GuardConfig {
     if let Some(r) = spec.syn_limit {
         config.flags |= flags::SYN;
         (config.syn_interval_ns, config.syn_tolerance_ns) = gcra(r.rate, r.burst);
+    }
+    if !spec.closed_udp_ports.is_empty() {
+        config.flags |= flags::UDP_CLOSED;
     }
     config
 }

@@ -30,6 +30,9 @@ pub struct XdpSpec {
     pub syn_limit: Option<RateSpec>,
     pub feedback: Option<FeedbackSpec>,
     pub steering: NicSteeringPolicy,
+    /// UDP destination ports dropped in the guard: the TCP listeners' ports (gatewayd serves no
+    /// UDP; a future UDP listener's ports must be left out), unless `drop_udp_to_listeners = false`.
+    pub closed_udp_ports: Vec<u16>,
 }
 
 /// `[xdp] steering`: whether the XDP program steers each client's packets to its worker's CPU.
@@ -63,6 +66,9 @@ pub struct RateSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedbackSpec {
     pub threshold: u32,
+    /// Connections closed without a request within `window` that get a source blocked (counted
+    /// apart from the refusals: see [`FeedbackReason::EmptyConnection`]).
+    pub empty_connection_threshold: u32,
     pub window: Duration,
     pub block_for: Duration,
     pub reasons: Vec<FeedbackReason>,
@@ -78,16 +84,22 @@ pub enum FeedbackReason {
     RateLimit,
     /// The gateway's own 404 (no route: scanners).
     NotFound,
+    /// A connection that ended (reset, closed, timed out, failed its TLS handshake) before a
+    /// complete request: a connection flood of real handshakes costs the gateway an accept and
+    /// a task per connection and never shows an L7 refusal. Counted against its own threshold.
+    EmptyConnection,
 }
 
 impl FeedbackReason {
-    pub const ALL: [FeedbackReason; 3] = [FeedbackReason::Auth, FeedbackReason::RateLimit, FeedbackReason::NotFound];
+    pub const ALL: [FeedbackReason; 4] =
+        [FeedbackReason::Auth, FeedbackReason::RateLimit, FeedbackReason::NotFound, FeedbackReason::EmptyConnection];
 
     pub const fn label(self) -> &'static str {
         match self {
             FeedbackReason::Auth => "auth",
             FeedbackReason::RateLimit => "rate_limit",
             FeedbackReason::NotFound => "not_found",
+            FeedbackReason::EmptyConnection => "empty_connection",
         }
     }
 

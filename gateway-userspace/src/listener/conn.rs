@@ -56,6 +56,7 @@ macro_rules! forward_flush_and_shutdown {
 
 mod detect;
 mod drive;
+mod empty;
 mod h2_flood;
 mod watchdog;
 mod watched_io;
@@ -87,6 +88,22 @@ pub(super) async fn serve_tcp(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let stopping = shutdown.clone();
+    let served = serve_tcp_stream(stream, peer, spec, &worker, shutdown).await;
+    if !served && !*stopping.borrow() {
+        empty::report(&worker, peer);
+    }
+}
+
+/// Serves the connection; whether a request (complete head) arrived on it.
+async fn serve_tcp_stream(
+    stream: TcpStream,
+    peer: SocketAddr,
+    spec: ListenerSpec,
+    worker: &Rc<WorkerLocal>,
+    shutdown: watch::Receiver<bool>,
+) -> bool {
+    let worker = worker.clone();
     let local = stream.local_addr().unwrap_or(peer);
     let snapshot = worker.snapshot();
     let limits = snapshot.config.server.limits;
@@ -100,7 +117,7 @@ pub(super) async fn serve_tcp(
     drop(snapshot);
     let proto = if spec.http2 { detect(&stream, limits.header_read_timeout).await } else { Proto::Http1 };
     let conn = conn_info(&worker, &spec, peer, local, None);
-    serve_connection(stream, proto, conn, worker, limits, shutdown).await;
+    serve_connection(stream, proto, conn, worker, limits, shutdown).await
 }
 
 /// The TLS handshake, then HTTP on the TLS stream (the listener's TLS setup is re-read from the
@@ -113,15 +130,17 @@ async fn serve_tls(
     worker: Rc<WorkerLocal>,
     snapshot: LocalSnapshot,
     shutdown: watch::Receiver<bool>,
-) {
+) -> bool {
     let limits = snapshot.config.server.limits;
-    let (Some(server), Some(parts)) = (snapshot.tls.listener(&spec.name), snapshot.tls.parts()) else { return };
+    let (Some(server), Some(parts)) = (snapshot.tls.listener(&spec.name), snapshot.tls.parts()) else {
+        return false;
+    };
     let listener = tls::TlsListener { name: &spec.name, server, generation: snapshot.generation, parts };
     let accepted = tls::accept(stream, peer, listener, &worker.tls_metrics, limits.header_read_timeout).await;
-    let Some(accepted) = accepted else { return };
+    let Some(accepted) = accepted else { return false };
     drop(snapshot);
     let conn = conn_info(&worker, &spec, peer, local, Some(accepted.info));
-    serve_connection(accepted.io, accepted.proto, conn, worker, limits, shutdown).await;
+    serve_connection(accepted.io, accepted.proto, conn, worker, limits, shutdown).await
 }
 
 fn conn_info(
@@ -177,8 +196,21 @@ impl ClientIo for tls::TlsIo {
 }
 
 /// Serves HTTP on an established (possibly TLS) stream until it closes, times out, or
-/// `shutdown` flips and in-flight requests are done.
+/// `shutdown` flips and in-flight requests are done. Whether a request arrived on it.
 pub async fn serve_connection<I: ClientIo>(
+    io: I,
+    proto: Proto,
+    conn: Rc<ConnInfo>,
+    worker: Rc<WorkerLocal>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) -> bool {
+    let served = empty::Served::watch(&conn);
+    serve_connection_until_closed(io, proto, conn.clone(), worker, limits, shutdown).await;
+    served.any(&conn)
+}
+
+async fn serve_connection_until_closed<I: ClientIo>(
     io: I,
     proto: Proto,
     conn: Rc<ConnInfo>,

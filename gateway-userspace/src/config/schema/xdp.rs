@@ -56,6 +56,11 @@ pub struct XdpSection {
     pub syn_limit: XdpRateSection,
     #[serde(default)]
     pub feedback: XdpFeedbackSection,
+    /// Drop UDP to the ports of gatewayd's listeners (it serves TCP only there: such UDP is a
+    /// flood or junk). Turn off if another program on this host serves UDP on one of those ports.
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub drop_udp_to_listeners: bool,
     /// `"off"` or `"cpumap"`: steer each client's TCP packets to its worker's CPU in XDP (native
     /// XDP only; needs `server.steering = "client_hash"` and `server.pin_workers`). Default: off.
     #[serde(default)]
@@ -79,6 +84,7 @@ impl Default for XdpSection {
             rate_limit: XdpRateSection::default(),
             syn_limit: XdpRateSection::default(),
             feedback: XdpFeedbackSection::default(),
+            drop_udp_to_listeners: true,
             steering: NicSteeringPolicy::default(),
         }
     }
@@ -107,6 +113,11 @@ pub struct XdpFeedbackSection {
     /// Refusals within `window` that get a source blocked. Default: 20.
     #[serde(default = "default_threshold")]
     pub threshold: u32,
+    /// Connections closed without a complete request (reason `"empty_connection"`) within
+    /// `window` that get a source blocked: a connection flood of real handshakes. Default: 50
+    /// (a TCP health check every 1.2 s or slower stays below it; put checkers in `xdp.allow`).
+    #[serde(default = "default_empty_connection_threshold")]
+    pub empty_connection_threshold: u32,
     /// Default: 60s.
     #[serde(default = "default_window", with = "humantime_serde")]
     pub window: Duration,
@@ -114,7 +125,7 @@ pub struct XdpFeedbackSection {
     #[serde(default = "default_block_for", with = "humantime_serde")]
     pub block_for: Duration,
     /// Which refusals count: `"auth"` (401/403), `"rate_limit"` (429), `"not_found"` (the
-    /// gateway's own 404). Default: all three.
+    /// gateway's own 404), `"empty_connection"` (closed before a complete request). Default: all four.
     #[serde(default = "default_reasons")]
     pub reasons: Vec<String>,
     /// Sources counted at once; beyond it new ones are not counted until old windows expire.
@@ -128,6 +139,7 @@ impl Default for XdpFeedbackSection {
         Self {
             enabled: false,
             threshold: default_threshold(),
+            empty_connection_threshold: default_empty_connection_threshold(),
             window: default_window(),
             block_for: default_block_for(),
             reasons: default_reasons(),
@@ -136,6 +148,9 @@ impl Default for XdpFeedbackSection {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_mode() -> String {
     "auto".into()
 }
@@ -157,6 +172,9 @@ fn default_new_sources() -> u64 {
 fn default_threshold() -> u32 {
     20
 }
+fn default_empty_connection_threshold() -> u32 {
+    50
+}
 fn default_window() -> Duration {
     Duration::from_secs(60)
 }
@@ -164,7 +182,7 @@ fn default_block_for() -> Duration {
     Duration::from_secs(600)
 }
 fn default_reasons() -> Vec<String> {
-    vec!["auth".into(), "rate_limit".into(), "not_found".into()]
+    vec!["auth".into(), "rate_limit".into(), "not_found".into(), "empty_connection".into()]
 }
 fn default_max_tracked() -> usize {
     65_536

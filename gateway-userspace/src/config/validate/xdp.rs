@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use super::{Validator, root};
 use crate::{
     config::{
-        FeedbackReason, FeedbackSpec, RateSpec, XdpSpec,
+        FeedbackReason, FeedbackSpec, ListenerSpec, RateSpec, XdpSpec,
         schema::{SteeringPolicy, XdpFeedbackSection, XdpRateSection, XdpSection},
     },
     ebpf::NicSteeringPolicy,
@@ -18,7 +18,8 @@ use crate::{
 const MAX_RATE: u64 = 1_000_000_000;
 
 impl Validator<'_> {
-    pub(super) fn xdp(&mut self, x: &XdpSection) -> XdpSpec {
+    /// `listeners`: the validated listeners, whose ports the guard closes to UDP.
+    pub(super) fn xdp(&mut self, x: &XdpSection, listeners: &[ListenerSpec]) -> XdpSpec {
         let path = |key: &str| root("xdp").key(key);
         if x.enabled && x.interfaces.is_empty() {
             self.problem(path("interfaces"), "at least one interface is required when xdp.enabled is true");
@@ -95,6 +96,7 @@ impl Validator<'_> {
             syn_limit,
             feedback,
             steering: x.steering,
+            closed_udp_ports: if x.drop_udp_to_listeners { listener_ports(listeners) } else { Vec::new() },
         }
     }
 
@@ -161,6 +163,9 @@ impl Validator<'_> {
         if f.threshold == 0 {
             self.problem(at("threshold"), "must be at least 1");
         }
+        if f.empty_connection_threshold == 0 {
+            self.problem(at("empty_connection_threshold"), "must be at least 1");
+        }
         if f.window.is_zero() {
             self.problem(at("window"), "must be greater than zero");
         }
@@ -177,12 +182,15 @@ impl Validator<'_> {
                 Some(_) => self.problem(at("reasons").index(i), format!("{r:?} is listed twice")),
                 None => self.problem(
                     at("reasons").index(i),
-                    format!("unknown reason {r:?}: expected \"auth\", \"rate_limit\" or \"not_found\""),
+                    format!(
+                        "unknown reason {r:?}: expected \"auth\", \"rate_limit\", \"not_found\" or \"empty_connection\""
+                    ),
                 ),
             }
         }
         f.enabled.then(|| FeedbackSpec {
             threshold: f.threshold.max(1),
+            empty_connection_threshold: f.empty_connection_threshold.max(1),
             window: f.window,
             block_for: f.block_for,
             reasons,
@@ -197,6 +205,14 @@ impl Validator<'_> {
         }
         policy
     }
+}
+
+/// The listeners' ports, sorted, once each.
+fn listener_ports(listeners: &[ListenerSpec]) -> Vec<u16> {
+    let mut ports: Vec<u16> = listeners.iter().map(|l| l.addr.port()).filter(|p| *p != 0).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 #[cfg(test)]
@@ -285,6 +301,7 @@ reasons = ["auth"]
         let f = x.feedback.as_ref().unwrap();
         assert_eq!((f.threshold, f.reasons.as_slice()), (5, &[FeedbackReason::Auth][..]));
         assert_eq!(c.server.steering, SteeringPolicy::ClientHash);
+        assert!(!x.closed_udp_ports.is_empty(), "listener ports are closed to UDP by default");
     }
 
     #[test]
@@ -307,6 +324,10 @@ reasons = ["auth"]
         assert!(problem("[xdp.feedback]\nenabled = true\n", "xdp.feedback.enabled").contains("needs xdp.enabled"));
         assert!(
             problem("[xdp.feedback]\nreasons = [\"teapot\"]\n", "xdp.feedback.reasons[0]").contains("unknown reason")
+        );
+        assert!(
+            problem("[xdp.feedback]\nempty_connection_threshold = 0\n", "xdp.feedback.empty_connection_threshold")
+                .contains("at least 1")
         );
         assert!(problem("[server]\nworkers = 300\nsteering = \"cpu\"\n", "server.steering").contains("at most 256"));
         let unknown = load("[xdp]\nenabeld = true\n").expect_err("unknown key");

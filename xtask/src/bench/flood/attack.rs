@@ -70,6 +70,12 @@ impl Attack {
         }
     }
 
+    /// Whether the attacker's sending depends on the gateway's answers (handshakes, requests),
+    /// so that a defence changes how many packets it offers.
+    pub fn is_closed_loop(self) -> bool {
+        matches!(self, Attack::Connections | Attack::Http)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Attack::None => "no attack (baseline)",

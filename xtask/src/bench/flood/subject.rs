@@ -137,7 +137,7 @@ pin_path = "{PIN_PATH}"
 
 [xdp.feedback]
 enabled = true
-reasons = ["rate_limit"]
+reasons = ["rate_limit", "empty_connection"]
 "#
         ));
     }
