@@ -11,16 +11,15 @@ mod summary;
 
 use std::{fs, net::SocketAddr, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::{
-    Options, Subject, free_port, gatewayd_binary,
-    harness::{Harness, Measured},
+    Options, Subject, free_port,
+    harness::{Harness, Measured, Ready, fixed_rate, release_gatewayd},
     load::{self, Oha, OhaResult},
     proxy::{self, haproxy},
     report, tls,
 };
-use crate::cmd::{cargo, exec};
 use h2load::{H2loadResult, Shape};
 
 /// The closed-loop shapes: h2load's usual many streams per connection, and many connections
@@ -101,11 +100,10 @@ pub struct ModeRuns {
 
 pub fn run(opts: &Options) -> Result<()> {
     load::ensure_oha()?;
-    exec(cargo().args(["build", "--release", "--locked", "--package", "gateway-userspace", "--bin", "gatewayd"]))?;
+    let gatewayd_bin = release_gatewayd()?;
     // The report's run time: the measurement, not the build.
     let started = Instant::now();
-    let gatewayd = gatewayd_binary();
-    let gatewayd = gatewayd.to_str().context("gatewayd path is not UTF-8")?;
+    let gatewayd = gatewayd_bin.to_str().context("gatewayd path is not UTF-8")?;
     let mut h = Harness::new("h2")?;
     let workers = h.plan.subject.len();
     let (load_cpus, subject_cpus, dir, nofile) = (h.plan.load.clone(), h.plan.subject.clone(), h.dir.clone(), h.nofile);
@@ -123,8 +121,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let up = Ports::new()?;
     let extra = format!("        listen {} http2;\n        listen {} ssl http2;\n{ssl}", up.h2c, up.tls);
     let up_conf = proxy::nginx_upstream_conf_with(&dir.join("upstream"), up.h1, &extra, load_cpus.len(), nofile)?;
-    h.config("upstream: nginx.conf", "nginx", &dir.join("upstream/nginx.conf"), up_conf)?;
-    let upstream = h.start(NAMES[DIRECT], proxy::nginx_command(&load_cpus, &dir.join("upstream")), up.h1)?;
+    let upstream = h.start_nginx(NAMES[DIRECT], "upstream", &load_cpus, up_conf, Ready::Http(up.h1, "/"))?;
 
     // gatewayd sniffs h2c on its plain listener; its TLS listener offers h2 and http/1.1.
     let gw = Ports::new()?;
@@ -137,17 +134,12 @@ pub fn run(opts: &Options) -> Result<()> {
             crt.display(),
             key.display()
         );
-    let gw_path = dir.join("gatewayd.toml");
-    h.config("gatewayd.toml", "toml", &gw_path, gw_conf)?;
-    let mut gw_cmd = subject_cpus.taskset(gatewayd);
-    gw_cmd.arg("--config").arg(&gw_path);
-    let gw_tree = h.start(NAMES[GATEWAYD], gw_cmd, gw.h1)?;
+    let gw_tree = h.start_gatewayd(&gatewayd_bin, gw_conf, Ready::Http(gw.h1, "/"))?;
 
     let ng = Ports::new()?;
     let extra = format!("        listen {} http2;\n        listen {} ssl http2;\n{ssl}", ng.h2c, ng.tls);
     let ng_conf = proxy::nginx_proxy_conf_with(&dir.join("nginx"), ng.h1, &extra, up.h1, workers, nofile)?;
-    h.config("nginx proxy: nginx.conf", "nginx", &dir.join("nginx/nginx.conf"), ng_conf)?;
-    let ng_tree = h.start(NAMES[NGINX], proxy::nginx_command(&subject_cpus, &dir.join("nginx")), ng.h1)?;
+    let ng_tree = h.start_nginx(NAMES[NGINX], "nginx", &subject_cpus, ng_conf, Ready::Http(ng.h1, "/"))?;
 
     let ha = Ports::new()?;
     let binds =
@@ -179,14 +171,8 @@ pub fn run(opts: &Options) -> Result<()> {
             })?);
         }
         // Latency at half what the slowest proxy sustains (many streams), the same for all.
-        let slowest = PROXIES
-            .iter()
-            .map(|&p| report::median(&max[0][p].iter().map(|r| r.value.rps).collect::<Vec<_>>()))
-            .fold(f64::INFINITY, f64::min);
-        let rate = ((slowest * 0.5) / 100.0).floor() as u64 * 100;
-        if rate == 0 {
-            bail!("{}: the proxies sustained under 200 requests/s ({slowest}); something is wrong", mode.title());
-        }
+        let proxies_rps = PROXIES.map(|p| report::median(&max[0][p].iter().map(|r| r.value.rps).collect::<Vec<_>>()));
+        let rate = fixed_rate(&proxies_rps).with_context(|| mode.title())?;
         let oha = Oha { connections: OHA_CONNECTIONS, duration, rate };
         let args = mode.oha_args();
         let fixed =
