@@ -115,7 +115,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let (gw_addr, metrics_addr) = (free_port()?, free_port()?);
     let gw_conf = gatewayd_conf(gw_addr, metrics_addr, upstream_addr, workers, &keys.join("bench.pem"))
         + &oidc::config(provider, gw_addr, &dir)?;
-    let gw = h.start_gatewayd(&gatewayd, gw_conf, Ready::Http(gw_addr, "/open"))?;
+    let gw = h.start_gatewayd("gatewayd", &gatewayd, gw_conf, Ready::Http(gw_addr, "/open"))?;
     sanity_check(gw_addr, &authorization)?;
     let session = oidc::log_in(gw_addr)?;
 

@@ -6,7 +6,7 @@
 //! fixed rate with oha (`--http2`, open loop, latency-corrected: h2load reports no
 //! percentiles). Writes `bench/results/h2.md`.
 
-mod h2load;
+pub(super) mod h2load;
 mod summary;
 
 use std::{fs, net::SocketAddr, time::Instant};
@@ -134,7 +134,7 @@ pub fn run(opts: &Options) -> Result<()> {
             crt.display(),
             key.display()
         );
-    let gw_tree = h.start_gatewayd(&gatewayd_bin, gw_conf, Ready::Http(gw.h1, "/"))?;
+    let gw_tree = h.start_gatewayd("gatewayd", &gatewayd_bin, gw_conf, Ready::Http(gw.h1, "/"))?;
 
     let ng = Ports::new()?;
     let extra = format!("        listen {} http2;\n        listen {} ssl http2;\n{ssl}", ng.h2c, ng.tls);

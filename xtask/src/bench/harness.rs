@@ -88,6 +88,8 @@ pub struct Harness {
     pub commands: Vec<String>,
     /// (title, code-block language, text) of every config written, for the report.
     pub configs: Vec<(String, &'static str, String)>,
+    /// How long a started process may take to become ready.
+    pub ready_timeout: Duration,
 }
 
 impl Harness {
@@ -113,6 +115,7 @@ impl Harness {
             services: Vec::new(),
             commands: Vec::new(),
             configs: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
         })
     }
 
@@ -127,16 +130,17 @@ impl Harness {
         self.commands.push(report::shell_line(&cmd));
         let log = self.dir.join(format!("{}.log", name.replace(' ', "-")));
         let mut service = Service::start(name, cmd, &log)?;
+        let timeout = self.ready_timeout;
         match ready {
-            Ready::Http(addr, path) => service.wait_http_ok(addr, path, READY_TIMEOUT)?,
+            Ready::Http(addr, path) => service.wait_http_ok(addr, path, timeout)?,
             Ready::Probe(mut probe) => {
-                let deadline = std::time::Instant::now() + READY_TIMEOUT;
+                let deadline = std::time::Instant::now() + timeout;
                 loop {
                     service.check_alive()?;
                     match probe() {
                         Ok(()) => break,
                         Err(e) if std::time::Instant::now() > deadline => {
-                            return Err(e.context(format!("{name} was not ready within {READY_TIMEOUT:?}")));
+                            return Err(e.context(format!("{name} was not ready within {timeout:?}")));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(50)),
                     }
@@ -163,14 +167,15 @@ impl Harness {
         self.start_ready(name, super::proxy::nginx_command(cpus, &prefix), ready)
     }
 
-    /// Writes `conf` to `<dir>/gatewayd.toml` (kept for the report) and starts `gatewayd` with it
-    /// on the subject CPUs.
-    pub fn start_gatewayd(&mut self, gatewayd: &Path, conf: String, ready: Ready<'_>) -> Result<Tree> {
-        let path = self.dir.join("gatewayd.toml");
-        self.config("gatewayd.toml", "toml", &path, conf)?;
+    /// Writes `conf` to `<dir>/<name>.toml` (kept for the report) and starts the binary
+    /// `gatewayd` with it on the subject CPUs.
+    pub fn start_gatewayd(&mut self, name: &str, gatewayd: &Path, conf: String, ready: Ready<'_>) -> Result<Tree> {
+        let file = format!("{name}.toml");
+        let path = self.dir.join(&file);
+        self.config(&file, "toml", &path, conf)?;
         let mut cmd = self.plan.subject.taskset(gatewayd.to_str().context("gatewayd path is not UTF-8")?);
         cmd.arg("--config").arg(&path);
-        self.start_ready("gatewayd", cmd, ready)
+        self.start_ready(name, cmd, ready)
     }
 
     /// Writes `text` to `path` and keeps it for the report under `title`.

@@ -62,7 +62,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
     let (gw_addr, gw_metrics) = (free_port()?, free_port()?);
     let gw_conf = gatewayd_conf(gw_addr, gw_metrics, upstream_addr, workers);
-    let gw = h.start_gatewayd(&gatewayd, gw_conf, Ready::Http(gw_addr, "/"))?;
+    let gw = h.start_gatewayd("gatewayd", &gatewayd, gw_conf, Ready::Http(gw_addr, "/"))?;
 
     let nginx_addr = free_port()?;
     let nginx_conf = nginx_proxy_conf(&dir.join("nginx"), nginx_addr, upstream_addr, workers, nofile)?;
@@ -191,9 +191,14 @@ fn sanity_check(s: &Subject) -> Result<()> {
 /// latency headers, metrics) except the access log (the audit log, off like nginx's) and the
 /// admin socket (not needed).
 pub(super) fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize) -> String {
-    gatewayd_server(listen, metrics, workers)
-        + &format!(
-            r#"[[services]]
+    gatewayd_server(listen, metrics, workers) + &upstream_routes(upstream)
+}
+
+/// The upstream as gatewayd's one service (its default idle pool, as nginx's `keepalive`) and
+/// one open route to it.
+pub(super) fn upstream_routes(upstream: SocketAddr) -> String {
+    format!(
+        r#"[[services]]
 name = "upstream"
 targets = ["{upstream}"]
 max_idle_per_target = {UPSTREAM_KEEPALIVE}
@@ -203,7 +208,7 @@ name = "all"
 service = "upstream"
 auth = "none"
 "#
-        )
+    )
 }
 
 /// The part of a benchmark's gatewayd config every benchmark shares: workers, one plain

@@ -179,7 +179,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
     let (gw_addr, metrics_addr) = (free_port()?, free_port()?);
     let gw_conf = gatewayd_conf(gw_addr, metrics_addr, upstream_addr, redis_port, workers);
-    let gw = h.start_gatewayd(&gatewayd, gw_conf, Ready::Http(gw_addr, "/open"))?;
+    let gw = h.start_gatewayd("gatewayd", &gatewayd, gw_conf, Ready::Http(gw_addr, "/open"))?;
     sanity_check(gw_addr, redis_port)?;
 
     let route = |config, label, path: &str| Route { config, label, url: format!("http://{gw_addr}{path}"), tree: gw };

@@ -189,7 +189,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let metrics_addr = free_port()?;
     let gw_conf = gatewayd_conf(&gw_listen, metrics_addr, upstream_addr, workers, &dir);
     let gw_targets = endpoints(&gw_listen);
-    let gw = h.start_gatewayd(&gatewayd, gw_conf, tls_ready(&gw_targets))?;
+    let gw = h.start_gatewayd("gatewayd", &gatewayd, gw_conf, tls_ready(&gw_targets))?;
 
     let ng_listen = Listeners { ecdsa: free_port()?, rsa: free_port()? };
     let nginx_conf = nginx_conf(&dir.join("nginx"), &ng_listen, upstream_addr, workers, nofile, &dir)?;

@@ -60,7 +60,7 @@ pub fn run(shape: Shape, duration: Duration, cpus: &CpuList, url: &str) -> Resul
     Ok(result)
 }
 
-fn parse(out: &str) -> Result<H2loadResult> {
+pub(in crate::bench) fn parse(out: &str) -> Result<H2loadResult> {
     let (mut rps, mut requests, mut failed, mut non_2xx) = (None, None, 0, None);
     // "requests: 200 total, 200 started, 200 done, 198 succeeded, 2 failed, 2 errored, 0 timeout"
     let count = |line: &str, name: &str| -> Option<u64> {
