@@ -23,6 +23,7 @@ mod procfs;
 mod proxy;
 mod ratelimit;
 mod report;
+mod slow_clients;
 mod tls;
 mod xdp;
 
@@ -72,7 +73,8 @@ pub struct Options {
     #[arg(long)]
     requests: Option<u64>,
     /// callgrind, cpu-compare: the gatewayd binaries to compare (e.g. a build of main and one of
-    /// a branch), in this order.
+    /// a branch), in this order; slow-clients: the gatewayd to measure [default: the release
+    /// build].
     #[arg(value_name = "BIN")]
     bins: Vec<PathBuf>,
 }
@@ -110,6 +112,9 @@ enum Target {
     /// CPU per proxied request of each BIN (before/after a change), interleaved, with perf's
     /// context switches and syscalls per request.
     CpuCompare,
+    /// Slow readers: memory, upstream connections and response buffering of gatewayd and nginx
+    /// while clients read nothing (`--requests`: clients, `--duration`: seconds of waiting).
+    SlowClients,
 }
 
 impl Options {
@@ -132,6 +137,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::H2 => h2::run(opts),
         Target::Callgrind => callgrind::run(opts),
         Target::CpuCompare => cpu_compare::run(opts),
+        Target::SlowClients => slow_clients::run(opts),
     }
 }
 

@@ -119,8 +119,10 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
     let proto = opts.proto;
-    let requests = opts.requests.unwrap_or(proto.default_requests());
     let connections = opts.connections;
+    // hey sends a multiple of its connections (the rest is dropped silently).
+    let requests = round_to(opts.requests.unwrap_or(proto.default_requests()), connections);
+    let warmup = round_to(requests / 4, connections);
     let mut h = Harness::new("callgrind")?;
     h.ready_timeout = READY_TIMEOUT;
     let (load_cpus, subject_cpus, dir, nofile) = (h.plan.load.clone(), h.plan.subject.clone(), h.dir.clone(), h.nofile);
@@ -157,16 +159,21 @@ pub fn run(opts: &Options) -> Result<()> {
             cmd.arg(bin).arg("--config").arg(&conf_path);
         }
         eprintln!("xtask: bench callgrind: {name} under callgrind, {requests} {} requests", proto.name());
-        let tree = h.start_ready(&format!("{name} (callgrind)"), cmd, Ready::Http(ports.plain, "/"))?;
+        let tree = h.start_ready(&format!("subject-{i} under callgrind"), cmd, Ready::Http(ports.plain, "/"))?;
         let url = ports.url(proto, is_nginx);
-        load(proto, requests / 4, connections, &url)?;
+        load(proto, warmup, connections, &url)?;
         callgrind_control(tree.0, "-i", "on")?;
         load(proto, requests, connections, &url)?;
         callgrind_control(tree.0, "-i", "off")?;
         callgrind_control(tree.0, "-d", "")?;
         h.check_alive()?;
         let (instructions, top) = read_profile(&dir, &format!("cg-{i}.out"))?;
-        eprintln!("xtask:   {name}: {} instructions per request", instructions / requests);
+        // On stdout, in the shape `bench/callgrind-proxy.sh` always printed (scripts read it).
+        println!(
+            "{name}: instructions per request: {} ({instructions} over {requests} requests; profile: {}/cg-{i}.out*)",
+            instructions / requests,
+            dir.display()
+        );
         counted.push(Counted { name, instructions, top });
     }
     let machine = h.machine.clone();
@@ -185,7 +192,7 @@ pub fn run(opts: &Options) -> Result<()> {
         machine.date,
         super::report::git_revision(),
         load_shape(proto, connections),
-        requests / 4,
+        warmup,
     ));
     let base = counted.first().map_or(0.0, |c| c.instructions as f64 / requests as f64);
     let rows: Vec<Vec<String>> = counted
@@ -206,6 +213,12 @@ pub fn run(opts: &Options) -> Result<()> {
     let path = rep.write_section("callgrind", "Instructions per proxied request (callgrind)", &key)?;
     eprintln!("xtask: bench callgrind: wrote the {} section of {}", proto.name(), path.display());
     Ok(())
+}
+
+/// `n` rounded down to a multiple of `step`, at least `step`.
+fn round_to(n: u64, step: usize) -> u64 {
+    let step = step.max(1) as u64;
+    (n / step).max(1) * step
 }
 
 fn proto_title(proto: Proto) -> &'static str {
@@ -334,6 +347,13 @@ fn nginx_conf(prefix: &Path, ports: &Ports, upstream: SocketAddr, certs: &Path, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_a_multiple_of_the_connections() {
+        assert_eq!(round_to(4000, 16), 4000);
+        assert_eq!(round_to(100, 8), 96);
+        assert_eq!(round_to(3, 8), 8);
+    }
 
     #[test]
     fn dump_totals_are_read() {

@@ -26,6 +26,12 @@ impl Report {
         self.blank();
     }
 
+    /// A heading one level down (inside a section that `write_section` places).
+    pub fn subheading(&mut self, text: &str) {
+        self.line(&format!("### {text}"));
+        self.blank();
+    }
+
     pub fn paragraph(&mut self, text: &str) {
         self.line(text);
         self.blank();
