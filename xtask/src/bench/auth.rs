@@ -23,7 +23,6 @@ use super::{
     harness::{Harness, Measurable, Measured, Ready, fixed_rate, release_gatewayd},
     load::{self, Oha, OhaResult, Wrk, WrkResult},
     procfs::Tree,
-    proxy::nginx_upstream_conf,
     report::{self, Report, median, num, ratio},
 };
 use crate::cmd::{capture, cargo, exec};
@@ -107,9 +106,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let token = fs::read_to_string(keys.join("token")).context("the minted token")?;
     let authorization = format!("Bearer {}", token.trim());
 
-    let upstream_addr = free_port()?;
-    let upstream_conf = nginx_upstream_conf(&dir.join("upstream"), upstream_addr, load_cpus.len(), h.nofile)?;
-    h.start_nginx("upstream", "upstream", &load_cpus, upstream_conf, Ready::Http(upstream_addr, "/"))?;
+    let (upstream_addr, _) = h.start_upstream()?;
 
     let provider = oidc::start_provider(&mut h)?;
     let (gw_addr, metrics_addr) = (free_port()?, free_port()?);
@@ -339,24 +336,11 @@ fn metric_line(text: &str, name: &str) -> String {
 
 fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize, key: &Path) -> String {
     super::proxy::gatewayd_server(listen, metrics, workers)
-        + &format!(
-            r#"[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-
-[[routes]]
-name = "open"
-service = "upstream"
-paths = ["/open"]
-auth = "none"
-
-[[routes]]
-name = "auth"
-service = "upstream"
-paths = ["/auth"]
-auth = "users"
-
-[[auth.issuers]]
+        .service("upstream", upstream, None)
+        .route("open", "upstream", &["/open"], "none", "")
+        .route("auth", "upstream", &["/auth"], "users", "")
+        .raw(&format!(
+            r#"[[auth.issuers]]
 name = "bench"
 issuer = "https://idp.bench"
 audiences = ["api"]
@@ -368,7 +352,8 @@ any_of = ["jwt"]
 scopes = ["read"]
 "#,
             key = key.display()
-        )
+        ))
+        .build()
 }
 
 #[cfg(test)]

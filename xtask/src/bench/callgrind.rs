@@ -28,7 +28,7 @@ use super::{
     h2::h2load,
     harness::{Harness, Ready},
     load::parse_hey,
-    proxy::{gatewayd_server, nginx_proxy_conf_with, nginx_upstream_conf},
+    proxy::{gatewayd_server, nginx_proxy_conf_with},
     report::{Report, num, ratio},
 };
 use crate::cmd::{announce, capture, exec, workspace_root};
@@ -125,16 +125,14 @@ pub fn run(opts: &Options) -> Result<()> {
     let warmup = round_to(requests / 4, connections);
     let mut h = Harness::new("callgrind")?;
     h.ready_timeout = READY_TIMEOUT;
-    let (load_cpus, subject_cpus, dir, nofile) = (h.plan.load.clone(), h.plan.subject.clone(), h.dir.clone(), h.nofile);
+    let (subject_cpus, dir, nofile) = (h.plan.subject.clone(), h.dir.clone(), h.nofile);
     let shim = shim(&dir)?;
     let certs = dir.join("certs");
     // Any gatewayd makes the certificate; nginx alone takes the workspace's release build.
     let certs_bin = subjects.first().cloned().unwrap_or_else(super::gatewayd_binary);
     super::tls::certificate(certs_bin.to_str().context("binary path is not UTF-8")?, &certs, "ecdsa-p256")?;
 
-    let upstream = free_port()?;
-    let upstream_conf = nginx_upstream_conf(&dir.join("upstream"), upstream, load_cpus.len(), nofile)?;
-    h.start_nginx("upstream", "upstream", &load_cpus, upstream_conf, Ready::Http(upstream, "/"))?;
+    let (upstream, _) = h.start_upstream()?;
 
     let mut counted = Vec::new();
     let nginx = opts.against.map(|Against::Nginx| PathBuf::from("nginx"));
@@ -321,14 +319,10 @@ fn dump_total(text: &str) -> u64 {
 
 /// gatewayd as in `bench proxy`, one worker, plus a TLS listener with the run's certificate.
 fn gatewayd_conf(ports: &Ports, upstream: SocketAddr, certs: &Path) -> Result<String> {
-    Ok(gatewayd_server(ports.plain, free_port()?, 1)
-        + &super::proxy::upstream_routes(upstream)
-        + &format!(
-            "\n[[listeners]]\nname = \"tls\"\nbind = \"{}\"\n\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
-            ports.tls,
-            certs.join("server.crt").display(),
-            certs.join("server.key").display()
-        ))
+    let (crt, key) = (certs.join("server.crt"), certs.join("server.key"));
+    let conf =
+        gatewayd_server(ports.plain, free_port()?, 1).tls_listener("tls", ports.tls, crt.display(), key.display(), "");
+    Ok(super::proxy::upstream_routes(conf, upstream).build())
 }
 
 /// `bench proxy`'s nginx, one process (no master: callgrind follows the one that serves), with

@@ -23,7 +23,7 @@ use super::{
     Options, Subject, free_port,
     harness::{Harness, Measured, Ready},
     load::{Wrk, WrkResult},
-    proxy::{gatewayd_conf, nginx_upstream_conf},
+    proxy::gatewayd_conf,
     report::{Report, median, num, ratio},
 };
 
@@ -53,11 +53,9 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("bench cpu-compare: name the gatewayd binaries to compare (BEFORE AFTER...)");
     }
     let mut h = Harness::new("cpu-compare")?;
-    let (load_cpus, dir, nofile) = (h.plan.load.clone(), h.dir.clone(), h.nofile);
+    let (load_cpus, dir) = (h.plan.load.clone(), h.dir.clone());
     let duration = opts.duration(DEFAULT_SECS);
-    let upstream = free_port()?;
-    let upstream_conf = nginx_upstream_conf(&dir.join("upstream"), upstream, 1, nofile)?;
-    h.start_nginx("upstream", "upstream", &load_cpus, upstream_conf, Ready::Http(upstream, "/"))?;
+    let (upstream, _) = h.start_upstream()?;
 
     let mut subjects = Vec::new();
     let names: Vec<String> = opts.bins.iter().map(|b| b.display().to_string()).collect();

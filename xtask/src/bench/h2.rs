@@ -127,13 +127,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let gw = Ports::new()?;
     let gw = Ports { h2c: gw.h1, ..gw };
     let metrics = free_port()?;
-    let gw_conf = proxy::gatewayd_conf(gw.h1, metrics, up.h1, workers)
-        + &format!(
-            "\n[[listeners]]\nname = \"tls\"\nbind = \"{}\"\n\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
-            gw.tls,
-            crt.display(),
-            key.display()
-        );
+    let gw_server =
+        proxy::gatewayd_server(gw.h1, metrics, workers).tls_listener("tls", gw.tls, crt.display(), key.display(), "");
+    let gw_conf = proxy::upstream_routes(gw_server, up.h1).build();
     let gw_tree = h.start_gatewayd("gatewayd", &gatewayd_bin, gw_conf, Ready::Http(gw.h1, "/"))?;
 
     let ng = Ports::new()?;

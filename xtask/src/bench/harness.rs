@@ -167,6 +167,16 @@ impl Harness {
         self.start_ready(name, super::proxy::nginx_command(cpus, &prefix), ready)
     }
 
+    /// `bench proxy`'s upstream on the load CPUs: nginx answering `GET /` with 200 "ok",
+    /// keep-alive. Returns its address and tree.
+    pub fn start_upstream(&mut self) -> Result<(SocketAddr, Tree)> {
+        let addr = super::free_port()?;
+        let load = self.plan.load.clone();
+        let conf = super::proxy::nginx_upstream_conf(&self.dir.join("upstream"), addr, load.len(), self.nofile)?;
+        let tree = self.start_nginx("upstream", "upstream", &load, conf, Ready::Http(addr, "/"))?;
+        Ok((addr, tree))
+    }
+
     /// Writes `conf` to `<dir>/<name>.toml` (kept for the report) and starts the binary
     /// `gatewayd` with it on the subject CPUs.
     pub fn start_gatewayd(&mut self, name: &str, gatewayd: &Path, conf: String, ready: Ready<'_>) -> Result<Tree> {

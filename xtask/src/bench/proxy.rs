@@ -24,6 +24,7 @@ use super::{
     load::{self, Oha, OhaResult, WrkResult},
     report::{self, median},
 };
+use crate::gwconf::GwConf;
 use summary::{Setup, write_report};
 
 /// Each subject gets this much load before the measured runs (connections, pools, caches).
@@ -56,9 +57,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let (load_cpus, subject_cpus, dir, nofile) = (h.plan.load.clone(), h.plan.subject.clone(), h.dir.clone(), h.nofile);
 
     // The upstream, with the load, on the load CPUs.
-    let upstream_addr = free_port()?;
-    let upstream_conf = nginx_upstream_conf(&dir.join("upstream"), upstream_addr, load_cpus.len(), nofile)?;
-    let upstream = h.start_nginx("upstream", "upstream", &load_cpus, upstream_conf, Ready::Http(upstream_addr, "/"))?;
+    let (upstream_addr, upstream) = h.start_upstream()?;
 
     let (gw_addr, gw_metrics) = (free_port()?, free_port()?);
     let gw_conf = gatewayd_conf(gw_addr, gw_metrics, upstream_addr, workers);
@@ -191,47 +190,36 @@ fn sanity_check(s: &Subject) -> Result<()> {
 /// latency headers, metrics) except the access log (the audit log, off like nginx's) and the
 /// admin socket (not needed).
 pub(super) fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize) -> String {
-    gatewayd_server(listen, metrics, workers) + &upstream_routes(upstream)
+    upstream_routes(gatewayd_server(listen, metrics, workers), upstream).build()
 }
 
 /// The upstream as gatewayd's one service (its default idle pool, as nginx's `keepalive`) and
 /// one open route to it.
-pub(super) fn upstream_routes(upstream: SocketAddr) -> String {
-    format!(
-        r#"[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-max_idle_per_target = {UPSTREAM_KEEPALIVE}
-
-[[routes]]
-name = "all"
-service = "upstream"
-auth = "none"
-"#
-    )
+pub(super) fn upstream_routes(conf: GwConf, upstream: SocketAddr) -> GwConf {
+    conf.service("upstream", upstream, Some(UPSTREAM_KEEPALIVE)).route("all", "upstream", &[], "none", "")
 }
 
 /// The part of a benchmark's gatewayd config every benchmark shares: workers, one plain
-/// listener, metrics, no admin socket. Benchmarks append their services and routes.
-pub(super) fn gatewayd_server(listen: SocketAddr, metrics: SocketAddr, workers: usize) -> String {
-    format!(
-        r#"[server]
-workers = {workers}
-log_level = "warn"
-
-[[listeners]]
-name = "bench"
-bind = "{listen}"
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-"#
-    )
+/// listener, metrics, no admin socket. Benchmarks add their services and routes.
+pub(super) fn gatewayd_server(listen: SocketAddr, metrics: SocketAddr, workers: usize) -> GwConf {
+    GwConf::new(workers).server("log_level = \"warn\"").listener("bench", listen).metrics(metrics).no_admin()
 }
+
+/// nginx's `location /` doing what gatewayd does by default: HTTP/1.1 keep-alive to the
+/// `backend` upstream block, forwarding headers, a request id both ways, the upstream's timing
+/// in a response header.
+pub(super) const NGINX_PROXY_LOCATION: &str = "        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=$host\";
+            proxy_set_header X-Request-Id $request_id;
+            add_header X-Request-Id $request_id always;
+            add_header Server-Timing \"upstream;dur=$upstream_response_time\" always;
+        }";
 
 /// Directives both nginx instances share: foreground, files under the prefix, enough
 /// descriptors for the idle-connection measurement, no access log.
@@ -329,18 +317,7 @@ pub(super) fn nginx_proxy_conf_with(
     }}
     server {{
         listen {listen} reuseport backlog=1024;
-{extra}        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=$host\";
-            proxy_set_header X-Request-Id $request_id;
-            add_header X-Request-Id $request_id always;
-            add_header Server-Timing \"upstream;dur=$upstream_response_time\" always;
-        }}
+{extra}{NGINX_PROXY_LOCATION}
     }}
 }}
 ",

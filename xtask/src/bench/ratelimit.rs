@@ -25,7 +25,6 @@ use super::{
     http,
     load::{self, Oha, OhaResult, Wrk},
     procfs::Tree,
-    proxy::nginx_upstream_conf,
     report::{self, Report, median, num},
 };
 use crate::cmd::{capture, cargo};
@@ -165,9 +164,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let machine = h.machine.clone();
     let redis_version = report::version_of(Command::new("redis-server").arg("--version"));
 
-    let upstream_addr = free_port()?;
-    let upstream_conf = nginx_upstream_conf(&dir.join("upstream"), upstream_addr, load_cpus.len(), h.nofile)?;
-    h.start_nginx("upstream", "upstream", &load_cpus, upstream_conf, Ready::Http(upstream_addr, "/"))?;
+    let (upstream_addr, _) = h.start_upstream()?;
 
     let redis_port = free_port()?.port();
     let ping = move || -> Result<()> {
@@ -675,51 +672,20 @@ fn gatewayd_conf(
     redis_port: u16,
     workers: usize,
 ) -> String {
-    super::proxy::gatewayd_server(listen, metrics, workers)
-        + &format!(
-            r#"[redis]
-url = "redis://127.0.0.1:{redis_port}"
-timeout = "1s"
-
-[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-
-[[routes]]
-name = "open"
-service = "upstream"
-paths = ["/open"]
-auth = "none"
-
-[[routes]]
-name = "mem"
-service = "upstream"
-paths = ["/mem"]
-auth = "none"
-
-[[routes]]
-name = "redis"
-service = "upstream"
-paths = ["/redis"]
-auth = "none"
-
-[[rate_limits]]
-name = "mem-per-ip"
-routes = ["mem"]
-key = "ip"
-limit = {LIMIT}
-window = "minute"
-
-[[rate_limits]]
-name = "redis-per-ip"
-routes = ["redis"]
-key = "ip"
-limit = {LIMIT}
-window = "minute"
-backend = "redis"
-on_redis_error = "fail_closed"
-"#
+    let limit = |name, route, backend: &str| {
+        format!(
+            "[[rate_limits]]\nname = \"{name}\"\nroutes = [\"{route}\"]\nkey = \"ip\"\nlimit = {LIMIT}\nwindow = \"minute\"\n{backend}"
         )
+    };
+    super::proxy::gatewayd_server(listen, metrics, workers)
+        .raw(&format!("[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\ntimeout = \"1s\"\n"))
+        .service("upstream", upstream, None)
+        .route("open", "upstream", &["/open"], "none", "")
+        .route("mem", "upstream", &["/mem"], "none", "")
+        .route("redis", "upstream", &["/redis"], "none", "")
+        .raw(&limit("mem-per-ip", "mem", ""))
+        .raw(&limit("redis-per-ip", "redis", "backend = \"redis\"\non_redis_error = \"fail_closed\"\n"))
+        .build()
 }
 
 #[cfg(test)]

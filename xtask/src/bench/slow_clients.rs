@@ -273,25 +273,10 @@ fn active_requests(metrics: SocketAddr) -> Result<f64> {
 /// gatewayd as users run it, two routes to the upstream: `/s/` streams, `/b/` buffers answers.
 fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize) -> String {
     gatewayd_server(listen, metrics, workers)
-        + &format!(
-            r#"[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-
-[[routes]]
-name = "stream"
-service = "upstream"
-paths = ["/s"]
-auth = "none"
-
-[[routes]]
-name = "buffered"
-service = "upstream"
-paths = ["/b"]
-auth = "none"
-response_buffering = true
-"#
-        )
+        .service("upstream", upstream, None)
+        .route("stream", "upstream", &["/s"], "none", "")
+        .route("buffered", "upstream", &["/b"], "none", "response_buffering = true\n")
+        .build()
 }
 
 /// nginx serving `/s/<MiB>` and `/b/<MiB>` files of each case's size, keep-alive.

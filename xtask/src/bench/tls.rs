@@ -27,10 +27,10 @@ use super::{
     harness::{Harness, Measurable, Ready, release_gatewayd},
     http,
     procfs::Tree,
-    proxy::{nginx_common, nginx_temp_paths},
+    proxy::{NGINX_PROXY_LOCATION, nginx_common, nginx_temp_paths},
     report::Machine,
 };
-use crate::cmd::exec;
+use crate::{cmd::exec, gwconf::GwConf};
 
 /// Each subject gets this much of a phase's load before its measured runs.
 const WARMUP: Duration = Duration::from_secs(1);
@@ -311,44 +311,13 @@ struct Listeners {
 /// defaults too: TLS 1.3 only, session tickets on, kTLS on where the kernel has it.
 fn gatewayd_conf(listen: &Listeners, metrics: SocketAddr, upstream: SocketAddr, workers: usize, dir: &Path) -> String {
     let d = dir.display();
-    format!(
-        r#"[server]
-workers = {workers}
-log_level = "warn"
-
-[[listeners]]
-name = "ecdsa"
-bind = "{ecdsa}"
-
-[listeners.tls]
-certificates = [{{ cert = "{d}/ecdsa/server.crt", key = "{d}/ecdsa/server.key" }}]
-
-[[listeners]]
-name = "rsa"
-bind = "{rsa}"
-
-[listeners.tls]
-certificates = [{{ cert = "{d}/rsa/server.crt", key = "{d}/rsa/server.key" }}]
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-max_idle_per_target = {UPSTREAM_KEEPALIVE}
-
-[[routes]]
-name = "all"
-service = "upstream"
-auth = "none"
-"#,
-        ecdsa = listen.ecdsa,
-        rsa = listen.rsa,
-    )
+    let conf = GwConf::new(workers)
+        .server("log_level = \"warn\"")
+        .tls_listener("ecdsa", listen.ecdsa, format!("{d}/ecdsa/server.crt"), format!("{d}/ecdsa/server.key"), "")
+        .tls_listener("rsa", listen.rsa, format!("{d}/rsa/server.crt"), format!("{d}/rsa/server.key"), "")
+        .metrics(metrics)
+        .no_admin();
+    super::proxy::upstream_routes(conf, upstream).build()
 }
 
 /// The upstream: `/` answers "ok", `/1m` is a 1 MiB file (sendfile), keep-alive.
@@ -398,18 +367,7 @@ fn nginx_conf(
     dir: &Path,
 ) -> Result<String> {
     let d = dir.display();
-    let location = "        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=$host\";
-            proxy_set_header X-Request-Id $request_id;
-            add_header X-Request-Id $request_id always;
-            add_header Server-Timing \"upstream;dur=$upstream_response_time\" always;
-        }";
+    let location = NGINX_PROXY_LOCATION;
     Ok(format!(
         "{}http {{
     access_log off;
