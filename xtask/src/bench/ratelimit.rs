@@ -21,7 +21,7 @@ use super::{
     Options,
     cpus::CpuList,
     free_port,
-    harness::{Harness, Measurable, Measured, Ready, fixed_rate, release_gatewayd},
+    harness::{Harness, Measurable, Ready, fixed_rate, release_gatewayd},
     http,
     load::{self, Oha, OhaResult, Wrk},
     procfs::Tree,
@@ -189,40 +189,14 @@ pub fn run(opts: &Options) -> Result<()> {
     for r in &routes {
         warm.run(&load_cpus, &r.url)?;
     }
-    // gatewayd's and Redis's counters around every run (outside its CPU window); the second
-    // reading once the requests still in flight when the load generator exited have been decided.
-    let before = |r: &Route| Snapshot::take(metrics_addr, redis_port).with_context(|| r.config.to_owned());
-    let after = |r: &Route, before: Snapshot| -> Result<Counters> {
-        std::thread::sleep(SETTLE);
-        Ok(before.until(&Snapshot::take(metrics_addr, redis_port)?, r.config))
-    };
+    let counters = Counted { metrics: metrics_addr, redis_port, gw };
     let wrk = Wrk { connections: opts.connections, duration: opts.duration(10) };
-    let max_runs = counted(
-        h.interleave_around(
-            opts.reps,
-            &routes,
-            &[gw],
-            |_, r| before(r),
-            |cpus, r, b| Ok((b, wrk.run(cpus, &r.url)?)),
-            |r, (b, w)| Ok((w, after(r, b)?)),
-        )?,
-        |w| w.requests,
-    );
+    let max_runs = counters.runs(&mut h, opts.reps, &routes, |cpus, r| wrk.run(cpus, &r.url), |w| w.requests)?;
     let max_rps: Vec<f64> =
         max_runs.iter().map(|runs| median(&runs.iter().map(|r| r.result.rps).collect::<Vec<_>>())).collect();
     let rate = fixed_rate(&max_rps)?;
     let oha = Oha { connections: opts.connections, duration: opts.duration(10), rate };
-    let rate_runs = counted(
-        h.interleave_around(
-            opts.reps,
-            &routes,
-            &[gw],
-            |_, r| before(r),
-            |cpus, r, b| Ok((b, oha.run(cpus, &r.url)?)),
-            |r, (b, o)| Ok((o, after(r, b)?)),
-        )?,
-        |o| o.requests,
-    );
+    let rate_runs = counters.runs(&mut h, opts.reps, &routes, |cpus, r| oha.run(cpus, &r.url), |o| o.requests)?;
     let metrics = scrape(metrics_addr)?;
     let load_after = h.loadavg();
     let started = h.commands.join("\n");
@@ -530,20 +504,48 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// The harness's runs as the report reads them: the load generator's result, gatewayd's CPU
-/// per request and the counters of the run.
-fn counted<T>(runs: Vec<Vec<Measured<(T, Counters)>>>, requests: fn(&T) -> u64) -> Vec<Vec<Run<T>>> {
-    runs.into_iter()
-        .map(|runs| {
-            runs.into_iter()
-                .map(|m| {
-                    let cpu_us_per_request = m.cpu_us_per(requests(&m.value.0));
-                    let (result, counters) = m.value;
-                    Run { result, cpu_us_per_request, background: m.background, counters }
-                })
-                .collect()
-        })
-        .collect()
+/// Measured runs with gatewayd's and Redis's counters around each (read outside the run's CPU
+/// window; the second reading once the requests still in flight when the load generator exited
+/// have been decided).
+struct Counted {
+    metrics: SocketAddr,
+    redis_port: u16,
+    gw: Tree,
+}
+
+impl Counted {
+    fn runs<T>(
+        &self,
+        h: &mut Harness,
+        reps: u32,
+        routes: &[Route],
+        mut load: impl FnMut(&CpuList, &Route) -> Result<T>,
+        requests: fn(&T) -> u64,
+    ) -> Result<Vec<Vec<Run<T>>>> {
+        let measured = h.interleave_around(
+            reps,
+            routes,
+            &[self.gw],
+            |_, r| Snapshot::take(self.metrics, self.redis_port).with_context(|| r.config.to_owned()),
+            |cpus, r, before| Ok((before, load(cpus, r)?)),
+            |r, (before, result)| {
+                std::thread::sleep(SETTLE);
+                Ok((result, before.until(&Snapshot::take(self.metrics, self.redis_port)?, r.config)))
+            },
+        )?;
+        Ok(measured
+            .into_iter()
+            .map(|runs| {
+                runs.into_iter()
+                    .map(|m| {
+                        let cpu_us_per_request = m.cpu_us_per(requests(&m.value.0));
+                        let (result, counters) = m.value;
+                        Run { result, cpu_us_per_request, background: m.background, counters }
+                    })
+                    .collect()
+            })
+            .collect())
+    }
 }
 
 /// `median (min–max)`.
