@@ -125,6 +125,9 @@ impl Options {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
+    if !opts.bins.is_empty() && !matches!(opts.target, Target::Callgrind | Target::CpuCompare | Target::SlowClients) {
+        anyhow::bail!("only callgrind, cpu-compare and slow-clients take binaries ({:?})", opts.bins);
+    }
     match opts.target {
         Target::Proxy => proxy::run(opts),
         Target::Xdp => xdp::run(),
