@@ -9,6 +9,8 @@
 
 mod auth;
 pub mod c100k;
+mod callgrind;
+mod cpu_compare;
 mod cpus;
 mod flood;
 mod h2;
@@ -21,6 +23,7 @@ mod procfs;
 mod proxy;
 mod ratelimit;
 mod report;
+mod slow_clients;
 mod tls;
 mod xdp;
 
@@ -59,6 +62,21 @@ pub struct Options {
     load: load::MaxLoad,
     #[command(flatten)]
     flood: flood::Flags,
+    /// callgrind: the client protocol of the measured requests.
+    #[arg(long, value_enum, default_value_t = callgrind::Proto::H1)]
+    proto: callgrind::Proto,
+    /// callgrind: also measure this reference proxy, after the binaries.
+    #[arg(long, value_enum)]
+    against: Option<callgrind::Against>,
+    /// callgrind: measured requests per subject [default: h1, https: 4000; h2, h2s: 20000];
+    /// slow-clients: clients per case [default: 1000].
+    #[arg(long)]
+    requests: Option<u64>,
+    /// callgrind, cpu-compare: the gatewayd binaries to compare (e.g. a build of main and one of
+    /// a branch), in this order; slow-clients: the gatewayd to measure [default: the release
+    /// build].
+    #[arg(value_name = "BIN")]
+    bins: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -88,6 +106,15 @@ enum Target {
     /// The guard in native XDP with and without `[xdp] steering = "cpumap"`, in the flood
     /// topology: success, p99 and CPU per request (needs root).
     Steering,
+    /// Instructions per proxied request under callgrind of each BIN (`--proto`, `--against
+    /// nginx`): repeatable on a busy machine.
+    Callgrind,
+    /// CPU per proxied request of each BIN (before/after a change), interleaved, with perf's
+    /// context switches and syscalls per request.
+    CpuCompare,
+    /// Slow readers: memory, upstream connections and response buffering of gatewayd and nginx
+    /// while clients read nothing (`--requests`: clients, `--duration`: seconds of waiting).
+    SlowClients,
 }
 
 impl Options {
@@ -98,6 +125,9 @@ impl Options {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
+    if !opts.bins.is_empty() && !matches!(opts.target, Target::Callgrind | Target::CpuCompare | Target::SlowClients) {
+        anyhow::bail!("only callgrind, cpu-compare and slow-clients take binaries ({:?})", opts.bins);
+    }
     match opts.target {
         Target::Proxy => proxy::run(opts),
         Target::Xdp => xdp::run(),
@@ -108,6 +138,9 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Flood => flood::run(opts),
         Target::Steering => flood::steering::run(opts),
         Target::H2 => h2::run(opts),
+        Target::Callgrind => callgrind::run(opts),
+        Target::CpuCompare => cpu_compare::run(opts),
+        Target::SlowClients => slow_clients::run(opts),
     }
 }
 

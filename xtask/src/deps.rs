@@ -26,6 +26,10 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "hey",
+    // `bench callgrind` (instructions per request under valgrind's callgrind) and `bench
+    // cpu-compare` (perf's software counters: context switches, syscalls per request).
+    "valgrind",
+    "linux-perf",
     // ACME tests: Let's Encrypt's test CA (RFC 8555, both challenge types, short lifetimes).
     "pebble",
     // `bench proxy`'s third subject: HAProxy 2.6 as users run it next to nginx.

@@ -8,6 +8,7 @@ mod cmd;
 mod deps;
 mod dist;
 mod fuzz;
+mod gwconf;
 mod layers;
 mod run;
 mod test;

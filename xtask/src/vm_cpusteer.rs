@@ -8,11 +8,12 @@ use std::{path::Path, time::Duration};
 use anyhow::Result;
 
 use crate::{
+    gwconf::GwConf,
     vm::{Guest, Suite},
     vm_test::gatewayd,
 };
 
-const SCRIPT: &str = r#"set -e
+const SETUP: &str = r#"set -e
 ip=/usr/bin/iproute2-ip
 mkdir -p /var/run/netns /run
 $ip netns add c
@@ -25,34 +26,10 @@ $ip -n c link set gw1 up
 $ip -n c link set lo up
 # Local senders leave TCP checksums to the device; a cpumap-redirected frame needs them filled in.
 $ip netns exec c /usr/bin/ethtool -K gw1 tx off >/dev/null
-cat > /tmp/gw.toml <<'CONF'
-[server]
-workers = 2
-steering = "client_hash"
-pin_workers = true
-[[listeners]]
-name = "public"
-bind = "10.9.0.1:8080"
-[metrics]
-bind = "127.0.0.1:9090"
-[demo]
-enabled = true
-bind = "127.0.0.1:8081"
-[[services]]
-name = "demo"
-targets = ["127.0.0.1:8081"]
-[[routes]]
-name = "demo"
-service = "demo"
-paths = ["/demo"]
-strip_path = true
-auth = "none"
-[xdp]
-enabled = true
-interfaces = ["gw0"]
-mode = "xdp-driver"
-steering = "cpumap"
-CONF
+"#;
+
+/// The rest of the script, after the config.
+const CHECKS: &str = r#"CONF
 RUST_LOG=info /usr/bin/gatewayd --config /tmp/gw.toml > /tmp/gw.log 2>&1 &
 i=0
 until wget -q -O /dev/null http://127.0.0.1:9090/readyz 2>/dev/null; do
@@ -79,6 +56,20 @@ else
 fi
 "#;
 
+/// The guest's script: the veth pair and namespace, gatewayd with client-hash steering, pinned
+/// workers and cpumap steering in native XDP on gw0, then the checks.
+fn script() -> String {
+    let conf = GwConf::new(2)
+        .server("steering = \"client_hash\"")
+        .server("pin_workers = true")
+        .listener("public", "10.9.0.1:8080")
+        .metrics("127.0.0.1:9090")
+        .demo()
+        .raw("[xdp]\nenabled = true\ninterfaces = [\"gw0\"]\nmode = \"xdp-driver\"\nsteering = \"cpumap\"\n")
+        .build();
+    format!("{SETUP}cat > /tmp/gw.toml <<'CONF'\n{conf}{CHECKS}")
+}
+
 pub fn cpusteer(root: &Path) -> Result<Vec<(String, Guest)>> {
     let bin = gatewayd(root)?;
     Ok(Suite::ALL
@@ -93,7 +84,7 @@ pub fn cpusteer(root: &Path) -> Result<Vec<(String, Guest)>> {
                     ("/usr/sbin/ethtool".into(), "/usr/bin/ethtool".into()),
                     ("/usr/bin/curl".into(), "/usr/bin/curl".into()),
                 ],
-                script: SCRIPT.into(),
+                script: script(),
                 timeout: Duration::from_secs(300),
                 cpus: 2,
             };

@@ -25,23 +25,14 @@ pub fn run(root: &Path) -> Result<String> {
     let new = format!("{old}+upgrade1");
     let debs = dist::build_packages(dist::Profile::Debug, &[old.as_str(), new.as_str()])?;
     let rootfs = rootfs::bookworm(root)?;
-    let work = root.join("target/vm/runs/systemd-bookworm");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let unit = work.join("vmtest.service");
-    std::fs::write(&unit, UNIT)?;
-    let script = work.join("run.sh");
-    std::fs::write(&script, include_str!("vm_systemd.sh"))?;
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let files = vec![
+    let (work, guest_files) = rootfs::run_files(root, "systemd-bookworm", UNIT, include_str!("vm_systemd.sh"))?;
+    let mut files = vec![
         (debs[0].clone(), "/opt/vmtest/gatewayd_old.deb".to_owned()),
         (debs[1].clone(), "/opt/vmtest/gatewayd_new.deb".to_owned()),
-        (script, "/opt/vmtest/run.sh".to_owned()),
-        (unit, "/etc/systemd/system/vmtest.service".to_owned()),
     ];
-    let links = [("/etc/systemd/system/multi-user.target.wants/vmtest.service", "/etc/systemd/system/vmtest.service")];
+    files.extend(guest_files);
     let image = work.join("root.img");
-    rootfs::image(&rootfs, &image, &files, &links)?;
+    rootfs::image(&rootfs, &image, &files, &rootfs::RUN_UNIT_LINKS)?;
     let console = vm::boot_with(&rootfs::qemu_args(&rootfs, &image), "Loading, please wait", TIMEOUT);
     let _ = std::fs::remove_file(&image);
     let console = console?;

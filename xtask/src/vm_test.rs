@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cmd::{capture, cargo, exec, seconds, timed},
+    gwconf::GwConf,
     vm::{self, Guest, Suite},
 };
 
@@ -121,48 +122,28 @@ fn ktls(root: &Path) -> Result<Vec<(String, Guest)>> {
         suite: Suite::Bookworm,
         modules: vec!["tls".into()],
         files: vec![(bin, "/usr/bin/gatewayd".into()), ("/usr/bin/curl".into(), "/usr/bin/curl".into())],
-        script: KTLS_SCRIPT.into(),
+        script: ktls_script(),
         timeout: Duration::from_secs(300),
         cpus: 2,
     };
     Ok(vec![("ktls-bookworm".into(), guest)])
 }
 
-const KTLS_SCRIPT: &str = r#"set -e
-gatewayd certs init --out /tmp/pki --san 127.0.0.1 > /dev/null
-cat > /tmp/gw.toml <<'EOF'
-[server]
-workers = 2
+/// The guest's script: certificates, gatewayd on a TLS listener (TLS 1.2 allowed) in front of
+/// its demo upstream, then the checks.
+fn ktls_script() -> String {
+    let conf = GwConf::new(2)
+        .tls_listener("tls", "127.0.0.1:8443", "/tmp/pki/server.crt", "/tmp/pki/server.key", "min_version = \"1.2\"\n")
+        .metrics("127.0.0.1:9090")
+        .no_admin()
+        .demo()
+        .build();
+    format!(
+        "set -e\ngatewayd certs init --out /tmp/pki --san 127.0.0.1 > /dev/null\ncat > /tmp/gw.toml <<'EOF'\n{conf}{KTLS_CHECKS}"
+    )
+}
 
-[[listeners]]
-name = "tls"
-bind = "127.0.0.1:8443"
-
-[listeners.tls]
-certificates = [{ cert = "/tmp/pki/server.crt", key = "/tmp/pki/server.key" }]
-min_version = "1.2"
-
-[metrics]
-bind = "127.0.0.1:9090"
-
-[admin]
-socket = ""
-
-[demo]
-enabled = true
-bind = "127.0.0.1:8081"
-
-[[services]]
-name = "demo"
-targets = ["127.0.0.1:8081"]
-
-[[routes]]
-name = "demo"
-service = "demo"
-paths = ["/demo"]
-strip_path = true
-auth = "none"
-EOF
+const KTLS_CHECKS: &str = r#"EOF
 gatewayd --config /tmp/gw.toml > /tmp/gw.log 2>&1 &
 i=0
 until wget -q -O /dev/null http://127.0.0.1:9090/readyz 2>/dev/null; do

@@ -19,24 +19,16 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use super::{
-    Background, Options,
-    cpus::CpuPlan,
-    free_port, gatewayd_binary, interleave,
+    Options, free_port,
+    harness::{Harness, Measurable, Measured, Ready, fixed_rate, release_gatewayd},
     load::{self, Oha, OhaResult, Wrk, WrkResult},
-    process::Service,
     procfs::Tree,
-    proxy::{nginx_upstream_conf, start_nginx},
-    report::{self, Machine, Report, median, num, ratio},
-    run_dir,
+    report::{self, Report, median, num, ratio},
 };
-use crate::{
-    cmd::{capture, cargo, exec},
-    deps,
-};
+use crate::cmd::{capture, cargo, exec};
 
 mod oidc;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const WARMUP: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
@@ -54,6 +46,7 @@ struct MicroStats {
     p99_us: f64,
 }
 
+/// One route of the one gatewayd: what the runs interleave over.
 struct Route {
     name: &'static str,
     url: String,
@@ -67,24 +60,41 @@ impl Route {
     }
 }
 
-struct Run<T> {
-    result: T,
-    cpu_us_per_request: f64,
-    background: f64,
+impl Measurable for Route {
+    fn tree(&self) -> Tree {
+        self.tree
+    }
+}
+
+/// CPU µs per request of a wrk or oha run.
+fn cpu_us<T: Requests>(run: &Measured<T>) -> f64 {
+    run.cpu_us_per(run.value.requests())
+}
+
+trait Requests {
+    fn requests(&self) -> u64;
+}
+
+impl Requests for WrkResult {
+    fn requests(&self) -> u64 {
+        self.requests
+    }
+}
+
+impl Requests for OhaResult {
+    fn requests(&self) -> u64 {
+        self.requests
+    }
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    deps::ensure()?;
     load::ensure_oha()?;
     let micro = micro()?;
-
-    exec(cargo().args(["build", "--release", "--locked", "--package", "gateway-userspace", "--bin", "gatewayd"]))?;
-    let plan = CpuPlan::detect()?;
-    let nofile = super::idle::raise_fd_limit()?;
-    plan.pin_self_to_load()?;
-    let workers = plan.subject.len();
-    let dir = run_dir("auth")?;
-    let machine = Machine::read();
+    let gatewayd = release_gatewayd()?;
+    let mut h = Harness::new("auth")?;
+    let workers = h.plan.subject.len();
+    let (load_cpus, dir) = (h.plan.load.clone(), h.dir.clone());
+    let machine = h.machine.clone();
 
     // A key and a token, minted by the benchmark binary (the project's own crypto).
     let keys = dir.join("keys");
@@ -96,75 +106,51 @@ pub fn run(opts: &Options) -> Result<()> {
     let token = fs::read_to_string(keys.join("token")).context("the minted token")?;
     let authorization = format!("Bearer {}", token.trim());
 
-    let upstream_addr = free_port()?;
-    let upstream_conf = nginx_upstream_conf(&dir.join("upstream"), upstream_addr, plan.load.len(), nofile)?;
-    let (mut upstream, _) = start_nginx("upstream nginx", &plan.load, &dir.join("upstream"), &upstream_conf)?;
-    upstream.wait_http_ok(upstream_addr, "/", READY_TIMEOUT)?;
+    let (upstream_addr, _) = h.start_upstream()?;
 
-    let provider = oidc::start_provider(&plan.load, &dir)?;
+    let provider = oidc::start_provider(&mut h)?;
     let (gw_addr, metrics_addr) = (free_port()?, free_port()?);
     let gw_conf = gatewayd_conf(gw_addr, metrics_addr, upstream_addr, workers, &keys.join("bench.pem"))
-        + &oidc::config(provider.addr, gw_addr, &dir)?;
-    let gw_conf_path = dir.join("gatewayd.toml");
-    fs::write(&gw_conf_path, &gw_conf)?;
-    let mut gw_cmd = plan.subject.taskset(gatewayd_binary().to_str().context("gatewayd path is not UTF-8")?);
-    gw_cmd.arg("--config").arg(&gw_conf_path);
-    let gw_line = report::shell_line(&gw_cmd);
-    let mut gw = Service::start("gatewayd", gw_cmd, &dir.join("gatewayd.log"))?;
-    gw.wait_http_ok(gw_addr, "/open", READY_TIMEOUT)?;
+        + &oidc::config(provider, gw_addr, &dir)?;
+    let gw = h.start_gatewayd("gatewayd", &gatewayd, gw_conf, Ready::Http(gw_addr, "/open"))?;
     sanity_check(gw_addr, &authorization)?;
     let session = oidc::log_in(gw_addr)?;
 
     let bearer = vec![("Authorization", authorization.clone())];
     let routes = [
-        Route { name: "open route", url: format!("http://{gw_addr}/open"), tree: gw.tree(), headers: bearer.clone() },
+        Route { name: "open route", url: format!("http://{gw_addr}/open"), tree: gw, headers: bearer.clone() },
         Route {
             name: "authenticated route (ES256 JWT)",
             url: format!("http://{gw_addr}/auth"),
-            tree: gw.tree(),
+            tree: gw,
             headers: bearer,
         },
         Route {
             name: "logged-in route (session cookie)",
             url: format!("http://{gw_addr}/session"),
-            tree: gw.tree(),
+            tree: gw,
             headers: vec![("Cookie", session)],
         },
     ];
-    let background = Background { cpus: &plan.subject, own: vec![gw.tree()] };
     let warm = Wrk { connections: opts.connections, duration: WARMUP };
     for r in &routes {
-        warm.run_with(&plan.load, &r.url, &r.headers())?;
+        warm.run_with(&load_cpus, &r.url, &r.headers())?;
     }
     let wrk = Wrk { connections: opts.connections, duration: opts.duration(10) };
-    let max_runs = interleave(opts.reps, &routes, |_, r| {
-        let cpu = r.tree.cpu_time()?;
-        let (w, background) = background.measure(|| wrk.run_with(&plan.load, &r.url, &r.headers()))?;
-        let cpu = r.tree.cpu_time()? - cpu;
-        gw.check_alive()?;
-        Ok(Run { cpu_us_per_request: cpu.as_secs_f64() * 1e6 / w.requests as f64, result: w, background })
-    })?;
+    let max_runs = h.interleave(opts.reps, &routes, &[gw], |cpus, r| wrk.run_with(cpus, &r.url, &r.headers()))?;
     let max_rps: Vec<f64> =
-        max_runs.iter().map(|runs| median(&runs.iter().map(|r| r.result.rps).collect::<Vec<_>>())).collect();
-    let rate = ((max_rps.iter().copied().fold(f64::MAX, f64::min) * 0.5) / 100.0).floor() as u64 * 100;
-    if rate == 0 {
-        bail!("gatewayd sustained under 200 requests/s ({max_rps:?}); something is wrong");
-    }
+        max_runs.iter().map(|runs| median(&runs.iter().map(|r| r.value.rps).collect::<Vec<_>>())).collect();
+    let rate = fixed_rate(&max_rps)?;
     let oha = Oha { connections: opts.connections, duration: opts.duration(10), rate };
-    let rate_runs = interleave(opts.reps, &routes, |_, r| {
-        let cpu = r.tree.cpu_time()?;
-        let (o, background) = background.measure(|| oha.run_with(&plan.load, &r.url, &r.headers()))?;
-        let cpu = r.tree.cpu_time()? - cpu;
-        gw.check_alive()?;
-        Ok(Run { cpu_us_per_request: cpu.as_secs_f64() * 1e6 / o.requests as f64, result: o, background })
-    })?;
+    let rate_runs = h.interleave(opts.reps, &routes, &[gw], |cpus, r| oha.run_with(cpus, &r.url, &r.headers()))?;
     let metrics = super::http::get(metrics_addr, "/metrics")
         .map(|r| String::from_utf8_lossy(&r.body).into_owned())
         .unwrap_or_default();
-    let load_after = report::loadavg();
-    gw.stop()?;
-    upstream.stop()?;
-    provider.service.stop()?;
+    let load_after = h.loadavg();
+    let started = h.commands.join("\n");
+    let gw_conf = h.config_text("gatewayd.toml").to_owned();
+    let plan = h.plan.clone();
+    h.stop()?;
 
     let mut rep = Report::new("Benchmark: auth");
     rep.paragraph(&format!(
@@ -219,11 +205,11 @@ pub fn run(opts: &Options) -> Result<()> {
     rep.table(&["goal (issue 5)", "measured (worst token type)", "verdict"], &goal_rows(&micro));
 
     rep.heading("Authenticated vs open route (HTTP, one gatewayd)");
-    let med = |runs: &[Run<WrkResult>]| median(&runs.iter().map(|r| r.result.rps).collect::<Vec<_>>());
+    let med = |runs: &[Measured<WrkResult>]| median(&runs.iter().map(|r| r.value.rps).collect::<Vec<_>>());
     let medf = |v: Vec<f64>| median(&v);
-    let cpu_max = |i: usize| medf(max_runs[i].iter().map(|r| r.cpu_us_per_request).collect());
-    let cpu_rate = |i: usize| medf(rate_runs[i].iter().map(|r| r.cpu_us_per_request).collect());
-    let lat = |i: usize, f: fn(&OhaResult) -> f64| medf(rate_runs[i].iter().map(|r| f(&r.result) * 1e3).collect());
+    let cpu_max = |i: usize| medf(max_runs[i].iter().map(cpu_us).collect());
+    let cpu_rate = |i: usize| medf(rate_runs[i].iter().map(cpu_us).collect());
+    let lat = |i: usize, f: fn(&OhaResult) -> f64| medf(rate_runs[i].iter().map(|r| f(&r.value) * 1e3).collect());
     let line = |label: String, v: [f64; 3], digits: usize| {
         vec![
             label,
@@ -283,7 +269,7 @@ pub fn run(opts: &Options) -> Result<()> {
             opts.duration(10).as_secs(),
             opts.connections,
             report::shell_line(&wrk.command_with(&plan.load, &routes[1].url, &[("Authorization", "Bearer …")])),
-            gw_line,
+            started,
         ),
     );
     rep.code("toml", &gw_conf);
@@ -350,24 +336,11 @@ fn metric_line(text: &str, name: &str) -> String {
 
 fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize, key: &Path) -> String {
     super::proxy::gatewayd_server(listen, metrics, workers)
-        + &format!(
-            r#"[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-
-[[routes]]
-name = "open"
-service = "upstream"
-paths = ["/open"]
-auth = "none"
-
-[[routes]]
-name = "auth"
-service = "upstream"
-paths = ["/auth"]
-auth = "users"
-
-[[auth.issuers]]
+        .service("upstream", upstream, None)
+        .route("open", "upstream", &["/open"], "none", "")
+        .route("auth", "upstream", &["/auth"], "users", "")
+        .raw(&format!(
+            r#"[[auth.issuers]]
 name = "bench"
 issuer = "https://idp.bench"
 audiences = ["api"]
@@ -379,7 +352,8 @@ any_of = ["jwt"]
 scopes = ["read"]
 "#,
             key = key.display()
-        )
+        ))
+        .build()
 }
 
 #[cfg(test)]

@@ -31,23 +31,13 @@ pub fn run() -> Result<()> {
     let root = workspace_root();
     let deb = dist::build_packages(dist::Profile::Release, &[dist::version()?.as_str()])?.remove(0);
     let rootfs = rootfs::bookworm(root)?;
-    let work = root.join("target/vm/runs/c100k");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let unit = work.join("vmtest.service");
-    std::fs::write(&unit, UNIT)?;
-    let script = work.join("run.sh");
-    std::fs::write(&script, include_str!("c100k.sh").replace("@CONNECTIONS@", &CONNECTIONS.to_string()))?;
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let files = vec![
-        (deb, "/opt/vmtest/gatewayd.deb".to_owned()),
-        (std::env::current_exe()?, "/opt/vmtest/xtask".to_owned()),
-        (script, "/opt/vmtest/run.sh".to_owned()),
-        (unit, "/etc/systemd/system/vmtest.service".to_owned()),
-    ];
-    let links = [("/etc/systemd/system/multi-user.target.wants/vmtest.service", "/etc/systemd/system/vmtest.service")];
+    let script = include_str!("c100k.sh").replace("@CONNECTIONS@", &CONNECTIONS.to_string());
+    let (work, guest_files) = rootfs::run_files(root, "c100k", UNIT, &script)?;
+    let mut files =
+        vec![(deb, "/opt/vmtest/gatewayd.deb".to_owned()), (std::env::current_exe()?, "/opt/vmtest/xtask".to_owned())];
+    files.extend(guest_files);
     let image = work.join("root.img");
-    rootfs::image(&rootfs, &image, &files, &links)?;
+    rootfs::image(&rootfs, &image, &files, &rootfs::RUN_UNIT_LINKS)?;
     let mut args = rootfs::qemu_args(&rootfs, &image);
     // Room for 100k sockets on both sides plus gatewayd's buffers.
     if let Some(i) = args.iter().position(|a| a == "2048") {

@@ -7,21 +7,20 @@
 //! fixed rate with oha (`--http2`, open loop, latency-corrected: h2load reports no
 //! percentiles). Writes `bench/results/h2.md`.
 
-mod h2load;
+pub(super) mod h2load;
 mod summary;
 
 use std::{fs, net::SocketAddr, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::{
-    Options, Subject, free_port, gatewayd_binary,
-    harness::{Harness, Measured},
+    Options, Subject, free_port,
+    harness::{Harness, Measured, Ready, fixed_rate, release_gatewayd},
     load::{self, Oha, OhaResult},
     proxy::{self, haproxy},
     report, tls,
 };
-use crate::cmd::{cargo, exec};
 use h2load::{H2loadResult, Shape};
 
 /// The closed-loop shapes: h2load's usual many streams per connection, and many connections
@@ -128,11 +127,10 @@ fn tls_parameters(mode: Mode, warm: &[(&str, Option<String>)]) -> Result<Option<
 
 pub fn run(opts: &Options) -> Result<()> {
     load::ensure_oha()?;
-    exec(cargo().args(["build", "--release", "--locked", "--package", "gateway-userspace", "--bin", "gatewayd"]))?;
+    let gatewayd_bin = release_gatewayd()?;
     // The report's run time: the measurement, not the build.
     let started = Instant::now();
-    let gatewayd = gatewayd_binary();
-    let gatewayd = gatewayd.to_str().context("gatewayd path is not UTF-8")?;
+    let gatewayd = gatewayd_bin.to_str().context("gatewayd path is not UTF-8")?;
     let mut h = Harness::new("h2")?;
     let workers = h.plan.subject.len();
     let (load_cpus, subject_cpus, dir, nofile) = (h.plan.load.clone(), h.plan.subject.clone(), h.dir.clone(), h.nofile);
@@ -151,10 +149,7 @@ pub fn run(opts: &Options) -> Result<()> {
     );
 
     // The upstream of the proxies, with the load, on the load CPUs (HTTP/1.1 only).
-    let up = free_port()?;
-    let up_conf = proxy::nginx_upstream_conf(&dir.join("upstream"), up, load_cpus.len(), nofile)?;
-    h.config("upstream: nginx.conf", "nginx", &dir.join("upstream/nginx.conf"), up_conf)?;
-    h.start("upstream", proxy::nginx_command(&load_cpus, &dir.join("upstream")), up)?;
+    let (up, _upstream) = h.start_upstream()?;
 
     // The direct baseline: the same origin answering h2c and h2 itself, pinned like the proxies
     // (one worker on the subject CPUs). Served from the load CPUs, it would share a core with
@@ -162,31 +157,21 @@ pub fn run(opts: &Options) -> Result<()> {
     let or = Ports::new()?;
     let extra = format!("        listen {} http2;\n        listen {} ssl http2;\n{ssl}", or.h2c, or.tls);
     let or_conf = proxy::nginx_upstream_conf_with(&dir.join("origin"), or.h1, &extra, workers, nofile)?;
-    h.config("origin direct: nginx.conf", "nginx", &dir.join("origin/nginx.conf"), or_conf)?;
-    let origin = h.start(NAMES[DIRECT], proxy::nginx_command(&subject_cpus, &dir.join("origin")), or.h1)?;
+    let origin = h.start_nginx(NAMES[DIRECT], "origin", &subject_cpus, or_conf, Ready::Http(or.h1, "/"))?;
 
     // gatewayd sniffs h2c on its plain listener; its TLS listener offers h2 and http/1.1.
     let gw = Ports::new()?;
     let gw = Ports { h2c: gw.h1, ..gw };
     let metrics = free_port()?;
-    let gw_conf = proxy::gatewayd_conf(gw.h1, metrics, up, workers)
-        + &format!(
-            "\n[[listeners]]\nname = \"tls\"\nbind = \"{}\"\n\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
-            gw.tls,
-            crt.display(),
-            key.display()
-        );
-    let gw_path = dir.join("gatewayd.toml");
-    h.config("gatewayd.toml", "toml", &gw_path, gw_conf)?;
-    let mut gw_cmd = subject_cpus.taskset(gatewayd);
-    gw_cmd.arg("--config").arg(&gw_path);
-    let gw_tree = h.start(NAMES[GATEWAYD], gw_cmd, gw.h1)?;
+    let gw_server =
+        proxy::gatewayd_server(gw.h1, metrics, workers).tls_listener("tls", gw.tls, crt.display(), key.display(), "");
+    let gw_conf = proxy::upstream_routes(gw_server, up).build();
+    let gw_tree = h.start_gatewayd("gatewayd", &gatewayd_bin, gw_conf, Ready::Http(gw.h1, "/"))?;
 
     let ng = Ports::new()?;
     let extra = format!("        listen {} http2;\n        listen {} ssl http2;\n{ssl}", ng.h2c, ng.tls);
     let ng_conf = proxy::nginx_proxy_conf_with(&dir.join("nginx"), ng.h1, &extra, up, workers, nofile)?;
-    h.config("nginx proxy: nginx.conf", "nginx", &dir.join("nginx/nginx.conf"), ng_conf)?;
-    let ng_tree = h.start(NAMES[NGINX], proxy::nginx_command(&subject_cpus, &dir.join("nginx")), ng.h1)?;
+    let ng_tree = h.start_nginx(NAMES[NGINX], "nginx", &subject_cpus, ng_conf, Ready::Http(ng.h1, "/"))?;
 
     let ha = Ports::new()?;
     let binds = format!(
@@ -226,14 +211,8 @@ pub fn run(opts: &Options) -> Result<()> {
             })?);
         }
         // Latency at half what the slowest proxy sustains (many streams), the same for all.
-        let slowest = PROXIES
-            .iter()
-            .map(|&p| report::median(&max[0][p].iter().map(|r| r.value.rps).collect::<Vec<_>>()))
-            .fold(f64::INFINITY, f64::min);
-        let rate = ((slowest * 0.5) / 100.0).floor() as u64 * 100;
-        if rate == 0 {
-            bail!("{}: the proxies sustained under 200 requests/s ({slowest}); something is wrong", mode.title());
-        }
+        let proxies_rps = PROXIES.map(|p| report::median(&max[0][p].iter().map(|r| r.value.rps).collect::<Vec<_>>()));
+        let rate = fixed_rate(&proxies_rps).with_context(|| mode.title())?;
         let oha = Oha { connections: OHA_CONNECTIONS, duration, rate };
         let args = mode.oha_args();
         let fixed =

@@ -145,7 +145,7 @@ fn hey_command(connections: usize, duration: Duration, cpus: &CpuList, url: &str
 
 /// hey's summary: `Requests/sec:`, the status code distribution (`[200]\tN responses`) and the
 /// error distribution (`[N]\tGet ...: error`), in the shape of wrk's result.
-fn parse_hey(out: &str, duration: Duration) -> Result<WrkResult> {
+pub(super) fn parse_hey(out: &str, duration: Duration) -> Result<WrkResult> {
     let mut rps = None;
     let (mut ok, mut non_2xx, mut errors) = (0u64, 0u64, 0u64);
     let mut section = "";

@@ -17,15 +17,14 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     Options, Subject,
     cpus::CpuList,
-    free_port, gatewayd_binary,
-    harness::{Harness, Measured},
+    free_port,
+    harness::{Harness, Measured, Ready, fixed_rate, release_gatewayd},
     http,
     idle::{self, IdleResult},
     load::{self, Oha, OhaResult, WrkResult},
-    process::Service,
     report::{self, median},
 };
-use crate::cmd::{cargo, exec};
+use crate::gwconf::GwConf;
 use summary::{Setup, write_report};
 
 /// Each subject gets this much load before the measured runs (connections, pools, caches).
@@ -52,30 +51,21 @@ type RateRun = Measured<OhaResult>;
 
 pub fn run(opts: &Options) -> Result<()> {
     load::ensure_oha()?;
-    exec(cargo().args(["build", "--release", "--locked", "--package", "gateway-userspace", "--bin", "gatewayd"]))?;
-    let gatewayd = gatewayd_binary();
+    let gatewayd = release_gatewayd()?;
     let mut h = Harness::new("proxy")?;
     let workers = h.plan.subject.len();
     let (load_cpus, subject_cpus, dir, nofile) = (h.plan.load.clone(), h.plan.subject.clone(), h.dir.clone(), h.nofile);
 
     // The upstream, with the load, on the load CPUs.
-    let upstream_addr = free_port()?;
-    let upstream_conf = nginx_upstream_conf(&dir.join("upstream"), upstream_addr, load_cpus.len(), nofile)?;
-    h.config("upstream: nginx.conf", "nginx", &dir.join("upstream/nginx.conf"), upstream_conf)?;
-    let upstream = h.start("upstream nginx", nginx_command(&load_cpus, &dir.join("upstream")), upstream_addr)?;
+    let (upstream_addr, upstream) = h.start_upstream()?;
 
-    let gw_addr = free_port()?;
-    let gw_conf_path = dir.join("gatewayd.toml");
-    let gw_metrics = free_port()?;
-    h.config("gatewayd.toml", "toml", &gw_conf_path, gatewayd_conf(gw_addr, gw_metrics, upstream_addr, workers))?;
-    let mut gw_cmd = subject_cpus.taskset(gatewayd.to_str().context("gatewayd path is not UTF-8")?);
-    gw_cmd.arg("--config").arg(&gw_conf_path);
-    let gw = h.start("gatewayd", gw_cmd, gw_addr)?;
+    let (gw_addr, gw_metrics) = (free_port()?, free_port()?);
+    let gw_conf = gatewayd_conf(gw_addr, gw_metrics, upstream_addr, workers);
+    let gw = h.start_gatewayd("gatewayd", &gatewayd, gw_conf, Ready::Http(gw_addr, "/"))?;
 
     let nginx_addr = free_port()?;
     let nginx_conf = nginx_proxy_conf(&dir.join("nginx"), nginx_addr, upstream_addr, workers, nofile)?;
-    h.config("nginx proxy: nginx.conf", "nginx", &dir.join("nginx/nginx.conf"), nginx_conf)?;
-    let nginx = h.start("nginx proxy", nginx_command(&subject_cpus, &dir.join("nginx")), nginx_addr)?;
+    let nginx = h.start_nginx("nginx proxy", "nginx", &subject_cpus, nginx_conf, Ready::Http(nginx_addr, "/"))?;
 
     let haproxy_addr = free_port()?;
     let haproxy_path = dir.join("haproxy.cfg");
@@ -106,11 +96,7 @@ pub fn run(opts: &Options) -> Result<()> {
         max_runs.iter().map(|runs| median(&runs.iter().map(|r| r.value.rps).collect::<Vec<_>>())).collect();
 
     // Latency at a fixed rate: half what the slowest proxy sustains, the same for every subject.
-    let slowest = PROXIES.iter().map(|&p| max_rps[p]).fold(f64::INFINITY, f64::min);
-    let rate = ((slowest * 0.5) / 100.0).floor() as u64 * 100;
-    if rate == 0 {
-        bail!("the proxies sustained under 200 requests/s ({max_rps:?}); something is wrong");
-    }
+    let rate = fixed_rate(&PROXIES.map(|p| max_rps[p]))?;
     let oha = Oha { connections: opts.connections, duration, rate };
     let lag_before = loop_lag(gw_metrics)?;
     let rate_runs: Vec<Vec<RateRun>> = h.interleave(opts.reps, &subjects, &own, |cpus, s| oha.run(cpus, &s.url()))?;
@@ -200,57 +186,40 @@ fn sanity_check(s: &Subject) -> Result<()> {
     Ok(())
 }
 
-/// Starts nginx with `conf` under `prefix`; returns it and its command line.
-pub(super) fn start_nginx(name: &str, cpus: &CpuList, prefix: &Path, conf: &str) -> Result<(Service, String)> {
-    let conf_path = prefix.join("nginx.conf");
-    fs::write(&conf_path, conf)?;
-    let mut cmd = cpus.taskset("nginx");
-    // -e: the error log before the config is read (the compiled-in one may not be writable).
-    cmd.arg("-p").arg(prefix).arg("-e").arg(prefix.join("error.log")).arg("-c").arg(&conf_path);
-    let line = report::shell_line(&cmd);
-    Ok((Service::start(name, cmd, &prefix.join("stdout.log"))?, line))
-}
-
 /// gatewayd as users run it, with its defaults (h2c sniffing, forwarding headers, request ids,
 /// latency headers, metrics) except the access log (the audit log, off like nginx's) and the
 /// admin socket (not needed).
 pub(super) fn gatewayd_conf(listen: SocketAddr, metrics: SocketAddr, upstream: SocketAddr, workers: usize) -> String {
-    gatewayd_server(listen, metrics, workers)
-        + &format!(
-            r#"[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-max_idle_per_target = {UPSTREAM_KEEPALIVE}
+    upstream_routes(gatewayd_server(listen, metrics, workers), upstream).build()
+}
 
-[[routes]]
-name = "all"
-service = "upstream"
-auth = "none"
-"#
-        )
+/// The upstream as gatewayd's one service (its default idle pool, as nginx's `keepalive`) and
+/// one open route to it.
+pub(super) fn upstream_routes(conf: GwConf, upstream: SocketAddr) -> GwConf {
+    conf.service("upstream", upstream, Some(UPSTREAM_KEEPALIVE)).route("all", "upstream", &[], "none", "")
 }
 
 /// The part of a benchmark's gatewayd config every benchmark shares: workers, one plain
-/// listener, metrics, no admin socket. Benchmarks append their services and routes.
-pub(super) fn gatewayd_server(listen: SocketAddr, metrics: SocketAddr, workers: usize) -> String {
-    format!(
-        r#"[server]
-workers = {workers}
-log_level = "warn"
-
-[[listeners]]
-name = "bench"
-bind = "{listen}"
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-"#
-    )
+/// listener, metrics, no admin socket. Benchmarks add their services and routes.
+pub(super) fn gatewayd_server(listen: SocketAddr, metrics: SocketAddr, workers: usize) -> GwConf {
+    GwConf::new(workers).server("log_level = \"warn\"").listener("bench", listen).metrics(metrics).no_admin()
 }
+
+/// nginx's `location /` doing what gatewayd does by default: HTTP/1.1 keep-alive to the
+/// `backend` upstream block, forwarding headers, a request id both ways, the upstream's timing
+/// in a response header.
+pub(super) const NGINX_PROXY_LOCATION: &str = "        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=$host\";
+            proxy_set_header X-Request-Id $request_id;
+            add_header X-Request-Id $request_id always;
+            add_header Server-Timing \"upstream;dur=$upstream_response_time\" always;
+        }";
 
 /// Directives both nginx instances share: foreground, files under the prefix, enough
 /// descriptors for the idle-connection measurement, no access log.
@@ -348,18 +317,7 @@ pub(super) fn nginx_proxy_conf_with(
     }}
     server {{
         listen {listen} reuseport backlog=1024;
-{extra}        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=$host\";
-            proxy_set_header X-Request-Id $request_id;
-            add_header X-Request-Id $request_id always;
-            add_header Server-Timing \"upstream;dur=$upstream_response_time\" always;
-        }}
+{extra}{NGINX_PROXY_LOCATION}
     }}
 }}
 ",

@@ -18,22 +18,17 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use super::{
-    Background, Options,
-    cpus::{CpuList, CpuPlan},
-    free_port, gatewayd_binary, http, interleave,
+    Options,
+    cpus::CpuList,
+    free_port,
+    harness::{Harness, Measurable, Ready, fixed_rate, release_gatewayd},
+    http,
     load::{self, Oha, OhaResult, Wrk},
-    process::Service,
     procfs::Tree,
-    proxy::{nginx_upstream_conf, start_nginx},
-    report::{self, Machine, Report, median, num},
-    run_dir,
+    report::{self, Report, median, num},
 };
-use crate::{
-    cmd::{capture, cargo, exec},
-    deps,
-};
+use crate::cmd::{capture, cargo};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const WARMUP: Duration = Duration::from_secs(2);
 /// Requests still in flight when a load generator exits are decided a moment later: wait for
 /// them before reading the counters.
@@ -70,6 +65,13 @@ struct Route {
     config: &'static str,
     label: &'static str,
     url: String,
+    tree: Tree,
+}
+
+impl Measurable for Route {
+    fn tree(&self) -> Tree {
+        self.tree
+    }
 }
 
 struct Run<T> {
@@ -153,78 +155,54 @@ impl Snapshot {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    deps::ensure()?;
     load::ensure_oha()?;
     let micro = micro()?;
-
-    exec(cargo().args(["build", "--release", "--locked", "--package", "gateway-userspace", "--bin", "gatewayd"]))?;
-    let plan = CpuPlan::detect()?;
-    let nofile = super::idle::raise_fd_limit()?;
-    plan.pin_self_to_load()?;
-    let workers = plan.subject.len();
-    let dir = run_dir("ratelimit")?;
-    let machine = Machine::read();
+    let gatewayd = release_gatewayd()?;
+    let mut h = Harness::new("ratelimit")?;
+    let workers = h.plan.subject.len();
+    let (load_cpus, dir) = (h.plan.load.clone(), h.dir.clone());
+    let machine = h.machine.clone();
     let redis_version = report::version_of(Command::new("redis-server").arg("--version"));
 
-    let upstream_addr = free_port()?;
-    let upstream_conf = nginx_upstream_conf(&dir.join("upstream"), upstream_addr, plan.load.len(), nofile)?;
-    let (mut upstream, _) = start_nginx("upstream nginx", &plan.load, &dir.join("upstream"), &upstream_conf)?;
-    upstream.wait_http_ok(upstream_addr, "/", READY_TIMEOUT)?;
+    let (upstream_addr, _) = h.start_upstream()?;
 
     let redis_port = free_port()?.port();
-    let redis_cmd = redis_server(&plan.load, redis_port, &dir.join("redis"))?;
-    let redis_line = report::shell_line(&redis_cmd);
-    let mut redis = Service::start("redis-server", redis_cmd, &dir.join("redis.log"))?;
-    wait_redis(&mut redis, redis_port)?;
+    let ping = move || -> Result<()> {
+        let pong = redis_cli(redis_port).arg("PING").output()?;
+        if pong.stdout.starts_with(b"PONG") { Ok(()) } else { bail!("redis-server did not answer PING") }
+    };
+    let redis_cmd = redis_server(&load_cpus, redis_port, &dir.join("redis"))?;
+    h.start_ready("redis-server", redis_cmd, Ready::Probe(Box::new(ping)))?;
 
     let (gw_addr, metrics_addr) = (free_port()?, free_port()?);
     let gw_conf = gatewayd_conf(gw_addr, metrics_addr, upstream_addr, redis_port, workers);
-    let gw_conf_path = dir.join("gatewayd.toml");
-    fs::write(&gw_conf_path, &gw_conf)?;
-    let mut gw_cmd = plan.subject.taskset(gatewayd_binary().to_str().context("gatewayd path is not UTF-8")?);
-    gw_cmd.arg("--config").arg(&gw_conf_path);
-    let gw_line = report::shell_line(&gw_cmd);
-    let mut gw = Service::start("gatewayd", gw_cmd, &dir.join("gatewayd.log"))?;
-    gw.wait_http_ok(gw_addr, "/open", READY_TIMEOUT)?;
+    let gw = h.start_gatewayd("gatewayd", &gatewayd, gw_conf, Ready::Http(gw_addr, "/open"))?;
     sanity_check(gw_addr, redis_port)?;
 
+    let route = |config, label, path: &str| Route { config, label, url: format!("http://{gw_addr}{path}"), tree: gw };
     let routes = [
-        Route { config: "open", label: "/open (no limit)", url: format!("http://{gw_addr}/open") },
-        Route { config: "mem", label: "/mem (memory backend)", url: format!("http://{gw_addr}/mem") },
-        Route { config: "redis", label: "/redis (Redis backend)", url: format!("http://{gw_addr}/redis") },
+        route("open", "/open (no limit)", "/open"),
+        route("mem", "/mem (memory backend)", "/mem"),
+        route("redis", "/redis (Redis backend)", "/redis"),
     ];
-    let tree = gw.tree();
-    let background = Background { cpus: &plan.subject, own: vec![tree] };
     let warm = Wrk { connections: opts.connections, duration: WARMUP };
     for r in &routes {
-        warm.run(&plan.load, &r.url)?;
+        warm.run(&load_cpus, &r.url)?;
     }
-    let probe = Probe { tree, background: &background, metrics: metrics_addr, redis_port };
+    let counters = Counted { metrics: metrics_addr, redis_port, gw };
     let wrk = Wrk { connections: opts.connections, duration: opts.duration(10) };
-    let max_runs = interleave(opts.reps, &routes, |_, r| {
-        let run = probe.run(r, || wrk.run(&plan.load, &r.url), |w| w.requests)?;
-        gw.check_alive()?;
-        redis.check_alive()?;
-        Ok(run)
-    })?;
+    let max_runs = counters.runs(&mut h, opts.reps, &routes, |cpus, r| wrk.run(cpus, &r.url), |w| w.requests)?;
     let max_rps: Vec<f64> =
         max_runs.iter().map(|runs| median(&runs.iter().map(|r| r.result.rps).collect::<Vec<_>>())).collect();
-    let rate = fixed_rate(&max_rps);
-    if rate == 0 {
-        bail!("gatewayd sustained under 200 requests/s ({max_rps:?}); something is wrong");
-    }
+    let rate = fixed_rate(&max_rps)?;
     let oha = Oha { connections: opts.connections, duration: opts.duration(10), rate };
-    let rate_runs = interleave(opts.reps, &routes, |_, r| {
-        let run = probe.run(r, || oha.run(&plan.load, &r.url), |o| o.requests)?;
-        gw.check_alive()?;
-        redis.check_alive()?;
-        Ok(run)
-    })?;
+    let rate_runs = counters.runs(&mut h, opts.reps, &routes, |cpus, r| oha.run(cpus, &r.url), |o| o.requests)?;
     let metrics = scrape(metrics_addr)?;
-    let load_after = report::loadavg();
-    gw.stop()?;
-    redis.stop()?;
-    upstream.stop()?;
+    let load_after = h.loadavg();
+    let started = h.commands.join("\n");
+    let gw_conf = h.config_text("gatewayd.toml").to_owned();
+    let plan = h.plan.clone();
+    h.stop()?;
 
     // Nothing may have been refused or left to the fail mode: otherwise the runs measured
     // something else than the decision.
@@ -506,12 +484,11 @@ pub fn run(opts: &Options) -> Result<()> {
         "sh",
         &format!(
             "flock /tmp/bench.lock cargo xtask bench ratelimit --reps {} --duration {} --connections {}\n\
-             # in-process part alone:\ncargo bench -p gateway-userspace --bench ratelimit\n{}\n{}\n{}\n{}",
+             # in-process part alone:\ncargo bench -p gateway-userspace --bench ratelimit\n{}\n{}\n{}",
             opts.reps,
             opts.duration(10).as_secs(),
             opts.connections,
-            redis_line,
-            gw_line,
+            started,
             report::shell_line(&wrk.command(&plan.load, &routes[REDIS].url)),
             report::shell_line(&oha.command(&plan.load, &routes[REDIS].url)),
         ),
@@ -527,33 +504,48 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Takes one measured run: gatewayd's and Redis's counters around it, gatewayd's CPU time and
-/// the background share during it.
-struct Probe<'a> {
-    tree: Tree,
-    background: &'a Background<'a>,
+/// Measured runs with gatewayd's and Redis's counters around each (read outside the run's CPU
+/// window; the second reading once the requests still in flight when the load generator exited
+/// have been decided).
+struct Counted {
     metrics: SocketAddr,
     redis_port: u16,
+    gw: Tree,
 }
 
-impl Probe<'_> {
-    fn run<T>(&self, route: &Route, load: impl FnOnce() -> Result<T>, requests: fn(&T) -> u64) -> Result<Run<T>> {
-        let before = Snapshot::take(self.metrics, self.redis_port)?;
-        let cpu = self.tree.cpu_time()?;
-        let (result, background) = self.background.measure(load)?;
-        let cpu = self.tree.cpu_time()? - cpu;
-        std::thread::sleep(SETTLE);
-        let counters = before.until(&Snapshot::take(self.metrics, self.redis_port)?, route.config);
-        let cpu_us_per_request = cpu.as_secs_f64() * 1e6 / requests(&result) as f64;
-        Ok(Run { result, cpu_us_per_request, background, counters })
+impl Counted {
+    fn runs<T>(
+        &self,
+        h: &mut Harness,
+        reps: u32,
+        routes: &[Route],
+        mut load: impl FnMut(&CpuList, &Route) -> Result<T>,
+        requests: fn(&T) -> u64,
+    ) -> Result<Vec<Vec<Run<T>>>> {
+        let measured = h.interleave_around(
+            reps,
+            routes,
+            &[self.gw],
+            |_, r| Snapshot::take(self.metrics, self.redis_port).with_context(|| r.config.to_owned()),
+            |cpus, r, before| Ok((before, load(cpus, r)?)),
+            |r, (before, result)| {
+                std::thread::sleep(SETTLE);
+                Ok((result, before.until(&Snapshot::take(self.metrics, self.redis_port)?, r.config)))
+            },
+        )?;
+        Ok(measured
+            .into_iter()
+            .map(|runs| {
+                runs.into_iter()
+                    .map(|m| {
+                        let cpu_us_per_request = m.cpu_us_per(requests(&m.value.0));
+                        let (result, counters) = m.value;
+                        Run { result, cpu_us_per_request, background: m.background, counters }
+                    })
+                    .collect()
+            })
+            .collect())
     }
-}
-
-/// Half the lowest of the routes' highest rates, rounded down to hundreds: a rate every route
-/// sustains.
-fn fixed_rate(max_rps: &[f64]) -> u64 {
-    let lowest = max_rps.iter().copied().fold(f64::INFINITY, f64::min);
-    if lowest.is_finite() { ((lowest * 0.5) / 100.0).floor() as u64 * 100 } else { 0 }
 }
 
 /// `median (min–max)`.
@@ -611,18 +603,6 @@ fn redis_cli(port: u16) -> Command {
     let mut cmd = Command::new("redis-cli");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
     cmd
-}
-
-fn wait_redis(redis: &mut Service, port: u16) -> Result<()> {
-    let deadline = std::time::Instant::now() + READY_TIMEOUT;
-    while std::time::Instant::now() < deadline {
-        redis.check_alive()?;
-        if redis_cli(port).arg("PING").output().is_ok_and(|o| o.stdout.starts_with(b"PONG")) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("redis-server did not answer PING within {READY_TIMEOUT:?}")
 }
 
 /// Calls per command from `INFO commandstats`.
@@ -694,51 +674,20 @@ fn gatewayd_conf(
     redis_port: u16,
     workers: usize,
 ) -> String {
-    super::proxy::gatewayd_server(listen, metrics, workers)
-        + &format!(
-            r#"[redis]
-url = "redis://127.0.0.1:{redis_port}"
-timeout = "1s"
-
-[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-
-[[routes]]
-name = "open"
-service = "upstream"
-paths = ["/open"]
-auth = "none"
-
-[[routes]]
-name = "mem"
-service = "upstream"
-paths = ["/mem"]
-auth = "none"
-
-[[routes]]
-name = "redis"
-service = "upstream"
-paths = ["/redis"]
-auth = "none"
-
-[[rate_limits]]
-name = "mem-per-ip"
-routes = ["mem"]
-key = "ip"
-limit = {LIMIT}
-window = "minute"
-
-[[rate_limits]]
-name = "redis-per-ip"
-routes = ["redis"]
-key = "ip"
-limit = {LIMIT}
-window = "minute"
-backend = "redis"
-on_redis_error = "fail_closed"
-"#
+    let limit = |name, route, backend: &str| {
+        format!(
+            "[[rate_limits]]\nname = \"{name}\"\nroutes = [\"{route}\"]\nkey = \"ip\"\nlimit = {LIMIT}\nwindow = \"minute\"\n{backend}"
         )
+    };
+    super::proxy::gatewayd_server(listen, metrics, workers)
+        .raw(&format!("[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\ntimeout = \"1s\"\n"))
+        .service("upstream", upstream, None)
+        .route("open", "upstream", &["/open"], "none", "")
+        .route("mem", "upstream", &["/mem"], "none", "")
+        .route("redis", "upstream", &["/redis"], "none", "")
+        .raw(&limit("mem-per-ip", "mem", ""))
+        .raw(&limit("redis-per-ip", "redis", "backend = \"redis\"\non_redis_error = \"fail_closed\"\n"))
+        .build()
 }
 
 #[cfg(test)]
@@ -804,13 +753,6 @@ gateway_redis_command_duration_seconds_bucket{le="0.001",command="ratelimit"} 11
         assert_eq!((c.script_calls, c.script_seconds), (1200.0, 0.06));
         assert_eq!(c.redis_commands(), "eval=1, evalsha=1199, get=2400, incr=1200, info=1, pexpire=2, ping=10");
         assert_eq!(Counters::default().redis_commands(), "–");
-    }
-
-    #[test]
-    fn the_fixed_rate_is_half_the_slowest_route() {
-        assert_eq!(fixed_rate(&[20_000.0, 15_050.0, 9_999.0]), 4_900);
-        assert_eq!(fixed_rate(&[150.0]), 0);
-        assert_eq!(fixed_rate(&[]), 0);
     }
 
     #[test]

@@ -26,6 +26,12 @@ impl Report {
         self.blank();
     }
 
+    /// A heading one level down (inside a section that `write_section` places).
+    pub fn subheading(&mut self, text: &str) {
+        self.line(&format!("### {text}"));
+        self.blank();
+    }
+
     pub fn paragraph(&mut self, text: &str) {
         self.line(text);
         self.blank();
@@ -68,6 +74,19 @@ impl Report {
         Ok(path)
     }
 
+    /// Puts this report, as the section `key`, into `bench/results/<name>.md`: in place of the
+    /// section's previous text, or appended (creating the file under `title`). The rest of the
+    /// file, written by hand or by other modes, stays as it is.
+    pub fn write_section(&self, name: &str, title: &str, key: &str) -> Result<PathBuf> {
+        let dir = workspace_root().join("bench").join("results");
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{name}.md"));
+        let existing = fs::read_to_string(&path).unwrap_or_else(|_| format!("# {title}\n"));
+        fs::write(&path, replace_section(&existing, key, &self.text))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
     #[cfg(test)]
     pub fn text(&self) -> &str {
         &self.text
@@ -80,6 +99,19 @@ impl Report {
     fn blank(&mut self) {
         self.text.push('\n');
     }
+}
+
+/// `doc` with the text between `<!-- begin KEY -->` and `<!-- end KEY -->` replaced by `body`,
+/// or, without those markers, with the marked `body` appended.
+pub fn replace_section(doc: &str, key: &str, body: &str) -> String {
+    let (begin, end) = (format!("<!-- begin {key} -->"), format!("<!-- end {key} -->"));
+    let marked = format!("{begin}\n{}\n{end}", body.trim_end());
+    if let Some(b) = doc.find(&begin)
+        && let Some(e) = doc[b..].find(&end)
+    {
+        return format!("{}{marked}{}", &doc[..b], &doc[b + e + end.len()..]);
+    }
+    format!("{}\n\n{marked}\n", doc.trim_end())
 }
 
 /// The median (the mean of the middle two for an even count); NaN for no values.
@@ -212,6 +244,17 @@ pub fn shell_line(cmd: &Command) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sections_are_replaced_in_place_or_appended() {
+        let doc = "# T\n\nBy hand.\n";
+        let once = replace_section(doc, "h1", "## h1\n\n1 instruction");
+        assert_eq!(once, "# T\n\nBy hand.\n\n<!-- begin h1 -->\n## h1\n\n1 instruction\n<!-- end h1 -->\n");
+        let twice = replace_section(&replace_section(&once, "h2", "h2 text"), "h1", "2 instructions\n");
+        assert!(twice.starts_with("# T\n\nBy hand.\n\n<!-- begin h1 -->\n2 instructions\n<!-- end h1 -->\n"));
+        assert!(twice.ends_with("<!-- begin h2 -->\nh2 text\n<!-- end h2 -->\n"));
+        assert_eq!(twice.matches("<!-- begin").count(), 2);
+    }
 
     #[test]
     fn medians() {

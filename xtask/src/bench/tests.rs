@@ -9,6 +9,48 @@ use super::{
     cpus::CpuList, free_port, http, idle, interleave, load::Wrk, process::Service, proxy::nginx_upstream_conf,
 };
 
+/// The command line of `cargo xtask bench`, as `main` flattens it.
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    opts: super::Options,
+}
+
+fn parse(args: &[&str]) -> Result<super::Options> {
+    use clap::Parser as _;
+    Ok(Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))?.opts)
+}
+
+#[test]
+fn the_comparison_modes_take_binaries_and_their_options() -> Result<()> {
+    let o = parse(&[
+        "callgrind",
+        "--proto",
+        "h2s",
+        "--against",
+        "nginx",
+        "--requests",
+        "800",
+        "old/gatewayd",
+        "new/gatewayd",
+    ])?;
+    assert!(matches!(o.target, super::Target::Callgrind));
+    assert_eq!(o.proto, super::callgrind::Proto::H2s);
+    assert_eq!(o.against, Some(super::callgrind::Against::Nginx));
+    assert_eq!(o.requests, Some(800));
+    assert_eq!(o.bins, [std::path::PathBuf::from("old/gatewayd"), "new/gatewayd".into()]);
+    let o = parse(&["cpu-compare", "--reps", "5", "--duration", "8", "a", "b"])?;
+    assert!(matches!(o.target, super::Target::CpuCompare));
+    assert_eq!((o.reps, o.duration, o.bins.len()), (5, Some(8), 2));
+    let o = parse(&["slow-clients"])?;
+    assert_eq!((o.proto, o.against, o.requests, o.bins.len()), (super::callgrind::Proto::H1, None, None, 0));
+    assert!(parse(&["callgrind", "--proto", "h3"]).is_err());
+    // Binaries where the mode measures the release build are refused, not ignored.
+    let err = super::run(&parse(&["proxy", "some/gatewayd"])?).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("only callgrind, cpu-compare and slow-clients take binaries"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn runs_are_interleaved_and_grouped_by_subject() {
     let mut order = Vec::new();

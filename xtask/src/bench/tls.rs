@@ -21,21 +21,17 @@ use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 
 use self::client::{KeyKind, Target, Work};
 use super::{
-    Background, Options,
+    Options,
     cpus::CpuPlan,
-    free_port, gatewayd_binary, http, idle, interleave,
-    process::Service,
+    free_port,
+    harness::{Harness, Measurable, Ready, release_gatewayd},
+    http,
     procfs::Tree,
-    proxy::{nginx_common, nginx_temp_paths, start_nginx},
-    report::{Machine, shell_line},
-    run_dir,
+    proxy::{NGINX_PROXY_LOCATION, nginx_common, nginx_temp_paths},
+    report::Machine,
 };
-use crate::{
-    cmd::{cargo, exec},
-    deps,
-};
+use crate::{cmd::exec, gwconf::GwConf};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Each subject gets this much of a phase's load before its measured runs.
 const WARMUP: Duration = Duration::from_secs(1);
 /// Seconds per measured run unless `--duration` says otherwise (4 phases × 2 subjects × reps).
@@ -97,6 +93,12 @@ pub struct Subject {
     pub tree: Tree,
 }
 
+impl Measurable for Subject {
+    fn tree(&self) -> Tree {
+        self.tree
+    }
+}
+
 impl Subject {
     fn target(&self, key: KeyKind) -> &Target {
         match key {
@@ -148,91 +150,57 @@ pub struct Setup {
     pub machine: Machine,
     pub load_after: String,
     pub commands: Vec<String>,
-    pub configs: Vec<(&'static str, &'static str, String)>,
+    pub configs: Vec<(String, &'static str, String)>,
     /// gatewayd's `/metrics` after the runs (kTLS support, connections by mode, resumptions).
     pub metrics: String,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    deps::ensure()?;
-    exec(cargo().args(["build", "--release", "--locked", "--package", "gateway-userspace", "--bin", "gatewayd"]))?;
-    let gatewayd = gatewayd_binary();
+    let gatewayd = release_gatewayd()?;
     let gatewayd_path = gatewayd.to_str().context("gatewayd path is not UTF-8")?;
-
-    let plan = CpuPlan::detect()?;
-    let nofile = idle::raise_fd_limit()?;
-    plan.pin_self_to_load()?;
-    let workers = plan.subject.len();
+    let mut h = Harness::new("tls")?;
+    let workers = h.plan.subject.len();
     let duration = opts.duration(DEFAULT_DURATION_SECS);
-    let dir = run_dir("tls")?;
-    let machine = Machine::read();
-    eprintln!(
-        "xtask: bench tls: subject CPUs {}, load CPUs {}, {workers} worker(s), {} client threads; logs in {}",
-        plan.subject,
-        plan.load,
-        opts.connections,
-        dir.display()
-    );
+    let (load_cpus, subject_cpus, dir, nofile) = (h.plan.load.clone(), h.plan.subject.clone(), h.dir.clone(), h.nofile);
+    let machine = h.machine.clone();
 
     // The same certificates for both subjects, from gatewayd's own helper.
     let ecdsa = certificate(gatewayd_path, &dir.join("ecdsa"), "ecdsa-p256")?;
     let rsa = certificate(gatewayd_path, &dir.join("rsa"), "rsa-2048")?;
 
     let upstream_addr = free_port()?;
-    let upstream_conf = upstream_conf(&dir.join("upstream"), upstream_addr, plan.load.len(), nofile)?;
-    let (mut upstream, upstream_line) =
-        start_nginx("upstream nginx", &plan.load, &dir.join("upstream"), &upstream_conf)?;
-    upstream.wait_http_ok(upstream_addr, "/", READY_TIMEOUT)?;
+    let upstream_conf = upstream_conf(&dir.join("upstream"), upstream_addr, load_cpus.len(), nofile)?;
+    let upstream_tree =
+        h.start_nginx("upstream", "upstream", &load_cpus, upstream_conf, Ready::Http(upstream_addr, "/"))?;
     let large = http::get(upstream_addr, LARGE_PATH)?;
     if large.status != 200 || large.body.len() != LARGE_LEN {
         bail!("the upstream's {LARGE_PATH} answered {} with {} bytes", large.status, large.body.len());
     }
 
-    let (gw_ecdsa, gw_rsa, metrics_addr) = (free_port()?, free_port()?, free_port()?);
-    let gw_conf =
-        gatewayd_conf(&Listeners { ecdsa: gw_ecdsa, rsa: gw_rsa }, metrics_addr, upstream_addr, workers, &dir);
-    let gw_conf_path = dir.join("gatewayd.toml");
-    fs::write(&gw_conf_path, &gw_conf)?;
-    let mut gw_cmd = plan.subject.taskset(gatewayd_path);
-    gw_cmd.arg("--config").arg(&gw_conf_path);
-    let gw_line = shell_line(&gw_cmd);
-    let mut gw = Service::start("gatewayd", gw_cmd, &dir.join("gatewayd.log"))?;
-    gw.wait_http_ok(metrics_addr, "/readyz", READY_TIMEOUT)?;
-
-    let (ng_ecdsa, ng_rsa) = (free_port()?, free_port()?);
-    let nginx_conf = nginx_conf(
-        &dir.join("nginx"),
-        &Listeners { ecdsa: ng_ecdsa, rsa: ng_rsa },
-        upstream_addr,
-        workers,
-        nofile,
-        &dir,
-    )?;
-    let (mut nginx, nginx_line) = start_nginx("nginx", &plan.subject, &dir.join("nginx"), &nginx_conf)?;
-
+    // Each subject is ready when both its listeners complete a handshake and answer `GET /`.
     let target = |addr, cert: &CertificateDer<'static>, key| Target { addr, leaf: cert.clone(), key };
+    let endpoints =
+        |l: &Listeners| (target(l.ecdsa, &ecdsa, KeyKind::EcdsaP256), target(l.rsa, &rsa, KeyKind::Rsa2048));
+    let tls_ready = |(e, r): &(Target, Target)| {
+        let (e, r) = (e.clone(), r.clone());
+        Ready::Probe(Box::new(move || client::probe(&e).and_then(|()| client::probe(&r))))
+    };
+    let gw_listen = Listeners { ecdsa: free_port()?, rsa: free_port()? };
+    let metrics_addr = free_port()?;
+    let gw_conf = gatewayd_conf(&gw_listen, metrics_addr, upstream_addr, workers, &dir);
+    let gw_targets = endpoints(&gw_listen);
+    let gw = h.start_gatewayd("gatewayd", &gatewayd, gw_conf, tls_ready(&gw_targets))?;
+
+    let ng_listen = Listeners { ecdsa: free_port()?, rsa: free_port()? };
+    let nginx_conf = nginx_conf(&dir.join("nginx"), &ng_listen, upstream_addr, workers, nofile, &dir)?;
+    let ng_targets = endpoints(&ng_listen);
+    let nginx = h.start_nginx("nginx", "nginx", &subject_cpus, nginx_conf, tls_ready(&ng_targets))?;
+
     let subjects = [
-        Subject {
-            name: "gatewayd",
-            ecdsa: target(gw_ecdsa, &ecdsa, KeyKind::EcdsaP256),
-            rsa: target(gw_rsa, &rsa, KeyKind::Rsa2048),
-            tree: gw.tree(),
-        },
-        Subject {
-            name: "nginx",
-            ecdsa: target(ng_ecdsa, &ecdsa, KeyKind::EcdsaP256),
-            rsa: target(ng_rsa, &rsa, KeyKind::Rsa2048),
-            tree: nginx.tree(),
-        },
+        Subject { name: "gatewayd", ecdsa: gw_targets.0, rsa: gw_targets.1, tree: gw },
+        Subject { name: "nginx", ecdsa: ng_targets.0, rsa: ng_targets.1, tree: nginx },
     ];
-    for (s, service) in subjects.iter().zip([&mut gw, &mut nginx]) {
-        wait_tls(service, &s.ecdsa)?;
-        wait_tls(service, &s.rsa)?;
-    }
-    let background = Background { cpus: &plan.subject, own: subjects.iter().map(|s| s.tree).collect() };
-    let upstream_tree = upstream.tree();
-    let mut services = [upstream, gw, nginx];
-    let mut alive = || -> Result<()> { services.iter_mut().try_for_each(Service::check_alive) };
+    let own = [gw, nginx];
 
     let threads = opts.connections;
     let mut results = Vec::new();
@@ -243,28 +211,44 @@ pub fn run(opts: &Options) -> Result<()> {
                 .run()
                 .with_context(|| format!("{}: warm-up of {}", phase.name, s.name))?;
         }
-        let runs = interleave(opts.reps, &subjects, |_, s| {
-            let prepared = client::prepare(s.target(phase.key), &phase.work, threads, duration)?;
-            let cpu = s.tree.cpu_time()?;
-            let (outcome, background) = background.measure(|| prepared.run())?;
-            let cpu = s.tree.cpu_time()? - cpu;
-            alive().with_context(|| format!("{}: {}", phase.name, s.name))?;
-            let units = match phase.work {
-                Work::Download { .. } => outcome.bytes as f64 / LARGE_LEN as f64,
-                Work::Full | Work::Resumed => outcome.exchanges as f64,
-            };
-            let run = Run { units, seconds: outcome.seconds, cpu_seconds: cpu.as_secs_f64(), background };
-            eprintln!(
-                "xtask:   {}: {:.0} {}/s, {:.1} CPU µs/{}, background {:.1}%",
-                s.name,
-                run.rate(),
-                phase.unit,
-                run.cpu_us_per_unit(),
-                phase.unit,
-                background * 100.0
-            );
-            Ok(run)
-        })?;
+        let measured = h.interleave_around(
+            opts.reps,
+            &subjects,
+            &own,
+            |_, s| client::prepare(s.target(phase.key), &phase.work, threads, duration),
+            |_, s, prepared| prepared.run().with_context(|| format!("{}: {}", phase.name, s.name)),
+            |_, outcome| Ok(outcome),
+        )?;
+        let runs: Vec<Vec<Run>> = measured
+            .iter()
+            .zip(&subjects)
+            .map(|(runs, s)| {
+                runs.iter()
+                    .map(|m| {
+                        let units = match phase.work {
+                            Work::Download { .. } => m.value.bytes as f64 / LARGE_LEN as f64,
+                            Work::Full | Work::Resumed => m.value.exchanges as f64,
+                        };
+                        let run = Run {
+                            units,
+                            seconds: m.value.seconds,
+                            cpu_seconds: m.cpu.as_secs_f64(),
+                            background: m.background,
+                        };
+                        eprintln!(
+                            "xtask:   {}: {:.0} {}/s, {:.1} CPU µs/{}, background {:.1}%",
+                            s.name,
+                            run.rate(),
+                            phase.unit,
+                            run.cpu_us_per_unit(),
+                            phase.unit,
+                            run.background * 100.0
+                        );
+                        run
+                    })
+                    .collect()
+            })
+            .collect();
         results.push((phase, runs));
     }
 
@@ -272,44 +256,31 @@ pub fn run(opts: &Options) -> Result<()> {
     eprintln!("xtask: bench tls: small responses over HTTPS keep-alive");
     let endpoints = [
         keepalive::Endpoint { name: "upstream direct", url: format!("http://{upstream_addr}/"), tree: upstream_tree },
-        keepalive::Endpoint { name: "gatewayd", url: format!("https://{gw_ecdsa}/"), tree: subjects[0].tree },
-        keepalive::Endpoint { name: "nginx", url: format!("https://{ng_ecdsa}/"), tree: subjects[1].tree },
+        keepalive::Endpoint { name: "gatewayd", url: format!("https://{}/", gw_listen.ecdsa), tree: gw },
+        keepalive::Endpoint { name: "nginx", url: format!("https://{}/", ng_listen.ecdsa), tree: nginx },
     ];
-    let keep_alive =
-        keepalive::run(&endpoints, &plan.load, &background, (opts.reps, opts.connections, duration), &mut alive)?;
+    let keep_alive = keepalive::run(&mut h, &endpoints, &own, (opts.reps, opts.connections, duration))?;
     let idle_targets: Vec<_> = subjects.iter().map(|s| (s.name, s.ecdsa.clone(), s.tree)).collect();
     let idle = keepalive::idle_memory(&idle_targets, &opts.idle_connections)?;
-    alive()?;
+    h.check_alive()?;
 
     let metrics = http::get(metrics_addr, "/metrics").map(|r| String::from_utf8_lossy(&r.body).into_owned())?;
-    let load_after = super::report::loadavg();
-    for service in services {
-        service.stop()?;
-    }
-
-    let mut setup = Setup {
+    let load_after = h.loadavg();
+    let mut commands = keep_alive.commands.clone();
+    commands.push(format!("{gatewayd_path} certs init --out DIR --key-type ecdsa-p256 (and rsa-2048)"));
+    commands.extend(h.commands.iter().cloned());
+    let setup = Setup {
         reps: opts.reps,
         duration,
         threads,
-        plan: plan.clone(),
+        plan: h.plan.clone(),
         machine,
         load_after,
-        commands: vec![
-            format!("{gatewayd_path} certs init --out DIR --key-type ecdsa-p256 (and rsa-2048)"),
-            gw_line,
-            nginx_line,
-            upstream_line,
-        ],
-        configs: vec![
-            ("gatewayd.toml", "toml", gw_conf),
-            ("nginx: nginx.conf", "nginx", nginx_conf),
-            ("upstream: nginx.conf", "nginx", upstream_conf),
-        ],
+        commands,
+        configs: h.configs.clone(),
         metrics,
     };
-    let mut commands = keep_alive.commands.clone();
-    commands.append(&mut setup.commands);
-    setup.commands = commands;
+    h.stop()?;
     let mut rep = report::write(&subjects, &results, &setup);
     let names: Vec<&str> = subjects.iter().map(|s| s.name).collect();
     keepalive::write(&mut rep, &keep_alive, &idle, &names);
@@ -331,21 +302,6 @@ pub(super) fn certificate(gatewayd: &str, dir: &Path, key_type: &str) -> Result<
     CertificateDer::from_pem_file(&path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Polls one full handshake and `GET /` until the subject answers; fails early if it exits.
-fn wait_tls(service: &mut Service, target: &Target) -> Result<()> {
-    let deadline = std::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        service.check_alive()?;
-        match client::probe(target) {
-            Ok(_) => return Ok(()),
-            Err(e) if std::time::Instant::now() > deadline => {
-                return Err(e.context(format!("no TLS answer from {} within {READY_TIMEOUT:?}", target.addr)));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
 struct Listeners {
     ecdsa: SocketAddr,
     rsa: SocketAddr,
@@ -355,44 +311,13 @@ struct Listeners {
 /// defaults too: TLS 1.3 only, session tickets on, kTLS on where the kernel has it.
 fn gatewayd_conf(listen: &Listeners, metrics: SocketAddr, upstream: SocketAddr, workers: usize, dir: &Path) -> String {
     let d = dir.display();
-    format!(
-        r#"[server]
-workers = {workers}
-log_level = "warn"
-
-[[listeners]]
-name = "ecdsa"
-bind = "{ecdsa}"
-
-[listeners.tls]
-certificates = [{{ cert = "{d}/ecdsa/server.crt", key = "{d}/ecdsa/server.key" }}]
-
-[[listeners]]
-name = "rsa"
-bind = "{rsa}"
-
-[listeners.tls]
-certificates = [{{ cert = "{d}/rsa/server.crt", key = "{d}/rsa/server.key" }}]
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[[services]]
-name = "upstream"
-targets = ["{upstream}"]
-max_idle_per_target = {UPSTREAM_KEEPALIVE}
-
-[[routes]]
-name = "all"
-service = "upstream"
-auth = "none"
-"#,
-        ecdsa = listen.ecdsa,
-        rsa = listen.rsa,
-    )
+    let conf = GwConf::new(workers)
+        .server("log_level = \"warn\"")
+        .tls_listener("ecdsa", listen.ecdsa, format!("{d}/ecdsa/server.crt"), format!("{d}/ecdsa/server.key"), "")
+        .tls_listener("rsa", listen.rsa, format!("{d}/rsa/server.crt"), format!("{d}/rsa/server.key"), "")
+        .metrics(metrics)
+        .no_admin();
+    super::proxy::upstream_routes(conf, upstream).build()
 }
 
 /// The upstream: `/` answers "ok", `/1m` is a 1 MiB file (sendfile), keep-alive.
@@ -442,18 +367,7 @@ fn nginx_conf(
     dir: &Path,
 ) -> Result<String> {
     let d = dir.display();
-    let location = "        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=$host\";
-            proxy_set_header X-Request-Id $request_id;
-            add_header X-Request-Id $request_id always;
-            add_header Server-Timing \"upstream;dur=$upstream_response_time\" always;
-        }";
+    let location = NGINX_PROXY_LOCATION;
     Ok(format!(
         "{}http {{
     access_log off;

@@ -100,6 +100,29 @@ fn build(dir: &Path, tree: &Path, packages: &str) -> Result<()> {
     Ok(())
 }
 
+/// Enables the unit of `run_files` (what `systemctl enable` would link).
+pub const RUN_UNIT_LINKS: [(&str, &str); 1] =
+    [("/etc/systemd/system/multi-user.target.wants/vmtest.service", "/etc/systemd/system/vmtest.service")];
+
+/// A guest run's files: `target/vm/runs/<name>/`, emptied, holding the systemd unit `unit`
+/// (which runs `/opt/vmtest/run.sh` at boot) and the executable `script`; returns the directory
+/// and what to copy into the image (the unit and the script, at their guest paths).
+pub fn run_files(root: &Path, name: &str, unit: &str, script: &str) -> Result<(PathBuf, Vec<(PathBuf, String)>)> {
+    let work = root.join("target/vm/runs").join(name);
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let unit_path = work.join("vmtest.service");
+    std::fs::write(&unit_path, unit)?;
+    let script_path = work.join("run.sh");
+    std::fs::write(&script_path, script)?;
+    std::fs::set_permissions(&script_path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let files = vec![
+        (script_path, "/opt/vmtest/run.sh".to_owned()),
+        (unit_path, "/etc/systemd/system/vmtest.service".to_owned()),
+    ];
+    Ok((work, files))
+}
+
 /// A fresh raw ext4 image of the tree with `files` (host path → guest path, mode kept) and
 /// `links` (guest link → target) added.
 pub fn image(rootfs: &Rootfs, out: &Path, files: &[(PathBuf, String)], links: &[(&str, &str)]) -> Result<()> {

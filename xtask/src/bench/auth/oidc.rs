@@ -2,34 +2,32 @@
 //! `provider.mjs`, logging a fixed user in without a form), a login route, and one real login
 //! (with curl, step by step) whose session cookie the load generators then send.
 
-use std::{fs, net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{fs, net::SocketAddr, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::super::{cpus::CpuList, free_port, process::Service};
+use super::super::{
+    free_port,
+    harness::{Harness, Ready},
+};
 use crate::cmd::workspace_root;
 
 const CLIENT_ID: &str = "gatewayd-bench";
 const CLIENT_SECRET: &str = "bench-secret";
 pub const COOKIE: &str = "__Host-gatewayd-session";
 
-pub struct Provider {
-    pub service: Service,
-    pub addr: SocketAddr,
-}
-
-pub fn start_provider(cpus: &CpuList, dir: &Path) -> Result<Provider> {
+/// Starts the provider on the load CPUs; returns its address.
+pub fn start_provider(h: &mut Harness) -> Result<SocketAddr> {
     let module = workspace_root().join("target/npm/node_modules/oauth2-mock-server");
     if !module.join("package.json").exists() {
         bail!("{} is missing: `cargo xtask deps` installs it", module.display());
     }
     let script = workspace_root().join("gateway-userspace/tests/e2e/oidc/provider.mjs");
     let addr = free_port()?;
-    let mut cmd = cpus.taskset("node");
+    let mut cmd = h.plan.load.taskset("node");
     cmd.arg(script).arg(addr.port().to_string()).arg(module).args([CLIENT_ID, CLIENT_SECRET, "bench-user"]);
-    let mut service = Service::start("OIDC provider", cmd, &dir.join("oidc-provider.log"))?;
-    service.wait_http_ok(addr, "/.well-known/openid-configuration", Duration::from_secs(30))?;
-    Ok(Provider { service, addr })
+    h.start_ready("OIDC provider", cmd, Ready::Http(addr, "/.well-known/openid-configuration"))?;
+    Ok(addr)
 }
 
 /// The issuer, policy, login and route (`/session`, same upstream) for gatewayd's config.

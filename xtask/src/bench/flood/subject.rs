@@ -15,6 +15,7 @@ use super::topology::{self, GW_ATTACK_IF, GW_CLIENT_IF, GW_NS};
 use crate::{
     bench::{gatewayd_binary, process::Service},
     cmd::capture,
+    gwconf::GwConf,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -88,64 +89,36 @@ pub fn nft_ruleset() -> String {
 
 /// gatewayd's configuration: the same for every defence but for `[xdp]`.
 pub fn gatewayd_config(defence: Defence) -> String {
-    let mut config = format!(
-        r#"[server]
-workers = 2
-
-[[listeners]]
-name = "public"
-bind = "0.0.0.0:{port}"
-
-[[listeners]]
-name = "public6"
-bind = "[::]:{port}"
-
-[metrics]
-bind = "{METRICS}"
-
-[demo]
-enabled = true
-bind = "127.0.0.1:8081"
-
-[[services]]
-name = "demo"
-targets = ["127.0.0.1:8081"]
-
-[[routes]]
-name = "demo"
-service = "demo"
-paths = ["/demo"]
-strip_path = true
-auth = "none"
-
-[[rate_limits]]
-name = "per-ip"
-key = "ip"
-limit = {L7_LIMIT_PER_SECOND}
-window = "second"
-"#,
-        port = super::attack::SERVICE_PORT
-    );
+    let port = super::attack::SERVICE_PORT;
+    let cpumap = defence == Defence::GuardXdpCpumap;
+    let mut conf = GwConf::new(2);
+    if cpumap {
+        conf = conf.server("steering = \"client_hash\"").server("pin_workers = true");
+    }
+    conf = conf
+        .listener("public", format!("0.0.0.0:{port}"))
+        .listener("public6", format!("[::]:{port}"))
+        .metrics(METRICS)
+        .demo()
+        .raw(&format!(
+            "[[rate_limits]]\nname = \"per-ip\"\nkey = \"ip\"\nlimit = {L7_LIMIT_PER_SECOND}\nwindow = \"second\"\n"
+        ));
     if let Some(mode) = defence.guard_mode() {
-        config.push_str(&format!(
-            r#"
-[xdp]
+        let steering = if cpumap { "steering = \"cpumap\"\n" } else { "" };
+        conf = conf.raw(&format!(
+            r#"[xdp]
 enabled = true
 interfaces = ["{GW_CLIENT_IF}", "{GW_ATTACK_IF}"]
 mode = "{mode}"
 pin_path = "{PIN_PATH}"
-
+{steering}
 [xdp.feedback]
 enabled = true
 reasons = ["rate_limit", "empty_connection"]
 "#
         ));
     }
-    if defence == Defence::GuardXdpCpumap {
-        config = config.replacen("workers = 2\n", "workers = 2\nsteering = \"client_hash\"\npin_workers = true\n", 1);
-        config = config.replacen("[xdp.feedback]", "steering = \"cpumap\"\n\n[xdp.feedback]", 1);
-    }
-    config
+    conf.build()
 }
 
 /// A defence in place with gatewayd running behind it; taken down on `stop` (or drop).

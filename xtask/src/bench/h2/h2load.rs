@@ -63,7 +63,7 @@ pub fn run(shape: Shape, duration: Duration, cpus: &CpuList, url: &str) -> Resul
     Ok(result)
 }
 
-fn parse(out: &str) -> Result<H2loadResult> {
+pub(in crate::bench) fn parse(out: &str) -> Result<H2loadResult> {
     let (mut rps, mut requests, mut failed, mut non_2xx) = (None, None, 0, None);
     let mut tls: Vec<&str> = Vec::new();
     // "requests: 200 total, 200 started, 200 done, 198 succeeded, 2 failed, 2 errored, 0 timeout"

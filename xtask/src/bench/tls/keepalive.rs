@@ -6,15 +6,12 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::client::{KeepAlives, Target};
 use crate::bench::{
-    Background,
-    cpus::CpuList,
-    harness::Measured,
+    harness::{Harness, Measurable, Measured, fixed_rate},
     idle::{self, IdleResult},
-    interleave,
     load::{Oha, OhaResult, Wrk, WrkResult},
     procfs::Tree,
     report::{Report, median, num, ratio},
@@ -49,44 +46,38 @@ pub struct KeepAliveRuns {
     pub commands: Vec<String>,
 }
 
-/// Highest rate, then the fixed rate, subjects interleaved in each; `check` fails the run when
-/// a subject died.
+/// Highest rate, then the fixed rate, subjects interleaved in each (`own`: the proxies' trees,
+/// on the subject CPUs).
 pub fn run(
+    h: &mut Harness,
     endpoints: &[Endpoint; 3],
-    load: &CpuList,
-    background: &Background<'_>,
+    own: &[Tree],
     (reps, connections, duration): (u32, usize, Duration),
-    mut check: impl FnMut() -> Result<()>,
 ) -> Result<KeepAliveRuns> {
+    let load = h.plan.load.clone();
     for e in endpoints {
-        Wrk { connections, duration: WARMUP }.run(load, &e.url)?;
+        Wrk { connections, duration: WARMUP }.run(&load, &e.url)?;
     }
     let wrk = Wrk { connections, duration };
-    let max = interleave(reps, endpoints, |_, e| {
-        let run = measured(e, background, &mut check, || wrk.run(load, &e.url))?;
-        eprintln!("xtask:   {}: {:.0} requests/s (https keep-alive, highest rate)", e.name, run.value.rps);
-        Ok(run)
-    })?;
+    let max = h.interleave(reps, endpoints, own, |cpus, e| wrk.run(cpus, &e.url))?;
     let max_rps: Vec<f64> =
         max.iter().map(|runs| median(&runs.iter().map(|r| r.value.rps).collect::<Vec<_>>())).collect();
-    let slowest = max_rps[GATEWAYD].min(max_rps[NGINX]);
-    let fixed_rate = ((slowest * 0.5) / 100.0).floor() as u64 * 100;
-    if fixed_rate == 0 {
-        bail!("the proxies sustained under 200 requests/s over HTTPS ({max_rps:?}); something is wrong");
-    }
+    let fixed_rate = fixed_rate(&[max_rps[GATEWAYD], max_rps[NGINX]])?;
     let oha = Oha { connections, duration, rate: fixed_rate };
-    let rate = interleave(reps, endpoints, |_, e| {
-        let run = measured(e, background, &mut check, || oha.run(load, &e.url))?;
-        eprintln!(
-            "xtask:   {}: p99 {:.2} ms at {fixed_rate} requests/s (https keep-alive)",
-            e.name,
-            run.value.p99 * 1e3
-        );
-        Ok(run)
-    })?;
+    let rate = h.interleave(reps, endpoints, own, |cpus, e| oha.run(cpus, &e.url))?;
+    for (e, (max, rate)) in endpoints.iter().zip(max.iter().zip(&rate)) {
+        for (m, r) in max.iter().zip(rate) {
+            eprintln!(
+                "xtask:   {}: {:.0} requests/s (https keep-alive, highest rate); p99 {:.2} ms at {fixed_rate} requests/s",
+                e.name,
+                m.value.rps,
+                r.value.p99 * 1e3
+            );
+        }
+    }
     let commands = vec![
-        crate::bench::report::shell_line(&wrk.command(load, &endpoints[GATEWAYD].url)),
-        crate::bench::report::shell_line(&oha.command(load, &endpoints[GATEWAYD].url)),
+        crate::bench::report::shell_line(&wrk.command(&load, &endpoints[GATEWAYD].url)),
+        crate::bench::report::shell_line(&oha.command(&load, &endpoints[GATEWAYD].url)),
     ];
     Ok(KeepAliveRuns {
         names: endpoints.iter().map(|e| e.name).collect(),
@@ -99,18 +90,10 @@ pub fn run(
     })
 }
 
-/// Runs `f` against `e`, with the subject's CPU time and the background on the subject CPUs.
-fn measured<T>(
-    e: &Endpoint,
-    background: &Background<'_>,
-    check: &mut dyn FnMut() -> Result<()>,
-    f: impl FnOnce() -> Result<T>,
-) -> Result<Measured<T>> {
-    let cpu = e.tree.cpu_time()?;
-    let (value, background) = background.measure(f)?;
-    let cpu = e.tree.cpu_time()? - cpu;
-    check()?;
-    Ok(Measured { value, cpu, background })
+impl Measurable for Endpoint {
+    fn tree(&self) -> Tree {
+        self.tree
+    }
 }
 
 /// Memory per idle TLS keep-alive connection at each count, for each subject (`targets`: its

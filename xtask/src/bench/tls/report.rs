@@ -313,7 +313,7 @@ gateway_tls_handshake_duration_seconds_sum{listener=\"ecdsa\",version=\"TLSv1_3\
             machine: Machine::read(),
             load_after: "0 0 0".into(),
             commands: vec!["nginx".into()],
-            configs: vec![("nginx.conf", "nginx", "daemon off;".into())],
+            configs: vec![("nginx.conf".into(), "nginx", "daemon off;".into())],
             metrics: METRICS.into(),
         };
         let text = write(&subjects, &results, &setup).text().to_owned();
