@@ -140,7 +140,7 @@ fn classify(data: usize, end: usize, ifindex: u32) -> Verdict {
     let (addr, v4, syn) = match parse::parse(data, end) {
         Parsed::NotIp => return Verdict::Pass,
         Parsed::Malformed => return Verdict::DropMalformed,
-        Parsed::Ip { addr, v4, syn } => (addr, v4, syn),
+        Parsed::Ip { addr, v4, syn, .. } => (addr, v4, syn),
     };
     if f & (flags::ALLOW | flags::DENY) != 0 && listed(&addr) {
         let lpm = Key::new(128, addr);

@@ -42,8 +42,11 @@ pub enum Parsed {
     NotIp,
     /// See the module table.
     Malformed,
-    /// An IP packet: its source (mapped form for IPv4) and whether it opens a TCP connection.
-    Ip { addr: [u32; 4], v4: bool, syn: bool },
+    /// An IP packet: its source (mapped form for IPv4), whether it opens a TCP connection, and
+    /// its upper-layer protocol as the last header walked names it (also for a non-first
+    /// fragment: the IPv4 protocol field, the IPv6 fragment header's next header; for too many
+    /// IPv6 extension headers, the one not walked). Connection steering keys on this.
+    Ip { addr: [u32; 4], v4: bool, syn: bool, proto: u8 },
 }
 
 #[inline(always)]
@@ -135,10 +138,10 @@ fn ipv4(ip: usize, end: usize) -> Parsed {
     let protocol = unsafe { u8_at(ip + 9) };
     let fragment_offset = unsafe { be16_at(ip + 6) } & 0x1fff;
     if fragment_offset != 0 {
-        return Parsed::Ip { addr, v4: true, syn: false };
+        return Parsed::Ip { addr, v4: true, syn: false, proto: protocol };
     }
     match transport(protocol, ip + ihl, end) {
-        Some(syn) => Parsed::Ip { addr, v4: true, syn },
+        Some(syn) => Parsed::Ip { addr, v4: true, syn, proto: protocol },
         None => Parsed::Malformed,
     }
 }
@@ -173,7 +176,7 @@ fn ipv6(ip: usize, end: usize) -> Parsed {
                     return Parsed::Malformed;
                 }
                 if unsafe { be16_at(at + 2) } & 0xfff8 != 0 {
-                    return Parsed::Ip { addr, v4: false, syn: false };
+                    return Parsed::Ip { addr, v4: false, syn: false, proto: unsafe { u8_at(at) } };
                 }
                 8
             }
@@ -184,10 +187,10 @@ fn ipv6(ip: usize, end: usize) -> Parsed {
     }
     if matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT) {
         // Too many extension headers to find the transport header: judged by source only.
-        return Parsed::Ip { addr, v4: false, syn: false };
+        return Parsed::Ip { addr, v4: false, syn: false, proto: next };
     }
     match transport(next, at, end) {
-        Some(syn) => Parsed::Ip { addr, v4: false, syn },
+        Some(syn) => Parsed::Ip { addr, v4: false, syn, proto: next },
         None => Parsed::Malformed,
     }
 }

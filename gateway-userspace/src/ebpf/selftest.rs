@@ -8,6 +8,7 @@
 //! and 6.12) and by nothing on a production path. Needs root (CAP_BPF, CAP_NET_ADMIN).
 
 mod clock;
+mod cpusteer;
 pub mod frames;
 
 use std::{
@@ -413,6 +414,7 @@ impl Suite<'_> {
         self.buckets()?;
         self.new_source_guard()?;
         self.clock()?;
+        self.nic_steering()?;
         self.disabled()
     }
 
