@@ -20,8 +20,10 @@ use gateway_common::xdp::{
 };
 use ipnet::IpNet;
 
+mod batch;
 mod clock;
 mod sources;
+pub use sources::WalkCost;
 
 use super::{
     Counters, EbpfError, PinLock,

@@ -10,6 +10,7 @@
 mod clock;
 mod cpusteer;
 pub mod frames;
+mod walk;
 
 use std::{
     fmt,
@@ -415,6 +416,7 @@ impl Suite<'_> {
         self.new_source_guard()?;
         self.clock()?;
         self.nic_steering()?;
+        self.source_walk()?;
         self.disabled()
     }
 
