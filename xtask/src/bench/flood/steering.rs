@@ -35,7 +35,8 @@ use crate::{
     deps,
 };
 
-const DEFENCES: [Defence; 2] = [Defence::GuardXdp, Defence::GuardXdpCpumap];
+/// Both with `client_hash` steering and pinned workers: only the cpumap differs.
+const DEFENCES: [Defence; 2] = [Defence::GuardXdpPinned, Defence::GuardXdpCpumap];
 const ATTACKS: [Attack; 2] = [Attack::None, Attack::SynOne];
 /// Client addresses the legitimate connections are spread over (10.71.0.100 upwards).
 const CLIENT_SOURCES: u32 = 64;

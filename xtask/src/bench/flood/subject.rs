@@ -27,6 +27,9 @@ pub enum Defence {
     GuardXdp,
     /// The gatewayd guard as a TC ingress classifier.
     GuardTc,
+    /// The guard in native XDP with `client_hash` steering and pinned workers, no cpumap: the
+    /// baseline of `bench steering` (only the cpumap differs).
+    GuardXdpPinned,
     /// The guard in native XDP with `steering = "cpumap"` (`bench steering` only).
     GuardXdpCpumap,
 }
@@ -40,6 +43,7 @@ impl Defence {
             Defence::Nftables => "nftables",
             Defence::GuardXdp => "guard-xdp",
             Defence::GuardTc => "guard-tc",
+            Defence::GuardXdpPinned => "guard-xdp-pinned",
             Defence::GuardXdpCpumap => "guard-xdp-cpumap",
         }
     }
@@ -50,7 +54,7 @@ impl Defence {
 
     fn guard_mode(self) -> Option<&'static str> {
         match self {
-            Defence::GuardXdp | Defence::GuardXdpCpumap => Some("xdp-driver"),
+            Defence::GuardXdp | Defence::GuardXdpPinned | Defence::GuardXdpCpumap => Some("xdp-driver"),
             Defence::GuardTc => Some("tc"),
             Defence::Kernel | Defence::Nftables => None,
         }
@@ -141,8 +145,10 @@ reasons = ["rate_limit"]
 "#
         ));
     }
-    if defence == Defence::GuardXdpCpumap {
+    if matches!(defence, Defence::GuardXdpPinned | Defence::GuardXdpCpumap) {
         config = config.replacen("workers = 2\n", "workers = 2\nsteering = \"client_hash\"\npin_workers = true\n", 1);
+    }
+    if defence == Defence::GuardXdpCpumap {
         config = config.replacen("[xdp.feedback]", "steering = \"cpumap\"\n\n[xdp.feedback]", 1);
     }
     config
@@ -193,7 +199,7 @@ impl Up {
                 let out = capture(topology::in_ns(GW_NS, "nft").args(["list", "table", "netdev", NFT_TABLE]))?;
                 Ok(Some(nft_dropped(&out)))
             }
-            Defence::GuardXdp | Defence::GuardTc | Defence::GuardXdpCpumap => {
+            Defence::GuardXdp | Defence::GuardTc | Defence::GuardXdpPinned | Defence::GuardXdpCpumap => {
                 Ok(Some(metric_sum(&scrape("/metrics")?, "gateway_xdp_packets_total", "verdict=\"drop_") as u64))
             }
         }
