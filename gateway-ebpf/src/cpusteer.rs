@@ -7,7 +7,11 @@
 //! packets are never redirected (this runs at the pass verdict only), a packet already on its CPU
 //! passes without the extra hop, and a missing cpumap entry passes rather than drops. The key is
 //! the client address alone, the same as the `sk_reuseport` program's, so fragments and every
-//! connection of a client stay on one CPU; untagged Ethernet only (tagged frames pass unsteered).
+//! connection of a client stay on one CPU. The frame is walked by the guard's parser
+//! (`parse.rs`): up to two VLAN tags (802.1Q, 802.1ad), IPv4 options, and up to
+//! `MAX_EXT_HEADERS` IPv6 extension headers, as Katran's parser bounds them; a packet with more
+//! passes unsteered. Parsing again here rather than handing the guard's result over keeps the
+//! guard unchanged; it costs a few dozen instructions, only while steering is on.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -18,10 +22,9 @@ use aya_ebpf::{
 use gateway_common::{
     cpusteer::{COUNT_ENTRIES, CpuSteerConfig, FAILED_INDEX, LOCAL_INDEX, MAX_CPUS},
     steer::{SLOT_COUNT, client_hash, slot_of},
-    xdp::mapped_v4,
 };
 
-use crate::parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, be16_at, has, u8_at, word_at};
+use crate::parse::{IPPROTO_TCP, Parsed, parse};
 
 #[map(name = "GW_CPUMAP")]
 static CPUMAP: CpuMap = CpuMap::with_max_entries(MAX_CPUS, 0);
@@ -62,22 +65,11 @@ pub fn pass(data: usize, end: usize) -> u32 {
     }
 }
 
-/// The source address (mapped form) of an untagged TCP packet; `None` for anything else.
+/// The source address (mapped form for IPv4) of a TCP packet; `None` for anything else.
 #[inline(always)]
 fn tcp_client(data: usize, end: usize) -> Option<[u32; 4]> {
-    if !has(data, ETH_HLEN, end) {
-        return None;
-    }
-    let ip = data + ETH_HLEN;
-    match unsafe { be16_at(data + 12) } {
-        ETH_P_IP if has(ip, 20, end) && unsafe { u8_at(ip + 9) } == IPPROTO_TCP => {
-            let mut addr = mapped_v4([0; 4]);
-            addr[3] = unsafe { word_at(ip + 12) };
-            Some(addr)
-        }
-        ETH_P_IPV6 if has(ip, 40, end) && unsafe { u8_at(ip + 6) } == IPPROTO_TCP => {
-            Some(unsafe { [word_at(ip + 8), word_at(ip + 12), word_at(ip + 16), word_at(ip + 20)] })
-        }
+    match parse(data, end) {
+        Parsed::Ip { addr, proto: IPPROTO_TCP, .. } => Some(addr),
         _ => None,
     }
 }

@@ -144,7 +144,7 @@ fn classify(data: usize, end: usize, ifindex: u32) -> Verdict {
     let (addr, v4, l4) = match parse::parse(data, end) {
         Parsed::NotIp => return Verdict::Pass,
         Parsed::Malformed => return Verdict::DropMalformed,
-        Parsed::Ip { addr, v4, l4 } => (addr, v4, l4),
+        Parsed::Ip { addr, v4, l4, .. } => (addr, v4, l4),
     };
     let syn = l4.syn;
     if f & (flags::ALLOW | flags::DENY) != 0 && listed(&addr) {

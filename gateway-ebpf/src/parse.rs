@@ -44,8 +44,11 @@ pub enum Parsed {
     NotIp,
     /// See the module table.
     Malformed,
-    /// An IP packet: its source (mapped form for IPv4) and what the guard needs of layer 4.
-    Ip { addr: [u32; 4], v4: bool, l4: L4 },
+    /// An IP packet: its source (mapped form for IPv4), what the guard needs of layer 4, and
+    /// its upper-layer protocol as the last header walked names it (also for a non-first
+    /// fragment: the IPv4 protocol field, the IPv6 fragment header's next header; for too many
+    /// IPv6 extension headers, the one not walked). Connection steering keys on `proto`.
+    Ip { addr: [u32; 4], v4: bool, l4: L4, proto: u8 },
 }
 
 /// Layer 4 as the guard sees it.
@@ -149,10 +152,10 @@ fn ipv4(ip: usize, end: usize) -> Parsed {
     let protocol = unsafe { u8_at(ip + 9) };
     let fragment_offset = unsafe { be16_at(ip + 6) } & 0x1fff;
     if fragment_offset != 0 {
-        return Parsed::Ip { addr, v4: true, l4: OTHER };
+        return Parsed::Ip { addr, v4: true, l4: OTHER, proto: protocol };
     }
     match transport(protocol, ip + ihl, end) {
-        Some(l4) => Parsed::Ip { addr, v4: true, l4 },
+        Some(l4) => Parsed::Ip { addr, v4: true, l4, proto: protocol },
         None => Parsed::Malformed,
     }
 }
@@ -187,7 +190,7 @@ fn ipv6(ip: usize, end: usize) -> Parsed {
                     return Parsed::Malformed;
                 }
                 if unsafe { be16_at(at + 2) } & 0xfff8 != 0 {
-                    return Parsed::Ip { addr, v4: false, l4: OTHER };
+                    return Parsed::Ip { addr, v4: false, l4: OTHER, proto: unsafe { u8_at(at) } };
                 }
                 8
             }
@@ -198,10 +201,10 @@ fn ipv6(ip: usize, end: usize) -> Parsed {
     }
     if matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT) {
         // Too many extension headers to find the transport header: judged by source only.
-        return Parsed::Ip { addr, v4: false, l4: OTHER };
+        return Parsed::Ip { addr, v4: false, l4: OTHER, proto: next };
     }
     match transport(next, at, end) {
-        Some(l4) => Parsed::Ip { addr, v4: false, l4 },
+        Some(l4) => Parsed::Ip { addr, v4: false, l4, proto: next },
         None => Parsed::Malformed,
     }
 }

@@ -34,7 +34,7 @@ use std::{
 };
 
 pub use attach::AttachMode;
-pub use guard::{GuardProgram, LoadOptions, XdpGuard, remove_stale_pins};
+pub use guard::{GuardProgram, LoadOptions, WalkCost, XdpGuard, remove_stale_pins};
 pub use lists::{net_of_key, normalize_net, parse_list_entry};
 pub use metrics::EbpfCollector;
 pub use offenders::{FeedbackPhase, Offenders};

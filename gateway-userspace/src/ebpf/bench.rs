@@ -26,6 +26,8 @@ pub struct BenchReport {
     pub kernel: String,
     pub cpu: String,
     pub measurements: Vec<Measurement>,
+    /// One walk of a default-size source table (`xdp top`, the tracked-sources gauge).
+    pub source_walk: Option<super::WalkCost>,
 }
 
 /// Runs every measurement `rounds` times and keeps each one's best (least disturbed) round.
@@ -51,7 +53,9 @@ pub fn run(repeat: u32, distinct_sources: u32, rounds: u32) -> Result<BenchRepor
         })
         .map_err(|source| EbpfError::Pin { path: "bench thread".into(), source })?;
     let measurements = thread.join().unwrap_or_else(|_| Ok(Vec::new()))?;
-    Ok(BenchReport { kernel: kernel_release(), cpu: cpu_model(), measurements })
+    let table = XdpGuard::load(&LoadOptions { pin_dir: None, max_sources: gateway_common::xdp::DEFAULT_MAX_SOURCES })?;
+    let source_walk = Some(table.walk_cost()?);
+    Ok(BenchReport { kernel: kernel_release(), cpu: cpu_model(), measurements, source_walk })
 }
 
 fn measure(repeat: u32, distinct: u32) -> Result<Vec<Measurement>, EbpfError> {
@@ -353,6 +357,21 @@ impl BenchReport {
             "\nSingle runs (repeat 1) include the kernel's per-call setup, so they are compared with an empty \
              program measured the same way."
         );
+        if let Some(w) = &self.source_walk {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let batched = w.batched.map_or("no batch lookups on this kernel".to_owned(), |d| {
+                format!("{:.1} ms in {} `BPF_MAP_LOOKUP_BATCH` calls", ms(d), w.batched_syscalls)
+            });
+            let _ = writeln!(
+                s,
+                "\n## `xdp top`: one walk of the source table\n\nThe default table ({} sets): {batched}; \
+                 one lookup per set (before, and the fallback before Linux 5.6): {:.1} ms in {} calls. Wall \
+                 time of one walk, from userspace.",
+                w.sets,
+                ms(w.one_by_one),
+                w.sets
+            );
+        }
         s
     }
 }

@@ -20,9 +20,12 @@ use gateway_common::xdp::{
 };
 use ipnet::IpNet;
 
+mod batch;
 mod clock;
 mod sources;
 mod udp;
+
+pub use sources::WalkCost;
 
 use super::{
     Counters, EbpfError, PinLock,

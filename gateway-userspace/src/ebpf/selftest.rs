@@ -8,8 +8,10 @@
 //! and 6.12) and by nothing on a production path. Needs root (CAP_BPF, CAP_NET_ADMIN).
 
 mod clock;
+mod cpusteer;
 pub mod frames;
 mod udp;
+mod walk;
 
 use std::{
     fmt,
@@ -415,6 +417,8 @@ impl Suite<'_> {
         self.buckets()?;
         self.new_source_guard()?;
         self.clock()?;
+        self.nic_steering()?;
+        self.source_walk()?;
         self.disabled()
     }
 

@@ -11,6 +11,7 @@
 //! defences in `subject`, the clients in `legit`, the report in `report`.
 
 mod attack;
+mod colocation;
 mod legit;
 mod packet;
 mod report;
@@ -76,6 +77,8 @@ pub struct Cell {
     /// Seconds from the start of the HTTP or connection flood until the guard dropped a
     /// flooder's packet (`drop_denylist`), for the guard under those attacks.
     pub escalation: Option<f64>,
+    /// Per-CPU receive work and gatewayd's steering counters (the steering report's proof).
+    pub colocation: colocation::CoLocation,
 }
 
 impl Cell {
@@ -138,6 +141,7 @@ fn run_cell(
     let tx_before = topology::tx_packets(ATTACK_NS, ATTACK_IF)?;
     let softirq_before = softirq_seconds()?;
     let gatewayd_before = tree.cpu_time()?;
+    let colocation = colocation::Probe::start()?;
     let start = Instant::now();
     let running = attack::start(attack, topo, flags.attack_pps, duration + LEAD + Duration::from_secs(5))?;
     let watch = (attack.is_closed_loop() && defence.is_guard())
@@ -156,8 +160,22 @@ fn run_cell(
         _ => None,
     };
     let escalation = watch.and_then(|w| w.join().ok()).flatten();
+    let colocation = colocation.finish()?;
     up.stop()?;
-    Ok(Cell { defence, attack, keep_alive, new_conn, offered, units, seconds, dropped, softirq, gatewayd, escalation })
+    Ok(Cell {
+        defence,
+        attack,
+        keep_alive,
+        new_conn,
+        offered,
+        units,
+        seconds,
+        dropped,
+        softirq,
+        gatewayd,
+        escalation,
+        colocation,
+    })
 }
 
 /// Polls the guard's counters until a packet is dropped by the deny list (a feedback block in

@@ -60,3 +60,14 @@ fn read(ebpf: &mut Ebpf) -> Result<(u64, u64), EbpfError> {
     let ns = clock.get(&1, 0).map_err(EbpfError::map(CLOCK_MAP))?;
     Ok((jiffies, ns))
 }
+
+impl super::XdpGuard {
+    /// The guard program's clock now, in its own terms (`jiffies × tick`, or `bpf_ktime_get_ns`
+    /// when uncalibrated), read by the clock probe: a program run before and one after a guard
+    /// run bracket the time that run saw, whatever the scheduler did in between. The selftest
+    /// paces and bounds its clock cases with it.
+    pub fn program_clock_ns(&mut self) -> Result<u64, EbpfError> {
+        let (jiffies, ns) = read(&mut self.ebpf)?;
+        Ok(if self.tick_ns != 0 { gateway_common::gcra::coarse_ns(jiffies, self.tick_ns) } else { ns })
+    }
+}

@@ -28,6 +28,9 @@ pub enum Defence {
     GuardXdp,
     /// The gatewayd guard as a TC ingress classifier.
     GuardTc,
+    /// The guard in native XDP with `client_hash` steering and pinned workers, no cpumap: the
+    /// baseline of `bench steering` (only the cpumap differs).
+    GuardXdpPinned,
     /// The guard in native XDP with `steering = "cpumap"` (`bench steering` only).
     GuardXdpCpumap,
 }
@@ -41,6 +44,7 @@ impl Defence {
             Defence::Nftables => "nftables",
             Defence::GuardXdp => "guard-xdp",
             Defence::GuardTc => "guard-tc",
+            Defence::GuardXdpPinned => "guard-xdp-pinned",
             Defence::GuardXdpCpumap => "guard-xdp-cpumap",
         }
     }
@@ -51,7 +55,7 @@ impl Defence {
 
     fn guard_mode(self) -> Option<&'static str> {
         match self {
-            Defence::GuardXdp | Defence::GuardXdpCpumap => Some("xdp-driver"),
+            Defence::GuardXdp | Defence::GuardXdpPinned | Defence::GuardXdpCpumap => Some("xdp-driver"),
             Defence::GuardTc => Some("tc"),
             Defence::Kernel | Defence::Nftables => None,
         }
@@ -92,7 +96,7 @@ pub fn gatewayd_config(defence: Defence) -> String {
     let port = super::attack::SERVICE_PORT;
     let cpumap = defence == Defence::GuardXdpCpumap;
     let mut conf = GwConf::new(2);
-    if cpumap {
+    if matches!(defence, Defence::GuardXdpPinned | Defence::GuardXdpCpumap) {
         conf = conf.server("steering = \"client_hash\"").server("pin_workers = true");
     }
     conf = conf
@@ -166,7 +170,7 @@ impl Up {
                 let out = capture(topology::in_ns(GW_NS, "nft").args(["list", "table", "netdev", NFT_TABLE]))?;
                 Ok(Some(nft_dropped(&out)))
             }
-            Defence::GuardXdp | Defence::GuardTc | Defence::GuardXdpCpumap => {
+            Defence::GuardXdp | Defence::GuardTc | Defence::GuardXdpPinned | Defence::GuardXdpCpumap => {
                 Ok(Some(metric_sum(&scrape("/metrics")?, "gateway_xdp_packets_total", "verdict=\"drop_") as u64))
             }
         }

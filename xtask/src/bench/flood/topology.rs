@@ -130,7 +130,7 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// Runs `ip -batch` commands inside `ns` (hundreds of addresses in one process).
-fn batch_in(ns: &str, lines: &[String]) -> Result<()> {
+pub fn batch_in(ns: &str, lines: &[String]) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("fl-{}-{ns}.ip", std::process::id()));
     std::fs::write(&dir, lines.join("\n") + "\n").with_context(|| format!("cannot write {}", dir.display()))?;
     let result = ip(&["-n", ns, "-batch", dir.to_str().context("temp path is not UTF-8")?]);
