@@ -262,7 +262,6 @@ mod tests {
         assert_eq!(header_value("CN=a\r\nX-Evil: 1"), "CN=a%0D%0AX-Evil: 1");
     }
 
-
     #[test]
     fn sans_are_a_structured_list_of_strings() {
         let sans = |s: &[&str]| san_list(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>());

@@ -12,7 +12,7 @@ mod summary;
 
 use std::{fs, net::SocketAddr, time::Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use super::{
     Options, Subject, free_port,

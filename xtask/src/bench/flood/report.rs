@@ -308,6 +308,7 @@ mod tests {
             softirq,
             gatewayd: 0.0,
             escalation: None,
+            colocation: Default::default(),
         }
     }
 
