@@ -13,6 +13,12 @@ pub fn init(format: LogFormat, level: &str) {
     if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("redis")) {
         filter = filter.add_directive("redis=error".parse().expect("a valid directive"));
     }
+    // rustls warns once per refused ClientHello (e.g. an illegal server name): a log line per
+    // connection any client can cause. The handshake module counts and logs each failure itself
+    // (`gateway_tls_handshakes_total{result}`); a `RUST_LOG` naming `rustls` decides.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls")) {
+        filter = filter.add_directive("rustls=error".parse().expect("a valid directive"));
+    }
     // Colours only for a person at a terminal: journald and log files would store the escape codes.
     let builder = fmt()
         .with_env_filter(filter)

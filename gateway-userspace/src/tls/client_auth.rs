@@ -5,7 +5,7 @@ use std::{io, sync::Arc};
 
 use rustls::{
     AlertDescription, CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
-    RootCertStore, SignatureScheme,
+    PeerMisbehaved, RootCertStore, SignatureScheme,
     client::danger::HandshakeSignatureValid,
     pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime},
     server::{
@@ -213,6 +213,9 @@ pub fn classify_tls(e: &TlsError) -> &'static str {
         TlsError::InvalidCertificate(c) => classify_cert(c),
         TlsError::General(msg) if msg == NO_CERT_RESOLVED => "bad_sni",
         TlsError::AlertReceived(AlertDescription::UnrecognisedName) => "bad_sni",
+        // A server name that is not a host name, e.g. `host:port` (Go's `hey` with an explicit
+        // port sends that, RFC 6066 forbids it): rustls refuses it with `illegal_parameter`.
+        TlsError::PeerMisbehaved(PeerMisbehaved::ServerNameMustContainOneHostName) => "bad_sni",
         TlsError::AlertReceived(_) => "peer_alert",
         TlsError::PeerIncompatible(_)
         | TlsError::PeerMisbehaved(_)

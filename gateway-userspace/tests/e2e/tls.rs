@@ -212,6 +212,13 @@ async fn sni_selects_exact_wildcard_and_default_certificates() {
         &format!("https://www.example.org:{port}/"),
     ]);
     assert!(ok, "curl with SNI www.example.org: {err}");
+    // A server name with a port (what Debian's `hey` sends for `https://host:port/`) is not a
+    // host name (RFC 6066): refused in the handshake, counted as bad_sni, and no log line per
+    // connection (rustls' own warning is filtered; the handshake module logs at debug).
+    let (ok, out) = s_client(gw.ports.listen, &["-servername", &format!("api.example.com:{port}")]);
+    assert!(!ok && out.contains("alert illegal parameter"), "{out}");
+    await_handshakes(&gw, "bad_sni", 1.0);
+    assert!(!gw.stderr().contains("Illegal SNI"), "a log line per refused server name:\n{}", gw.stderr());
     // Expiry gauges name each certificate.
     let api_expiry = gw.metric(
         "gateway_tls_certificate_expiry_timestamp_seconds",
