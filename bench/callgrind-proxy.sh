@@ -9,33 +9,9 @@ set -eu
 gw=${1:?gatewayd binary}; n=${2:-4000}; c=${3:-16}
 d=$(mktemp -d /tmp/cg-proxy.XXXX)
 P_UP=22080 P_GW=22081 P_GWM=22090
-cat > "$d/up.conf" <<C
-worker_processes 1; pid $d/up.pid; error_log $d/up.err; daemon off;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P_UP; location / { return 200 "ok"; } } }
-C
-cat > "$d/gw.toml" <<C
-[server]
-workers = 1
-log_level = "warn"
-[[listeners]]
-name = "main"
-bind = "127.0.0.1:$P_GW"
-[metrics]
-bind = "127.0.0.1:$P_GWM"
-[admin]
-socket = ""
-[[services]]
-name = "up"
-targets = ["127.0.0.1:$P_UP"]
-max_idle_per_target = 64
-[[routes]]
-name = "all"
-service = "up"
-paths = ["/"]
-auth = "none"
-C
+. "$(dirname "$0")/lib/proxy-subjects.sh"
+up_conf "$d" $P_UP 1024 >"$d/up.conf"
+gw_conf $P_GW $P_GWM $P_UP >"$d/gw.toml"
 gcc -O2 -o "$d/no-prctl-auxv" "$(dirname "$0")/tools/no-prctl-auxv.c"
 nginx -c "$d/up.conf" & up=$!
 "$d/no-prctl-auxv" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$d/cg.out" "$gw" run -c "$d/gw.toml" \

@@ -16,44 +16,16 @@ shift $((OPTIND - 1))
 for t in nginx wrk perf; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
 d=$(mktemp -d /tmp/proxy-cpu.XXXX)
 P_UP=22080
-cat >"$d/up.conf" <<C
-worker_processes 1; pid $d/up.pid; error_log $d/up.err; daemon off;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P_UP; location / { return 200 "ok"; } } }
-C
-gw_conf() { # port metrics_port
-  cat <<C
-[server]
-workers = 1
-log_level = "warn"
-[[listeners]]
-name = "main"
-bind = "127.0.0.1:$1"
-[metrics]
-bind = "127.0.0.1:$2"
-[admin]
-socket = ""
-[[services]]
-name = "up"
-targets = ["127.0.0.1:$P_UP"]
-max_idle_per_target = 64
-[[routes]]
-name = "all"
-service = "up"
-paths = ["/"]
-auth = "none"
-C
-}
+. "$(dirname "$0")/lib/proxy-subjects.sh"
+up_conf "$d" $P_UP >"$d/up.conf"
 PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$d"; }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 taskset -c 0 nginx -c "$d/up.conf" & PIDS+=($!)
 wait_port $P_UP
 GWS=() PORTS=()
 for i in $(seq 0 $(($# - 1))); do
-  port=$((22100 + i)); gw_conf $port $((22200 + i)) >"$d/gw$i.toml"
+  port=$((22100 + i)); gw_conf $port $((22200 + i)) $P_UP >"$d/gw$i.toml"
   bin=${@:$((i + 1)):1}
   "$bin" check-config "$d/gw$i.toml" >/dev/null
   taskset -c 1 "$bin" --config "$d/gw$i.toml" 2>"$d/gw$i.err" & GWS+=($!); PIDS+=($!); PORTS+=($port)

@@ -2,6 +2,7 @@
 //! SO_REUSEPORT listening sockets and its own upstream connection pools. Nothing on a worker's
 //! request path is shared with another worker except atomics and the current snapshot.
 
+pub mod collect;
 pub mod liveness;
 pub mod loop_lag;
 
@@ -188,36 +189,34 @@ fn unsteer(shared: &SharedState, spec: &ListenerSpec, worker: usize) {
     }
 }
 
-/// The upstream pool is swept every `SWEEP_TICKS` ticks of `COLLECT_EVERY` (5 s).
-const SWEEP_TICKS: u32 = 5;
-/// How soon pages freed by parked or closed connections go back to the system.
+/// How soon pages freed by parked or closed connections go back to the system (on an idle
+/// worker; see `collect`), and the unit of the upstream pool's sweep period.
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
 async fn sweep_pool(worker: Rc<WorkerLocal>) {
     let mut tick = tokio::time::interval(COLLECT_EVERY);
-    let mut ticks = 0u32;
+    let mut policy = collect::CollectPolicy::default();
     loop {
         tick.tick().await;
-        let sweep = ticks.is_multiple_of(SWEEP_TICKS);
-        ticks = ticks.wrapping_add(1);
-        if sweep {
+        let decision = policy.tick(worker.released_connections.replace(0), worker.requests_started.get());
+        if policy.sweeps_pool() {
             let idle = worker.snapshot().services.iter().map(|s| s.spec.idle_timeout).min();
             worker.pool.sweep(idle.unwrap_or(Duration::from_secs(60)));
         }
         // Give pages freed by parked and closed connections (hyper's buffers, several KiB each)
         // back to the system soon after they go idle; mimalloc would otherwise keep them until
-        // it is busy again, and an idle worker never is. Only when something was released, so
-        // a worker with steady connections does not walk its heap every second.
+        // it is busy again, and an idle worker never is.
         //
         // Forced: a normal collect frees the empty pages but leaves their purge (returning them
         // to the OS) to a later allocation once mimalloc's purge delay has passed, and an idle
         // worker makes none, so what a burst of connections touched stayed resident for as long
         // as the worker stayed idle (`bench proxy` read 10–30 KB per idle connection at 2,000,
-        // ~3 KB with the purge done). Only when something was released, at most once a second.
-        let released = worker.released_connections.replace(0) > 0;
-        if sweep || released {
+        // ~3 KB with the purge done). `collect` decides when (not while the worker is busy).
+        match decision {
             // SAFETY: mi_collect only walks this thread's heap (and the OS memory it owns).
-            unsafe { libmimalloc_sys::mi_collect(released) };
+            collect::Collect::Forced => unsafe { libmimalloc_sys::mi_collect(true) },
+            collect::Collect::Normal => unsafe { libmimalloc_sys::mi_collect(false) },
+            collect::Collect::None => {}
         }
     }
 }

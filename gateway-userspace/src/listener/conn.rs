@@ -281,6 +281,7 @@ fn service(
         // Boxed: hyper keeps a slot for this future for the connection's whole life, and the
         // request path's state machine is several KiB.
         let (c, w) = (conn.clone(), worker.clone());
+        w.requests_started.set(w.requests_started.get().wrapping_add(1));
         Box::pin(async move { Ok(pipeline::serve(req, c, w.snapshot(), w.pool.clone()).await) })
     })
 }

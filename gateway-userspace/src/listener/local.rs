@@ -27,6 +27,9 @@ pub struct WorkerLocal {
     /// Connections parked or closed since the allocator last returned free pages (see
     /// `sweep_pool`).
     pub released_connections: Cell<u64>,
+    /// Requests begun on this worker, ever (counted by the connections' service): tells
+    /// `sweep_pool` a busy worker from an idle one.
+    pub requests_started: Cell<u64>,
 }
 
 impl WorkerLocal {
@@ -40,6 +43,7 @@ impl WorkerLocal {
             cached: RefCell::new(None),
             open_connections: Cell::new(0),
             released_connections: Cell::new(0),
+            requests_started: Cell::new(0),
         }
     }
 

@@ -125,38 +125,13 @@ fn served_serial(addr: SocketAddr) -> Option<String> {
 /// Two listeners on the ports pebble validates (plain for http-01, TLS for tls-alpn-01), a
 /// catch-all user route, the ACME table and `extra` TOML.
 fn config(p: &Ports, plain: SocketAddr, tls: SocketAddr, upstream: SocketAddr, acme: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-workers = 1
-drain_timeout = "5s"
-
-[[listeners]]
-name = "plain"
-bind = "{plain}"
-
-[[listeners]]
-name = "tls"
-bind = "{tls}"
-
-[listeners.tls]
-acme = {{ {acme} }}
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[auth]
-default_policy = "none"
-
-{routes}
-{extra}
-"#,
-        metrics = p.metrics,
-        routes = catch_all_route(upstream),
-    )
+    ConfigBuilder::new(p)
+        .drain_timeout("5s")
+        .listener("plain", plain)
+        .add_listener("tls", tls, Some(&format!("acme = {{ {acme} }}")))
+        .catch_all(upstream)
+        .toml(extra)
+        .build()
 }
 
 fn acme_table(pebble: &Pebble, state: &Path, challenge: &str) -> String {

@@ -16,54 +16,15 @@ use super::support::*;
 /// ones first (the default); and `/spooled` buffers responses (of a service with the default
 /// timeouts: 1 MB answers to many clients take a while on a busy test machine).
 fn config(p: &Ports, u: &Upstream) -> String {
-    basic_config(
-        p,
-        1,
-        &format!(
-            r#"
-[server.limits]
-client_body_timeout = "1s"
-
-[server.buffering]
-request_buffer_size = "1KiB"
-temp_dir = "{dir}"
-
-[[services]]
-name = "s"
-targets = ["{u}"]
-read_timeout = "300ms"
-max_fails = 2
-fail_timeout = "30s"
-retries = 0
-
-[[routes]]
-name = "stream"
-service = "s"
-paths = ["/stream"]
-strip_path = true
-request_buffering = false
-
-[[routes]]
-name = "buffered"
-service = "s"
-paths = ["/buffered"]
-strip_path = true
-
-[[services]]
-name = "big"
-targets = ["{u}"]
-
-[[routes]]
-name = "spooled"
-service = "big"
-paths = ["/spooled"]
-strip_path = true
-response_buffering = true
-"#,
-            dir = p.dir.display(),
-            u = u.addr,
-        ),
-    )
+    ConfigBuilder::new(p)
+        .limits(r#"client_body_timeout = "1s""#)
+        .table("[server.buffering]", &format!("request_buffer_size = \"1KiB\"\ntemp_dir = \"{}\"", p.dir.display()))
+        .service_with("s", &[u.addr], "read_timeout = \"300ms\"\nmax_fails = 2\nfail_timeout = \"30s\"\nretries = 0")
+        .route("stream", "s", "paths = [\"/stream\"]\nstrip_path = true\nrequest_buffering = false")
+        .route("buffered", "s", "paths = [\"/buffered\"]\nstrip_path = true")
+        .service("big", &[u.addr])
+        .route("spooled", "big", "paths = [\"/spooled\"]\nstrip_path = true\nresponse_buffering = true")
+        .build()
 }
 
 /// Announces 100 bytes, sends 10, then stalls with the connection open.

@@ -12,14 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::support::*;
 
 fn config(p: &Ports, u: &Upstream) -> String {
-    basic_config(
-        p,
-        1,
-        &format!(
-            "[server.limits]\nmax_request_body = \"1KiB\"\n\n[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nservice = \"s\"\n",
-            u.addr
-        ),
-    )
+    ConfigBuilder::new(p).limits(r#"max_request_body = "1KiB""#).catch_all(u.addr).build()
 }
 
 type Chunks = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;

@@ -98,16 +98,7 @@ fn status_lines(text: &str) -> usize {
 #[test]
 fn tricky_requests_are_refused_or_served_once_and_never_smuggle() {
     let u = Upstream::start("u");
-    let gw = Gateway::start(|p| {
-        basic_config(
-            p,
-            1,
-            &format!(
-                "[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nservice = \"s\"\n",
-                u.addr
-            ),
-        )
-    });
+    let gw = Gateway::start(|p| ConfigBuilder::new(p).catch_all(u.addr).build());
     let mut failures = Vec::new();
     for (name, request, expect) in CORPUS {
         let before = u.requests();

@@ -56,14 +56,7 @@ fn scrape(gw: &Gateway, accept: Option<&str>) -> (String, String) {
 async fn metrics_answer_in_the_format_the_scraper_accepts() {
     let u = Upstream::start("u");
     let gw = Gateway::start(|p| {
-        basic_config(
-            p,
-            1,
-            &format!(
-                "[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/api\"]\n",
-                u.addr
-            ),
-        )
+        ConfigBuilder::new(p).service("s", &[u.addr]).route("r", "s", r#"paths = ["/api"]"#).build()
     });
     let c = client();
     assert_eq!(send(&c, req("GET", &gw.url("/api/x"), "h").body(Full::default()).unwrap()).await.status, 200);
@@ -111,16 +104,14 @@ fn api_consumers(names: &[&str]) -> String {
 async fn per_consumer_request_counts_are_capped_at_the_configured_number_of_consumers() {
     let u = Upstream::start("u");
     let gw = Gateway::start(|p| {
-        format!(
-            "[server]\nworkers = 2\n[[listeners]]\nname = \"public\"\nbind = \"{}\"\n\
-             [metrics]\nbind = \"{}\"\nconsumer_label = true\nconsumer_label_limit = 2\n[admin]\nsocket = \"\"\n\
-             [[services]]\nname = \"s\"\ntargets = [\"{}\"]\n\
-             [[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/api\"]\nauth = \"keys\"\n[auth]\n{}",
-            p.listen,
-            p.metrics,
-            u.addr,
-            api_consumers(&["a", "b", "c", "d"])
-        )
+        ConfigBuilder::new(p)
+            .workers(2)
+            .metrics("consumer_label = true\nconsumer_label_limit = 2")
+            .service("s", &[u.addr])
+            .route("r", "s", "paths = [\"/api\"]\nauth = \"keys\"")
+            .auth("")
+            .toml(&api_consumers(&["a", "b", "c", "d"]))
+            .build()
     });
     let c = client();
     for (name, n) in [("a", 3), ("b", 1), ("c", 2), ("d", 1)] {
@@ -161,8 +152,9 @@ async fn per_consumer_request_counts_are_capped_at_the_configured_number_of_cons
 fn a_consumer_label_limit_of_zero_is_refused_with_its_location() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gatewayd.toml");
-    std::fs::write(&path, "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n[metrics]\nconsumer_label = true\nconsumer_label_limit = 0\n")
-        .expect("write");
+    let ports = Ports { listen: free_port(), metrics: free_port(), dir: dir.path().into() };
+    let config = ConfigBuilder::new(&ports).metrics("consumer_label = true\nconsumer_label_limit = 0").build();
+    std::fs::write(&path, config).expect("write");
     let out = Command::new(BIN).arg("check-config").arg(&path).output().expect("run gatewayd");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -237,65 +229,19 @@ fn dashboard_config(p: &Ports, u: &Upstream, llm: &FakeLlm, idp: &super::idp::Id
     ca.server(&["localhost"]).write(&p.dir, "server");
     let tls = free_port();
     std::fs::write(p.dir.join("tls.port"), tls.to_string()).expect("write tls port");
-    format!(
-        r#"
-[server]
-workers = 2
-
-[[listeners]]
-name = "public"
-bind = "{listen}"
-
-[[listeners]]
-name = "tls"
-bind = "{tls}"
-[listeners.tls]
-certificates = [{{ cert = "server.crt", key = "server.key" }}]
-
-[metrics]
-bind = "{metrics}"
-consumer_label = true
-
-[admin]
-socket = ""
-
-[redis]
-url = "{redis}"
-
-[[services]]
-name = "api"
-targets = ["{u}"]
-
-[[services]]
-name = "llm"
-targets = ["{llm}"]
-
-[[routes]]
-name = "open"
-service = "api"
-paths = ["/api"]
-strip_path = true
-auth = "none"
-
-[[routes]]
-name = "keyed"
-service = "api"
-paths = ["/keyed"]
-strip_path = true
-
-[[routes]]
-name = "jwt"
-service = "api"
-paths = ["/jwt"]
-strip_path = true
-auth = "tokens"
-
-[[routes]]
-name = "chat"
-service = "llm"
-paths = ["/v1"]
-
-[[rate_limits]]
+    ConfigBuilder::new(p)
+        .workers(2)
+        .add_listener("tls", tls, Some(r#"certificates = [{ cert = "server.crt", key = "server.key" }]"#))
+        .metrics("consumer_label = true")
+        .table("[redis]", &format!("url = \"{}\"", redis.url()))
+        .service("api", &[u.addr])
+        .service("llm", &[llm.addr])
+        .route("open", "api", "paths = [\"/api\"]\nstrip_path = true\nauth = \"none\"")
+        .route("keyed", "api", "paths = [\"/keyed\"]\nstrip_path = true")
+        .route("jwt", "api", "paths = [\"/jwt\"]\nstrip_path = true\nauth = \"tokens\"")
+        .route("chat", "llm", "paths = [\"/v1\"]")
+        .rate_limit(
+            r#"
 name = "per-ip"
 routes = ["keyed"]
 key = "ip"
@@ -303,33 +249,20 @@ limit = 3
 window = "hour"
 backend = "redis"
 on_redis_error = "fail_closed"
-
-[[token_budgets]]
-name = "daily"
-routes = ["chat"]
-daily_tokens = 1000000
-workspace_label = true
-
-[auth]
-default_policy = "keys"
-[[auth.issuers]]
-name = "idp"
-issuer = "{issuer}"
-audiences = ["api"]
-fetch_timeout = "2s"
-[[auth.policies]]
-name = "tokens"
-any_of = ["jwt"]
-{consumers}
 "#,
-        listen = p.listen,
-        metrics = p.metrics,
-        redis = redis.url(),
-        u = u.addr,
-        llm = llm.addr,
-        consumers = api_consumers(&["a", "b"]),
-        issuer = idp.issuer(),
-    )
+        )
+        .table(
+            "[[token_budgets]]",
+            "name = \"daily\"\nroutes = [\"chat\"]\ndaily_tokens = 1000000\nworkspace_label = true",
+        )
+        .auth(r#"default_policy = "keys""#)
+        .table(
+            "[[auth.issuers]]",
+            &format!("name = \"idp\"\nissuer = \"{}\"\naudiences = [\"api\"]\nfetch_timeout = \"2s\"", idp.issuer()),
+        )
+        .table("[[auth.policies]]", "name = \"tokens\"\nany_of = [\"jwt\"]")
+        .toml(&api_consumers(&["a", "b"]))
+        .build()
 }
 
 /// Requests that give every panel something to show: 2xx, 4xx (404, 401, 429), 5xx, TLS

@@ -115,7 +115,7 @@ fn flood_closes(gw: &Gateway, frame: &str) -> f64 {
 }
 
 fn config(p: &Ports, u: &Upstream) -> String {
-    basic_config(p, 1, &catch_all_route(u.addr))
+    ConfigBuilder::new(p).catch_all(u.addr).build()
 }
 
 /// A normal h2c client keeps being served.

@@ -23,19 +23,16 @@ use sendfd::RecvWithFd;
 
 use super::support::*;
 
-fn routes(u: &Upstream) -> String {
-    format!(
-        "[[services]]\nname = \"u\"\ntargets = [\"{}\"]\n[[routes]]\nname = \"all\"\nservice = \"u\"\npaths = [\"/\"]\n",
-        u.addr
-    )
+fn config(p: &Ports, workers: usize, u: &Upstream) -> String {
+    ConfigBuilder::new(p).workers(workers).service("u", &[u.addr]).route("all", "u", r#"paths = ["/"]"#).build()
 }
 
 /// Runs a second gatewayd on `listen` with its own metrics port; returns its exit status and
 /// stderr, or panics if it became ready (it joined the first one's listener).
-fn second_instance(listen: std::net::SocketAddr, dir: &std::path::Path, extra: &str) -> (bool, String) {
+fn second_instance(listen: std::net::SocketAddr, dir: &std::path::Path, u: &Upstream) -> (bool, String) {
     let ports = Ports { listen, metrics: free_port(), dir: dir.to_owned() };
     let config_path = dir.join("second.toml");
-    std::fs::write(&config_path, basic_config(&ports, 1, extra)).unwrap();
+    std::fs::write(&config_path, config(&ports, 1, u)).unwrap();
     let stderr_path = dir.join("second.stderr");
     let mut child = Command::new(BIN)
         .arg("--config")
@@ -66,9 +63,9 @@ fn second_instance(listen: std::net::SocketAddr, dir: &std::path::Path, extra: &
 #[tokio::test]
 async fn second_instance_on_the_same_listener_is_refused_naming_the_first() {
     let u = Upstream::start("u");
-    let gw = Gateway::start(|p| basic_config(p, 2, &routes(&u)));
+    let gw = Gateway::start(|p| config(p, 2, &u));
     let dir = tempfile::tempdir().unwrap();
-    let (ok, stderr) = second_instance(gw.ports.listen, dir.path(), &routes(&u));
+    let (ok, stderr) = second_instance(gw.ports.listen, dir.path(), &u);
     assert!(!ok, "the second instance must exit non-zero:\n{stderr}");
     assert!(stderr.contains(&gw.ports.listen.to_string()), "names the address:\n{stderr}");
     assert!(stderr.contains(&format!("pid {} (gatewayd)", gw.pid())), "names the first instance:\n{stderr}");
@@ -116,7 +113,7 @@ fn restart_hands_the_listening_sockets_over_and_refuses_no_connection() {
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut store = FdStore { sock, fds: Vec::new() };
     let env = [("NOTIFY_SOCKET", notify_path.display().to_string())];
-    let mut old = Gateway::start_with_env(|p| basic_config(p, 2, &routes(&u)), &env);
+    let mut old = Gateway::start_with_env(|p| config(p, 2, &u), &env);
     store.collect_until_ready();
     assert_eq!(store.fds.len(), 2, "one listening socket per worker in the store");
     let listen = old.ports.listen;
@@ -167,7 +164,7 @@ fn restart_hands_the_listening_sockets_over_and_refuses_no_connection() {
 fn start_with_fds(store: &FdStore, listen: std::net::SocketAddr, u: &Upstream, dir: &std::path::Path) -> Started {
     let ports = Ports { listen, metrics: free_port(), dir: dir.to_owned() };
     let config_path = dir.join("new.toml");
-    std::fs::write(&config_path, basic_config(&ports, 2, &routes(u))).unwrap();
+    std::fs::write(&config_path, config(&ports, 2, u)).unwrap();
     let stderr_path = dir.join("new.stderr");
     let names: Vec<&str> = store.fds.iter().map(|(_, n)| n.as_str()).collect();
     let raw: Vec<RawFd> = store.fds.iter().map(|(fd, _)| std::os::fd::AsRawFd::as_raw_fd(fd)).collect();
@@ -233,7 +230,7 @@ impl Drop for Started {
 #[test]
 fn connection_accepted_before_the_drain_gets_its_answer() {
     let u = Upstream::start("u");
-    let mut gw = Gateway::start(|p| basic_config(p, 1, &routes(&u)));
+    let mut gw = Gateway::start(|p| config(p, 1, &u));
     let accepted = gw.metric("gateway_connections_total", &[]);
     let mut early = TcpStream::connect(gw.ports.listen).unwrap();
     eventually(Duration::from_secs(10), || (gw.metric("gateway_connections_total", &[]) > accepted).then_some(()))

@@ -12,57 +12,28 @@ use super::{idp::*, pki::*, support::*};
 /// routes `/api` (policy `users`), `/both`, `/either`, `/keys`, `/closed`, `/fo` as the `auth`
 /// TOML defines the policies they name.
 pub(super) fn config(p: &Ports, up: &Upstream, workers: usize, auth: &str) -> String {
-    let dir = p.dir.display();
-    let route = |name: &str, policy: &str| {
+    let mut config = ConfigBuilder::new(p)
+        .workers(workers)
+        .drain_timeout("5s")
+        .admin_socket(&p.dir.join("admin.sock"))
+        .table("[audit]", &format!("path = \"{}/audit.log\"", p.dir.display()))
+        .service("s", &[up.addr])
+        .toml(auth)
+        .route("open", "s", "paths = [\"/open\"]\nauth = \"none\"");
+    let routes = [
+        ("api", "users"),
+        ("both", "both"),
+        ("either", "either"),
+        ("keys", "keys"),
+        ("closed", "closed"),
+        ("fo", "fail-open"),
+    ];
+    for (name, policy) in routes {
         if auth.contains(&format!("name = \"{policy}\"")) {
-            format!("[[routes]]\nname = \"{name}\"\nservice = \"s\"\npaths = [\"/{name}\"]\nauth = \"{policy}\"\n")
-        } else {
-            String::new()
+            config = config.route(name, "s", &format!("paths = [\"/{name}\"]\nauth = \"{policy}\""));
         }
-    };
-    format!(
-        r#"
-[server]
-workers = {workers}
-drain_timeout = "5s"
-
-[[listeners]]
-name = "public"
-bind = "{listen}"
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = "{dir}/admin.sock"
-
-[audit]
-path = "{dir}/audit.log"
-
-[[services]]
-name = "s"
-targets = ["{up}"]
-
-{auth}
-
-[[routes]]
-name = "open"
-service = "s"
-paths = ["/open"]
-auth = "none"
-
-{api}{both}{either}{keys}{closed}{fo}
-"#,
-        listen = p.listen,
-        metrics = p.metrics,
-        up = up.addr,
-        api = route("api", "users"),
-        both = route("both", "both"),
-        either = route("either", "either"),
-        keys = route("keys", "keys"),
-        closed = route("closed", "closed"),
-        fo = route("fo", "fail-open"),
-    )
+    }
+    config.build()
 }
 
 /// `[auth]` with the test IdP as issuer `idp` (discovery) and policy `users` (jwt, scope read).
@@ -635,55 +606,22 @@ async fn tokens_are_read_from_configured_query_parameters_and_cookies() {
 /// A TLS listener asking for (optional) client certificates from `clients-ca.crt`, the
 /// identity config `auth`, and routes `/api` (policy `users`), `/mtls` (`mtls-only`), `/both`.
 fn tls_identity_config(p: &Ports, up: &Upstream, auth: &str) -> String {
-    format!(
-        r#"
-[server]
-workers = 1
-drain_timeout = "5s"
-
-[[listeners]]
-name = "tls"
-bind = "{listen}"
-
-[listeners.tls]
-certificates = [{{ cert = "server.crt", key = "server.key" }}]
+    ConfigBuilder::new(p)
+        .drain_timeout("5s")
+        .listener("tls", p.listen)
+        .listener_tls(
+            r#"
+certificates = [{ cert = "server.crt", key = "server.key" }]
 client_auth = "optional"
 client_ca = ["clients-ca.crt"]
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[[services]]
-name = "s"
-targets = ["{up}"]
-
-{auth}
-
-[[routes]]
-name = "api"
-service = "s"
-paths = ["/api"]
-auth = "users"
-
-[[routes]]
-name = "mtls"
-service = "s"
-paths = ["/mtls"]
-auth = "mtls-only"
-
-[[routes]]
-name = "both"
-service = "s"
-paths = ["/both"]
-auth = "both"
 "#,
-        listen = p.listen,
-        metrics = p.metrics,
-        up = up.addr,
-    )
+        )
+        .service("s", &[up.addr])
+        .toml(auth)
+        .route("api", "s", "paths = [\"/api\"]\nauth = \"users\"")
+        .route("mtls", "s", "paths = [\"/mtls\"]\nauth = \"mtls-only\"")
+        .route("both", "s", "paths = [\"/both\"]\nauth = \"both\"")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread")]

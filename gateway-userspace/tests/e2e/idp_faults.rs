@@ -16,16 +16,8 @@ use super::{idp::*, support::*};
 
 fn config(p: &Ports, up: &Upstream, idp: &IdpProcess) -> String {
     std::fs::write(p.dir.join("idp-secret"), idp.client_secret()).expect("secret file");
-    let extra = format!(
+    let issuer = format!(
         r#"
-[[services]]
-name = "s"
-targets = ["{up}"]
-
-[auth]
-leeway = "5s"
-
-[[auth.issuers]]
 name = "idp"
 issuer = "{issuer}"
 audiences = ["api"]
@@ -37,29 +29,23 @@ idp_outage_grace = "1m"
 unknown_kid_refetch_interval = "1s"
 breaker_failures = 3
 breaker_cool_down = "2s"
-
-[auth.issuers.introspection]
-client_id = "{client}"
-client_secret_file = "{dir}/idp-secret"
-timeout = "10s"
-
-[[auth.policies]]
-name = "users"
-any_of = ["jwt"]
-scopes = ["read"]
-
-[[routes]]
-name = "api"
-service = "s"
-paths = ["/api"]
-auth = "users"
 "#,
-        up = up.addr,
         issuer = idp.issuer(),
-        client = idp.client_id(),
-        dir = p.dir.display(),
     );
-    basic_config(p, 2, &extra)
+    let introspection = format!(
+        "client_id = \"{}\"\nclient_secret_file = \"{}/idp-secret\"\ntimeout = \"10s\"",
+        idp.client_id(),
+        p.dir.display()
+    );
+    ConfigBuilder::new(p)
+        .workers(2)
+        .service("s", &[up.addr])
+        .auth(r#"leeway = "5s""#)
+        .table("[[auth.issuers]]", &issuer)
+        .table("[auth.issuers.introspection]", &introspection)
+        .table("[[auth.policies]]", "name = \"users\"\nany_of = [\"jwt\"]\nscopes = [\"read\"]")
+        .route("api", "s", "paths = [\"/api\"]\nauth = \"users\"")
+        .build()
 }
 
 /// One request with a bearer token, and how long it took.

@@ -6,7 +6,7 @@ use super::support::*;
 
 #[test]
 fn every_worker_reports_its_loop_lag_and_it_keeps_moving() {
-    let gw = Gateway::start(|p| basic_config(p, 2, ""));
+    let gw = Gateway::start(|p| ConfigBuilder::new(p).workers(2).build());
     let count = |worker: &str| gw.series("gateway_worker_loop_lag_seconds_count", &[("worker", worker)]);
     for worker in ["0", "1"] {
         let first = count(worker);

@@ -15,7 +15,7 @@ use std::{
 
 use super::{
     netns::VethPair,
-    support::{BIN, eventually},
+    support::{BIN, ConfigBuilder, Ports, eventually},
     xdp::{HTTP_PORT, NsGateway, PinDir, SHORT, get_from, rate_limited_guard},
 };
 
@@ -73,10 +73,13 @@ impl McpHttp {
     fn start(dir: &Path, admin_socket: &Path) -> McpHttp {
         let config = dir.join("mcp.toml");
         // Only the [admin] part matters to `gatewayd mcp`; the rest makes the file valid.
-        let text = format!(
-            "[[listeners]]\nname = \"unused\"\nbind = \"127.0.0.1:1\"\n\n[admin]\nsocket = \"{}\"\nmcp_listen = \"{MCP_HTTP}\"\n",
-            admin_socket.display()
-        );
+        let (unused, metrics) = (SocketAddr::from(([127, 0, 0, 1], 1)), SocketAddr::from(([127, 0, 0, 1], 2)));
+        let ports = Ports { listen: unused, metrics, dir: dir.to_owned() };
+        let text = ConfigBuilder::new(&ports)
+            .listener("unused", unused)
+            .admin_socket(admin_socket)
+            .admin(&format!("mcp_listen = \"{MCP_HTTP}\""))
+            .build();
         std::fs::write(&config, text).expect("mcp config");
         let child = Command::new(BIN)
             .args(["mcp", "--http", "--config"])

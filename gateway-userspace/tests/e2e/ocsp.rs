@@ -321,14 +321,9 @@ async fn status(addr: SocketAddr, ca: &TestCa, cert: &Cert) -> u16 {
 /// Listeners `open` (fail_open) and `closed` (fail_closed) with client certificates from `ca`
 /// checked by `revocation` (a TOML inline-table body without on_unavailable).
 fn config(p: &Ports, open: SocketAddr, up: &Upstream, revocation: &str) -> String {
-    let listener = |name: &str, bind: SocketAddr, mode: &str| {
+    let tls = |mode: &str| {
         format!(
             r#"
-[[listeners]]
-name = "{name}"
-bind = "{bind}"
-
-[listeners.tls]
 certificates = [{{ cert = "server.crt", key = "server.key" }}]
 client_auth = "required"
 client_ca = ["clients-ca.crt"]
@@ -336,35 +331,13 @@ revocation = {{ {revocation}, on_unavailable = "{mode}" }}
 "#
         )
     };
-    format!(
-        r#"
-[server]
-workers = 1
-drain_timeout = "2s"
-{}
-{}
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[auth]
-default_policy = "none"
-
-[[services]]
-name = "s"
-targets = ["{up}"]
-
-[[routes]]
-name = "r"
-service = "s"
-"#,
-        listener("closed", p.listen, "fail_closed"),
-        listener("open", open, "fail_open"),
-        metrics = p.metrics,
-        up = up.addr,
-    )
+    ConfigBuilder::new(p)
+        .drain_timeout("2s")
+        .listener("closed", p.listen)
+        .listener_tls(&tls("fail_closed"))
+        .add_listener("open", open, Some(&tls("fail_open")))
+        .catch_all(up.addr)
+        .build()
 }
 
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
@@ -558,31 +531,11 @@ fn s_client_status(addr: SocketAddr, ca: &Path) -> String {
 }
 
 fn staple_config(p: &Ports, cert: &str) -> String {
-    format!(
-        r#"
-[server]
-workers = 1
-drain_timeout = "2s"
-
-[[listeners]]
-name = "tls"
-bind = "{listen}"
-
-[listeners.tls]
-certificates = [{cert}]
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[auth]
-default_policy = "none"
-"#,
-        listen = p.listen,
-        metrics = p.metrics,
-    )
+    ConfigBuilder::new(p)
+        .drain_timeout("2s")
+        .listener("tls", p.listen)
+        .listener_tls(&format!("certificates = [{cert}]"))
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -96,36 +96,8 @@ impl Drop for Provider {
 pub fn config(p: &Ports, provider: &Provider, up: &Upstream, extra: &str, top: &str) -> String {
     std::fs::write(p.dir.join("client-secret"), CLIENT_SECRET).unwrap();
     std::fs::write(p.dir.join("session-key"), "0123456789abcdef".repeat(4)).unwrap();
-    let body = format!(
+    let login = format!(
         r#"
-{top}
-[audit]
-path = "{dir}/audit.log"
-
-[[services]]
-name = "app"
-targets = ["{up}"]
-
-[[routes]]
-name = "app"
-service = "app"
-
-[auth]
-default_policy = "web"
-
-[[auth.issuers]]
-name = "idp"
-issuer = "{issuer}"
-audiences = ["gateway-api"]
-fetch_timeout = "2s"
-
-[[auth.policies]]
-name = "web"
-any_of = ["jwt"]
-issuers = ["idp"]
-login = "web"
-
-[[auth.logins]]
 name = "web"
 issuer = "idp"
 client_id = "{CLIENT_ID}"
@@ -135,11 +107,24 @@ redirect_uri = "http://{listen}/oauth2/callback"
 {extra}
 "#,
         dir = p.dir.display(),
-        up = up.addr,
-        issuer = provider.issuer(),
         listen = p.listen,
     );
-    basic_config(p, 1, &body)
+    ConfigBuilder::new(p)
+        .toml(top)
+        .table("[audit]", &format!("path = \"{}/audit.log\"", p.dir.display()))
+        .service("app", &[up.addr])
+        .route("app", "app", "")
+        .auth(r#"default_policy = "web""#)
+        .table(
+            "[[auth.issuers]]",
+            &format!(
+                "name = \"idp\"\nissuer = \"{}\"\naudiences = [\"gateway-api\"]\nfetch_timeout = \"2s\"",
+                provider.issuer()
+            ),
+        )
+        .table("[[auth.policies]]", "name = \"web\"\nany_of = [\"jwt\"]\nissuers = [\"idp\"]\nlogin = \"web\"")
+        .table("[[auth.logins]]", &login)
+        .build()
 }
 
 /// A scripted browser: follows redirects, keeps cookies (one jar: every server is 127.0.0.1),

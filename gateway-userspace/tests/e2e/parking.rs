@@ -79,8 +79,8 @@ fn client(addr: SocketAddr, index: usize, answered: &AtomicUsize, lost: &AtomicU
 #[test]
 fn requests_arriving_at_the_park_point_are_all_served() {
     let u = Upstream::start("u");
-    let limits = format!("[server.limits]\npark_after = \"{PARK_AFTER_MS}ms\"\nidle_timeout = \"30s\"\n");
-    let gw = Gateway::start(|p| basic_config(p, 1, &format!("{limits}\n{}", catch_all_route(u.addr))));
+    let limits = format!("park_after = \"{PARK_AFTER_MS}ms\"\nidle_timeout = \"30s\"");
+    let gw = Gateway::start(|p| ConfigBuilder::new(p).limits(&limits).catch_all(u.addr).build());
     let answered = Arc::new(AtomicUsize::new(0));
     let lost = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CONNECTIONS)

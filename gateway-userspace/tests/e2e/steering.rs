@@ -16,38 +16,15 @@ use gateway_common::{
 use gateway_userspace::ebpf::steering::slot_table;
 use socket2::{Domain, Socket, Type};
 
-use super::support::{Gateway, Ports, Upstream, eventually};
+use super::support::{ConfigBuilder, Gateway, Ports, Upstream, eventually};
 
 fn config(p: &Ports, upstream: SocketAddr, workers: usize, steering: &str, pin: bool) -> String {
-    format!(
-        r#"
-[server]
-workers = {workers}
-pin_workers = {pin}
-steering = "{steering}"
-
-[[listeners]]
-name = "public"
-bind = "{listen}"
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-[[services]]
-name = "up"
-targets = ["{upstream}"]
-
-[[routes]]
-name = "all"
-service = "up"
-auth = "none"
-"#,
-        listen = p.listen,
-        metrics = p.metrics,
-    )
+    ConfigBuilder::new(p)
+        .workers(workers)
+        .server(&format!("pin_workers = {pin}\nsteering = \"{steering}\""))
+        .service("up", &[upstream])
+        .route("all", "up", "auth = \"none\"")
+        .build()
 }
 
 /// One request on its own connection from `src`; the status.

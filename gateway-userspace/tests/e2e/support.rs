@@ -27,10 +27,22 @@ use hyper_util::{
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatewayd");
 
-/// A free loopback port (bound then released; the small race is acceptable in tests).
+/// A free loopback port, reserved for the rest of the test run: a socket stays bound to it
+/// (SO_REUSEADDR and SO_REUSEPORT, never listening), so no other bind to port 0 and no outgoing
+/// connection's ephemeral port can take it before the process it is meant for binds it. (A port
+/// bound and released is handed out again at once: gatewayd then failed to start under load.)
+/// gatewayd and the servers tests start (pebble, openssl, node, chromedriver, prometheus) bind
+/// with SO_REUSEADDR, which a bound, non-listening socket allows; a server binding without it
+/// would get EADDRINUSE. Connecting to the port is refused until its server listens.
 pub fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("local addr")
+    static RESERVED: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.set_reuse_port(true).expect("SO_REUSEPORT");
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind :0");
+    let addr = socket.local_addr().expect("local addr").as_socket().expect("an inet address");
+    RESERVED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(socket);
+    addr
 }
 
 /// A loopback port that refuses connections for as long as this lives: bound, not listening,
@@ -464,12 +476,6 @@ async fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     r
 }
 
-/// A config with one listener, metrics, and the given extra TOML (services, routes, …). Routes
-/// are open (`[auth] default_policy = "none"`) unless `extra` has an `[auth]` table of its own.
-pub fn basic_config(p: &Ports, workers: usize, extra: &str) -> String {
-    ConfigBuilder::new(p).workers(workers).toml(extra).build()
-}
-
 mod config;
 
 pub use config::ConfigBuilder;
@@ -641,9 +647,4 @@ async fn fake_llm(req: Request<Incoming>, hold: Arc<tokio::sync::Notify>) -> Res
     resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
     let _ = tx.send(Bytes::from(full.to_string())).await;
     resp
-}
-
-/// A service of one target and an open catch-all route to it (TOML for `basic_config`'s extra).
-pub fn catch_all_route(target: SocketAddr) -> String {
-    format!("[[services]]\nname = \"s\"\ntargets = [\"{target}\"]\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\n")
 }

@@ -10,41 +10,12 @@ use rustls::ProtocolVersion;
 use super::{pki::*, support::*};
 
 /// One TLS listener ("tls") on `p.listen` with the given `[listeners.tls]` body. Routes are open
-/// (`[auth] default_policy = "none"`) unless `extra` has an `[auth]` table of its own.
-fn tls_config(p: &Ports, tls: &str, extra: &str) -> String {
-    let open = if extra.contains("[auth]") { "" } else { "[auth]\ndefault_policy = \"none\"\n" };
-    format!(
-        r#"
-[server]
-workers = 1
-drain_timeout = "5s"
-
-[[listeners]]
-name = "tls"
-bind = "{listen}"
-
-[listeners.tls]
-{tls}
-
-[metrics]
-bind = "{metrics}"
-
-[admin]
-socket = ""
-
-{open}
-{extra}
-"#,
-        listen = p.listen,
-        metrics = p.metrics,
-    )
+/// (`[auth] default_policy = "none"`) unless the config gets an `[auth]` table of its own.
+fn tls_config<'p>(p: &'p Ports, tls: &str) -> ConfigBuilder<'p> {
+    ConfigBuilder::new(p).drain_timeout("5s").listener("tls", p.listen).listener_tls(tls)
 }
 
 const CERT: &str = r#"certificates = [{ cert = "server.crt", key = "server.key" }]"#;
-
-fn service(u: &Upstream) -> String {
-    format!("[[services]]\nname = \"s\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\n", u.addr)
-}
 
 fn handshakes(gw: &Gateway, result: &str) -> f64 {
     gw.metric("gateway_tls_handshakes_total", &[("listener", "tls"), ("result", result)])
@@ -55,6 +26,15 @@ fn handshakes(gw: &Gateway, result: &str) -> f64 {
 fn await_handshakes(gw: &Gateway, result: &str, n: f64) {
     let got = eventually(Duration::from_secs(5), || (handshakes(gw, result) >= n).then_some(()));
     assert!(got.is_some(), "expected {n} handshakes with result {result}:\n{}", gw.metrics());
+}
+
+/// The daemon's log once it has `n` lines containing `needle` (or after 5 s, for the assertion to
+/// show): a refusal is counted before it is logged, so the last line can trail the counter.
+fn logged(gw: &Gateway, needle: &str, n: usize) -> String {
+    eventually(Duration::from_secs(5), || {
+        Some(gw.stderr()).filter(|l| l.lines().filter(|l| l.contains(needle)).count() >= n)
+    })
+    .unwrap_or_else(|| gw.stderr())
 }
 
 /// `openssl s_client` against the gateway with stdin closed; (exit success, output).
@@ -105,7 +85,7 @@ async fn tls13_with_alpn_h2_and_http1_end_to_end() {
     let server = ca.server(&["localhost", "127.0.0.1"]);
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
-        tls_config(p, CERT, &service(&u))
+        tls_config(p, CERT).catch_all(u.addr).build()
     });
 
     let mut h2 =
@@ -144,7 +124,7 @@ async fn old_protocol_versions_are_refused_and_tls12_is_opt_in() {
     let server = ca.server(&["localhost"]);
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
-        tls_config(p, CERT, "")
+        tls_config(p, CERT).build()
     });
     // SECLEVEL=0 makes OpenSSL 3 actually offer TLS 1.0/1.1, so the refusal is the gateway's.
     for version in ["-tls1", "-tls1_1", "-tls1_2"] {
@@ -160,7 +140,7 @@ async fn old_protocol_versions_are_refused_and_tls12_is_opt_in() {
     // With min_version = "1.2", TLS 1.2 (AEAD suites only) is accepted; 1.1 still is not.
     let gw12 = Gateway::start(|p| {
         server.write(&p.dir, "server");
-        tls_config(p, &format!("{CERT}\nmin_version = \"1.2\""), "")
+        tls_config(p, &format!("{CERT}\nmin_version = \"1.2\"")).build()
     });
     let (ok, out) = s_client(gw12.ports.listen, &["-tls1_2", "-servername", "localhost", "-brief"]);
     assert!(ok, "TLS 1.2 must work when enabled:\n{out}");
@@ -205,7 +185,7 @@ async fn sni_selects_exact_wildcard_and_default_certificates() {
         wild.write(&p.dir, "wild");
         fallback.write(&p.dir, "fallback");
         rsa.write(&p.dir, "rsa");
-        tls_config(p, certs, "")
+        tls_config(p, certs).build()
     });
     let cfg = client_config(&ca, None, &[]);
     let cn = |sni: &'static str| {
@@ -243,7 +223,7 @@ async fn sni_selects_exact_wildcard_and_default_certificates() {
     // strict_sni refuses names without a certificate instead of serving the default.
     let strict = Gateway::start(|p| {
         api.write(&p.dir, "server");
-        tls_config(p, &format!("{CERT}\nstrict_sni = true"), "")
+        tls_config(p, &format!("{CERT}\nstrict_sni = true")).build()
     });
     assert!(Https::connect(strict.ports.listen, "other.example.com", cfg.clone()).await.is_err());
     assert!(Https::connect(strict.ports.listen, "api.example.com", cfg.clone()).await.is_ok());
@@ -258,7 +238,7 @@ fn edge_gateway(limits: &str) -> (Upstream, Ca, Gateway) {
     let server = ca.server(&["localhost"]);
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
-        let config = tls_config(p, CERT, &service(&u));
+        let config = tls_config(p, CERT).catch_all(u.addr).build();
         config.replace("drain_timeout = \"5s\"", &format!("drain_timeout = \"5s\"\n[server.limits]\n{limits}"))
     });
     (u, ca, gw)
@@ -350,7 +330,7 @@ async fn required_client_certificates_are_refused(
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
         std::fs::write(p.dir.join("clients.crl"), clients.crl(1, &[&revoked])).unwrap();
-        tls_config(p, &listener, &service(&u))
+        tls_config(p, &listener).catch_all(u.addr).build()
     });
     let addr = gw.ports.listen;
     let r = https_get(addr, client_config(&ca, Some(&good), &[]), "/ok").await.unwrap();
@@ -396,7 +376,7 @@ async fn required_client_certificates_are_refused_with_400_and_the_reason() {
         assert_eq!(r.header("connection"), Some("close"), "{result}");
     })
     .await;
-    let log = gw.stderr();
+    let log = logged(&gw, "client certificate refused", 5);
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("client certificate refused")).collect();
     assert_eq!(refusals.len(), 5, "one log line per refused connection:\n{log}");
     assert!(refusals[3].contains("revoked"), "{log}");
@@ -423,7 +403,7 @@ async fn required_client_certificates_can_be_refused_in_the_handshake() {
         assert!(r.is_err(), "{result}: the handshake must fail, got {r:?}");
     })
     .await;
-    let log = gw.stderr();
+    let log = logged(&gw, "TLS handshake refused: client certificate", 5);
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("TLS handshake refused: client certificate")).collect();
     assert_eq!(refusals.len(), 5, "one log line per refusal:\n{log}");
     assert!(refusals[3].contains("revoked"), "{log}");
@@ -440,35 +420,18 @@ async fn optional_listener_routes_require_certificates_and_identity_is_forwarded
     let clients = Ca::new("partner CA");
     let server = ca.server(&["localhost"]);
     let partner = clients.client("partner-a");
-    let routes = |p: &Ports| {
-        format!(
-            r#"
-[audit]
-path = "{audit}"
-
-[[services]]
-name = "s"
-targets = ["{u}"]
-
-[[routes]]
-name = "open"
-service = "s"
-paths = ["/open"]
-
-[[routes]]
-name = "partners"
-service = "s"
-paths = ["/partners"]
-client_cert = "required"
-"#,
-            audit = p.dir.join("audit.log").display(),
-            u = u.addr
-        )
+    let config = |p: &Ports| {
+        tls_config(p, &mtls_listener("optional", false))
+            .table("[audit]", &format!("path = \"{}\"", p.dir.join("audit.log").display()))
+            .service("s", &[u.addr])
+            .route("open", "s", r#"paths = ["/open"]"#)
+            .route("partners", "s", "paths = [\"/partners\"]\nclient_cert = \"required\"")
+            .build()
     };
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
-        tls_config(p, &mtls_listener("optional", false), &routes(p))
+        config(p)
     });
     let forged =
         [("x-client-cert-subject", "CN=admin"), ("x-client-cert-verify", "success"), ("x-consumer-name", "root")];
@@ -513,22 +476,13 @@ client_cert = "required"
     assert_eq!(refused["error"], "client_cert_required");
 }
 
-fn consumer_config(u: &Upstream, consumers: &str) -> String {
-    format!(
-        r#"
-[[services]]
-name = "s"
-targets = ["{u}"]
-
-[[routes]]
-name = "partner-api"
-service = "s"
-client_cert = "consumer"
-
-{consumers}
-"#,
-        u = u.addr
-    )
+/// An optional-certificate listener, route `partner-api` mapping certificates to `consumers`.
+fn consumer_config(p: &Ports, u: &Upstream, consumers: &str) -> String {
+    tls_config(p, &mtls_listener("optional", false))
+        .service("s", &[u.addr])
+        .route("partner-api", "s", r#"client_cert = "consumer""#)
+        .toml(consumers)
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -554,7 +508,7 @@ client_certs = [{{ sha256 = "{}" }}]
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
-        tls_config(p, &mtls_listener("optional", false), &consumer_config(&u, &onboarded))
+        consumer_config(p, &u, &onboarded)
     });
     let mut conn_a = Https::connect(gw.ports.listen, "localhost", client_config(&ca, Some(&a), &[])).await.unwrap();
     let r = conn_a.get("/orders", &[]).await.unwrap();
@@ -572,7 +526,7 @@ client_certs = [{{ sha256 = "{}" }}]
     // Offboard "producer": after the reload its requests are refused, on the connection it
     // already has too; partner-b is unaffected.
     let remaining = onboarded.split("[[consumers]]").nth(2).map(|s| format!("[[consumers]]{s}")).unwrap();
-    let config = tls_config(&gw.ports, &mtls_listener("optional", false), &consumer_config(&u, &remaining));
+    let config = consumer_config(&gw.ports, &u, &remaining);
     assert!(gw.reload(&config), "{}", gw.stderr());
     let r = conn_a.get("/orders", &[]).await.unwrap();
     assert_eq!(r.status.as_u16(), 403);
@@ -604,7 +558,7 @@ impl CrlSetup {
             server.write(&p.dir, "server");
             clients.write(&p.dir, "clients-ca");
             std::fs::write(p.dir.join("clients.crl"), clients.crl(1, &[])).unwrap();
-            tls_config(p, &mtls_listener(mode, true), &service(&u))
+            tls_config(p, &mtls_listener(mode, true)).catch_all(u.addr).build()
         });
         CrlSetup { u, ca, clients, partner, gw }
     }
@@ -672,7 +626,7 @@ async fn certificates_reload_without_dropping_connections_and_bad_files_keep_the
     let (old, new) = (ca.server(&["localhost", "old.test"]), ca.server(&["localhost", "new.test"]));
     let gw = Gateway::start(|p| {
         old.write(&p.dir, "server");
-        tls_config(p, CERT, &service(&u))
+        tls_config(p, CERT).catch_all(u.addr).build()
     });
     let cfg = client_config(&ca, None, &[]);
     let mut established = Https::connect(gw.ports.listen, "localhost", cfg.clone()).await.unwrap();
@@ -706,48 +660,27 @@ async fn upstream_mtls_presents_our_certificate_and_reports_failures() {
     let dogcatcher = Upstream::start_tls("dogcatcher", server_config(&upstream_cert, Some(&ca)));
     let edge_ca = Ca::new("edge CA");
     let edge = edge_ca.server(&["localhost"]);
-    let services = |client: &str| {
-        format!(
-            r#"
-[[services]]
-name = "dogcatcher"
-targets = ["{addr}"]
-tls = true
-tls_ca = ["internal-ca.crt"]
-tls_server_name = "dogcatcher-api"
-{client}
-retries = 0
-
-[[services]]
-name = "wrong-ca"
-targets = ["{addr}"]
-tls = true
-tls_ca = ["rogue-ca.crt"]
-tls_server_name = "dogcatcher-api"
-retries = 0
-
-[[routes]]
-name = "mtls"
-service = "dogcatcher"
-paths = ["/dogcatcher-mtls"]
-strip_path = true
-
-[[routes]]
-name = "wrong-ca"
-service = "wrong-ca"
-paths = ["/wrong-ca"]
-"#,
-            addr = dogcatcher.addr
-        )
+    let config = |p: &Ports, client: &str| {
+        let upstream_tls = "tls = true\ntls_server_name = \"dogcatcher-api\"\nretries = 0";
+        tls_config(p, CERT)
+            .service_with(
+                "dogcatcher",
+                &[dogcatcher.addr],
+                &format!("{upstream_tls}\ntls_ca = [\"internal-ca.crt\"]\n{client}"),
+            )
+            .service_with("wrong-ca", &[dogcatcher.addr], &format!("{upstream_tls}\ntls_ca = [\"rogue-ca.crt\"]"))
+            .route("mtls", "dogcatcher", "paths = [\"/dogcatcher-mtls\"]\nstrip_path = true")
+            .route("wrong-ca", "wrong-ca", r#"paths = ["/wrong-ca"]"#)
+            .build()
     };
-    let good = services("tls_client_cert = \"kong-client.crt\"\ntls_client_key = \"kong-client.key\"");
+    let good = "tls_client_cert = \"kong-client.crt\"\ntls_client_key = \"kong-client.key\"";
     let gw = Gateway::start(|p| {
         edge.write(&p.dir, "server");
         ca.write(&p.dir, "internal-ca");
         rogue.write(&p.dir, "rogue-ca");
         gateway_client.write(&p.dir, "kong-client");
         untrusted_client.write(&p.dir, "untrusted-client");
-        tls_config(p, CERT, &good)
+        config(p, good)
     });
     let cfg = client_config(&edge_ca, None, &[]);
     let r = https_get(gw.ports.listen, cfg.clone(), "/dogcatcher-mtls/api/dogs/").await.unwrap();
@@ -769,8 +702,8 @@ paths = ["/wrong-ca"]
         1.0
     );
 
-    let bad = services("tls_client_cert = \"untrusted-client.crt\"\ntls_client_key = \"untrusted-client.key\"");
-    assert!(gw.reload(&tls_config(&gw.ports, CERT, &bad)));
+    let bad = "tls_client_cert = \"untrusted-client.crt\"\ntls_client_key = \"untrusted-client.key\"";
+    assert!(gw.reload(&config(&gw.ports, bad)));
     let r = https_get(gw.ports.listen, cfg.clone(), "/dogcatcher-mtls/api/dogs/").await.unwrap();
     assert_eq!(r.status.as_u16(), 502);
     assert_eq!(r.json()["error"], "upstream_tls");
@@ -781,8 +714,7 @@ paths = ["/wrong-ca"]
         ),
         1.0
     );
-    let nocert = services("");
-    assert!(gw.reload(&tls_config(&gw.ports, CERT, &nocert)));
+    assert!(gw.reload(&config(&gw.ports, "")));
     let r = https_get(gw.ports.listen, cfg, "/dogcatcher-mtls/api/dogs/").await.unwrap();
     assert_eq!(r.status.as_u16(), 502);
     assert_eq!(
@@ -803,7 +735,7 @@ async fn ktls_is_decided_at_startup_and_large_bodies_stream_intact() {
     let server = ca.server(&["localhost"]);
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
-        tls_config(p, CERT, &service(&u))
+        tls_config(p, CERT).catch_all(u.addr).build()
     });
     let mut c = Https::connect(gw.ports.listen, "localhost", client_config(&ca, None, &[])).await.unwrap();
     let r = c.get("/bytes/4194304", &[]).await.unwrap();
@@ -851,7 +783,7 @@ async fn certs_init_makes_a_pki_for_mtls_with_curl() {
     let listener = format!(
         "certificates = [{{ cert = \"{d}/server.crt\", key = \"{d}/server.key\" }}]\nclient_auth = \"required\"\nclient_ca = [\"{d}/ca.crt\"]"
     );
-    let gw = Gateway::start(|p| tls_config(p, &listener, &service(&u)));
+    let gw = Gateway::start(|p| tls_config(p, &listener).catch_all(u.addr).build());
     let url = format!("https://127.0.0.1:{}/hello", gw.ports.listen.port());
     let (ok, body, err) = curl(&["--cacert", &format!("{d}/ca.crt"), "--cert", &format!("{d}/client.pem"), &url]);
     assert!(ok, "{err}");
@@ -950,7 +882,7 @@ async fn client_certificate_failures_are_counted_and_logged_with_their_real_reas
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
-        tls_config(p, &listener, &service(&u))
+        tls_config(p, &listener).catch_all(u.addr).build()
     });
     let partner = clients.client("partner-a");
     let thief = clients.client("partner-b");
@@ -1008,8 +940,8 @@ async fn an_h2_client_certificate_refusal_is_followed_by_goaway_and_audited_as_f
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
-        let audit = format!("[audit]\npath = \"{}\"\n{}", p.dir.join("audit.log").display(), service(&u));
-        tls_config(p, &mtls_listener("required", false), &audit)
+        let audit = format!("path = \"{}\"", p.dir.join("audit.log").display());
+        tls_config(p, &mtls_listener("required", false)).table("[audit]", &audit).catch_all(u.addr).build()
     });
     let untrusted = rogue.client("partner-a");
     for (cert, error, verify, failure) in [
@@ -1048,12 +980,8 @@ async fn session_tickets_do_not_resume_on_a_listener_with_other_client_auth() {
     let gw = Gateway::start(|p| {
         server.write(&p.dir, "server");
         clients.write(&p.dir, "clients-ca");
-        let second = format!(
-            "[[listeners]]\nname = \"partners\"\nbind = \"{partners}\"\n\n[listeners.tls]\n{}\nclient_cert_refusal = \"handshake\"\n\n{}",
-            mtls_listener("required", false),
-            service(&u)
-        );
-        tls_config(p, CERT, &second)
+        let partners_tls = format!("{}\nclient_cert_refusal = \"handshake\"", mtls_listener("required", false));
+        tls_config(p, CERT).add_listener("partners", partners, Some(&partners_tls)).catch_all(u.addr).build()
     });
     let cfg = client_config(&ca, None, &[]);
     let mut open = Https::connect(gw.ports.listen, "localhost", cfg.clone()).await.unwrap();

@@ -109,7 +109,10 @@ fn top_shows_routes_and_answers_its_keys_in_80x24() {
     let tmux = Tmux::start(&gw.ports.dir, &top, &exit_file);
     let counts = |s: &str| ["users", "orders", "failing"].map(|r| row(s, r).and_then(|c| c.get(1).cloned()));
     let want = [Some("12".to_owned()), Some("5".to_owned()), Some("2".to_owned())];
-    let screen = eventually(WAIT, || Some(tmux.screen()).filter(|s| counts(s) == want))
+    // The first frame already holds the final counts (top reads them before taking over the
+    // terminal), so a capture can catch it half written: wait for its last line, the key line.
+    let drawn = |s: &str| s.lines().last().is_some_and(|l| l.contains("q quit"));
+    let screen = eventually(WAIT, || Some(tmux.screen()).filter(|s| counts(s) == want && drawn(s)))
         .unwrap_or_else(|| panic!("routes and counts not shown:\n{}\n{}", tmux.screen(), gw.stderr()));
     // All of it fits 80×24: the summary, the table, the three panes and the key line.
     assert_eq!(screen.lines().count(), 24, "{screen}");

@@ -26,7 +26,7 @@ use super::{
     dashboards::{RULES, dashboard, dashboard_exprs, healthy_rules, recording_rules, with_variables},
     netns::{GW_IF, Netns, VethPair},
     prometheus::Prometheus,
-    support::{BIN, eventually, metric_value, raw_get},
+    support::{BIN, ConfigBuilder, Ports, eventually, metric_value, raw_get},
 };
 
 pub(super) const HTTP_PORT: u16 = 8080;
@@ -41,43 +41,23 @@ pub(super) struct NsGateway<'a> {
 }
 
 impl<'a> NsGateway<'a> {
-    fn config(listen: Ipv4Addr, admin: &std::path::Path, server: &str, xdp: &str) -> String {
-        format!(
-            r#"
-[server]
-workers = 2
-drain_timeout = "2s"
-{server}
-
-[[listeners]]
-name = "public"
-bind = "{listen}:{HTTP_PORT}"
-
-[metrics]
-bind = "{METRICS}"
-
-[admin]
-socket = "{admin}"
-
-[demo]
-enabled = true
-bind = "127.0.0.1:8081"
-
-[[services]]
-name = "demo"
-targets = ["127.0.0.1:8081"]
-
-[[routes]]
-name = "demo"
-service = "demo"
-paths = ["/demo"]
-strip_path = true
-auth = "none"
-
-{xdp}
-"#,
-            admin = admin.display()
-        )
+    fn config(listen: Ipv4Addr, dir: &std::path::Path, server: &str, xdp: &str) -> String {
+        let demo: SocketAddr = "127.0.0.1:8081".parse().expect("an address");
+        let ports = Ports {
+            listen: SocketAddr::from((listen, HTTP_PORT)),
+            metrics: METRICS.parse().expect("an address"),
+            dir: dir.to_owned(),
+        };
+        ConfigBuilder::new(&ports)
+            .workers(2)
+            .drain_timeout("2s")
+            .server(server)
+            .admin_socket(&dir.join("admin.sock"))
+            .table("[demo]", &format!("enabled = true\nbind = \"{demo}\""))
+            .service("demo", &[demo])
+            .route("demo", "demo", "paths = [\"/demo\"]\nstrip_path = true\nauth = \"none\"")
+            .toml(xdp)
+            .build()
     }
 
     /// Starts gatewayd and waits until it is ready; `Err` with its stderr if it exits first.
@@ -94,8 +74,7 @@ auth = "none"
     ) -> Result<NsGateway<'a>, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("gatewayd.toml");
-        std::fs::write(&config_path, Self::config(listen, &dir.path().join("admin.sock"), server, xdp))
-            .expect("config");
+        std::fs::write(&config_path, Self::config(listen, dir.path(), server, xdp)).expect("config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = ns
@@ -166,7 +145,7 @@ auth = "none"
     fn reload(&self, listen: Ipv4Addr, xdp: &str) -> bool {
         let ok_before = self.metric("gateway_config_reloads_total", &[("result", "ok")]);
         let err_before = self.metric("gateway_config_reloads_total", &[("result", "error")]);
-        let config = Self::config(listen, &self.dir.path().join("admin.sock"), "", xdp);
+        let config = Self::config(listen, self.dir.path(), "", xdp);
         std::fs::write(self.dir.path().join("gatewayd.toml"), config).expect("config");
         let pid = self.child.as_ref().expect("running").id() as i32;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
