@@ -122,6 +122,11 @@ async fn serve_tcp_stream(
 
 /// The TLS handshake, then HTTP on the TLS stream (the listener's TLS setup is re-read from the
 /// same snapshot `serve_tcp` checked).
+///
+/// The handshake and the serving run in boxes of their own, and the stream in a third: this
+/// future lives as long as the connection, parked or not, and inline it would keep room for the
+/// handshake's state and for several copies of the ~1.2 KiB rustls stream (measured: 12.3 KiB
+/// per idle TLS connection, down to about 1.2 KiB for the serving box).
 async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
@@ -132,15 +137,23 @@ async fn serve_tls(
     shutdown: watch::Receiver<bool>,
 ) -> bool {
     let limits = snapshot.config.server.limits;
-    let (Some(server), Some(parts)) = (snapshot.tls.listener(&spec.name), snapshot.tls.parts()) else {
-        return false;
-    };
-    let listener = tls::TlsListener { name: &spec.name, server, generation: snapshot.generation, parts };
-    let accepted = tls::accept(stream, peer, listener, &worker.tls_metrics, limits.header_read_timeout).await;
-    let Some(accepted) = accepted else { return false };
-    drop(snapshot);
+    let Some(accepted) = Box::pin(handshake(stream, peer, &spec, &worker, snapshot)).await else { return false };
     let conn = conn_info(&worker, &spec, peer, local, Some(accepted.info));
-    serve_connection(accepted.io, accepted.proto, conn, worker, limits, shutdown).await
+    let io = Box::new(accepted.io);
+    Box::pin(serve_connection(io, accepted.proto, conn, worker, limits, shutdown)).await
+}
+
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    spec: &ListenerSpec,
+    worker: &WorkerLocal,
+    snapshot: LocalSnapshot,
+) -> Option<tls::Accepted> {
+    let limits = snapshot.config.server.limits;
+    let (Some(server), Some(parts)) = (snapshot.tls.listener(&spec.name), snapshot.tls.parts()) else { return None };
+    let listener = tls::TlsListener { name: &spec.name, server, generation: snapshot.generation, parts };
+    tls::accept(stream, peer, listener, &worker.tls_metrics, limits.header_read_timeout).await
 }
 
 fn conn_info(
@@ -186,7 +199,7 @@ impl ClientIo for TcpStream {
     }
 }
 
-impl ClientIo for tls::TlsIo {
+impl ClientIo for Box<tls::TlsIo> {
     fn parkable(&self) -> bool {
         tls::TlsIo::parkable(self)
     }
