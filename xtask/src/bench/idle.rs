@@ -15,7 +15,7 @@ use super::{
 /// How long the subject may take to accept (or notice the closing of) all the connections.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the connections sit idle after their request before memory is measured.
-const IDLE_SETTLE: Duration = Duration::from_secs(3);
+const IDLE_SETTLE: Duration = Duration::from_secs(5);
 /// Descriptors a proxy may still hold once the client connections are closed: upstream
 /// connections opened for the requests (sequential requests need one).
 const UPSTREAM_SLACK: usize = 16;
@@ -91,7 +91,9 @@ pub fn measure_with<C>(
         request(conn).with_context(|| format!("request on idle connection {i}"))?;
     }
     // "Idle" means idle for a moment: long enough for a proxy to do what it does with idle
-    // connections (gatewayd parks them after 1 s; see listener/conn.rs).
+    // connections (gatewayd parks them after 1 s, see listener/conn.rs, and hands the memory
+    // they freed back at its first one-second tick without requests, see worker/collect.rs:
+    // up to 3 s after the last request, so 3 s measured a race).
     std::thread::sleep(IDLE_SETTLE);
     let after_request = tree.memory()?;
 
