@@ -153,7 +153,9 @@ impl Offenders {
             // Never blocks a request: when the maintenance thread is behind, the source's next
             // report asks again.
             w.requested = self.commands.try_send(Command::Block(offence)).is_ok();
-            if !w.requested {
+            // Said once per source and window: retries come with every further report, and a
+            // flood of them must not become a flood of log lines.
+            if !w.requested && w.count == threshold {
                 tracing::warn!(%ip, "xdp feedback: block request deferred (maintenance thread busy)");
             }
         }
