@@ -89,10 +89,16 @@ fn proxy(root: &Path) -> Result<Vec<(String, Guest)>> {
 /usr/bin/gatewayd > /tmp/gw.log 2>&1 &
 i=0
 until wget -q -O /tmp/hello http://127.0.0.1:8080/demo/hello 2>/dev/null; do
-  i=$((i+1)); [ $i -lt 100 ] || { cat /tmp/gw.log; exit 1; }; sleep 0.2
+  # Under TCG on a busy host a debug build takes a while to come up: 60 s.
+  i=$((i+1)); [ $i -lt 300 ] || { echo "no answer from gatewayd within 60 s"; cat /tmp/gw.log; exit 1; }; sleep 0.2
 done
-grep -q "Hello from the gatewayd demo upstream" /tmp/hello
-wget -q -O - http://127.0.0.1:9090/metrics | grep -q 'gateway_http_requests_total{route="demo"'
+grep -q "Hello from the gatewayd demo upstream" /tmp/hello || { echo "unexpected body:"; cat /tmp/hello; exit 1; }
+# A request is counted in its log phase, which may run just after the client has its last byte:
+# a scrape right after the response can precede it, as with any Prometheus counter.
+i=0
+until wget -q -O /tmp/metrics http://127.0.0.1:9090/metrics && grep -q 'gateway_http_requests_total{route="demo"' /tmp/metrics; do
+  i=$((i+1)); [ $i -lt 50 ] || { echo "request not counted within 10 s"; grep gateway_http /tmp/metrics; cat /tmp/gw.log; exit 1; }; sleep 0.2
+done
 echo "ok: proxied through gatewayd on $(uname -r)"
 "#;
     Ok(Suite::ALL
