@@ -72,6 +72,11 @@ pub struct Options {
     /// slow-clients: clients per case [default: 1000].
     #[arg(long)]
     requests: Option<u64>,
+    /// callgrind h2, h2s: h2load's streams per connection (`-m`); given, h2load opens
+    /// `--connections` connections (`--streams 1`: the `-c64 -m1` shape of `bench h2`)
+    /// [default: -c16 -m16].
+    #[arg(long)]
+    streams: Option<usize>,
     /// callgrind, cpu-compare: the gatewayd binaries to compare (e.g. a build of main and one of
     /// a branch), in this order; slow-clients: the gatewayd to measure [default: the release
     /// build].

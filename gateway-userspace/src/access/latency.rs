@@ -1,6 +1,6 @@
 //! The latency headers phase: how long the upstream and the gateway took, on every response.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use http::{HeaderName, HeaderValue, response};
 
@@ -9,6 +9,30 @@ use crate::request::{Phase, RequestCtx};
 static UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-gateway-upstream-latency");
 static PROXY_LATENCY: HeaderName = HeaderName::from_static("x-gateway-proxy-latency");
 static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// Whole-millisecond values below this come from `SMALL_MS`; most requests take less.
+const SMALL_MS_COUNT: usize = 1000;
+
+/// `0` … `999` as static header values: a latency header then costs a clone of a static
+/// `Bytes` (no allocation, no formatting, no validation, nothing to free). Built once per
+/// process from one leaked string of ~2.9 KB.
+static SMALL_MS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+    let mut digits = String::with_capacity(SMALL_MS_COUNT * 3);
+    let mut ends = Vec::with_capacity(SMALL_MS_COUNT);
+    for n in 0..SMALL_MS_COUNT {
+        digits.push_str(itoa::Buffer::new().format(n));
+        ends.push(digits.len());
+    }
+    let digits: &'static str = digits.leak();
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let v = HeaderValue::from_static(&digits[start..end]);
+            start = end;
+            v
+        })
+        .collect()
+});
 
 /// Kong's latency headers, named for us: `X-Gateway-Upstream-Latency` (ms waiting for the
 /// upstream's response head, connect included), `X-Gateway-Proxy-Latency` (ms the gateway
@@ -27,29 +51,40 @@ impl Phase for LatencyHeaders {
         let gateway = ctx.timings.gateway();
         let mut timing = Vec::with_capacity(64);
         if let Some(upstream) = ctx.timings.upstream() {
-            head.headers.insert(UPSTREAM_LATENCY.clone(), HeaderValue::from(rounded_ms(upstream)));
+            head.headers.insert(&UPSTREAM_LATENCY, ms_value(upstream));
             timing.extend_from_slice(b"upstream;dur=");
             push_ms_3(&mut timing, upstream);
             timing.extend_from_slice(b", ");
         }
-        head.headers.insert(PROXY_LATENCY.clone(), HeaderValue::from(rounded_ms(gateway)));
+        head.headers.insert(&PROXY_LATENCY, ms_value(gateway));
         timing.extend_from_slice(b"gateway;dur=");
         push_ms_3(&mut timing, gateway);
         // Appended: an upstream's own Server-Timing entries stay.
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(timing)) {
-            head.headers.append(SERVER_TIMING.clone(), v);
+            head.headers.append(&SERVER_TIMING, v);
         }
     }
 }
 
+/// Whole milliseconds as a header value.
+fn ms_value(d: Duration) -> HeaderValue {
+    let ms = rounded_ms(d);
+    usize::try_from(ms).ok().and_then(|i| SMALL_MS.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(ms))
+}
+
+/// Nanoseconds in 64 bits (u128 division is a libcall); saturates after 584 years.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Whole milliseconds, rounded half up.
 fn rounded_ms(d: Duration) -> u64 {
-    ((d.as_nanos() + 500_000) / 1_000_000) as u64
+    nanos(d).saturating_add(500_000) / 1_000_000
 }
 
 /// Milliseconds with three decimals (`12.345`), rounded half up to the microsecond.
 fn push_ms_3(out: &mut Vec<u8>, d: Duration) {
-    let micros = (d.as_nanos() + 500) / 1_000;
+    let micros = nanos(d).saturating_add(500) / 1_000;
     let mut buf = itoa::Buffer::new();
     out.extend_from_slice(buf.format(micros / 1_000).as_bytes());
     let frac = (micros % 1_000) as u16;
@@ -75,6 +110,16 @@ mod tests {
             let ms = d.as_secs_f64() * 1e3;
             assert_eq!(ms_3(d), format!("{ms:.3}"), "{nanos} ns");
             assert_eq!(rounded_ms(d), ms.round() as u64, "{nanos} ns");
+            assert_eq!(ms_value(d), ms.round().to_string().as_str(), "{nanos} ns");
         }
+    }
+
+    #[test]
+    fn every_small_value_is_its_number() {
+        for (n, v) in SMALL_MS.iter().enumerate() {
+            assert_eq!(v, n.to_string().as_str());
+        }
+        assert_eq!(ms_value(Duration::from_millis(999)), "999");
+        assert_eq!(ms_value(Duration::from_millis(1000)), "1000");
     }
 }

@@ -33,7 +33,12 @@ impl Authority {
     }
 
     fn parse(raw: &[u8]) -> Result<Authority, RequestError> {
-        let parsed = uri::Authority::try_from(raw).map_err(|_| RequestError::BadHost)?;
+        Authority::normalize(&uri::Authority::try_from(raw).map_err(|_| RequestError::BadHost)?)
+    }
+
+    /// The checks and normalization of `parse` on an authority already parsed by `http` (the
+    /// target's: HTTP/2 `:authority`, absolute-form), without parsing it again into a copy.
+    fn normalize(parsed: &uri::Authority) -> Result<Authority, RequestError> {
         // userinfo has no place in a Host (RFC 9110 §4.2.4): `good.example@evil.example`.
         if parsed.as_str().contains('@') {
             return Err(RequestError::BadHost);
@@ -87,7 +92,7 @@ fn authority(head: &request::Parts) -> Result<Option<Authority>, RequestError> {
         (Some(v), None) => Some(Authority::parse(v.as_bytes())?),
         (None, None) => None,
     };
-    let target = head.uri.authority().map(|a| Authority::parse(a.as_str().as_bytes())).transpose()?;
+    let target = head.uri.authority().map(Authority::normalize).transpose()?;
     match (head.version, target, host) {
         (Version::HTTP_2, Some(target), Some(host)) if host != target => Err(RequestError::AuthorityMismatch),
         (Version::HTTP_11, _, None) => Err(RequestError::MissingHost),

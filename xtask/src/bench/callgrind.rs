@@ -103,6 +103,25 @@ impl Ports {
     }
 }
 
+/// The load's concurrency: connections, and for HTTP/2 the streams h2load keeps open on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    connections: usize,
+    streams: usize,
+}
+
+impl Shape {
+    /// HTTP/1: `--connections`. HTTP/2: `-c16 -m16` (`bench h2`'s many-streams shape) unless
+    /// `--streams` is given, then `--connections` connections with that many streams each.
+    fn of(proto: Proto, connections: usize, streams: Option<usize>) -> Self {
+        match (proto, streams) {
+            (Proto::H1 | Proto::Https, _) => Shape { connections, streams: 1 },
+            (Proto::H2 | Proto::H2s, None) => Shape { connections: H2_CONNECTIONS, streams: H2_STREAMS },
+            (Proto::H2 | Proto::H2s, Some(m)) => Shape { connections, streams: m.max(1) },
+        }
+    }
+}
+
 /// One subject's count.
 struct Counted {
     name: String,
@@ -121,7 +140,8 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
     let proto = opts.proto;
-    let connections = opts.connections;
+    let shape = Shape::of(proto, opts.connections, opts.streams);
+    let connections = shape.connections;
     // hey sends a multiple of its connections (the rest is dropped silently).
     let requests = round_to(opts.requests.unwrap_or(proto.default_requests()), connections);
     let warmup = round_to(requests / 4, connections);
@@ -161,9 +181,9 @@ pub fn run(opts: &Options) -> Result<()> {
         eprintln!("xtask: bench callgrind: {name} under callgrind, {requests} {} requests", proto.name());
         let tree = h.start_ready(&format!("subject-{i} under callgrind"), cmd, Ready::Http(ports.plain, "/"))?;
         let url = ports.url(proto, is_nginx);
-        load(proto, warmup, connections, &url)?;
+        load(proto, warmup, shape, &url)?;
         callgrind_control(tree.0, "-i", "on")?;
-        load(proto, requests, connections, &url)?;
+        load(proto, requests, shape, &url)?;
         callgrind_control(tree.0, "-i", "off")?;
         callgrind_control(tree.0, "-d", "")?;
         h.check_alive()?;
@@ -183,15 +203,16 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut rep = Report::default();
     rep.heading(&format!("{} ({})", proto.name(), proto_title(proto)));
     rep.paragraph(&format!(
-        "Written by `cargo xtask bench callgrind --proto {} --requests {requests} --connections {connections}{} BIN...` \
+        "Written by `cargo xtask bench callgrind --proto {} --requests {requests} --connections {connections}{}{} BIN...` \
          on {} (workspace at {}); {}. One worker under callgrind, {requests} measured requests after {} warm-up \
          requests; instructions of every thread, startup excluded. Instruction counts do not depend on the \
          machine's load; compare binaries measured in the same run.",
         proto.name(),
+        opts.streams.map(|m| format!(" --streams {m}")).unwrap_or_default(),
         if opts.against.is_some() { " --against nginx" } else { "" },
         machine.date,
         super::report::git_revision(),
-        load_shape(proto, connections),
+        load_shape(proto, shape),
         warmup,
     ));
     let base = counted.first().map_or(0.0, |c| c.instructions as f64 / requests as f64);
@@ -230,17 +251,19 @@ fn proto_title(proto: Proto) -> &'static str {
     }
 }
 
-fn load_shape(proto: Proto, connections: usize) -> String {
+fn load_shape(proto: Proto, shape: Shape) -> String {
+    let Shape { connections, streams } = shape;
     match proto {
         Proto::H1 => format!("hey -c {connections}"),
         Proto::Https => format!("h2load --h1 -c {connections}"),
-        Proto::H2 | Proto::H2s => format!("h2load -c{H2_CONNECTIONS} -m{H2_STREAMS}"),
+        Proto::H2 | Proto::H2s => format!("h2load -c{connections} -m{streams}"),
     }
 }
 
 /// Sends exactly `requests` requests (hey: a multiple of its connections); fails unless every
 /// one answered 2xx.
-fn load(proto: Proto, requests: u64, connections: usize, url: &str) -> Result<()> {
+fn load(proto: Proto, requests: u64, shape: Shape, url: &str) -> Result<()> {
+    let Shape { connections, streams } = shape;
     let mut cmd = Command::new(match proto {
         Proto::H1 => "hey",
         Proto::Https | Proto::H2 | Proto::H2s => "h2load",
@@ -248,12 +271,9 @@ fn load(proto: Proto, requests: u64, connections: usize, url: &str) -> Result<()
     match proto {
         Proto::H1 => cmd.args(["-n", &requests.to_string(), "-c", &connections.to_string()]),
         Proto::Https => cmd.args(["--h1", "-n", &requests.to_string(), "-c", &connections.to_string()]),
-        Proto::H2 | Proto::H2s => cmd.args(["-n", &requests.to_string()]).args([
-            "-c",
-            &H2_CONNECTIONS.to_string(),
-            "-m",
-            &H2_STREAMS.to_string(),
-        ]),
+        Proto::H2 | Proto::H2s => {
+            cmd.args(["-n", &requests.to_string()]).args(["-c", &connections.to_string(), "-m", &streams.to_string()])
+        }
     };
     cmd.arg(url);
     announce(&cmd);
@@ -360,6 +380,13 @@ mod tests {
         assert_eq!(dump_total(dump), 123_456);
         assert_eq!(dump_total("events: Ir\nsummary: 77\n"), 77);
         assert_eq!(dump_total("events: Ir\n"), 0);
+    }
+
+    #[test]
+    fn h2_shape_follows_streams() {
+        assert_eq!(Shape::of(Proto::H2, 64, None), Shape { connections: 16, streams: 16 });
+        assert_eq!(Shape::of(Proto::H2s, 64, Some(1)), Shape { connections: 64, streams: 1 });
+        assert_eq!(Shape::of(Proto::H1, 64, Some(8)), Shape { connections: 64, streams: 1 });
     }
 
     #[test]

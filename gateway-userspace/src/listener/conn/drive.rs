@@ -193,13 +193,19 @@ pub fn h1_builder(limits: &Limits) -> http1::Builder {
     h1
 }
 
+/// The HTTP/2 server settings of every listener.
+///
+/// No keep-alive PINGs (hyper's `keep_alive_interval`): with them hyper locks a mutex, reads
+/// the clock and polls or resets a timer on every connection poll and every request (measured
+/// ~1.2k instructions per request, `bench/results/h2-profile.md`). An idle connection is closed
+/// by the watchdog (`idle_timeout`) without them, and a request in flight by its own timeouts,
+/// as over HTTP/1 (which has no PING at all).
 pub(super) fn h2_builder(limits: &Limits) -> http2::Builder<LocalExec> {
     let mut h2 = http2::Builder::new(LocalExec);
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_interval(None);
     h2
 }
 
