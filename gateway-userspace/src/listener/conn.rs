@@ -58,6 +58,7 @@ mod detect;
 mod drive;
 mod empty;
 mod h2_flood;
+mod h2_table_size;
 mod watchdog;
 mod watched_io;
 

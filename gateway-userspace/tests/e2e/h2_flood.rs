@@ -1,6 +1,7 @@
 //! HTTP/2 frames that carry no request, sent in a loop by a raw client (frames written by hand,
 //! h2c prior knowledge and over TLS), end with GOAWAY ENHANCE_YOUR_CALM and a closed connection,
-//! counted by frame type; real clients (hyper, h2load, curl) never trip the limits.
+//! counted by frame type; real clients (hyper, h2load, curl) never trip the limits. The same
+//! scan caps the response HPACK table at 0 (`listener/conn/h2_table_size.rs`).
 
 use std::{process::Command, time::Duration};
 
@@ -108,6 +109,46 @@ async fn run_flood<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, flood:
         seen = &mut reader => seen,
         () = writer => reader.await,
     }
+}
+
+/// The first response header block on a raw h2c connection opened with `settings`.
+async fn first_response_block(gw: &Gateway, settings: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(gw.ports.listen).await.expect("connect");
+    let hello = [PREFACE, &frame(0x4, 0, 0, settings), &request_headers(true)].concat();
+    stream.write_all(&hello).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            if buf[3] == 0x1 {
+                return buf[9..9 + len].to_vec();
+            }
+            buf.drain(..9 + len);
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await;
+        let n = read.expect("a response within 10 s").expect("read");
+        assert!(n > 0, "closed before the response\n{}", gw.stderr());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Browsers announce a header table size, curl and h2load ENABLE_PUSH 0: either way the
+/// response's header block opens with a dynamic table size update to 0 (HPACK `001` + 0:
+/// `0x20`), so h2 indexes nothing (without the cap it would open with `:status 200`, `0x88`).
+#[tokio::test(flavor = "multi_thread")]
+async fn response_headers_use_no_hpack_dynamic_table() {
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| config(p, &u));
+    let setting = |id: u16, value: u32| [id.to_be_bytes().as_slice(), &value.to_be_bytes()].concat();
+    for (name, settings) in [("header table size", setting(0x1, 65536)), ("enable push", setting(0x2, 0))] {
+        let block = first_response_block(&gw, &settings).await;
+        assert_eq!(block.first(), Some(&0x20), "{name}: {block:02x?}");
+    }
+    served(&gw).await;
 }
 
 fn flood_closes(gw: &Gateway, frame: &str) -> f64 {

@@ -26,6 +26,7 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::h2_table_size::HeaderTableCap;
 use crate::{
     metrics::{LabelValue, Labels},
     request::ConnInfo,
@@ -85,7 +86,9 @@ struct FrameHead {
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
 const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
 
 impl FrameHead {
     fn parse(b: &[u8; 9]) -> FrameHead {
@@ -129,7 +132,10 @@ impl FrameScanner {
         FrameScanner { skip, ..FrameScanner::default() }
     }
 
-    fn feed(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(FrameHead)) {
+    /// Calls `on_frame` with each frame header completed in `bytes` and the offset in `bytes`
+    /// where its payload starts (`bytes.len()` when it starts in the next piece).
+    fn feed(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(FrameHead, usize)) {
+        let total = bytes.len();
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
@@ -145,7 +151,7 @@ impl FrameScanner {
                 self.have = 0;
                 let head = FrameHead::parse(&self.head);
                 self.skip = head.len;
-                on_frame(head);
+                on_frame(head, total - bytes.len());
             }
         }
     }
@@ -203,6 +209,8 @@ pub struct FloodGuard<I> {
     /// The highest stream a request was opened on (GOAWAY's last stream id).
     last_stream: u32,
     flooded: Option<Kind>,
+    /// The client's SETTINGS_HEADER_TABLE_SIZE, rewritten to 0 (`h2_table_size`).
+    table_cap: HeaderTableCap,
 }
 
 impl<I> FloodGuard<I> {
@@ -215,15 +223,22 @@ impl<I> FloodGuard<I> {
             budget: Budget::new(per_second),
             last_stream: 0,
             flooded: None,
+            table_cap: HeaderTableCap::default(),
         }
     }
 
-    /// Scans bytes the client sent; the first kind over budget, if any.
-    fn scan_inbound(&mut self, bytes: &[u8]) -> Option<Kind> {
+    /// Scans bytes the client sent, and rewrites the header table size in the SETTINGS frames
+    /// among them; the first kind over budget, if any.
+    fn scan_inbound(&mut self, bytes: &mut [u8]) -> Option<Kind> {
         let (budget, last_stream) = (&mut self.budget, &mut self.last_stream);
         let mut over = None;
         let now = Instant::now();
-        self.inbound.feed(bytes, |head| {
+        // Where SETTINGS payloads start in `bytes` (rare: no allocation for other frames).
+        let mut settings = Vec::new();
+        self.inbound.feed(bytes, |head, at| {
+            if head.kind == SETTINGS && head.flags & ACK == 0 {
+                settings.push((at, head.len));
+            }
             if head.kind == HEADERS {
                 *last_stream = (*last_stream).max(head.stream);
                 budget.earn(now);
@@ -233,13 +248,19 @@ impl<I> FloodGuard<I> {
                 over = over.or(Some(kind));
             }
         });
+        // A payload begun in an earlier read first, then those that begin in this one.
+        self.table_cap.patch(bytes);
+        for (at, len) in settings {
+            self.table_cap.start(len);
+            self.table_cap.patch(&mut bytes[at..]);
+        }
         over
     }
 
     fn scan_outbound(&mut self, bytes: &[u8]) {
         let budget = &mut self.budget;
         let mut now = None;
-        self.outbound.feed(bytes, |head| {
+        self.outbound.feed(bytes, |head, _| {
             if head.kind == DATA {
                 budget.earn(*now.get_or_insert_with(Instant::now));
             }
@@ -272,7 +293,7 @@ impl<I: AsyncWrite + Unpin> FloodGuard<I> {
             let inner = Pin::new(&mut self.inner);
             // Best effort: a client that does not read its socket gets no GOAWAY.
             if let Poll::Ready(Ok(n)) = inner.poll_write(cx, &frame) {
-                self.outbound.feed(&frame[..n], |_| {});
+                self.outbound.feed(&frame[..n], |_, _| {});
             }
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
         }
@@ -291,7 +312,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<I> {
         }
         let before = buf.filled().len();
         std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        match self.scan_inbound(&buf.filled()[before..]) {
+        match self.scan_inbound(&mut buf.filled_mut()[before..]) {
             None => Poll::Ready(Ok(())),
             Some(kind) => {
                 // The bytes just read are not handed on: hyper processes none of the flood.
@@ -351,9 +372,29 @@ mod tests {
             let mut s = FrameScanner::after(PREFACE_LEN);
             let mut seen = Vec::new();
             for piece in stream.chunks(split) {
-                s.feed(piece, |h| seen.push((h.kind, h.len, h.stream)));
+                s.feed(piece, |h, _| seen.push((h.kind, h.len, h.stream)));
             }
             assert_eq!(seen, [(0x4, 6, 0), (0x1, 3, 1), (0x6, 8, 0), (0x0, 0, 1)], "split {split}");
+            assert!(s.at_boundary());
+        }
+    }
+
+    #[test]
+    fn scanner_says_where_each_payload_starts() {
+        let mut stream = frame(0x4, 0, 0, &[0; 6]);
+        stream.extend(frame(0x6, 0, 0, &[7; 8]));
+        let mut s = FrameScanner::default();
+        let mut starts = Vec::new();
+        s.feed(&stream[..20], |h, at| starts.push((h.kind, at)));
+        s.feed(&stream[20..], |h, at| starts.push((h.kind, at)));
+        assert_eq!(starts, [(0x4, 9), (0x6, 9 + 6 + 9 - 20)]);
+        for split in 1..stream.len() {
+            let mut s = FrameScanner::default();
+            let mut ends_at_piece_end = Vec::new();
+            for piece in stream.chunks(split) {
+                s.feed(piece, |_, at| ends_at_piece_end.push(at <= piece.len()));
+            }
+            assert!(ends_at_piece_end.iter().all(|&ok| ok), "split {split}");
             assert!(s.at_boundary());
         }
     }
