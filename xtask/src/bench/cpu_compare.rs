@@ -181,8 +181,9 @@ fn report(
     let busiest = runs.iter().flatten().map(|m| m.background).fold(0.0, f64::max);
     if busiest > BUSY_BACKGROUND {
         rep.paragraph(&format!(
-            "**Busy machine**: other processes took up to {}% of the subject CPUs during a run. Counts per request \
-             (syscalls, context switches, segments) hold; CPU µs and requests/s do not: re-run on a quiet machine.",
+            "**Busy machine**: other processes took up to {}% of the subject CPUs during a run. perf's counts per \
+             request (syscalls, context switches) hold; CPU µs, requests/s and the host-wide TCP segments (other \
+             processes' loopback traffic counts too) do not: re-run on a quiet machine.",
             num(busiest * 100.0, 0)
         ));
     }
@@ -244,10 +245,12 @@ fn report(
                     m.value.kernel.requests.to_string(),
                     num(m.cpu_us_per(m.value.kernel.requests), 2),
                     format!("{}%", num(m.background * 100.0, 1)),
+                    num(m.value.kernel.tcp.out_segs as f64 / m.value.kernel.requests as f64, 2),
                 ])
             })
         })
         .collect();
-    rep.table(&["round", "subject", "requests", "CPU µs/request", "background"], &raw);
+    let header = ["round", "subject", "requests", "CPU µs/request", "background", "TCP segments/request (host)"];
+    rep.table(&header, &raw);
     rep
 }

@@ -273,6 +273,26 @@ mod tests {
         assert_eq!(counts.len(), 2);
     }
 
+    /// The real perf (linux-perf, installed by `cargo xtask deps`) on this test process: counts
+    /// from `start` to `finish` through the control FIFO, and the SIGINT it dies of is no failure.
+    #[test]
+    fn perf_counts_between_start_and_finish() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("xtask-perf-test-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        let result = (|| {
+            let perf = PerfStat::start(&[std::process::id()], &["context-switches".to_owned()], &dir)?;
+            // Each sleep switches this thread out at least once.
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            perf.finish()
+        })();
+        let _ = fs::remove_dir_all(&dir);
+        let switches = result?.get("context-switches").copied().unwrap_or(0.0);
+        assert!(switches >= 20.0, "{switches} context switches counted over 20 sleeps");
+        Ok(())
+    }
+
     const SNMP: &str = "Ip: Forwarding DefaultTTL InReceives\nIp: 1 64 123\n\
         Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n\
         Tcp: 1 200 120000 -1 5000 4000 3 2 12 900000 888888 7 0 40 0\n\
