@@ -222,10 +222,12 @@ fn report(
         rep.heading("Per request, by kind");
         rep.paragraph(
             "Medians over the rounds. perf's syscall tracepoints and software counters over every thread of every \
-             process of the subject (exact counts); rows any subject reaches at least once per 2,000 requests. TCP \
-             segments and delayed ACKs are the host's counters (`/proc/net/snmp`, `/proc/net/netstat`): client, \
-             proxy and upstream together, so the subjects differ by what the proxy adds (and by anything else \
-             on the host's network). Counting every syscall kind costs the subjects a little per syscall: \
+             process of the subject (exact counts); rows any subject reaches at least once per 2,000 requests. \
+             `net:net_dev_xmit`: packets sent in the subject's threads (its own sends, and ACKs the kernel sends \
+             while it runs). TCP segments and delayed ACKs are the host's counters (`/proc/net/snmp`, \
+             `/proc/net/netstat`): client, proxy and upstream together, so the subjects differ by what the proxy \
+             adds; the fewest of the rounds, as any other traffic on the host only adds to them (the raw rounds \
+             show each). Counting every syscall kind costs the subjects a little per syscall: \
              compare CPU µs between runs with the same flags.",
         );
         let mut header = vec!["per request"];
