@@ -28,7 +28,7 @@ use super::{
     harness::{Harness, Measured, Ready},
     load::{self, Oha, Wrk},
     proxy::{gatewayd_conf, haproxy, nginx_proxy_conf_with},
-    report::{Report, median, num, ratio, version_of},
+    report::{Report, median, num, ratio, shell_line, version_of},
 };
 use kernel::{PerRequest, TcpCounters};
 
@@ -117,7 +117,12 @@ pub fn run(opts: &Options) -> Result<()> {
         },
     )?;
     let load_after = h.loadavg();
-    let (commands, configs) = (h.commands.clone(), h.configs.clone());
+    // The load's command line first (against the first subject; the others only differ by port).
+    let url = subjects[0].url();
+    let load_command = oha.as_ref().map_or_else(|| wrk.command(&load_cpus, &url), |o| o.command(&load_cpus, &url));
+    let mut commands = vec![shell_line(&load_command)];
+    commands.extend(h.commands.iter().cloned());
+    let configs = h.configs.clone();
     let rep = report(opts, &h, &names, &runs, &events, &load_after, duration);
     h.stop()?;
     let mut rep = rep;
@@ -157,8 +162,10 @@ fn report(
     let (machine, plan) = (&h.machine, &h.plan);
     let mut rep = Report::new(if opts.syscalls {
         "Kernel work per proxied request, side by side"
-    } else {
+    } else if opts.against.is_empty() {
         "CPU per proxied request, binaries compared"
+    } else {
+        "CPU per proxied request, side by side"
     });
     let load = match opts.rate {
         Some(rate) => format!("`oha -c{} -q {rate}` (open loop)", opts.connections),
