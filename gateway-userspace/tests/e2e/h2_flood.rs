@@ -111,8 +111,9 @@ async fn run_flood<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, flood:
     }
 }
 
-/// The first response header block on a raw h2c connection opened with `settings`.
-async fn first_response_block(gw: &Gateway, settings: &[u8]) -> Vec<u8> {
+/// The first response header block (HEADERS, type 1) on a raw h2c connection opened with
+/// `settings`, or the payload of its first frame of type `until`.
+async fn first_response_block(gw: &Gateway, settings: &[u8], until: u8) -> Vec<u8> {
     let mut stream = tokio::net::TcpStream::connect(gw.ports.listen).await.expect("connect");
     let hello = [PREFACE, &frame(0x4, 0, 0, settings), &request_headers(true)].concat();
     stream.write_all(&hello).await.expect("write");
@@ -124,7 +125,7 @@ async fn first_response_block(gw: &Gateway, settings: &[u8]) -> Vec<u8> {
             if buf.len() < 9 + len {
                 break;
             }
-            if buf[3] == 0x1 {
+            if buf[3] == until {
                 return buf[9..9 + len].to_vec();
             }
             buf.drain(..9 + len);
@@ -145,9 +146,12 @@ async fn response_headers_use_no_hpack_dynamic_table() {
     let gw = Gateway::start(|p| config(p, &u));
     let setting = |id: u16, value: u32| [id.to_be_bytes().as_slice(), &value.to_be_bytes()].concat();
     for (name, settings) in [("header table size", setting(0x1, 65536)), ("enable push", setting(0x2, 0))] {
-        let block = first_response_block(&gw, &settings).await;
+        let block = first_response_block(&gw, &settings, 0x1).await;
         assert_eq!(block.first(), Some(&0x20), "{name}: {block:02x?}");
     }
+    // An invalid ENABLE_PUSH is not rewritten: h2 still refuses it (GOAWAY PROTOCOL_ERROR).
+    let goaway = first_response_block(&gw, &setting(0x2, 7), 0x7).await;
+    assert_eq!(goaway.get(4..8), Some(&1u32.to_be_bytes()[..]), "{goaway:02x?}");
     served(&gw).await;
 }
 

@@ -17,8 +17,9 @@
 //!
 //! Browsers send SETTINGS_HEADER_TABLE_SIZE; curl and h2load (nghttp2) send none (4096
 //! applies) but send SETTINGS_ENABLE_PUSH 0, which means nothing to a server that never pushes
-//! (hyper does not). An ENABLE_PUSH entry therefore becomes HEADER_TABLE_SIZE 0 too: rewriting
-//! in place keeps every frame's length, so no byte has to be inserted into the stream.
+//! (hyper does not). A valid ENABLE_PUSH entry (0 or 1) read whole therefore becomes
+//! HEADER_TABLE_SIZE 0 too: rewriting in place keeps every frame's length, so no byte has to
+//! be inserted into the stream. An invalid one stays for h2 to refuse.
 
 /// SETTINGS_HEADER_TABLE_SIZE and SETTINGS_ENABLE_PUSH (RFC 9113 §6.5.2).
 const HEADER_TABLE_SIZE: u16 = 0x1;
@@ -47,23 +48,31 @@ impl HeaderTableCap {
     /// if there is no frame or it has ended).
     pub(super) fn patch(&mut self, bytes: &mut [u8]) {
         let n = self.left.min(bytes.len());
-        for b in &mut bytes[..n] {
+        for i in 0..n {
             match self.pos % SETTING_LEN {
-                0 => self.id = u16::from(*b) << 8,
-                1 => {
-                    self.id |= u16::from(*b);
-                    if self.id == ENABLE_PUSH {
-                        // The identifier's high byte is 0 for both.
-                        *b = HEADER_TABLE_SIZE as u8;
-                        self.id = HEADER_TABLE_SIZE;
+                0 => {
+                    if let Some(entry) = bytes[..n].get_mut(i..i + SETTING_LEN) {
+                        push_to_table_size(entry);
                     }
+                    self.id = u16::from(bytes[i]) << 8;
                 }
-                _ if self.id == HEADER_TABLE_SIZE => *b = 0,
+                1 => self.id |= u16::from(bytes[i]),
+                _ if self.id == HEADER_TABLE_SIZE => bytes[i] = 0,
                 _ => {}
             }
             self.pos += 1;
         }
         self.left -= n;
+    }
+}
+
+/// Turns a whole ENABLE_PUSH entry with a valid value (0 or 1) into HEADER_TABLE_SIZE. Only
+/// whole entries, seen at once: an invalid value stays for h2 to refuse (PROTOCOL_ERROR, RFC
+/// 9113 §6.5.2), and an entry split across two reads is left as it is (its first bytes have
+/// gone to h2 already).
+fn push_to_table_size(entry: &mut [u8]) {
+    if entry[..2] == ENABLE_PUSH.to_be_bytes() && entry[2..] <= [0, 0, 0, 1][..] {
+        entry[..2].copy_from_slice(&HEADER_TABLE_SIZE.to_be_bytes());
     }
 }
 
@@ -80,7 +89,8 @@ mod tests {
         // 65536, MAX_FRAME_SIZE 16384.
         let payload = settings(&[(1, 4096), (2, 0), (4, 65535), (1, 65536), (5, 16384)]);
         let want = settings(&[(1, 0), (1, 0), (4, 65535), (1, 0), (5, 16384)]);
-        for split in 1..=payload.len() {
+        // Every split that keeps the ENABLE_PUSH entry (bytes 6..12) whole in one piece.
+        for split in [6, 12, 18, 30, payload.len()] {
             let mut bytes = payload.clone();
             let mut cap = HeaderTableCap::default();
             cap.start(bytes.len());
@@ -88,6 +98,19 @@ mod tests {
                 cap.patch(piece);
             }
             assert_eq!(bytes, want, "split {split}");
+        }
+        // HEADER_TABLE_SIZE is zeroed whatever the split; a split ENABLE_PUSH, or an invalid
+        // one (h2 must refuse it), is left as it came.
+        let payload = settings(&[(2, 0), (1, 4096), (2, 7)]);
+        for split in 1..=payload.len() {
+            let mut bytes = payload.clone();
+            let mut cap = HeaderTableCap::default();
+            cap.start(bytes.len());
+            for piece in bytes.chunks_mut(split) {
+                cap.patch(piece);
+            }
+            let push = if split >= 6 { (1, 0) } else { (2, 0) };
+            assert_eq!(bytes, settings(&[push, (1, 0), (2, 7)]), "split {split}");
         }
         let mut after = [0x12u8; 4];
         HeaderTableCap::default().patch(&mut after);
