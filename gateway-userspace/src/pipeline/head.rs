@@ -32,8 +32,12 @@ impl Authority {
         HeaderValue::from_str(&self.text).ok()
     }
 
-    fn parse(raw: &[u8]) -> Result<Authority, RequestError> {
-        let parsed = uri::Authority::try_from(raw).map_err(|_| RequestError::BadHost)?;
+    /// A Host field's value.
+    fn from_host(value: &HeaderValue) -> Result<Authority, RequestError> {
+        Self::parse(&uri::Authority::try_from(value.as_bytes()).map_err(|_| RequestError::BadHost)?)
+    }
+
+    fn parse(parsed: &uri::Authority) -> Result<Authority, RequestError> {
         // userinfo has no place in a Host (RFC 9110 §4.2.4): `good.example@evil.example`.
         if parsed.as_str().contains('@') {
             return Err(RequestError::BadHost);
@@ -84,10 +88,10 @@ fn authority(head: &request::Parts) -> Result<Option<Authority>, RequestError> {
     let mut hosts = head.headers.get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err(RequestError::DuplicateHost),
-        (Some(v), None) => Some(Authority::parse(v.as_bytes())?),
+        (Some(v), None) => Some(Authority::from_host(v)?),
         (None, None) => None,
     };
-    let target = head.uri.authority().map(|a| Authority::parse(a.as_str().as_bytes())).transpose()?;
+    let target = head.uri.authority().map(Authority::parse).transpose()?;
     match (head.version, target, host) {
         (Version::HTTP_2, Some(target), Some(host)) if host != target => Err(RequestError::AuthorityMismatch),
         (Version::HTTP_11, _, None) => Err(RequestError::MissingHost),
