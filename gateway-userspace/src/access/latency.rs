@@ -2,6 +2,7 @@
 
 use std::{sync::LazyLock, time::Duration};
 
+use bytes::BytesMut;
 use http::{HeaderName, HeaderValue, response};
 
 use crate::request::{Phase, RequestCtx};
@@ -49,18 +50,21 @@ impl Phase for LatencyHeaders {
 
     fn on_response(&self, ctx: &mut RequestCtx, head: &mut response::Parts) {
         let gateway = ctx.timings.gateway();
-        let mut timing = Vec::with_capacity(64);
-        if let Some(upstream) = ctx.timings.upstream() {
+        let upstream = ctx.timings.upstream();
+        if let Some(upstream) = upstream {
             head.headers.insert(&UPSTREAM_LATENCY, ms_value(upstream));
-            timing.extend_from_slice(b"upstream;dur=");
-            push_ms_3(&mut timing, upstream);
-            timing.extend_from_slice(b", ");
         }
         head.headers.insert(&PROXY_LATENCY, ms_value(gateway));
-        timing.extend_from_slice(b"gateway;dur=");
-        push_ms_3(&mut timing, gateway);
+        let mut buf = BytesMut::with_capacity(64);
+        if let Some(upstream) = upstream {
+            buf.extend_from_slice(b"upstream;dur=");
+            push_ms_3(&mut buf, upstream);
+            buf.extend_from_slice(b", ");
+        }
+        buf.extend_from_slice(b"gateway;dur=");
+        push_ms_3(&mut buf, gateway);
         // Appended: an upstream's own Server-Timing entries stay.
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(timing)) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
             head.headers.append(&SERVER_TIMING, v);
         }
     }
@@ -72,7 +76,7 @@ fn ms_value(d: Duration) -> HeaderValue {
     usize::try_from(ms).ok().and_then(|i| SMALL_MS.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(ms))
 }
 
-/// Nanoseconds in 64 bits (u128 division is a libcall); saturates after 584 years.
+/// A duration's nanoseconds in 64 bits (584 years): `u128` division is a library call.
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -83,7 +87,7 @@ fn rounded_ms(d: Duration) -> u64 {
 }
 
 /// Milliseconds with three decimals (`12.345`), rounded half up to the microsecond.
-fn push_ms_3(out: &mut Vec<u8>, d: Duration) {
+fn push_ms_3(out: &mut BytesMut, d: Duration) {
     let micros = nanos(d).saturating_add(500) / 1_000;
     let mut buf = itoa::Buffer::new();
     out.extend_from_slice(buf.format(micros / 1_000).as_bytes());
@@ -96,9 +100,9 @@ mod tests {
     use super::*;
 
     fn ms_3(d: Duration) -> String {
-        let mut v = Vec::new();
+        let mut v = BytesMut::new();
         push_ms_3(&mut v, d);
-        String::from_utf8(v).unwrap()
+        String::from_utf8(v.to_vec()).unwrap()
     }
 
     #[test]
