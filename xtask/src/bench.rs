@@ -17,6 +17,7 @@ mod h2;
 mod harness;
 mod http;
 mod idle;
+pub mod ktls_idle;
 mod load;
 mod process;
 mod procfs;
@@ -97,6 +98,9 @@ enum Target {
     /// 100,000 concurrent keep-alive connections in a systemd-booted guest: RSS per connection,
     /// time to open them, p99 of a separate client.
     C100k,
+    /// Memory per idle TLS keep-alive connection with kTLS and with rustls, in a Debian 12
+    /// guest (qemu; the host kernel has no kTLS): the kTLS section of bench/results/tls.md.
+    KtlsIdle,
     /// HTTP/2 clients (h2c and ALPN h2) in front of an HTTP/1.1 upstream: gatewayd vs nginx vs
     /// HAProxy vs the upstream directly: rps, CPU per request, latency at a fixed rate.
     H2,
@@ -135,6 +139,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Tls => tls::run(opts),
         Target::Ratelimit => ratelimit::run(opts),
         Target::C100k => c100k::run(),
+        Target::KtlsIdle => ktls_idle::run(),
         Target::Flood => flood::run(opts),
         Target::Steering => flood::steering::run(opts),
         Target::H2 => h2::run(opts),
