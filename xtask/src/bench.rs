@@ -74,8 +74,8 @@ pub struct Options {
     #[arg(long)]
     requests: Option<u64>,
     /// callgrind, cpu-compare: the gatewayd binaries to compare (e.g. a build of main and one of
-    /// a branch), in this order; slow-clients: the gatewayd to measure [default: the release
-    /// build].
+    /// a branch), in this order; slow-clients, ktls-idle: the gatewayd to measure [default: the
+    /// release build].
     #[arg(value_name = "BIN")]
     bins: Vec<PathBuf>,
 }
@@ -129,8 +129,10 @@ impl Options {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    if !opts.bins.is_empty() && !matches!(opts.target, Target::Callgrind | Target::CpuCompare | Target::SlowClients) {
-        anyhow::bail!("only callgrind, cpu-compare and slow-clients take binaries ({:?})", opts.bins);
+    if !opts.bins.is_empty()
+        && !matches!(opts.target, Target::Callgrind | Target::CpuCompare | Target::SlowClients | Target::KtlsIdle)
+    {
+        anyhow::bail!("only callgrind, cpu-compare, slow-clients and ktls-idle take binaries ({:?})", opts.bins);
     }
     match opts.target {
         Target::Proxy => proxy::run(opts),
@@ -139,7 +141,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Tls => tls::run(opts),
         Target::Ratelimit => ratelimit::run(opts),
         Target::C100k => c100k::run(),
-        Target::KtlsIdle => ktls_idle::run(),
+        Target::KtlsIdle => ktls_idle::run(opts.bins.first()),
         Target::Flood => flood::run(opts),
         Target::Steering => flood::steering::run(opts),
         Target::H2 => h2::run(opts),

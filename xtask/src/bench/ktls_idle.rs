@@ -27,9 +27,10 @@ use crate::{
     vm::{self, Guest, Suite},
 };
 
-/// Connection counts measured through the kTLS listener, and through the rustls one.
-const KTLS_COUNTS: &str = "1000,2000";
-const USERSPACE_COUNTS: &str = "1000";
+/// The rounds, each on a fresh gatewayd: listener (named after its mode) and idle connections.
+/// Every round starts from the same state, so the difference between the two kTLS rounds is
+/// what 1,000 more idle connections cost, free of what a process grows once.
+const ROUNDS: [(&str, usize); 3] = [("ktls", 1000), ("ktls", 2000), ("userspace", 2000)];
 /// The goal (issue 11) for memory per idle kTLS connection.
 pub const GOAL_BYTES: f64 = 4.0 * 1024.0;
 const KTLS_ADDR: &str = "127.0.0.1:8443";
@@ -39,9 +40,14 @@ const METRICS_ADDR: &str = "127.0.0.1:9090";
 const METRIC_PREFIX: &str = "ktls-idle-metric: ";
 const GUEST_VERSION_PREFIX: &str = "ktls-idle-kernel: ";
 
-pub fn run() -> Result<()> {
+/// `bin`: the gatewayd to measure (a copy of another revision's build); the release build of
+/// this tree otherwise.
+pub fn run(bin: Option<&std::path::PathBuf>) -> Result<()> {
     let root = workspace_root();
-    let gatewayd = release_gatewayd()?;
+    let (gatewayd, measured) = match bin {
+        Some(bin) => (bin.clone(), format!("`{}`", bin.display())),
+        None => (release_gatewayd()?, format!("the release build of revision {}", git_revision())),
+    };
     let guest = Guest {
         suite: Suite::Bookworm,
         modules: vec!["tls".into()],
@@ -69,7 +75,10 @@ pub fn run() -> Result<()> {
             s.slab_per_connection()
         );
     }
-    let rep = report(&samples, &metrics, kernel);
+    if let Some(m) = marginal_ktls(&samples) {
+        eprintln!("xtask:   marginal per idle kTLS connection (1000 → 2000): {m:.0} B");
+    }
+    let rep = report(&samples, &metrics, kernel, &measured);
     let path = rep.write_section("tls", "Benchmark: tls", "ktls-idle")?;
     eprintln!("xtask: bench ktls-idle: wrote {}", path.display());
     Ok(())
@@ -78,14 +87,13 @@ pub fn run() -> Result<()> {
 /// Every count of both modes was measured, and gatewayd counted the kTLS listener's
 /// connections as offloaded and the other's as userspace.
 fn check(samples: &[Sample], metrics: &[&str]) -> Result<()> {
-    for (mode, counts) in [("ktls", KTLS_COUNTS), ("userspace", USERSPACE_COUNTS)] {
+    for mode in ["ktls", "userspace"] {
         let mut want = 0;
-        for count in counts.split(',') {
-            let count: u64 = count.parse()?;
-            if !samples.iter().any(|s| s.mode == mode && s.connections == count) {
+        for &(_, count) in ROUNDS.iter().filter(|(m, _)| *m == mode) {
+            if !samples.iter().any(|s| s.mode == mode && s.connections == count as u64) {
                 bail!("no measurement of {count} {mode} connections in the guest's output");
             }
-            want += count;
+            want += count as u64;
         }
         let counted = connections_metric(metrics, mode);
         if counted < want {
@@ -93,6 +101,17 @@ fn check(samples: &[Sample], metrics: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What each connection beyond the smaller kTLS round cost: the growth of the larger round
+/// minus that of the smaller, over the difference in connections (what a fresh process grows
+/// once cancels out).
+fn marginal_ktls(samples: &[Sample]) -> Option<f64> {
+    let ktls: Vec<&Sample> = samples.iter().filter(|s| s.mode == "ktls").collect();
+    let (small, large) = (ktls.iter().min_by_key(|s| s.connections)?, ktls.iter().max_by_key(|s| s.connections)?);
+    let growth = |s: &Sample| s.idle_rss as f64 - s.before_rss as f64;
+    (large.connections > small.connections)
+        .then(|| (growth(large) - growth(small)) / (large.connections - small.connections) as f64)
 }
 
 /// `gateway_tls_connections_total{listener="L",mode="L"}` (both listeners are named after their mode).
@@ -125,47 +144,53 @@ fn script() -> String {
     let _ = write!(s, "cat > /tmp/gw.toml <<'EOF'\n{conf}EOF\n");
     let _ = write!(
         s,
-        r#"gatewayd --config /tmp/gw.toml > /tmp/gw.log 2>&1 &
-pid=$!
-i=0
-until wget -q -O /dev/null http://{METRICS_ADDR}/readyz 2>/dev/null; do
-  i=$((i+1)); [ $i -lt 300 ] || {{ echo "gatewayd not ready within 60 s"; cat /tmp/gw.log; exit 1; }}; sleep 0.2
-done
-grep -q "kTLS available" /tmp/gw.log || {{ echo "gatewayd did not find kTLS"; cat /tmp/gw.log; exit 1; }}
-client() {{
-  HOME=/root xtask ktls-idle-client --pid $pid --cert /tmp/pki/server.crt "$@" \
+        r#"round() {{
+  gatewayd --config /tmp/gw.toml > /tmp/gw.log 2>&1 &
+  pid=$!
+  i=0
+  until wget -q -O /dev/null http://{METRICS_ADDR}/readyz 2>/dev/null; do
+    i=$((i+1)); [ $i -lt 300 ] || {{ echo "gatewayd not ready within 60 s"; cat /tmp/gw.log; exit 1; }}; sleep 0.2
+  done
+  wget -q -O /tmp/metrics http://{METRICS_ADDR}/metrics
+  grep -q '^gateway_ktls_supported 1' /tmp/metrics || {{ echo "gatewayd found no kTLS"; grep ktls /tmp/metrics; cat /tmp/gw.log; exit 1; }}
+  HOME=/root xtask ktls-idle-client --pid $pid --cert /tmp/pki/server.crt --mode $1 --addr $2 --counts $3 \
     || {{ echo "client failed ($*)"; tail -20 /tmp/gw.log; exit 1; }}
+  wget -q -O /tmp/metrics http://{METRICS_ADDR}/metrics
+  grep -E '^gateway_tls_connections_total' /tmp/metrics | sed 's/^/{METRIC_PREFIX}/'
+  kill $pid
+  wait $pid || true
 }}
-client --mode ktls --addr {KTLS_ADDR} --counts {KTLS_COUNTS}
-client --mode userspace --addr {USERSPACE_ADDR} --counts {USERSPACE_COUNTS}
-wget -q -O /tmp/metrics http://{METRICS_ADDR}/metrics
-grep -E '^gateway_(tls_connections_total|ktls_supported)' /tmp/metrics | sed 's/^/{METRIC_PREFIX}/'
-kill $pid
 "#
     );
+    for (mode, count) in ROUNDS {
+        let addr = if mode == "ktls" { KTLS_ADDR } else { USERSPACE_ADDR };
+        let _ = writeln!(s, "round {mode} {addr} {count}");
+    }
     s
 }
 
-fn report(samples: &[Sample], metrics: &[&str], kernel: &str) -> Report {
+fn report(samples: &[Sample], metrics: &[&str], kernel: &str, measured: &str) -> Report {
     let mut rep = Report::default();
     rep.heading("kTLS idle memory (VM, Debian 12 6.1)");
     rep.paragraph(&format!(
         "Memory per idle TLS 1.3 keep-alive connection with the session in the kernel (kTLS), measured where \
          kTLS exists: a qemu guest (TCG, 2 vCPUs, 1.5 GiB) with Debian 12's kernel {kernel} and its `tls` \
-         module, the release gatewayd (2 workers) with two TLS listeners on the same ECDSA P-256 certificate, \
+         module, gatewayd (2 workers) with two TLS listeners on the same ECDSA P-256 certificate, \
          one offloading to the kernel after the handshake (the default) and one with `ktls = false` \
          (rustls keeps the session), both proxying `GET /demo/hello` to the built-in demo upstream. \
-         The client (`xtask ktls-idle-client`, xtask's rustls client inside the guest) opens N connections \
+         Each round runs on a fresh gatewayd (the same starting state for all): the client (`xtask \
+         ktls-idle-client`, xtask's rustls client inside the guest) opens N connections \
          one after the other (TLS 1.3, AES-128-GCM, X25519), sends one request on each, leaves them idle \
          for 5 s (gatewayd parks an idle connection after 1 s), and measures as `bench tls` does on the host: \
-         growth of gatewayd's RSS (= PSS, one process) over its idle baseline, per connection. While they \
+         growth of gatewayd's RSS (= PSS, one process) over its idle baseline, per connection (what a fresh \
+         process grows once with its first connections counts too; the marginal figure below leaves that \
+         out). While they \
          sit idle it also reads `/proc/net/tls_stat` (`TlsCurrTxSw`/`TlsCurrRxSw`: sockets with kernel TLS \
          now) and the kernel's slab memory (`Slab` in `/proc/meminfo`; both ends of every loopback \
          connection, so it is a ceiling for the server's kernel share), then sends a second request on the \
          first 100 connections (parked ones must still serve). Goal: ≤ {} B per idle kTLS connection \
-         (userspace memory). Revision {}.",
+         (userspace memory). gatewayd: {measured}.",
         num(GOAL_BYTES, 0),
-        git_revision()
     ));
     let mut rows = Vec::new();
     for s in samples {
@@ -199,7 +224,16 @@ fn report(samples: &[Sample], metrics: &[&str], kernel: &str) -> Report {
         ],
         &rows,
     );
-    rep.paragraph("gatewayd's TLS metrics after the runs:");
+    if let Some(marginal) = marginal_ktls(samples) {
+        rep.paragraph(&format!(
+            "**Marginal memory per idle kTLS connection** (the 2,000-connection round's growth minus the \
+             1,000-connection round's, per extra connection): **{} B** — goal ≤ {} B: {}.",
+            num(marginal, 0),
+            num(GOAL_BYTES, 0),
+            if marginal <= GOAL_BYTES { "met" } else { "**not met**" }
+        ));
+    }
+    rep.paragraph("gatewayd's TLS metrics at the end of each round:");
     rep.code("text", &metrics.join("\n"));
     rep.paragraph(
         "Command: `cargo xtask bench ktls-idle` (about 4 minutes under TCG; nothing in it depends on the \
@@ -208,3 +242,50 @@ fn report(samples: &[Sample], metrics: &[&str], kernel: &str) -> Report {
     rep
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(mode: &str, connections: u64, before_rss: u64, idle_rss: u64) -> Sample {
+        Sample {
+            mode: mode.into(),
+            connections,
+            before_rss,
+            connected_rss: idle_rss,
+            idle_rss,
+            closed_rss: before_rss,
+            tls_tx: 0,
+            tls_rx: 0,
+            slab_before: 0,
+            slab_idle: 0,
+        }
+    }
+
+    #[test]
+    fn the_marginal_cost_leaves_out_what_a_fresh_process_grows_once() -> Result<()> {
+        // 2 MB grown once plus 3,000 B per connection, in both rounds.
+        let samples = [
+            sample("ktls", 1000, 40_000_000, 45_000_000),
+            sample("ktls", 2000, 40_000_000, 48_000_000),
+            sample("userspace", 2000, 40_000_000, 70_000_000),
+        ];
+        assert_eq!(marginal_ktls(&samples), Some(3000.0));
+        assert_eq!(samples[0].rss_per_connection(), 5000.0);
+        assert_eq!(marginal_ktls(&samples[..1]), None);
+        let metrics = [
+            "gateway_tls_connections_total{listener=\"ktls\",mode=\"ktls\"} 1000",
+            "gateway_tls_connections_total{listener=\"ktls\",mode=\"ktls\"} 2001",
+            "gateway_tls_connections_total{listener=\"userspace\",mode=\"userspace\"} 2001",
+        ];
+        check(&samples, &metrics)?;
+        // A kTLS listener whose connections stayed in userspace fails the run.
+        let wrong = [metrics[0], metrics[2], "gateway_tls_connections_total{listener=\"ktls\",mode=\"userspace\"} 2000"];
+        assert!(check(&samples, &wrong).is_err());
+        assert!(check(&samples[1..], &metrics).is_err());
+        let script = script();
+        assert_eq!(script.matches("\nround ").count(), ROUNDS.len());
+        assert!(script.contains("round ktls 127.0.0.1:8443 2000\n") && script.contains("ktls = false\n"));
+        Ok(())
+    }
+}
