@@ -242,7 +242,6 @@ fn report(samples: &[Sample], metrics: &[&str], kernel: &str, measured: &str) ->
     rep
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,7 +279,8 @@ mod tests {
         ];
         check(&samples, &metrics)?;
         // A kTLS listener whose connections stayed in userspace fails the run.
-        let wrong = [metrics[0], metrics[2], "gateway_tls_connections_total{listener=\"ktls\",mode=\"userspace\"} 2000"];
+        let wrong =
+            [metrics[0], metrics[2], "gateway_tls_connections_total{listener=\"ktls\",mode=\"userspace\"} 2000"];
         assert!(check(&samples, &wrong).is_err());
         assert!(check(&samples[1..], &metrics).is_err());
         let script = script();

@@ -137,8 +137,12 @@ pub fn run(opts: &Options) -> Result<()> {
                 // The client is rustls: every kernel TLS socket is one of gatewayd's.
                 let offloaded = tx >= count as u64 && rx >= count as u64;
                 match opts.mode.as_str() {
-                    "ktls" if !offloaded => bail!("{count} idle kTLS connections, but the kernel holds {tx} TX / {rx} RX TLS sockets"),
-                    "userspace" if tx + rx > 0 => bail!("the kernel holds {tx} TX / {rx} RX TLS sockets for a listener with ktls = false"),
+                    "ktls" if !offloaded => {
+                        bail!("{count} idle kTLS connections, but the kernel holds {tx} TX / {rx} RX TLS sockets")
+                    }
+                    "userspace" if tx + rx > 0 => {
+                        bail!("the kernel holds {tx} TX / {rx} RX TLS sockets for a listener with ktls = false")
+                    }
                     _ => {}
                 }
                 for (i, c) in conns.iter_mut().take(SECOND_REQUESTS).enumerate() {
@@ -167,7 +171,8 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// `TlsCurrTxSw` and `TlsCurrRxSw`: sockets whose TLS the kernel does now (software crypto).
 fn kernel_tls_sockets() -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/net/tls_stat").context("/proc/net/tls_stat (is the tls module loaded?)")?;
+    let stat =
+        std::fs::read_to_string("/proc/net/tls_stat").context("/proc/net/tls_stat (is the tls module loaded?)")?;
     let counter = |name: &str| -> Result<u64> {
         stat.lines()
             .find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse().ok())
