@@ -39,7 +39,7 @@ pub use lists::{net_of_key, normalize_net, parse_list_entry};
 pub use metrics::EbpfCollector;
 pub use offenders::{FeedbackPhase, Offenders};
 pub use service::{BlockOutcome, TopEntry, TopReport, XdpService};
-pub use spec::{FeedbackReason, FeedbackSpec, NicSteeringPolicy, RateSpec, SteeringPolicy, XdpSpec};
+pub use spec::{FeedbackReason, FeedbackSpec, NicSteeringPolicy, RateSpec, SteeringPolicy, SynCookiePolicy, XdpSpec};
 pub use steering::Steering;
 
 use aya::{

@@ -17,7 +17,7 @@ use gateway_common::xdp::{DenyEntry, DenyOrigin, GuardConfig, OVERFLOW_KEY, flag
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::XdpSpec;
+use super::{SynCookiePolicy, XdpSpec};
 use super::{
     AttachMode, Counters, EbpfError, LoadOptions, XdpGuard,
     lists::{net_of_key, normalize_net, source_net},
@@ -430,6 +430,14 @@ pub fn guard_config(spec: &XdpSpec) -> GuardConfig {
     }
     if !spec.closed_udp_ports.is_empty() {
         config.flags |= flags::UDP_CLOSED;
+    }
+    match spec.syn_cookies {
+        SynCookiePolicy::Off => {}
+        SynCookiePolicy::Auto => {
+            config.flags |= flags::SYN_COOKIES;
+            config.syn_cookie_threshold = spec.syn_cookie_threshold.max(1);
+        }
+        SynCookiePolicy::Always => config.flags |= flags::SYN_COOKIES,
     }
     config
 }

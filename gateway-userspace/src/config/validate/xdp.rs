@@ -62,6 +62,9 @@ impl Validator<'_> {
         if !(1..=128).contains(&x.ipv6_prefix) {
             self.problem(path("ipv6_prefix"), "must be between 1 and 128");
         }
+        if x.syn_cookie_threshold_per_cpu == 0 {
+            self.problem(path("syn_cookie_threshold_per_cpu"), "must be at least 1 (for every SYN: syn_cookies = \"always\")");
+        }
         if x.new_sources_per_cpu == 0 {
             self.problem(path("new_sources_per_cpu"), "must be at least 1");
         }
@@ -97,6 +100,8 @@ impl Validator<'_> {
             feedback,
             steering: x.steering,
             closed_udp_ports: if x.drop_udp_to_listeners { listener_ports(listeners) } else { Vec::new() },
+            syn_cookies: x.syn_cookies,
+            syn_cookie_threshold: x.syn_cookie_threshold_per_cpu.max(1),
         }
     }
 
