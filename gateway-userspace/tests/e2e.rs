@@ -37,6 +37,7 @@ mod e2e {
     mod revocation_faults;
     mod routing;
     mod semantics;
+    mod syncookie;
     mod steering;
     mod supervision;
     mod tls;
