@@ -182,7 +182,9 @@ fn lookup_v4(ctx: *mut xdp_md, data: usize, end: usize) -> *mut bpf_sock {
         }
     };
     let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
-    unsafe { bpf_skc_lookup_tcp(ctx.cast(), (&raw mut tuple).cast::<bpf_sock_tuple>(), size, BPF_F_CURRENT_NETNS as u64, 0) }
+    unsafe {
+        bpf_skc_lookup_tcp(ctx.cast(), (&raw mut tuple).cast::<bpf_sock_tuple>(), size, BPF_F_CURRENT_NETNS as u64, 0)
+    }
 }
 
 #[inline(always)]
@@ -200,7 +202,9 @@ fn lookup_v6(ctx: *mut xdp_md, data: usize, end: usize) -> *mut bpf_sock {
         }
     };
     let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
-    unsafe { bpf_skc_lookup_tcp(ctx.cast(), (&raw mut tuple).cast::<bpf_sock_tuple>(), size, BPF_F_CURRENT_NETNS as u64, 0) }
+    unsafe {
+        bpf_skc_lookup_tcp(ctx.cast(), (&raw mut tuple).cast::<bpf_sock_tuple>(), size, BPF_F_CURRENT_NETNS as u64, 0)
+    }
 }
 
 /// `bpf_tcp_gen_syncookie` wants the TCP header length to be exactly the data offset, as a

@@ -37,9 +37,9 @@ mod e2e {
     mod revocation_faults;
     mod routing;
     mod semantics;
-    mod syncookie;
     mod steering;
     mod supervision;
+    mod syncookie;
     mod tls;
     mod top;
     mod upstreams;

@@ -141,7 +141,8 @@ struct PrivateNetns {
 impl PrivateNetns {
     fn enter() -> Result<Self, String> {
         use nix::sched::{CloneFlags, unshare};
-        let original = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| format!("/proc/thread-self/ns/net: {e}"))?;
+        let original =
+            std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| format!("/proc/thread-self/ns/net: {e}"))?;
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
         let netns = PrivateNetns { original };
         loopback_up()?;

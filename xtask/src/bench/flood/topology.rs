@@ -9,7 +9,7 @@
 //!
 //! Spoofed sources (10.128.0.0/9, fd73::/32) are blackholed in fl-gw: answers to them (SYN-ACKs,
 //! ICMP) end at the routing step instead of crossing back, so what is measured is the cost of
-//! receiving the flood. Everything is removed on drop (and stale namespaces of an aborted run at
+//! receiving the flood. SYN-ACKs the guard answers in XDP go back out on the link: `answers.rs`. Everything is removed on drop (and stale namespaces of an aborted run at
 //! the start).
 
 use std::{
@@ -106,6 +106,7 @@ impl Topology {
             sysctl(GW_NS, key, "0")?;
         }
         sysctl(GW_NS, &format!("net.ipv4.conf.{GW_ATTACK_IF}.rp_filter"), "0")?;
+        super::answers::attach_client_receiver()?;
         topo.gw_attack_mac = mac(GW_NS, GW_ATTACK_IF)?;
         topo.attack_mac = mac(ATTACK_NS, ATTACK_IF)?;
         Ok(topo)
@@ -114,6 +115,7 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        super::answers::detach_client_receiver();
         remove_namespaces();
     }
 }
