@@ -130,8 +130,9 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
     r.paragraph(
         "Three network namespaces: `fl-gw` (gatewayd with its built-in demo upstream, two workers), `fl-cli` \
          (the legitimate clients) and `fl-atk` (the attackers), joined to `fl-gw` by two veth pairs; the guard \
-         and the nftables chain sit on both of `fl-gw`'s veth ends. Answers to spoofed sources are blackholed \
-         in `fl-gw`. Every cell starts gatewayd afresh (pinned maps removed, nftables table reloaded), starts the \
+         and the nftables chain sit on both of `fl-gw`'s veth ends. Spoofed sources are routed back over the \
+         attack link (the kernel queues and answers their SYNs, then sends cookies once its SYN queue is full) \
+         and `fl-atk` drops what is sent to them in its netdev ingress hook. Every cell starts gatewayd afresh (pinned maps removed, nftables table reloaded), starts the \
          attack, and 0.5 s later two oha clients from one address for the run's duration: a keep-alive one \
          and one that opens a connection per request (`--disable-keepalive`), 8 connections each, 3 s \
          timeout per request, `--latency-correction`.",
