@@ -59,6 +59,8 @@ mod drive;
 mod empty;
 mod h2_flood;
 mod h2_table_size;
+#[cfg(test)]
+mod task_size;
 mod watchdog;
 mod watched_io;
 
@@ -116,6 +118,21 @@ async fn serve_tcp_stream(
         return Box::pin(serve_tls(stream, peer, local, spec, worker, snapshot, shutdown)).await;
     }
     drop(snapshot);
+    // Boxed too: inline, the plain path's state (a whole `serve_connection`) would size every
+    // TLS connection's task for its whole life (an idle kTLS connection is otherwise only a
+    // socket and its serving box).
+    Box::pin(serve_plain(stream, peer, local, spec, worker, limits, shutdown)).await
+}
+
+async fn serve_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    spec: ListenerSpec,
+    worker: Rc<WorkerLocal>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) -> bool {
     let proto = if spec.http2 { detect(&stream, limits.header_read_timeout).await } else { Proto::Http1 };
     let conn = conn_info(&worker, &spec, peer, local, None);
     serve_connection(stream, proto, conn, worker, limits, shutdown).await
