@@ -143,8 +143,13 @@ async fn run(
     let route = found.route;
     ctx.route = Some(route.index);
     ctx.service = Some(route.service);
-    let mut upstream_target = found.upstream_path(path).to_owned();
-    if let Some(q) = head.uri.query() {
+    // Sized exactly: a `String` whose length is its capacity becomes the `PathAndQuery`'s bytes
+    // without a second allocation.
+    let upstream_path = found.upstream_path(path);
+    let query = head.uri.query();
+    let mut upstream_target = String::with_capacity(upstream_path.len() + query.map_or(0, |q| q.len() + 1));
+    upstream_target.push_str(upstream_path);
+    if let Some(q) = query {
         upstream_target.push('?');
         upstream_target.push_str(q);
     }
@@ -163,11 +168,17 @@ async fn run(
     let chunked = head::needs_chunked_framing(&head.method, &body);
     prepare_upstream_headers(ctx, snapshot, &mut head, authority.as_ref().map(head::Authority::as_str), chunked);
     let service = &snapshot.services[route.service];
-    let mut body =
-        RequestBody::new(body, limits.max_request_body, ctx.bytes_received.clone(), route.body.client_body_timeout)
-            .observed(std::mem::take(&mut ctx.request_observers));
     // The upload counts as upstream time whether it is read ahead or streamed.
-    ctx.timings.upstream_start = Some(Instant::now());
+    let now = Instant::now();
+    ctx.timings.upstream_start = Some(now);
+    let mut body = RequestBody::new(
+        body,
+        limits.max_request_body,
+        ctx.bytes_received.clone(),
+        route.body.client_body_timeout,
+        now,
+    )
+    .observed(std::mem::take(&mut ctx.request_observers));
     body.read_ahead(route.body.request_buffer).await.map_err(proxy::ProxyError::unsent_body)?;
     let fwd = Forward { service, pool, path_and_query, host: preserved_host };
     match proxy::forward(fwd, head, body).await {
@@ -234,7 +245,9 @@ fn proxied_response(
     headers::remove_hop_by_hop(&mut head.headers);
     head.headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
     ctx.status = head.status.as_u16();
-    respond_phases(&mut ctx, snapshot, &mut head);
+    // The upstream's head is ready to go back: one clock read for both instants.
+    let ready = ctx.timings.upstream_head.unwrap_or_else(Instant::now);
+    respond_phases(&mut ctx, snapshot, &mut head, ready);
     let read_timeout =
         ctx.service.and_then(|s| snapshot.services.get(s)).map_or(DEFAULT_READ_TIMEOUT, |s| s.spec.read_timeout);
     let buffering = ctx.route.and_then(|r| snapshot.config.routes.get(r)).and_then(|r| r.body.response_buffer.clone());
@@ -254,12 +267,12 @@ fn refusal(mut ctx: Box<RequestCtx>, snapshot: &Snapshot, error: &GatewayError) 
     let (mut head, bytes): (response::Parts, Bytes) =
         error.response(ctx.request_id.to_str().unwrap_or("")).into_parts();
     head.headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
-    respond_phases(&mut ctx, snapshot, &mut head);
+    respond_phases(&mut ctx, snapshot, &mut head, Instant::now());
     Response::from_parts(head, ResponseBody::full(bytes, ctx))
 }
 
-fn respond_phases(ctx: &mut RequestCtx, snapshot: &Snapshot, head: &mut response::Parts) {
-    ctx.timings.response_ready = Some(Instant::now());
+fn respond_phases(ctx: &mut RequestCtx, snapshot: &Snapshot, head: &mut response::Parts, ready: Instant) {
+    ctx.timings.response_ready = Some(ready);
     for phase in snapshot.pipeline.phases() {
         phase.on_response(ctx, head);
     }

@@ -134,7 +134,7 @@ pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, mut body: Reque
                 continue;
             }
         };
-        let host = fwd.host.clone().or_else(|| HeaderValue::from_str(&target.label).ok());
+        let host = fwd.host.clone().or_else(|| target.host.clone());
         if let Some(h) = host {
             head.headers.insert(header::HOST, h);
         }
@@ -198,16 +198,23 @@ async fn response_or_stall<F: std::future::Future>(
 ) -> Option<F::Output> {
     let start = tokio::time::Instant::now();
     let upstream_deadline = || progress.last().max(start) + read_timeout;
+    let wake_at = || {
+        if progress.awaiting_client() { tokio::time::Instant::now() + read_timeout } else { upstream_deadline() }
+    };
     tokio::pin!(response);
+    // One timer, reset when it fires early, rather than a new one per wake-up; `biased`: the
+    // response first, and no random branch order drawn at every poll.
+    let timer = tokio::time::sleep_until(wake_at());
+    tokio::pin!(timer);
     loop {
-        let wake_at =
-            if progress.awaiting_client() { tokio::time::Instant::now() + read_timeout } else { upstream_deadline() };
         tokio::select! {
+            biased;
             out = &mut response => return Some(out),
-            () = tokio::time::sleep_until(wake_at) => {
+            () = &mut timer => {
                 if !progress.awaiting_client() && tokio::time::Instant::now() >= upstream_deadline() {
                     return None;
                 }
+                timer.as_mut().reset(wake_at());
             }
         }
     }

@@ -67,6 +67,9 @@ pub struct Target {
     pub addr: SocketAddr,
     /// `ip:port`, precomputed for labels and logs.
     pub label: Arc<str>,
+    /// `label` as the upstream request's `Host` (when the route does not preserve the
+    /// client's): built once here, not copied into a new value on every request.
+    pub host: Option<http::HeaderValue>,
     pub state: Arc<TargetState>,
 }
 
@@ -96,7 +99,9 @@ impl Service {
                 let state = previous
                     .and_then(|p| p.targets.iter().find(|t| t.addr == addr))
                     .map_or_else(|| Arc::new(TargetState::default()), |t| t.state.clone());
-                Target { addr, label: addr.to_string().into(), state }
+                let label: Arc<str> = addr.to_string().into();
+                let host = http::HeaderValue::from_str(&label).ok();
+                Target { addr, label, host, state }
             })
             .collect();
         Service { spec, targets, tls: None, cursor: AtomicUsize::new(0) }

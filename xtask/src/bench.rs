@@ -65,9 +65,17 @@ pub struct Options {
     /// callgrind: the client protocol of the measured requests.
     #[arg(long, value_enum, default_value_t = callgrind::Proto::H1)]
     proto: callgrind::Proto,
-    /// callgrind: also measure this reference proxy, after the binaries.
-    #[arg(long, value_enum)]
-    against: Option<callgrind::Against>,
+    /// callgrind (nginx), cpu-compare (nginx, haproxy): also measure these reference proxies,
+    /// after the binaries.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    against: Vec<callgrind::Against>,
+    /// cpu-compare: count every syscall kind, page faults and TCP segments per request too
+    /// (writes results/syscalls.md).
+    #[arg(long)]
+    syscalls: bool,
+    /// cpu-compare: open-loop load at this many requests/s (oha -q) instead of closed-loop wrk.
+    #[arg(long)]
+    rate: Option<u64>,
     /// callgrind: measured requests per subject [default: h1, https: 4000; h2, h2s: 20000];
     /// slow-clients: clients per case [default: 1000].
     #[arg(long)]
@@ -109,8 +117,9 @@ enum Target {
     /// Instructions per proxied request under callgrind of each BIN (`--proto`, `--against
     /// nginx`): repeatable on a busy machine.
     Callgrind,
-    /// CPU per proxied request of each BIN (before/after a change), interleaved, with perf's
-    /// context switches and syscalls per request.
+    /// CPU per proxied request of each BIN (before/after a change; `--against nginx,haproxy`),
+    /// interleaved, with perf's context switches and syscalls per request (`--syscalls`: every
+    /// kind, and TCP segments).
     CpuCompare,
     /// Slow readers: memory, upstream connections and response buffering of gatewayd and nginx
     /// while clients read nothing (`--requests`: clients, `--duration`: seconds of waiting).

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, response};
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderName, HeaderValue, response};
 
 use crate::request::{Phase, RequestCtx};
 
@@ -25,31 +26,54 @@ impl Phase for LatencyHeaders {
 
     fn on_response(&self, ctx: &mut RequestCtx, head: &mut response::Parts) {
         let gateway = ctx.timings.gateway();
-        let mut timing = Vec::with_capacity(64);
-        if let Some(upstream) = ctx.timings.upstream() {
-            head.headers.insert(UPSTREAM_LATENCY.clone(), HeaderValue::from(rounded_ms(upstream)));
-            timing.extend_from_slice(b"upstream;dur=");
-            push_ms_3(&mut timing, upstream);
-            timing.extend_from_slice(b", ");
+        // One buffer for the three values, split off in turn: one allocation (and its shared
+        // count) where a value each cost one or two.
+        let mut buf = BytesMut::with_capacity(96);
+        let upstream = ctx.timings.upstream();
+        if let Some(upstream) = upstream {
+            push_ms(&mut buf, upstream);
+            put(&mut head.headers, &UPSTREAM_LATENCY, buf.split(), false);
         }
-        head.headers.insert(PROXY_LATENCY.clone(), HeaderValue::from(rounded_ms(gateway)));
-        timing.extend_from_slice(b"gateway;dur=");
-        push_ms_3(&mut timing, gateway);
+        push_ms(&mut buf, gateway);
+        put(&mut head.headers, &PROXY_LATENCY, buf.split(), false);
+        if let Some(upstream) = upstream {
+            buf.extend_from_slice(b"upstream;dur=");
+            push_ms_3(&mut buf, upstream);
+            buf.extend_from_slice(b", ");
+        }
+        buf.extend_from_slice(b"gateway;dur=");
+        push_ms_3(&mut buf, gateway);
         // Appended: an upstream's own Server-Timing entries stay.
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(timing)) {
-            head.headers.append(SERVER_TIMING.clone(), v);
-        }
+        put(&mut head.headers, &SERVER_TIMING, buf, true);
     }
+}
+
+fn put(headers: &mut HeaderMap, name: &HeaderName, value: BytesMut, append: bool) {
+    let Ok(value) = HeaderValue::from_maybe_shared(value.freeze()) else { return };
+    if append {
+        headers.append(name, value);
+    } else {
+        headers.insert(name, value);
+    }
+}
+
+/// A duration's nanoseconds in 64 bits (584 years): `u128` division is a library call.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Whole milliseconds, rounded half up.
 fn rounded_ms(d: Duration) -> u64 {
-    ((d.as_nanos() + 500_000) / 1_000_000) as u64
+    nanos(d).saturating_add(500_000) / 1_000_000
+}
+
+fn push_ms(out: &mut BytesMut, d: Duration) {
+    out.extend_from_slice(itoa::Buffer::new().format(rounded_ms(d)).as_bytes());
 }
 
 /// Milliseconds with three decimals (`12.345`), rounded half up to the microsecond.
-fn push_ms_3(out: &mut Vec<u8>, d: Duration) {
-    let micros = (d.as_nanos() + 500) / 1_000;
+fn push_ms_3(out: &mut BytesMut, d: Duration) {
+    let micros = nanos(d).saturating_add(500) / 1_000;
     let mut buf = itoa::Buffer::new();
     out.extend_from_slice(buf.format(micros / 1_000).as_bytes());
     let frac = (micros % 1_000) as u16;
@@ -61,9 +85,9 @@ mod tests {
     use super::*;
 
     fn ms_3(d: Duration) -> String {
-        let mut v = Vec::new();
+        let mut v = BytesMut::new();
         push_ms_3(&mut v, d);
-        String::from_utf8(v).unwrap()
+        String::from_utf8(v.to_vec()).unwrap()
     }
 
     #[test]

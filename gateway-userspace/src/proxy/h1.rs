@@ -18,7 +18,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use bytes::{Buf as _, BytesMut};
+use bytes::BytesMut;
 use http::{Response, StatusCode, request};
 use http_body::Body as _;
 use thiserror::Error;
@@ -145,10 +145,9 @@ pub async fn exchange(
             }
         }
         loop {
-            match decode::response_head(&conn.read_buf, &head.method) {
+            match decode::response_head(&mut conn.read_buf, &head.method) {
                 Err(e) => return Poll::Ready(Err(upstream(e, true))),
-                Ok(Some((parsed, len))) => {
-                    conn.read_buf.advance(len);
+                Ok(Some(parsed)) => {
                     if parsed.parts.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Poll::Ready(Err(upstream(H1Error::Malformed("unrequested protocol switch"), true)));
                     }

@@ -1,9 +1,9 @@
 //! Header rewriting between client and upstream: hop-by-hop removal, X-Forwarded-* and
 //! Forwarded (believed only from trusted proxies), request ids.
 
-use std::{io::Write as _, net::IpAddr};
+use std::{fmt::Write as _, net::IpAddr};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use ipnet::IpNet;
@@ -52,6 +52,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most responses carry one of them (`Connection: keep-alive`): remove what is there
     // rather than look up all nine.
     crate::request::remove_present(headers, &HOP_BY_HOP);
+}
+
+/// Whether `name` is one of the hop-by-hop fields of RFC 9110 7.6.1 (or a legacy companion);
+/// fields a `Connection` header names are the caller's to find.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
 }
 
 /// The hop-by-hop headers of RFC 9110 7.6.1 and their legacy companions.
@@ -104,55 +110,65 @@ pub struct Hop<'a> {
 /// Sets X-Forwarded-For/-Proto/-Host/-Port and Forwarded. From a trusted peer the existing
 /// values are extended (For, Forwarded) or kept (Proto, Host, Port); from anyone else they are
 /// replaced, so clients cannot inject them. Built as bytes, without `format!` (every request
-/// pays for this).
+/// pays for this), into one buffer that the values are split off: one allocation for all of
+/// them (plus the shared count), where a `Vec` per value cost two each (the `Vec`, then its
+/// conversion into shared `Bytes`).
 pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let peer = hop.peer.to_canonical();
-    let mut xff = Vec::with_capacity(48);
+    let host_len = hop.host.map_or(0, str::len);
+    let mut buf = BytesMut::with_capacity(FORWARDED_ROOM + 2 * host_len);
     if hop.trusted_peer {
-        push_joined(&mut xff, headers, &X_FORWARDED_FOR);
+        push_joined(&mut buf, headers, &X_FORWARDED_FOR);
     }
-    push_ip(&mut xff, peer);
-    put(headers, X_FORWARDED_FOR.clone(), xff);
+    push_ip(&mut buf, peer);
+    put(headers, &X_FORWARDED_FOR, buf.split());
     if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(hop.proto));
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
     }
     if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
         match hop.host {
-            Some(h) => put(headers, X_FORWARDED_HOST.clone(), h.as_bytes().to_vec()),
+            Some(h) => {
+                buf.extend_from_slice(h.as_bytes());
+                put(headers, &X_FORWARDED_HOST, buf.split());
+            }
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
     if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PORT)) {
-        headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(hop.port));
+        buf.extend_from_slice(itoa::Buffer::new().format(hop.port).as_bytes());
+        put(headers, &X_FORWARDED_PORT, buf.split());
     }
-    let mut forwarded = Vec::with_capacity(64 + hop.host.map_or(0, str::len));
     if hop.trusted_peer {
-        push_joined(&mut forwarded, headers, &header::FORWARDED);
+        push_joined(&mut buf, headers, &header::FORWARDED);
     }
-    forwarded.extend_from_slice(b"for=");
+    buf.extend_from_slice(b"for=");
     match peer {
-        IpAddr::V4(_) => push_ip(&mut forwarded, peer),
+        IpAddr::V4(_) => push_ip(&mut buf, peer),
         IpAddr::V6(_) => {
-            forwarded.extend_from_slice(b"\"[");
-            push_ip(&mut forwarded, peer);
-            forwarded.extend_from_slice(b"]\"");
+            buf.extend_from_slice(b"\"[");
+            push_ip(&mut buf, peer);
+            buf.extend_from_slice(b"]\"");
         }
     }
-    forwarded.extend_from_slice(b";proto=");
-    forwarded.extend_from_slice(hop.proto.as_bytes());
+    buf.extend_from_slice(b";proto=");
+    buf.extend_from_slice(hop.proto.as_bytes());
     if let Some(h) = hop.host {
-        forwarded.extend_from_slice(b";host=\"");
-        forwarded.extend_from_slice(h.as_bytes());
-        forwarded.push(b'"');
+        buf.extend_from_slice(b";host=\"");
+        buf.extend_from_slice(h.as_bytes());
+        buf.extend_from_slice(b"\"");
     }
-    put(headers, header::FORWARDED, forwarded);
+    put(headers, &header::FORWARDED, buf);
 }
+
+/// Room in `set_forwarded`'s buffer besides the host (twice): an IPv6 address twice, the
+/// Forwarded syntax and a short chain from a trusted proxy. A longer chain grows it.
+const FORWARDED_ROOM: usize = 160;
 
 /// Appends the header's values, joined with `, `, and a `, ` before what follows (nothing when
 /// the header is absent).
-fn push_joined(out: &mut Vec<u8>, headers: &HeaderMap, name: &HeaderName) {
+fn push_joined(out: &mut BytesMut, headers: &HeaderMap, name: &HeaderName) {
     for v in headers.get_all(name).iter().filter(|v| v.to_str().is_ok()) {
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b", ");
@@ -161,16 +177,30 @@ fn push_joined(out: &mut Vec<u8>, headers: &HeaderMap, name: &HeaderName) {
 
 /// An address as text: IPv4 digit by digit (the common case, no `core::fmt`), IPv6 through its
 /// `Display` (the compressed form is not worth re-implementing).
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+fn push_ip(out: &mut BytesMut, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
+            // Digits stored one by one into a stack buffer, appended once: a copy call per
+            // octet and per dot was most of this.
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                out.extend_from_slice(digits.format(octet).as_bytes());
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            out.extend_from_slice(&text[..n]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
@@ -178,8 +208,8 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-fn put(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+fn put(headers: &mut HeaderMap, name: &HeaderName, value: BytesMut) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(value.freeze()) {
         headers.insert(name, v);
     }
 }
@@ -261,6 +291,15 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.1.1.1, 10.0.0.2");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_PORT], "443");
+    }
+
+    #[test]
+    fn ipv4_addresses_are_written_as_display_writes_them() {
+        for ip in ["0.0.0.0", "1.2.3.4", "9.10.99.100", "255.255.255.255", "10.0.200.7"] {
+            let mut out = BytesMut::new();
+            push_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(&out[..], ip.as_bytes());
+        }
     }
 
     #[test]

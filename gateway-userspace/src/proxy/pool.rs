@@ -76,7 +76,11 @@ impl UpstreamPool {
         if let Some(conn) = self.checkout(endpoint, idle_timeout) {
             return Ok(PooledConn { conn, reused: true });
         }
-        let conn = connect(endpoint, connect_timeout).await?;
+        // Boxed: the connect (and TLS handshake) future is large, and inline it made every
+        // future that awaits this one as large, so that each request copied it about (as the
+        // request path's futures are moved into place) although most requests take a pooled
+        // connection above. Only new connections pay for the box.
+        let conn = Box::pin(connect(endpoint, connect_timeout)).await?;
         Ok(PooledConn { conn, reused: false })
     }
 

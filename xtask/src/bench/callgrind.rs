@@ -74,8 +74,19 @@ impl Proto {
 /// A reference subject measured after the binaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Against {
-    /// Debian's nginx as the equivalent reverse proxy (`bench proxy`'s config), one process.
+    /// Debian's nginx as the equivalent reverse proxy (`bench proxy`'s config), one worker.
     Nginx,
+    /// Debian's HAProxy as `bench proxy` configures it, one thread (cpu-compare only).
+    Haproxy,
+}
+
+impl Against {
+    pub fn name(self) -> &'static str {
+        match self {
+            Against::Nginx => "nginx",
+            Against::Haproxy => "haproxy",
+        }
+    }
 }
 
 /// Where a subject listens.
@@ -112,7 +123,11 @@ struct Counted {
 
 pub fn run(opts: &Options) -> Result<()> {
     let mut subjects: Vec<PathBuf> = opts.bins.clone();
-    if subjects.is_empty() && opts.against.is_none() {
+    if opts.against.contains(&Against::Haproxy) {
+        bail!("bench callgrind: --against takes nginx only (HAProxy is compared by `bench cpu-compare`)");
+    }
+    let against_nginx = opts.against.contains(&Against::Nginx);
+    if subjects.is_empty() && !against_nginx {
         bail!("bench callgrind: name at least one gatewayd binary (BIN...) or --against nginx");
     }
     for bin in &subjects {
@@ -137,10 +152,11 @@ pub fn run(opts: &Options) -> Result<()> {
     let (upstream, _) = h.start_upstream()?;
 
     let mut counted = Vec::new();
-    let nginx = opts.against.map(|Against::Nginx| PathBuf::from("nginx"));
-    subjects.extend(nginx);
+    if against_nginx {
+        subjects.push(PathBuf::from("nginx"));
+    }
     for (i, bin) in subjects.iter().enumerate() {
-        let is_nginx = opts.against.is_some() && i == subjects.len() - 1;
+        let is_nginx = against_nginx && i == subjects.len() - 1;
         let name = if is_nginx { "nginx".to_owned() } else { bin.display().to_string() };
         let ports = Ports::new()?;
         let out = dir.join(format!("cg-{i}.out"));
@@ -168,7 +184,7 @@ pub fn run(opts: &Options) -> Result<()> {
         callgrind_control(tree.0, "-d", "")?;
         h.check_alive()?;
         let (instructions, top) = read_profile(&dir, &format!("cg-{i}.out"))?;
-        // On stdout, in the shape `bench/callgrind-proxy.sh` always printed (scripts read it).
+        // On stdout, one line per subject (scripts read it).
         println!(
             "{name}: instructions per request: {} ({instructions} over {requests} requests; profile: {}/cg-{i}.out*)",
             instructions / requests,
@@ -188,7 +204,7 @@ pub fn run(opts: &Options) -> Result<()> {
          requests; instructions of every thread, startup excluded. Instruction counts do not depend on the \
          machine's load; compare binaries measured in the same run.",
         proto.name(),
-        if opts.against.is_some() { " --against nginx" } else { "" },
+        if against_nginx { " --against nginx" } else { "" },
         machine.date,
         super::report::git_revision(),
         load_shape(proto, connections),

@@ -36,14 +36,17 @@ fn the_comparison_modes_take_binaries_and_their_options() -> Result<()> {
     ])?;
     assert!(matches!(o.target, super::Target::Callgrind));
     assert_eq!(o.proto, super::callgrind::Proto::H2s);
-    assert_eq!(o.against, Some(super::callgrind::Against::Nginx));
+    assert_eq!(o.against, [super::callgrind::Against::Nginx]);
     assert_eq!(o.requests, Some(800));
     assert_eq!(o.bins, [std::path::PathBuf::from("old/gatewayd"), "new/gatewayd".into()]);
     let o = parse(&["cpu-compare", "--reps", "5", "--duration", "8", "a", "b"])?;
     assert!(matches!(o.target, super::Target::CpuCompare));
-    assert_eq!((o.reps, o.duration, o.bins.len()), (5, Some(8), 2));
+    assert_eq!((o.reps, o.duration, o.bins.len(), o.syscalls, o.rate), (5, Some(8), 2, false, None));
+    let o = parse(&["cpu-compare", "--against", "nginx,haproxy", "--syscalls", "--rate", "5000", "a"])?;
+    use super::callgrind::Against::{Haproxy, Nginx};
+    assert_eq!((o.against, o.syscalls, o.rate, o.bins.len()), (vec![Nginx, Haproxy], true, Some(5000), 1));
     let o = parse(&["slow-clients"])?;
-    assert_eq!((o.proto, o.against, o.requests, o.bins.len()), (super::callgrind::Proto::H1, None, None, 0));
+    assert_eq!((o.proto, o.against, o.requests, o.bins.len()), (super::callgrind::Proto::H1, vec![], None, 0));
     assert!(parse(&["callgrind", "--proto", "h3"]).is_err());
     // Binaries where the mode measures the release build are refused, not ignored.
     let err = super::run(&parse(&["proxy", "some/gatewayd"])?).err().map(|e| e.to_string()).unwrap_or_default();

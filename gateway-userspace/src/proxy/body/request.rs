@@ -82,11 +82,22 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64, received: Rc<Cell<u64>>, client_timeout: Duration) -> Self {
-        let progress = BodyProgress::default();
-        if inner.is_end_stream() {
-            progress.ended();
-        }
+    /// `now`: the caller's clock reading as forwarding starts (one read serves both).
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        received: Rc<Cell<u64>>,
+        client_timeout: Duration,
+        now: std::time::Instant,
+    ) -> Self {
+        // A body that has already ended (most requests) starts complete; `ended()` would read
+        // the clock once more.
+        let complete = inner.is_end_stream();
+        let progress = BodyProgress {
+            complete: Cell::new(complete),
+            awaiting_client: Cell::new(false),
+            last: Cell::new(Instant::from_std(now)),
+        };
         RequestBody {
             inner: Some(inner),
             held: VecDeque::new(),

@@ -3,7 +3,16 @@
 use super::*;
 
 fn head(raw: &str) -> Result<Option<(Head, usize)>, H1Error> {
-    response_head(raw.as_bytes(), &Method::GET)
+    head_for(raw, &Method::GET)
+}
+
+/// The head and how many bytes it took off the buffer (none when it is partial).
+fn head_for(raw: &str, method: &Method) -> Result<Option<(Head, usize)>, H1Error> {
+    let mut buf = BytesMut::from(raw.as_bytes());
+    let parsed = response_head(&mut buf, method)?;
+    let taken = raw.len() - buf.len();
+    assert!(parsed.is_some() || taken == 0, "a partial head takes nothing");
+    Ok(parsed.map(|h| (h, taken)))
 }
 
 fn framing_of(raw: &str) -> Result<(Framing, bool), String> {
@@ -73,8 +82,26 @@ fn head_keeps_status_headers_and_length_and_responses_to_head_have_no_body() {
     assert_eq!(len, raw.len() - 3);
     assert_eq!(h.parts.status, StatusCode::NOT_FOUND);
     assert_eq!(h.parts.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
-    let (h, _) = response_head(raw.as_bytes(), &Method::HEAD).unwrap().unwrap();
+    let (h, _) = head_for(raw, &Method::HEAD).unwrap().unwrap();
     assert_eq!(h.framing, Framing::Empty);
+}
+
+#[test]
+fn hop_by_hop_fields_are_read_but_left_out_of_the_head() {
+    let raw = "HTTP/1.1 200 OK\r\nx-secret: 1\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n\
+               Transfer-Encoding: chunked\r\nTrailer: x-sum\r\nUpgrade: h2c\r\nProxy-Authenticate: Basic\r\n\
+               Proxy-Connection: keep-alive\r\nTE: trailers\r\nx-keep: 1\r\n\r\n";
+    let (h, _) = head(raw).unwrap().unwrap();
+    assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
+    assert_eq!(h.parts.headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    // `close` is a connection option, and a field named so goes too.
+    let raw = "HTTP/1.1 200 OK\r\nclose: 1\r\nconnection: close\r\ncontent-length: 1\r\n\r\n";
+    let (h, _) = head(raw).unwrap().unwrap();
+    assert_eq!((h.framing, h.keep_alive), (Framing::Length(1), false));
+    assert_eq!(h.parts.headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["content-length"]);
+    // A response without a body is not framed by its Content-Length, valid or not.
+    let raw = "HTTP/1.1 304 Not Modified\r\ncontent-length: x\r\n\r\n";
+    assert_eq!(head(raw).unwrap().unwrap().0.framing, Framing::Empty);
 }
 
 #[test]
