@@ -6,4 +6,5 @@ pub mod cpusteer;
 pub mod gcra;
 pub mod sources;
 pub mod steer;
+pub mod syncookie;
 pub mod xdp;

@@ -78,8 +78,8 @@ const fn first16(word: u32) -> u32 {
 /// never names a device, so slot 0 collects the rare interfaces with larger indexes).
 pub const IFINDEX_SLOTS: u32 = 256;
 /// Counters per interface slot: six verdicts, the new-source guard's two outcomes, then the
-/// verdicts added since ([`Verdict::DropUdpClosed`]).
-pub const COUNTERS_PER_SLOT: u32 = 9;
+/// verdicts added since ([`Verdict::DropUdpClosed`], [`Verdict::SynCookie`]).
+pub const COUNTERS_PER_SLOT: u32 = 10;
 /// Size of [`COUNTERS_MAP`].
 pub const COUNTER_ENTRIES: u32 = IFINDEX_SLOTS * COUNTERS_PER_SLOT;
 
@@ -120,10 +120,13 @@ pub enum Verdict {
     /// UDP to a port of a gatewayd TCP listener, where nothing serves UDP. (Index 8: 6 and 7 are
     /// the new-source counters.)
     DropUdpClosed = 8,
+    /// A TCP SYN to a listening socket, answered in XDP with the kernel's SYN cookie (the frame
+    /// goes back out as the SYN-ACK: `XDP_TX`). XDP only; see [`crate::syncookie`].
+    SynCookie = 9,
 }
 
 /// Number of [`Verdict`] variants.
-pub const VERDICT_COUNT: u32 = 7;
+pub const VERDICT_COUNT: u32 = 8;
 
 impl Verdict {
     /// Every verdict, in index order.
@@ -135,6 +138,7 @@ impl Verdict {
         Verdict::PassAllowList,
         Verdict::DropMalformed,
         Verdict::DropUdpClosed,
+        Verdict::SynCookie,
     ];
 
     /// The `verdict` label value used in metrics.
@@ -147,6 +151,7 @@ impl Verdict {
             Verdict::PassAllowList => "pass_allowlist",
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropUdpClosed => "drop_udp_closed",
+            Verdict::SynCookie => "syn_cookie",
         }
     }
 
@@ -178,6 +183,9 @@ pub mod flags {
     /// Drop UDP to the ports marked in [`super::UDP_CLOSED_MAP`] (gatewayd serves TCP only: a
     /// UDP flood at its port would otherwise cost the kernel a socket lookup and an ICMP error each).
     pub const UDP_CLOSED: u64 = 1 << 5;
+    /// Answer SYNs to listening sockets with SYN cookies in XDP, once this CPU has seen more than
+    /// [`super::GuardConfig::syn_cookie_threshold`] of them this second (see [`crate::syncookie`]).
+    pub const SYN_COOKIES: u64 = 1 << 6;
 }
 
 /// The guard's settings, written by the daemon into [`CONFIG_MAP`] (index 0). All zero (the
@@ -208,6 +216,9 @@ pub struct GuardConfig {
     pub hash_seed: u64,
     /// Sets in [`SOURCES_MAP`] − 1 (a power of two minus one); the overflow element follows.
     pub set_mask: u64,
+    /// With [`flags::SYN_COOKIES`]: SYNs to listeners per CPU and second beyond which they are
+    /// answered with cookies in XDP; 0 = always.
+    pub syn_cookie_threshold: u64,
 }
 
 /// Key of [`SOURCES_MAP`]: the source address masked to the configured prefix.
@@ -360,7 +371,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(core::mem::size_of::<GuardConfig>(), 8 + 16 + 16 + 8 * 8);
+        assert_eq!(core::mem::size_of::<GuardConfig>(), 8 + 16 + 16 + 9 * 8);
         assert_eq!(core::mem::size_of::<SourceKey>(), 16);
         assert_eq!(core::mem::size_of::<SourceState>(), 32);
         assert_eq!(core::mem::size_of::<LpmAddr>(), 20);

@@ -1,7 +1,9 @@
 //! The guard: one XDP program and one TC ingress classifier with the same logic, plus an empty
 //! XDP program (the benchmark's floor). Pipeline per frame: parse → list prefilter (is any allow
 //! or deny prefix in the source's /16?) → allow list (bypass) → deny list (drop) → new-source
-//! guard → per-source packet bucket and SYN bucket → pass. UDP to a gatewayd TCP listener's port
+//! guard → per-source packet bucket and SYN bucket → pass. In XDP, a SYN to a listening socket may
+//! instead be answered with a SYN cookie (`syncookie.rs`) after the lists, skipping the new-source
+//! guard (a known source over its SYN bucket is still dropped). UDP to a gatewayd TCP listener's port
 //! (nothing serves UDP there) is dropped after the lists, before the buckets. The buckets live in a set-associative
 //! array table (`sources.rs`), not an LRU hash: no helper call on the pass path.
 //!
@@ -19,6 +21,7 @@
 mod cpusteer;
 mod parse;
 mod sources;
+mod syncookie;
 
 use core::{
     arch::asm,
@@ -27,7 +30,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action, xdp_md},
     helpers::{bpf_jiffies64, bpf_ktime_get_ns, generated::bpf_map_lookup_elem},
     macros::{classifier, map, xdp},
     maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
@@ -72,17 +75,21 @@ const TC_HEADER_BYTES: u32 = 128;
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    if guard(ctx.data(), ctx.data_end(), ifindex).is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+    match guard(ctx.data(), ctx.data_end(), ifindex, Some(ctx.ctx)) {
+        Verdict::SynCookie => xdp_action::XDP_TX,
+        v if v.is_drop() => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
 }
 
 /// The guard for native (driver) XDP: the same verdict, then NIC-side steering of what passes.
 #[xdp]
 pub fn gateway_xdp_native(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    if guard(ctx.data(), ctx.data_end(), ifindex).is_drop() {
-        xdp_action::XDP_DROP
-    } else {
-        cpusteer::pass(ctx.data(), ctx.data_end())
+    match guard(ctx.data(), ctx.data_end(), ifindex, Some(ctx.ctx)) {
+        Verdict::SynCookie => xdp_action::XDP_TX,
+        v if v.is_drop() => xdp_action::XDP_DROP,
+        _ => cpusteer::pass(ctx.data(), ctx.data_end()),
     }
 }
 
@@ -96,7 +103,7 @@ pub fn gateway_tc(ctx: TcContext) -> i32 {
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // UNSPEC rather than OK: later filters on the device still run.
-    if guard(ctx.data(), ctx.data_end(), ifindex).is_drop() { TC_ACT_SHOT as i32 } else { TC_ACT_UNSPEC }
+    if guard(ctx.data(), ctx.data_end(), ifindex, None).is_drop() { TC_ACT_SHOT as i32 } else { TC_ACT_UNSPEC }
 }
 
 #[xdp]
@@ -128,14 +135,15 @@ fn now_ns(cfg: &GuardConfig) -> u64 {
 }
 
 #[inline(always)]
-fn guard(data: usize, end: usize, ifindex: u32) -> Verdict {
-    let verdict = classify(data, end, ifindex);
+/// `xdp`: the XDP context, for SYN cookies (`None` in TC: the kernel answers there).
+fn guard(data: usize, end: usize, ifindex: u32, xdp: Option<*mut xdp_md>) -> Verdict {
+    let verdict = classify(data, end, ifindex, xdp);
     count(ifindex, verdict as u32);
     verdict
 }
 
 #[inline(always)]
-fn classify(data: usize, end: usize, ifindex: u32) -> Verdict {
+fn classify(data: usize, end: usize, ifindex: u32, xdp: Option<*mut xdp_md>) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else { return Verdict::Pass };
     let f = cfg.flags;
     if f & flags::ENABLED == 0 {
@@ -159,11 +167,31 @@ fn classify(data: usize, end: usize, ifindex: u32) -> Verdict {
     if l4.udp_port != 0 && f & flags::UDP_CLOSED != 0 && udp_closed(l4.udp_port) {
         return Verdict::DropUdpClosed;
     }
+    let mask = if v4 { &cfg.mask_v4 } else { &cfg.mask_v6 };
+    let key = SourceKey { addr: [addr[0] & mask[0], addr[1] & mask[1], addr[2] & mask[2], addr[3] & mask[3]] };
+    if syn && f & flags::SYN_COOKIES != 0 {
+        if let Some(xdp) = xdp {
+            let now = now_ns(cfg);
+            if syncookie::engaged(cfg, now) {
+                if f & (flags::RATE | flags::SYN) != 0 {
+                    if let Some(state) = sources::find(&key, cfg) {
+                        let verdict = limit(state, cfg, now, syn);
+                        if verdict.is_drop() {
+                            return verdict;
+                        }
+                    }
+                }
+                match syncookie::answer(xdp) {
+                    syncookie::Answer::Answered => return Verdict::SynCookie,
+                    syncookie::Answer::Broken => return Verdict::DropMalformed,
+                    syncookie::Answer::NotAnswered => {}
+                }
+            }
+        }
+    }
     if f & (flags::RATE | flags::SYN) == 0 {
         return Verdict::Pass;
     }
-    let mask = if v4 { &cfg.mask_v4 } else { &cfg.mask_v6 };
-    let key = SourceKey { addr: [addr[0] & mask[0], addr[1] & mask[1], addr[2] & mask[2], addr[3] & mask[3]] };
     let now = now_ns(cfg);
     match sources::lookup(&key, cfg, now, syn) {
         sources::Lookup::Known(state) => limit(state, cfg, now, syn),

@@ -63,6 +63,21 @@ pub fn lookup(key: &SourceKey, cfg: &GuardConfig, now: u64, syn: bool) -> Lookup
     Lookup::Inserted
 }
 
+/// The source's buckets if a way holds it; never inserts (a SYN answered with a cookie proves
+/// nothing about its source until the ACK, so it must not take a way).
+#[inline(always)]
+pub fn find(key: &SourceKey, cfg: &GuardConfig) -> Option<*mut SourceState> {
+    let set = SOURCES.get_ptr_mut(set_index(key, cfg.hash_seed, cfg.set_mask))?;
+    let ways = unsafe { (&raw mut (*set).ways).cast::<SourceWay>() };
+    for i in 0..WAYS {
+        let way = unsafe { ways.add(i) };
+        if unsafe { same_key(&(*way).key, key) } {
+            return Some(unsafe { &raw mut (*way).state });
+        }
+    }
+    None
+}
+
 #[inline(always)]
 fn same_key(a: &SourceKey, b: &SourceKey) -> bool {
     a.addr[0] == b.addr[0] && a.addr[1] == b.addr[1] && a.addr[2] == b.addr[2] && a.addr[3] == b.addr[3]

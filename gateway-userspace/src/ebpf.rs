@@ -10,6 +10,7 @@
 //! - `steering`: the `sk_reuseport` program choosing each new connection's worker.
 //! - `cpusteer`: `[xdp] steering = "cpumap"`, the guard sending each client's packets to its
 //!   worker's CPU (or the one log line saying why it falls back).
+//! - `syncookie`: `[xdp] syn_cookies` against the kernel's `tcp_syncookies` (one log line).
 //! - `metrics`: the `gateway_xdp_*` and `gateway_steering_*` families, read at scrape.
 //! - `selftest` and `bench`: test_run cases and measurements (`gatewayd xdp selftest|bench`).
 
@@ -24,6 +25,7 @@ pub mod selftest;
 mod service;
 mod spec;
 pub mod steering;
+mod syncookie;
 
 use std::{
     fs::File,
@@ -39,7 +41,7 @@ pub use lists::{net_of_key, normalize_net, parse_list_entry};
 pub use metrics::EbpfCollector;
 pub use offenders::{FeedbackPhase, Offenders};
 pub use service::{BlockOutcome, TopEntry, TopReport, XdpService};
-pub use spec::{FeedbackReason, FeedbackSpec, NicSteeringPolicy, RateSpec, SteeringPolicy, XdpSpec};
+pub use spec::{FeedbackReason, FeedbackSpec, NicSteeringPolicy, RateSpec, SteeringPolicy, SynCookiePolicy, XdpSpec};
 pub use steering::Steering;
 
 use aya::{

@@ -39,6 +39,7 @@ mod e2e {
     mod semantics;
     mod steering;
     mod supervision;
+    mod syncookie;
     mod tls;
     mod top;
     mod upstreams;

@@ -17,6 +17,7 @@ mod h2;
 mod harness;
 mod http;
 mod idle;
+pub mod ktls_idle;
 mod load;
 mod process;
 mod procfs;
@@ -81,8 +82,8 @@ pub struct Options {
     #[arg(long)]
     requests: Option<u64>,
     /// callgrind, cpu-compare: the gatewayd binaries to compare (e.g. a build of main and one of
-    /// a branch), in this order; slow-clients: the gatewayd to measure [default: the release
-    /// build].
+    /// a branch), in this order; slow-clients, ktls-idle: the gatewayd to measure [default: the
+    /// release build].
     #[arg(value_name = "BIN")]
     bins: Vec<PathBuf>,
 }
@@ -105,6 +106,9 @@ enum Target {
     /// 100,000 concurrent keep-alive connections in a systemd-booted guest: RSS per connection,
     /// time to open them, p99 of a separate client.
     C100k,
+    /// Memory per idle TLS keep-alive connection with kTLS and with rustls, in a Debian 12
+    /// guest (qemu; the host kernel has no kTLS): the kTLS section of bench/results/tls.md.
+    KtlsIdle,
     /// HTTP/2 clients (h2c and ALPN h2) in front of an HTTP/1.1 upstream: gatewayd vs nginx vs
     /// HAProxy vs the upstream directly: rps, CPU per request, latency at a fixed rate.
     H2,
@@ -134,8 +138,10 @@ impl Options {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    if !opts.bins.is_empty() && !matches!(opts.target, Target::Callgrind | Target::CpuCompare | Target::SlowClients) {
-        anyhow::bail!("only callgrind, cpu-compare and slow-clients take binaries ({:?})", opts.bins);
+    if !opts.bins.is_empty()
+        && !matches!(opts.target, Target::Callgrind | Target::CpuCompare | Target::SlowClients | Target::KtlsIdle)
+    {
+        anyhow::bail!("only callgrind, cpu-compare, slow-clients and ktls-idle take binaries ({:?})", opts.bins);
     }
     match opts.target {
         Target::Proxy => proxy::run(opts),
@@ -144,6 +150,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Target::Tls => tls::run(opts),
         Target::Ratelimit => ratelimit::run(opts),
         Target::C100k => c100k::run(),
+        Target::KtlsIdle => ktls_idle::run(opts.bins.first()),
         Target::Flood => flood::run(opts),
         Target::Steering => flood::steering::run(opts),
         Target::H2 => h2::run(opts),

@@ -63,6 +63,9 @@ enum Command {
         #[arg(long, default_value_t = 80)]
         port: u16,
     },
+    /// The ktls-idle benchmark's client, run inside its guest.
+    #[command(hide = true)]
+    KtlsIdleClient(bench::ktls_idle::client::Options),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +99,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Bench(opts) => bench::run(&opts)?,
         Command::C100kClient { connections, port } => bench::c100k::client(connections, port)?,
+        Command::KtlsIdleClient(opts) => bench::ktls_idle::client::run(&opts)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -121,13 +121,18 @@ echo "ok: proxied through gatewayd on $(uname -r)"
 /// gatewayd (certificates from its own `certs init`) serves a 16 MiB body over TLS 1.3 and over
 /// TLS 1.2 to curl, with a second request on each connection; the kernel's TLS counters must
 /// rise for both directions, the bodies must arrive intact, and gatewayd must say it offloaded
-/// (`gateway_ktls_supported 1`, `gateway_tls_connections_total{mode="ktls"}`).
+/// (`gateway_ktls_supported 1`, `gateway_tls_connections_total{mode="ktls"}`); then a kTLS
+/// connection parked by idleness must serve its next request.
 fn ktls(root: &Path) -> Result<Vec<(String, Guest)>> {
     let bin = gatewayd(root)?;
     let guest = Guest {
         suite: Suite::Bookworm,
         modules: vec!["tls".into()],
-        files: vec![(bin, "/usr/bin/gatewayd".into()), ("/usr/bin/curl".into(), "/usr/bin/curl".into())],
+        files: vec![
+            (bin, "/usr/bin/gatewayd".into()),
+            ("/usr/bin/curl".into(), "/usr/bin/curl".into()),
+            ("/usr/bin/openssl".into(), "/usr/bin/openssl".into()),
+        ],
         script: ktls_script(),
         timeout: Duration::from_secs(300),
         cpus: 2,
@@ -183,6 +188,16 @@ grep 'gateway_tls_connections_total' /tmp/metrics | grep 'mode="ktls"' | grep -q
   || { grep gateway_tls_connections_total /tmp/metrics; exit 1; }
 grep -q "kTLS available" /tmp/gw.log
 echo "ok: gatewayd offloaded both connections to kTLS on $(uname -r)"
+# A parked kTLS connection (idle past park_after, 1 s: gatewayd dropped hyper's state and holds
+# only the socket) serves its next request; openssl keeps the connection open across the pause.
+rx2=$(counter TlsRxSw)
+{ printf 'GET /demo/hello HTTP/1.1\r\nHost: a\r\n\r\n'; sleep 3
+  printf 'GET /demo/hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'; } \
+  | openssl s_client -quiet -tls1_3 -CAfile /tmp/pki/ca.crt -connect 127.0.0.1:8443 > /tmp/parked 2> /tmp/parked.err \
+  || { cat /tmp/parked.err; exit 1; }
+[ "$(grep -c '^Hello from' /tmp/parked)" -eq 2 ] || { echo "parked connection:"; cat /tmp/parked /tmp/parked.err; exit 1; }
+[ $(($(counter TlsRxSw) - rx2)) -ge 1 ] || { echo "the parked connection was not kTLS"; exit 1; }
+echo "ok: a parked kTLS connection served its second request"
 "#;
 
 /// The eBPF data plane on every kernel: the guard's XDP and TC programs load and pass every

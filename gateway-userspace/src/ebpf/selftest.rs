@@ -10,6 +10,7 @@
 mod clock;
 mod cpusteer;
 pub mod frames;
+mod syncookie;
 mod udp;
 mod walk;
 
@@ -33,6 +34,7 @@ use super::{AttachMode, Counters, EbpfError, GuardProgram, LoadOptions, XdpGuard
 const LOOPBACK_IFINDEX: u32 = 1;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
@@ -371,7 +373,13 @@ impl Suite<'_> {
             GuardProgram::Tc => (TC_ACT_UNSPEC, TC_ACT_SHOT),
             _ => (XDP_PASS, XDP_DROP),
         };
-        let expected_ret = if verdict.is_drop() { drop } else { pass };
+        let expected_ret = if verdict == Verdict::SynCookie {
+            XDP_TX
+        } else if verdict.is_drop() {
+            drop
+        } else {
+            pass
+        };
         if ret != expected_ret {
             return Ok(Err(format!("counted {} but returned {ret}", verdict.label())));
         }
@@ -418,6 +426,7 @@ impl Suite<'_> {
         self.new_source_guard()?;
         self.clock()?;
         self.nic_steering()?;
+        self.syn_cookies()?;
         self.source_walk()?;
         self.disabled()
     }

@@ -17,13 +17,13 @@ use gateway_common::xdp::{DenyEntry, DenyOrigin, GuardConfig, OVERFLOW_KEY, flag
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::XdpSpec;
 use super::{
     AttachMode, Counters, EbpfError, LoadOptions, XdpGuard,
     lists::{net_of_key, normalize_net, source_net},
     monotonic_ns,
     offenders::{Offence, Offenders},
 };
+use super::{SynCookiePolicy, XdpSpec};
 
 /// Feedback block requests waiting for the maintenance thread.
 const COMMAND_QUEUE: usize = 1024;
@@ -115,6 +115,7 @@ impl XdpService {
         let opts = LoadOptions { pin_dir: Some(spec.pin_path.clone()), max_sources: spec.max_sources };
         let mut guard = XdpGuard::load(&opts)?;
         guard.write_config(&guard_config(spec))?;
+        super::syncookie::log_policy(spec);
         guard.set_closed_udp_ports(&spec.closed_udp_ports)?;
         guard.set_allow(&spec.allow)?;
         sync_config_deny(&mut guard, &spec.deny)?;
@@ -178,6 +179,9 @@ impl XdpService {
             config.flags = 0;
         }
         guard.write_config(&config)?;
+        if new.syn_cookies != spec.syn_cookies {
+            super::syncookie::log_policy(new);
+        }
         guard.set_closed_udp_ports(&new.closed_udp_ports)?;
         let (allow_added, allow_removed) = guard.set_allow(&new.allow)?;
         let (deny_added, deny_removed) = sync_config_deny(&mut guard, &new.deny)?;
@@ -430,6 +434,14 @@ pub fn guard_config(spec: &XdpSpec) -> GuardConfig {
     }
     if !spec.closed_udp_ports.is_empty() {
         config.flags |= flags::UDP_CLOSED;
+    }
+    match spec.syn_cookies {
+        SynCookiePolicy::Off => {}
+        SynCookiePolicy::Auto => {
+            config.flags |= flags::SYN_COOKIES;
+            config.syn_cookie_threshold = spec.syn_cookie_threshold.max(1);
+        }
+        SynCookiePolicy::Always => config.flags |= flags::SYN_COOKIES,
     }
     config
 }

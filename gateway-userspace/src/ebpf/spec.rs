@@ -33,6 +33,37 @@ pub struct XdpSpec {
     /// UDP destination ports dropped in the guard: the TCP listeners' ports (gatewayd serves no
     /// UDP; a future UDP listener's ports must be left out), unless `drop_udp_to_listeners = false`.
     pub closed_udp_ports: Vec<u16>,
+    /// `[xdp] syn_cookies`: whether SYNs to listeners are answered with cookies in XDP.
+    pub syn_cookies: SynCookiePolicy,
+    /// SYNs per CPU and second beyond which `Auto` answers them in XDP (at least 1).
+    pub syn_cookie_threshold: u64,
+}
+
+/// `[xdp] syn_cookies`: SYN cookies answered in XDP (native or generic; TC leaves them to the
+/// kernel). Either way the kernel decides whether a cookie is due (its SYN queue is full, or
+/// `net.ipv4.tcp_syncookies = 2`); this decides whether XDP asks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynCookiePolicy {
+    /// Never: every SYN goes to the kernel.
+    Off,
+    /// Once a CPU sees more than `syn_cookie_threshold_per_cpu` SYNs in a second (a flood);
+    /// below it SYNs cost no socket lookup.
+    #[default]
+    Auto,
+    /// Every SYN to a listener.
+    Always,
+}
+
+impl SynCookiePolicy {
+    /// As written in the config.
+    pub const fn label(self) -> &'static str {
+        match self {
+            SynCookiePolicy::Off => "off",
+            SynCookiePolicy::Auto => "auto",
+            SynCookiePolicy::Always => "always",
+        }
+    }
 }
 
 /// `[xdp] steering`: whether the XDP program steers each client's packets to its worker's CPU.

@@ -25,7 +25,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use hyper::{
     Request,
     body::Incoming,
@@ -83,18 +82,17 @@ use crate::{
 use super::WorkerLocal;
 pub use crate::request::Proto;
 
-/// The future of a connection's task, built without awaiting anything: on a plain listener it
-/// is `serve_connection` itself (it sniffs for the HTTP/2 preface in place), so a plain
-/// connection's task holds one frame and one copy of its arguments for as long as it lives
-/// (the task is most of an idle connection's memory). The TLS path, with its handshake and
-/// larger stream, runs boxed.
+/// The future of a connection's task, built without awaiting anything: a box holding either
+/// the TLS path or, on a plain listener, `serve_connection` itself (one frame, one copy of its
+/// arguments; it sniffs for the HTTP/2 preface in place). Both boxed: the task lives as long as
+/// the connection, and inline either path would size every connection of the other kind.
 pub(super) fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,
     spec: ListenerSpec,
     worker: Rc<WorkerLocal>,
     shutdown: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + 'static {
+) -> Pin<Box<dyn Future<Output = ()>>> {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let snapshot = worker.snapshot();
@@ -102,12 +100,12 @@ pub(super) fn serve_tcp(
     // TLS or not is the current snapshot's say: a reload can add or drop a listener's TLS
     // without rebinding its socket.
     if snapshot.tls.listener(&spec.name).is_some() && snapshot.tls.parts().is_some() {
-        return Either::Left(Box::pin(serve_tls(stream, peer, local, spec, worker, snapshot, shutdown)));
+        return Box::pin(serve_tls(stream, peer, local, spec, worker, snapshot, shutdown));
     }
     drop(snapshot);
     let proto = if spec.http2 { None } else { Some(Proto::Http1) };
     let conn = conn_info(&worker, &spec, peer, local, None);
-    Either::Right(serve_connection(stream, proto, conn, worker, limits, shutdown))
+    Box::pin(serve_connection(stream, proto, conn, worker, limits, shutdown))
 }
 
 /// The TLS handshake, then HTTP on the TLS stream (the listener's TLS setup is re-read from the

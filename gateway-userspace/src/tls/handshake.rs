@@ -26,10 +26,15 @@ use super::{
 use crate::request::Proto;
 
 /// A client connection after its handshake: in rustls, or handed to the kernel.
+///
+/// The rustls streams (~1.2 KiB each, the session inline) are boxed so that the enum, which
+/// every connection keeps for its whole life, is the size of the kernel's variant: an idle kTLS
+/// connection then holds a socket and a few words, not room for a rustls session it no longer
+/// has (bench/results/tls.md, "kTLS idle memory").
 pub enum TlsIo {
-    Rustls(TlsStream<TcpStream>),
+    Rustls(Box<TlsStream<TcpStream>>),
     /// In rustls on a stream prepared for kTLS whose suite the kernel cannot take.
-    Corked(TlsStream<ktls::CorkStream<TcpStream>>),
+    Corked(Box<TlsStream<ktls::CorkStream<TcpStream>>>),
     Kernel(ktls::KtlsStream<TcpStream>),
 }
 
@@ -109,7 +114,7 @@ pub async fn accept(
 
     let suite = conn.negotiated_cipher_suite();
     let io = match stream {
-        Either::Plain(s) => TlsIo::Rustls(s),
+        Either::Plain(s) => TlsIo::Rustls(Box::new(s)),
         Either::Corked(s) if suite.is_some_and(|s| listener.parts.ktls.is_compatible(s)) => {
             match ktls::config_ktls_server(s).await {
                 Ok(k) => TlsIo::Kernel(k),
@@ -120,7 +125,7 @@ pub async fn accept(
                 }
             }
         }
-        Either::Corked(s) => TlsIo::Corked(s),
+        Either::Corked(s) => TlsIo::Corked(Box::new(s)),
     };
     let ktls = matches!(io, TlsIo::Kernel(_));
     metrics.connection(listener.name, if ktls { "ktls" } else { "userspace" });
@@ -285,5 +290,20 @@ impl AsyncWrite for TlsIo {
             TlsIo::Corked(s) => s.is_write_vectored(),
             TlsIo::Kernel(s) => s.is_write_vectored(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection keeps its `TlsIo` while it lives, parked or not: sized for the kernel's
+    /// variant, not for an inline rustls session (an idle kTLS connection would carry ~1.2 KiB
+    /// for nothing).
+    #[test]
+    fn a_kernel_tls_stream_does_not_carry_room_for_a_rustls_session() {
+        let size = std::mem::size_of::<TlsIo>();
+        assert!(size <= std::mem::size_of::<ktls::KtlsStream<TcpStream>>() + 16, "TlsIo is {size} bytes");
+        assert!(size <= 128, "TlsIo is {size} bytes");
     }
 }

@@ -10,6 +10,7 @@
 //! The network (namespaces `fl-*`, veth pairs) is in `topology`, the attacks in `attack`, the
 //! defences in `subject`, the clients in `legit`, the report in `report`.
 
+mod answers;
 mod attack;
 mod colocation;
 mod legit;

@@ -70,8 +70,20 @@ pub fn measure(tree: Tree, addr: SocketAddr, path: &str, n: usize) -> Result<Idl
 pub fn measure_with<C>(
     tree: Tree,
     n: usize,
+    connect: impl FnMut() -> Result<C>,
+    request: impl FnMut(&mut C) -> Result<()>,
+) -> Result<IdleResult> {
+    measure_with_idle(tree, n, connect, request, |_| Ok(()))
+}
+
+/// `measure_with`, and `idle` looks at the idle connections (after their memory is measured,
+/// before they are closed): e.g. the kernel's count of kTLS sockets, or a second request.
+pub fn measure_with_idle<C>(
+    tree: Tree,
+    n: usize,
     mut connect: impl FnMut() -> Result<C>,
     mut request: impl FnMut(&mut C) -> Result<()>,
+    idle: impl FnOnce(&mut [C]) -> Result<()>,
 ) -> Result<IdleResult> {
     let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE)?;
     if n as u64 + 64 > soft {
@@ -96,6 +108,7 @@ pub fn measure_with<C>(
     // up to 3 s after the last request, so 3 s measured a race).
     std::thread::sleep(IDLE_SETTLE);
     let after_request = tree.memory()?;
+    idle(&mut conns)?;
 
     drop(conns);
     // A proxy may keep the upstream connection(s) these requests opened.

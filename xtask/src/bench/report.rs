@@ -65,12 +65,15 @@ impl Report {
         }
     }
 
-    /// Writes `bench/results/<name>.md` and returns its path.
+    /// Writes `bench/results/<name>.md` and returns its path. Sections other modes put there
+    /// (`write_section`, e.g. `bench ktls-idle` into tls.md) are kept, after this report.
     pub fn write(&self, name: &str) -> Result<PathBuf> {
         let dir = workspace_root().join("bench").join("results");
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(format!("{name}.md"));
-        fs::write(&path, &self.text).with_context(|| format!("cannot write {}", path.display()))?;
+        let kept = fs::read_to_string(&path).map(|old| marked_sections(&old)).unwrap_or_default();
+        let text = if kept.is_empty() { self.text.clone() } else { format!("{}\n{kept}", self.text.trim_end()) };
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }
 
@@ -112,6 +115,21 @@ pub fn replace_section(doc: &str, key: &str, body: &str) -> String {
         return format!("{}{marked}{}", &doc[..b], &doc[b + e + end.len()..]);
     }
     format!("{}\n\n{marked}\n", doc.trim_end())
+}
+
+/// Every `<!-- begin KEY -->` … `<!-- end KEY -->` section of `doc`, markers included, each
+/// followed by a newline, preceded by a blank line.
+pub fn marked_sections(doc: &str) -> String {
+    let mut out = String::new();
+    let mut rest = doc;
+    while let Some(b) = rest.find("<!-- begin ") {
+        let key_end = rest[b..].find(" -->").map_or(rest.len(), |k| b + k);
+        let end = format!("<!-- end {} -->", &rest[b + "<!-- begin ".len()..key_end]);
+        let Some(e) = rest[b..].find(&end) else { break };
+        let _ = write!(out, "\n{}\n", &rest[b..b + e + end.len()]);
+        rest = &rest[b + e + end.len()..];
+    }
+    out
 }
 
 /// The median (the mean of the middle two for an even count); NaN for no values.
@@ -254,6 +272,16 @@ mod tests {
         assert!(twice.starts_with("# T\n\nBy hand.\n\n<!-- begin h1 -->\n2 instructions\n<!-- end h1 -->\n"));
         assert!(twice.ends_with("<!-- begin h2 -->\nh2 text\n<!-- end h2 -->\n"));
         assert_eq!(twice.matches("<!-- begin").count(), 2);
+    }
+
+    #[test]
+    fn a_rewritten_report_keeps_the_sections_other_modes_placed() {
+        let doc = replace_section(&replace_section("# T\n\nold run\n", "a", "A"), "b", "B\nmore");
+        let kept = marked_sections(&doc);
+        assert_eq!(kept, "\n<!-- begin a -->\nA\n<!-- end a -->\n\n<!-- begin b -->\nB\nmore\n<!-- end b -->\n");
+        assert_eq!(marked_sections("# T\n\nno sections\n<!-- begin x -->\nunterminated"), "");
+        // Kept text is itself a document whose sections can be replaced again.
+        assert_eq!(marked_sections(&format!("# T\n\nnew run\n{kept}")), kept);
     }
 
     #[test]

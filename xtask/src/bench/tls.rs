@@ -10,8 +10,8 @@
 //! gives CPU µs per handshake (per MiB), hence handshakes per server core-second: the goal metric
 //! (issue 3: ahead of nginx per core).
 
-mod client;
-mod keepalive;
+pub(super) mod client;
+pub(super) mod keepalive;
 mod report;
 
 use std::{fs, net::SocketAddr, path::Path, time::Duration};

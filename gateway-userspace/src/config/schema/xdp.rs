@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ebpf::NicSteeringPolicy;
+use crate::ebpf::{NicSteeringPolicy, SynCookiePolicy};
 
 /// `[xdp]`: the XDP/TC guard in front of the kernel stack. Off by default.
 #[derive(Debug, Deserialize)]
@@ -65,6 +65,19 @@ pub struct XdpSection {
     /// XDP only; needs `server.steering = "client_hash"` and `server.pin_workers`). Default: off.
     #[serde(default)]
     pub steering: NicSteeringPolicy,
+    /// `"auto"`, `"always"` or `"off"`: answer SYNs to listeners with the kernel's SYN cookie in
+    /// XDP (a spoofed SYN flood then never reaches the TCP stack). `"auto"` asks once a CPU sees
+    /// more than `syn_cookie_threshold_per_cpu` SYNs a second; the kernel still decides whether a
+    /// cookie is due (SYN queue full, or `net.ipv4.tcp_syncookies = 2`). Default: "auto".
+    #[serde(default)]
+    pub syn_cookies: SynCookiePolicy,
+    /// See `syn_cookies`. Default: 1000.
+    #[serde(default = "default_syn_cookie_threshold")]
+    pub syn_cookie_threshold_per_cpu: u64,
+}
+
+fn default_syn_cookie_threshold() -> u64 {
+    1000
 }
 
 impl Default for XdpSection {
@@ -86,6 +99,8 @@ impl Default for XdpSection {
             feedback: XdpFeedbackSection::default(),
             drop_udp_to_listeners: true,
             steering: NicSteeringPolicy::default(),
+            syn_cookies: SynCookiePolicy::default(),
+            syn_cookie_threshold_per_cpu: default_syn_cookie_threshold(),
         }
     }
 }

@@ -62,6 +62,12 @@ impl Validator<'_> {
         if !(1..=128).contains(&x.ipv6_prefix) {
             self.problem(path("ipv6_prefix"), "must be between 1 and 128");
         }
+        if x.syn_cookie_threshold_per_cpu == 0 {
+            self.problem(
+                path("syn_cookie_threshold_per_cpu"),
+                "must be at least 1 (for every SYN: syn_cookies = \"always\")",
+            );
+        }
         if x.new_sources_per_cpu == 0 {
             self.problem(path("new_sources_per_cpu"), "must be at least 1");
         }
@@ -97,6 +103,8 @@ impl Validator<'_> {
             feedback,
             steering: x.steering,
             closed_udp_ports: if x.drop_udp_to_listeners { listener_ports(listeners) } else { Vec::new() },
+            syn_cookies: x.syn_cookies,
+            syn_cookie_threshold: x.syn_cookie_threshold_per_cpu.max(1),
         }
     }
 
@@ -302,6 +310,18 @@ reasons = ["auth"]
         assert_eq!((f.threshold, f.reasons.as_slice()), (5, &[FeedbackReason::Auth][..]));
         assert_eq!(c.server.steering, SteeringPolicy::ClientHash);
         assert!(!x.closed_udp_ports.is_empty(), "listener ports are closed to UDP by default");
+    }
+
+    #[test]
+    fn syn_cookies_default_to_auto_and_are_checked() {
+        let x = load("").unwrap().xdp;
+        assert_eq!((x.syn_cookies, x.syn_cookie_threshold), (crate::ebpf::SynCookiePolicy::Auto, 1000));
+        let x = load("[xdp]\nsyn_cookies = \"always\"\n").unwrap().xdp;
+        assert_eq!(x.syn_cookies, crate::ebpf::SynCookiePolicy::Always);
+        assert!(
+            problem("[xdp]\nsyn_cookie_threshold_per_cpu = 0\n", "xdp.syn_cookie_threshold_per_cpu").contains("always")
+        );
+        assert!(load("[xdp]\nsyn_cookies = \"sometimes\"\n").is_err());
     }
 
     #[test]

@@ -171,7 +171,11 @@ impl Up {
                 Ok(Some(nft_dropped(&out)))
             }
             Defence::GuardXdp | Defence::GuardTc | Defence::GuardXdpPinned | Defence::GuardXdpCpumap => {
-                Ok(Some(metric_sum(&scrape("/metrics")?, "gateway_xdp_packets_total", "verdict=\"drop_") as u64))
+                // SYNs answered with a cookie in XDP never reach the stack either: counted with the drops.
+                let metrics = scrape("/metrics")?;
+                let dropped = metric_sum(&metrics, "gateway_xdp_packets_total", "verdict=\"drop_")
+                    + metric_sum(&metrics, "gateway_xdp_packets_total", "verdict=\"syn_cookie\"");
+                Ok(Some(dropped as u64))
             }
         }
     }

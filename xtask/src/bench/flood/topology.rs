@@ -7,9 +7,13 @@
 //!          + 10.72.1.0/24, 10.72.2.0/24 (connection flood), 10.72.3.1-4 (HTTP flood)
 //! ```
 //!
-//! Spoofed sources (10.128.0.0/9, fd73::/32) are blackholed in fl-gw: answers to them (SYN-ACKs,
-//! ICMP) end at the routing step instead of crossing back, so what is measured is the cost of
-//! receiving the flood. Everything is removed on drop (and stale namespaces of an aborted run at
+//! Spoofed sources (10.128.0.0/9, fd73::/32) are routed back over the attack link, as a host's
+//! default route would send them: the kernel queues a request socket per spoofed SYN and sends its
+//! SYN-ACK (then cookies once the SYN queue is full), as on a real edge. (They used to be
+//! blackholed in fl-gw, which made the kernel drop each SYN at its route lookup, before queueing:
+//! the SYN queue never filled, so neither the kernel's nor the guard's cookies ever engaged.)
+//! fl-atk discards packets to the spoofed ranges in its netdev ingress hook (an attacker never
+//! processes answers; no RST or ICMP comes back). SYN-ACKs the guard answers in XDP: `answers.rs`. Everything is removed on drop (and stale namespaces of an aborted run at
 //! the start).
 
 use std::{
@@ -84,8 +88,8 @@ impl Topology {
             format!("addr add {GW_ATTACK_ADDR6}/64 dev {GW_ATTACK_IF} nodad"),
             format!("link set {GW_CLIENT_IF} up"),
             format!("link set {GW_ATTACK_IF} up"),
-            "route add blackhole 10.128.0.0/9".to_owned(),
-            "route add blackhole fd73::/32".to_owned(),
+            "route add 10.128.0.0/9 via 10.72.0.2".to_owned(),
+            "route add fd73::/32 via fd72::2".to_owned(),
         ];
         batch_in(GW_NS, &gw)?;
         batch_in(
@@ -100,12 +104,14 @@ impl Topology {
         batch.extend((0..CONNECTION_SOURCES).map(|i| format!("addr add {}/16 dev {ATTACK_IF}", connection_source(i))));
         batch.extend((0..HTTP_SOURCES).map(|i| format!("addr add {}/16 dev {ATTACK_IF}", http_source(i))));
         batch_in(ATTACK_NS, &batch)?;
+        discard_answers_to_spoofed()?;
         // A spoofed source has no way back: strict reverse-path filtering would drop the flood
         // before any subject sees it (the default of a new namespace is off; make sure).
         for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"] {
             sysctl(GW_NS, key, "0")?;
         }
         sysctl(GW_NS, &format!("net.ipv4.conf.{GW_ATTACK_IF}.rp_filter"), "0")?;
+        super::answers::attach_client_receiver()?;
         topo.gw_attack_mac = mac(GW_NS, GW_ATTACK_IF)?;
         topo.attack_mac = mac(ATTACK_NS, ATTACK_IF)?;
         Ok(topo)
@@ -114,8 +120,21 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        super::answers::detach_client_receiver();
         remove_namespaces();
     }
+}
+
+/// fl-atk drops what fl-gw sends to the spoofed ranges at its veth's ingress (before IP).
+fn discard_answers_to_spoofed() -> Result<()> {
+    let rules = format!(
+        "table netdev fl-atk {{\n    chain ingress {{\n        type filter hook ingress device \"{ATTACK_IF}\" priority -500; policy accept;\n        ip daddr 10.128.0.0/9 counter drop\n        ip6 daddr fd73::/32 counter drop\n    }}\n}}\n"
+    );
+    let path = std::env::temp_dir().join(format!("fl-{}-atk.nft", std::process::id()));
+    std::fs::write(&path, rules).with_context(|| format!("cannot write {}", path.display()))?;
+    let result = capture(in_ns(ATTACK_NS, "nft").arg("-f").arg(&path)).context("fl-atk's discard rules (nftables)");
+    let _ = std::fs::remove_file(&path);
+    result.map(drop)
 }
 
 fn remove_namespaces() {

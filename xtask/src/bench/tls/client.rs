@@ -283,9 +283,14 @@ impl KeepAlives {
 impl KeepAlive {
     /// `GET /` on the open connection; the answer must be 200 "ok".
     pub fn get_ok(&mut self) -> Result<()> {
-        self.0.get_mut().write_all(format!("GET / HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n").as_bytes())?;
+        self.get("/", b"ok")
+    }
+
+    /// `GET path` on the open connection; the answer must be 200 with `body`.
+    pub fn get(&mut self, path: &str, body: &[u8]) -> Result<()> {
+        self.0.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n").as_bytes())?;
         let response = http::read_response(&mut self.0).context("reading the response")?;
-        check_response(&response, Some(b"ok"))
+        check_response(&response, Some(body))
     }
 }
 
