@@ -38,9 +38,9 @@ pub async fn accept_loop(
                 let worker = worker.clone();
                 let spec = spec.clone();
                 let shutdown = shutdown.clone();
-                tokio::task::spawn_local(async move {
-                    conn::serve_tcp(stream, peer, spec, worker, shutdown).await;
-                });
+                // The future itself, not an async block around it: a block would hold the
+                // arguments beside the future they are moved into, for the connection's life.
+                tokio::task::spawn_local(conn::serve_tcp(stream, peer, spec, worker, shutdown));
             }
             Err(e) => accept_error(&e).await,
         }

@@ -25,7 +25,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let run = Command::Run { config: None };
     let result = match cli.command.as_ref().unwrap_or(&run) {
-        Command::Run { config } => daemon::run(config.clone().or(cli.config.clone())).map_err(|e| e.to_string()),
+        Command::Run { config } => {
+            gateway_userspace::worker::huge_pages::disable();
+            daemon::run(config.clone().or(cli.config.clone())).map_err(|e| e.to_string())
+        }
         Command::CheckConfig { file } => check_config(file),
         Command::Defaults => {
             print!("{EMBEDDED_DEFAULTS}");

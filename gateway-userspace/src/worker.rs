@@ -3,6 +3,7 @@
 //! request path is shared with another worker except atomics and the current snapshot.
 
 pub mod collect;
+pub mod huge_pages;
 pub mod liveness;
 pub mod loop_lag;
 

@@ -83,59 +83,30 @@ use crate::{
 use super::WorkerLocal;
 pub use crate::request::Proto;
 
-pub(super) async fn serve_tcp(
+/// The future of a connection's task, built without awaiting anything: a box holding either
+/// the TLS path or, on a plain listener, `serve_connection` itself (one frame, one copy of its
+/// arguments; it sniffs for the HTTP/2 preface in place). Both boxed: the task lives as long as
+/// the connection, and inline either path would size every connection of the other kind.
+pub(super) fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,
     spec: ListenerSpec,
     worker: Rc<WorkerLocal>,
     shutdown: watch::Receiver<bool>,
-) {
+) -> Pin<Box<dyn Future<Output = ()>>> {
     let _ = stream.set_nodelay(true);
-    let stopping = shutdown.clone();
-    let served = serve_tcp_stream(stream, peer, spec, &worker, shutdown).await;
-    if !served && !*stopping.borrow() {
-        empty::report(&worker, peer);
-    }
-}
-
-/// Serves the connection; whether a request (complete head) arrived on it.
-async fn serve_tcp_stream(
-    stream: TcpStream,
-    peer: SocketAddr,
-    spec: ListenerSpec,
-    worker: &Rc<WorkerLocal>,
-    shutdown: watch::Receiver<bool>,
-) -> bool {
-    let worker = worker.clone();
     let local = stream.local_addr().unwrap_or(peer);
     let snapshot = worker.snapshot();
     let limits = snapshot.config.server.limits;
     // TLS or not is the current snapshot's say: a reload can add or drop a listener's TLS
     // without rebinding its socket.
     if snapshot.tls.listener(&spec.name).is_some() && snapshot.tls.parts().is_some() {
-        // Boxed as a whole: the handshake and the accepted TLS stream (held across awaits) would
-        // otherwise size every plain connection's task, for the connection's whole life.
-        return Box::pin(serve_tls(stream, peer, local, spec, worker, snapshot, shutdown)).await;
+        return Box::pin(serve_tls(stream, peer, local, spec, worker, snapshot, shutdown));
     }
     drop(snapshot);
-    // Boxed too: inline, the plain path's state (a whole `serve_connection`) would size every
-    // TLS connection's task for its whole life (an idle kTLS connection is otherwise only a
-    // socket and its serving box).
-    Box::pin(serve_plain(stream, peer, local, spec, worker, limits, shutdown)).await
-}
-
-async fn serve_plain(
-    stream: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
-    spec: ListenerSpec,
-    worker: Rc<WorkerLocal>,
-    limits: Limits,
-    shutdown: watch::Receiver<bool>,
-) -> bool {
-    let proto = if spec.http2 { detect(&stream, limits.header_read_timeout).await } else { Proto::Http1 };
+    let proto = if spec.http2 { None } else { Some(Proto::Http1) };
     let conn = conn_info(&worker, &spec, peer, local, None);
-    serve_connection(stream, proto, conn, worker, limits, shutdown).await
+    Box::pin(serve_connection(stream, proto, conn, worker, limits, shutdown))
 }
 
 /// The TLS handshake, then HTTP on the TLS stream (the listener's TLS setup is re-read from the
@@ -153,12 +124,17 @@ async fn serve_tls(
     worker: Rc<WorkerLocal>,
     snapshot: LocalSnapshot,
     shutdown: watch::Receiver<bool>,
-) -> bool {
+) {
     let limits = snapshot.config.server.limits;
-    let Some(accepted) = Box::pin(handshake(stream, peer, &spec, &worker, snapshot)).await else { return false };
+    let Some(accepted) = Box::pin(handshake(stream, peer, &spec, &worker, snapshot)).await else {
+        if !*shutdown.borrow() {
+            empty::report(&worker, peer);
+        }
+        return;
+    };
     let conn = conn_info(&worker, &spec, peer, local, Some(accepted.info));
     let io = Box::new(accepted.io);
-    Box::pin(serve_connection(io, accepted.proto, conn, worker, limits, shutdown)).await
+    Box::pin(serve_connection(io, Some(accepted.proto), conn, worker, limits, shutdown)).await
 }
 
 async fn handshake(
@@ -227,28 +203,20 @@ impl ClientIo for Box<tls::TlsIo> {
 }
 
 /// Serves HTTP on an established (possibly TLS) stream until it closes, times out, or
-/// `shutdown` flips and in-flight requests are done. Whether a request arrived on it.
+/// `shutdown` flips and in-flight requests are done; a connection that ends before a request
+/// arrived is reported as empty (`empty`). `proto`: `None` sniffs for the HTTP/2 preface first.
+///
+/// One async fn, not several nested ones: this future lives as long as the connection (parked
+/// or not), and each nested async fn would keep its own copy of the arguments in it.
 pub async fn serve_connection<I: ClientIo>(
     io: I,
-    proto: Proto,
+    proto: Option<Proto>,
     conn: Rc<ConnInfo>,
     worker: Rc<WorkerLocal>,
     limits: Limits,
-    shutdown: watch::Receiver<bool>,
-) -> bool {
-    let served = empty::Served::watch(&conn);
-    serve_connection_until_closed(io, proto, conn.clone(), worker, limits, shutdown).await;
-    served.any(&conn)
-}
-
-async fn serve_connection_until_closed<I: ClientIo>(
-    io: I,
-    proto: Proto,
-    conn: Rc<ConnInfo>,
-    worker: Rc<WorkerLocal>,
-    limits: Limits,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
+    let served = empty::Served::watch(&conn);
     let shared = conn.metrics.shared().clone();
     let gauge = shared
         .connections_active
@@ -257,20 +225,24 @@ async fn serve_connection_until_closed<I: ClientIo>(
     gauge.inc();
     worker.open_connections.set(worker.open_connections.get() + 1);
     let w = worker.clone();
-    let _open = scopeguard(move || {
+    let open = scopeguard(move || {
         gauge.dec();
         w.open_connections.set(w.open_connections.get() - 1);
         note_released(&w);
     });
-    let mut conn_io = Some(WatchedIo {
+    let proto = match (proto, io.park_socket()) {
+        (Some(proto), _) => proto,
+        (None, Some(socket)) => detect(socket, limits.header_read_timeout).await,
+        (None, None) => Proto::Http1,
+    };
+    let mut io = WatchedIo {
         inner: io,
         conn: conn.clone(),
         max_request_line: limits.max_request_line,
         prefix: Bytes::new(),
         refusal: Bytes::new(),
-    });
-    let mut shutdown = shutdown;
-    while let Some(io) = conn_io.take() {
+    };
+    loop {
         let parkable = proto == Proto::Http1 && io.inner.parkable();
         // Boxed, and built inside the box: the hyper connection exists only while the
         // connection is not parked, so neither it nor its construction may take room in this
@@ -279,22 +251,22 @@ async fn serve_connection_until_closed<I: ClientIo>(
             Proto::Http1 => Box::pin(drive_h1(io, &conn, &worker, &limits, &mut shutdown, parkable)).await,
             Proto::Http2 => Box::pin(drive_h2(io, &conn, &worker, &limits, &mut shutdown)).await,
         };
-        let io = match ended {
+        io = match ended {
             Ok(Some(io)) if conn.park.get() => io,
             Ok(Some(mut io)) => {
                 // Ended for good: shut down as hyper would have (TLS close_notify, FIN).
                 let _ = tokio::time::timeout(Duration::from_secs(1), io.inner.shutdown()).await;
-                return;
+                break;
             }
-            Ok(None) => return,
+            Ok(None) => break,
             Err(End::Error(e)) => {
                 connection_error(&conn, &*e);
-                return;
+                break;
             }
             Err(End::SlowHeader) => {
                 shared.refused("header_timeout");
                 tracing::debug!(peer = %conn.peer, "closing a connection whose request head did not arrive in time");
-                return;
+                break;
             }
         };
         conn.park.set(false);
@@ -304,9 +276,12 @@ async fn serve_connection_until_closed<I: ClientIo>(
             .get_or_create(&Labels([("listener", LabelValue::Shared(conn.listener.clone()))]))
             .inc();
         if io.prefix.is_empty() && !wait_parked(&io, &conn, &limits, &mut shutdown).await {
-            return;
+            break;
         }
-        conn_io = Some(io);
+    }
+    drop(open);
+    if !served.any(&conn) && !*shutdown.borrow() {
+        empty::report(&worker, conn.peer);
     }
 }
 

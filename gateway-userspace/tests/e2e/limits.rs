@@ -135,6 +135,9 @@ fn slowloris_and_idle_connections_are_closed() {
 fn idle_connections_park_and_keep_serving() {
     let u = Upstream::start("u");
     let gw = Gateway::start(|p| config(p, &u).replace("idle_timeout = \"1500ms\"", "idle_timeout = \"30s\""));
+    // What parked connections free must not be hidden in 2 MiB huge pages (worker/huge_pages.rs).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+    assert!(status.contains("THP_enabled:\t0"), "transparent huge pages are on for gatewayd");
     let mut s = TcpStream::connect(gw.ports.listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let exchange = |s: &mut TcpStream, path: &str| {
