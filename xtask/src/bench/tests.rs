@@ -50,7 +50,7 @@ fn the_comparison_modes_take_binaries_and_their_options() -> Result<()> {
     assert!(parse(&["callgrind", "--proto", "h3"]).is_err());
     // Binaries where the mode measures the release build are refused, not ignored.
     let err = super::run(&parse(&["proxy", "some/gatewayd"])?).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("only callgrind, cpu-compare and slow-clients take binaries"), "{err}");
+    assert!(err.contains("only callgrind, cpu-compare, slow-clients and ktls-idle take binaries"), "{err}");
     Ok(())
 }
 
