@@ -46,8 +46,14 @@ fuzz_target!(|data: &[u8]| {
         let received = Rc::new(Cell::new(0));
         let seen = Rc::new(Seen::default());
         // The input is all there (then end of stream): the client body timeout never fires.
-        let mut body = RequestBody::new(req.into_body(), limit, received.clone(), Duration::from_secs(60))
-            .observed(vec![Box::new(Observer(seen.clone()))]);
+        let mut body = RequestBody::new(
+            req.into_body(),
+            limit,
+            received.clone(),
+            Duration::from_secs(60),
+            std::time::Instant::now(),
+        )
+        .observed(vec![Box::new(Observer(seen.clone()))]);
         let mut passed = 0u64;
         let error = loop {
             match body.frame().await {
