@@ -25,9 +25,12 @@ impl ApiKeyDigest {
         if hex.len() != 64 {
             return Err(format!("expected 64 hex digits after sha256:, found {}", hex.len()));
         }
+        // By bytes, not by str slices: a non-ASCII character in the file must be refused, not
+        // split inside its UTF-8 sequence (a panic on config input, found by the config fuzzer).
+        let nibble = |b: u8| (b as char).to_digit(16).ok_or_else(|| "not a hex digest".to_owned());
         let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| "not a hex digest".to_owned())?;
+        for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            *byte = (nibble(pair[0])? << 4 | nibble(pair[1])?) as u8;
         }
         Ok(ApiKeyDigest(out))
     }
@@ -101,6 +104,10 @@ mod tests {
             ApiKeyDigest::parse("sha256:zz5b0b5ef4c38a1bc0f3a12dcb9ebb41d55e5d0c04f2a5a0a6b8a1f0c2d3e4f5").is_err()
         );
         assert!(ApiKeyDigest::parse("sha256:abc").is_err());
+        // 64 bytes with a two-byte character across a digit pair (the fuzzer's panic), and a sign
+        // `from_str_radix` would have taken.
+        assert!(ApiKeyDigest::parse(&format!("sha256:{}ʛ{}", "a".repeat(3), "b".repeat(59))).is_err());
+        assert!(ApiKeyDigest::parse(&format!("sha256:+1{}", "c".repeat(62))).is_err());
 
         let mut keys = ApiKeys::default();
         assert!(keys.insert(ApiKeyDigest::of("key-one"), 0));
