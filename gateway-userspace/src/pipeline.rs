@@ -11,7 +11,7 @@ mod head;
 use std::{rc::Rc, time::Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header, request, response, uri::PathAndQuery};
+use http::{HeaderValue, Response, StatusCode, header, request, response, uri::PathAndQuery};
 use hyper::body::Incoming;
 use thiserror::Error;
 
@@ -97,14 +97,16 @@ impl crate::error::Refusal for RequestError {
 
 /// Serves one request on a worker. Never fails: every error becomes a response.
 ///
-/// `snapshot` is the worker's current one, `pool` its upstream connections.
+/// `snapshot` is the worker's current one, `pool` its upstream connections. `body`: `None` for
+/// a request whose head said it has none (an HTTP/1 codec that reads heads itself hands over no
+/// body at all).
 pub async fn serve(
-    req: Request<Incoming>,
+    mut head: request::Parts,
+    body: Option<Incoming>,
     conn: Rc<ConnInfo>,
     snapshot: LocalSnapshot,
     pool: Rc<UpstreamPool>,
 ) -> Response<ResponseBody> {
-    let (mut head, body) = req.into_parts();
     // hyper sizes the map for the client's fields; the gateway adds about eight (request id,
     // forwarding, identity): grow once now rather than rehash twice on the way.
     head.headers.reserve(UPSTREAM_FIELDS);
@@ -128,7 +130,7 @@ async fn run(
     snapshot: &Snapshot,
     pool: &Rc<UpstreamPool>,
     mut head: request::Parts,
-    body: Incoming,
+    body: Option<Incoming>,
 ) -> Result<proxy::Forwarded, GatewayError> {
     let limits = &snapshot.config.server.limits;
     for phase in snapshot.pipeline.phases() {
@@ -165,7 +167,7 @@ async fn run(
 
     // Route and upstream agree on the authority (absolute-form and :authority win over Host).
     let preserved_host = authority.as_ref().filter(|_| route.preserve_host).and_then(head::Authority::header_value);
-    let chunked = head::needs_chunked_framing(&head.method, &body);
+    let chunked = body.as_ref().is_some_and(|b| head::needs_chunked_framing(&head.method, b));
     prepare_upstream_headers(ctx, snapshot, &mut head, authority.as_ref().map(head::Authority::as_str), chunked);
     let service = &snapshot.services[route.service];
     // The upload counts as upstream time whether it is read ahead or streamed.

@@ -305,7 +305,10 @@ fn service(
         // request path's state machine is several KiB.
         let (c, w) = (conn.clone(), worker.clone());
         w.requests_started.set(w.requests_started.get().wrapping_add(1));
-        Box::pin(async move { Ok(pipeline::serve(req, c, w.snapshot(), w.pool.clone()).await) })
+        Box::pin(async move {
+            let (head, body) = req.into_parts();
+            Ok(pipeline::serve(head, Some(body), c, w.snapshot(), w.pool.clone()).await)
+        })
     })
 }
 

@@ -84,7 +84,7 @@ pub struct RequestBody {
 impl RequestBody {
     /// `now`: the caller's clock reading as forwarding starts (one read serves both).
     pub fn new(
-        inner: Incoming,
+        inner: Option<Incoming>,
         limit: u64,
         received: Rc<Cell<u64>>,
         client_timeout: Duration,
@@ -92,14 +92,14 @@ impl RequestBody {
     ) -> Self {
         // A body that has already ended (most requests) starts complete; `ended()` would read
         // the clock once more.
-        let complete = inner.is_end_stream();
+        let complete = inner.as_ref().is_none_or(Body::is_end_stream);
         let progress = BodyProgress {
             complete: Cell::new(complete),
             awaiting_client: Cell::new(false),
             last: Cell::new(Instant::from_std(now)),
         };
         RequestBody {
-            inner: Some(inner),
+            inner,
             held: VecDeque::new(),
             held_bytes: 0,
             limit,
