@@ -18,6 +18,7 @@ mod e2e {
     mod conformance;
     mod connflood;
     mod cpusteer;
+    mod h1_codec;
     mod h2_flood;
     mod handover;
     mod headers;

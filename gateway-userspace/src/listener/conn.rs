@@ -57,6 +57,7 @@ macro_rules! forward_flush_and_shutdown {
 mod detect;
 mod drive;
 mod empty;
+mod h1;
 mod h2_flood;
 mod h2_table_size;
 #[cfg(test)]
@@ -66,7 +67,7 @@ mod watched_io;
 
 use detect::detect;
 pub use drive::h1_builder;
-use drive::{End, drive_h1, drive_h2};
+use drive::{End, drive_h2};
 use watchdog::wait_parked;
 use watched_io::WatchedIo;
 
@@ -248,7 +249,7 @@ pub async fn serve_connection<I: ClientIo>(
         // connection is not parked, so neither it nor its construction may take room in this
         // (long-lived) future.
         let ended = match proto {
-            Proto::Http1 => Box::pin(drive_h1(io, &conn, &worker, &limits, &mut shutdown, parkable)).await,
+            Proto::Http1 => Box::pin(h1::serve_h1(io, &conn, &worker, &limits, &mut shutdown, parkable)).await,
             Proto::Http2 => Box::pin(drive_h2(io, &conn, &worker, &limits, &mut shutdown)).await,
         };
         io = match ended {
