@@ -61,7 +61,7 @@ pub(super) async fn serve_h1<I: ClientIo>(
     parkable: bool,
 ) -> Result<Option<WatchedIo<I>>, End> {
     let mut buf = BytesMut::new();
-    let exit = serve_plain(&mut io, &mut buf, conn, worker, limits, shutdown.clone(), parkable).await;
+    let exit = serve_plain(&mut io, &mut buf, conn, worker, limits, shutdown, parkable).await;
     match exit {
         Exit::Handover => {
             // Every byte read goes back in front of the stream, ahead of what is still queued.
@@ -96,7 +96,7 @@ async fn serve_plain<I: ClientIo>(
     conn: &Rc<ConnInfo>,
     worker: &Rc<WorkerLocal>,
     limits: &Limits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
     parkable: bool,
 ) -> Exit {
     // The head bytes hyper would hold before answering 431 (its `max_buf_size`).
@@ -111,7 +111,9 @@ async fn serve_plain<I: ClientIo>(
     };
     let mut timer = pin!(sleep_until(armed.into()));
     let mut closing = *shutdown.borrow();
-    let mut changed = pin!(shutdown.changed());
+    // A receiver of its own, so `shutdown` can still be read while this one waits for a change.
+    let mut watching = shutdown.clone();
+    let mut changed = pin!(watching.changed());
     let mut wbuf = Vec::new();
     loop {
         if !buf.is_empty() {
@@ -193,7 +195,7 @@ async fn serve_one<I: ClientIo>(
     head: read::Head,
     conn: &Rc<ConnInfo>,
     worker: &Rc<WorkerLocal>,
-    closing: bool,
+    shutdown: &watch::Receiver<bool>,
 ) -> Result<bool, End> {
     let read::Head { parts, keep_alive } = head;
     let (method, version) = (parts.method.clone(), parts.version);
@@ -224,7 +226,9 @@ async fn serve_one<I: ClientIo>(
     } else {
         body.size_hint().exact().map_or(BodyLength::Unknown, BodyLength::Known)
     };
-    let keep_alive = keep_alive && !closing && !conn.close_requested.get();
+    // As after hyper's graceful shutdown: a response written once the worker drains (or the
+    // connection is to end) says `Connection: close`.
+    let keep_alive = keep_alive && !conn.close_requested.get() && !*shutdown.borrow();
     let request = write::Request { method: &method, version, keep_alive };
     let encoded = write::head(wbuf, &mut parts, &request, length);
     drop(parts);
