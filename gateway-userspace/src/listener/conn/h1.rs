@@ -118,7 +118,7 @@ async fn serve_plain<I: ClientIo>(
     loop {
         if !buf.is_empty() {
             match read::parse(buf, limits.max_headers) {
-                Parsed::Plain(head) => match serve_one(io, buf, &mut wbuf, head, conn, worker, closing).await {
+                Parsed::Plain(head) => match serve_one(io, buf, &mut wbuf, head, conn, worker, shutdown).await {
                     Ok(true) => continue,
                     Ok(false) => return Exit::Close,
                     Err(e) => return Exit::Failed(e),
