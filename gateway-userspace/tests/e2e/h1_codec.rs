@@ -183,6 +183,9 @@ fn a_body_of_unknown_length_reaches_the_client_chunked() {
         let (head, body) = lowered(read_response(&mut s, &mut pending, false));
         assert!(head.contains("\r\ntransfer-encoding: chunked") && !head.contains("content-length"), "{head}");
         assert_eq!(body, b"hello world");
+        // This upstream sends no Date: the gateway's own is there.
+        let date = head.lines().find_map(|l| l.strip_prefix("date: ")).expect("a date field");
+        assert!(date.ends_with(" gmt") && date.len() == 29, "{date}");
     }
     // An HTTP/1.0 client cannot read chunks: the body ends with the connection.
     let reply = raw_request(gw.ports.listen, b"GET /stream HTTP/1.0\r\nHost: h\r\n\r\n").unwrap();
