@@ -93,8 +93,11 @@ impl ArcWake for ConnWake {
 impl<C: Future> ServeH2<C> {
     /// `exec` must be the executor `conn` was built with.
     pub(super) fn new(conn: C, exec: StreamExec) -> Self {
-        let wake =
-            Arc::new(ConnWake { woken: AtomicBool::new(true), polling: AtomicBool::new(false), task: AtomicWaker::new() });
+        let wake = Arc::new(ConnWake {
+            woken: AtomicBool::new(true),
+            polling: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        });
         Self { conn, ended: None, exec, streams: FuturesUnordered::new(), wake }
     }
 }
