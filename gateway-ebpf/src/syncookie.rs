@@ -179,7 +179,12 @@ fn lookup(ctx: *mut xdp_md, data: usize, end: usize, v4: bool) -> *mut bpf_sock 
         }
         let (sport, dport) = ports(ip + 20);
         let mut tuple = unsafe {
-            bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 { saddr: word_at(ip + 12), daddr: word_at(ip + 16), sport, dport }
+            bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: word_at(ip + 12),
+                daddr: word_at(ip + 16),
+                sport,
+                dport,
+            }
         };
         skc_lookup(ctx, &mut tuple)
     } else {

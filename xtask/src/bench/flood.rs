@@ -160,7 +160,8 @@ fn run_cell(
     let seconds = start.elapsed().as_secs_f64();
     let offered = topology::tx_packets(ATTACK_NS, ATTACK_IF)?.saturating_sub(tx_before);
     let softirq = softirq_seconds()? - softirq_before;
-    let listen_drops = topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?.saturating_sub(listen_drops_before);
+    let listen_drops =
+        topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?.saturating_sub(listen_drops_before);
     let gatewayd = tree.cpu_time()?.saturating_sub(gatewayd_before).as_secs_f64();
     let dropped = match (dropped_before, up.dropped()?) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),

@@ -82,9 +82,9 @@ impl Oha {
 
 /// The `duration` column of oha's database (end minus the latency-corrected start), in seconds.
 fn latencies(db: &Path) -> Result<Vec<f64>> {
-    let out = crate::cmd::capture(Command::new("sqlite3").args(["-batch", "-noheader"]).arg(db).arg(
-        "SELECT duration FROM oha",
-    ))
+    let out = crate::cmd::capture(
+        Command::new("sqlite3").args(["-batch", "-noheader"]).arg(db).arg("SELECT duration FROM oha"),
+    )
     .with_context(|| format!("cannot read oha's database {}", db.display()))?;
     out.lines().map(|l| l.trim().parse::<f64>().with_context(|| format!("not a duration: {l:?}"))).collect()
 }
