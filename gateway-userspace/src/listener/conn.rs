@@ -58,6 +58,7 @@ mod detect;
 mod drive;
 mod empty;
 mod h1;
+mod h2_exec;
 mod h2_flood;
 mod h2_table_size;
 #[cfg(test)]
