@@ -1,13 +1,11 @@
 //! What a process (with its children: nginx's master and workers) costs, read from /proc: CPU
 //! time, memory (RSS and PSS) and open file descriptors.
 
-use std::{
-    collections::HashMap,
-    fs,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, fs, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
+
+pub mod tcp;
 
 /// A process and its descendants, as they are when measured (nginx forks its workers after the
 /// master starts; a reload replaces them).
@@ -57,6 +55,7 @@ impl Tree {
     }
 
     /// Open file descriptors across the tree (sockets included).
+    #[cfg(test)]
     pub fn open_fds(self) -> Result<usize> {
         let mut n = 0;
         for pid in self.pids()? {
@@ -65,21 +64,6 @@ impl Tree {
             }
         }
         Ok(n)
-    }
-
-    /// Polls until `open_fds` satisfies `done` (a proxy has accepted, or closed, connections).
-    pub fn wait_for_fds(self, what: &str, timeout: Duration, done: impl Fn(usize) -> bool) -> Result<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self.open_fds()?;
-            if done(n) {
-                return Ok(n);
-            }
-            if Instant::now() > deadline {
-                bail!("process {} has {n} open descriptors after {timeout:?}, waiting for {what}", self.0);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -163,6 +147,7 @@ fn clock_tick() -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {

@@ -128,6 +128,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let mut seen = None;
         let result = idle::measure_with_idle(
             tree,
+            opts.addr,
             count,
             || client.open(),
             |c| c.get(PATH, BODY),
