@@ -97,6 +97,7 @@ pub fn measure_with_idle<C>(
     }
     // The previous measurement waited until the subject had closed its connections.
     let before = tree.memory()?;
+    let fds_before = tree.open_fds()?;
 
     let drops_before = tcp::listen_drops()?;
     let mut conns: Vec<C> = Vec::with_capacity(n);
@@ -114,6 +115,16 @@ pub fn measure_with_idle<C>(
         format!("the kernel turned away {drops:?} connections at full accept queues (ListenOverflows + ListenDrops) meanwhile")
     })?;
     let connected = tree.memory()?;
+    // What a descriptor count would have said (it used to be the criterion): shown when it
+    // differs, as the evidence of what else the subject opened or closed meanwhile.
+    let fds = tree.open_fds()?;
+    if fds != fds_before + n {
+        eprintln!(
+            "xtask: process {} accepted all {n} connections, but its descriptors went from {fds_before} to {fds} \
+             (others opened or closed meanwhile)",
+            tree.0
+        );
+    }
 
     for (i, conn) in conns.iter_mut().enumerate() {
         request(conn).with_context(|| format!("request on idle connection {i}"))?;
