@@ -152,6 +152,9 @@ pub fn run(opts: &Options) -> Result<()> {
     {
         anyhow::bail!("only callgrind, cpu-compare, slow-clients and ktls-idle take binaries ({:?})", opts.bins);
     }
+    if opts.idle_only && !matches!(opts.target, Target::Proxy) {
+        anyhow::bail!("--idle-only is a mode of bench proxy only");
+    }
     match opts.target {
         Target::Proxy => proxy::run(opts),
         Target::Xdp => xdp::run(),
