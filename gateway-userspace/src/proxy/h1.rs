@@ -79,8 +79,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: Stream) -> Self {
-        Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new(), written: 0 }
+    /// Boxed for its whole life (pool, request, response body, pool again): a request moves
+    /// its connection through several owners, and a pointer moves for nothing where the
+    /// ~100-byte connection was copied each time.
+    pub fn new(io: Stream) -> Box<Self> {
+        Box::new(Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new(), written: 0 })
     }
 
     /// Whether an idle connection can take a request: the upstream has not closed it and sent
@@ -123,7 +126,7 @@ impl Conn {
 /// upstream that answers before it took the whole body gets its answer through (and the
 /// connection is not reused). Informational responses other than 101 are skipped.
 pub async fn exchange(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     head: &request::Parts,
     body: &mut RequestBody,
 ) -> Result<Response<UpstreamBody>, SendError> {

@@ -8,11 +8,25 @@ use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use ipnet::IpNet;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = name::X_FORWARDED_FOR;
+pub static X_FORWARDED_PROTO: HeaderName = name::X_FORWARDED_PROTO;
+pub static X_FORWARDED_HOST: HeaderName = name::X_FORWARDED_HOST;
+pub static X_FORWARDED_PORT: HeaderName = name::X_FORWARDED_PORT;
+pub static X_REQUEST_ID: HeaderName = name::X_REQUEST_ID;
+
+/// The same names as constants, for inserting: a constant name is built in place, where a
+/// `&HeaderName` is cloned through its `Bytes` vtable on every insert (every request sets
+/// these). Never borrowed, so the atomic inside a name's `Bytes` is never shared through them.
+#[allow(clippy::declare_interior_mutable_const)]
+pub mod name {
+    use http::HeaderName;
+
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+}
 
 /// The request headers this module sets (part of the gateway's owned names).
 pub fn owned_names() -> [&'static HeaderName; 6] {
@@ -121,15 +135,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
         push_joined(&mut buf, headers, &X_FORWARDED_FOR);
     }
     push_ip(&mut buf, peer);
-    put(headers, &X_FORWARDED_FOR, buf.split());
+    put(headers, name::X_FORWARDED_FOR, buf.split());
     if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+        headers.insert(name::X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
     }
     if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
         match hop.host {
             Some(h) => {
                 buf.extend_from_slice(h.as_bytes());
-                put(headers, &X_FORWARDED_HOST, buf.split());
+                put(headers, name::X_FORWARDED_HOST, buf.split());
             }
             None => {
                 headers.remove(&X_FORWARDED_HOST);
@@ -138,7 +152,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
     }
     if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PORT)) {
         buf.extend_from_slice(itoa::Buffer::new().format(hop.port).as_bytes());
-        put(headers, &X_FORWARDED_PORT, buf.split());
+        put(headers, name::X_FORWARDED_PORT, buf.split());
     }
     if hop.trusted_peer {
         push_joined(&mut buf, headers, &header::FORWARDED);
@@ -159,7 +173,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
         buf.extend_from_slice(h.as_bytes());
         buf.extend_from_slice(b"\"");
     }
-    put(headers, &header::FORWARDED, buf);
+    put(headers, header::FORWARDED, buf);
 }
 
 /// Room in `set_forwarded`'s buffer besides the host (twice): an IPv6 address twice, the
@@ -208,7 +222,7 @@ fn push_ip(out: &mut BytesMut, ip: IpAddr) {
     }
 }
 
-fn put(headers: &mut HeaderMap, name: &HeaderName, value: BytesMut) {
+fn put(headers: &mut HeaderMap, name: HeaderName, value: BytesMut) {
     if let Ok(v) = HeaderValue::from_maybe_shared(value.freeze()) {
         headers.insert(name, v);
     }

@@ -13,7 +13,7 @@ use super::*;
 
 /// An upstream that reads one request head, answers `answer`, then closes when `close`, else
 /// stays open until the test ends; yields the request head it read.
-async fn upstream(answer: &'static [u8], close: bool) -> (Conn, tokio::task::JoinHandle<Vec<u8>>) {
+async fn upstream(answer: &'static [u8], close: bool) -> (Box<Conn>, tokio::task::JoinHandle<Vec<u8>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
