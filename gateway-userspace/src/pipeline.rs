@@ -170,7 +170,8 @@ async fn run(
     // Route and upstream agree on the authority (absolute-form and :authority win over Host).
     let preserved_host = authority.as_ref().filter(|_| route.preserve_host).and_then(head::Authority::header_value);
     let chunked = body.as_ref().is_some_and(|b| head::needs_chunked_framing(&head.method, b));
-    prepare_upstream_headers(ctx, snapshot, head, authority.as_ref().map(head::Authority::as_str), chunked);
+    let forwarding =
+        prepare_upstream_headers(ctx, snapshot, head, authority.as_ref().map(head::Authority::as_str), chunked);
     let service = &snapshot.services[route.service];
     // The upload counts as upstream time whether it is read ahead or streamed.
     let now = Instant::now();
@@ -184,7 +185,7 @@ async fn run(
     )
     .observed(std::mem::take(&mut ctx.request_observers));
     body.read_ahead(route.body.request_buffer).await.map_err(proxy::ProxyError::unsent_body)?;
-    let fwd = Forward { service, pool, path_and_query, host: preserved_host };
+    let fwd = Forward { service, pool, path_and_query, host: preserved_host, forwarding };
     match proxy::forward(fwd, head, &mut body).await {
         Ok(f) => {
             ctx.target = Some(f.target);
@@ -208,13 +209,14 @@ pub fn check_request_head(
     Ok(head::check(head, limits)?.as_ref().map(|a| a.host().to_owned()))
 }
 
+/// Rewrites the head for the upstream; returns the forwarding fields as field lines (`Forward::forwarding`).
 fn prepare_upstream_headers(
     ctx: &RequestCtx,
     snapshot: &Snapshot,
     head: &mut request::Parts,
     host: Option<&str>,
     chunked: bool,
-) {
+) -> Vec<u8> {
     let cookies_split =
         head.version == http::Version::HTTP_2 && head.headers.get_all(header::COOKIE).iter().count() > 1;
     if cookies_split {
@@ -237,7 +239,7 @@ fn prepare_upstream_headers(
         host,
         port: ctx.conn.local.port(),
     };
-    headers::set_forwarded(&mut head.headers, &hop);
+    headers::set_forwarded(&mut head.headers, &hop)
 }
 
 fn proxied_response(

@@ -10,7 +10,7 @@ mod spool;
 
 use std::{rc::Rc, time::Duration};
 
-use http::{HeaderValue, Method, Response, Version, header, request, uri::PathAndQuery};
+use http::{HeaderValue, Method, Response, Version, request, uri::PathAndQuery};
 use thiserror::Error;
 
 pub use body::{BodyError, BodyProgress, RequestBody, ResponseBody, UpstreamLease};
@@ -87,6 +87,9 @@ pub struct Forward<'a> {
     pub path_and_query: PathAndQuery,
     /// Host header for the upstream; `None` means the target address.
     pub host: Option<HeaderValue>,
+    /// The forwarding fields as field lines (`headers::set_forwarded`), written after the
+    /// head's own.
+    pub forwarding: Vec<u8>,
 }
 
 /// The upstream's response head and body, the target that served it, and its connection.
@@ -140,14 +143,11 @@ pub async fn forward(fwd: Forward<'_>, head: &mut request::Parts, body: &mut Req
                 continue;
             }
         };
-        let host = fwd.host.clone().or_else(|| target.host.clone());
-        if let Some(h) = host {
-            head.headers.insert(header::HOST, h);
-        }
+        let out = h1::Outgoing { head, host: fwd.host.as_ref().or(target.host.as_ref()), fields: &fwd.forwarding };
         let lease = UpstreamLease { pool: fwd.pool.clone(), endpoint, max_idle: spec.max_idle_per_target, in_flight };
         // A new connection was waited for: the response wait starts now, not before it.
         let start = if conn.reused { tokio::time::Instant::from_std(now) } else { tokio::time::Instant::now() };
-        return send(lease, conn, head, body, service, i, start).await;
+        return send(lease, conn, out, body, service, i, start).await;
     }
     Err(last.unwrap_or(Failed { error: ProxyError::NoHealthyUpstream, target: None }))
 }
@@ -158,7 +158,7 @@ pub async fn forward(fwd: Forward<'_>, head: &mut request::Parts, body: &mut Req
 async fn send(
     lease: UpstreamLease,
     conn: PooledConn,
-    head: &request::Parts,
+    out: h1::Outgoing<'_>,
     body: &mut RequestBody,
     service: &Service,
     i: usize,
@@ -168,11 +168,11 @@ async fn send(
     let target = &service.targets[i];
     let fail = |error| Failed { error, target: Some(i) };
     let progress = body.progress();
-    let resendable = conn.reused && http_body::Body::is_end_stream(body) && is_idempotent(&head.method);
+    let resendable = conn.reused && http_body::Body::is_end_stream(body) && is_idempotent(&out.head.method);
     // Pinned here and lent to the stall watch, which then holds a pointer, not a second
     // exchange state of its own.
     let sent = {
-        let exchange = std::pin::pin!(h1::exchange(conn.conn, head, body));
+        let exchange = std::pin::pin!(h1::exchange(conn.conn, out, body));
         response_or_stall(exchange, &progress, spec.read_timeout, start).await
     };
     let error = match sent {
@@ -195,7 +195,7 @@ async fn send(
                     return Err(fail(ProxyError::Connect(e)));
                 }
             };
-            return Box::pin(send(lease, conn, head, body, service, i, tokio::time::Instant::now())).await;
+            return Box::pin(send(lease, conn, out, body, service, i, tokio::time::Instant::now())).await;
         }
         Some(Err(e)) => e,
     };
