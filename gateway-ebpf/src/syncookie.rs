@@ -74,7 +74,7 @@ pub fn engaged(cfg: &GuardConfig, now: u64) -> bool {
 pub fn answer(ctx: *mut xdp_md) -> Answer {
     let (data, end) = bounds(ctx);
     let Some(v4) = syn_layout(data, end) else { return Answer::NotAnswered };
-    let sk = if v4 { lookup_v4(ctx, data, end) } else { lookup_v6(ctx, data, end) };
+    let sk = lookup(ctx, data, end, v4);
     if sk.is_null() {
         return Answer::NotAnswered;
     }
@@ -166,44 +166,62 @@ fn syn_layout(data: usize, end: usize) -> Option<bool> {
 }
 
 /// The socket for the SYN's 4-tuple as the packet carries it (remote → local, network order):
-/// the listener, or a connection of the same 4-tuple. Null when none.
+/// the listener, or a connection of the same 4-tuple. Null when none. The families differ only
+/// in the tuple's addresses; the ports and the lookup are one path.
 #[inline(always)]
-fn lookup_v4(ctx: *mut xdp_md, data: usize, end: usize) -> *mut bpf_sock {
+fn lookup(ctx: *mut xdp_md, data: usize, end: usize, v4: bool) -> *mut bpf_sock {
     let ip = data + ETH_HLEN;
-    if !has(ip, 24, end) {
-        return core::ptr::null_mut();
-    }
-    let mut tuple = unsafe {
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-            saddr: word_at(ip + 12),
-            daddr: word_at(ip + 16),
-            sport: be16_at(ip + 20).to_be(),
-            dport: be16_at(ip + 22).to_be(),
+    // Constant bounds per family: the verifier tracks them from `data`, not through an offset
+    // that depends on the branch.
+    if v4 {
+        if !has(ip, 24, end) {
+            return core::ptr::null_mut();
         }
-    };
-    let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
-    unsafe {
-        bpf_skc_lookup_tcp(ctx.cast(), (&raw mut tuple).cast::<bpf_sock_tuple>(), size, BPF_F_CURRENT_NETNS as u64, 0)
+        let (sport, dport) = ports(ip + 20);
+        let mut tuple = unsafe {
+            bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: word_at(ip + 12),
+                daddr: word_at(ip + 16),
+                sport,
+                dport,
+            }
+        };
+        skc_lookup(ctx, &mut tuple)
+    } else {
+        if !has(ip, 44, end) {
+            return core::ptr::null_mut();
+        }
+        let (sport, dport) = ports(ip + 40);
+        let mut tuple = unsafe {
+            bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: [word_at(ip + 8), word_at(ip + 12), word_at(ip + 16), word_at(ip + 20)],
+                daddr: [word_at(ip + 24), word_at(ip + 28), word_at(ip + 32), word_at(ip + 36)],
+                sport,
+                dport,
+            }
+        };
+        skc_lookup(ctx, &mut tuple)
     }
 }
 
+/// The TCP header's source and destination ports at `th`, in network order (the caller checked
+/// the frame holds them).
 #[inline(always)]
-fn lookup_v6(ctx: *mut xdp_md, data: usize, end: usize) -> *mut bpf_sock {
-    let ip = data + ETH_HLEN;
-    if !has(ip, 44, end) {
-        return core::ptr::null_mut();
-    }
-    let mut tuple = unsafe {
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
-            saddr: [word_at(ip + 8), word_at(ip + 12), word_at(ip + 16), word_at(ip + 20)],
-            daddr: [word_at(ip + 24), word_at(ip + 28), word_at(ip + 32), word_at(ip + 36)],
-            sport: be16_at(ip + 40).to_be(),
-            dport: be16_at(ip + 42).to_be(),
-        }
-    };
-    let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
+fn ports(th: usize) -> (u16, u16) {
+    unsafe { (be16_at(th).to_be(), be16_at(th + 2).to_be()) }
+}
+
+/// `bpf_skc_lookup_tcp` on a tuple of either family: the helper tells them apart by its size.
+#[inline(always)]
+fn skc_lookup<T>(ctx: *mut xdp_md, tuple: &mut T) -> *mut bpf_sock {
     unsafe {
-        bpf_skc_lookup_tcp(ctx.cast(), (&raw mut tuple).cast::<bpf_sock_tuple>(), size, BPF_F_CURRENT_NETNS as u64, 0)
+        bpf_skc_lookup_tcp(
+            ctx.cast(),
+            (tuple as *mut T).cast::<bpf_sock_tuple>(),
+            size_of::<T>() as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
     }
 }
 

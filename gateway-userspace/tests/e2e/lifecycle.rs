@@ -63,6 +63,34 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// The same over HTTP/2: streams run inside their connection's task (`listener/conn/h2_exec.rs`),
+/// and the drain's graceful shutdown (GOAWAY) must let every stream of the connection finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_h2_streams_of_one_connection() {
+    let u = Upstream::start("u");
+    let mut gw = Gateway::start(|p| config(p, 1, &u).build());
+    let c = h2c_client();
+    let streams: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, url) = (c.clone(), gw.url("/one/slow/1500"));
+            tokio::spawn(async move { send(&c, http::Request::get(url).body(Full::default()).unwrap()).await })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(3), || (u.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 2)
+            .then_some(()))
+        .is_some()
+    );
+    assert_eq!(gw.series("gateway_connections_total", &[]), 1.0, "both streams share one connection");
+    gw.signal(Signal::SIGTERM);
+    for stream in streams {
+        let r = stream.await.unwrap();
+        assert_eq!(r.status.as_u16(), 200, "an in-flight stream completed during the drain");
+    }
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_spread_over_several_workers() {
     let u = Upstream::start("u");

@@ -28,7 +28,7 @@ use self::{
     attack::Attack,
     legit::{LegitResult, Oha},
     subject::{Defence, Up},
-    topology::{ATTACK_IF, ATTACK_NS, Topology},
+    topology::{ATTACK_IF, ATTACK_NS, GW_NS, Topology},
 };
 use super::{Options, load, run_dir};
 use crate::{
@@ -43,13 +43,13 @@ pub struct Flags {
     /// machine actually offered); the connection flood aims at a quarter of it in handshakes.
     #[arg(long, default_value_t = 150_000)]
     pub attack_pps: u64,
-    /// flood: requests per second of the legitimate keep-alive client (1,600 latency samples in
-    /// a 4 s cell: its p99 is the 16th-slowest, not nearly the maximum).
+    /// flood: requests per second of the legitimate keep-alive client (2,000 latency samples in
+    /// a 5 s cell; the report's p99 pools every rep's samples: 6,000 with 3 reps).
     #[arg(long, default_value_t = 400)]
     pub legit_rate: u64,
     /// flood: requests per second of the legitimate client that opens a connection per request
-    /// (400 samples in a 4 s cell; half the guard's and nftables' per-source SYN rate of 200/s,
-    /// so neither refuses it).
+    /// (500 samples in a 5 s cell, 1,500 pooled over 3 reps; half the guard's and nftables'
+    /// per-source SYN rate of 200/s, so neither refuses it).
     #[arg(long, default_value_t = 100)]
     pub legit_new_rate: u64,
     /// flood: only these attacks (comma-separated; the baseline `none` is always run).
@@ -80,6 +80,10 @@ pub struct Cell {
     pub escalation: Option<f64>,
     /// Per-CPU receive work and gatewayd's steering counters (the steering report's proof).
     pub colocation: colocation::CoLocation,
+    /// SYNs the gateway's TCP stack dropped at a listener (`TcpExt: ListenDrops`): none when
+    /// every spoofed source is routed back (a SYN without a route back is dropped there, never
+    /// queued, and no cookie of any defence engages for it).
+    pub listen_drops: u64,
 }
 
 impl Cell {
@@ -140,6 +144,7 @@ fn run_cell(
     let tree = up.gatewayd.tree();
     let dropped_before = up.dropped()?;
     let tx_before = topology::tx_packets(ATTACK_NS, ATTACK_IF)?;
+    let listen_drops_before = topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?;
     let softirq_before = softirq_seconds()?;
     let gatewayd_before = tree.cpu_time()?;
     let colocation = colocation::Probe::start()?;
@@ -148,13 +153,15 @@ fn run_cell(
     let watch = (attack.is_closed_loop() && defence.is_guard())
         .then(|| std::thread::spawn(move || watch_escalation(start, duration + LEAD)));
     std::thread::sleep(LEAD);
-    let keep_alive = Oha::start(flags.legit_rate, duration, true)?;
-    let new_conn = Oha::start(flags.legit_new_rate, duration, false)?;
+    let keep_alive = Oha::start(flags.legit_rate, duration, true, &dir.join(format!("oha-{tag}-keep-alive.db")))?;
+    let new_conn = Oha::start(flags.legit_new_rate, duration, false, &dir.join(format!("oha-{tag}-new.db")))?;
     let (keep_alive, new_conn) = (keep_alive.wait()?, new_conn.wait()?);
     let units = running.stop()?;
     let seconds = start.elapsed().as_secs_f64();
     let offered = topology::tx_packets(ATTACK_NS, ATTACK_IF)?.saturating_sub(tx_before);
     let softirq = softirq_seconds()? - softirq_before;
+    let listen_drops =
+        topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?.saturating_sub(listen_drops_before);
     let gatewayd = tree.cpu_time()?.saturating_sub(gatewayd_before).as_secs_f64();
     let dropped = match (dropped_before, up.dropped()?) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
@@ -176,6 +183,7 @@ fn run_cell(
         gatewayd,
         escalation,
         colocation,
+        listen_drops,
     })
 }
 

@@ -31,8 +31,9 @@ pub(super) async fn drive_h2<I: ClientIo>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<WatchedIo<I>>, End> {
     let io = h2_flood::FloodGuard::new(io, conn.clone(), limits.h2_control_frames_per_second);
-    let http = h2_builder(limits).serve_connection(TokioIo::new(io), service(conn, worker));
-    drive(http, conn, Proto::Http2, limits, shutdown, false).await.map(|()| None)
+    let exec = h2_exec::StreamExec::default();
+    let http = h2_builder(limits, exec.clone()).serve_connection(TokioIo::new(io), service(conn, worker));
+    drive(h2_exec::ServeH2::new(http, exec), conn, Proto::Http2, limits, shutdown, false).await.map(|()| None)
 }
 
 /// Takes the socket (and any read-ahead bytes) out of a finished hyper connection. A function of
@@ -200,24 +201,12 @@ pub fn h1_builder(limits: &Limits) -> http1::Builder {
 /// ~1.2k instructions per request, `bench/results/h2-profile.md`). An idle connection is closed
 /// by the watchdog (`idle_timeout`) without them, and a request in flight by its own timeouts,
 /// as over HTTP/1 (which has no PING at all).
-pub(super) fn h2_builder(limits: &Limits) -> http2::Builder<LocalExec> {
-    let mut h2 = http2::Builder::new(LocalExec);
+/// Streams run in the connection's task (`h2_exec`).
+pub(super) fn h2_builder(limits: &Limits, exec: h2_exec::StreamExec) -> http2::Builder<h2_exec::StreamExec> {
+    let mut h2 = http2::Builder::new(exec);
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(None);
     h2
-}
-
-/// hyper's executor for HTTP/2 streams: tasks stay on this worker's thread.
-#[derive(Clone, Copy)]
-pub struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
 }

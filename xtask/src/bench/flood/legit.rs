@@ -2,11 +2,14 @@
 //! connections, one opening a new connection per request (what a flood of SYNs hurts first).
 //! oha (`-q` with `--latency-correction`) measures latency from each request's scheduled start,
 //! so a stall delays the requests behind it in the numbers too (wrk and hey, closed-loop, would
-//! hide them); `load::ensure_oha` installs the pinned release.
+//! hide them); `load::ensure_oha` installs the pinned release. Every answered request's latency
+//! is kept (oha's `--db-url` SQLite file, read with the `sqlite3` tool): the report pools them
+//! over reps, so a p99 rests on thousands of samples rather than one run's few.
 
 use std::{
     collections::BTreeMap,
-    process::{Child, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -27,17 +30,25 @@ pub struct LegitResult {
     pub failed: u64,
     /// Seconds; NaN when nothing was answered.
     pub p99: f64,
+    /// Seconds from each answered request's scheduled start to its end (latency-corrected).
+    pub latencies: Vec<f64>,
 }
 
 /// One oha process in fl-cli; `wait` collects its result.
-pub struct Oha(Child);
+pub struct Oha {
+    child: Child,
+    db: PathBuf,
+}
 
 /// Per-request timeout: a request stuck this long (SYN dropped twice) counts as failed instead of
 /// vanishing as "cut off by the deadline".
 const TIMEOUT: &str = "3s";
 
 impl Oha {
-    pub fn start(rate: u64, duration: Duration, keep_alive: bool) -> Result<Oha> {
+    /// `db`: where oha writes its per-request records (removed once read).
+    pub fn start(rate: u64, duration: Duration, keep_alive: bool, db: &Path) -> Result<Oha> {
+        // oha appends to an existing file: start from none.
+        let _absent = std::fs::remove_file(db);
         let url = format!("http://{GW_CLIENT_ADDR}:{SERVICE_PORT}/demo/hello");
         let mut cmd = topology::in_ns(CLIENT_NS, "oha");
         cmd.args(["-z", &format!("{}ms", duration.as_millis())])
@@ -46,18 +57,53 @@ impl Oha {
         if !keep_alive {
             cmd.arg("--disable-keepalive");
         }
+        cmd.arg("--db-url").arg(db);
         cmd.arg(url).stdout(Stdio::piped()).stderr(Stdio::piped());
-        Ok(Oha(cmd.spawn().context("cannot start oha in fl-cli")?))
+        Ok(Oha { child: cmd.spawn().context("cannot start oha in fl-cli")?, db: db.to_owned() })
     }
 
     pub fn wait(self) -> Result<LegitResult> {
-        let out = self.0.wait_with_output()?;
+        let out = self.child.wait_with_output()?;
         if !out.status.success() {
             bail!("oha failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         }
         let text = String::from_utf8_lossy(&out.stdout);
-        parse(&text).with_context(|| format!("cannot read oha's JSON:\n{text}"))
+        let mut result = parse(&text).with_context(|| format!("cannot read oha's JSON:\n{text}"))?;
+        result.latencies = latencies(&self.db)?;
+        let _ = std::fs::remove_file(&self.db);
+        // oha's database holds every request that got an answer (any status), as its percentiles do.
+        let answered = json_answered(&text)?;
+        if result.latencies.len() as u64 != answered {
+            bail!("oha's database has {} requests, its summary {answered}", result.latencies.len());
+        }
+        Ok(result)
     }
+}
+
+/// The `duration` column of oha's database (end minus the latency-corrected start), in seconds.
+fn latencies(db: &Path) -> Result<Vec<f64>> {
+    let out = crate::cmd::capture(
+        Command::new("sqlite3").args(["-batch", "-noheader"]).arg(db).arg("SELECT duration FROM oha"),
+    )
+    .with_context(|| format!("cannot read oha's database {}", db.display()))?;
+    out.lines().map(|l| l.trim().parse::<f64>().with_context(|| format!("not a duration: {l:?}"))).collect()
+}
+
+/// Answered requests (every status) in oha's JSON summary.
+fn json_answered(text: &str) -> Result<u64> {
+    let json: Json = serde_json::from_str(text)?;
+    Ok(json.status_codes.values().sum())
+}
+
+/// The nearest-rank percentile `q` (0–1) of `samples`; NaN when there are none.
+pub fn percentile(samples: &[f64], q: f64) -> f64 {
+    let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 #[derive(Deserialize)]
@@ -79,7 +125,7 @@ fn parse(text: &str) -> Result<LegitResult> {
     let not_ok: u64 = json.status_codes.iter().filter(|(c, _)| !c.starts_with('2')).map(|(_, n)| n).sum();
     let errors: u64 = json.errors.iter().filter(|(e, _)| *e != DEADLINE).map(|(_, n)| n).sum();
     let p99 = json.latency_percentiles.get("p99").copied().flatten().unwrap_or(f64::NAN);
-    Ok(LegitResult { ok, failed: not_ok + errors, p99 })
+    Ok(LegitResult { ok, failed: not_ok + errors, p99, latencies: Vec::new() })
 }
 
 #[cfg(test)]
@@ -91,10 +137,19 @@ mod tests {
         let json = r#"{"summary":{},"latencyPercentiles":{"p50":0.001,"p99":0.004},
             "statusCodeDistribution":{"200":990,"429":3},
             "errorDistribution":{"aborted due to deadline":8,"timeout":7}}"#;
-        assert_eq!(parse(json).ok(), Some(LegitResult { ok: 990, failed: 10, p99: 0.004 }));
+        assert_eq!(parse(json).ok(), Some(LegitResult { ok: 990, failed: 10, p99: 0.004, latencies: Vec::new() }));
         let none =
             r#"{"latencyPercentiles":{"p99":null},"statusCodeDistribution":{},"errorDistribution":{"timeout":5}}"#;
         let parsed = parse(none).ok();
         assert!(parsed.as_ref().is_some_and(|r| r.ok == 0 && r.failed == 5 && r.p99.is_nan()), "{parsed:?}");
+    }
+
+    #[test]
+    fn percentile_is_the_nearest_rank() {
+        let samples: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&samples, 0.99), 990.0);
+        assert_eq!(percentile(&samples[..100], 0.99), 99.0);
+        assert_eq!(percentile(&[3.0], 0.99), 3.0);
+        assert!(percentile(&[], 0.99).is_nan());
     }
 }

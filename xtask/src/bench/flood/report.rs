@@ -1,5 +1,6 @@
-//! `bench/results/flood.md`: medians per (attack, defence), the goal check for the guard, every
-//! raw cell, and what is needed to reproduce the run (the nftables rules, gatewayd's config).
+//! `bench/results/flood.md`: medians per (attack, defence) with p99s over every rep's samples
+//! pooled, the goal check for the guard, every raw cell, and what is needed to reproduce the run
+//! (the nftables rules, gatewayd's config).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -8,6 +9,7 @@ use anyhow::Result;
 use super::{
     Cell,
     attack::Attack,
+    legit::{LegitResult, percentile},
     subject::{self, Defence, L7_LIMIT_PER_SECOND},
 };
 use crate::bench::{
@@ -15,11 +17,12 @@ use crate::bench::{
     report::{Machine, Report, git_revision, median, num, version_of},
 };
 
-/// Per (attack, defence): the medians over reps, CPU with the defence's no-attack cost removed.
+/// Per (attack, defence): the medians over reps, CPU with the defence's no-attack cost removed;
+/// the p99s over every rep's samples pooled.
 struct Summary {
     success: f64,
-    p99_keep_alive: f64,
-    p99_new: f64,
+    p99_keep_alive: Pooled,
+    p99_new: Pooled,
     offered_pps: f64,
     dropped_pps: f64,
     softirq_per_m: f64,
@@ -28,6 +31,39 @@ struct Summary {
     /// Extra softirq + gatewayd CPU per second of the attack window (ms/s).
     extra_cpu_ms_per_s: f64,
     escalation: f64,
+}
+
+/// A p99 over pooled samples, and how many there were.
+#[derive(Debug, Clone, Copy)]
+struct Pooled {
+    p99: f64,
+    samples: usize,
+}
+
+impl Pooled {
+    /// Every sample of `runs` together (a p99 of one short run is its few slowest requests: one
+    /// scheduler hiccup moves it; pooled over reps it rests on thousands).
+    fn of<'a>(runs: impl Iterator<Item = &'a LegitResult>) -> Pooled {
+        let samples: Vec<f64> = runs.flat_map(|r| r.latencies.iter().copied()).collect();
+        Pooled { p99: percentile(&samples, 0.99), samples: samples.len() }
+    }
+
+    /// `1.1 ms (6,000)`-style cell text, without the unit.
+    fn cell(self) -> String {
+        format!("{} ({})", ms(self.p99), thousands(self.samples))
+    }
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn summarise(cells: &[Cell], attack: Attack, defence: Defence) -> Option<Summary> {
@@ -51,8 +87,8 @@ fn summarise(cells: &[Cell], attack: Attack, defence: Defence) -> Option<Summary
     };
     Some(Summary {
         success: m(&|c| c.success()),
-        p99_keep_alive: m(&|c| c.keep_alive.p99),
-        p99_new: m(&|c| c.new_conn.p99),
+        p99_keep_alive: Pooled::of(mine.iter().map(|c| &c.keep_alive)),
+        p99_new: Pooled::of(mine.iter().map(|c| &c.new_conn)),
         offered_pps: m(&|c| c.offered as f64 / c.seconds),
         dropped_pps: m(&|c| c.dropped.map_or(f64::NAN, |d| d as f64 / c.seconds)),
         softirq_per_m: m(&|c| per_m(extra(c).0, c)),
@@ -158,7 +194,7 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
          the packets dropped; extra CPU ms / s is the same extra CPU per second of the attack window. Escalation is the time from the start of the HTTP or connection flood until the \
          guard's deny list dropped a flooder's packet."
     ));
-    r.heading("Results (medians over reps)");
+    r.heading("Results (medians over reps; p99 over every rep's samples, their count in brackets)");
     let mut rows = Vec::new();
     for &attack in &attacks {
         for &defence in &defences {
@@ -167,8 +203,8 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
                 attack.label().to_owned(),
                 defence.label().to_owned(),
                 pct(s.success),
-                ms(s.p99_keep_alive),
-                ms(s.p99_new),
+                s.p99_keep_alive.cell(),
+                s.p99_new.cell(),
                 num(s.offered_pps, 0),
                 num(s.dropped_pps, 0),
                 num(s.softirq_per_m, 0),
@@ -184,8 +220,8 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
             "attack",
             "defence",
             "legit success",
-            "p99 keep-alive ms",
-            "p99 new conn ms",
+            "p99 keep-alive ms (samples)",
+            "p99 new conn ms (samples)",
             "attack pps offered",
             "dropped pps",
             "softirq ms / M pkts",
@@ -206,9 +242,10 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
          For the closed-loop attacks (`connections`, `http`) the defence itself decides how many packets the \
          attacker gets to send (a source blocked in XDP stops completing handshakes and requests), so per \
          offered packet would reward letting the attacker send more: there it compares the extra CPU per second \
-         of the attack window. No attack is the median p99 of every defence's `none` cells: without an attack \
-         every defence passes everything, and one defence's own few thousand samples ranged 0.6–1.9 ms between \
-         runs on the same machine (a 2× test against one such draw tests the draw); the defence's own baseline \
+         of the attack window. Each p99 is over the samples of every rep pooled (a 4 s run's p99 is its 16th \
+         slowest request of 1,600, or the 4th of 400 new connections: one scheduler hiccup moved it 0.6–1.9 ms \
+         between runs). No attack is the p99 of every defence's `none` samples pooled: without an attack \
+         every defence passes everything, so they measure the same thing; the defence's own baseline \
          is shown as well.",
     );
     r.table(
@@ -216,6 +253,12 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
         &goal_rows(cells, &attacks, &defences),
     );
     r.heading("Every cell");
+    r.paragraph(
+        "Listen drops: SYNs the gateway's TCP stack dropped at the listener (`TcpExt: ListenDrops`), e.g. for \
+         want of a route back to their source: such a SYN is never queued, so no defence's cookies engage for \
+         it. It must be 0 under the raw floods (their spoofed sources are routed back); it is how the \
+         `rotating` flood's IPv6 half, once drawn outside the routed prefix, showed up.",
+    );
     let raw: Vec<Vec<String>> = cells
         .iter()
         .map(|c| {
@@ -229,6 +272,7 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
                 c.offered.to_string(),
                 c.units.to_string(),
                 c.dropped.map_or("–".to_owned(), |d| d.to_string()),
+                c.listen_drops.to_string(),
                 num(c.softirq, 2),
                 num(c.gatewayd, 2),
                 num(c.seconds, 2),
@@ -246,6 +290,7 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
             "packets offered",
             "attack units sent",
             "dropped",
+            "listen drops",
             "softirq s",
             "gatewayd s",
             "window s",
@@ -262,19 +307,15 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
 fn goal_rows(cells: &[Cell], attacks: &[Attack], defences: &[Defence]) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     let yes_no = |ok: bool, detail: String| format!("{} ({detail})", if ok { "yes" } else { "**no**" });
-    let pooled_p99 = median(
-        &cells
-            .iter()
-            .filter(|c| c.attack == Attack::None)
-            .map(|c| c.keep_alive.p99.max(c.new_conn.p99))
-            .collect::<Vec<_>>(),
-    );
+    let baseline = || cells.iter().filter(|c| c.attack == Attack::None);
+    let pooled_p99 =
+        Pooled::of(baseline().map(|c| &c.keep_alive)).p99.max(Pooled::of(baseline().map(|c| &c.new_conn)).p99);
     for &defence in defences.iter().filter(|d| d.is_guard()) {
         let Some(base) = summarise(cells, Attack::None, defence) else { continue };
-        let own_p99 = base.p99_keep_alive.max(base.p99_new);
+        let own_p99 = base.p99_keep_alive.p99.max(base.p99_new.p99);
         for &attack in attacks.iter().filter(|a| **a != Attack::None) {
             let Some(s) = summarise(cells, attack, defence) else { continue };
-            let p99 = s.p99_keep_alive.max(s.p99_new);
+            let p99 = s.p99_keep_alive.p99.max(s.p99_new.p99);
             // Per offered attack packet: what the operator pays for the flood whatever each defence
             // chose to drop (nftables drops nothing of a spoofed flood, so per dropped packet has
             // nothing to compare with there).
@@ -312,7 +353,7 @@ mod tests {
     use crate::bench::flood::legit::LegitResult;
 
     fn cell(attack: Attack, offered: u64, softirq: f64) -> Cell {
-        let legit = LegitResult { ok: 100, failed: 0, p99: 0.001 };
+        let legit = LegitResult { ok: 100, failed: 0, p99: 0.001, latencies: vec![0.001; 100] };
         Cell {
             defence: Defence::GuardXdp,
             attack,
@@ -326,6 +367,7 @@ mod tests {
             gatewayd: 0.0,
             escalation: None,
             colocation: Default::default(),
+            listen_drops: 0,
         }
     }
 
@@ -339,5 +381,19 @@ mod tests {
         // 2.4 s minus the baseline's 0.1 s/s over 4 s: 2.0 s extra, 500 ms per second.
         assert!((http.extra_cpu_ms_per_s - 500.0).abs() < 1e-6, "{}", http.extra_cpu_ms_per_s);
         assert!(Attack::Http.is_closed_loop() && !Attack::SynSpoofed.is_closed_loop());
+    }
+
+    #[test]
+    fn p99_pools_every_rep() {
+        // Two reps of 100: the slowest 2 % sit in one of them; its own p99 would hide the other's.
+        let mut fast = cell(Attack::Udp, 1, 0.0);
+        let mut slow = fast.clone();
+        fast.keep_alive.latencies = vec![0.001; 100];
+        slow.keep_alive.latencies = [vec![0.001; 96], vec![0.009; 4]].concat();
+        let s = summarise(&[fast, slow], Attack::Udp, Defence::GuardXdp).unwrap();
+        assert_eq!((s.p99_keep_alive.p99, s.p99_keep_alive.samples), (0.009, 200));
+        assert_eq!(s.p99_keep_alive.cell(), "9.0 (200)");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
     }
 }

@@ -55,14 +55,40 @@ pub fn http_source(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 72, 3, 1 + i as u8)
 }
 
-/// The spoofed source space: 10.128.0.0/9 and fd73::/32 (one /64 per IPv6 source: sources inside
-/// one /64 would share a bucket in the guard and a meter in nftables, and be no flood of many).
+/// The spoofed source space, routed back over the attack link and discarded in fl-atk: one
+/// definition for the routes, the discard rules and the sources the attacks draw.
+pub const SPOOFED_V4: &str = "10.128.0.0/9";
+pub const SPOOFED_V6: &str = "fd73::/32";
+
+/// The n-th spoofed IPv4 source (modulo the /9's 2^23 addresses).
 pub fn spoofed_v4(n: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0A80_0000 | (n & 0x007F_FFFF))
 }
 
-pub fn spoofed_v6(n: u64) -> Ipv6Addr {
-    Ipv6Addr::from((0xfd73_u128 << 112) | (u128::from(n & 0xFFFF_FFFF_FFFF) << 64) | 1)
+/// The n-th spoofed IPv6 source, one /64 each (sources inside one /64 would share a bucket in the
+/// guard and a meter in nftables, and be no flood of many). `n` is 32 bits: the /64s inside
+/// fd73::/32. (It once took 48 bits: the rotating flood's IPv6 half fell outside the routed
+/// prefix, fl-gw dropped those SYNs at its route lookup (`TcpExtListenDrops`), the IPv6
+/// listener's SYN queue never filled, and neither the kernel nor the guard sent them cookies.)
+pub fn spoofed_v6(n: u32) -> Ipv6Addr {
+    Ipv6Addr::from((0xfd73_u128 << 112) | (u128::from(n) << 64) | 1)
+}
+
+/// Whether `addr` is in the spoofed space (routed back and discarded), per the prefixes above.
+#[cfg(test)]
+pub fn is_spoofed(addr: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (prefix, len) = match addr {
+        IpAddr::V4(_) => SPOOFED_V4.split_once('/'),
+        IpAddr::V6(_) => SPOOFED_V6.split_once('/'),
+    }
+    .expect("a prefix with a length");
+    let (Ok(prefix), Ok(len)) = (prefix.parse::<IpAddr>(), len.parse::<u32>()) else { return false };
+    match (addr, prefix) {
+        (IpAddr::V4(a), IpAddr::V4(p)) => (u32::from(a) ^ u32::from(p)).checked_shr(32 - len).unwrap_or(0) == 0,
+        (IpAddr::V6(a), IpAddr::V6(p)) => (u128::from(a) ^ u128::from(p)).checked_shr(128 - len).unwrap_or(0) == 0,
+        _ => false,
+    }
 }
 
 pub struct Topology {
@@ -88,8 +114,8 @@ impl Topology {
             format!("addr add {GW_ATTACK_ADDR6}/64 dev {GW_ATTACK_IF} nodad"),
             format!("link set {GW_CLIENT_IF} up"),
             format!("link set {GW_ATTACK_IF} up"),
-            "route add 10.128.0.0/9 via 10.72.0.2".to_owned(),
-            "route add fd73::/32 via fd72::2".to_owned(),
+            format!("route add {SPOOFED_V4} via 10.72.0.2"),
+            format!("route add {SPOOFED_V6} via fd72::2"),
         ];
         batch_in(GW_NS, &gw)?;
         batch_in(
@@ -128,7 +154,7 @@ impl Drop for Topology {
 /// fl-atk drops what fl-gw sends to the spoofed ranges at its veth's ingress (before IP).
 fn discard_answers_to_spoofed() -> Result<()> {
     let rules = format!(
-        "table netdev fl-atk {{\n    chain ingress {{\n        type filter hook ingress device \"{ATTACK_IF}\" priority -500; policy accept;\n        ip daddr 10.128.0.0/9 counter drop\n        ip6 daddr fd73::/32 counter drop\n    }}\n}}\n"
+        "table netdev fl-atk {{\n    chain ingress {{\n        type filter hook ingress device \"{ATTACK_IF}\" priority -500; policy accept;\n        ip daddr {SPOOFED_V4} counter drop\n        ip6 daddr {SPOOFED_V6} counter drop\n    }}\n}}\n"
     );
     let path = std::env::temp_dir().join(format!("fl-{}-atk.nft", std::process::id()));
     std::fs::write(&path, rules).with_context(|| format!("cannot write {}", path.display()))?;
@@ -184,6 +210,21 @@ pub fn tx_packets(ns: &str, iface: &str) -> Result<u64> {
     json[0]["stats64"]["tx"]["packets"].as_u64().with_context(|| format!("no tx packets for {iface}: {out}"))
 }
 
+/// A counter of the kernel's `/proc/net/FILE` inside `ns` (`netstat`, `snmp`: a line of names,
+/// then one of values, per group), e.g. `netstat` `TcpExt` `ListenDrops`.
+pub fn proc_net_counter(ns: &str, file: &str, group: &str, field: &str) -> Result<u64> {
+    let out = capture(in_ns(ns, "cat").arg(format!("/proc/net/{file}")))?;
+    netstat_field(&out, group, field).with_context(|| format!("no {group} {field} in {ns}'s /proc/net/{file}"))
+}
+
+fn netstat_field(text: &str, group: &str, field: &str) -> Option<u64> {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == field)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// `ip netns exec NS PROGRAM`: the program runs (execs in place, same pid) inside `ns`.
 pub fn in_ns(ns: &str, program: &str) -> Command {
     let mut cmd = Command::new("ip");
@@ -211,6 +252,8 @@ pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send 
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     #[test]
@@ -220,6 +263,20 @@ mod tests {
         assert_eq!(spoofed_v4(u32::MAX), Ipv4Addr::new(10, 255, 255, 255));
         assert_eq!(spoofed_v4(0), Ipv4Addr::new(10, 128, 0, 0));
         assert_eq!(spoofed_v6(5), "fd73:0:0:5::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(spoofed_v6(u32::MAX), "fd73:0:ffff:ffff::1".parse::<Ipv6Addr>().unwrap());
+        for edge in [spoofed_v4(0), spoofed_v4(u32::MAX)].map(IpAddr::V4) {
+            assert!(is_spoofed(edge), "{edge}");
+        }
+        for edge in [spoofed_v6(0), spoofed_v6(u32::MAX)].map(IpAddr::V6) {
+            assert!(is_spoofed(edge), "{edge}");
+        }
+        for outside in ["10.127.255.255", "10.72.0.2", "fd73:1::1", "fd74::1", "fd72::2"] {
+            assert!(!is_spoofed(outside.parse().unwrap()), "{outside}");
+        }
+        let netstat = "TcpExt: SyncookiesSent ListenDrops\nTcpExt: 3 17\nIpExt: InNoRoutes\nIpExt: 5\n";
+        assert_eq!(netstat_field(netstat, "TcpExt", "ListenDrops"), Some(17));
+        assert_eq!(netstat_field(netstat, "IpExt", "InNoRoutes"), Some(5));
+        assert_eq!(netstat_field(netstat, "TcpExt", "Nope"), None);
         assert_eq!(parse_mac("02:ab:00:00:00:ff").ok(), Some([2, 0xab, 0, 0, 0, 0xff]));
         assert!(parse_mac("02:ab").is_err());
     }
