@@ -214,8 +214,8 @@ async fn sweep_pool(worker: Rc<WorkerLocal>) {
         // as the worker stayed idle (`bench proxy` read 10–30 KB per idle connection at 2,000,
         // ~3 KB with the purge done). `collect` decides when (not while the worker is busy).
         match decision {
+            collect::Collect::Forced => collect::force(),
             // SAFETY: mi_collect only walks this thread's heap (and the OS memory it owns).
-            collect::Collect::Forced => unsafe { libmimalloc_sys::mi_collect(true) },
             collect::Collect::Normal => unsafe { libmimalloc_sys::mi_collect(false) },
             collect::Collect::None => {}
         }

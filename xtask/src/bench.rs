@@ -58,6 +58,10 @@ pub struct Options {
     /// that amortises fixed costs best).
     #[arg(long, value_delimiter = ',', default_values_t = [1_000, 2_000, 10_000])]
     idle_connections: Vec<usize>,
+    /// proxy: only the idle-connection memory rounds, after the warm-up (a minute or two;
+    /// writes results/proxy-idle.md).
+    #[arg(long)]
+    idle_only: bool,
     /// The closed-loop load generator for the highest rate (proxy).
     #[arg(long, value_enum, default_value_t = load::MaxLoad::Wrk)]
     load: load::MaxLoad,
@@ -147,6 +151,9 @@ pub fn run(opts: &Options) -> Result<()> {
         && !matches!(opts.target, Target::Callgrind | Target::CpuCompare | Target::SlowClients | Target::KtlsIdle)
     {
         anyhow::bail!("only callgrind, cpu-compare, slow-clients and ktls-idle take binaries ({:?})", opts.bins);
+    }
+    if opts.idle_only && !matches!(opts.target, Target::Proxy) {
+        anyhow::bail!("--idle-only is a mode of bench proxy only");
     }
     match opts.target {
         Target::Proxy => proxy::run(opts),

@@ -10,6 +10,21 @@
 //! so that the memory parked and closed connections freed goes back: the idle-memory goal), or at
 //! most once every `FORCED_EVERY_BUSY` ticks while it stays busy.
 
+/// A forced collection: mimalloc's (this thread's heap, and the arenas' purges) and glibc
+/// malloc's. Rust allocates from mimalloc, but aws-lc (rustls' crypto) is C and allocates from
+/// glibc's malloc, whose per-thread arenas keep the pages freed inside them: after 2,000 rustls
+/// connections closed, each worker's arena stayed at 1.2 MiB (`bench ktls-idle`'s smaps lines).
+/// `malloc_trim(0)` hands back the whole free pages of every glibc arena.
+pub fn force() {
+    // SAFETY: mi_collect only walks this thread's heap (and the OS memory it owns).
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    // SAFETY: malloc_trim takes glibc's arena locks itself and frees only free pages.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// While requests keep arriving, a forced collection runs at most once in this many ticks.
 pub const FORCED_EVERY_BUSY: u32 = 10;
 /// Every this many ticks a normal (cheap: non-full pages only, expired purges) collection runs

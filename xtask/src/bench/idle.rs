@@ -2,23 +2,27 @@
 //! memory (PSS and RSS of its process tree) before, with the connections merely open, after one
 //! request on each (the keep-alive state that matters), and after they are closed again.
 
-use std::{net::SocketAddr, net::TcpStream, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 use super::{
     http,
-    procfs::{Memory, Tree},
+    procfs::{
+        Memory, Tree,
+        tcp::{self, Ends},
+    },
 };
 
 /// How long the subject may take to accept (or notice the closing of) all the connections.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the connections sit idle after their request before memory is measured.
 const IDLE_SETTLE: Duration = Duration::from_secs(5);
-/// Descriptors a proxy may still hold once the client connections are closed: upstream
-/// connections opened for the requests (sequential requests need one).
-const UPSTREAM_SLACK: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct IdleResult {
@@ -62,24 +66,26 @@ pub fn measure(tree: Tree, addr: SocketAddr, path: &str, n: usize) -> Result<Idl
         }
         Ok(())
     };
-    measure_with(tree, n, || http::connect(addr), request)
+    measure_with(tree, addr, n, || http::connect(addr), request)
 }
 
-/// `measure` with any kind of connection: `connect` opens one (TLS: with its handshake done),
-/// `request` sends one request on it and checks the answer.
+/// `measure` with any kind of connection to the subject listening on `addr`: `connect` opens
+/// one (TLS: with its handshake done), `request` sends one request on it and checks the answer.
 pub fn measure_with<C>(
     tree: Tree,
+    addr: SocketAddr,
     n: usize,
     connect: impl FnMut() -> Result<C>,
     request: impl FnMut(&mut C) -> Result<()>,
 ) -> Result<IdleResult> {
-    measure_with_idle(tree, n, connect, request, |_| Ok(()))
+    measure_with_idle(tree, addr, n, connect, request, |_| Ok(()))
 }
 
 /// `measure_with`, and `idle` looks at the idle connections (after their memory is measured,
 /// before they are closed): e.g. the kernel's count of kTLS sockets, or a second request.
 pub fn measure_with_idle<C>(
     tree: Tree,
+    addr: SocketAddr,
     n: usize,
     mut connect: impl FnMut() -> Result<C>,
     mut request: impl FnMut(&mut C) -> Result<()>,
@@ -89,15 +95,36 @@ pub fn measure_with_idle<C>(
     if n as u64 + 64 > soft {
         bail!("{n} idle connections need more descriptors than the limit of {soft} (see raise_fd_limit)");
     }
-    let fds_before = settled_fds(tree)?;
+    // The previous measurement waited until the subject had closed its connections.
     let before = tree.memory()?;
+    let fds_before = tree.open_fds()?;
 
+    let drops_before = tcp::listen_drops()?;
     let mut conns: Vec<C> = Vec::with_capacity(n);
     for i in 0..n {
         conns.push(connect().with_context(|| format!("idle connection {i} of {n}"))?);
     }
-    tree.wait_for_fds("the connections to be accepted", SETTLE_TIMEOUT, |fds| fds >= fds_before + n)?;
+    // Counted as the subject sees them (see procfs/tcp.rs): its descriptor count also moves
+    // with connections that are none of ours.
+    let clients = tcp::own_connections_to(addr)?;
+    if clients.len() != n {
+        bail!("{} of the {n} connections to {addr} are open on this side", clients.len());
+    }
+    wait_for_held(tree, &clients, "the connections to be accepted", |held| held == n).with_context(|| {
+        let drops = tcp::listen_drops().map(|d| d.saturating_sub(drops_before));
+        format!("the kernel turned away {drops:?} connections at full accept queues (ListenOverflows + ListenDrops) meanwhile")
+    })?;
     let connected = tree.memory()?;
+    // What a descriptor count would have said (it used to be the criterion): shown when it
+    // differs, as the evidence of what else the subject opened or closed meanwhile.
+    let fds = tree.open_fds()?;
+    if fds != fds_before + n {
+        eprintln!(
+            "xtask: process {} accepted all {n} connections, but its descriptors went from {fds_before} to {fds} \
+             (others opened or closed meanwhile)",
+            tree.0
+        );
+    }
 
     for (i, conn) in conns.iter_mut().enumerate() {
         request(conn).with_context(|| format!("request on idle connection {i}"))?;
@@ -111,24 +138,29 @@ pub fn measure_with_idle<C>(
     idle(&mut conns)?;
 
     drop(conns);
-    // A proxy may keep the upstream connection(s) these requests opened.
-    tree.wait_for_fds("the connections to be closed", SETTLE_TIMEOUT, |fds| fds <= fds_before + UPSTREAM_SLACK)?;
+    // A proxy keeps the upstream connection(s) these requests opened: only the client
+    // connections must be gone.
+    wait_for_held(tree, &clients, "the connections to be closed", |held| held == 0)?;
     let released = tree.memory()?;
     Ok(IdleResult { connections: n, before, connected, after_request, released })
 }
 
-/// The subject's descriptor count once it holds still: connections of an earlier measurement
-/// may still be closing (a TLS close sends close_notify first), and a count taken meanwhile
-/// would be a baseline the next measurement cannot reach.
-fn settled_fds(tree: Tree) -> Result<usize> {
-    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
-    let mut last = tree.open_fds()?;
+/// Polls until `done` holds for the number of `clients` whose other end `tree` holds.
+fn wait_for_held(tree: Tree, clients: &HashSet<Ends>, what: &str, done: impl Fn(usize) -> bool) -> Result<()> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = tree.open_fds()?;
-        if now == last || std::time::Instant::now() > deadline {
-            return Ok(now);
+        let held = tcp::held_by(tree, clients)?;
+        if done(held) {
+            return Ok(());
         }
-        last = now;
+        if Instant::now() > deadline {
+            bail!(
+                "process {} holds {held} of the {} client connections after {SETTLE_TIMEOUT:?}, waiting for {what}",
+                tree.0,
+                clients.len()
+            );
+        }
+        // Reading /proc/net/tcp with tens of thousands of sockets takes milliseconds.
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -1,13 +1,11 @@
 //! What a process (with its children: nginx's master and workers) costs, read from /proc: CPU
 //! time, memory (RSS and PSS) and open file descriptors.
 
-use std::{
-    collections::HashMap,
-    fs,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, fs, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
+
+pub mod tcp;
 
 /// A process and its descendants, as they are when measured (nginx forks its workers after the
 /// master starts; a reload replaces them).
@@ -51,6 +49,7 @@ impl Tree {
                 let m = parse_smaps_rollup(&rollup).with_context(|| format!("/proc/{pid}/smaps_rollup"))?;
                 total.rss_bytes += m.rss_bytes;
                 total.pss_bytes += m.pss_bytes;
+                total.anon_bytes += m.anon_bytes;
             }
         }
         Ok(total)
@@ -65,21 +64,6 @@ impl Tree {
             }
         }
         Ok(n)
-    }
-
-    /// Polls until `open_fds` satisfies `done` (a proxy has accepted, or closed, connections).
-    pub fn wait_for_fds(self, what: &str, timeout: Duration, done: impl Fn(usize) -> bool) -> Result<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self.open_fds()?;
-            if done(n) {
-                return Ok(n);
-            }
-            if Instant::now() > deadline {
-                bail!("process {} has {n} open descriptors after {timeout:?}, waiting for {what}", self.0);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -111,6 +95,10 @@ fn parse_cpus_busy(stat: &str, cpus: &[usize]) -> Result<u64> {
 pub struct Memory {
     pub rss_bytes: u64,
     pub pss_bytes: u64,
+    /// The anonymous part of `rss_bytes` (heap, stacks): what the process allocated, as opposed
+    /// to pages of its binary and libraries it ran (file-backed: shared, clean, reclaimable, and
+    /// resident once per process however many connections use the code).
+    pub anon_bytes: u64,
 }
 
 struct Stat {
@@ -138,7 +126,7 @@ fn parse_smaps_rollup(text: &str) -> Result<Memory> {
             .and_then(|rest| rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
             .with_context(|| format!("no `{key}:` line"))
     };
-    Ok(Memory { rss_bytes: kib("Rss")? * 1024, pss_bytes: kib("Pss")? * 1024 })
+    Ok(Memory { rss_bytes: kib("Rss")? * 1024, pss_bytes: kib("Pss")? * 1024, anon_bytes: kib("Anonymous")? * 1024 })
 }
 
 fn parent_map() -> Result<HashMap<u32, u32>> {
@@ -163,6 +151,7 @@ fn clock_tick() -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {
@@ -187,8 +176,9 @@ mod tests {
     #[test]
     fn smaps_rollup_gives_rss_and_pss_in_bytes() {
         let text = "55d0c0000000-7ffd3b1ff000 ---p 00000000 00:00 0    [rollup]\n\
-                    Rss:               12340 kB\nPss:                6170 kB\nPss_Anon:  1 kB\n";
-        assert_eq!(parse_smaps_rollup(text).ok(), Some(Memory { rss_bytes: 12340 * 1024, pss_bytes: 6170 * 1024 }));
+                    Rss:               12340 kB\nPss:                6170 kB\nPss_Anon:  1 kB\nAnonymous:  2000 kB\n";
+        let want = Memory { rss_bytes: 12340 * 1024, pss_bytes: 6170 * 1024, anon_bytes: 2000 * 1024 };
+        assert_eq!(parse_smaps_rollup(text).ok(), Some(want));
         assert!(parse_smaps_rollup("Rss: 1 kB\n").is_err());
     }
 

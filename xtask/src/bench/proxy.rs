@@ -8,6 +8,7 @@
 //! bottleneck), already a dependency, and nothing of ours to maintain or to suspect.
 
 pub(super) mod haproxy;
+mod idle_only;
 mod summary;
 
 use std::{fs, net::SocketAddr, path::Path, process::Command, time::Duration};
@@ -87,6 +88,14 @@ pub fn run(opts: &Options) -> Result<()> {
     for s in &subjects {
         opts.load.run(opts.connections, WARMUP, &load_cpus, &s.url())?;
     }
+    if opts.idle_only {
+        let idle_results = idle_rounds(&mut h, opts, &subjects)?;
+        let report = idle_only::report(&subjects, &idle_results, opts, &h);
+        h.stop()?;
+        let path = report.write("proxy-idle")?;
+        eprintln!("xtask: bench proxy --idle-only: wrote {}", path.display());
+        return Ok(());
+    }
 
     // Highest rate, closed loop.
     let duration = opts.duration(10);
@@ -107,17 +116,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let loop_lag: Vec<(String, f64)> =
         lag_after.iter().zip(&lag_before).map(|((le, after), (_, before))| (le.clone(), after - before)).collect();
 
-    // Memory per idle keep-alive connection, at each count, once per subject.
-    let mut idle_results: Vec<Vec<IdleResult>> = Vec::new();
-    for &count in &opts.idle_connections {
-        let mut at_count = Vec::new();
-        for s in &subjects {
-            eprintln!("xtask: {count} idle keep-alive connections to {}", s.name);
-            at_count.push(idle::measure(s.tree, s.addr, "/", count)?);
-            h.check_alive()?;
-        }
-        idle_results.push(at_count);
-    }
+    let idle_results = idle_rounds(&mut h, opts, &subjects)?;
     let load_after = h.loadavg();
 
     let mut commands = vec![
@@ -140,6 +139,21 @@ pub fn run(opts: &Options) -> Result<()> {
     let path = report.write("proxy")?;
     eprintln!("xtask: bench proxy: wrote {}", path.display());
     Ok(())
+}
+
+/// Memory per idle keep-alive connection, at each count, once per subject: `idle[c][s]`.
+fn idle_rounds(h: &mut Harness, opts: &Options, subjects: &[Subject]) -> Result<Vec<Vec<IdleResult>>> {
+    let mut idle_results = Vec::new();
+    for &count in &opts.idle_connections {
+        let mut at_count = Vec::new();
+        for s in subjects {
+            eprintln!("xtask: {count} idle keep-alive connections to {}", s.name);
+            at_count.push(idle::measure(s.tree, s.addr, "/", count)?);
+            h.check_alive()?;
+        }
+        idle_results.push(at_count);
+    }
+    Ok(idle_results)
 }
 
 /// gatewayd's `gateway_worker_loop_lag_seconds` buckets (cumulative, summed over workers), in

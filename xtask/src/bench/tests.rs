@@ -55,6 +55,17 @@ fn the_comparison_modes_take_binaries_and_their_options() -> Result<()> {
 }
 
 #[test]
+fn idle_only_is_a_mode_of_bench_proxy() -> Result<()> {
+    let o = parse(&["proxy", "--idle-only", "--idle-connections", "1000,10000"])?;
+    assert!(o.idle_only && matches!(o.target, super::Target::Proxy));
+    assert_eq!(o.idle_connections, [1000, 10_000]);
+    assert!(!parse(&["proxy"])?.idle_only);
+    let err = super::run(&parse(&["tls", "--idle-only"])?).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("--idle-only is a mode of bench proxy only"), "{err}");
+    Ok(())
+}
+
+#[test]
 fn runs_are_interleaved_and_grouped_by_subject() {
     let mut order = Vec::new();
     let results = interleave(2, &["a", "b", "c"], |rep, s| {

@@ -240,7 +240,10 @@ fn raw_flood(
     stop: &AtomicBool,
 ) -> Result<u64> {
     let fd = packet_socket()?;
-    let mut buf = Vec::with_capacity(packet::frame_len(true, payload));
+    // A batch of frames goes out in one sendmmsg: the generator shares the machine's two CPUs
+    // with the gateway and its legitimate clients, so its own cost per packet (a syscall each)
+    // would show up as their latency, which an attacker on another host would not cause.
+    let mut frames: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(packet::frame_len(true, payload))).collect();
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut n: u64 = 0;
@@ -251,20 +254,39 @@ fn raw_flood(
             std::thread::sleep(Duration::from_secs_f64((sent - due) as f64 / pps as f64));
             continue;
         }
-        for _ in 0..64 {
+        for buf in &mut frames {
             let src = scheme.source(n);
             let dst = if src.is_ipv6() { IpAddr::V6(GW_ATTACK_ADDR6) } else { IpAddr::V4(GW_ATTACK_ADDR) };
             let sport = 1024 + (mix(n ^ 0xA5A5) % 64000) as u16;
-            packet::build(&mut buf, link, Frame { src, dst, sport, dport: SERVICE_PORT, payload, seq: n as u32 });
+            packet::build(buf, link, Frame { src, dst, sport, dport: SERVICE_PORT, payload, seq: n as u32 });
             n += 1;
-            // SAFETY: buf is a live, initialised buffer of buf.len() bytes.
-            let rc = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-            if rc > 0 {
-                sent += 1;
-            }
         }
+        sent += send_batch(&fd, &mut frames);
     }
     Ok(sent)
+}
+
+/// Frames per sendmmsg.
+const BATCH: usize = 64;
+
+/// Sends every frame of `frames` in one sendmmsg (bound socket: no addresses); returns how many
+/// the kernel took (a full socket buffer takes fewer: they count as not sent, as a failed send did).
+fn send_batch(fd: &OwnedFd, frames: &mut [Vec<u8>]) -> u64 {
+    let mut iovecs: Vec<libc::iovec> =
+        frames.iter_mut().map(|f| libc::iovec { iov_base: f.as_mut_ptr().cast(), iov_len: f.len() }).collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: an all-zero msghdr is valid (no name, no control data).
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_iov = iov;
+            hdr.msg_iovlen = 1;
+            libc::mmsghdr { msg_hdr: hdr, msg_len: 0 }
+        })
+        .collect();
+    // SAFETY: msgs points at msgs.len() initialised headers whose iovecs point into live frames.
+    let rc = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, 0) };
+    u64::try_from(rc).unwrap_or(0)
 }
 
 /// Completed handshakes from this thread's share of the 300 sources, each reset at once (no

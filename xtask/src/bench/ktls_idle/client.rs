@@ -8,6 +8,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{Context as _, Result, bail};
 use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 
+use super::smaps::Snapshot;
 use crate::bench::{
     idle::{self, raise_fd_limit},
     procfs::Tree,
@@ -16,6 +17,8 @@ use crate::bench::{
 
 /// Prefix of the result lines on the guest's console.
 pub const LINE_PREFIX: &str = "ktls-idle: ";
+/// Prefix of the lines saying where gatewayd's memory grew.
+pub const SMAPS_PREFIX: &str = "ktls-idle-smaps: ";
 /// What each connection asks for, and the answer it must get (gatewayd's demo upstream).
 const PATH: &str = "/demo/hello";
 const BODY: &[u8] = b"Hello from the gatewayd demo upstream!\n";
@@ -53,6 +56,10 @@ pub struct Sample {
     pub connected_rss: u64,
     pub idle_rss: u64,
     pub closed_rss: u64,
+    /// The anonymous part of gatewayd's RSS before and idle (the rest is its binary's code and
+    /// data pages it ran: see `procfs::Memory`).
+    pub before_anon: u64,
+    pub idle_anon: u64,
     /// `TlsCurrTxSw` / `TlsCurrRxSw` of `/proc/net/tls_stat` while idle.
     pub tls_tx: u64,
     pub tls_rx: u64,
@@ -70,6 +77,11 @@ impl Sample {
         self.per_connection(self.idle_rss)
     }
 
+    /// Growth of the anonymous memory per connection, idle.
+    pub fn anon_per_connection(&self) -> f64 {
+        (self.idle_anon as f64 - self.before_anon as f64) / self.connections as f64
+    }
+
     pub fn slab_per_connection(&self) -> f64 {
         (self.slab_idle as f64 - self.slab_before as f64) / self.connections as f64
     }
@@ -77,13 +89,15 @@ impl Sample {
     fn line(&self) -> String {
         format!(
             "{LINE_PREFIX}mode={} connections={} before_rss={} connected_rss={} idle_rss={} closed_rss={} \
-             tls_tx={} tls_rx={} slab_before={} slab_idle={}",
+             before_anon={} idle_anon={} tls_tx={} tls_rx={} slab_before={} slab_idle={}",
             self.mode,
             self.connections,
             self.before_rss,
             self.connected_rss,
             self.idle_rss,
             self.closed_rss,
+            self.before_anon,
+            self.idle_anon,
             self.tls_tx,
             self.tls_rx,
             self.slab_before,
@@ -106,6 +120,8 @@ impl Sample {
             connected_rss: n("connected_rss")?,
             idle_rss: n("idle_rss")?,
             closed_rss: n("closed_rss")?,
+            before_anon: n("before_anon")?,
+            idle_anon: n("idle_anon")?,
             tls_tx: n("tls_tx")?,
             tls_rx: n("tls_rx")?,
             slab_before: n("slab_before")?,
@@ -125,15 +141,18 @@ pub fn run(opts: &Options) -> Result<()> {
     for &count in &opts.counts {
         eprintln!("ktls-idle-client: {count} idle {} connections to {}", opts.mode, opts.addr);
         let slab_before = slab_bytes()?;
+        let maps_before = Snapshot::read(opts.pid)?;
         let mut seen = None;
         let result = idle::measure_with_idle(
             tree,
+            opts.addr,
             count,
             || client.open(),
             |c| c.get(PATH, BODY),
             |conns| {
                 let (tx, rx) = kernel_tls_sockets()?;
                 seen = Some((tx, rx, slab_bytes()?));
+                print_changes(&opts.mode, count, "idle", &maps_before, &Snapshot::read(opts.pid)?);
                 // The client is rustls: every kernel TLS socket is one of gatewayd's.
                 let offloaded = tx >= count as u64 && rx >= count as u64;
                 match opts.mode.as_str() {
@@ -152,6 +171,7 @@ pub fn run(opts: &Options) -> Result<()> {
             },
         )?;
         let (tls_tx, tls_rx, slab_idle) = seen.context("the idle connections were never looked at")?;
+        print_changes(&opts.mode, count, "closed", &maps_before, &Snapshot::read(opts.pid)?);
         let sample = Sample {
             mode: opts.mode.clone(),
             connections: count as u64,
@@ -159,6 +179,8 @@ pub fn run(opts: &Options) -> Result<()> {
             connected_rss: result.connected.rss_bytes,
             idle_rss: result.after_request.rss_bytes,
             closed_rss: result.released.rss_bytes,
+            before_anon: result.before.anon_bytes,
+            idle_anon: result.after_request.anon_bytes,
             tls_tx,
             tls_rx,
             slab_before,
@@ -167,6 +189,18 @@ pub fn run(opts: &Options) -> Result<()> {
         println!("{}", sample.line());
     }
     Ok(())
+}
+
+/// gatewayd's mappings whose resident size changed by 64 KiB or more since before the count
+/// (diagnostics on the console: which part of the growth is heap, stack or a library's).
+fn print_changes(mode: &str, count: usize, state: &str, before: &Snapshot, now: &Snapshot) {
+    for (start, name, was, is) in before.changes(now, 64 * 1024) {
+        println!(
+            "{SMAPS_PREFIX}mode={mode} connections={count} state={state} mapping={start:x} {name}: {} -> {} KiB",
+            was / 1024,
+            is / 1024
+        );
+    }
 }
 
 /// `TlsCurrTxSw` and `TlsCurrRxSw`: sockets whose TLS the kernel does now (software crypto).
@@ -204,6 +238,8 @@ mod tests {
             connected_rss: 40_000_000,
             idle_rss: 13_000_000,
             closed_rss: 13_500_000,
+            before_anon: 4_000_000,
+            idle_anon: 6_500_000,
             tls_tx: 1000,
             tls_rx: 1001,
             slab_before: 1 << 20,
@@ -213,6 +249,7 @@ mod tests {
         let parsed = Sample::parse(line.strip_prefix(LINE_PREFIX).context("prefix")?)?;
         assert_eq!(parsed, sample);
         assert_eq!(parsed.rss_per_connection(), 3000.0);
+        assert_eq!(parsed.anon_per_connection(), 2500.0);
         assert_eq!(parsed.per_connection(parsed.connected_rss), 30_000.0);
         assert!(Sample::parse("mode=ktls connections=1").is_err());
         Ok(())

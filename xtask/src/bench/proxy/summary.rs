@@ -232,52 +232,7 @@ pub fn write_report(
     }
     rep.table(&["lag", "samples", "cumulative share"], &rows);
 
-    rep.heading("Idle keep-alive connections");
-    rep.paragraph(
-        "Memory of the subject's process tree before, with the connections open (nothing sent), after one \
-         request answered on each (then idle: the state that matters), and after closing them, at each \
-         count in turn. Per-connection figures are growth over \"before\".",
-    );
-    let kib = |b: u64| num(b as f64 / 1024.0, 0);
-    let mut rows = Vec::new();
-    for at in idle {
-        for (subject, i) in subjects.iter().zip(at) {
-            rows.push(vec![
-                i.connections.to_string(),
-                subject.name.to_owned(),
-                format!("{} / {}", kib(i.before.pss_bytes), kib(i.before.rss_bytes)),
-                format!(
-                    "{} / {}",
-                    num(i.pss_per_connection(&i.connected), 0),
-                    num(i.rss_per_connection(&i.connected), 0)
-                ),
-                format!(
-                    "{} / {}",
-                    num(i.pss_per_connection(&i.after_request), 0),
-                    num(i.rss_per_connection(&i.after_request), 0)
-                ),
-                format!("{} / {}", kib(i.released.pss_bytes), kib(i.released.rss_bytes)),
-            ]);
-        }
-    }
-    rep.table(
-        &[
-            "connections",
-            "subject",
-            "before: PSS / RSS KiB",
-            "connected: B/conn PSS / RSS",
-            "after one request: B/conn PSS / RSS",
-            "closed again: PSS / RSS KiB",
-        ],
-        &rows,
-    );
-    rep.paragraph(
-        "nginx allocates its connection structures for all `worker_connections` when a worker \
-         starts (and touches them while linking the free list), so that part of its per-connection \
-         cost is in \"before\", not in the growth; its growth is what a connection adds on top \
-         (nginx frees a keep-alive connection's request buffers while it is idle). \"closed again\" \
-         shows what the allocator kept after the connections were gone.",
-    );
+    idle_tables(&mut rep, subjects, idle);
 
     rep.heading("Setup");
     let o = setup.opts;
@@ -325,4 +280,54 @@ fn background(subject: &Subject, share: f64) -> String {
 /// `0.123` → `12.3%`.
 fn percent(share: f64) -> String {
     if share.is_finite() { format!("{:.1}%", share * 100.0) } else { "–".to_owned() }
+}
+
+/// The idle-connection section both reports share: every count's memory, per subject.
+pub fn idle_tables(rep: &mut Report, subjects: &[Subject], idle: &[Vec<IdleResult>]) {
+    rep.heading("Idle keep-alive connections");
+    rep.paragraph(
+        "Memory of the subject's process tree before, with the connections open (nothing sent), after one \
+         request answered on each (then idle: the state that matters), and after closing them, at each \
+         count in turn. Per-connection figures are growth over \"before\".",
+    );
+    let kib = |b: u64| num(b as f64 / 1024.0, 0);
+    let mut rows = Vec::new();
+    for at in idle {
+        for (subject, i) in subjects.iter().zip(at) {
+            rows.push(vec![
+                i.connections.to_string(),
+                subject.name.to_owned(),
+                format!("{} / {}", kib(i.before.pss_bytes), kib(i.before.rss_bytes)),
+                format!(
+                    "{} / {}",
+                    num(i.pss_per_connection(&i.connected), 0),
+                    num(i.rss_per_connection(&i.connected), 0)
+                ),
+                format!(
+                    "{} / {}",
+                    num(i.pss_per_connection(&i.after_request), 0),
+                    num(i.rss_per_connection(&i.after_request), 0)
+                ),
+                format!("{} / {}", kib(i.released.pss_bytes), kib(i.released.rss_bytes)),
+            ]);
+        }
+    }
+    rep.table(
+        &[
+            "connections",
+            "subject",
+            "before: PSS / RSS KiB",
+            "connected: B/conn PSS / RSS",
+            "after one request: B/conn PSS / RSS",
+            "closed again: PSS / RSS KiB",
+        ],
+        &rows,
+    );
+    rep.paragraph(
+        "nginx allocates its connection structures for all `worker_connections` when a worker \
+         starts (and touches them while linking the free list), so that part of its per-connection \
+         cost is in \"before\", not in the growth; its growth is what a connection adds on top \
+         (nginx frees a keep-alive connection's request buffers while it is idle). \"closed again\" \
+         shows what the allocator kept after the connections were gone.",
+    );
 }

@@ -105,7 +105,7 @@ pub fn idle_memory(targets: &[(&'static str, Target, Tree)], counts: &[usize]) -
         for (name, target, tree) in targets {
             eprintln!("xtask: bench tls: {count} idle TLS keep-alive connections to {name}");
             let client = KeepAlives::new(target)?;
-            at_count.push(idle::measure_with(*tree, count, || client.open(), |c| c.get_ok())?);
+            at_count.push(idle::measure_with(*tree, target.addr, count, || client.open(), |c| c.get_ok())?);
         }
         all.push(at_count);
     }
