@@ -6,6 +6,8 @@
 //! continue or refuse with a [`GatewayError`]; refusals become responses in one place
 //! (`error.rs`). Policies hang on routes, so routing runs before any phase.
 
+#[cfg(test)]
+mod future_size;
 mod head;
 
 use std::{rc::Rc, time::Instant};
@@ -113,13 +115,13 @@ pub async fn serve(
     let request_id = headers::request_id(&head.headers);
     let client_ip = headers::client_ip(conn.peer.ip(), &head.headers, &snapshot.config.server.trusted_proxies);
     let view: Rc<dyn SnapshotView> = snapshot.clone();
-    let mut ctx = Box::new(RequestCtx::new(conn, view, &head, request_id, client_ip));
-    head.headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    let mut ctx = RequestCtx::new(conn, view, &head, request_id, client_ip);
+    head.headers.insert(headers::name::X_REQUEST_ID, ctx.request_id.clone());
     // ACME http-01 challenges win over every route (and every check a route would bring).
     if let Some(answer) = snapshot.tls.parts().and_then(|p| p.acme.http01_answer(head.uri.path())) {
         return Response::new(ResponseBody::full(answer.into(), ctx));
     }
-    match run(&mut ctx, &snapshot, &pool, head, body).await {
+    match run(&mut ctx, &snapshot, &pool, &mut head, body).await {
         Ok(forwarded) => proxied_response(ctx, &snapshot, forwarded),
         Err(error) => refusal(ctx, &snapshot, &error),
     }
@@ -129,14 +131,14 @@ async fn run(
     ctx: &mut RequestCtx,
     snapshot: &Snapshot,
     pool: &Rc<UpstreamPool>,
-    mut head: request::Parts,
+    head: &mut request::Parts,
     body: Option<Incoming>,
 ) -> Result<proxy::Forwarded, GatewayError> {
     let limits = &snapshot.config.server.limits;
     for phase in snapshot.pipeline.phases() {
         phase.before_route(ctx)?;
     }
-    let authority = head::check(&head, limits)?;
+    let authority = head::check(head, limits)?;
     snapshot.client_headers.drop_from(&mut head.headers, &ctx.conn.metrics);
     let host = authority.as_ref().map(head::Authority::host);
     let normalized = crate::route::normalize_path(head.uri.path()).map_err(RequestError::BadPath)?;
@@ -158,7 +160,7 @@ async fn run(
     let path_and_query = PathAndQuery::try_from(upstream_target).map_err(|_| RequestError::BadHost)?;
 
     for phase in snapshot.pipeline.phases() {
-        match phase.on_request(ctx, &mut head) {
+        match phase.on_request(ctx, head) {
             Step::Continue => {}
             Step::Refuse(e) => return Err(e),
             Step::Wait(decision) => decision.await?,
@@ -168,7 +170,8 @@ async fn run(
     // Route and upstream agree on the authority (absolute-form and :authority win over Host).
     let preserved_host = authority.as_ref().filter(|_| route.preserve_host).and_then(head::Authority::header_value);
     let chunked = body.as_ref().is_some_and(|b| head::needs_chunked_framing(&head.method, b));
-    prepare_upstream_headers(ctx, snapshot, &mut head, authority.as_ref().map(head::Authority::as_str), chunked);
+    let forwarding =
+        prepare_upstream_headers(ctx, snapshot, head, authority.as_ref().map(head::Authority::as_str), chunked);
     let service = &snapshot.services[route.service];
     // The upload counts as upstream time whether it is read ahead or streamed.
     let now = Instant::now();
@@ -182,8 +185,8 @@ async fn run(
     )
     .observed(std::mem::take(&mut ctx.request_observers));
     body.read_ahead(route.body.request_buffer).await.map_err(proxy::ProxyError::unsent_body)?;
-    let fwd = Forward { service, pool, path_and_query, host: preserved_host };
-    match proxy::forward(fwd, head, body).await {
+    let fwd = Forward { service, pool, path_and_query, host: preserved_host, forwarding };
+    match proxy::forward(fwd, head, &mut body).await {
         Ok(f) => {
             ctx.target = Some(f.target);
             ctx.timings.upstream_head = Some(Instant::now());
@@ -206,13 +209,14 @@ pub fn check_request_head(
     Ok(head::check(head, limits)?.as_ref().map(|a| a.host().to_owned()))
 }
 
+/// Rewrites the head for the upstream; returns the forwarding fields as field lines (`Forward::forwarding`).
 fn prepare_upstream_headers(
     ctx: &RequestCtx,
     snapshot: &Snapshot,
     head: &mut request::Parts,
     host: Option<&str>,
     chunked: bool,
-) {
+) -> Vec<u8> {
     let cookies_split =
         head.version == http::Version::HTTP_2 && head.headers.get_all(header::COOKIE).iter().count() > 1;
     if cookies_split {
@@ -235,7 +239,7 @@ fn prepare_upstream_headers(
         host,
         port: ctx.conn.local.port(),
     };
-    headers::set_forwarded(&mut head.headers, &hop);
+    headers::set_forwarded(&mut head.headers, &hop)
 }
 
 fn proxied_response(
@@ -245,7 +249,7 @@ fn proxied_response(
 ) -> Response<ResponseBody> {
     let (mut head, body) = forwarded.response.into_parts();
     headers::remove_hop_by_hop(&mut head.headers);
-    head.headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    head.headers.insert(headers::name::X_REQUEST_ID, ctx.request_id.clone());
     ctx.status = head.status.as_u16();
     // The upstream's head is ready to go back: one clock read for both instants.
     let ready = ctx.timings.upstream_head.unwrap_or_else(Instant::now);
@@ -268,13 +272,13 @@ fn refusal(mut ctx: Box<RequestCtx>, snapshot: &Snapshot, error: &GatewayError) 
     ctx.status = status.as_u16();
     let (mut head, bytes): (response::Parts, Bytes) =
         error.response(ctx.request_id.to_str().unwrap_or("")).into_parts();
-    head.headers.insert(&headers::X_REQUEST_ID, ctx.request_id.clone());
+    head.headers.insert(headers::name::X_REQUEST_ID, ctx.request_id.clone());
     respond_phases(&mut ctx, snapshot, &mut head, Instant::now());
     Response::from_parts(head, ResponseBody::full(bytes, ctx))
 }
 
 fn respond_phases(ctx: &mut RequestCtx, snapshot: &Snapshot, head: &mut response::Parts, ready: Instant) {
-    ctx.timings.response_ready = Some(ready);
+    ctx.timings.set_response_ready(ready);
     for phase in snapshot.pipeline.phases() {
         phase.on_response(ctx, head);
     }

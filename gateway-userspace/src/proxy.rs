@@ -10,7 +10,7 @@ mod spool;
 
 use std::{rc::Rc, time::Duration};
 
-use http::{HeaderValue, Method, Response, Version, header, request, uri::PathAndQuery};
+use http::{HeaderValue, Method, Response, Version, request, uri::PathAndQuery};
 use thiserror::Error;
 
 pub use body::{BodyError, BodyProgress, RequestBody, ResponseBody, UpstreamLease};
@@ -87,6 +87,9 @@ pub struct Forward<'a> {
     pub path_and_query: PathAndQuery,
     /// Host header for the upstream; `None` means the target address.
     pub host: Option<HeaderValue>,
+    /// The forwarding fields as field lines (`headers::set_forwarded`), written after the
+    /// head's own.
+    pub forwarding: Vec<u8>,
 }
 
 /// The upstream's response head and body, the target that served it, and its connection.
@@ -102,7 +105,9 @@ pub struct Failed {
     pub target: Option<usize>,
 }
 
-pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, mut body: RequestBody) -> Result<Forwarded, Failed> {
+/// `head` and `body` are borrowed: the caller keeps them where they are, and the request
+/// path's futures (each holding what it was given) do not carry them once per layer.
+pub async fn forward(fwd: Forward<'_>, head: &mut request::Parts, body: &mut RequestBody) -> Result<Forwarded, Failed> {
     let service = fwd.service;
     let spec = &service.spec;
     let attempts = if is_idempotent(&head.method) { 1 + spec.retries } else { 1 };
@@ -110,6 +115,9 @@ pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, mut body: Reque
     head.uri = fwd.path_and_query.into();
     let mut tried = 0u64;
     let mut last: Option<Failed> = None;
+    // One clock reading for the pool's idle check and the response wait's start, taken again
+    // only after a connect attempt (which may have waited).
+    let mut now = std::time::Instant::now();
     for _ in 0..attempts {
         let i = match service.pick(tried) {
             Ok(i) => i,
@@ -122,9 +130,10 @@ pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, mut body: Reque
         let target = &service.targets[i];
         let in_flight = target.state.begin();
         let endpoint = service.endpoint(i);
-        let conn = match fwd.pool.get(&endpoint, spec.connect_timeout, spec.idle_timeout).await {
+        let conn = match fwd.pool.get(&endpoint, spec.connect_timeout, spec.idle_timeout, now).await {
             Ok(c) => c,
             Err(e) => {
+                now = std::time::Instant::now();
                 count_tls(service, &e);
                 tracing::warn!(service = %spec.name, target = %target.label, error = %e, "upstream connect failed");
                 if target.state.record_failure(spec.max_fails, spec.fail_timeout) {
@@ -134,12 +143,11 @@ pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, mut body: Reque
                 continue;
             }
         };
-        let host = fwd.host.clone().or_else(|| target.host.clone());
-        if let Some(h) = host {
-            head.headers.insert(header::HOST, h);
-        }
+        let out = h1::Outgoing { head, host: fwd.host.as_ref().or(target.host.as_ref()), fields: &fwd.forwarding };
         let lease = UpstreamLease { pool: fwd.pool.clone(), endpoint, max_idle: spec.max_idle_per_target, in_flight };
-        return send(lease, conn, &head, &mut body, service, i).await;
+        // A new connection was waited for: the response wait starts now, not before it.
+        let start = if conn.reused { tokio::time::Instant::from_std(now) } else { tokio::time::Instant::now() };
+        return send(lease, conn, out, body, service, i, start).await;
     }
     Err(last.unwrap_or(Failed { error: ProxyError::NoHealthyUpstream, target: None }))
 }
@@ -150,17 +158,23 @@ pub async fn forward(fwd: Forward<'_>, mut head: request::Parts, mut body: Reque
 async fn send(
     lease: UpstreamLease,
     conn: PooledConn,
-    head: &request::Parts,
+    out: h1::Outgoing<'_>,
     body: &mut RequestBody,
     service: &Service,
     i: usize,
+    start: tokio::time::Instant,
 ) -> Result<Forwarded, Failed> {
     let spec = &service.spec;
     let target = &service.targets[i];
     let fail = |error| Failed { error, target: Some(i) };
     let progress = body.progress();
-    let resendable = conn.reused && http_body::Body::is_end_stream(body) && is_idempotent(&head.method);
-    let sent = response_or_stall(h1::exchange(conn.conn, head, body), &progress, spec.read_timeout).await;
+    let resendable = conn.reused && http_body::Body::is_end_stream(body) && is_idempotent(&out.head.method);
+    // Pinned here and lent to the stall watch, which then holds a pointer, not a second
+    // exchange state of its own.
+    let sent = {
+        let exchange = std::pin::pin!(h1::exchange(conn.conn, out, body));
+        response_or_stall(exchange, &progress, spec.read_timeout, start).await
+    };
     let error = match sent {
         Some(Ok(response)) => {
             target.state.record_success();
@@ -172,7 +186,8 @@ async fn send(
         }
         Some(Err(e)) if resendable && h1::stale(&e) => {
             // An idle timeout of zero skips the pool: we just saw a pooled connection fail.
-            let conn = match lease.pool.get(&lease.endpoint, spec.connect_timeout, Duration::ZERO).await {
+            let now = std::time::Instant::now();
+            let conn = match lease.pool.get(&lease.endpoint, spec.connect_timeout, Duration::ZERO, now).await {
                 Ok(c) => c,
                 Err(e) => {
                     count_tls(service, &e);
@@ -180,28 +195,27 @@ async fn send(
                     return Err(fail(ProxyError::Connect(e)));
                 }
             };
-            return Box::pin(send(lease, conn, head, body, service, i)).await;
+            return Box::pin(send(lease, conn, out, body, service, i, tokio::time::Instant::now())).await;
         }
         Some(Err(e)) => e,
     };
     Err(fail(classify(error, service, i, &progress)))
 }
 
-/// Waits for the response head; `None` when the upstream stalled. The upstream is at fault only
+/// Waits for the response head, sent at `start`; `None` when the upstream stalled. The upstream is at fault only
 /// when it sat `read_timeout` on a complete request, or did not take the body it was offered
 /// for as long; while the client owes body bytes the client's own `client_body_timeout` runs
 /// (the body then fails with 408) and the upstream's clock waits.
 async fn response_or_stall<F: std::future::Future>(
-    response: F,
+    mut response: std::pin::Pin<&mut F>,
     progress: &BodyProgress,
     read_timeout: Duration,
+    start: tokio::time::Instant,
 ) -> Option<F::Output> {
-    let start = tokio::time::Instant::now();
     let upstream_deadline = || progress.last().max(start) + read_timeout;
     let wake_at = || {
         if progress.awaiting_client() { tokio::time::Instant::now() + read_timeout } else { upstream_deadline() }
     };
-    tokio::pin!(response);
     // One timer, reset when it fires early, rather than a new one per wake-up; `biased`: the
     // response first, and no random branch order drawn at every poll.
     let timer = tokio::time::sleep_until(wake_at());
@@ -209,7 +223,7 @@ async fn response_or_stall<F: std::future::Future>(
     loop {
         tokio::select! {
             biased;
-            out = &mut response => return Some(out),
+            out = response.as_mut() => return Some(out),
             () = &mut timer => {
                 if !progress.awaiting_client() && tokio::time::Instant::now() >= upstream_deadline() {
                     return None;

@@ -109,7 +109,11 @@ impl Service {
 
     /// Chooses a target not in `tried` (a bit set of target indexes), honouring ejections.
     pub fn pick(&self, tried: u64) -> Result<usize, PickError> {
-        self.pick_at(tried, health::now_ms())
+        // The time matters only for a target out of service (its cool-down); most picks find
+        // none and read no clock. 0 is before any cool-down ends: a target ejected meanwhile
+        // is taken as still cooling down.
+        let now = if self.targets.iter().all(|t| t.state.in_service()) { 0 } else { health::now_ms() };
+        self.pick_at(tried, now)
     }
 
     /// `pick` at a given `health::now_ms` time (tests drive the clock by hand).

@@ -2,14 +2,18 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use bytes::BytesMut;
 use http::{HeaderName, HeaderValue, response};
 
 use crate::request::{Phase, RequestCtx};
 
-static UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-gateway-upstream-latency");
-static PROXY_LATENCY: HeaderName = HeaderName::from_static("x-gateway-proxy-latency");
-static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+// Constants, not statics: inserted as built, where a `&HeaderName` is cloned through its `Bytes`
+// vtable on every insert. Never borrowed (the atomic inside a name's `Bytes` is not shared).
+#[allow(clippy::declare_interior_mutable_const)]
+const UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-gateway-upstream-latency");
+#[allow(clippy::declare_interior_mutable_const)]
+const PROXY_LATENCY: HeaderName = HeaderName::from_static("x-gateway-proxy-latency");
+#[allow(clippy::declare_interior_mutable_const)]
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 /// Whole-millisecond values below this come from `SMALL_MS`; most requests take less.
 const SMALL_MS_COUNT: usize = 1000;
@@ -52,21 +56,48 @@ impl Phase for LatencyHeaders {
         let gateway = ctx.timings.gateway();
         let upstream = ctx.timings.upstream();
         if let Some(upstream) = upstream {
-            head.headers.insert(&UPSTREAM_LATENCY, ms_value(upstream));
+            head.headers.insert(UPSTREAM_LATENCY, ms_value(upstream));
         }
-        head.headers.insert(&PROXY_LATENCY, ms_value(gateway));
-        let mut buf = BytesMut::with_capacity(64);
+        head.headers.insert(PROXY_LATENCY, ms_value(gateway));
+        let mut buf = Text::default();
         if let Some(upstream) = upstream {
-            buf.extend_from_slice(b"upstream;dur=");
+            buf.push(b"upstream;dur=");
             push_ms_3(&mut buf, upstream);
-            buf.extend_from_slice(b", ");
+            buf.push(b", ");
         }
-        buf.extend_from_slice(b"gateway;dur=");
+        buf.push(b"gateway;dur=");
         push_ms_3(&mut buf, gateway);
         // Appended: an upstream's own Server-Timing entries stay.
-        if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
-            head.headers.append(&SERVER_TIMING, v);
+        if let Ok(v) = HeaderValue::from_bytes(buf.as_bytes()) {
+            head.headers.append(SERVER_TIMING, v);
         }
+    }
+}
+
+/// A header value's bytes gathered on the stack, then copied once into a value of exactly
+/// their length (one allocation; a `BytesMut` with room to spare cost a second one when it
+/// became the value). Long enough for both entries with the largest durations (75 bytes).
+struct Text {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text { buf: [0; 96], len: 0 }
+    }
+}
+
+impl Text {
+    fn push(&mut self, bytes: &[u8]) {
+        if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -87,12 +118,12 @@ fn rounded_ms(d: Duration) -> u64 {
 }
 
 /// Milliseconds with three decimals (`12.345`), rounded half up to the microsecond.
-fn push_ms_3(out: &mut BytesMut, d: Duration) {
+fn push_ms_3(out: &mut Text, d: Duration) {
     let micros = nanos(d).saturating_add(500) / 1_000;
     let mut buf = itoa::Buffer::new();
-    out.extend_from_slice(buf.format(micros / 1_000).as_bytes());
+    out.push(buf.format(micros / 1_000).as_bytes());
     let frac = (micros % 1_000) as u16;
-    out.extend_from_slice(&[b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]);
+    out.push(&[b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]);
 }
 
 #[cfg(test)]
@@ -100,9 +131,9 @@ mod tests {
     use super::*;
 
     fn ms_3(d: Duration) -> String {
-        let mut v = BytesMut::new();
+        let mut v = Text::default();
         push_ms_3(&mut v, d);
-        String::from_utf8(v.to_vec()).unwrap()
+        String::from_utf8(v.as_bytes().to_vec()).unwrap()
     }
 
     #[test]
@@ -116,6 +147,16 @@ mod tests {
             assert_eq!(rounded_ms(d), ms.round() as u64, "{nanos} ns");
             assert_eq!(ms_value(d), ms.round().to_string().as_str(), "{nanos} ns");
         }
+    }
+
+    #[test]
+    fn the_longest_server_timing_fits() {
+        let mut v = Text::default();
+        v.push(b"upstream;dur=");
+        push_ms_3(&mut v, Duration::MAX);
+        v.push(b", gateway;dur=");
+        push_ms_3(&mut v, Duration::MAX);
+        assert_eq!(v.as_bytes(), b"upstream;dur=18446744073709.551, gateway;dur=18446744073709.551");
     }
 
     #[test]

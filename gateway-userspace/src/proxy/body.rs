@@ -59,10 +59,11 @@ pub struct UpstreamLease {
 }
 
 impl UpstreamLease {
-    /// Returns the body's connection to the pool if it can serve another request.
-    pub fn release(self, body: &mut UpstreamBody) {
+    /// Returns the body's connection to the pool if it can serve another request; idle from
+    /// `now` on.
+    pub fn release(self, body: &mut UpstreamBody, now: std::time::Instant) {
         if let Some(conn) = body.take_reusable() {
-            self.pool.checkin(&self.endpoint, conn, self.max_idle);
+            self.pool.checkin(&self.endpoint, conn, self.max_idle, now);
         }
     }
 }
@@ -116,13 +117,15 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        // One clock reading for the request's end and its connection's idle start.
+        let now = std::time::Instant::now();
         if let Source::Upstream { lease, body, .. } = &mut self.source
             && let (Some(l), Outcome::Completed) = (lease.take(), outcome)
         {
-            l.release(body);
+            l.release(body, now);
         }
         if let Some(mut ctx) = self.ctx.take() {
-            ctx.finish(outcome);
+            ctx.finish_at(outcome, now);
         }
     }
 

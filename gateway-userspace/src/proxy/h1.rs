@@ -19,7 +19,7 @@ use std::{
 };
 
 use bytes::BytesMut;
-use http::{Response, StatusCode, request};
+use http::{Response, StatusCode};
 use http_body::Body as _;
 use thiserror::Error;
 use tokio::{
@@ -29,6 +29,7 @@ use tokio::{
 
 pub use body::UpstreamBody;
 use encode::BodyFraming;
+pub use encode::Outgoing;
 
 use super::{BodyError, RequestBody};
 
@@ -79,8 +80,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: Stream) -> Self {
-        Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new(), written: 0 }
+    /// Boxed for its whole life (pool, request, response body, pool again): a request moves
+    /// its connection through several owners, and a pointer moves for nothing where the
+    /// ~100-byte connection was copied each time.
+    pub fn new(io: Stream) -> Box<Self> {
+        Box::new(Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new(), written: 0 })
     }
 
     /// Whether an idle connection can take a request: the upstream has not closed it and sent
@@ -123,13 +127,14 @@ impl Conn {
 /// upstream that answers before it took the whole body gets its answer through (and the
 /// connection is not reused). Informational responses other than 101 are skipped.
 pub async fn exchange(
-    mut conn: Conn,
-    head: &request::Parts,
+    mut conn: Box<Conn>,
+    out: Outgoing<'_>,
     body: &mut RequestBody,
 ) -> Result<Response<UpstreamBody>, SendError> {
     conn.write_buf.clear();
     conn.written = 0;
-    let framing = encode::request_head(&mut conn.write_buf, head, body);
+    let framing = encode::request_head(&mut conn.write_buf, out, body);
+    let method = &out.head.method;
     let mut body_done = framing == BodyFraming::None;
     let mut sent = false;
     let mut write_error: Option<io::Error> = None;
@@ -145,7 +150,7 @@ pub async fn exchange(
             }
         }
         loop {
-            match decode::response_head(&mut conn.read_buf, &head.method) {
+            match decode::response_head(&mut conn.read_buf, method) {
                 Err(e) => return Poll::Ready(Err(upstream(e, true))),
                 Ok(Some(parsed)) => {
                     if parsed.parts.status == StatusCode::SWITCHING_PROTOCOLS {

@@ -1,18 +1,30 @@
 //! Header rewriting between client and upstream: hop-by-hop removal, X-Forwarded-* and
 //! Forwarded (believed only from trusted proxies), request ids.
 
-use std::{fmt::Write as _, net::IpAddr};
-
-use bytes::BytesMut;
+use std::{io::Write as _, net::IpAddr};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use ipnet::IpNet;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = name::X_FORWARDED_FOR;
+pub static X_FORWARDED_PROTO: HeaderName = name::X_FORWARDED_PROTO;
+pub static X_FORWARDED_HOST: HeaderName = name::X_FORWARDED_HOST;
+pub static X_FORWARDED_PORT: HeaderName = name::X_FORWARDED_PORT;
+pub static X_REQUEST_ID: HeaderName = name::X_REQUEST_ID;
+
+/// The same names as constants, for inserting: a constant name is built in place, where a
+/// `&HeaderName` is cloned through its `Bytes` vtable on every insert (every request sets
+/// these). Never borrowed, so the atomic inside a name's `Bytes` is never shared through them.
+#[allow(clippy::declare_interior_mutable_const)]
+pub mod name {
+    use http::HeaderName;
+
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+}
 
 /// The request headers this module sets (part of the gateway's owned names).
 pub fn owned_names() -> [&'static HeaderName; 6] {
@@ -109,66 +121,85 @@ pub struct Hop<'a> {
 
 /// Sets X-Forwarded-For/-Proto/-Host/-Port and Forwarded. From a trusted peer the existing
 /// values are extended (For, Forwarded) or kept (Proto, Host, Port); from anyone else they are
-/// replaced, so clients cannot inject them. Built as bytes, without `format!` (every request
-/// pays for this), into one buffer that the values are split off: one allocation for all of
-/// them (plus the shared count), where a `Vec` per value cost two each (the `Vec`, then its
-/// conversion into shared `Bytes`).
-pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) {
+/// replaced, so clients cannot inject them. The client's values that are replaced go from
+/// `headers`; the new fields come back as field lines (`name: value\r\n`) for the upstream
+/// request's encoder to write after the head's own fields (`Forward::forwarding`): built as
+/// bytes into one buffer, without `format!`, and never inserted into the map (five inserts,
+/// each hashing and probing it and validating its value, cost more than writing them).
+pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop<'_>) -> Vec<u8> {
     let peer = hop.peer.to_canonical();
     let host_len = hop.host.map_or(0, str::len);
-    let mut buf = BytesMut::with_capacity(FORWARDED_ROOM + 2 * host_len);
+    let mut out = Vec::with_capacity(FORWARDED_ROOM + 2 * host_len);
+    // What a trusted proxy set stays; from anyone else it is replaced.
+    let kept = |name: &HeaderName| hop.trusted_peer && headers.contains_key(name);
+    let (keep_proto, keep_host, keep_port) =
+        (kept(&X_FORWARDED_PROTO), kept(&X_FORWARDED_HOST), kept(&X_FORWARDED_PORT));
+    out.extend_from_slice(b"x-forwarded-for: ");
     if hop.trusted_peer {
-        push_joined(&mut buf, headers, &X_FORWARDED_FOR);
+        push_joined(&mut out, headers, &X_FORWARDED_FOR);
     }
-    push_ip(&mut buf, peer);
-    put(headers, &X_FORWARDED_FOR, buf.split());
-    if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+    push_ip(&mut out, peer);
+    out.extend_from_slice(b"\r\n");
+    if !keep_proto {
+        push_line(&mut out, b"x-forwarded-proto: ", hop.proto.as_bytes());
     }
-    if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
-        match hop.host {
-            Some(h) => {
-                buf.extend_from_slice(h.as_bytes());
-                put(headers, &X_FORWARDED_HOST, buf.split());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
+    if let (false, Some(h)) = (keep_host, hop.host) {
+        push_line(&mut out, b"x-forwarded-host: ", h.as_bytes());
     }
-    if !(hop.trusted_peer && headers.contains_key(&X_FORWARDED_PORT)) {
-        buf.extend_from_slice(itoa::Buffer::new().format(hop.port).as_bytes());
-        put(headers, &X_FORWARDED_PORT, buf.split());
+    if !keep_port {
+        push_line(&mut out, b"x-forwarded-port: ", itoa::Buffer::new().format(hop.port).as_bytes());
     }
+    out.extend_from_slice(b"forwarded: ");
     if hop.trusted_peer {
-        push_joined(&mut buf, headers, &header::FORWARDED);
+        push_joined(&mut out, headers, &header::FORWARDED);
     }
-    buf.extend_from_slice(b"for=");
+    out.extend_from_slice(b"for=");
     match peer {
-        IpAddr::V4(_) => push_ip(&mut buf, peer),
+        IpAddr::V4(_) => push_ip(&mut out, peer),
         IpAddr::V6(_) => {
-            buf.extend_from_slice(b"\"[");
-            push_ip(&mut buf, peer);
-            buf.extend_from_slice(b"]\"");
+            out.extend_from_slice(b"\"[");
+            push_ip(&mut out, peer);
+            out.extend_from_slice(b"]\"");
         }
     }
-    buf.extend_from_slice(b";proto=");
-    buf.extend_from_slice(hop.proto.as_bytes());
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(hop.proto.as_bytes());
     if let Some(h) = hop.host {
-        buf.extend_from_slice(b";host=\"");
-        buf.extend_from_slice(h.as_bytes());
-        buf.extend_from_slice(b"\"");
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(b"\"");
     }
-    put(headers, &header::FORWARDED, buf);
+    out.extend_from_slice(b"\r\n");
+    // One pass over the names for those that go (most requests carry none of them).
+    if hop.trusted_peer {
+        crate::request::remove_present(headers, &[&X_FORWARDED_FOR, &header::FORWARDED]);
+    } else {
+        crate::request::remove_present(headers, &FORWARDING);
+    }
+    out
 }
 
-/// Room in `set_forwarded`'s buffer besides the host (twice): an IPv6 address twice, the
-/// Forwarded syntax and a short chain from a trusted proxy. A longer chain grows it.
-const FORWARDED_ROOM: usize = 160;
+/// The forwarding fields `set_forwarded` writes.
+static FORWARDING: [&HeaderName; 5] =
+    [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &X_FORWARDED_PORT, &header::FORWARDED];
+
+/// Room in `set_forwarded`'s buffer besides the host (twice): the five field names, an IPv6
+/// address twice, the Forwarded syntax and a short chain from a trusted proxy. A longer chain
+/// grows it.
+const FORWARDED_ROOM: usize = 256;
+
+/// `name` (with its `: `), `value`, CRLF. The values written are valid field values: an
+/// address, a port, a scheme, the request's validated authority, or a trusted proxy's values
+/// that are visible ASCII (`push_joined`).
+fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
 
 /// Appends the header's values, joined with `, `, and a `, ` before what follows (nothing when
 /// the header is absent).
-fn push_joined(out: &mut BytesMut, headers: &HeaderMap, name: &HeaderName) {
+fn push_joined(out: &mut Vec<u8>, headers: &HeaderMap, name: &HeaderName) {
     for v in headers.get_all(name).iter().filter(|v| v.to_str().is_ok()) {
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b", ");
@@ -177,7 +208,7 @@ fn push_joined(out: &mut BytesMut, headers: &HeaderMap, name: &HeaderName) {
 
 /// An address as text: IPv4 digit by digit (the common case, no `core::fmt`), IPv6 through its
 /// `Display` (the compressed form is not worth re-implementing).
-fn push_ip(out: &mut BytesMut, ip: IpAddr) {
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             // Digits stored one by one into a stack buffer, appended once: a copy call per
@@ -208,12 +239,6 @@ fn push_ip(out: &mut BytesMut, ip: IpAddr) {
     }
 }
 
-fn put(headers: &mut HeaderMap, name: &HeaderName, value: BytesMut) {
-    if let Ok(v) = HeaderValue::from_maybe_shared(value.freeze()) {
-        headers.insert(name, v);
-    }
-}
-
 /// A client-supplied request id is kept when it is reasonable (visible ASCII, at most 128
 /// bytes); otherwise a new UUID is generated.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -234,6 +259,17 @@ mod tests {
 
     fn trusted() -> Vec<IpNet> {
         vec!["10.0.0.0/8".parse().unwrap()]
+    }
+
+    /// `set_forwarded`, its field lines read back into the map (as the upstream would).
+    fn forwarded(h: &mut HeaderMap, hop: &Hop<'_>) {
+        let lines = set_forwarded(h, hop);
+        let text = std::str::from_utf8(&lines).unwrap();
+        assert!(text.ends_with("\r\n"), "{text:?}");
+        for line in text.split_terminator("\r\n") {
+            let (name, value) = line.split_once(": ").unwrap();
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        }
     }
 
     #[test]
@@ -271,12 +307,15 @@ mod tests {
         assert_eq!(client_ip(peer, &h, &trusted()), peer);
         h.insert(&X_FORWARDED_PORT, HeaderValue::from_static("1"));
         let hop = Hop { peer, trusted_peer: false, proto: "http", host: Some("api.example.com:8080"), port: 8080 };
-        set_forwarded(&mut h, &hop);
+        forwarded(&mut h, &hop);
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "api.example.com:8080");
         assert_eq!(h[&X_FORWARDED_PORT], "8080");
         assert_eq!(h[header::FORWARDED], "for=203.0.113.9;proto=http;host=\"api.example.com:8080\"");
+        for name in FORWARDING {
+            assert_eq!(h.get_all(name).iter().count(), 1, "{name}: the client's value is gone");
+        }
     }
 
     #[test]
@@ -287,7 +326,7 @@ mod tests {
         h.insert(&X_FORWARDED_PORT, HeaderValue::from_static("443"));
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(client_ip(peer, &h, &trusted()), "198.51.100.7".parse::<IpAddr>().unwrap());
-        set_forwarded(&mut h, &Hop { peer, trusted_peer: true, proto: "http", host: None, port: 8080 });
+        forwarded(&mut h, &Hop { peer, trusted_peer: true, proto: "http", host: None, port: 8080 });
         assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.1.1.1, 10.0.0.2");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_PORT], "443");
@@ -296,7 +335,7 @@ mod tests {
     #[test]
     fn ipv4_addresses_are_written_as_display_writes_them() {
         for ip in ["0.0.0.0", "1.2.3.4", "9.10.99.100", "255.255.255.255", "10.0.200.7"] {
-            let mut out = BytesMut::new();
+            let mut out = Vec::new();
             push_ip(&mut out, ip.parse().unwrap());
             assert_eq!(&out[..], ip.as_bytes());
         }
@@ -305,9 +344,11 @@ mod tests {
     #[test]
     fn ipv6_forwarded_nodes_are_quoted() {
         let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
         let peer: IpAddr = "2001:db8::1".parse().unwrap();
-        set_forwarded(&mut h, &Hop { peer, trusted_peer: false, proto: "http", host: None, port: 80 });
+        forwarded(&mut h, &Hop { peer, trusted_peer: false, proto: "http", host: None, port: 80 });
         assert_eq!(h[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+        assert!(!h.contains_key(&X_FORWARDED_HOST), "no authority: the client's X-Forwarded-Host goes");
     }
 
     #[test]

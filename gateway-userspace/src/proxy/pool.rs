@@ -44,13 +44,13 @@ impl ConnectError {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
 /// A connection for one request, and whether it came from the pool.
 pub struct PooledConn {
-    pub conn: Conn,
+    pub conn: Box<Conn>,
     pub reused: bool,
 }
 
@@ -66,14 +66,16 @@ impl UpstreamPool {
         Rc::new(Self::default())
     }
 
-    /// A ready pooled connection, or a new one.
+    /// A ready pooled connection, or a new one. `now`: the caller's clock reading (idle
+    /// connections older than `idle_timeout` at `now` are dropped).
     pub async fn get(
         &self,
         endpoint: &Endpoint,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        now: Instant,
     ) -> Result<PooledConn, ConnectError> {
-        if let Some(conn) = self.checkout(endpoint, idle_timeout) {
+        if let Some(conn) = self.checkout(endpoint, idle_timeout, now) {
             return Ok(PooledConn { conn, reused: true });
         }
         // Boxed: the connect (and TLS handshake) future is large, and inline it made every
@@ -84,20 +86,20 @@ impl UpstreamPool {
         Ok(PooledConn { conn, reused: false })
     }
 
-    fn checkout(&self, endpoint: &Endpoint, idle_timeout: Duration) -> Option<Conn> {
+    fn checkout(&self, endpoint: &Endpoint, idle_timeout: Duration, now: Instant) -> Option<Box<Conn>> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&endpoint.key())?;
         // Most recently used first: keeps a few connections warm and lets the rest expire.
         while let Some(mut c) = list.pop() {
-            if c.since.elapsed() < idle_timeout && c.conn.is_reusable() {
+            if now.saturating_duration_since(c.since) < idle_timeout && c.conn.is_reusable() {
                 return Some(c.conn);
             }
         }
         None
     }
 
-    /// Returns a connection whose response was fully read.
-    pub fn checkin(&self, endpoint: &Endpoint, conn: Conn, max_idle: usize) {
+    /// Returns a connection whose response was fully read, idle since `now`.
+    pub fn checkin(&self, endpoint: &Endpoint, conn: Box<Conn>, max_idle: usize, now: Instant) {
         if max_idle == 0 {
             return;
         }
@@ -106,7 +108,7 @@ impl UpstreamPool {
         if list.len() >= max_idle {
             list.remove(0);
         }
-        list.push(Idle { conn, since: Instant::now() });
+        list.push(Idle { conn, since: now });
     }
 
     /// Drops idle connections that expired or were closed by the upstream.
@@ -124,7 +126,7 @@ impl UpstreamPool {
 }
 
 /// TCP connect, and the TLS handshake for TLS endpoints, within `timeout` together.
-async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Conn, ConnectError> {
+async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Box<Conn>, ConnectError> {
     let addr = endpoint.addr;
     let connected = async {
         let stream = match TcpStream::connect(addr).await {

@@ -245,7 +245,7 @@ async fn pump(
         let frame = match polled {
             None => return,
             Some(None) => {
-                lease.release(&mut body);
+                lease.release(&mut body, std::time::Instant::now());
                 return state.borrow_mut().finish(End::Done);
             }
             Some(Some(Err(e))) => {

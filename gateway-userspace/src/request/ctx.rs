@@ -40,18 +40,42 @@ pub struct Timings {
     pub start: Instant,
     pub upstream_start: Option<Instant>,
     pub upstream_head: Option<Instant>,
+    /// Set through [`Timings::set_response_ready`].
     pub response_ready: Option<Instant>,
     pub end: Option<Instant>,
+    /// `upstream()` and `gateway()`, worked out once when the response is ready: the latency
+    /// headers read both, and the request metrics again (each an `Instant` subtraction or two).
+    spans: Option<(Option<Duration>, Duration)>,
 }
 
 impl Timings {
+    fn new(start: Instant) -> Self {
+        Timings { start, upstream_start: None, upstream_head: None, response_ready: None, end: None, spans: None }
+    }
+
+    /// The response head is ready to go to the client at `ready`; the other instants before it
+    /// are final.
+    pub fn set_response_ready(&mut self, ready: Instant) {
+        self.response_ready = Some(ready);
+        self.spans = None;
+        let upstream = self.upstream();
+        let gateway = ready.duration_since(self.start).saturating_sub(upstream.unwrap_or_default());
+        self.spans = Some((upstream, gateway));
+    }
+
     /// From forwarding (connect included) to the upstream's response head.
     pub fn upstream(&self) -> Option<Duration> {
-        Some(self.upstream_head?.duration_since(self.upstream_start?))
+        match self.spans {
+            Some((upstream, _)) => upstream,
+            None => Some(self.upstream_head?.duration_since(self.upstream_start?)),
+        }
     }
 
     /// Time the gateway itself spent: before forwarding, and from the upstream head to ours.
     pub fn gateway(&self) -> Duration {
+        if let Some((_, gateway)) = self.spans {
+            return gateway;
+        }
         let ready = self.response_ready.unwrap_or(self.start);
         let total = ready.duration_since(self.start);
         total.saturating_sub(self.upstream().unwrap_or_default())
@@ -119,17 +143,18 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// A request's context; `request_id` and `client_ip` are the driver's to decide (header
-    /// rules and trusted proxies).
+    /// rules and trusted proxies). Boxed here, built where it lives: the context (~600 bytes)
+    /// stays on the heap for the request's life, and built by value it was copied into its box.
     pub fn new(
         conn: Rc<ConnInfo>,
         view: Rc<dyn SnapshotView>,
         head: &request::Parts,
         request_id: HeaderValue,
         client_ip: IpAddr,
-    ) -> Self {
+    ) -> Box<Self> {
         conn.active.set(conn.active.get() + 1);
         conn.head_started.set(None);
-        RequestCtx {
+        Box::new(RequestCtx {
             request_id,
             method: head.method.clone(),
             path: head.uri.path().to_owned(),
@@ -143,13 +168,7 @@ impl RequestCtx {
             status: 0,
             error: None,
             outcome: None,
-            timings: Timings {
-                start: Instant::now(),
-                upstream_start: None,
-                upstream_head: None,
-                response_ready: None,
-                end: None,
-            },
+            timings: Timings::new(Instant::now()),
             bytes_received: Rc::default(),
             bytes_sent: 0,
             identity: Identity::default(),
@@ -158,7 +177,7 @@ impl RequestCtx {
             response_observers: Vec::new(),
             request_observers: Vec::new(),
             extensions: http::Extensions::new(),
-        }
+        })
     }
 
     pub fn route_name(&self) -> Option<&Arc<str>> {
@@ -181,13 +200,18 @@ impl RequestCtx {
     }
 
     /// Ends the request: observers, then every phase's log hook. Called exactly once.
-    pub fn finish(&mut self, mut outcome: Outcome) {
+    pub fn finish(&mut self, outcome: Outcome) {
+        self.finish_at(outcome, Instant::now());
+    }
+
+    /// `finish` with the caller's clock reading of the end (the response body reads it once for
+    /// this and for its pooled connection's idle start).
+    pub fn finish_at(&mut self, mut outcome: Outcome, end: Instant) {
         if outcome == Outcome::ClientAborted && (self.method == Method::HEAD || matches!(self.status, 204 | 304)) {
             // Bodiless responses are never polled to the end.
             outcome = Outcome::Completed;
         }
         self.outcome = Some(outcome);
-        let end = Instant::now();
         self.timings.end = Some(end);
         let mut observers = std::mem::take(&mut self.response_observers);
         for o in &mut observers {
@@ -217,5 +241,26 @@ impl Drop for RequestCtx {
         if self.outcome.is_none() {
             self.finish(Outcome::ClientAborted);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spans worked out when the response is ready are the ones the instants give.
+    #[test]
+    fn spans_are_fixed_when_the_response_is_ready() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut t = Timings::new(start);
+        t.upstream_start = Some(at(2));
+        t.upstream_head = Some(at(7));
+        assert_eq!((t.upstream(), t.gateway()), (Some(Duration::from_millis(5)), Duration::ZERO));
+        t.set_response_ready(at(10));
+        assert_eq!((t.upstream(), t.gateway()), (Some(Duration::from_millis(5)), Duration::from_millis(5)));
+        let mut refused = Timings::new(start);
+        refused.set_response_ready(at(3));
+        assert_eq!((refused.upstream(), refused.gateway()), (None, Duration::from_millis(3)));
     }
 }

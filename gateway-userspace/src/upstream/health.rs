@@ -47,6 +47,11 @@ impl TargetState {
         self.drained.swap(drained, Ordering::Relaxed)
     }
 
+    /// Not ejected (drained or not): `is_available` and `claim` do not look at the time.
+    pub(super) fn in_service(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) == 0
+    }
+
     pub(super) fn is_available(&self, now: u64) -> bool {
         if self.drained.load(Ordering::Relaxed) {
             return false;

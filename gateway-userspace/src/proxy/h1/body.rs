@@ -23,13 +23,13 @@ enum State {
 
 /// A response body that owns its upstream connection until it ends.
 pub struct UpstreamBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     state: State,
     keep_alive: bool,
 }
 
 impl UpstreamBody {
-    pub(super) fn new(conn: Conn, framing: Framing, keep_alive: bool) -> Self {
+    pub(super) fn new(conn: Box<Conn>, framing: Framing, keep_alive: bool) -> Self {
         let state = match framing {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -41,7 +41,7 @@ impl UpstreamBody {
 
     /// The connection, when the body was read to its end, the response allowed another request
     /// and the upstream sent nothing beyond it; `None` otherwise (then it closes when dropped).
-    pub fn take_reusable(&mut self) -> Option<Conn> {
+    pub fn take_reusable(&mut self) -> Option<Box<Conn>> {
         let clean = matches!(self.state, State::Done)
             && self.keep_alive
             && self.conn.as_ref().is_some_and(|c| c.read_buf.is_empty());

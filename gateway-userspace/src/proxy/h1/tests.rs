@@ -13,7 +13,7 @@ use super::*;
 
 /// An upstream that reads one request head, answers `answer`, then closes when `close`, else
 /// stays open until the test ends; yields the request head it read.
-async fn upstream(answer: &'static [u8], close: bool) -> (Conn, tokio::task::JoinHandle<Vec<u8>>) {
+async fn upstream(answer: &'static [u8], close: bool) -> (Box<Conn>, tokio::task::JoinHandle<Vec<u8>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -37,7 +37,7 @@ async fn upstream(answer: &'static [u8], close: bool) -> (Conn, tokio::task::Joi
     (Conn::new(Stream::Plain(stream)), task)
 }
 
-fn get() -> request::Parts {
+fn get() -> http::request::Parts {
     Request::get("/x?y=1").header("host", "up").body(()).unwrap().into_parts().0
 }
 
@@ -57,7 +57,7 @@ async fn read_all(body: &mut UpstreamBody) -> Result<(Vec<u8>, Option<HeaderMap>
 #[tokio::test]
 async fn content_length_response_and_the_connection_is_reusable() {
     let (conn, up) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nok", false).await;
-    let response = exchange(conn, &get(), &mut RequestBody::empty()).await.unwrap();
+    let response = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await.unwrap();
     let (parts, mut body) = response.into_parts();
     assert_eq!((parts.status, parts.headers["x-a"].as_bytes()), (StatusCode::OK, &b"1"[..]));
     assert_eq!(read_all(&mut body).await.unwrap(), (b"ok".to_vec(), None));
@@ -68,7 +68,7 @@ async fn content_length_response_and_the_connection_is_reusable() {
 #[tokio::test]
 async fn the_request_goes_out_as_one_head() {
     let (conn, up) = upstream(b"HTTP/1.1 204 No Content\r\n\r\n", true).await;
-    let response = exchange(conn, &get(), &mut RequestBody::empty()).await.unwrap();
+    let response = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await.unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(up.await.unwrap(), b"GET /x?y=1 HTTP/1.1\r\nhost: up\r\n\r\n");
 }
@@ -78,7 +78,7 @@ async fn chunked_with_trailers_and_informational_responses_skipped() {
     let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
         HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n";
     let (conn, up) = upstream(answer, false).await;
-    let response = exchange(conn, &get(), &mut RequestBody::empty()).await.unwrap();
+    let response = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(!response.headers().contains_key("link"));
     let mut body = response.into_body();
@@ -91,7 +91,7 @@ async fn chunked_with_trailers_and_informational_responses_skipped() {
 #[tokio::test]
 async fn close_delimited_bodies_end_at_close_and_are_not_reused() {
     let (conn, _up) = upstream(b"HTTP/1.1 200 OK\r\n\r\nuntil close", true).await;
-    let mut body = exchange(conn, &get(), &mut RequestBody::empty()).await.unwrap().into_body();
+    let mut body = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await.unwrap().into_body();
     assert_eq!(read_all(&mut body).await.unwrap().0, b"until close");
     assert!(body.take_reusable().is_none());
 }
@@ -99,25 +99,25 @@ async fn close_delimited_bodies_end_at_close_and_are_not_reused() {
 #[tokio::test]
 async fn connection_close_and_truncated_bodies_are_not_reused() {
     let (conn, up) = upstream(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\nx", false).await;
-    let mut body = exchange(conn, &get(), &mut RequestBody::empty()).await.unwrap().into_body();
+    let mut body = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await.unwrap().into_body();
     assert_eq!(read_all(&mut body).await.unwrap().0, b"x");
     assert!(body.take_reusable().is_none());
     up.abort();
 
     let (conn, _up) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", true).await;
-    let mut body = exchange(conn, &get(), &mut RequestBody::empty()).await.unwrap().into_body();
+    let mut body = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await.unwrap().into_body();
     assert!(matches!(read_all(&mut body).await, Err(H1Error::Incomplete)));
     assert!(body.take_reusable().is_none());
 
     let (conn, _up) = upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab\r\n", true).await;
-    let mut body = exchange(conn, &get(), &mut RequestBody::empty()).await.unwrap().into_body();
+    let mut body = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await.unwrap().into_body();
     assert!(read_all(&mut body).await.is_err());
 }
 
 #[tokio::test]
 async fn bad_chunk_framing_fails_the_body() {
     let (conn, up) = upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n", false).await;
-    let mut body = exchange(conn, &get(), &mut RequestBody::empty()).await.unwrap().into_body();
+    let mut body = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await.unwrap().into_body();
     assert!(matches!(read_all(&mut body).await, Err(H1Error::Malformed(_))));
     assert!(body.take_reusable().is_none());
     up.abort();
@@ -126,12 +126,16 @@ async fn bad_chunk_framing_fails_the_body() {
 #[tokio::test]
 async fn a_close_without_answer_is_stale_and_a_bad_head_is_not() {
     let (conn, _up) = upstream(b"", true).await;
-    let Err(error) = exchange(conn, &get(), &mut RequestBody::empty()).await else { panic!("an answer") };
+    let Err(error) = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await else {
+        panic!("an answer")
+    };
     assert!(stale(&error), "{error:?}");
 
     let (conn, _up) =
         upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n", true).await;
-    let Err(error) = exchange(conn, &get(), &mut RequestBody::empty()).await else { panic!("an answer") };
+    let Err(error) = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await else {
+        panic!("an answer")
+    };
     assert!(matches!(error, SendError::Upstream { error: H1Error::Malformed(_), answered: true }), "{error:?}");
     assert!(!stale(&error));
 }
