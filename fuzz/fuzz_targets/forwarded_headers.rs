@@ -23,6 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let text = std::str::from_utf8(&lines).expect("field lines are ASCII");
     for line in text.split_terminator("\r\n") {
         let (name, value) = line.split_once(": ").expect("name: value");
-        assert!(http::HeaderName::from_bytes(name.as_bytes()).is_ok() && HeaderValue::from_str(value).is_ok(), "{line:?}");
+        assert!(
+            http::HeaderName::from_bytes(name.as_bytes()).is_ok() && HeaderValue::from_str(value).is_ok(),
+            "{line:?}"
+        );
     }
 });
