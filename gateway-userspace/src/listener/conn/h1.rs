@@ -120,7 +120,18 @@ async fn serve_plain<I: ClientIo>(
         if !buf.is_empty() {
             match read::parse(buf, limits.max_headers) {
                 Parsed::Plain(head) => match serve_one(io, buf, &mut wbuf, head, conn, worker, shutdown).await {
-                    Ok(true) => continue,
+                    Ok(true) => {
+                        // The timer may be armed later than this request's park deadline (a head
+                        // that arrived as a parked connection woke moved it to the header
+                        // timeout): bring it forward, or the connection would idle unparked, with
+                        // its buffers, until then. No clock read: the common case compares only.
+                        let park_at = conn.last_active.get() + limits.park_after;
+                        if parkable && park_at < armed {
+                            armed = park_at;
+                            timer.as_mut().reset(armed.into());
+                        }
+                        continue;
+                    }
                     Ok(false) => return Exit::Close,
                     Err(e) => return Exit::Failed(e),
                 },
