@@ -133,6 +133,6 @@ pub(super) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
 }
 
 /// Whether a comma-separated field value lists `token` (ASCII case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }

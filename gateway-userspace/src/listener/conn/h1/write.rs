@@ -6,7 +6,7 @@
 
 use http::{HeaderName, HeaderValue, Method, StatusCode, Version, header, response};
 
-use super::date;
+use super::{date, read::has_token};
 
 /// What the body says about its length before the first frame (hyper's `BodyLength`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,7 +58,8 @@ pub(super) fn head(dst: &mut Vec<u8>, head: &mut response::Parts, req: &Request<
         body = BodyLength::Empty;
     }
     if req.version == Version::HTTP_10 {
-        let says_keep_alive = head.headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, b"keep-alive"));
+        let says_keep_alive =
+            head.headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"keep-alive"));
         if !says_keep_alive {
             match head.version {
                 Version::HTTP_10 => keep_alive = false,
@@ -69,7 +70,8 @@ pub(super) fn head(dst: &mut Vec<u8>, head: &mut response::Parts, req: &Request<
             }
         }
         head.version = Version::HTTP_10;
-    } else if !keep_alive && !head.headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, b"close")) {
+    } else if !keep_alive && !head.headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close"))
+    {
         head.headers.append(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let mut last = !keep_alive;
@@ -124,7 +126,7 @@ pub(super) fn head(dst: &mut Vec<u8>, head: &mut response::Parts, req: &Request<
                     .next()
                     .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-            header::CONNECTION if has_token(value, b"close") => last = true,
+            header::CONNECTION if has_token(value.as_bytes(), b"close") => last = true,
             header::DATE => wrote_date = true,
             header::TRAILER => {
                 if !can_chunk {
@@ -239,9 +241,4 @@ fn parse_length(value: &HeaderValue) -> Option<u64> {
         return None;
     }
     text.parse().ok()
-}
-
-/// Whether a comma-separated field value lists `token` (ASCII case-insensitive).
-pub(super) fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
-    value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
