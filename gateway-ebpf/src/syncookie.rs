@@ -60,46 +60,44 @@ pub trait Frame {
     fn resize(&self, len: usize, delta: i64) -> bool;
 }
 
-/// An XDP frame.
-pub struct Xdp(pub *mut xdp_md);
+/// A context type whose `data`/`data_end` fields bound the frame, with its way to resize it.
+macro_rules! frame {
+    ($(#[$doc:meta])* $name:ident($raw:ty), |$ctx:ident, $len:ident, $delta:ident| $resize:expr) => {
+        $(#[$doc])*
+        pub struct $name(pub *mut $raw);
 
-impl Frame for Xdp {
-    #[inline(always)]
-    fn ctx(&self) -> *mut c_void {
-        self.0.cast()
-    }
+        impl Frame for $name {
+            #[inline(always)]
+            fn ctx(&self) -> *mut c_void {
+                self.0.cast()
+            }
 
-    #[inline(always)]
-    fn bounds(&self) -> (usize, usize) {
-        unsafe { ((*self.0).data as usize, (*self.0).data_end as usize) }
-    }
+            #[inline(always)]
+            fn bounds(&self) -> (usize, usize) {
+                unsafe { ((*self.0).data as usize, (*self.0).data_end as usize) }
+            }
 
-    #[inline(always)]
-    fn resize(&self, _len: usize, delta: i64) -> bool {
-        unsafe { bpf_xdp_adjust_tail(self.0, delta as i32) == 0 }
-    }
+            #[inline(always)]
+            fn resize(&self, $len: usize, $delta: i64) -> bool {
+                let $ctx = self.0;
+                $resize
+            }
+        }
+    };
 }
 
-/// A TC skb (its data starts at the Ethernet header, at ingress too).
-pub struct Tc(pub *mut __sk_buff);
+frame!(
+    /// An XDP frame.
+    Xdp(xdp_md),
+    |ctx, _len, delta| unsafe { bpf_xdp_adjust_tail(ctx, delta as i32) == 0 }
+);
 
-impl Frame for Tc {
-    #[inline(always)]
-    fn ctx(&self) -> *mut c_void {
-        self.0.cast()
-    }
-
-    #[inline(always)]
-    fn bounds(&self) -> (usize, usize) {
-        unsafe { ((*self.0).data as usize, (*self.0).data_end as usize) }
-    }
-
-    #[inline(always)]
-    fn resize(&self, len: usize, _delta: i64) -> bool {
-        // Trims or grows the whole skb to `len` and makes it linear and writable that far.
-        unsafe { bpf_skb_change_tail(self.0, len as u32, 0) == 0 }
-    }
-}
+frame!(
+    /// A TC skb (its data starts at the Ethernet header, at ingress too). Resizing trims or grows
+    /// the whole skb to `len` and makes it linear and writable that far.
+    Tc(__sk_buff),
+    |skb, len, _delta| unsafe { bpf_skb_change_tail(skb, len as u32, 0) == 0 }
+);
 
 /// What became of the frame.
 pub enum Answer {
