@@ -57,14 +57,9 @@ fn run(s: WorkerSettings) {
     }
     s.shared.worker_threads.register(s.id, nix::unistd::gettid().as_raw());
     crate::kv::use_worker_connections();
-    let rt = match runtime::build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(worker = s.id, error = %e, "cannot start worker runtime");
-            return;
-        }
-    };
-    rt.block_on(serve(&s));
+    if let Err(e) = runtime::block_on(serve(&s)) {
+        tracing::error!(worker = s.id, error = %e, "cannot start worker runtime");
+    }
     s.shared.worker_threads.unregister(s.id);
 }
 

@@ -290,7 +290,7 @@ pub fn run(opts: &Options) -> Result<()> {
         None => format!("callgrind-{}", proto.name()),
     };
     let path = rep.write_section("callgrind", "Instructions per proxied request (callgrind)", &key)?;
-    eprintln!("xtask: bench callgrind: wrote the {} section of {}", proto.name(), path.display());
+    eprintln!("xtask: bench callgrind: wrote the {key} section of {}", path.display());
     Ok(())
 }
 
@@ -465,6 +465,14 @@ mod tests {
         assert_eq!(Shape::of(Proto::H2, 64, None), Shape { connections: 16, streams: 16 });
         assert_eq!(Shape::of(Proto::H2s, 64, Some(1)), Shape { connections: 64, streams: 1 });
         assert_eq!(Shape::of(Proto::H1, 64, Some(8)), Shape { connections: 64, streams: 1 });
+    }
+
+    #[test]
+    fn the_fixed_rate_load_speaks_each_protocol() {
+        assert!(Proto::H1.oha_args(1).is_empty());
+        assert!(Proto::Https.oha_args(1).is_empty());
+        assert_eq!(Proto::H2.oha_args(16), ["--http2", "-p", "16"]);
+        assert_eq!(Proto::H2s.oha_args(1), ["--http2", "-p", "1"]);
     }
 
     #[test]
