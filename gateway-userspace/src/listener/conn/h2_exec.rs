@@ -436,7 +436,10 @@ mod tests {
         let counted = Rc::clone(&polls);
         shared.start.borrow_mut().push(Box::pin(futures_util::future::poll_fn(move |cx| {
             counted.set(counted.get() + 1);
-            cx.waker().wake_by_ref();
+            // A bounded number of times, so that a missing bound fails here instead of hanging.
+            if counted.get() < 100 {
+                cx.waker().wake_by_ref();
+            }
             Poll::<()>::Pending
         })));
         let (waker, wakes) = counting();
