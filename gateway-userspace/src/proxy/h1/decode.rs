@@ -173,9 +173,8 @@ fn response_fields<'a>(spans: &[Span], head: &'a Bytes) -> Result<(HeaderMap, Ho
         } else if crate::proxy::headers::is_hop_by_hop(&name) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
-            .map_err(|_| H1Error::Malformed("invalid header value"))?;
-        headers.append(name, value);
+        // httparse checked the value's bytes by `HeaderValue`'s own rule.
+        headers.append(name, crate::request::httparse_value(head.slice(span.value())));
     }
     for name in named {
         headers.remove(name);

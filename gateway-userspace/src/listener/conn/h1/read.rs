@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, request};
+use http::{HeaderMap, HeaderName, Method, Uri, Version, request};
 
 /// hyper's limit on a request target (it answers 414 past it).
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
@@ -103,17 +103,17 @@ pub(super) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     };
     let head = buf.split_to(len).freeze();
     let slice = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
-    let mut headers = HeaderMap::with_capacity(count);
+    // With the room the pipeline adds to every request: its reserve then finds it, where a map
+    // sized for the client's fields alone was grown and rehashed on every request.
+    let mut headers = HeaderMap::with_capacity(count + crate::pipeline::UPSTREAM_FIELDS);
     let mut valid = true;
     for field in &fields[..count] {
-        let name = HeaderName::from_bytes(&head[field.name.0 as usize..field.name.1 as usize]);
-        // httparse checked the value's bytes as hyper does; the check here is the same rule.
-        let value = HeaderValue::from_maybe_shared(slice(field.value));
-        let (Ok(name), Ok(value)) = (name, value) else {
+        let Ok(name) = HeaderName::from_bytes(&head[field.name.0 as usize..field.name.1 as usize]) else {
             valid = false;
             break;
         };
-        headers.append(name, value);
+        // httparse checked the value's bytes by `HeaderValue`'s own rule.
+        headers.append(name, crate::request::httparse_value(slice(field.value)));
     }
     let uri = Uri::from_maybe_shared(slice(target));
     let (true, Ok(uri)) = (valid, uri) else {
