@@ -6,7 +6,9 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderName, Method, Uri, Version, request};
+use http::{HeaderMap, Method, Uri, Version, request};
+
+use crate::request::NameCache;
 
 /// hyper's limit on a request target (it answers 414 past it).
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
@@ -42,7 +44,9 @@ struct Field {
 
 /// Parses the head at the start of `buf`; when it is plain, takes its bytes out of `buf` (the
 /// head's fields and target share them, as hyper's do).
-pub(super) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+///
+/// `names`: the connection's names from its last head (`request::NameCache`).
+pub(super) fn parse(buf: &mut BytesMut, max_headers: usize, names: &mut NameCache) -> Parsed {
     let mut fields = [Field { name: (0, 0), value: (0, 0) }; MAX_FIELDS];
     let mut seen_length = false;
     let (len, method, target, version, count, keep_alive) = {
@@ -107,8 +111,8 @@ pub(super) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     // sized for the client's fields alone was grown and rehashed on every request.
     let mut headers = HeaderMap::with_capacity(count + crate::pipeline::UPSTREAM_FIELDS);
     let mut valid = true;
-    for field in &fields[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[field.name.0 as usize..field.name.1 as usize]) else {
+    for (i, field) in fields[..count].iter().enumerate() {
+        let Ok(name) = names.name(i, &head[field.name.0 as usize..field.name.1 as usize]) else {
             valid = false;
             break;
         };
