@@ -15,7 +15,7 @@ mod phase;
 
 pub use conn::{ClientCert, ConnInfo, HandshakeRefusal, Proto, TlsInfo, VerifyStatus, WatchdogTimer};
 pub use ctx::{Identity, Outcome, RequestCtx, SnapshotView, Timings, Usage};
-pub use fields::{contains_any, cut_bytes, httparse_value, remove_present};
+pub use fields::{contains_any, httparse_value, remove_present};
 pub use names::NameCache;
 pub use observe::{BodyObserver, RequestObserver};
 pub use phase::{Phase, Pipeline, Step};

@@ -68,16 +68,15 @@ impl Phase for LatencyHeaders {
         buf.push(b"gateway;dur=");
         push_ms_3(&mut buf, gateway);
         // Appended: an upstream's own Server-Timing entries stay.
-        // Cut from a per-thread buffer: no allocation per response.
-        if let Ok(v) = HeaderValue::from_maybe_shared(crate::request::cut_bytes(buf.as_bytes())) {
+        if let Ok(v) = HeaderValue::from_bytes(buf.as_bytes()) {
             head.headers.append(SERVER_TIMING, v);
         }
     }
 }
 
 /// A header value's bytes gathered on the stack, then copied once into a value of exactly
-/// their length (cut from a per-thread buffer, `request::cut_bytes`). Long enough for both
-/// entries with the largest durations (75 bytes).
+/// their length (one allocation; a `BytesMut` with room to spare cost a second one when it
+/// became the value). Long enough for both entries with the largest durations (75 bytes).
 struct Text {
     buf: [u8; 96],
     len: usize,

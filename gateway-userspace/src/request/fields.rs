@@ -17,34 +17,6 @@ pub fn httparse_value(value: Bytes) -> HeaderValue {
     unsafe { HeaderValue::from_maybe_shared_unchecked(value) }
 }
 
-/// Most bytes one value may take from the per-thread buffer; longer ones are copied alone.
-const CUT_MAX: usize = 128;
-/// Size of each per-thread buffer small values are cut from: ~20 values per allocation; small,
-/// because one value that lives long (a streamed response's header) keeps its whole buffer.
-const CUT_BUFFER: usize = 1024;
-
-thread_local! {
-    /// This thread's buffer that small per-request values are cut from (`cut_bytes`).
-    static CUT_FROM: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
-}
-
-/// `value` as `Bytes` cut from a buffer this thread shares between the small values the
-/// gateway makes per request (request ids, Server-Timing): a reference count per value and an
-/// allocation per 1 KiB, instead of an allocation (and a free) per value. A buffer is freed when
-/// the last value cut from it is.
-pub fn cut_bytes(value: &[u8]) -> Bytes {
-    if value.len() > CUT_MAX {
-        return Bytes::copy_from_slice(value);
-    }
-    CUT_FROM.with_borrow_mut(|buf| {
-        if buf.capacity() - buf.len() < value.len() {
-            *buf = bytes::BytesMut::with_capacity(CUT_BUFFER);
-        }
-        buf.extend_from_slice(value);
-        buf.split().freeze()
-    })
-}
-
 /// Removes every field named in `names`, looking up only the names the map holds: one pass
 /// over the map's names (a few per request) instead of one hashed `remove` per listed name,
 /// which the request path paid for every owned name on every request. `#[inline]`: with the
@@ -79,20 +51,6 @@ mod tests {
     use http::{HeaderValue, header};
 
     use super::*;
-
-    #[test]
-    fn cut_values_stay_whole_across_buffers() {
-        let values: Vec<(String, Bytes)> = (0..600)
-            .map(|i| {
-                let text = format!("value-{i}-{}", "x".repeat(i % 40));
-                let cut = cut_bytes(text.as_bytes());
-                (text, cut)
-            })
-            .collect();
-        assert!(values.iter().all(|(text, cut)| cut == text.as_bytes()));
-        let long = vec![b'y'; CUT_MAX + 1];
-        assert_eq!(cut_bytes(&long), long);
-    }
 
     #[test]
     fn every_listed_field_goes_in_every_value() {
