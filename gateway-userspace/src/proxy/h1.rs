@@ -90,7 +90,14 @@ impl Conn {
     /// its connection through several owners, and a pointer moves for nothing where the
     /// ~100-byte connection was copied each time.
     pub fn new(io: Stream) -> Box<Self> {
-        Box::new(Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new(), written: 0, response_timer: None, names: Default::default() })
+        Box::new(Conn {
+            io,
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
+            written: 0,
+            response_timer: None,
+            names: Default::default(),
+        })
     }
 
     /// The response wait's timer this connection keeps between requests, if it has one yet.
