@@ -74,8 +74,11 @@ mod tests {
                 assert_eq!(got, HeaderName::from_bytes(raw.as_bytes()).unwrap());
             }
         }
-        // Another spelling at a remembered position, and an invalid name, are parsed.
+        // Another spelling at a remembered position (of the same length too), and an invalid
+        // name, are parsed.
         assert_eq!(cache.name(1, b"Accept").unwrap(), http::header::ACCEPT);
+        assert_eq!(cache.name(0, b"Date").unwrap(), http::header::DATE);
+        assert_eq!(cache.name(0, b"HOST").unwrap(), http::header::HOST);
         assert!(cache.name(0, b"bad name").is_err());
         assert!(cache.name(0, b"").is_err());
         assert_eq!(cache.name(0, b"Host").unwrap(), http::header::HOST);
