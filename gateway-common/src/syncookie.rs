@@ -1,4 +1,4 @@
-//! SYN cookies answered in XDP: the SYN-ACK the program writes in place of a SYN, as plain
+//! SYN cookies answered in XDP or TC: the SYN-ACK the program writes in place of a SYN, as plain
 //! functions over 16-bit words (tested on the host; the program only copies them into the frame).
 //!
 //! The cookie itself is the kernel's (`bpf_tcp_gen_syncookie`), so the kernel's

@@ -120,8 +120,9 @@ pub enum Verdict {
     /// UDP to a port of a gatewayd TCP listener, where nothing serves UDP. (Index 8: 6 and 7 are
     /// the new-source counters.)
     DropUdpClosed = 8,
-    /// A TCP SYN to a listening socket, answered in XDP with the kernel's SYN cookie (the frame
-    /// goes back out as the SYN-ACK: `XDP_TX`). XDP only; see [`crate::syncookie`].
+    /// A TCP SYN to a listening socket, answered with the kernel's SYN cookie (the frame goes back
+    /// out as the SYN-ACK: `XDP_TX`, or in TC a redirect to the device it came in on); see
+    /// [`crate::syncookie`].
     SynCookie = 9,
 }
 

@@ -1,7 +1,7 @@
 //! The guard: one XDP program and one TC ingress classifier with the same logic, plus an empty
 //! XDP program (the benchmark's floor). Pipeline per frame: parse → list prefilter (is any allow
 //! or deny prefix in the source's /16?) → allow list (bypass) → deny list (drop) → new-source
-//! guard → per-source packet bucket and SYN bucket → pass. In XDP, a SYN to a listening socket may
+//! guard → per-source packet bucket and SYN bucket → pass. A SYN to a listening socket may
 //! instead be answered with a SYN cookie (`syncookie.rs`) after the lists, skipping the new-source
 //! guard (a known source over its SYN bucket is still dropped). UDP to a gatewayd TCP listener's port
 //! (nothing serves UDP there) is dropped after the lists, before the buckets. The buckets live in a set-associative
@@ -30,8 +30,11 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action, xdp_md},
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns, generated::bpf_map_lookup_elem},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::{
+        bpf_jiffies64, bpf_ktime_get_ns,
+        generated::{bpf_map_lookup_elem, bpf_redirect},
+    },
     macros::{classifier, map, xdp},
     maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
@@ -75,7 +78,7 @@ const TC_HEADER_BYTES: u32 = 128;
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    match guard(ctx.data(), ctx.data_end(), ifindex, Some(ctx.ctx)) {
+    match guard(ctx.data(), ctx.data_end(), ifindex, &syncookie::Xdp(ctx.ctx)) {
         Verdict::SynCookie => xdp_action::XDP_TX,
         v if v.is_drop() => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
@@ -86,7 +89,7 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn gateway_xdp_native(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    match guard(ctx.data(), ctx.data_end(), ifindex, Some(ctx.ctx)) {
+    match guard(ctx.data(), ctx.data_end(), ifindex, &syncookie::Xdp(ctx.ctx)) {
         Verdict::SynCookie => xdp_action::XDP_TX,
         v if v.is_drop() => xdp_action::XDP_DROP,
         _ => cpusteer::pass(ctx.data(), ctx.data_end()),
@@ -102,8 +105,14 @@ pub fn gateway_tc(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(want);
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // UNSPEC rather than OK: later filters on the device still run.
-    if guard(ctx.data(), ctx.data_end(), ifindex, None).is_drop() { TC_ACT_SHOT as i32 } else { TC_ACT_UNSPEC }
+    match guard(ctx.data(), ctx.data_end(), ifindex, &syncookie::Tc(ctx.skb.skb)) {
+        // The SYN-ACK leaves by the device the SYN came in on (TC_ACT_REDIRECT; on a bad index
+        // the helper says TC_ACT_SHOT: the frame is no longer the SYN, dropping it is right).
+        Verdict::SynCookie => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        v if v.is_drop() => TC_ACT_SHOT as i32,
+        // UNSPEC rather than OK: later filters on the device still run.
+        _ => TC_ACT_UNSPEC,
+    }
 }
 
 #[xdp]
@@ -134,16 +143,16 @@ fn now_ns(cfg: &GuardConfig) -> u64 {
     }
 }
 
+/// `frame`: the program's context, for SYN cookies.
 #[inline(always)]
-/// `xdp`: the XDP context, for SYN cookies (`None` in TC: the kernel answers there).
-fn guard(data: usize, end: usize, ifindex: u32, xdp: Option<*mut xdp_md>) -> Verdict {
-    let verdict = classify(data, end, ifindex, xdp);
+fn guard<F: syncookie::Frame>(data: usize, end: usize, ifindex: u32, frame: &F) -> Verdict {
+    let verdict = classify(data, end, ifindex, frame);
     count(ifindex, verdict as u32);
     verdict
 }
 
 #[inline(always)]
-fn classify(data: usize, end: usize, ifindex: u32, xdp: Option<*mut xdp_md>) -> Verdict {
+fn classify<F: syncookie::Frame>(data: usize, end: usize, ifindex: u32, frame: &F) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else { return Verdict::Pass };
     let f = cfg.flags;
     if f & flags::ENABLED == 0 {
@@ -170,22 +179,20 @@ fn classify(data: usize, end: usize, ifindex: u32, xdp: Option<*mut xdp_md>) -> 
     let mask = if v4 { &cfg.mask_v4 } else { &cfg.mask_v6 };
     let key = SourceKey { addr: [addr[0] & mask[0], addr[1] & mask[1], addr[2] & mask[2], addr[3] & mask[3]] };
     if syn && f & flags::SYN_COOKIES != 0 {
-        if let Some(xdp) = xdp {
-            let now = now_ns(cfg);
-            if syncookie::engaged(cfg, now) {
-                if f & (flags::RATE | flags::SYN) != 0 {
-                    if let Some(state) = sources::find(&key, cfg) {
-                        let verdict = limit(state, cfg, now, syn);
-                        if verdict.is_drop() {
-                            return verdict;
-                        }
+        let now = now_ns(cfg);
+        if syncookie::engaged(cfg, now) {
+            if f & (flags::RATE | flags::SYN) != 0 {
+                if let Some(state) = sources::find(&key, cfg) {
+                    let verdict = limit(state, cfg, now, syn);
+                    if verdict.is_drop() {
+                        return verdict;
                     }
                 }
-                match syncookie::answer(xdp) {
-                    syncookie::Answer::Answered => return Verdict::SynCookie,
-                    syncookie::Answer::Broken => return Verdict::DropMalformed,
-                    syncookie::Answer::NotAnswered => {}
-                }
+            }
+            match syncookie::answer(frame) {
+                syncookie::Answer::Answered => return Verdict::SynCookie,
+                syncookie::Answer::Broken => return Verdict::DropMalformed,
+                syncookie::Answer::NotAnswered => {}
             }
         }
     }

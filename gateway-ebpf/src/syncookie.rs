@@ -1,8 +1,9 @@
-//! SYN cookies in XDP: a SYN to a listening socket is answered here, with the kernel's own cookie,
-//! by rewriting the frame into the SYN-ACK and sending it back out (`XDP_TX`). A spoofed SYN then
-//! costs a socket lookup and a few stores instead of the kernel's whole receive path; the client's
-//! ACK goes to the kernel, whose cookie check accepts it (`bpf_tcp_gen_syncookie` marks the
-//! listener as recently overflowed, as its own cookies do).
+//! SYN cookies in XDP and TC: a SYN to a listening socket is answered here, with the kernel's own
+//! cookie, by rewriting the frame into the SYN-ACK and sending it back out (`XDP_TX`; in TC a
+//! redirect to the egress of the device it came in on). A spoofed SYN then costs a socket lookup
+//! and a few stores instead of the kernel's whole receive path; the client's ACK goes to the
+//! kernel, whose cookie check accepts it (`bpf_tcp_gen_syncookie` marks the listener as recently
+//! overflowed, as its own cookies do).
 //!
 //! `bpf_tcp_gen_syncookie` answers only when the kernel itself would send a cookie: its SYN queue
 //! is full, or `net.ipv4.tcp_syncookies = 2`. Otherwise the SYN passes and the kernel answers it
@@ -10,7 +11,13 @@
 //! `gateway_common::syncookie` (what it carries and what it cannot: the timestamp option).
 //!
 //! Handled: untagged Ethernet, IPv4 without options and not fragmented, IPv6 with TCP as the
-//! first next header. Anything else passes to the kernel. Helpers used exist since Linux 5.3.
+//! first next header. Anything else passes to the kernel. Helpers used exist since Linux 5.3 in
+//! both program types (`bpf_skc_lookup_tcp`, `bpf_tcp_gen_syncookie`, and `bpf_xdp_adjust_tail`
+//! or `bpf_skb_change_tail` + `bpf_redirect`).
+//!
+//! TC caveat: an skb a local stack sent over a veth (or a virtio device) may arrive marked
+//! `CHECKSUM_PARTIAL` and leaves with that mark; a local receiver trusts it as it trusted the SYN,
+//! a device finishing the offload would not. Frames from a wire never carry it.
 
 use core::{
     ffi::c_void,
@@ -20,10 +27,12 @@ use core::{
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_CURRENT_NETNS, bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        __sk_buff, BPF_F_CURRENT_NETNS, bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, tcphdr, xdp_md,
     },
-    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail},
+    helpers::generated::{
+        bpf_sk_release, bpf_skb_change_tail, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail,
+    },
     macros::map,
     maps::PerCpuArray,
 };
@@ -40,6 +49,55 @@ use crate::parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, be16_at, has, u8
 
 #[map(name = "GW_SYNWIN")]
 static SYN_WINDOW: PerCpuArray<SynWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// The program context a SYN is answered in: what differs between XDP and TC.
+pub trait Frame {
+    /// The context pointer the helpers take.
+    fn ctx(&self) -> *mut c_void;
+    /// `[data, data_end)` as the program sees it now (reload after a resize).
+    fn bounds(&self) -> (usize, usize);
+    /// Makes the frame `len` bytes long (`delta` from now); whether it did.
+    fn resize(&self, len: usize, delta: i64) -> bool;
+}
+
+/// A context type whose `data`/`data_end` fields bound the frame, with its way to resize it.
+macro_rules! frame {
+    ($(#[$doc:meta])* $name:ident($raw:ty), |$ctx:ident, $len:ident, $delta:ident| $resize:expr) => {
+        $(#[$doc])*
+        pub struct $name(pub *mut $raw);
+
+        impl Frame for $name {
+            #[inline(always)]
+            fn ctx(&self) -> *mut c_void {
+                self.0.cast()
+            }
+
+            #[inline(always)]
+            fn bounds(&self) -> (usize, usize) {
+                unsafe { ((*self.0).data as usize, (*self.0).data_end as usize) }
+            }
+
+            #[inline(always)]
+            fn resize(&self, $len: usize, $delta: i64) -> bool {
+                let $ctx = self.0;
+                $resize
+            }
+        }
+    };
+}
+
+frame!(
+    /// An XDP frame.
+    Xdp(xdp_md),
+    |ctx, _len, delta| unsafe { bpf_xdp_adjust_tail(ctx, delta as i32) == 0 }
+);
+
+frame!(
+    /// A TC skb (its data starts at the Ethernet header, at ingress too). Resizing trims or grows
+    /// the whole skb to `len` and makes it linear and writable that far.
+    Tc(__sk_buff),
+    |skb, len, _delta| unsafe { bpf_skb_change_tail(skb, len as u32, 0) == 0 }
+);
 
 /// What became of the frame.
 pub enum Answer {
@@ -69,12 +127,12 @@ pub fn engaged(cfg: &GuardConfig, now: u64) -> bool {
     window.syns > cfg.syn_cookie_threshold
 }
 
-/// Answers the SYN in `ctx`'s frame with a cookie, if the kernel wants one (module comment).
+/// Answers the SYN in `frame` with a cookie, if the kernel wants one (module comment).
 #[inline(always)]
-pub fn answer(ctx: *mut xdp_md) -> Answer {
-    let (data, end) = bounds(ctx);
+pub fn answer<F: Frame>(frame: &F) -> Answer {
+    let (data, end) = frame.bounds();
     let Some(v4) = syn_layout(data, end) else { return Answer::NotAnswered };
-    let sk = lookup(ctx, data, end, v4);
+    let sk = lookup(frame.ctx(), data, end, v4);
     if sk.is_null() {
         return Answer::NotAnswered;
     }
@@ -89,10 +147,10 @@ pub fn answer(ctx: *mut xdp_md) -> Answer {
     // headers the answer reuses stay where they are.
     let new_len = if v4 { SYNACK_FRAME_V4 } else { SYNACK_FRAME_V6 };
     let delta = new_len as i64 - (end - data) as i64;
-    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx, delta as i32) } != 0 {
+    if delta != 0 && !frame.resize(new_len, delta) {
         return Answer::NotAnswered;
     }
-    let (data, end) = bounds(ctx);
+    let (data, end) = frame.bounds();
     if !has(data, new_len, end) {
         return Answer::Broken;
     }
@@ -124,11 +182,6 @@ pub fn answer(ctx: *mut xdp_md) -> Answer {
     words[8] = tcp_checksum_from(addr_sum, &words);
     write_words(th, &words);
     Answer::Answered
-}
-
-#[inline(always)]
-fn bounds(ctx: *mut xdp_md) -> (usize, usize) {
-    unsafe { ((*ctx).data as usize, (*ctx).data_end as usize) }
 }
 
 /// `Some(is IPv4)` for a SYN alone (no ACK, RST or FIN: what the kernel's cookie helper accepts)
@@ -169,7 +222,7 @@ fn syn_layout(data: usize, end: usize) -> Option<bool> {
 /// the listener, or a connection of the same 4-tuple. Null when none. The families differ only
 /// in the tuple's addresses; the ports and the lookup are one path.
 #[inline(always)]
-fn lookup(ctx: *mut xdp_md, data: usize, end: usize, v4: bool) -> *mut bpf_sock {
+fn lookup(ctx: *mut c_void, data: usize, end: usize, v4: bool) -> *mut bpf_sock {
     let ip = data + ETH_HLEN;
     // Constant bounds per family: the verifier tracks them from `data`, not through an offset
     // that depends on the branch.
@@ -213,10 +266,10 @@ fn ports(th: usize) -> (u16, u16) {
 
 /// `bpf_skc_lookup_tcp` on a tuple of either family: the helper tells them apart by its size.
 #[inline(always)]
-fn skc_lookup<T>(ctx: *mut xdp_md, tuple: &mut T) -> *mut bpf_sock {
+fn skc_lookup<T>(ctx: *mut c_void, tuple: &mut T) -> *mut bpf_sock {
     unsafe {
         bpf_skc_lookup_tcp(
-            ctx.cast(),
+            ctx,
             (tuple as *mut T).cast::<bpf_sock_tuple>(),
             size_of::<T>() as u32,
             BPF_F_CURRENT_NETNS as u64,

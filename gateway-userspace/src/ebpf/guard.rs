@@ -384,13 +384,20 @@ impl XdpGuard {
         Ok((result.return_value, result.duration))
     }
 
-    /// Runs the XDP program once on `frame` and returns its return value and the frame as the
-    /// program left it (what `XDP_TX` would send).
-    pub fn test_run_xdp_out(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), EbpfError> {
+    /// Runs `program` (the XDP program or the TC classifier) once on `frame` and returns its
+    /// return value and the frame as the program left it (what `XDP_TX` or a TC redirect would
+    /// send).
+    pub fn test_run_out(&mut self, program: GuardProgram, frame: &[u8]) -> Result<(u32, Vec<u8>), EbpfError> {
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::default() };
-        let result =
-            xdp(&mut self.ebpf, XDP_PROGRAM)?.test_run(opts).map_err(|e| program_error(XDP_PROGRAM, "test-run", e))?;
+        let result = match program {
+            GuardProgram::Tc => {
+                tc(&mut self.ebpf)?.test_run(opts).map_err(|e| program_error(TC_PROGRAM, "test-run", e))
+            }
+            _ => {
+                xdp(&mut self.ebpf, XDP_PROGRAM)?.test_run(opts).map_err(|e| program_error(XDP_PROGRAM, "test-run", e))
+            }
+        }?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
     }

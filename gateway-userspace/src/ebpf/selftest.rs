@@ -37,6 +37,8 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_UNSPEC: u32 = u32::MAX;
+/// `bpf_redirect`'s return value: a SYN-ACK sent back out in TC.
+const TC_ACT_REDIRECT: u32 = 7;
 
 /// One case's outcome.
 #[derive(Debug, Clone)]
@@ -374,7 +376,7 @@ impl Suite<'_> {
             _ => (XDP_PASS, XDP_DROP),
         };
         let expected_ret = if verdict == Verdict::SynCookie {
-            XDP_TX
+            self.answer_code()
         } else if verdict.is_drop() {
             drop
         } else {

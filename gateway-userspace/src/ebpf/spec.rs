@@ -39,8 +39,8 @@ pub struct XdpSpec {
     pub syn_cookie_threshold: u64,
 }
 
-/// `[xdp] syn_cookies`: SYN cookies answered in XDP (native or generic; TC leaves them to the
-/// kernel). Either way the kernel decides whether a cookie is due (its SYN queue is full, or
+/// `[xdp] syn_cookies`: SYN cookies answered by the guard (XDP native or generic, or TC).
+/// Either way the kernel decides whether a cookie is due (its SYN queue is full, or
 /// `net.ipv4.tcp_syncookies = 2`); this decides whether XDP asks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

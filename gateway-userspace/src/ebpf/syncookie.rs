@@ -1,7 +1,7 @@
 //! `[xdp] syn_cookies`: what the kernel's own setting means for it, said once at start and reload.
 //!
-//! The XDP program asks the kernel for each cookie (`bpf_tcp_gen_syncookie`), and the kernel hands
-//! one out only when it would send one itself: `net.ipv4.tcp_syncookies = 1` (the default) while
+//! The guard (XDP or TC) asks the kernel for each cookie (`bpf_tcp_gen_syncookie`), and the
+//! kernel hands one out only when it would send one itself: `net.ipv4.tcp_syncookies = 1` (the default) while
 //! the listener's SYN queue is full, `2` always, `0` never. So "auto" under a flood works with the
 //! default, "always" needs 2 to answer every SYN, and 0 turns the feature off whatever it says.
 
@@ -22,14 +22,14 @@ pub(super) fn log_policy(spec: &XdpSpec) {
             "xdp syn cookies: net.ipv4.tcp_syncookies = 0, the kernel hands out no cookies: every SYN goes to the kernel"
         ),
         (SynCookiePolicy::Always, Some(1)) => tracing::warn!(
-            "xdp syn cookies \"always\": net.ipv4.tcp_syncookies = 1 gives cookies only while a listener's SYN queue is full; set it to 2 to answer every SYN in XDP"
+            "xdp syn cookies \"always\": net.ipv4.tcp_syncookies = 1 gives cookies only while a listener's SYN queue is full; set it to 2 to answer every SYN in XDP or TC"
         ),
         (_, None) => tracing::warn!(path = SYSCTL, "xdp syn cookies: cannot read the kernel's setting"),
         _ => tracing::info!(
             policy = policy.label(),
             threshold_per_cpu = spec.syn_cookie_threshold,
             kernel = kernel.unwrap_or_default(),
-            "xdp syn cookies: SYNs to listeners answered in XDP when the kernel would send a cookie"
+            "xdp syn cookies: SYNs to listeners answered by the guard (XDP or TC) when the kernel would send a cookie"
         ),
     }
 }

@@ -1,7 +1,8 @@
-//! `[xdp] syn_cookies = "always"` with the real gatewayd behind native XDP on a veth: a real
-//! client's SYN is answered by the XDP program (the kernel sends no SYN-ACK of its own), its ACK
-//! carries the kernel's cookie back, the kernel accepts it (`TcpExtSyncookiesRecv` rises) and the
-//! HTTP exchange on that connection works. Needs root.
+//! `[xdp] syn_cookies = "always"` with the real gatewayd behind native XDP, and behind the TC
+//! classifier, on a veth: a real client's SYN is answered by the program (XDP_TX; in TC a redirect
+//! out of the device it came in on; the kernel sends no SYN-ACK of its own), its ACK carries the
+//! kernel's cookie back, the kernel accepts it (`TcpExtSyncookiesRecv` rises) and the HTTP
+//! exchange on that connection works. Needs root.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -42,12 +43,24 @@ fn xdp_answers_syns_with_cookies_and_the_kernel_accepts_the_acks() {
         guard.attach(PEER_IF, Some(AttachMode::XdpDriver)).expect("attach a pass-everything program to the peer");
         guard
     });
+    answers_with_cookies(&net, "sc", "xdp-driver");
+}
+
+/// The TC program's SYN-ACK leaves by a real redirect (BPF_PROG_TEST_RUN, in the selftest, only
+/// returns the verdict): no program is needed on the peer.
+#[test]
+fn tc_answers_syns_with_cookies_and_the_kernel_accepts_the_acks() {
+    let net = VethPair::new("st", 46, 1);
+    answers_with_cookies(&net, "st", "tc");
+}
+
+fn answers_with_cookies(net: &VethPair, tag: &str, mode: &str) {
     // "always" asks for a cookie for every SYN; the kernel issues one for every SYN only with 2
     // (with 1, only while the listener's SYN queue is full).
     sh(&net.gw, "echo 2 > /proc/sys/net/ipv4/tcp_syncookies");
-    let pins = PinDir::new("sc");
+    let pins = PinDir::new(tag);
     let xdp = format!(
-        "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"xdp-driver\"\npin_path = \"{}\"\nsyn_cookies = \"always\"\n",
+        "[xdp]\nenabled = true\ninterfaces = [\"{GW_IF}\"]\nmode = \"{mode}\"\npin_path = \"{}\"\nsyn_cookies = \"always\"\n",
         pins.0.display()
     );
     let gw = NsGateway::try_start_with(&net.gw, net.gw_addr, "", &xdp).unwrap_or_else(|e| panic!("{e}"));
@@ -62,8 +75,8 @@ fn xdp_answers_syns_with_cookies_and_the_kernel_accepts_the_acks() {
     let kernel_sent = tcp_ext(&net.gw, "SyncookiesSent") - sent;
     assert!(
         validated >= kernel_sent + 3,
-        "the kernel validated {validated} cookie ACKs and sent {kernel_sent} cookies itself, for 3 connections through XDP"
+        "the kernel validated {validated} cookie ACKs and sent {kernel_sent} cookies itself, for 3 connections through {mode}"
     );
     let answered = gw.metric("gateway_xdp_packets_total", &[("iface", GW_IF), ("verdict", "syn_cookie")]);
-    assert!(answered >= 3.0, "the XDP program answered {answered} SYNs for 3 connections\n{}", gw.scrape());
+    assert!(answered >= 3.0, "the {mode} program answered {answered} SYNs for 3 connections\n{}", gw.scrape());
 }

@@ -66,9 +66,9 @@ pub struct XdpSection {
     #[serde(default)]
     pub steering: NicSteeringPolicy,
     /// `"auto"`, `"always"` or `"off"`: answer SYNs to listeners with the kernel's SYN cookie in
-    /// XDP (a spoofed SYN flood then never reaches the TCP stack). `"auto"` asks once a CPU sees
-    /// more than `syn_cookie_threshold_per_cpu` SYNs a second; the kernel still decides whether a
-    /// cookie is due (SYN queue full, or `net.ipv4.tcp_syncookies = 2`). Default: "auto".
+    /// XDP or TC (a spoofed SYN flood then never reaches the TCP stack). `"auto"` asks once a CPU
+    /// sees more than `syn_cookie_threshold_per_cpu` SYNs a second; the kernel still decides
+    /// whether a cookie is due (SYN queue full, or `net.ipv4.tcp_syncookies = 2`). Default: "auto".
     #[serde(default)]
     pub syn_cookies: SynCookiePolicy,
     /// See `syn_cookies`. Default: 1000.

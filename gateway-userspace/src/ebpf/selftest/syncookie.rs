@@ -1,9 +1,10 @@
-//! SYN cookies in XDP (`flags::SYN_COOKIES`): SYNs to a real listening socket — in a private
+//! SYN cookies in XDP and TC (`flags::SYN_COOKIES`): SYNs to a real listening socket — in a private
 //! network namespace of the suite's thread with `net.ipv4.tcp_syncookies = 2`, so the kernel
-//! wants a cookie for every SYN (with 1 it wants one only while the SYN queue is full) — come back as `XDP_TX` with a well-formed
+//! wants a cookie for every SYN (with 1 it wants one only while the SYN queue is full) — come back
+//! as `XDP_TX` (TC: `TC_ACT_REDIRECT`, to the device it came in on) with a well-formed
 //! SYN-ACK: MACs, addresses and ports swapped, ack = seq + 1, the MSS option, valid IPv4 and TCP
 //! checksums; IPv4 and IPv6, with no options (the frame grows), one option, and Linux's full set
-//! (it shrinks). No listener, the flag off, a SYN-ACK, and the TC program: the SYN passes. Auto
+//! (it shrinks). No listener, the flag off, a SYN-ACK: the SYN passes. Auto
 //! mode answers only past its per-CPU threshold; a tracked source over its SYN bucket is dropped,
 //! not answered, and an answered source takes no way in the table.
 
@@ -11,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 
 use gateway_common::xdp::{SourceKey, Verdict, flags, mapped_v4};
 
-use super::{GENEROUS, GuardProgram, LOOPBACK_IFINDEX, Limits, Suite, XDP_TX, config};
+use super::{GENEROUS, GuardProgram, LOOPBACK_IFINDEX, Limits, Suite, TC_ACT_REDIRECT, XDP_TX, config};
 use crate::ebpf::EbpfError;
 
 /// The client port of the crafted SYNs.
@@ -55,11 +56,6 @@ impl Suite<'_> {
         let mut always = config(GENEROUS);
         always.flags |= flags::SYN_COOKIES;
         self.guard.write_config(&always)?;
-        if self.program == GuardProgram::Tc {
-            let frame = syn_frame(lo4, port4, &MSS_OPTION, 0x02);
-            self.expect("syn cookies: tc leaves the SYN to the kernel", &frame, Verdict::Pass)?;
-            return Ok(());
-        }
         for (name, ip, port, options) in [
             ("ipv4 syn with MSS", lo4, port4, &MSS_OPTION[..]),
             ("ipv4 syn without options (frame grows)", lo4, port4, &[][..]),
@@ -69,7 +65,7 @@ impl Suite<'_> {
         ] {
             let frame = syn_frame(ip, port, options, 0x02);
             let failure = self.answered(&frame)?.err();
-            self.record(format!("syn cookies: {name} → XDP_TX, a well-formed SYN-ACK"), failure);
+            self.record(format!("syn cookies: {name} → sent back, a well-formed SYN-ACK"), failure);
         }
         let closed = free_port();
         self.expect("syn cookies: no listener → pass", &syn_frame(lo4, closed, &MSS_OPTION, 0x02), Verdict::Pass)?;
@@ -113,16 +109,23 @@ impl Suite<'_> {
         Ok(())
     }
 
-    /// Runs `frame` (a SYN) and checks that it came back as `XDP_TX` with a well-formed SYN-ACK
-    /// and that only the `syn_cookie` counter moved.
+    /// What the program returns for a SYN it answered: `XDP_TX`, or in TC the redirect back out
+    /// of the device the SYN came in on.
+    pub(super) fn answer_code(&self) -> u32 {
+        if self.program == GuardProgram::Tc { TC_ACT_REDIRECT } else { XDP_TX }
+    }
+
+    /// Runs `frame` (a SYN) and checks that it came back (`XDP_TX`, or a TC redirect) with a
+    /// well-formed SYN-ACK and that only the `syn_cookie` counter moved.
     fn answered(&mut self, frame: &[u8]) -> Result<Result<(), String>, EbpfError> {
         let before = self.guard.counters(LOOPBACK_IFINDEX)?;
-        let (ret, out) = self.guard.test_run_xdp_out(frame)?;
+        let (ret, out) = self.guard.test_run_out(self.program, frame)?;
         let after = self.guard.counters(LOOPBACK_IFINDEX)?;
         let moved: Vec<Verdict> =
             Verdict::ALL.into_iter().filter(|v| after[*v as usize] != before[*v as usize]).collect();
-        if moved != [Verdict::SynCookie] || ret != XDP_TX {
-            return Ok(Err(format!("returned {ret}, counters moved: {moved:?} (want XDP_TX, syn_cookie)")));
+        let want = self.answer_code();
+        if moved != [Verdict::SynCookie] || ret != want {
+            return Ok(Err(format!("returned {ret}, counters moved: {moved:?} (want {want}, syn_cookie)")));
         }
         Ok(check_syn_ack(frame, &out))
     }

@@ -185,10 +185,13 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
          60 s (the defaults). Offered pps counts every \
          packet the attacker's veth sent during the attack window (handshake packets and requests too); dropped \
          pps counts what the defence itself discarded (guard: `drop_*` verdicts and SYNs it answered with a \
-         SYN cookie in XDP, `syn_cookie`: neither reaches the TCP stack; nftables: its drop counters; \
+         SYN cookie in XDP or TC, `syn_cookie`: neither reaches the TCP stack; nftables: its drop counters; \
          the kernel filters nothing and answers SYNs with cookies). The guard's XDP SYN-ACKs reach the \
          clients' veth end (which runs a pass-everything XDP program, as a veth needs to receive `XDP_TX`) \
-         and are discarded at the attacker's end's transmit (no program there): no RSTs come back. CPU is the softirq time of all CPUs \
+         and are discarded at the attacker's end's transmit (no program there): no RSTs come back. The guard's TC \
+         SYN-ACKs (redirected out of the gateway's veth end) and the kernel's go through `fl-atk`'s receive path to \
+         its netdev ingress drop (about 15 % of the softirq under the TC guard and `syn-spoofed`; bench/README.md). \
+         CPU is the softirq time of all CPUs \
          (`/proc/stat`) and gatewayd's own CPU time, minus what the same defence used without an attack over \
          the same time, per million offered packets; per dropped packet it is the same extra CPU divided by \
          the packets dropped; extra CPU ms / s is the same extra CPU per second of the attack window. Escalation is the time from the start of the HTTP or connection flood until the \
