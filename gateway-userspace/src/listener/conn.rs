@@ -183,7 +183,7 @@ fn conn_info(
         active: Cell::new(0),
         last_active: Cell::new(Instant::now()),
         head_started: Cell::new(None),
-        watchdog_wake: tokio::sync::Notify::new(),
+        watchdog_wake: Default::default(),
         watchdog_timer: WatchdogTimer::default(),
         park: Cell::new(false),
         close_requested: Cell::new(false),
