@@ -88,7 +88,7 @@ impl AuditRecord {
             user_id: ctx.identity.user_id.clone(),
             workspace_id: ctx.identity.workspace_id.clone(),
             method: ctx.method.as_str().to_owned(),
-            path: ctx.path.clone(),
+            path: ctx.path().to_owned(),
             status_code: ctx.status,
             latency_ms: ctx.timings.total().as_millis() as u64,
             tokens_used: ctx.usage.tokens_used,

@@ -26,8 +26,10 @@ use crate::{
     snapshot::{LocalSnapshot, Snapshot},
 };
 
-/// Fields the gateway adds to a request head on the common path.
-const UPSTREAM_FIELDS: usize = 8;
+/// Fields the gateway adds to a request head on the common path. An HTTP/1 codec that builds
+/// the map itself sizes it with this room, so that `serve`'s reserve finds it and does not grow
+/// (and rehash) a map just built.
+pub(crate) const UPSTREAM_FIELDS: usize = 8;
 const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Problems with the request itself, found before routing.
@@ -248,7 +250,9 @@ fn proxied_response(
     forwarded: proxy::Forwarded,
 ) -> Response<ResponseBody> {
     let (mut head, body) = forwarded.response.into_parts();
-    headers::remove_hop_by_hop(&mut head.headers);
+    // The upstream client read the hop-by-hop fields (and those `Connection` named) for framing
+    // and reuse and left them out of the map (`proxy::h1::decode`): nothing to remove here.
+    debug_assert!(!headers::has_hop_by_hop(&head.headers));
     head.headers.insert(headers::name::X_REQUEST_ID, ctx.request_id.clone());
     ctx.status = head.status.as_u16();
     // The upstream's head is ready to go back: one clock read for both instants.

@@ -171,12 +171,17 @@ async fn send(
     let resendable = conn.reused && http_body::Body::is_end_stream(body) && is_idempotent(&out.head.method);
     // Pinned here and lent to the stall watch, which then holds a pointer, not a second
     // exchange state of its own.
+    let mut conn = conn;
+    let mut timer = conn.conn.take_response_timer();
     let sent = {
         let exchange = std::pin::pin!(h1::exchange(conn.conn, out, body));
-        response_or_stall(exchange, &progress, spec.read_timeout, start).await
+        response_or_stall(exchange, &progress, spec.read_timeout, start, &mut timer).await
     };
     let error = match sent {
-        Some(Ok(response)) => {
+        Some(Ok(mut response)) => {
+            if let Some(timer) = timer {
+                response.body_mut().keep_response_timer(timer);
+            }
             target.state.record_success();
             return Ok(Forwarded { response, target: i, lease });
         }
@@ -202,7 +207,8 @@ async fn send(
     Err(fail(classify(error, service, i, &progress)))
 }
 
-/// Waits for the response head, sent at `start`; `None` when the upstream stalled. The upstream is at fault only
+/// Waits for the response head, sent at `start`, with the connection's `timer` (made here
+/// the first time); `None` when the upstream stalled. The upstream is at fault only
 /// when it sat `read_timeout` on a complete request, or did not take the body it was offered
 /// for as long; while the client owes body bytes the client's own `client_body_timeout` runs
 /// (the body then fails with 408) and the upstream's clock waits.
@@ -211,6 +217,7 @@ async fn response_or_stall<F: std::future::Future>(
     progress: &BodyProgress,
     read_timeout: Duration,
     start: tokio::time::Instant,
+    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 ) -> Option<F::Output> {
     let upstream_deadline = || progress.last().max(start) + read_timeout;
     let wake_at = || {
@@ -218,13 +225,22 @@ async fn response_or_stall<F: std::future::Future>(
     };
     // One timer, reset when it fires early, rather than a new one per wake-up; `biased`: the
     // response first, and no random branch order drawn at every poll.
-    let timer = tokio::time::sleep_until(wake_at());
-    tokio::pin!(timer);
+    let timer = match timer {
+        // Left where it is when it would fire no later than this wait's deadline: firing early
+        // only costs a check and a reset below (about once per `read_timeout` on a busy
+        // connection), and not moving it spares a clock-to-tick conversion per request.
+        Some(t) if t.deadline() <= wake_at() => t,
+        Some(t) => {
+            t.as_mut().reset(wake_at());
+            t
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(wake_at()))),
+    };
     loop {
         tokio::select! {
             biased;
             out = response.as_mut() => return Some(out),
-            () = &mut timer => {
+            () = timer.as_mut() => {
                 if !progress.awaiting_client() && tokio::time::Instant::now() >= upstream_deadline() {
                     return None;
                 }

@@ -9,11 +9,13 @@
 mod conn;
 mod ctx;
 mod fields;
+mod names;
 mod observe;
 mod phase;
 
 pub use conn::{ClientCert, ConnInfo, HandshakeRefusal, Proto, TlsInfo, VerifyStatus, WatchdogTimer};
 pub use ctx::{Identity, Outcome, RequestCtx, SnapshotView, Timings, Usage};
-pub use fields::{contains_any, remove_present};
+pub use fields::{contains_any, httparse_value, remove_present};
+pub use names::NameCache;
 pub use observe::{BodyObserver, RequestObserver};
 pub use phase::{Phase, Pipeline, Step};

@@ -194,7 +194,9 @@ pub struct ServerTls {
 /// The TLS part of a snapshot: per listener name, its server TLS.
 #[derive(Debug, Default)]
 pub struct TlsRuntime {
-    listeners: HashMap<Arc<str>, Arc<ServerTls>>,
+    /// Hashed with `foldhash` (fixed seed), not SipHash: the keys are configured listener names,
+    /// never a client's bytes, and the client-certificate phase looks one up per request.
+    listeners: HashMap<Arc<str>, Arc<ServerTls>, foldhash::fast::FixedState>,
     parts: Option<TlsParts>,
 }
 

@@ -77,6 +77,12 @@ pub struct Conn {
     /// The request head and gathered body bytes; reused across requests.
     write_buf: Vec<u8>,
     written: usize,
+    /// The response wait's timer (`proxy::send`), kept with the connection between requests:
+    /// moved to a later deadline, a registered tokio timer only updates its expiry, where a new
+    /// one per request was registered in the timer wheel and removed again (~500 instructions).
+    response_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The upstream's header names from its last response head.
+    names: crate::request::NameCache,
 }
 
 impl Conn {
@@ -84,7 +90,19 @@ impl Conn {
     /// its connection through several owners, and a pointer moves for nothing where the
     /// ~100-byte connection was copied each time.
     pub fn new(io: Stream) -> Box<Self> {
-        Box::new(Conn { io, read_buf: BytesMut::new(), write_buf: Vec::new(), written: 0 })
+        Box::new(Conn {
+            io,
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
+            written: 0,
+            response_timer: None,
+            names: Default::default(),
+        })
+    }
+
+    /// The response wait's timer this connection keeps between requests, if it has one yet.
+    pub fn take_response_timer(&mut self) -> Option<Pin<Box<tokio::time::Sleep>>> {
+        self.response_timer.take()
     }
 
     /// Whether an idle connection can take a request: the upstream has not closed it and sent
@@ -150,7 +168,7 @@ pub async fn exchange(
             }
         }
         loop {
-            match decode::response_head(&mut conn.read_buf, method) {
+            match decode::response_head(&mut conn.read_buf, method, &mut conn.names) {
                 Err(e) => return Poll::Ready(Err(upstream(e, true))),
                 Ok(Some(parsed)) => {
                     if parsed.parts.status == StatusCode::SWITCHING_PROTOCOLS {

@@ -66,6 +66,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     crate::request::remove_present(headers, &HOP_BY_HOP);
 }
 
+/// Whether the map holds one of the hop-by-hop fields (fields a `Connection` header names aside).
+pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    crate::request::contains_any(headers, &HOP_BY_HOP)
+}
+
 /// Whether `name` is one of the hop-by-hop fields of RFC 9110 7.6.1 (or a legacy companion);
 /// fields a `Connection` header names are the caller's to find.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, header, request};
+use http::{HeaderValue, Method, header, request, uri::PathAndQuery};
 
 use super::{BodyObserver, ConnInfo, Pipeline, RequestObserver, VerifyStatus};
 
@@ -113,8 +113,9 @@ pub struct RequestCtx {
     view: Rc<dyn SnapshotView>,
     pub request_id: HeaderValue,
     pub method: Method,
-    /// The path as the client sent it (for logs).
-    pub path: String,
+    /// The request target as the client sent it (for logs; `path()`): a clone shares the
+    /// head's bytes, where an owned copy of the path cost an allocation per request.
+    client_target: Option<PathAndQuery>,
     pub user_agent: Option<HeaderValue>,
     /// The client address after trusted-proxy resolution.
     pub client_ip: IpAddr,
@@ -157,7 +158,7 @@ impl RequestCtx {
         Box::new(RequestCtx {
             request_id,
             method: head.method.clone(),
-            path: head.uri.path().to_owned(),
+            client_target: head.uri.path_and_query().cloned(),
             user_agent: head.headers.get(header::USER_AGENT).cloned(),
             client_ip,
             conn,
@@ -178,6 +179,11 @@ impl RequestCtx {
             request_observers: Vec::new(),
             extensions: http::Extensions::new(),
         })
+    }
+
+    /// The path as the client sent it, as `Uri::path` gives it.
+    pub fn path(&self) -> &str {
+        self.client_target.as_ref().map_or("", PathAndQuery::path)
     }
 
     pub fn route_name(&self) -> Option<&Arc<str>> {

@@ -39,13 +39,13 @@ impl ClientHeaders {
 
     /// Drops what the rules say from a client's request, counted by reason.
     pub fn drop_from(&self, headers: &mut HeaderMap, metrics: &WorkerMetrics) {
-        // Byte search: `str::contains(char)` ran a char searcher over every name of every request.
-        if !headers.keys().any(|n| n.as_str().as_bytes().contains(&b'_')) {
+        // Eight bytes at a time: a byte search ran byte by byte over every name of every request.
+        if !headers.keys().any(|n| has_underscore(n.as_str().as_bytes())) {
             return;
         }
         let doomed: Vec<(HeaderName, &'static str)> = headers
             .keys()
-            .filter(|n| n.as_str().as_bytes().contains(&b'_'))
+            .filter(|n| has_underscore(n.as_str().as_bytes()))
             .filter_map(|n| self.reason(n.as_str()).map(|r| (n.clone(), r)))
             .collect();
         for (name, reason) in doomed {
@@ -68,9 +68,48 @@ impl ClientHeaders {
     }
 }
 
+/// Whether `name` holds a `_`, a word of eight bytes at a time (the "has zero byte" test on the
+/// word XOR eight underscores; header names are short, so the tail is padded, not looped over).
+fn has_underscore(name: &[u8]) -> bool {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has = |word: u64| {
+        let x = word ^ (LOW * u64::from(b'_'));
+        x.wrapping_sub(LOW) & !x & HIGH != 0
+    };
+    let mut chunks = name.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if has(u64::from_le_bytes(word)) {
+            return true;
+        }
+    }
+    // The tail padded with a byte that is not `_`.
+    let mut word = [0u8; 8];
+    word[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    has(u64::from_le_bytes(word))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscores_are_found_anywhere() {
+        for len in 0..40 {
+            let clean = "a".repeat(len);
+            assert!(!has_underscore(clean.as_bytes()), "{clean}");
+            for at in 0..len {
+                let mut name = clean.clone().into_bytes();
+                name[at] = b'_';
+                assert!(has_underscore(&name), "{len} {at}");
+            }
+        }
+        // Bytes next to `_` (0x5e, 0x60) and the high bit do not count.
+        assert!(!has_underscore(b"^`\xff\x7f-x-forwarded-for"));
+        assert!(has_underscore(b"x-forwarded_for"));
+    }
 
     fn rules(forward_underscores: bool) -> ClientHeaders {
         let mut config = Config::embedded().unwrap();

@@ -116,9 +116,11 @@ async fn serve_plain<I: ClientIo>(
     let mut changed = pin!(watching.changed());
     let (mut timer_registered, mut watch_registered) = (false, false);
     let mut wbuf = Vec::new();
+    // Dropped with this loop's frame when the connection parks: an idle connection keeps none.
+    let mut names = crate::request::NameCache::default();
     loop {
         if !buf.is_empty() {
-            match read::parse(buf, limits.max_headers) {
+            match read::parse(buf, limits.max_headers, &mut names) {
                 Parsed::Plain(head) => match serve_one(io, buf, &mut wbuf, head, conn, worker, shutdown).await {
                     Ok(true) => {
                         // The timer may be armed later than this request's park deadline (a head

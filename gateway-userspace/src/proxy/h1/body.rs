@@ -48,6 +48,13 @@ impl UpstreamBody {
         if clean { self.conn.take() } else { None }
     }
 
+    /// Gives the response wait's timer back to the connection (see `Conn::take_response_timer`).
+    pub fn keep_response_timer(&mut self, timer: Pin<Box<tokio::time::Sleep>>) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.response_timer = Some(timer);
+        }
+    }
+
     fn fail(&mut self, error: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         self.state = State::Done;
         self.conn = None;

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header, response};
 
 use super::H1Error;
+use crate::request::NameCache;
 
 /// Most header fields in a response head or trailer section (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -40,7 +41,9 @@ pub struct Head {
 ///
 /// The head's bytes are split off the connection's buffer, not copied: the header values are
 /// slices of the bytes as they were read (the buffer is shared with the body's chunks already).
-pub fn response_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
+///
+/// `names`: the connection's names from its last head (`request::NameCache`).
+pub fn response_head(buf: &mut BytesMut, method: &Method, names: &mut NameCache) -> Result<Option<Head>, H1Error> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -77,7 +80,7 @@ pub fn response_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>
         (len, parsed.headers.len(), version, status)
     };
     let head = buf.split_to(len).freeze();
-    let (headers, hop) = response_fields(&spans[..count], &head)?;
+    let (headers, hop) = response_fields(&spans[..count], &head, names)?;
     let framing = framing(method, status, &hop)?;
     let keep_alive = framing != Framing::Close && hop.keep_alive(version);
     let mut parts = http::Response::new(()).into_parts().0;
@@ -142,14 +145,18 @@ impl HopFields<'_> {
 
 /// The response's end-to-end header fields, their values sharing `head`, and what its
 /// hop-by-hop fields said. Fields named in `Connection` go too.
-fn response_fields<'a>(spans: &[Span], head: &'a Bytes) -> Result<(HeaderMap, HopFields<'a>), H1Error> {
+fn response_fields<'a>(
+    spans: &[Span],
+    head: &'a Bytes,
+    names: &mut NameCache,
+) -> Result<(HeaderMap, HopFields<'a>), H1Error> {
     // Room for the fields the gateway adds to every response (request id, latency headers,
     // Server-Timing) without growing and rehashing the map.
     let mut headers = HeaderMap::with_capacity(spans.len() + GATEWAY_FIELDS);
     let mut hop = HopFields::default();
     let mut named: Vec<HeaderName> = Vec::new();
-    for &span in spans {
-        let name = HeaderName::from_bytes(&head[span.name()]).map_err(|_| H1Error::Malformed("invalid header name"))?;
+    for (i, &span) in spans.iter().enumerate() {
+        let name = names.name(i, &head[span.name()]).map_err(|_| H1Error::Malformed("invalid header name"))?;
         let raw = &head[span.value()];
         if name == header::CONTENT_LENGTH {
             hop.add_length(raw);
@@ -173,9 +180,8 @@ fn response_fields<'a>(spans: &[Span], head: &'a Bytes) -> Result<(HeaderMap, Ho
         } else if crate::proxy::headers::is_hop_by_hop(&name) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
-            .map_err(|_| H1Error::Malformed("invalid header value"))?;
-        headers.append(name, value);
+        // httparse checked the value's bytes by `HeaderValue`'s own rule.
+        headers.append(name, crate::request::httparse_value(head.slice(span.value())));
     }
     for name in named {
         headers.remove(name);

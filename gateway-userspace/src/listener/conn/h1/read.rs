@@ -6,7 +6,9 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, request};
+use http::{HeaderMap, Method, Uri, Version, request};
+
+use crate::request::NameCache;
 
 /// hyper's limit on a request target (it answers 414 past it).
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
@@ -42,7 +44,9 @@ struct Field {
 
 /// Parses the head at the start of `buf`; when it is plain, takes its bytes out of `buf` (the
 /// head's fields and target share them, as hyper's do).
-pub(super) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+///
+/// `names`: the connection's names from its last head (`request::NameCache`).
+pub(super) fn parse(buf: &mut BytesMut, max_headers: usize, names: &mut NameCache) -> Parsed {
     let mut fields = [Field { name: (0, 0), value: (0, 0) }; MAX_FIELDS];
     let mut seen_length = false;
     let (len, method, target, version, count, keep_alive) = {
@@ -103,17 +107,17 @@ pub(super) fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
     };
     let head = buf.split_to(len).freeze();
     let slice = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
-    let mut headers = HeaderMap::with_capacity(count);
+    // With the room the pipeline adds to every request: its reserve then finds it, where a map
+    // sized for the client's fields alone was grown and rehashed on every request.
+    let mut headers = HeaderMap::with_capacity(count + crate::pipeline::UPSTREAM_FIELDS);
     let mut valid = true;
-    for field in &fields[..count] {
-        let name = HeaderName::from_bytes(&head[field.name.0 as usize..field.name.1 as usize]);
-        // httparse checked the value's bytes as hyper does; the check here is the same rule.
-        let value = HeaderValue::from_maybe_shared(slice(field.value));
-        let (Ok(name), Ok(value)) = (name, value) else {
+    for (i, field) in fields[..count].iter().enumerate() {
+        let Ok(name) = names.name(i, &head[field.name.0 as usize..field.name.1 as usize]) else {
             valid = false;
             break;
         };
-        headers.append(name, value);
+        // httparse checked the value's bytes by `HeaderValue`'s own rule.
+        headers.append(name, crate::request::httparse_value(slice(field.value)));
     }
     let uri = Uri::from_maybe_shared(slice(target));
     let (true, Ok(uri)) = (valid, uri) else {

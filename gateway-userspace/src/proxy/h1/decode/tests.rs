@@ -9,7 +9,7 @@ fn head(raw: &str) -> Result<Option<(Head, usize)>, H1Error> {
 /// The head and how many bytes it took off the buffer (none when it is partial).
 fn head_for(raw: &str, method: &Method) -> Result<Option<(Head, usize)>, H1Error> {
     let mut buf = BytesMut::from(raw.as_bytes());
-    let parsed = response_head(&mut buf, method)?;
+    let parsed = response_head(&mut buf, method, &mut NameCache::default())?;
     let taken = raw.len() - buf.len();
     assert!(parsed.is_some() || taken == 0, "a partial head takes nothing");
     Ok(parsed.map(|h| (h, taken)))
