@@ -6,6 +6,7 @@ pub mod collect;
 pub mod huge_pages;
 pub mod liveness;
 pub mod loop_lag;
+mod runtime;
 
 use std::{collections::HashMap, rc::Rc, sync::Arc, thread::JoinHandle, time::Duration};
 
@@ -56,15 +57,9 @@ fn run(s: WorkerSettings) {
     }
     s.shared.worker_threads.register(s.id, nix::unistd::gettid().as_raw());
     crate::kv::use_worker_connections();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(worker = s.id, error = %e, "cannot start worker runtime");
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, serve(&s));
+    if let Err(e) = runtime::block_on(serve(&s)) {
+        tracing::error!(worker = s.id, error = %e, "cannot start worker runtime");
+    }
     s.shared.worker_threads.unregister(s.id);
 }
 

@@ -78,7 +78,8 @@ pub struct Options {
     /// (writes results/syscalls.md).
     #[arg(long)]
     syscalls: bool,
-    /// cpu-compare: open-loop load at this many requests/s (oha -q) instead of closed-loop wrk.
+    /// cpu-compare: open-loop load at this many requests/s (oha -q) instead of closed-loop wrk;
+    /// callgrind: the measured requests sent by oha at this rate (one wake-up per request).
     #[arg(long)]
     rate: Option<u64>,
     /// callgrind: measured requests per subject [default: h1, https: 4000; h2, h2s: 20000];

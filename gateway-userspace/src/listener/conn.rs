@@ -103,7 +103,7 @@ pub(super) fn serve_tcp(
     // TLS or not is the current snapshot's say: a reload can add or drop a listener's TLS
     // without rebinding its socket.
     if snapshot.tls.listener(&spec.name).is_some() && snapshot.tls.parts().is_some() {
-        return Box::pin(serve_tls(stream, peer, local, spec, worker, snapshot, shutdown));
+        return Box::pin(tls_task(Box::pin(serve_tls(stream, peer, local, spec, worker, snapshot, shutdown))));
     }
     drop(snapshot);
     let proto = if spec.http2 { None } else { Some(Proto::Http1) };
@@ -111,13 +111,27 @@ pub(super) fn serve_tcp(
     Box::pin(serve_connection(stream, proto, conn, worker, limits, shutdown))
 }
 
-/// The TLS handshake, then HTTP on the TLS stream (the listener's TLS setup is re-read from the
-/// same snapshot `serve_tcp` checked).
+/// A future that serves a connection: `serve_connection`'s, boxed.
+type Serving = Pin<Box<dyn Future<Output = ()>>>;
+
+/// A TLS connection's task: the handshake, then the serving. The handshake's box is freed when
+/// it ends; for the connection's whole life the task keeps only this small future (two
+/// pointers) and the serving future's box.
+async fn tls_task(handshake: Pin<Box<dyn Future<Output = Option<Serving>>>>) {
+    if let Some(serving) = handshake.await {
+        serving.await;
+    }
+}
+
+/// The TLS handshake, then the future that serves HTTP on the TLS stream (the listener's TLS
+/// setup is re-read from the same snapshot `serve_tcp` checked), or `None` when the handshake
+/// failed.
 ///
-/// The handshake and the serving run in boxes of their own, and the stream in a third: this
-/// future lives as long as the connection, parked or not, and inline it would keep room for the
-/// handshake's state and for several copies of the ~1.2 KiB rustls stream (measured: 12.3 KiB
-/// per idle TLS connection, down to about 1.2 KiB for the serving box).
+/// Returned, not awaited: this future holds the handshake's state and its arguments, and it
+/// lives only as long as the handshake. Awaiting the serving here kept it (912 bytes in a debug
+/// build) for the connection's whole life, a third of what an idle kTLS connection cost
+/// (bench/results/tls.md, "kTLS idle memory"). The serving future is boxed on its own, the
+/// stream in it too: the ~1.2 KiB rustls stream would size every kTLS connection's future.
 async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
@@ -126,17 +140,17 @@ async fn serve_tls(
     worker: Rc<WorkerLocal>,
     snapshot: LocalSnapshot,
     shutdown: watch::Receiver<bool>,
-) {
+) -> Option<Serving> {
     let limits = snapshot.config.server.limits;
-    let Some(accepted) = Box::pin(handshake(stream, peer, &spec, &worker, snapshot)).await else {
+    let Some(accepted) = handshake(stream, peer, &spec, &worker, snapshot).await else {
         if !*shutdown.borrow() {
             empty::report(&worker, peer);
         }
-        return;
+        return None;
     };
     let conn = conn_info(&worker, &spec, peer, local, Some(accepted.info));
     let io = Box::new(accepted.io);
-    Box::pin(serve_connection(io, Some(accepted.proto), conn, worker, limits, shutdown)).await
+    Some(Box::pin(serve_connection(io, Some(accepted.proto), conn, worker, limits, shutdown)))
 }
 
 async fn handshake(
@@ -169,7 +183,7 @@ fn conn_info(
         active: Cell::new(0),
         last_active: Cell::new(Instant::now()),
         head_started: Cell::new(None),
-        watchdog_wake: tokio::sync::Notify::new(),
+        watchdog_wake: Default::default(),
         watchdog_timer: WatchdogTimer::default(),
         park: Cell::new(false),
         close_requested: Cell::new(false),

@@ -100,7 +100,7 @@ pub async fn accept(
             // Partners' certificate problems are what operators are asked about: say it at info.
             tracing::info!(listener = %listener.name, %peer, result = %failure.result, reason = %failure.detail,
                 "client certificate refused: requests on this connection are answered 400");
-            (None, Some(failure))
+            (None, Some(Box::new(failure)))
         }
         Err(failure) => {
             fail(&listener, peer, metrics, failure);
@@ -137,7 +137,7 @@ pub async fn accept(
         alpn: facts.alpn,
         resumed: facts.resumed,
         ktls,
-        client_cert,
+        client_cert: client_cert.map(Box::new),
         refusal,
     };
     Some(Accepted { io, info, proto })

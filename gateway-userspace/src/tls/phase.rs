@@ -116,7 +116,7 @@ impl Phase for ClientCertPhase {
         match conn.tls.as_ref().and_then(|t| t.refusal.as_ref()) {
             Some(refusal) => {
                 conn.close_requested.set(true);
-                conn.watchdog_wake.notify_one();
+                conn.watchdog_wake.notify();
                 Err(ClientCertError::Refused { result: refusal.result }.into())
             }
             None => Ok(()),

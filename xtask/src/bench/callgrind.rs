@@ -1,5 +1,5 @@
-//! `cargo xtask bench callgrind --proto h1|https|h2|h2s [--against nginx] BIN...`: instructions
-//! per proxied request, counted by valgrind's callgrind. Counts, not time: repeatable on a busy
+//! `cargo xtask bench callgrind --proto h1|https|h2|h2s [--rate N] [--against nginx] BIN...`:
+//! instructions per proxied request, counted by valgrind's callgrind. Counts, not time: repeatable on a busy
 //! machine, so this is the before/after figure for a change while other work runs (wall-clock
 //! CPU figures are for `bench proxy` on a quiet machine). Writes its section of
 //! `bench/results/callgrind.md` (one section per protocol).
@@ -9,6 +9,13 @@
 //! Instrumentation is off at start; after a warm-up (a quarter of the requests: pools, caches)
 //! it is switched on for exactly the measured requests and off again, so startup and warm-up
 //! are not counted; every thread of the subject is.
+//!
+//! Two regimes. Closed loop (the default: hey or h2load keep every connection busy): ready
+//! connections batch up behind each `epoll_wait`, so per-wake-up costs (the event loop's turn,
+//! timers, task scheduling) are shared by many requests. `--rate N`: oha sends the measured
+//! requests at N per second (`-q`), spread over the connections; at a low rate (300) even under
+//! callgrind's slowdown each request arrives alone, so each pays a whole wake-up as at a fixed
+//! rate in `bench proxy` (where the CPU per request is measured in time, not instructions).
 //!
 //! valgrind 3.19 runs gatewayd under the seccomp shim `bench/tools/no-prctl-auxv.c` (compiled
 //! here): without it gatewayd dies at start in rustix's auxv reader (rustix issue #1559).
@@ -27,7 +34,7 @@ use super::{
     Options, free_port,
     h2::h2load,
     harness::{Harness, Ready},
-    load::parse_hey,
+    load::{ensure_oha, parse_hey, parse_oha},
     proxy::{gatewayd_server, nginx_proxy_conf_with},
     report::{Report, num, ratio},
 };
@@ -35,6 +42,8 @@ use crate::cmd::{announce, capture, exec, workspace_root};
 
 /// Under valgrind gatewayd starts ~50 times slower than natively.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// `--rate`: the measured requests default to this many seconds of load.
+const RATE_SECONDS: u64 = 10;
 /// h2load's shape for the HTTP/2 protocols (as `bench h2`'s many-streams shape).
 const H2_CONNECTIONS: usize = 16;
 const H2_STREAMS: usize = 16;
@@ -67,6 +76,15 @@ impl Proto {
         match self {
             Proto::H1 | Proto::Https => 4_000,
             Proto::H2 | Proto::H2s => 20_000,
+        }
+    }
+
+    /// oha's protocol options for the fixed-rate load (`--insecure` for https URLs is added
+    /// with the URL).
+    fn oha_args(self, streams: usize) -> Vec<String> {
+        match self {
+            Proto::H1 | Proto::Https => Vec::new(),
+            Proto::H2 | Proto::H2s => vec!["--http2".into(), "-p".into(), streams.to_string()],
         }
     }
 }
@@ -157,8 +175,13 @@ pub fn run(opts: &Options) -> Result<()> {
     let proto = opts.proto;
     let shape = Shape::of(proto, opts.connections, opts.streams);
     let connections = shape.connections;
+    let rate = opts.rate;
+    if rate.is_some() {
+        ensure_oha()?;
+    }
     // hey sends a multiple of its connections (the rest is dropped silently).
-    let requests = round_to(opts.requests.unwrap_or(proto.default_requests()), connections);
+    let default_requests = rate.map_or(proto.default_requests(), |r| r.saturating_mul(RATE_SECONDS));
+    let requests = round_to(opts.requests.unwrap_or(default_requests), connections);
     let warmup = round_to(requests / 4, connections);
     let mut h = Harness::new("callgrind")?;
     h.ready_timeout = READY_TIMEOUT;
@@ -199,7 +222,10 @@ pub fn run(opts: &Options) -> Result<()> {
         let url = ports.url(proto, is_nginx);
         load(proto, warmup, shape, &url)?;
         callgrind_control(tree.0, "-i", "on")?;
-        load(proto, requests, shape, &url)?;
+        match rate {
+            Some(rate) => load_at_rate(proto, requests, rate, shape, &url)?,
+            None => load(proto, requests, shape, &url)?,
+        }
         callgrind_control(tree.0, "-i", "off")?;
         callgrind_control(tree.0, "-d", "")?;
         h.check_alive()?;
@@ -217,18 +243,31 @@ pub fn run(opts: &Options) -> Result<()> {
     h.stop()?;
 
     let mut rep = Report::default();
-    rep.heading(&format!("{} ({})", proto.name(), proto_title(proto)));
+    match rate {
+        Some(rate) => rep.heading(&format!("{} at {rate} requests/s ({})", proto.name(), proto_title(proto))),
+        None => rep.heading(&format!("{} ({})", proto.name(), proto_title(proto))),
+    }
+    let measured_load = match rate {
+        Some(rate) => format!(
+            "measured requests sent by `oha -c {connections} -q {rate}{}` (one at a time: each request pays a \
+             wake-up of the event loop), warm-up by {}",
+            proto.oha_args(shape.streams).iter().map(|a| format!(" {a}")).collect::<String>(),
+            load_shape(proto, shape)
+        ),
+        None => load_shape(proto, shape),
+    };
     rep.paragraph(&format!(
-        "Written by `cargo xtask bench callgrind --proto {} --requests {requests} --connections {connections}{}{} BIN...` \
+        "Written by `cargo xtask bench callgrind --proto {} --requests {requests} --connections {connections}{}{}{} BIN...` \
          on {} (workspace at {}); {}. One worker under callgrind, {requests} measured requests after {} warm-up \
          requests; instructions of every thread, startup excluded. Instruction counts do not depend on the \
          machine's load; compare binaries measured in the same run.",
         proto.name(),
+        rate.map(|r| format!(" --rate {r}")).unwrap_or_default(),
         opts.streams.map(|m| format!(" --streams {m}")).unwrap_or_default(),
         if against_nginx { " --against nginx" } else { "" },
         machine.date,
         super::report::git_revision(),
-        load_shape(proto, shape),
+        measured_load,
         warmup,
     ));
     let base = counted.first().map_or(0.0, |c| c.instructions as f64 / requests as f64);
@@ -246,9 +285,12 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     rep.paragraph("Commands:");
     rep.code("sh", &commands.join("\n"));
-    let key = format!("callgrind-{}", proto.name());
+    let key = match rate {
+        Some(_) => format!("callgrind-{}-rate", proto.name()),
+        None => format!("callgrind-{}", proto.name()),
+    };
     let path = rep.write_section("callgrind", "Instructions per proxied request (callgrind)", &key)?;
-    eprintln!("xtask: bench callgrind: wrote the {} section of {}", proto.name(), path.display());
+    eprintln!("xtask: bench callgrind: wrote the {key} section of {}", path.display());
     Ok(())
 }
 
@@ -306,6 +348,26 @@ fn load(proto: Proto, requests: u64, shape: Shape, url: &str) -> Result<()> {
     };
     if answered != Some(requests) {
         bail!("not all {requests} requests to {url} answered 2xx:\n{out}");
+    }
+    Ok(())
+}
+
+/// Sends exactly `requests` requests at `rate` per second with oha (open loop, over
+/// `shape.connections` keep-alive connections); fails unless every one answered 2xx.
+fn load_at_rate(proto: Proto, requests: u64, rate: u64, shape: Shape, url: &str) -> Result<()> {
+    let mut cmd = Command::new("oha");
+    cmd.args(proto.oha_args(shape.streams))
+        .args(["-n", &requests.to_string(), "-c", &shape.connections.to_string(), "-q", &rate.to_string()])
+        .args(["--worker-threads", "1", "--no-tui", "--output-format", "json"]);
+    if url.starts_with("https://") {
+        cmd.arg("--insecure");
+    }
+    cmd.arg(url);
+    announce(&cmd);
+    let out = capture(&mut cmd)?;
+    let r = parse_oha(&out).with_context(|| format!("oha's output:\n{out}"))?;
+    if r.errors > 0 || r.requests != requests {
+        bail!("not all {requests} requests to {url} answered 2xx ({} did, {} errors):\n{out}", r.requests, r.errors);
     }
     Ok(())
 }
@@ -403,6 +465,14 @@ mod tests {
         assert_eq!(Shape::of(Proto::H2, 64, None), Shape { connections: 16, streams: 16 });
         assert_eq!(Shape::of(Proto::H2s, 64, Some(1)), Shape { connections: 64, streams: 1 });
         assert_eq!(Shape::of(Proto::H1, 64, Some(8)), Shape { connections: 64, streams: 1 });
+    }
+
+    #[test]
+    fn the_fixed_rate_load_speaks_each_protocol() {
+        assert!(Proto::H1.oha_args(1).is_empty());
+        assert!(Proto::Https.oha_args(1).is_empty());
+        assert_eq!(Proto::H2.oha_args(16), ["--http2", "-p", "16"]);
+        assert_eq!(Proto::H2s.oha_args(1), ["--http2", "-p", "1"]);
     }
 
     #[test]

@@ -267,7 +267,7 @@ struct OhaSummary {
 /// oha's name for requests still in flight when `-z` ends: not the subject's fault.
 const OHA_DEADLINE: &str = "aborted due to deadline";
 
-fn parse_oha(out: &str) -> Result<OhaResult> {
+pub fn parse_oha(out: &str) -> Result<OhaResult> {
     let json: OhaJson = serde_json::from_str(out)?;
     let percentile = |key: &str| {
         json.latency_percentiles.get(key).copied().with_context(|| format!("no `{key}` in latencyPercentiles"))

