@@ -10,8 +10,8 @@
 //! connection of a client stay on one CPU. The frame is walked by the guard's parser
 //! (`parse.rs`): up to two VLAN tags (802.1Q, 802.1ad), IPv4 options, and up to
 //! `MAX_EXT_HEADERS` IPv6 extension headers, as Katran's parser bounds them; a packet with more
-//! passes unsteered. Parsing again here rather than handing the guard's result over keeps the
-//! guard unchanged; it costs a few dozen instructions, only while steering is on.
+//! passes unsteered. The guard hands its parse over (one parse per frame); only when the guard
+//! is off, and so did not parse, does this step parse the frame itself.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -38,14 +38,18 @@ static SLOTS: Array<u32> = Array::with_max_entries(SLOT_COUNT, 0);
 #[map(name = "GW_CPU_STEERED")]
 static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNT_ENTRIES, 0);
 
-/// The XDP action for a frame the guard passed.
+/// The XDP action for a frame the guard passed; `parsed`: the guard's parse of `[data, end)`.
 #[inline(always)]
-pub fn pass(data: usize, end: usize) -> u32 {
+pub fn pass(parsed: Option<Parsed>, data: usize, end: usize) -> u32 {
     match CONFIG.get(0) {
         Some(cfg) if cfg.enabled != 0 => {}
         _ => return xdp_action::XDP_PASS,
     }
-    let Some(client) = tcp_client(data, end) else { return xdp_action::XDP_PASS };
+    let parsed = match parsed {
+        Some(parsed) => parsed,
+        None => parse(data, end),
+    };
+    let Parsed::Ip { addr: client, proto: IPPROTO_TCP, .. } = parsed else { return xdp_action::XDP_PASS };
     let Some(cpu) = SLOTS.get(slot_of(client_hash(client))) else { return xdp_action::XDP_PASS };
     let cpu = *cpu;
     if cpu == unsafe { bpf_get_smp_processor_id() } {
@@ -62,15 +66,6 @@ pub fn pass(data: usize, end: usize) -> u32 {
             count(FAILED_INDEX);
             xdp_action::XDP_PASS
         }
-    }
-}
-
-/// The source address (mapped form for IPv4) of a TCP packet; `None` for anything else.
-#[inline(always)]
-fn tcp_client(data: usize, end: usize) -> Option<[u32; 4]> {
-    match parse(data, end) {
-        Parsed::Ip { addr, proto: IPPROTO_TCP, .. } => Some(addr),
-        _ => None,
     }
 }
 

@@ -78,21 +78,22 @@ const TC_HEADER_BYTES: u32 = 128;
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    match guard(ctx.data(), ctx.data_end(), ifindex, &syncookie::Xdp(ctx.ctx)) {
+    match guard(ctx.data(), ctx.data_end(), ifindex, &syncookie::Xdp(ctx.ctx)).0 {
         Verdict::SynCookie => xdp_action::XDP_TX,
         v if v.is_drop() => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
 }
 
-/// The guard for native (driver) XDP: the same verdict, then NIC-side steering of what passes.
+/// The guard for native (driver) XDP: the same verdict, then NIC-side steering of what passes,
+/// handed the guard's parse of the frame (`None` when the guard is off and did not parse).
 #[xdp]
 pub fn gateway_xdp_native(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     match guard(ctx.data(), ctx.data_end(), ifindex, &syncookie::Xdp(ctx.ctx)) {
-        Verdict::SynCookie => xdp_action::XDP_TX,
-        v if v.is_drop() => xdp_action::XDP_DROP,
-        _ => cpusteer::pass(ctx.data(), ctx.data_end()),
+        (Verdict::SynCookie, _) => xdp_action::XDP_TX,
+        (v, _) if v.is_drop() => xdp_action::XDP_DROP,
+        (_, parsed) => cpusteer::pass(parsed, ctx.data(), ctx.data_end()),
     }
 }
 
@@ -105,7 +106,7 @@ pub fn gateway_tc(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(want);
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match guard(ctx.data(), ctx.data_end(), ifindex, &syncookie::Tc(ctx.skb.skb)) {
+    match guard(ctx.data(), ctx.data_end(), ifindex, &syncookie::Tc(ctx.skb.skb)).0 {
         // The SYN-ACK leaves by the device the SYN came in on (TC_ACT_REDIRECT; on a bad index
         // the helper says TC_ACT_SHOT: the frame is no longer the SYN, dropping it is right).
         Verdict::SynCookie => unsafe { bpf_redirect(ifindex, 0) as i32 },
@@ -143,22 +144,26 @@ fn now_ns(cfg: &GuardConfig) -> u64 {
     }
 }
 
-/// `frame`: the program's context, for SYN cookies.
+/// `frame`: the program's context, for SYN cookies. Also returns the frame as parsed (`None`
+/// when the guard is off and did not parse it), for the steering step to reuse: one parse per
+/// frame. The frame is unchanged unless the verdict is `SynCookie` (answered in place).
 #[inline(always)]
-fn guard<F: syncookie::Frame>(data: usize, end: usize, ifindex: u32, frame: &F) -> Verdict {
-    let verdict = classify(data, end, ifindex, frame);
+fn guard<F: syncookie::Frame>(data: usize, end: usize, ifindex: u32, frame: &F) -> (Verdict, Option<Parsed>) {
+    let (verdict, parsed) = match CONFIG.get(0) {
+        Some(cfg) if cfg.flags & flags::ENABLED != 0 => {
+            let parsed = parse::parse(data, end);
+            (classify(cfg, parsed, ifindex, frame), Some(parsed))
+        }
+        _ => (Verdict::Pass, None),
+    };
     count(ifindex, verdict as u32);
-    verdict
+    (verdict, parsed)
 }
 
 #[inline(always)]
-fn classify<F: syncookie::Frame>(data: usize, end: usize, ifindex: u32, frame: &F) -> Verdict {
-    let Some(cfg) = CONFIG.get(0) else { return Verdict::Pass };
+fn classify<F: syncookie::Frame>(cfg: &GuardConfig, parsed: Parsed, ifindex: u32, frame: &F) -> Verdict {
     let f = cfg.flags;
-    if f & flags::ENABLED == 0 {
-        return Verdict::Pass;
-    }
-    let (addr, v4, l4) = match parse::parse(data, end) {
+    let (addr, v4, l4) = match parsed {
         Parsed::NotIp => return Verdict::Pass,
         Parsed::Malformed => return Verdict::DropMalformed,
         Parsed::Ip { addr, v4, l4, .. } => (addr, v4, l4),

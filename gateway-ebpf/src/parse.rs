@@ -39,6 +39,7 @@ const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
 /// What the guard needs from a frame.
+#[derive(Clone, Copy)]
 pub enum Parsed {
     /// No source address to judge (ARP and other non-IP EtherTypes): passes.
     NotIp,

@@ -8,6 +8,8 @@ use aya::programs::TestRun as _;
 
 use gateway_common::xdp::{DenyEntry, DenyOrigin, GuardConfig, flags, prefix_mask};
 
+mod cpusteer;
+
 use super::{
     EbpfError, GuardProgram, LoadOptions, XdpGuard,
     selftest::frames::{FrameSpec, L4},
@@ -105,6 +107,7 @@ fn measure(repeat: u32, distinct: u32) -> Result<Vec<Measurement>, EbpfError> {
     guard.deny_remove(cidr("10.98.0.0/16"))?;
     let (_, d) = guard.test_run(GuardProgram::Xdp, &known, repeat)?;
     out.push(Measurement { name: "known source, pass (lists empty)", ns_per_packet: per(d), method: looped.clone() });
+    out.extend(cpusteer::measure(&mut guard, &known, repeat)?);
 
     // The same on the clock the guard used before the calibrated jiffies clock.
     let tick = guard.tick_ns();

@@ -8,7 +8,7 @@
 //! and 6.12) and by nothing on a production path. Needs root (CAP_BPF, CAP_NET_ADMIN).
 
 mod clock;
-mod cpusteer;
+pub(super) mod cpusteer;
 pub mod frames;
 mod syncookie;
 mod udp;

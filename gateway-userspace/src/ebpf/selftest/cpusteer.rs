@@ -6,6 +6,7 @@
 //! here, counted as failed), and another CPU with an entry (`XDP_REDIRECT`).
 
 use aya::{
+    Ebpf,
     maps::{Array, CpuMap, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions},
 };
@@ -81,6 +82,23 @@ impl Suite<'_> {
             self.record(format!("nic steering to this CPU: {name}"), failure);
         }
 
+        // The guard off (it parses nothing): steering parses the frame itself.
+        let mut off = self.guard.config()?;
+        off.flags = 0;
+        self.guard.write_config(&off)?;
+        for (name, spec, want) in [
+            ("802.1Q ipv4 tcp", FrameSpec::new("192.0.2.35", L4::TcpData).vlans(&[ETH_P_8021Q]), local),
+            (
+                "ipv6 hop-by-hop, udp",
+                FrameSpec::new("2001:db8:36::1", L4::Udp).ipv6_ext(&[IPV6_HOPOPTS]),
+                Want::Unsteered,
+            ),
+        ] {
+            let failure = self.steered(&spec.build().bytes, want)?;
+            self.record(format!("nic steering with the guard off: {name}"), failure);
+        }
+        self.reset(GENEROUS)?;
+
         // A CPU the cpumap has no entry for: the redirect fails, the packet passes here.
         self.steer(Some(MAX_CPUS - 1))?;
         let tagged = FrameSpec::new("2001:db8:35::1", L4::TcpData).vlans(&[ETH_P_8021Q]).ipv6_ext(&[IPV6_HOPOPTS]);
@@ -104,21 +122,8 @@ impl Suite<'_> {
         self.steer(None)
     }
 
-    /// Points every slot at `cpu` and enables steering; `None` disables it.
     fn steer(&mut self, cpu: Option<u32>) -> Result<(), EbpfError> {
-        let ebpf = &mut self.guard.ebpf;
-        if let Some(cpu) = cpu {
-            let map = ebpf.map_mut(SLOTS_MAP).ok_or(EbpfError::MissingMap(SLOTS_MAP))?;
-            let mut slots: Array<&mut MapData, u32> = Array::try_from(map).map_err(EbpfError::map(SLOTS_MAP))?;
-            for slot in 0..SLOT_COUNT {
-                slots.set(slot, cpu, 0).map_err(EbpfError::map(SLOTS_MAP))?;
-            }
-        }
-        let map = ebpf.map_mut(CONFIG_MAP).ok_or(EbpfError::MissingMap(CONFIG_MAP))?;
-        let mut config: Array<&mut MapData, CpuSteerConfig> =
-            Array::try_from(map).map_err(EbpfError::map(CONFIG_MAP))?;
-        let enabled = u32::from(cpu.is_some());
-        config.set(0, CpuSteerConfig { enabled, _pad: 0 }, 0).map_err(EbpfError::map(CONFIG_MAP))
+        steer_every_slot(&mut self.guard.ebpf, cpu)
     }
 
     fn cpumap_entry(&mut self, cpu: u32) -> Result<(), String> {
@@ -161,4 +166,19 @@ impl Suite<'_> {
         };
         Ok((got != want || ret != want_ret).then(|| format!("expected {want:?}, got {got:?} (return code {ret})")))
     }
+}
+
+/// Points every slot of the loaded guard's steering at `cpu` and enables steering; `None`
+/// disables it. Also used by the benchmark.
+pub(in crate::ebpf) fn steer_every_slot(ebpf: &mut Ebpf, cpu: Option<u32>) -> Result<(), EbpfError> {
+    if let Some(cpu) = cpu {
+        let map = ebpf.map_mut(SLOTS_MAP).ok_or(EbpfError::MissingMap(SLOTS_MAP))?;
+        let mut slots: Array<&mut MapData, u32> = Array::try_from(map).map_err(EbpfError::map(SLOTS_MAP))?;
+        for slot in 0..SLOT_COUNT {
+            slots.set(slot, cpu, 0).map_err(EbpfError::map(SLOTS_MAP))?;
+        }
+    }
+    let map = ebpf.map_mut(CONFIG_MAP).ok_or(EbpfError::MissingMap(CONFIG_MAP))?;
+    let mut config: Array<&mut MapData, CpuSteerConfig> = Array::try_from(map).map_err(EbpfError::map(CONFIG_MAP))?;
+    config.set(0, CpuSteerConfig { enabled: u32::from(cpu.is_some()), _pad: 0 }, 0).map_err(EbpfError::map(CONFIG_MAP))
 }
