@@ -184,8 +184,9 @@ poweroff -f
 }
 
 /// Boots qemu with the serial console on stdout, killing it after `timeout`. Under TCG on a busy
-/// machine a guest occasionally hangs before its kernel starts; a boot that shows no sign of the
-/// init script within `BOOT_DEADLINE` is retried (twice at most).
+/// machine a guest occasionally hangs or panics before its kernel starts the init script; a boot
+/// that shows no sign of the init script within `BOOT_DEADLINE`, or ends without it, is retried
+/// (twice at most).
 fn boot(vmlinuz: &Path, initramfs: &Path, cpus: u8, timeout: Duration) -> Result<String> {
     let mut args = qemu_base_args("1536", cpus);
     args.extend(["-no-reboot", "-kernel"].map(Into::into));
@@ -228,7 +229,7 @@ pub fn boot_with(args: &[std::ffi::OsString], started: &str, timeout: Duration) 
             Boot::TimedOut(console) => bail!("the guest did not finish within {timeout:?}\n{}", tail(&console)),
             Boot::NeverStarted(console) if attempt < ATTEMPTS => {
                 eprintln!(
-                    "xtask: vm: the guest did not start within {BOOT_DEADLINE:?} (attempt {attempt}); retrying\n{}",
+                    "xtask: vm: the guest did not reach its init within {BOOT_DEADLINE:?}, or died first (attempt {attempt}); retrying\n{}",
                     tail(&console)
                 );
             }
@@ -288,5 +289,12 @@ fn boot_once(args: &[std::ffi::OsString], started: &str, timeout: Duration) -> R
     let _ = child.wait();
     let _ = reader.join();
     let out = text();
-    Ok(outcome.map_or(Boot::Finished(out.clone()), |make| make(out)))
+    Ok(match outcome {
+        Some(make) => make(out),
+        // qemu exited (`-no-reboot`, `panic=-1`) before the init script said it started: the
+        // guest kernel died while booting (seen once under TCG on a loaded host: an oops in
+        // `sched_clock_cpu` during the initcalls), before anything of ours ran. Booted again.
+        None if !out.contains(started) => Boot::NeverStarted(out),
+        None => Boot::Finished(out),
+    })
 }
