@@ -105,6 +105,20 @@ impl Conn {
         self.response_timer.take()
     }
 
+    /// For a connection sitting idle: its response timer, still in the timer wheel, holds the
+    /// waker of the client task that last waited on it, which would keep that task's memory
+    /// alive after its client left and be woken for nothing when the timer fires. One poll with
+    /// a no-op waker swaps that waker out and leaves the timer registered (dropping it would
+    /// cost the deregistration that keeping it saves). `unconstrained`: a task whose budget is
+    /// spent would otherwise get `Pending` back before the swap.
+    pub fn forget_response_waker(&mut self) {
+        if let Some(timer) = self.response_timer.as_mut() {
+            let mut cx = Context::from_waker(Waker::noop());
+            // Ready (elapsed) or not, the timer now holds no task's waker.
+            let _ = std::future::Future::poll(Pin::new(&mut tokio::task::unconstrained(timer.as_mut())), &mut cx);
+        }
+    }
+
     /// Whether an idle connection can take a request: the upstream has not closed it and sent
     /// nothing unasked. Polls the socket once without waiting.
     pub fn is_reusable(&mut self) -> bool {

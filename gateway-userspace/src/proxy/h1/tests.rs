@@ -65,6 +65,35 @@ async fn content_length_response_and_the_connection_is_reusable() {
     up.abort();
 }
 
+/// A waker that only counts its clones, standing in for a client task.
+struct TaskWaker;
+impl std::task::Wake for TaskWaker {
+    fn wake(self: std::sync::Arc<Self>) {}
+}
+
+#[tokio::test]
+async fn a_pooled_connection_keeps_its_timer_but_not_the_last_clients_waker() {
+    let (conn, up) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+    let response = exchange(conn, Outgoing::new(&get()), &mut RequestBody::empty()).await.unwrap();
+    let (_, mut body) = response.into_parts();
+    // The response wait's timer, as `proxy::send` leaves it: polled by the client's task.
+    let client = std::sync::Arc::new(TaskWaker);
+    let mut timer = Box::pin(tokio::time::sleep(Duration::from_secs(60)));
+    let waker = std::task::Waker::from(client.clone());
+    assert!(timer.as_mut().poll(&mut std::task::Context::from_waker(&waker)).is_pending());
+    drop(waker);
+    assert_eq!(std::sync::Arc::strong_count(&client), 2, "the timer holds the client's waker");
+    body.keep_response_timer(timer);
+    assert_eq!(read_all(&mut body).await.unwrap(), (b"ok".to_vec(), None));
+    let mut conn = body.take_reusable().expect("reusable");
+    // What the pool's sweep does to each connection it keeps.
+    conn.forget_response_waker();
+    assert_eq!(std::sync::Arc::strong_count(&client), 1, "the idle connection let the client's task go");
+    let timer = conn.take_response_timer().expect("the timer stays with the connection");
+    assert!(!timer.is_elapsed());
+    up.abort();
+}
+
 #[tokio::test]
 async fn the_request_goes_out_as_one_head() {
     let (conn, up) = upstream(b"HTTP/1.1 204 No Content\r\n\r\n", true).await;
