@@ -7,7 +7,7 @@ use crate::bench::{
     Options,
     cpus::CpuPlan,
     harness::Measured,
-    report::{self, Machine, Report, median, num},
+    report::{self, Machine, Pooled, Report, median, num, thousands},
 };
 
 pub struct Setup<'a> {
@@ -25,24 +25,30 @@ fn per_subject<T>(runs: &[Vec<Measured<T>>], f: impl Fn(&Measured<T>) -> f64) ->
     runs.iter().map(|rounds| median(&rounds.iter().map(&f).collect::<Vec<_>>())).collect()
 }
 
-/// The figures of one mode, each a median per subject.
+/// The figures of one mode per subject: medians over rounds, latency percentiles over every
+/// round's requests pooled.
 struct Figures {
     max_rps: Vec<Vec<f64>>,
     max_cpu: Vec<Vec<f64>>,
     p50: Vec<f64>,
     p99: Vec<f64>,
     p999: Vec<f64>,
+    /// The requests the latency percentiles rest on.
+    samples: Vec<usize>,
     rate_cpu: Vec<f64>,
 }
 
 impl Figures {
     fn of(m: &ModeRuns) -> Figures {
+        let pooled: Vec<Pooled> =
+            m.fixed.iter().map(|rounds| Pooled::of(rounds.iter().map(|r| r.value.latencies.as_slice()))).collect();
         Figures {
             max_rps: m.max.iter().map(|runs| per_subject(runs, |r| r.value.rps)).collect(),
             max_cpu: m.max.iter().map(|runs| per_subject(runs, |r| r.cpu_us_per(r.value.requests))).collect(),
-            p50: per_subject(&m.fixed, |r| r.value.p50 * 1e3),
-            p99: per_subject(&m.fixed, |r| r.value.p99 * 1e3),
-            p999: per_subject(&m.fixed, |r| r.value.p999 * 1e3),
+            p50: pooled.iter().map(|p| p.p50 * 1e3).collect(),
+            p99: pooled.iter().map(|p| p.p99 * 1e3).collect(),
+            p999: pooled.iter().map(|p| p.p999 * 1e3).collect(),
+            samples: pooled.iter().map(|p| p.samples).collect(),
             rate_cpu: per_subject(&m.fixed, |r| r.cpu_us_per(r.value.requests)),
         }
     }
@@ -67,7 +73,10 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
     let mut rep = Report::new("Benchmark: h2 (HTTP/2 clients, HTTP/1.1 upstream)");
     rep.paragraph(&format!(
         "Written by `cargo xtask bench h2` on {} (gatewayd {}) in {} s. Medians of {} interleaved rounds per \
-         subject; raw runs below. Load average {} at the start, {} at the end; other processes used a median \
+         subject, except the latency percentiles at the fixed rate: those rank every round's requests \
+         together (oha's per-request database; the count is in the table), so a p99.9 is the ~290th slowest \
+         of ~290,000 rather than a median of three 96th-slowest; raw runs (each with its own percentiles) \
+         below. Load average {} at the start, {} at the end; other processes used a median \
          {} of the proxy CPUs during the runs (\"background\": about 0% on a quiet machine; well above that the \
          figures say more about the neighbours than about the proxies — a busy-machine run).",
         setup.machine.date,
@@ -99,6 +108,10 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
         row("added p99 vs direct (ms)".into(), &added(&f.p99), 3, true);
         row("added p99.9 vs direct (ms)".into(), &added(&f.p999), 3, true);
         row(format!("CPU µs/request at {r} req/s ¹"), &f.rate_cpu, 1, false);
+        let mut count = vec![format!("requests the latency percentiles at {r} req/s rank (all rounds)")];
+        count.extend(f.samples.iter().map(|&n| thousands(n)));
+        count.extend(["–".to_owned(), "–".to_owned()]);
+        rows.push(count);
         let mut header = vec![""];
         header.extend(NAMES);
         header.extend(["gatewayd / nginx", "gatewayd / haproxy"]);
