@@ -110,6 +110,27 @@ pub struct ModeRuns {
     pub fixed: Vec<Vec<Measured<OhaResult>>>,
     /// The TLS version, cipher suite and group every subject negotiated (TLS mode).
     pub tls: Option<String>,
+    /// gatewayd's own histograms over its fixed-rate runs: where its slow requests spent
+    /// their time.
+    pub inside: Inside,
+}
+
+/// Buckets (upper bound, cumulative count) of gatewayd's histograms, counted over the fixed-rate
+/// runs of one mode: a request's whole time inside gatewayd, the part of it spent waiting for the
+/// upstream's response head, and the worker's loop lag. When the slow requests' counts match
+/// bucket for bucket between the first two, the tail is the upstream's (on the load CPUs, beside
+/// the load generator), not gatewayd's own work.
+pub struct Inside {
+    pub request: Vec<(String, f64)>,
+    pub upstream: Vec<(String, f64)>,
+    pub loop_lag: Vec<(String, f64)>,
+}
+
+const INSIDE: [&str; 3] =
+    ["gateway_request_duration_seconds", "gateway_upstream_duration_seconds", "gateway_worker_loop_lag_seconds"];
+
+fn read_inside(metrics: SocketAddr) -> Result<Vec<Vec<(String, f64)>>> {
+    INSIDE.iter().map(|name| proxy::histogram(metrics, name)).collect()
 }
 
 /// The TLS parameters all subjects negotiated: one answer, or an error naming who differs (a
@@ -215,9 +236,16 @@ pub fn run(opts: &Options) -> Result<()> {
         let rate = fixed_rate(&proxies_rps).with_context(|| mode.title())?;
         let oha = Oha { connections: OHA_CONNECTIONS, duration, rate };
         let args = mode.oha_args();
+        // Only gatewayd's own runs move its histograms (its probe also samples the loop while the
+        // others run, idle).
+        let before = read_inside(metrics)?;
         let fixed =
             h.interleave(opts.reps, &subjects, &own, |cpus, s| oha.run_args(cpus, &mode.url(s.addr), &[], &args))?;
-        all.push(ModeRuns { mode, rate, max, fixed, tls });
+        let after = read_inside(metrics)?;
+        let mut delta = before.iter().zip(&after).map(|(b, a)| proxy::histogram_delta(b, a));
+        let mut next = || delta.next().unwrap_or_default();
+        let inside = Inside { request: next(), upstream: next(), loop_lag: next() };
+        all.push(ModeRuns { mode, rate, max, fixed, tls, inside });
     }
     let load_after = h.loadavg();
 

@@ -1,9 +1,17 @@
 //! Load generators: `wrk` for the highest request rate a subject sustains, `oha` at a fixed
 //! rate (`-q`) with `--latency-correction` for latency percentiles free of coordinated omission
 //! (a closed-loop client like wrk waits for slow answers before sending more, so it never
-//! measures the requests a stall delayed).
+//! measures the requests a stall delayed). oha keeps every answered request's latency in a
+//! SQLite file (`--db-url`, read with the `sqlite3` tool), so reports can pool the requests of
+//! every run before taking percentiles (`report::Pooled`).
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
@@ -184,6 +192,8 @@ pub struct OhaResult {
     pub p99: f64,
     pub p999: f64,
     pub errors: u64,
+    /// Every answered request's latency (oha's database), for percentiles pooled over runs.
+    pub latencies: Vec<f64>,
 }
 
 /// `oha -q RATE --latency-correction` with `connections` connections.
@@ -235,13 +245,28 @@ impl Oha {
         self.run_args(cpus, url, headers, &[])
     }
 
+    /// Also reads every request's latency from oha's database (a file in the temporary
+    /// directory, removed once read; oha writes it after the run, outside the measured time).
     pub fn run_args(&self, cpus: &CpuList, url: &str, headers: &[(&str, &str)], args: &[&str]) -> Result<OhaResult> {
+        let db = db_path();
+        // oha appends to an existing file: start from none.
+        let _absent = std::fs::remove_file(&db);
         let mut cmd = self.command_args(cpus, url, headers, args);
+        cmd.arg("--db-url").arg(&db);
         announce(&cmd);
-        let out = capture(&mut cmd)?;
-        let result = parse_oha(&out).with_context(|| format!("cannot read oha's JSON output:\n{out}"))?;
+        let out = capture(&mut cmd);
+        let latencies = out.as_ref().ok().map(|_| oha_db_latencies(&db));
+        let _ = std::fs::remove_file(&db);
+        let out = out?;
+        let mut result = parse_oha(&out).with_context(|| format!("cannot read oha's JSON output:\n{out}"))?;
         if result.requests == 0 || result.errors > 0 {
             bail!("oha against {url}: {} answers, {} errors or non-2xx:\n{out}", result.requests, result.errors);
+        }
+        result.latencies = latencies.context("oha wrote no database")??;
+        // The database holds every answered request, as oha's percentiles do; with no error or
+        // non-2xx answer (checked above) that is `requests`.
+        if result.latencies.len() as u64 != result.requests {
+            bail!("oha's database has {} requests, its summary {}", result.latencies.len(), result.requests);
         }
         Ok(result)
     }
@@ -264,6 +289,20 @@ struct OhaSummary {
     requests_per_sec: f64,
 }
 
+/// A fresh path for one run's oha database.
+fn db_path() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("xtask-oha-{}-{n}.db", std::process::id()))
+}
+
+/// The `duration` column of oha's database (end minus the latency-corrected start), in seconds.
+pub fn oha_db_latencies(db: &Path) -> Result<Vec<f64>> {
+    let out = capture(Command::new("sqlite3").args(["-batch", "-noheader"]).arg(db).arg("SELECT duration FROM oha"))
+        .with_context(|| format!("cannot read oha's database {}", db.display()))?;
+    out.lines().map(|l| l.trim().parse::<f64>().with_context(|| format!("not a duration: {l:?}"))).collect()
+}
+
 /// oha's name for requests still in flight when `-z` ends: not the subject's fault.
 const OHA_DEADLINE: &str = "aborted due to deadline";
 
@@ -282,6 +321,7 @@ pub fn parse_oha(out: &str) -> Result<OhaResult> {
         p99: percentile("p99")?,
         p999: percentile("p99.9")?,
         errors: errors + not_ok,
+        latencies: Vec::new(),
     })
 }
 
@@ -358,7 +398,15 @@ Transfer/sec:      8.36MB
             "latencyPercentiles":{"p10":0.0001,"p50":0.00025,"p99":0.0011,"p99.9":0.004,"p99.99":0.009},
             "statusCodeDistribution":{"200":200010,"502":2},
             "errorDistribution":{"aborted due to deadline":5,"connection closed":1}}"#;
-        let expected = OhaResult { requests: 200_010, rps: 20001.5, p50: 0.00025, p99: 0.0011, p999: 0.004, errors: 3 };
+        let expected = OhaResult {
+            requests: 200_010,
+            rps: 20001.5,
+            p50: 0.00025,
+            p99: 0.0011,
+            p999: 0.004,
+            errors: 3,
+            latencies: Vec::new(),
+        };
         assert_eq!(parse_oha(json).ok(), Some(expected));
         assert!(parse_oha(r#"{"summary":{}}"#).is_err());
     }

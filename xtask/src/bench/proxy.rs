@@ -113,8 +113,7 @@ pub fn run(opts: &Options) -> Result<()> {
     // gatewayd's own view of its stalls during the fixed-rate runs (all subjects' runs: its
     // probe keeps sampling while the others are measured, when its loop is idle).
     let lag_after = loop_lag(gw_metrics)?;
-    let loop_lag: Vec<(String, f64)> =
-        lag_after.iter().zip(&lag_before).map(|((le, after), (_, before))| (le.clone(), after - before)).collect();
+    let loop_lag = histogram_delta(&lag_before, &lag_after);
 
     let idle_results = idle_rounds(&mut h, opts, &subjects)?;
     let load_after = h.loadavg();
@@ -159,10 +158,17 @@ fn idle_rounds(h: &mut Harness, opts: &Options, subjects: &[Subject]) -> Result<
 /// gatewayd's `gateway_worker_loop_lag_seconds` buckets (cumulative, summed over workers), in
 /// exposition order.
 fn loop_lag(metrics: SocketAddr) -> Result<Vec<(String, f64)>> {
+    histogram(metrics, "gateway_worker_loop_lag_seconds")
+}
+
+/// The buckets of gatewayd's histogram `name` (cumulative, summed over every label set), in
+/// exposition order.
+pub(super) fn histogram(metrics: SocketAddr, name: &str) -> Result<Vec<(String, f64)>> {
     let response = http::get(metrics, "/metrics")?;
     let text = String::from_utf8_lossy(&response.body);
+    let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(String, f64)> = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with("gateway_worker_loop_lag_seconds_bucket{")) {
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
         let (series, value) = line.rsplit_once(' ').context("a sample without a value")?;
         let le = series.split("le=\"").nth(1).and_then(|r| r.split('"').next()).context("a bucket without le")?;
         let value: f64 = value.parse().context("a bucket count that is not a number")?;
@@ -172,9 +178,14 @@ fn loop_lag(metrics: SocketAddr) -> Result<Vec<(String, f64)>> {
         }
     }
     if buckets.is_empty() {
-        anyhow::bail!("gatewayd exports no gateway_worker_loop_lag_seconds buckets");
+        anyhow::bail!("gatewayd exports no {name} buckets");
     }
     Ok(buckets)
+}
+
+/// `after - before`, bucket by bucket (both read from the same gatewayd).
+pub(super) fn histogram_delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)> {
+    after.iter().zip(before).map(|((le, a), (_, b))| (le.clone(), a - b)).collect()
 }
 
 /// `nginx -p PREFIX -c PREFIX/nginx.conf`, pinned to `cpus`.

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -69,7 +69,7 @@ impl Oha {
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let mut result = parse(&text).with_context(|| format!("cannot read oha's JSON:\n{text}"))?;
-        result.latencies = latencies(&self.db)?;
+        result.latencies = crate::bench::load::oha_db_latencies(&self.db)?;
         let _ = std::fs::remove_file(&self.db);
         // oha's database holds every request that got an answer (any status), as its percentiles do.
         let answered = json_answered(&text)?;
@@ -80,30 +80,10 @@ impl Oha {
     }
 }
 
-/// The `duration` column of oha's database (end minus the latency-corrected start), in seconds.
-fn latencies(db: &Path) -> Result<Vec<f64>> {
-    let out = crate::cmd::capture(
-        Command::new("sqlite3").args(["-batch", "-noheader"]).arg(db).arg("SELECT duration FROM oha"),
-    )
-    .with_context(|| format!("cannot read oha's database {}", db.display()))?;
-    out.lines().map(|l| l.trim().parse::<f64>().with_context(|| format!("not a duration: {l:?}"))).collect()
-}
-
 /// Answered requests (every status) in oha's JSON summary.
 fn json_answered(text: &str) -> Result<u64> {
     let json: Json = serde_json::from_str(text)?;
     Ok(json.status_codes.values().sum())
-}
-
-/// The nearest-rank percentile `q` (0–1) of `samples`; NaN when there are none.
-pub fn percentile(samples: &[f64], q: f64) -> f64 {
-    let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 #[derive(Deserialize)]
@@ -142,14 +122,5 @@ mod tests {
             r#"{"latencyPercentiles":{"p99":null},"statusCodeDistribution":{},"errorDistribution":{"timeout":5}}"#;
         let parsed = parse(none).ok();
         assert!(parsed.as_ref().is_some_and(|r| r.ok == 0 && r.failed == 5 && r.p99.is_nan()), "{parsed:?}");
-    }
-
-    #[test]
-    fn percentile_is_the_nearest_rank() {
-        let samples: Vec<f64> = (1..=1000).map(f64::from).collect();
-        assert_eq!(percentile(&samples, 0.99), 990.0);
-        assert_eq!(percentile(&samples[..100], 0.99), 99.0);
-        assert_eq!(percentile(&[3.0], 0.99), 3.0);
-        assert!(percentile(&[], 0.99).is_nan());
     }
 }

@@ -9,12 +9,12 @@ use anyhow::Result;
 use super::{
     Cell,
     attack::Attack,
-    legit::{LegitResult, percentile},
+    legit::LegitResult,
     subject::{self, Defence, L7_LIMIT_PER_SECOND},
 };
 use crate::bench::{
     Options,
-    report::{Machine, Report, git_revision, median, num, version_of},
+    report::{Machine, Report, git_revision, median, num, percentile, thousands, version_of},
 };
 
 /// Per (attack, defence): the medians over reps, CPU with the defence's no-attack cost removed;
@@ -52,18 +52,6 @@ impl Pooled {
     fn cell(self) -> String {
         format!("{} ({})", ms(self.p99), thousands(self.samples))
     }
-}
-
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn summarise(cells: &[Cell], attack: Attack, defence: Defence) -> Option<Summary> {

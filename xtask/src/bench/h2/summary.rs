@@ -7,7 +7,7 @@ use crate::bench::{
     Options,
     cpus::CpuPlan,
     harness::Measured,
-    report::{self, Machine, Report, median, num},
+    report::{self, Machine, Pooled, Report, median, num, thousands},
 };
 
 pub struct Setup<'a> {
@@ -25,27 +25,74 @@ fn per_subject<T>(runs: &[Vec<Measured<T>>], f: impl Fn(&Measured<T>) -> f64) ->
     runs.iter().map(|rounds| median(&rounds.iter().map(&f).collect::<Vec<_>>())).collect()
 }
 
-/// The figures of one mode, each a median per subject.
+/// The figures of one mode per subject: medians over rounds, latency percentiles over every
+/// round's requests pooled.
 struct Figures {
     max_rps: Vec<Vec<f64>>,
     max_cpu: Vec<Vec<f64>>,
     p50: Vec<f64>,
     p99: Vec<f64>,
     p999: Vec<f64>,
+    /// The requests the latency percentiles rest on.
+    samples: Vec<usize>,
     rate_cpu: Vec<f64>,
 }
 
 impl Figures {
     fn of(m: &ModeRuns) -> Figures {
+        let pooled: Vec<Pooled> =
+            m.fixed.iter().map(|rounds| Pooled::of(rounds.iter().map(|r| r.value.latencies.as_slice()))).collect();
         Figures {
             max_rps: m.max.iter().map(|runs| per_subject(runs, |r| r.value.rps)).collect(),
             max_cpu: m.max.iter().map(|runs| per_subject(runs, |r| r.cpu_us_per(r.value.requests))).collect(),
-            p50: per_subject(&m.fixed, |r| r.value.p50 * 1e3),
-            p99: per_subject(&m.fixed, |r| r.value.p99 * 1e3),
-            p999: per_subject(&m.fixed, |r| r.value.p999 * 1e3),
+            p50: pooled.iter().map(|p| p.p50 * 1e3).collect(),
+            p99: pooled.iter().map(|p| p.p99 * 1e3).collect(),
+            p999: pooled.iter().map(|p| p.p999 * 1e3).collect(),
+            samples: pooled.iter().map(|p| p.samples).collect(),
             rate_cpu: per_subject(&m.fixed, |r| r.cpu_us_per(r.value.requests)),
         }
     }
+}
+
+/// How many of `buckets`' observations were above `le` (the total minus the bucket's count).
+fn above(buckets: &[(String, f64)], le: &str) -> f64 {
+    let total = buckets.last().map_or(0.0, |(_, n)| *n);
+    buckets.iter().find(|(l, _)| l == le).map_or(f64::NAN, |(_, n)| total - n)
+}
+
+/// gatewayd's own histograms over its fixed-rate runs: are its slow requests slow inside it, or
+/// waiting for the upstream?
+fn inside_section(rep: &mut Report, m: &ModeRuns) {
+    let i = &m.inside;
+    rep.subheading(&format!("{}: where gatewayd's slow requests spent their time", m.mode.title()));
+    let total = i.request.last().map_or(0.0, |(_, n)| *n);
+    let rows: Vec<Vec<String>> = i
+        .request
+        .iter()
+        .filter(|(le, _)| le != "+Inf" && le.parse::<f64>().is_ok_and(|v| v <= 0.05))
+        .map(|(le, _)| {
+            let ms = le.parse::<f64>().map_or(f64::NAN, |v| v * 1e3);
+            vec![
+                format!("> {} ms", num(ms, 1)),
+                num(above(&i.request, le), 0),
+                num(above(&i.upstream, le), 0),
+                num(above(&i.loop_lag, le), 0),
+            ]
+        })
+        .collect();
+    rep.paragraph(&format!(
+        "From gatewayd's metrics, read before and after the fixed-rate runs at {} req/s ({} requests through \
+         gatewayd, {} loop-lag samples): requests whose time inside gatewayd (head received to response \
+         head sent, `gateway_request_duration_seconds`) exceeded each bound, those whose wait for the \
+         upstream's response head did (`gateway_upstream_duration_seconds`), and loop-lag probes that \
+         waited longer (`gateway_worker_loop_lag_seconds`). Equal counts in the first two columns: the \
+         slow requests were slow at the upstream (one nginx on the load CPUs, beside the load generator), \
+         not in gatewayd.",
+        m.rate,
+        thousands(total as usize),
+        thousands(i.loop_lag.last().map_or(0.0, |(_, n)| *n) as usize),
+    ));
+    rep.table(&["bound", "requests slower inside gatewayd", "of them: upstream wait", "loop-lag samples"], &rows);
 }
 
 fn added(values: &[f64]) -> Vec<f64> {
@@ -67,7 +114,10 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
     let mut rep = Report::new("Benchmark: h2 (HTTP/2 clients, HTTP/1.1 upstream)");
     rep.paragraph(&format!(
         "Written by `cargo xtask bench h2` on {} (gatewayd {}) in {} s. Medians of {} interleaved rounds per \
-         subject; raw runs below. Load average {} at the start, {} at the end; other processes used a median \
+         subject, except the latency percentiles at the fixed rate: those rank every round's requests \
+         together (oha's per-request database; the count is in the table), so a p99.9 is the slowest 0.1 % \
+         of all rounds' requests (3 rounds of 96,000: the ~290th slowest) rather than a median of each \
+         round's ~96 slowest; raw runs (each with its own percentiles) below. Load average {} at the start, {} at the end; other processes used a median \
          {} of the proxy CPUs during the runs (\"background\": about 0% on a quiet machine; well above that the \
          figures say more about the neighbours than about the proxies — a busy-machine run).",
         setup.machine.date,
@@ -99,6 +149,10 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
         row("added p99 vs direct (ms)".into(), &added(&f.p99), 3, true);
         row("added p99.9 vs direct (ms)".into(), &added(&f.p999), 3, true);
         row(format!("CPU µs/request at {r} req/s ¹"), &f.rate_cpu, 1, false);
+        let mut count = vec![format!("requests the latency percentiles at {r} req/s rank (all rounds)")];
+        count.extend(f.samples.iter().map(|&n| thousands(n)));
+        count.extend(["–".to_owned(), "–".to_owned()]);
+        rows.push(count);
         let mut header = vec![""];
         header.extend(NAMES);
         header.extend(["gatewayd / nginx", "gatewayd / haproxy"]);
@@ -136,6 +190,9 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
         "Where gatewayd's instructions per HTTP/2 request go (callgrind, with the command to re-run it) and \
          what was tried to lower them: [h2-profile.md](h2-profile.md).",
     );
+    for m in modes {
+        inside_section(&mut rep, m);
+    }
     rep.heading("Goals");
     rep.table(&["clients", "goal", "gatewayd", "nginx", "verdict"], &goals);
 

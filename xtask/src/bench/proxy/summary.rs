@@ -7,8 +7,7 @@ use crate::bench::{
     Options, Subject,
     cpus::CpuPlan,
     idle::IdleResult,
-    load::OhaResult,
-    report::{self, Machine, Report, median, num},
+    report::{self, Machine, Pooled, Report, median, num, thousands},
 };
 
 pub struct Setup<'a> {
@@ -35,11 +34,12 @@ pub fn write_report(
     let med = |f: &dyn Fn(usize) -> Vec<f64>, s: usize| median(&f(s));
     let max_rps = |s: usize| max_runs[s].iter().map(|r| r.value.rps).collect::<Vec<_>>();
     let max_cpu = |s: usize| max_runs[s].iter().map(|r| r.cpu_us_per(r.value.requests)).collect::<Vec<_>>();
-    let ms =
-        |f: fn(&OhaResult) -> f64| move |s: usize| rate_runs[s].iter().map(|r| f(&r.value) * 1e3).collect::<Vec<_>>();
-    let p50 = ms(|o| o.p50);
-    let p99 = ms(|o| o.p99);
-    let p999 = ms(|o| o.p999);
+    // Latency percentiles rank every run's requests together (`report::Pooled`), in ms.
+    let pooled: Vec<Pooled> =
+        rate_runs.iter().map(|runs| Pooled::of(runs.iter().map(|r| r.value.latencies.as_slice()))).collect();
+    let p50 = |s: usize| pooled[s].p50 * 1e3;
+    let p99 = |s: usize| pooled[s].p99 * 1e3;
+    let p999 = |s: usize| pooled[s].p999 * 1e3;
     let rate_cpu = |s: usize| rate_runs[s].iter().map(|r| r.cpu_us_per(r.value.requests)).collect::<Vec<_>>();
     // The largest count: the row the summary and the extrapolation use.
     let last = idle.len().saturating_sub(1);
@@ -55,10 +55,10 @@ pub fn write_report(
     let all = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<_>>();
     row(format!("max requests/s ({load})"), all(&|s| med(&max_rps, s)), 0, false);
     row("CPU µs/request at max rate ¹".into(), all(&|s| med(&max_cpu, s)), 1, false);
-    row(format!("p50 latency at {r} req/s (ms)"), all(&|s| med(&p50, s)), 3, false);
-    row(format!("p99 latency at {r} req/s (ms)"), all(&|s| med(&p99, s)), 3, false);
-    row(format!("p99.9 latency at {r} req/s (ms)"), all(&|s| med(&p999, s)), 3, false);
-    let added = |f: &dyn Fn(usize) -> Vec<f64>| all(&|s| med(f, s) - med(f, DIRECT));
+    row(format!("p50 latency at {r} req/s (ms)"), all(&p50), 3, false);
+    row(format!("p99 latency at {r} req/s (ms)"), all(&p99), 3, false);
+    row(format!("p99.9 latency at {r} req/s (ms)"), all(&p999), 3, false);
+    let added = |f: &dyn Fn(usize) -> f64| all(&|s| f(s) - f(DIRECT));
     row("added p50 vs direct (ms)".into(), added(&p50), 3, true);
     row("added p99 vs direct (ms)".into(), added(&p99), 3, true);
     row("added p99.9 vs direct (ms)".into(), added(&p999), 3, true);
@@ -96,13 +96,16 @@ pub fn write_report(
     let mut rep = Report::new("Benchmark: proxy");
     rep.paragraph(&format!(
         "Written by `cargo xtask bench proxy` on {} (gatewayd {}). Medians of {} interleaved runs per \
-         subject; raw runs below. Load average {} at the start, {} at the end; other processes used a \
+         subject, except the latency percentiles at the fixed rate: those rank every run's requests together \
+         (oha's per-request database; requests: {}), so a tail percentile rests on all runs' slowest \
+         requests rather than a median of each run's few; raw runs (each with its own percentiles) below. Load average {} at the start, {} at the end; other processes used a \
          median {} of the proxy CPUs during the runs (\"background\" in the raw runs: on a quiet \
          machine it is about 0%; well above that, latency and throughput say more about the \
          neighbours than about the proxies).",
         setup.machine.date,
         report::git_revision(),
         setup.opts.reps,
+        subjects.iter().zip(&pooled).map(|(s, p)| format!("{} {}", s.name, thousands(p.samples))).collect::<Vec<_>>().join(", "),
         setup.machine.loadavg,
         setup.load_after,
         percent(median(&all_background)),
@@ -153,9 +156,9 @@ pub fn write_report(
     goal("CPU per request at max rate ≤ nginx's".into(), (g, x), "µs", 1, g <= x);
     let (g, x) = both(&|s| med(&max_rps, s));
     goal("highest rate ≥ nginx's".into(), (g, x), "req/s", 0, g >= x);
-    let (g, x) = both(&|s| med(&p99, s) - med(&p99, DIRECT));
+    let (g, x) = both(&|s| p99(s) - p99(DIRECT));
     goal(format!("added p99 at {r} req/s ≤ nginx's"), (g, x), "ms", 3, g <= x);
-    let (g, x) = both(&|s| med(&p999, s) - med(&p999, DIRECT));
+    let (g, x) = both(&|s| p999(s) - p999(DIRECT));
     goal(format!("added p99.9 at {r} req/s ≤ nginx's"), (g, x), "ms", 3, g <= x);
     for (c, at) in idle.iter().enumerate() {
         let count = at.first().map_or(0, |i| i.connections);
