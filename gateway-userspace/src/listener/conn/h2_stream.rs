@@ -10,7 +10,7 @@
 //! gets its `content-length`; a body that fails resets the stream with INTERNAL_ERROR; a
 //! response h2 refuses resets it too.
 
-use std::{future::poll_fn, task::ready};
+use std::future::poll_fn;
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream, server::SendResponse};
@@ -66,14 +66,17 @@ pub(super) async fn serve_stream(
         return;
     };
     let (mut head, body) = response.into_parts();
-    strip_connection_specific(&mut head.headers);
-    if !head.headers.contains_key(header::DATE) {
+    let present = Present::of(&head.headers);
+    if present.connection_specific {
+        strip_connection_specific(&mut head.headers);
+    }
+    if !present.date {
         head.headers.insert(header::DATE, date::header_value());
     }
     let end = body.is_end_stream();
     if !end
+        && !present.content_length
         && let Some(len) = body.size_hint().exact()
-        && !head.headers.contains_key(header::CONTENT_LENGTH)
     {
         head.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
@@ -87,12 +90,33 @@ pub(super) async fn serve_stream(
     }
 }
 
-/// Removes the fields HTTP/2 forbids in a response, and those a `Connection` field names. One
-/// pass over the names first: the pipeline's responses carry none.
-fn strip_connection_specific(headers: &mut HeaderMap) {
-    if !crate::request::contains_any(headers, &CONNECTION_SPECIFIC) {
-        return;
+/// What a response head holds of the fields the server adds or removes: one pass over the
+/// names (standard names compare as enum values) instead of a hashed look-up for each.
+struct Present {
+    date: bool,
+    content_length: bool,
+    connection_specific: bool,
+}
+
+impl Present {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut p = Present { date: false, content_length: false, connection_specific: false };
+        for name in headers.keys() {
+            if name == header::DATE {
+                p.date = true;
+            } else if name == header::CONTENT_LENGTH {
+                p.content_length = true;
+            } else if CONNECTION_SPECIFIC.contains(&name) {
+                p.connection_specific = true;
+            }
+        }
+        p
     }
+}
+
+/// Removes the fields HTTP/2 forbids in a response, and those a `Connection` field names (the
+/// pipeline's responses carry none: called only when `Present` found one).
+fn strip_connection_specific(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -117,10 +141,6 @@ impl Pipe {
     /// Ready when the body is sent, failed, or the client reset the stream.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            // Registered while the body or capacity is awaited, so a reset wakes the stream.
-            if self.send.poll_reset(cx).is_ready() {
-                return Poll::Ready(());
-            }
             if let Some((data, end)) = self.held.take() {
                 // At least some capacity before the chunk goes: a body is read no faster than
                 // the client's window takes it (h2 sends what exceeds it as the window opens).
@@ -128,7 +148,7 @@ impl Pipe {
                     match self.send.poll_capacity(cx) {
                         Poll::Pending => {
                             self.held = Some((data, end));
-                            return Poll::Pending;
+                            return self.pending_unless_reset(cx);
                         }
                         Poll::Ready(Some(Ok(0))) => {}
                         Poll::Ready(Some(Ok(_))) => break,
@@ -140,7 +160,10 @@ impl Pipe {
                 }
                 continue;
             }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
+                return self.pending_unless_reset(cx);
+            };
+            match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let end = self.body.is_end_stream();
@@ -178,6 +201,12 @@ impl Pipe {
             }
         }
     }
+
+    /// Pending, with the client's RST_STREAM registered to wake the stream while the body or
+    /// capacity is awaited (a reset that comes while frames flow fails their `send_data`).
+    fn pending_unless_reset(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.send.poll_reset(cx).is_ready() { Poll::Ready(()) } else { Poll::Pending }
+    }
 }
 
 #[cfg(test)]
@@ -200,11 +229,16 @@ mod tests {
     }
 
     #[test]
-    fn a_head_without_them_is_left_alone() {
+    fn one_pass_finds_what_the_server_adds_or_removes() {
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        h.insert(header::SERVER, HeaderValue::from_static("x"));
-        strip_connection_specific(&mut h);
-        assert_eq!(h.len(), 2);
+        h.insert("x-request-id", HeaderValue::from_static("1"));
+        let p = Present::of(&h);
+        assert!(!p.date && !p.content_length && !p.connection_specific);
+        h.insert(header::DATE, HeaderValue::from_static("Sat, 05 Dec 2026 22:00:00 GMT"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        let p = Present::of(&h);
+        assert!(p.date && p.content_length && p.connection_specific);
     }
 }
