@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
         let seen = Rc::new(Seen::default());
         // The input is all there (then end of stream): the client body timeout never fires.
         let mut body = RequestBody::new(
-            Some(req.into_body()),
+            Some(req.into_body().into()),
             limit,
             received.clone(),
             Duration::from_secs(60),

@@ -14,13 +14,12 @@ use std::{rc::Rc, time::Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header, request, response, uri::PathAndQuery};
-use hyper::body::Incoming;
 use thiserror::Error;
 
 use crate::{
     error::GatewayError,
     proxy::UpstreamPool,
-    proxy::{self, Forward, RequestBody, ResponseBody, headers},
+    proxy::{self, ClientBody, Forward, RequestBody, ResponseBody, headers},
     request::{ConnInfo, RequestCtx, SnapshotView, Step},
     route::PathError,
     snapshot::{LocalSnapshot, Snapshot},
@@ -106,7 +105,7 @@ impl crate::error::Refusal for RequestError {
 /// body at all).
 pub async fn serve(
     mut head: request::Parts,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
     conn: Rc<ConnInfo>,
     snapshot: LocalSnapshot,
     pool: Rc<UpstreamPool>,
@@ -134,7 +133,7 @@ async fn run(
     snapshot: &Snapshot,
     pool: &Rc<UpstreamPool>,
     head: &mut request::Parts,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
 ) -> Result<proxy::Forwarded, GatewayError> {
     let limits = &snapshot.config.server.limits;
     for phase in snapshot.pipeline.phases() {

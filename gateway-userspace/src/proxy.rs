@@ -13,7 +13,9 @@ use std::{rc::Rc, time::Duration};
 use http::{HeaderValue, Method, Response, Version, request, uri::PathAndQuery};
 use thiserror::Error;
 
-pub use body::{BodyError, BodyProgress, RequestBody, ResponseBody, UpstreamLease};
+pub use body::{
+    BodyError, BodyProgress, ClientBody, ClientBodyError, H2Body, RequestBody, ResponseBody, UpstreamLease,
+};
 pub use policy::{BodyPolicy, SpoolSpec};
 
 pub use h1::{H1Error, UpstreamBody};

@@ -20,6 +20,7 @@ mod e2e {
     mod cpusteer;
     mod h1_codec;
     mod h2_flood;
+    mod h2_server;
     mod handover;
     mod headers;
     mod identity;

@@ -25,12 +25,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use hyper::{
-    Request,
-    body::Incoming,
-    server::conn::{http1, http2},
-    service::service_fn,
-};
+use hyper::{Request, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
@@ -54,12 +49,15 @@ macro_rules! forward_flush_and_shutdown {
     };
 }
 
+mod date;
 mod detect;
 mod drive;
 mod empty;
 mod h1;
 mod h2_exec;
 mod h2_flood;
+mod h2_serve;
+mod h2_stream;
 mod h2_table_size;
 #[cfg(test)]
 mod task_size;
@@ -323,7 +321,7 @@ fn service(
         w.requests_started.set(w.requests_started.get().wrapping_add(1));
         Box::pin(async move {
             let (head, body) = req.into_parts();
-            Ok(pipeline::serve(head, Some(body), c, w.snapshot(), w.pool.clone()).await)
+            Ok(pipeline::serve(head, Some(body.into()), c, w.snapshot(), w.pool.clone()).await)
         })
     })
 }

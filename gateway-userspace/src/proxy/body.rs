@@ -1,10 +1,13 @@
-//! Bodies on their way through the gateway: the client's request body (`body/request.rs`:
+//! Bodies on their way through the gateway: the client's request body (`body/client.rs`: as
+//! the listener hands it over, HTTP/1 or HTTP/2; `body/request.rs`:
 //! size-limited, timed, optionally read ahead) and the response body (counted, read-timed,
 //! observed, optionally spooled, and the place where a request is finished: pooled connection
 //! returned, log phases run).
 
+mod client;
 mod request;
 
+pub use client::{ClientBody, ClientBodyError, H2Body};
 pub use request::{BodyProgress, RequestBody};
 
 use std::{
@@ -38,7 +41,7 @@ pub enum BodyError {
     #[error("request body is larger than the {limit} byte limit")]
     TooLarge { limit: u64 },
     #[error("client body stream failed: {0}")]
-    Client(#[source] hyper::Error),
+    Client(#[source] ClientBodyError),
     #[error("upstream body stream failed: {0}")]
     Upstream(#[source] H1Error),
     #[error("upstream sent nothing for {0:?}")]

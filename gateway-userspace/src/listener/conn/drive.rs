@@ -1,6 +1,7 @@
-//! Driving hyper on one connection: HTTP/1 (reusable across parks) and HTTP/2 builders with the
-//! configured limits, and `drive`, which runs a connection until it ends, its watchdog fires,
-//! it parks, or the worker shuts down (gracefully: in-flight requests finish).
+//! Driving one connection: hyper's HTTP/1 (reusable across parks, its builder with the
+//! configured limits) or our HTTP/2 server (`h2_serve`), and `drive`, which runs a connection
+//! until it ends, its watchdog fires, it parks, or the worker shuts down (gracefully: in-flight
+//! requests finish).
 
 use std::future::poll_fn;
 
@@ -23,8 +24,8 @@ pub(super) async fn drive_h1<I: ClientIo>(
     Ok(drive(http, conn, Proto::Http1, limits, shutdown, parkable).await?.map(take_io))
 }
 
-/// Serves HTTP/2 on `io` until the connection ends (hyper shuts the stream down itself), with
-/// frames that carry no request bounded (`h2_flood`).
+/// Serves HTTP/2 on `io` (h2 directly, `h2_serve`) until the connection ends (h2 shuts the
+/// stream down itself), with frames that carry no request bounded (`h2_flood`).
 pub(super) async fn drive_h2<I: ClientIo>(
     io: WatchedIo<I>,
     conn: &Rc<ConnInfo>,
@@ -34,7 +35,7 @@ pub(super) async fn drive_h2<I: ClientIo>(
 ) -> Result<Option<WatchedIo<I>>, End> {
     let io = h2_flood::FloodGuard::new(io, conn.clone(), limits.h2_control_frames_per_second);
     let exec = h2_exec::StreamExec::default();
-    let http = h2_builder(limits, exec.clone()).serve_connection(TokioIo::new(io), service(conn, worker));
+    let http = h2_serve::H2Conn::new(io, limits, exec.clone(), conn, worker);
     drive(h2_exec::ServeH2::new(http, exec), conn, Proto::Http2, limits, shutdown, false).await.map(|()| None)
 }
 
@@ -57,19 +58,6 @@ pub(super) enum End {
 /// Graceful shutdown for both hyper connection types.
 pub(super) trait GracefulShutdown {
     fn shutdown_gracefully(self: Pin<&mut Self>);
-}
-
-impl<I, S, E> GracefulShutdown for http2::Connection<I, S, E>
-where
-    S: hyper::service::HttpService<Incoming>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S::ResBody: http_body::Body + 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn shutdown_gracefully(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
 }
 
 /// An HTTP/1 connection that, when it ends, gives its socket back instead of shutting it down
@@ -251,21 +239,4 @@ pub fn h1_builder(limits: &Limits) -> http1::Builder {
         h1.max_headers(limits.max_headers);
     }
     h1
-}
-
-/// The HTTP/2 server settings of every listener.
-///
-/// No keep-alive PINGs (hyper's `keep_alive_interval`): with them hyper locks a mutex, reads
-/// the clock and polls or resets a timer on every connection poll and every request (measured
-/// ~1.2k instructions per request, `bench/results/h2-profile.md`). An idle connection is closed
-/// by the watchdog (`idle_timeout`) without them, and a request in flight by its own timeouts,
-/// as over HTTP/1 (which has no PING at all).
-/// Streams run in the connection's task (`h2_exec`).
-pub(super) fn h2_builder(limits: &Limits, exec: h2_exec::StreamExec) -> http2::Builder<h2_exec::StreamExec> {
-    let mut h2 = http2::Builder::new(exec);
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(None);
-    h2
 }

@@ -14,7 +14,6 @@
 //! watch are polled only while the connection waits for a head, and the timer is moved only when
 //! it fires or a slow head brings its deadline forward.
 
-mod date;
 mod read;
 mod write;
 

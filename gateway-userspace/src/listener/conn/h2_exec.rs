@@ -1,11 +1,12 @@
 //! HTTP/2 streams run inside their connection's task, not in a tokio task each.
 //!
-//! hyper hands every HTTP/2 request (its `H2Stream`: the service future, then the response
-//! body) to the connection's executor. With `spawn_local` each stream cost a task (allocation,
-//! `JoinHandle`, its entry in the LocalSet's task list) and every wake-up a round through the
-//! LocalSet's queue: the stream task finishes the response and wakes the connection task, which
-//! then writes it. Here the executor only queues the stream; `ServeH2` moves it into a slot of
-//! its own and polls it beside hyper's connection, in the same wake-up.
+//! The connection (`h2_serve::H2Conn`) starts a stream future for every request h2 accepts
+//! (`h2_stream::serve_stream`: the request path, then the response body). Spawned with
+//! `spawn_local`, each stream cost a task (allocation, `JoinHandle`, its entry in the
+//! LocalSet's task list) and every wake-up a round through the LocalSet's queue: the stream task
+//! finishes the response and wakes the connection task, which then writes it. Here the
+//! connection only queues the stream; `ServeH2` moves it into a slot of its own and polls it
+//! beside the connection, in the same wake-up.
 //!
 //! Slots, not `FuturesUnordered`: each slot keeps its waker (an `Arc` made once) for every
 //! stream it holds in turn, so a stream costs no allocation besides its box and no queue
@@ -16,10 +17,10 @@
 //! cannot hold the connection, or the worker, in one poll). Slots are as many as the most
 //! streams that ran at once (bounded by `h2_max_concurrent_streams`); a wake-up scans their flags.
 //!
-//! Lifetimes as before: hyper's connection future ends only once every stream is done with it
-//! (h2 holds the connection open while a stream's send half lives), and `ServeH2` keeps polling
-//! the streams that remain after that, so a stream finishes as a spawned task did. A connection
-//! error resets its streams, which hyper's stream futures see and end on. Only when the
+//! Lifetimes as for spawned tasks: the connection future ends only once every stream is done
+//! with it (h2 holds the connection open while a stream's send half lives), and `ServeH2` keeps
+//! polling the streams that remain after that, so a stream finishes as a spawned task did. A
+//! connection error resets its streams, which the stream futures see and end on. Only when the
 //! connection's future is dropped (the watchdog gives up on an idle connection that did not
 //! close, or the worker's runtime goes away) are the streams dropped with it, as HTTP/1's
 //! request is.
@@ -45,23 +46,19 @@ type Stream = Pin<Box<dyn Future<Output = ()>>>;
 /// keeps sending cannot hold the worker.
 const MAX_ROUNDS: usize = 4;
 
-/// hyper's executor for one connection's streams: queues them for that connection's `ServeH2`.
-/// hyper calls it only from inside the connection's poll, after which `ServeH2` empties the
-/// queue, so no stream waits in it (streams hold a clone of it: one left there would keep the
-/// queue alive in a cycle).
+/// Where one connection's new streams wait for that connection's `ServeH2`. The connection
+/// pushes them only from inside its poll, after which `ServeH2` empties the queue, so no stream
+/// waits in it.
 #[derive(Clone, Default)]
 pub(super) struct StreamExec(Rc<RefCell<Vec<Stream>>>);
 
-impl<F> hyper::rt::Executor<F> for StreamExec
-where
-    F: Future<Output = ()> + 'static,
-{
-    fn execute(&self, fut: F) {
-        self.0.borrow_mut().push(Box::pin(fut));
+impl StreamExec {
+    pub(super) fn push(&self, stream: Stream) {
+        self.0.borrow_mut().push(stream);
     }
 }
 
-/// hyper's HTTP/2 connection and the streams it started, polled together.
+/// The HTTP/2 connection and the streams it started, polled together.
 pub(super) struct ServeH2<C: Future> {
     conn: C,
     /// The connection's result, held until its last stream is done.
@@ -144,7 +141,7 @@ impl<C: Future> ServeH2<C> {
 }
 
 impl Streams {
-    /// Gives each stream hyper started a slot, marked woken so the next round polls it.
+    /// Gives each stream the connection started a slot, marked woken so the next round polls it.
     fn start(&mut self, started: &mut Vec<Stream>, wake: &Arc<ConnWake>) {
         if started.is_empty() {
             return;
@@ -244,7 +241,7 @@ impl<C: Future + GracefulShutdown + Unpin> GracefulShutdown for ServeH2<C> {
     fn shutdown_gracefully(self: Pin<&mut Self>) {
         let this = self.get_mut();
         Pin::new(&mut this.conn).shutdown_gracefully();
-        // hyper queues the GOAWAY for its next poll without waking itself.
+        // h2 queues the GOAWAY for its next poll without waking the connection.
         this.wake.woken.store(true, Ordering::Release);
     }
 }
@@ -254,12 +251,11 @@ mod tests {
     use std::{cell::Cell, sync::atomic::AtomicUsize, task::Waker};
 
     use futures_util::task::waker;
-    use hyper::rt::Executor as _;
 
     use super::*;
 
     /// What the fake connection and the test share: streams for it to start on its next poll
-    /// (as hyper does when it reads a HEADERS frame), whether it has ended, its polls, and the
+    /// (as the connection does when h2 accepts a request), whether it has ended, its polls, and the
     /// waker of its last poll (a socket or a stream that queued a frame would wake it).
     #[derive(Default)]
     struct Shared {
@@ -277,7 +273,7 @@ mod tests {
         }
     }
 
-    /// Stands in for hyper's connection.
+    /// Stands in for the HTTP/2 connection.
     struct FakeConn {
         exec: StreamExec,
         shared: Rc<Shared>,
@@ -290,7 +286,7 @@ mod tests {
             shared.polls.set(shared.polls.get() + 1);
             *shared.waker.borrow_mut() = Some(cx.waker().clone());
             for stream in shared.start.borrow_mut().drain(..) {
-                self.exec.execute(stream);
+                self.exec.push(stream);
             }
             if shared.done.get() { Poll::Ready(()) } else { Poll::Pending }
         }
@@ -298,7 +294,7 @@ mod tests {
 
     impl GracefulShutdown for FakeConn {
         fn shutdown_gracefully(self: Pin<&mut Self>) {
-            // Like hyper: the GOAWAY goes out on the next poll, and nothing wakes the connection.
+            // Like h2: the GOAWAY goes out on the next poll, and nothing wakes the connection.
             self.shared.done.set(true);
         }
     }

@@ -1,14 +1,14 @@
 //! Bounds the HTTP/2 frames that cost work but carry no request.
 //!
-//! h2 (under hyper) already cuts Rapid Reset (`max_pending_accept_reset_streams`), CONTINUATION
+//! h2 already cuts Rapid Reset (`max_pending_accept_reset_streams`), CONTINUATION
 //! floods, runs of empty or tiny DATA frames and streams it had to reset itself
 //! (`max_local_error_reset_streams`), each with GOAWAY ENHANCE_YOUR_CALM. It answers every PING
 //! and SETTINGS and processes every PRIORITY, WINDOW_UPDATE, RST_STREAM on a closed stream and
-//! frame of an unknown type, without end, and hyper exposes no limit for them. So the stream
-//! hyper reads is read through [`FloodGuard`]: it scans the 9-byte frame headers going both
+//! frame of an unknown type, without end, and exposes no limit for them. So the stream
+//! h2 reads is read through [`FloodGuard`]: it scans the 9-byte frame headers going both
 //! ways (nothing is copied or decoded), counts each such kind per connection per second, and
 //! when a kind exceeds its budget it writes GOAWAY ENHANCE_YOUR_CALM itself (between two of
-//! hyper's frames), shuts the stream down and fails hyper's read, which ends the connection.
+//! h2's frames), shuts the stream down and fails h2's read, which ends the connection.
 //!
 //! A kind's budget is `h2_control_frames_per_second`, plus [`CREDIT`] for each request the
 //! client opens (HEADERS) and each DATA frame it is sent in the same second: real clients send
@@ -156,7 +156,7 @@ impl FrameScanner {
         }
     }
 
-    /// Between two frames: a frame written now would not split one of hyper's.
+    /// Between two frames: a frame written now would not split one of h2's.
     fn at_boundary(&self) -> bool {
         self.skip == 0 && self.have == 0
     }
@@ -199,7 +199,7 @@ impl Budget {
     }
 }
 
-/// The client stream as hyper's HTTP/2 connection sees it (see the module docs).
+/// The client stream as the HTTP/2 connection (h2) sees it (see the module docs).
 pub struct FloodGuard<I> {
     inner: I,
     conn: Rc<ConnInfo>,
@@ -278,7 +278,7 @@ impl<I> FloodGuard<I> {
 
 impl<I: AsyncWrite + Unpin> FloodGuard<I> {
     /// Counts the flood, tells the client why (when a frame can be written now without
-    /// blocking or splitting one of hyper's), and shuts the stream down.
+    /// blocking or splitting one of h2's), and shuts the stream down.
     fn close_flooded(&mut self, kind: Kind, cx: &mut Context<'_>) {
         self.flooded = Some(kind);
         let shared = self.conn.metrics.shared();
@@ -315,7 +315,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<I> {
         match self.scan_inbound(&mut buf.filled_mut()[before..]) {
             None => Poll::Ready(Ok(())),
             Some(kind) => {
-                // The bytes just read are not handed on: hyper processes none of the flood.
+                // The bytes just read are not handed on: h2 processes none of the flood.
                 self.close_flooded(kind, cx);
                 Poll::Ready(Err(Self::flood_error(kind)))
             }

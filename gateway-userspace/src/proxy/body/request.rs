@@ -14,10 +14,9 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::BodyError;
+use super::{BodyError, ClientBody};
 use crate::request::RequestObserver;
 
 /// How far the request body got, shared with the code that waits for the upstream's answer:
@@ -65,7 +64,7 @@ impl BodyProgress {
 
 /// The client's request body on its way upstream.
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     /// Frames read ahead (request buffering), sent before anything else.
     held: VecDeque<Frame<Bytes>>,
     held_bytes: u64,
@@ -84,7 +83,7 @@ pub struct RequestBody {
 impl RequestBody {
     /// `now`: the caller's clock reading as forwarding starts (one read serves both).
     pub fn new(
-        inner: Option<Incoming>,
+        inner: Option<ClientBody>,
         limit: u64,
         received: Rc<Cell<u64>>,
         client_timeout: Duration,

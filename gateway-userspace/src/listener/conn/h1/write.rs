@@ -6,7 +6,7 @@
 
 use http::{HeaderName, HeaderValue, Method, StatusCode, Version, header, response};
 
-use super::{date, read::has_token};
+use super::{super::date, read::has_token};
 
 /// What the body says about its length before the first frame (hyper's `BodyLength`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
