@@ -13,6 +13,7 @@
 mod answers;
 mod attack;
 mod colocation;
+mod feed;
 mod legit;
 mod packet;
 mod report;
@@ -58,6 +59,11 @@ pub struct Flags {
     /// flood: only these defences (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub defences: Vec<Defence>,
+    /// flood: how the raw floods reach the gateway's veth end: `xdp` (XDP frames through
+    /// veth's ndo_xdp_xmit, as a NIC's receive ring delivers them) or `skb` (the AF_PACKET
+    /// sender: veth's native XDP copies each skb first).
+    #[arg(long, value_enum, default_value_t = feed::Feed::Xdp)]
+    pub feed: feed::Feed,
 }
 
 /// What one (defence, attack, rep) cell measured.
@@ -107,7 +113,7 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     let defences = if flags.defences.is_empty() { Defence::ALL.to_vec() } else { flags.defences.clone() };
     let dir = run_dir("flood")?;
-    let topo = Topology::create()?;
+    let topo = Topology::create(flags.feed)?;
     let mut cells = Vec::new();
     for rep in 0..opts.reps {
         for &attack in &attacks {

@@ -21,6 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use socket2::{Domain, Socket, Type};
 
 use super::{
+    feed,
     packet::{self, Frame, Link, Payload},
     topology::{
         self, ATTACK_IF, ATTACK_NS, CONNECTION_SOURCES, GW_ATTACK_ADDR, GW_ATTACK_ADDR6, HTTP_SOURCES, Topology,
@@ -116,6 +117,8 @@ impl Running {
 }
 
 /// Starts `attack`; it ends by itself after `limit` at the latest.
+/// Raw floods go through the topology's XDP generator, or without one through the AF_PACKET
+/// sender (`--feed skb`).
 pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Result<Running> {
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + limit;
@@ -123,13 +126,26 @@ pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Resu
     let mut threads = Vec::new();
     let raw = |scheme: Scheme, payload: Payload| {
         let stop = stop.clone();
-        topology::spawn_in(ATTACK_NS, move || raw_flood(link, scheme, payload, pps, deadline, &stop))
+        let Some(object) = topo.generator.clone() else {
+            return topology::spawn_in(ATTACK_NS, move || raw_flood(link, scheme, payload, pps, deadline, &stop));
+        };
+        // The generator starts once loaded (an AF_PACKET socket is ready at once, a program
+        // takes a while to verify).
+        let (ready, loaded) = std::sync::mpsc::channel();
+        let thread = topology::spawn_in(ATTACK_NS, move || {
+            let generator = feed::Generator::load(&object, link, scheme.code(), payload);
+            let _ = ready.send(());
+            generator?.run(pps, deadline, &stop)
+        })?;
+        // A load error comes out of the thread at `stop()`; a closed channel means it ended.
+        let _ = loaded.recv();
+        Ok(thread)
     };
     match attack {
         Attack::None => {}
         Attack::SynSpoofed => threads.push(raw(Scheme::Pool, Payload::Syn)?),
         Attack::SynOne => threads.push(raw(Scheme::One, Payload::Syn)?),
-        Attack::Udp => threads.push(raw(Scheme::Few(16), Payload::Udp(64))?),
+        Attack::Udp => threads.push(raw(Scheme::Few16, Payload::Udp(64))?),
         Attack::Rotating => threads.push(raw(Scheme::Rotating, Payload::Syn)?),
         Attack::Connections => {
             const THREADS: usize = 4;
@@ -152,53 +168,40 @@ pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Resu
     Ok(Running { stop, threads })
 }
 
-/// Which spoofed source the n-th frame carries.
+/// Which spoofed sources a raw flood draws (the definitions are `floodgen`'s, shared with the XDP
+/// feed's program).
 #[derive(Debug, Clone, Copy)]
 enum Scheme {
     /// 2^16 IPv4 and 2^16 IPv6 sources, in a scrambled order.
     Pool,
     One,
-    Few(u32),
+    /// 16 IPv4 sources.
+    Few16,
     /// A new source for every frame.
     Rotating,
 }
 
-const POOL_BITS: u32 = 16;
-
 impl Scheme {
-    fn source(self, n: u64) -> IpAddr {
+    fn code(self) -> u64 {
         match self {
-            Scheme::Pool => {
-                let idx = mix(n) & ((1 << (POOL_BITS + 1)) - 1);
-                let member = mix(idx ^ 0x5bd1_e995);
-                if idx & 1 == 0 {
-                    // Distinct per idx: the low 16 bits are idx/2; the /9 leaves 7 more bits.
-                    IpAddr::V4(topology::spoofed_v4((((member as u32) & 0x7F) << 16) | (idx as u32 >> 1)))
-                } else {
-                    IpAddr::V6(topology::spoofed_v6((((member & 0xFFFF) << 16) | (idx >> 1)) as u32))
-                }
-            }
-            Scheme::One => IpAddr::V4(topology::spoofed_v4(1)),
-            Scheme::Few(k) => IpAddr::V4(topology::spoofed_v4(1000 + (n % u64::from(k)) as u32)),
-            Scheme::Rotating => {
-                if n & 1 == 0 {
-                    // Apart from the few sources of `syn-one` and the UDP flood; repeats after
-                    // 2^24 frames (over a minute at 150k pps: longer than any cell).
-                    IpAddr::V4(topology::spoofed_v4(0x10_0000 + (n >> 1) as u32))
-                } else {
-                    IpAddr::V6(topology::spoofed_v6((n >> 1) as u32))
-                }
-            }
+            Scheme::Pool => floodgen::scheme::POOL,
+            Scheme::One => floodgen::scheme::ONE,
+            Scheme::Few16 => floodgen::scheme::FEW16,
+            Scheme::Rotating => floodgen::scheme::ROTATING,
         }
     }
-}
 
-/// splitmix64's finaliser: scrambles an index into a well-spread 64-bit value.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    /// The source of the n-th frame of the AF_PACKET sender (families alternate frame by frame;
+    /// the XDP feed alternates them run by run, with the same per-family sequence).
+    fn source(self, n: u64) -> IpAddr {
+        let code = self.code();
+        let (v6, k) = if floodgen::both_families(code) { (n & 1 == 1, n >> 1) } else { (false, n) };
+        if v6 {
+            IpAddr::V6(topology::spoofed_v6(floodgen::v6_index(code, k)))
+        } else {
+            IpAddr::V4(topology::spoofed_v4(floodgen::v4_index(code, k)))
+        }
+    }
 }
 
 /// An AF_PACKET socket bound to the attacker's veth, bypassing its qdisc (as trafgen does).
@@ -257,7 +260,7 @@ fn raw_flood(
         for buf in &mut frames {
             let src = scheme.source(n);
             let dst = if src.is_ipv6() { IpAddr::V6(GW_ATTACK_ADDR6) } else { IpAddr::V4(GW_ATTACK_ADDR) };
-            let sport = 1024 + (mix(n ^ 0xA5A5) % 64000) as u16;
+            let sport = floodgen::sport(n);
             packet::build(buf, link, Frame { src, dst, sport, dport: SERVICE_PORT, payload, seq: n as u32 });
             n += 1;
         }
@@ -358,11 +361,11 @@ mod tests {
 
     #[test]
     fn the_pool_has_both_families_and_over_50k_sources() {
-        let sources: HashSet<IpAddr> = (0..2_000_000).map(|n| Scheme::Pool.source(n)).collect();
+        let sources: HashSet<IpAddr> = (0..4_000_000).map(|n| Scheme::Pool.source(n)).collect();
         let v6 = sources.iter().filter(|s| s.is_ipv6()).count();
         assert!(sources.len() >= 120_000, "{} distinct sources", sources.len());
         assert!(v6 > 50_000 && sources.len() - v6 > 50_000, "{v6} IPv6 of {}", sources.len());
-        assert!(sources.len() <= 1 << (POOL_BITS + 1), "the pool is bounded");
+        assert!(sources.len() <= 1 << 17, "the pool is bounded");
     }
 
     /// Every source an attack spoofs must be routed back and discarded (topology.rs): a source
@@ -371,7 +374,7 @@ mod tests {
     /// once was: half its SYNs passed the guard unanswered). Frame numbers up to a long cell.
     #[test]
     fn every_spoofed_source_is_routed_back() {
-        let schemes = [Scheme::Pool, Scheme::One, Scheme::Few(16), Scheme::Rotating];
+        let schemes = [Scheme::Pool, Scheme::One, Scheme::Few16, Scheme::Rotating];
         for scheme in schemes {
             let frames = (0..200_000).chain((0..1000).map(|k| 10_000_000 + k * 1_000));
             for n in frames {
@@ -387,9 +390,40 @@ mod tests {
         assert_eq!(rotating.len(), 100_000);
         let one: HashSet<IpAddr> = (0..1000).map(|n| Scheme::One.source(n)).collect();
         assert_eq!(one.len(), 1);
-        let few: HashSet<IpAddr> = (0..1000).map(|n| Scheme::Few(16).source(n)).collect();
+        let few: HashSet<IpAddr> = (0..1000).map(|n| Scheme::Few16.source(n)).collect();
         assert_eq!(few.len(), 16);
     }
+
+    /// The XDP feed's program draws each family's sources by its own counter `k` (runs alternate
+    /// the families): those sequences stay inside the routed-back space too, and `rotating`'s
+    /// never repeat within a family (nor across: the families differ).
+    #[test]
+    fn per_family_sources_are_spoofed_and_rotation_never_repeats() {
+        use floodgen::{scheme, v4_index, v6_index};
+        for code in [scheme::POOL, scheme::ONE, scheme::FEW16, scheme::ROTATING] {
+            for k in (0..100_000).chain((0..1000).map(|j| 5_000_000 + j * 997)) {
+                let v4 = IpAddr::V4(topology::spoofed_v4(v4_index(code, k)));
+                assert!(topology::is_spoofed(v4), "scheme {code} v4 frame {k}: {v4}");
+                if floodgen::both_families(code) {
+                    let v6 = IpAddr::V6(topology::spoofed_v6(v6_index(code, k)));
+                    assert!(topology::is_spoofed(v6), "scheme {code} v6 frame {k}: {v6}");
+                }
+            }
+        }
+        // 3 M frames per family: 40 s of a 150k pps flood, longer than any cell.
+        const FRAMES: u64 = 3_000_000;
+        let v4: HashSet<u32> = (0..FRAMES).map(|k| v4_index(scheme::ROTATING, k) & 0x7F_FFFF).collect();
+        let v6: HashSet<u32> = (0..FRAMES).map(|k| v6_index(scheme::ROTATING, k)).collect();
+        assert_eq!((v4.len() as u64, v6.len() as u64), (FRAMES, FRAMES));
+        let one: HashSet<u32> = (0..FRAMES).step_by(1000).map(|k| v4_index(scheme::ONE, k)).collect();
+        assert_eq!(one.len(), 1);
+        let pool4: HashSet<u32> = (0..FRAMES).map(|k| v4_index(scheme::POOL, k)).collect();
+        let pool6: HashSet<u32> = (0..FRAMES).map(|k| v6_index(scheme::POOL, k)).collect();
+        assert_eq!((pool4.len(), pool6.len()), (1 << 16, 1 << 16), "131,072 sources in all");
+    }
+
+    /// The tests that make the fl-* namespaces (fixed names) run one at a time.
+    static NAMESPACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// `Tcp: InSegs` / `Udp: InDatagrams`-style counters of `/proc/net/snmp` inside `ns`.
     fn snmp(ns: &str, proto: &str, field: &str) -> u64 {
@@ -401,7 +435,8 @@ mod tests {
     /// the attacker veth's counter sees them. Needs root (like the XDP tests).
     #[test]
     fn raw_floods_reach_the_gateway_stack_with_valid_checksums() -> Result<()> {
-        let topo = Topology::create()?;
+        let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let topo = Topology::create(feed::Feed::Skb)?;
         let ns = topology::GW_NS;
         let (segs, udp, csum) =
             (snmp(ns, "Tcp", "InSegs"), snmp(ns, "Udp", "NoPorts"), snmp(ns, "Tcp", "InCsumErrors"));
@@ -417,6 +452,34 @@ mod tests {
         // Every SYN is a valid segment to the stack (v4 and v6 both count in Tcp: InSegs).
         assert!(snmp(ns, "Tcp", "InSegs") - segs >= sent, "SYNs lost or refused");
         assert_eq!(snmp(ns, "Tcp", "InCsumErrors"), csum, "bad TCP checksums");
+        assert!(snmp(ns, "Udp", "NoPorts") - udp >= junk, "datagrams lost or refused");
+        Ok(())
+    }
+
+    /// The XDP feed for real: xtask/floodgen's program (built with the nightly toolchain, as
+    /// the benchmark does) makes the frames in BPF_PROG_RUN's live mode and redirects them to
+    /// fl-a1; fl-a0 (no XDP program, GRO on) receives them and the gateway's stack takes every
+    /// SYN (v4 and v6) and datagram with valid checksums. Needs root.
+    #[test]
+    fn xdp_feed_reaches_the_gateway_stack_with_valid_checksums() -> Result<()> {
+        let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let topo = Topology::create(feed::Feed::Xdp)?;
+        let ns = topology::GW_NS;
+        let (segs, udp, csum) =
+            (snmp(ns, "Tcp", "InSegs"), snmp(ns, "Udp", "NoPorts"), snmp(ns, "Tcp", "InCsumErrors"));
+        let (ucsum, rx) = (snmp(ns, "Udp", "InCsumErrors"), topology::rx_packets(ns, topology::GW_ATTACK_IF)?);
+        let run = |attack| -> Result<u64> {
+            let running = start(attack, &topo, 20_000, Duration::from_secs(5))?;
+            std::thread::sleep(Duration::from_millis(300));
+            running.stop()
+        };
+        let (sent, rotating, junk) = (run(Attack::SynSpoofed)?, run(Attack::Rotating)?, run(Attack::Udp)?);
+        assert!(sent > 100 && rotating > 100 && junk > 100, "made {sent} + {rotating} SYNs, {junk} datagrams");
+        let received = topology::rx_packets(ns, topology::GW_ATTACK_IF)? - rx;
+        assert!(received >= sent + rotating + junk, "fl-a0 received {received} of {}", sent + rotating + junk);
+        assert!(snmp(ns, "Tcp", "InSegs") - segs >= sent + rotating, "SYNs lost or refused");
+        assert_eq!(snmp(ns, "Tcp", "InCsumErrors"), csum, "bad TCP checksums");
+        assert_eq!(snmp(ns, "Udp", "InCsumErrors"), ucsum, "bad UDP checksums");
         assert!(snmp(ns, "Udp", "NoPorts") - udp >= junk, "datagrams lost or refused");
         Ok(())
     }

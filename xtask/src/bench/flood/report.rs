@@ -9,6 +9,7 @@ use anyhow::Result;
 use super::{
     Cell,
     attack::Attack,
+    feed::Feed,
     legit::LegitResult,
     subject::{self, Defence, L7_LIMIT_PER_SECOND},
 };
@@ -133,13 +134,14 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
     }
     let mut r = Report::new("Flood benchmark: legitimate clients under attack, per defence");
     r.paragraph(&format!(
-        "`cargo xtask bench flood --reps {} --duration {} --attack-pps {} --legit-rate {} --legit-new-rate {}` \
+        "`cargo xtask bench flood --reps {} --duration {} --attack-pps {} --legit-rate {} --legit-new-rate {} --feed {}` \
          on {} ({}, {} CPUs, {}), {}, commit {}, load average before the report {}. oha: {}. nft: {}.",
         opts.reps,
         duration.as_secs(),
         flags.attack_pps,
         flags.legit_rate,
         flags.legit_new_rate,
+        flags.feed.label(),
         machine.kernel,
         machine.cpu_model,
         machine.cpus,
@@ -161,6 +163,23 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
          and one that opens a connection per request (`--disable-keepalive`), 8 connections each, 3 s \
          timeout per request, `--latency-correction`.",
     );
+    r.paragraph(match flags.feed {
+        Feed::Xdp => {
+            "The raw floods (`syn-spoofed`, `syn-one`, `udp`, `rotating`) reach `fl-gw` as a NIC's receive ring \
+             would deliver them (`--feed xdp`): a generator XDP program (xtask/floodgen), run by `BPF_PROG_RUN` \
+             with `BPF_F_TEST_XDP_LIVE_FRAMES` in `fl-atk`, writes each frame's source (checksums valid) and \
+             redirects it to `fl-atk`'s veth end, whose `ndo_xdp_xmit` queues the frame on the gateway end's \
+             NAPI ring (GRO is on there, so the ring exists whatever the defence). The guard's native XDP \
+             runs on that frame itself, with no skb and no copy; for the kernel, nftables and TC, veth \
+             builds the skb from the frame, as a NIC driver does from its DMA buffer. The gateway's \
+             receive runs in softirq on the generator's CPU, as a NIC's would on its interrupt's."
+        }
+        Feed::Skb => {
+            "The raw floods come from xtask's AF_PACKET sender (`--feed skb`): the sender builds an skb per \
+             frame, and veth's native XDP copies each one into a page-pool page before the guard sees it \
+             (`skb_pp_cow_data`), which a NIC would not (bench/README.md)."
+        }
+    });
     let rows: Vec<Vec<String>> = Attack::ALL
         .iter()
         .filter(|a| attacks.contains(a))

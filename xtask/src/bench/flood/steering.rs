@@ -68,7 +68,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let flags: &Flags = &opts.flood;
     let duration = opts.duration(5);
     let dir = run_dir("steering")?;
-    let topo = Topology::create()?;
+    // The raw floods arrive by `--feed`, as in `bench flood`.
+    let topo = Topology::create(flags.feed)?;
     for (ns, iface) in [(CLIENT_NS, CLIENT_IF), (ATTACK_NS, ATTACK_IF)] {
         exec(in_ns(ns, "ethtool").args(["-K", iface, "tx", "off"]))
             .with_context(|| format!("turning TX checksum offload off on {iface}"))?;

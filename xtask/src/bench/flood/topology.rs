@@ -26,6 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
+use super::feed::{Feed, Object};
 use crate::cmd::capture;
 
 pub const GW_NS: &str = "fl-gw";
@@ -92,16 +93,25 @@ pub fn is_spoofed(addr: std::net::IpAddr) -> bool {
 }
 
 pub struct Topology {
+    /// The XDP feed's generator program, when the raw floods arrive that way (`feed.rs`).
+    pub generator: Option<Object>,
     /// The gateway's MAC on the attack link (destination of the raw frames).
     pub gw_attack_mac: [u8; 6],
     pub attack_mac: [u8; 6],
 }
 
 impl Topology {
-    pub fn create() -> Result<Self> {
+    /// `feed`: with the XDP feed, the generator is built and fl-a0 gets GRO on (veth's NAPI
+    /// receive ring exists then with or without an XDP program attached, and `ndo_xdp_xmit`
+    /// frames need it: `feed.rs`).
+    pub fn create(feed: Feed) -> Result<Self> {
+        let generator = match feed {
+            Feed::Xdp => Some(Object::build()?),
+            Feed::Skb => None,
+        };
         remove_namespaces();
         // From here on, a failure removes what was made (drop).
-        let mut topo = Topology { gw_attack_mac: [0; 6], attack_mac: [0; 6] };
+        let mut topo = Topology { generator, gw_attack_mac: [0; 6], attack_mac: [0; 6] };
         for ns in [GW_NS, CLIENT_NS, ATTACK_NS] {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -137,6 +147,10 @@ impl Topology {
             sysctl(GW_NS, key, "0")?;
         }
         sysctl(GW_NS, &format!("net.ipv4.conf.{GW_ATTACK_IF}.rp_filter"), "0")?;
+        if feed == Feed::Xdp {
+            capture(in_ns(GW_NS, "ethtool").args(["-K", GW_ATTACK_IF, "gro", "on"]))
+                .context("GRO on the gateway's attack veth end (its NAPI ring takes the XDP feed's frames)")?;
+        }
         super::answers::attach_client_receiver()?;
         topo.gw_attack_mac = mac(GW_NS, GW_ATTACK_IF)?;
         topo.attack_mac = mac(ATTACK_NS, ATTACK_IF)?;
@@ -208,6 +222,15 @@ pub fn tx_packets(ns: &str, iface: &str) -> Result<u64> {
     let out = capture(Command::new("ip").args(["-n", ns, "-s", "-j", "link", "show", iface]))?;
     let json: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("ip -s -j link: {out}"))?;
     json[0]["stats64"]["tx"]["packets"].as_u64().with_context(|| format!("no tx packets for {iface}: {out}"))
+}
+
+/// Packets an interface has received (the veth driver's count: skbs and XDP frames alike,
+/// before any XDP program's verdict).
+#[cfg(test)]
+pub fn rx_packets(ns: &str, iface: &str) -> Result<u64> {
+    let out = capture(Command::new("ip").args(["-n", ns, "-s", "-j", "link", "show", iface]))?;
+    let json: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("ip -s -j link: {out}"))?;
+    json[0]["stats64"]["rx"]["packets"].as_u64().with_context(|| format!("no rx packets for {iface}: {out}"))
 }
 
 /// A counter of the kernel's `/proc/net/FILE` inside `ns` (`netstat`, `snmp`: a line of names,
