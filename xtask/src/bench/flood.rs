@@ -59,10 +59,12 @@ pub struct Flags {
     /// flood: only these defences (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub defences: Vec<Defence>,
-    /// flood: how the raw floods reach the gateway's veth end: `xdp` (XDP frames through
-    /// veth's ndo_xdp_xmit, as a NIC's receive ring delivers them) or `skb` (the AF_PACKET
-    /// sender: veth's native XDP copies each skb first).
-    #[arg(long, value_enum, default_value_t = feed::Feed::Xdp)]
+    /// flood: how the raw floods reach the gateway's veth end: `skb` (the AF_PACKET sender:
+    /// veth's native XDP copies each skb first) or `xdp` (XDP frames through veth's
+    /// ndo_xdp_xmit, as a NIC's receive ring delivers them). `skb` by default: with `xdp` the
+    /// gateway's receive runs inside the generator's syscall on its CPU, so on this 2-CPU bed
+    /// the rate offered depends on the defence (bench/README.md).
+    #[arg(long, value_enum, default_value_t = feed::Feed::Skb)]
     pub feed: feed::Feed,
 }
 

@@ -116,8 +116,7 @@ pub fn write_report(modes: &[ModeRuns], setup: &Setup<'_>) -> Report {
         "Written by `cargo xtask bench h2` on {} (gatewayd {}) in {} s. Medians of {} interleaved rounds per \
          subject, except the latency percentiles at the fixed rate: those rank every round's requests \
          together (oha's per-request database; the count is in the table), so a p99.9 is the slowest 0.1 % \
-         of all rounds' requests (3 rounds of 96,000: the ~290th slowest) rather than a median of each \
-         round's ~96 slowest; raw runs (each with its own percentiles) below. Load average {} at the start, {} at the end; other processes used a median \
+         of all rounds' requests together rather than a median of each round's slowest 0.1 %; raw runs (each with its own percentiles) below. Load average {} at the start, {} at the end; other processes used a median \
          {} of the proxy CPUs during the runs (\"background\": about 0% on a quiet machine; well above that the \
          figures say more about the neighbours than about the proxies — a busy-machine run).",
         setup.machine.date,
