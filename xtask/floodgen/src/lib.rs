@@ -5,6 +5,18 @@
 #![no_std]
 
 /// Which spoofed sources a flood draws (the `FEED_SCHEME` entry of the generator's config).
+/// The frame layout the AF_PACKET sender builds and the XDP program rewrites: one definition
+/// for both.
+pub mod frame {
+    pub const ETH_LEN: usize = 14;
+    pub const IPV4_LEN: usize = 20;
+    pub const IPV6_LEN: usize = 40;
+    pub const TCP_LEN: usize = 20;
+    pub const UDP_LEN: usize = 8;
+    pub const PROTO_TCP: u8 = 6;
+    pub const PROTO_UDP: u8 = 17;
+}
+
 pub mod scheme {
     /// 2^16 IPv4 and 2^16 IPv6 sources, in a scrambled order (`syn-spoofed`).
     pub const POOL: u64 = 0;

@@ -18,7 +18,11 @@ use aya_ebpf::{
     maps::Array,
     programs::XdpContext,
 };
-use floodgen::{CsumUpdate, spoofed_v4, spoofed_v6_words, sport, v4_index, v6_index};
+use floodgen::{
+    CsumUpdate,
+    frame::{ETH_LEN, PROTO_TCP, PROTO_UDP},
+    spoofed_v4, spoofed_v6_words, sport, v4_index, v6_index,
+};
 
 /// `[scheme, ifindex to redirect to, IPv4 frames made, IPv6 frames made]`: xtask writes the
 /// first two before the runs and reads the counters after them. One generator thread runs the
@@ -30,10 +34,6 @@ const SCHEME: u32 = 0;
 const IFINDEX: u32 = 1;
 const COUNT_V4: u32 = 2;
 const COUNT_V6: u32 = 3;
-
-const ETH_LEN: usize = 14;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 
 #[xdp]
 pub fn floodgen(ctx: XdpContext) -> u32 {

@@ -5,6 +5,8 @@
 
 use std::net::IpAddr;
 
+use floodgen::frame::{ETH_LEN, IPV4_LEN, IPV6_LEN, PROTO_TCP, PROTO_UDP, TCP_LEN, UDP_LEN};
+
 /// What a raw attack frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Payload {
@@ -20,14 +22,6 @@ pub struct Link {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
 }
-
-const ETH_LEN: usize = 14;
-const IPV4_LEN: usize = 20;
-const IPV6_LEN: usize = 40;
-const TCP_LEN: usize = 20;
-const UDP_LEN: usize = 8;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 
 /// One attack frame's addresses and contents.
 #[derive(Debug, Clone, Copy)]
