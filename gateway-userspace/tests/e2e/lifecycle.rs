@@ -70,6 +70,9 @@ async fn sigterm_drains_in_flight_h2_streams_of_one_connection() {
     let u = Upstream::start("u");
     let mut gw = Gateway::start(|p| config(p, 1, &u).build());
     let c = h2c_client();
+    // One request first, so that the connection exists before the two streams start: two
+    // requests racing an unconnected HTTP/2-only client can each open a connection.
+    assert_eq!(send(&c, http::Request::get(gw.url("/one")).body(Full::default()).unwrap()).await.status.as_u16(), 200);
     let streams: Vec<_> = (0..2)
         .map(|_| {
             let (c, url) = (c.clone(), gw.url("/one/slow/1500"));
