@@ -177,7 +177,9 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
         Feed::Skb => {
             "The raw floods come from xtask's AF_PACKET sender (`--feed skb`): the sender builds an skb per \
              frame, and veth's native XDP copies each one into a page-pool page before the guard sees it \
-             (`skb_pp_cow_data`), which a NIC would not (bench/README.md)."
+             (`skb_pp_cow_data`), which a NIC would not (bench/README.md). The sender runs at nice 19: it \
+             stands in for machines elsewhere, so the clients and gatewayd do not wait for a CPU behind its \
+             frame building and sends (bench/README.md)."
         }
     });
     let rows: Vec<Vec<String>> = Attack::ALL
