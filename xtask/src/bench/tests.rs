@@ -66,15 +66,16 @@ fn idle_only_is_a_mode_of_bench_proxy() -> Result<()> {
 }
 
 #[test]
-fn runs_are_interleaved_and_grouped_by_subject() {
+fn runs_are_interleaved_rotated_and_grouped_by_subject() {
     let mut order = Vec::new();
-    let results = interleave(2, &["a", "b", "c"], |rep, s| {
+    let results = interleave(4, &["a", "b", "c"], |rep, s| {
         order.push(format!("{s}{rep}"));
         Ok(rep)
     })
     .ok();
-    assert_eq!(order, ["a0", "b0", "c0", "a1", "b1", "c1"]);
-    assert_eq!(results, Some(vec![vec![0, 1], vec![0, 1], vec![0, 1]]));
+    // Each round starts one subject later: no subject always follows the same one.
+    assert_eq!(order, ["a0", "b0", "c0", "b1", "c1", "a1", "c2", "a2", "b2", "a3", "b3", "c3"]);
+    assert_eq!(results, Some(vec![vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![0, 1, 2, 3]]));
 }
 
 #[test]
