@@ -27,8 +27,8 @@ use nix::{
 use super::topology::{ATTACK_IF, ATTACK_NS, GW_ATTACK_IF, GW_NS, in_ns};
 use crate::cmd::capture;
 
-/// The CPU `fl-a0`'s NAPI thread is pinned to, as a NIC queue's interrupt would be (one queue,
-/// one CPU; the first one, where irqbalance-less hosts leave a NIC's interrupts).
+/// The CPU `fl-a0`'s NAPI thread is pinned to, as a NIC queue's interrupt is (`smp_affinity`):
+/// one queue, one CPU, whatever else runs there (gatewayd and the clients float over both).
 pub const NAPI_CPU: usize = 0;
 
 /// The CPU of the attacker's side (the generator and `fl-a1`'s receive of the answers): the

@@ -126,7 +126,7 @@ pub fn one_line(c: &Cell) -> String {
         c.softirq,
         c.napi.map_or("–".to_owned(), |n| num(n, 2)),
         c.gatewayd,
-        c.ring_refused,
+        c.napi.map_or("–".to_owned(), |_| c.ring_refused.to_string()),
         c.escalation.map_or("–".to_owned(), |e| format!("{e:.2} s")),
     )
 }
