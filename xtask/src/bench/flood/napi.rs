@@ -64,18 +64,16 @@ pub fn pin_current(cpu: usize) -> Result<()> {
     sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")
 }
 
-/// The NAPI thread's real-time priority: a NIC's softirq runs before any task on its CPU;
-/// a threaded NAPI at the default SCHED_OTHER waited behind gatewayd and oha for whole time slices
-/// and its 256-frame ring overflowed (measured below in bench/README.md).
-const NAPI_PRIORITY: i32 = 50;
-
 /// `fl-a0`'s NAPI kthread.
 #[derive(Debug, Clone, Copy)]
 pub struct Thread(u32);
 
 impl Thread {
     /// Finds the thread (by name: `napi/fl-a0-<napi id>`) and pins it to [`NAPI_CPU`]. Looked up
-    /// per cell: veth recreates its NAPI when XDP or GRO change.
+    /// per cell: veth recreates its NAPI when XDP or GRO change. It keeps the kernel's default
+    /// policy (SCHED_OTHER, as ksoftirqd, where a NIC's softirq goes under sustained load): at
+    /// SCHED_FIFO it refused fewer frames but starved gatewayd's worker on its CPU under the
+    /// connection flood (bench/README.md).
     pub fn pinned() -> Result<Thread> {
         let prefix = format!("napi/{GW_ATTACK_IF}-");
         let mut found = None;
@@ -92,13 +90,7 @@ impl Thread {
         let pid = found.with_context(|| format!("no {prefix}* kthread (threaded NAPI off?)"))?;
         let mut set = CpuSet::new();
         set.set(NAPI_CPU).context("CPU number")?;
-        let tid = i32::try_from(pid)?;
-        sched_setaffinity(Pid::from_raw(tid), &set).context("pinning the NAPI thread")?;
-        let param = libc::sched_param { sched_priority: NAPI_PRIORITY };
-        // SAFETY: a valid thread id and parameter block.
-        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("SCHED_FIFO for the NAPI thread");
-        }
+        sched_setaffinity(Pid::from_raw(i32::try_from(pid)?), &set).context("pinning the NAPI thread")?;
         Ok(Thread(pid))
     }
 

@@ -183,8 +183,8 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
              writes each frame's source (checksums valid) and redirects it to `fl-atk`'s veth end, whose \
              `ndo_xdp_xmit` queues the frame on the gateway end's 256-frame ring (GRO is on there, so the ring \
              exists whatever the defence). That ring is drained by `fl-a0`'s threaded NAPI \
-             (`napi/fl-a0-<id>`, a kernel thread pinned to CPU 0 at SCHED_FIFO 50, as a NIC queue's \
-             interrupt and softirq would be pinned to one CPU and run before any task there); the generator \
+             (`napi/fl-a0-<id>`, a kernel thread pinned to CPU 0, as a NIC queue's interrupt is pinned to \
+             one CPU, at the default SCHED_OTHER, as ksoftirqd runs a NIC's softirq under load); the generator \
              and `fl-atk`'s receive of the answers (RPS) run on CPU 1, so the rate offered does not depend \
              on the defence. The guard's native XDP runs on the frame itself, with no skb and no copy; for \
              the kernel, nftables and TC, veth builds the skb from the frame in that thread, as a NIC driver \
