@@ -15,6 +15,7 @@ mod attack;
 mod colocation;
 mod feed;
 mod legit;
+mod napi;
 mod packet;
 mod report;
 pub mod steering;
@@ -59,12 +60,11 @@ pub struct Flags {
     /// flood: only these defences (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub defences: Vec<Defence>,
-    /// flood: how the raw floods reach the gateway's veth end: `skb` (the AF_PACKET sender:
-    /// veth's native XDP copies each skb first) or `xdp` (XDP frames through veth's
-    /// ndo_xdp_xmit, as a NIC's receive ring delivers them). `skb` by default: with `xdp` the
-    /// gateway's receive runs inside the generator's syscall on its CPU, so on this 2-CPU bed
-    /// the rate offered depends on the defence (bench/README.md).
-    #[arg(long, value_enum, default_value_t = feed::Feed::Skb)]
+    /// flood: how the raw floods reach the gateway's veth end: `xdp` (the default: XDP frames
+    /// through veth's ndo_xdp_xmit onto the gateway end's ring, drained by its NAPI thread
+    /// pinned to CPU 0, as a NIC's receive queue is) or `skb` (the AF_PACKET sender: veth's
+    /// native XDP copies each skb first). bench/README.md, "The XDP feed".
+    #[arg(long, value_enum, default_value_t = feed::Feed::Xdp)]
     pub feed: feed::Feed,
 }
 
@@ -92,6 +92,12 @@ pub struct Cell {
     /// every spoofed source is routed back (a SYN without a route back is dropped there, never
     /// queued, and no cookie of any defence engages for it).
     pub listen_drops: u64,
+    /// CPU seconds of the gateway's NAPI thread (`napi.rs`: the XDP feed's receive; `None` with
+    /// the skb feed, whose receive is softirq).
+    pub napi: Option<f64>,
+    /// Frames the gateway's NAPI ring refused (full) during the cell: made by the XDP feed's
+    /// generator but never offered to the defence (not in `offered`).
+    pub ring_refused: u64,
 }
 
 impl Cell {
@@ -155,6 +161,12 @@ fn run_cell(
     let listen_drops_before = topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?;
     let softirq_before = softirq_seconds()?;
     let gatewayd_before = tree.cpu_time()?;
+    let napi = match flags.feed {
+        feed::Feed::Xdp => Some(napi::Thread::pinned()?),
+        feed::Feed::Skb => None,
+    };
+    let napi_before = napi.map(|t| t.cpu_seconds()).transpose()?.unwrap_or(0.0);
+    let refused_before = if napi.is_some() { napi::ring_refused()? } else { 0 };
     let colocation = colocation::Probe::start()?;
     let start = Instant::now();
     let running = attack::start(attack, topo, flags.attack_pps, duration + LEAD + Duration::from_secs(5))?;
@@ -171,6 +183,8 @@ fn run_cell(
     let listen_drops =
         topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?.saturating_sub(listen_drops_before);
     let gatewayd = tree.cpu_time()?.saturating_sub(gatewayd_before).as_secs_f64();
+    let napi_seconds = napi.map(|t| t.cpu_seconds()).transpose()?.map(|after| after - napi_before);
+    let ring_refused = if napi.is_some() { napi::ring_refused()?.saturating_sub(refused_before) } else { 0 };
     let dropped = match (dropped_before, up.dropped()?) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
         _ => None,
@@ -192,6 +206,8 @@ fn run_cell(
         escalation,
         colocation,
         listen_drops,
+        napi: napi_seconds,
+        ring_refused,
     })
 }
 

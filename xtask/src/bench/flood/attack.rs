@@ -478,8 +478,9 @@ mod tests {
 
     /// The XDP feed for real: xtask/floodgen's program (built with the nightly toolchain, as
     /// the benchmark does) makes the frames in BPF_PROG_RUN's live mode and redirects them to
-    /// fl-a1; fl-a0 (no XDP program, GRO on) receives them and the gateway's stack takes every
-    /// SYN (v4 and v6) and datagram with valid checksums. Needs root.
+    /// fl-a1; fl-a0 (no XDP program, GRO on) receives them in its NAPI thread (`napi.rs`) and
+    /// the gateway's stack takes every SYN (v4 and v6) and datagram with valid checksums. Needs
+    /// root.
     #[test]
     fn xdp_feed_reaches_the_gateway_stack_with_valid_checksums() -> Result<()> {
         let _one_at_a_time = NAMESPACES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -488,6 +489,8 @@ mod tests {
         let (segs, udp, csum) =
             (snmp(ns, "Tcp", "InSegs"), snmp(ns, "Udp", "NoPorts"), snmp(ns, "Tcp", "InCsumErrors"));
         let (ucsum, rx) = (snmp(ns, "Udp", "InCsumErrors"), topology::rx_packets(ns, topology::GW_ATTACK_IF)?);
+        let napi = super::super::napi::Thread::pinned()?;
+        let napi_before = napi.cpu_seconds()?;
         let run = |attack| -> Result<u64> {
             let running = start(attack, &topo, 20_000, Duration::from_secs(5))?;
             std::thread::sleep(Duration::from_millis(300));
@@ -497,6 +500,8 @@ mod tests {
         assert!(sent > 100 && rotating > 100 && junk > 100, "made {sent} + {rotating} SYNs, {junk} datagrams");
         let received = topology::rx_packets(ns, topology::GW_ATTACK_IF)? - rx;
         assert!(received >= sent + rotating + junk, "fl-a0 received {received} of {}", sent + rotating + junk);
+        // The receive ran in the NAPI thread, not in the generator's syscall.
+        assert!(napi.cpu_seconds()? > napi_before, "fl-a0's NAPI thread did not run");
         assert!(snmp(ns, "Tcp", "InSegs") - segs >= sent + rotating, "SYNs lost or refused");
         assert_eq!(snmp(ns, "Tcp", "InCsumErrors"), csum, "bad TCP checksums");
         assert_eq!(snmp(ns, "Udp", "InCsumErrors"), ucsum, "bad UDP checksums");

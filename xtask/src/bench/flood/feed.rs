@@ -8,7 +8,9 @@
 //!   `fl-a0`'s receive ring. `fl-a0`'s NAPI then runs native XDP on the frame itself (no skb, no
 //!   copy), or builds the skb from it for the stack, nftables and TC (as a NIC driver does from
 //!   its DMA buffer). veth only has that NAPI ring while an XDP program is attached or GRO is on:
-//!   `Topology::create` turns GRO on at `fl-a0`, so every defence gets the same delivery.
+//!   `Topology::create` turns GRO on at `fl-a0`, so every defence gets the same delivery. The
+//!   NAPI is threaded and pinned to its own CPU, the generator to the other (`napi.rs`), so the
+//!   receive no longer runs inside the generator's syscall.
 //! - `skb`: xtask's AF_PACKET sender (`attack.rs`): the sender builds an skb per frame, and
 //!   veth's native XDP copies each one into a page-pool page first (bench/README.md).
 //!
@@ -27,22 +29,22 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     maps::Array,
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 
 use super::{
     attack::SERVICE_PORT,
     packet::{self, Frame, Link, Payload},
-    topology::{self, ATTACK_IF, GW_ATTACK_ADDR, GW_ATTACK_ADDR6},
+    topology::{self, ANCHOR_IF, ATTACK_IF, GW_ATTACK_ADDR, GW_ATTACK_ADDR6},
 };
 use crate::{cmd::workspace_root, deps::NIGHTLY};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Feed {
     /// XDP frames through veth's `ndo_xdp_xmit` (BPF_PROG_RUN live frames): like a NIC's ring.
+    #[default]
     Xdp,
     /// skbs from an AF_PACKET socket (veth's native XDP copies each one).
-    #[default]
     Skb,
 }
 
@@ -82,11 +84,13 @@ impl Object {
     }
 }
 
-/// Frames per BPF_PROG_RUN batch (the kernel's NAPI weight, what a NIC driver hands up per poll).
+/// Frames per BPF_PROG_RUN batch (the kernel's NAPI weight, what a NIC driver hands up per poll),
+/// and per run while the generator keeps to its schedule.
 const NAPI_BATCH: u32 = 64;
 
-/// The most frames one run may take (about 27 ms of a 150k pps flood).
-const MAX_RUN: u32 = 64 * NAPI_BATCH;
+/// The most frames one run may take: veth's receive ring (`VETH_RING_SIZE`). A run's frames
+/// reach the ring faster than any receiver drains it, so a bigger burst would overflow it.
+const MAX_RUN: u32 = 256;
 
 /// `FEED` entries (xtask/floodgen/src/main.rs).
 const SCHEME: u32 = 0;
@@ -115,6 +119,12 @@ impl Generator {
         let program: &mut Xdp =
             ebpf.program_mut("floodgen").context("no floodgen program")?.try_into().context("floodgen is not XDP")?;
         program.load().context("loading the floodgen XDP program")?;
+        // `BPF_PROG_RUN` puts an XDP program in the kernel's XDP dispatcher for the run and takes
+        // it out after, each time with a `synchronize_rcu` (measured: 28 ms per run on this
+        // machine at load 3.7, whatever the run's size) unless the program is in it already:
+        // attached in driver mode to a veth that carries nothing, it stays there, and a run costs
+        // what its frames cost. The attachment goes with the program (dropped with `ebpf`).
+        program.attach(ANCHOR_IF, XdpMode::Driver).context("attaching floodgen to the dispatcher anchor veth")?;
         let templates = [false, true].map(|v6| template(link, v6, payload));
         Ok(Generator { ebpf, feed, templates, both: floodgen::both_families(scheme) })
     }
@@ -122,18 +132,20 @@ impl Generator {
     /// Runs paced to `pps` until `stop` or `deadline`; returns the frames the program made (and
     /// redirected).
     ///
-    /// A run is about 2 ms of the flood (whole NAPI batches), so that it reaches the gateway as
-    /// short bursts. But a live-frames run ends by tearing its page pool down, which waits for
-    /// an RCU grace period while frames are still in flight: measured on the busy 2-CPU machine
-    /// (load 15), about 30 ms per run whatever its size up to 1,024 frames, at 1-3 µs per frame
-    /// (overlapping runs from 16 threads made it worse: they serialised). So while the generator
-    /// is more than a run behind its schedule, runs double in size (up to `MAX_RUN`).
+    /// A run is one NAPI batch (64 frames: 0.43 ms of a 150k pps flood), so that the flood
+    /// reaches the gateway's ring as the short bursts a NIC's interrupt moderation would hand
+    /// its NAPI. While the generator is more than a run behind its schedule, runs double in size,
+    /// up to the ring's 256 frames. The thread runs on the attacker's CPU (`napi.rs`).
     pub fn run(mut self, pps: u64, deadline: Instant, stop: &AtomicBool) -> Result<u64> {
         let program: &mut Xdp = self.ebpf.program_mut("floodgen").context("no floodgen program")?.try_into()?;
+        super::napi::pin_current(super::napi::attacker_cpu())?;
         let pps = pps.max(1);
-        let base = (pps / 500).div_ceil(u64::from(NAPI_BATCH)) * u64::from(NAPI_BATCH);
-        let base = u32::try_from(base).unwrap_or(MAX_RUN).clamp(NAPI_BATCH, MAX_RUN);
+        let base = NAPI_BATCH;
         let mut per_run = base;
+        // Sleeps of a fraction of a millisecond between runs: the default 50 µs of timer slack
+        // would be a tenth of one.
+        // SAFETY: a prctl with integer arguments on the calling thread.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
         let start = Instant::now();
         let mut runs: u64 = 0;
         let mut asked: u64 = 0;

@@ -27,7 +27,11 @@ struct Summary {
     offered_pps: f64,
     dropped_pps: f64,
     softirq_per_m: f64,
+    /// The gateway's NAPI thread (XDP feed; NaN with the skb feed).
+    napi_per_m: f64,
     gatewayd_per_m: f64,
+    /// Frames the gateway's NAPI ring refused, per second (XDP feed; NaN with the skb feed).
+    refused_pps: f64,
     cpu_per_dropped_us: f64,
     /// Extra softirq + gatewayd CPU per second of the attack window (ms/s).
     extra_cpu_ms_per_s: f64,
@@ -63,11 +67,15 @@ fn summarise(cells: &[Cell], attack: Attack, defence: Defence) -> Option<Summary
     let baseline: Vec<&Cell> = cells.iter().filter(|c| c.attack == Attack::None && c.defence == defence).collect();
     let soft_rate = median(&baseline.iter().map(|c| c.softirq / c.seconds).collect::<Vec<_>>());
     let gw_rate = median(&baseline.iter().map(|c| c.gatewayd / c.seconds).collect::<Vec<_>>());
+    let napi_rate = median(&baseline.iter().filter_map(|c| Some(c.napi? / c.seconds)).collect::<Vec<_>>());
     let m = |f: &dyn Fn(&Cell) -> f64| median(&mine.iter().map(|c| f(c)).collect::<Vec<_>>());
+    // Extra (softirq, NAPI thread, gatewayd) seconds over the defence's no-attack rate. The NAPI
+    // thread is the XDP feed's receive (process context: not in /proc/stat's softirq).
     let extra = |c: &Cell| {
         let soft = (c.softirq - soft_rate.max(0.0) * c.seconds).max(0.0);
+        let napi = c.napi.map_or(0.0, |n| (n - napi_rate.max(0.0) * c.seconds).max(0.0));
         let gw = (c.gatewayd - gw_rate.max(0.0) * c.seconds).max(0.0);
-        (soft, gw)
+        (soft, napi, gw)
     };
     // Without an attack there are no attack packets to divide by (a few stray frames would make
     // the quotient huge): "–".
@@ -81,17 +89,19 @@ fn summarise(cells: &[Cell], attack: Attack, defence: Defence) -> Option<Summary
         offered_pps: m(&|c| c.offered as f64 / c.seconds),
         dropped_pps: m(&|c| c.dropped.map_or(f64::NAN, |d| d as f64 / c.seconds)),
         softirq_per_m: m(&|c| per_m(extra(c).0, c)),
-        gatewayd_per_m: m(&|c| per_m(extra(c).1, c)),
+        napi_per_m: m(&|c| if c.napi.is_some() { per_m(extra(c).1, c) } else { f64::NAN }),
+        gatewayd_per_m: m(&|c| per_m(extra(c).2, c)),
+        refused_pps: m(&|c| if c.napi.is_some() { c.ring_refused as f64 / c.seconds } else { f64::NAN }),
         cpu_per_dropped_us: m(&|c| match c.dropped {
             Some(d) if d > 0 => {
-                let (soft, gw) = extra(c);
-                (soft + gw) * 1e6 / d as f64
+                let (soft, napi, gw) = extra(c);
+                (soft + napi + gw) * 1e6 / d as f64
             }
             _ => f64::NAN,
         }),
         extra_cpu_ms_per_s: m(&|c| {
-            let (soft, gw) = extra(c);
-            if attack == Attack::None { f64::NAN } else { (soft + gw) * 1e3 / c.seconds }
+            let (soft, napi, gw) = extra(c);
+            if attack == Attack::None { f64::NAN } else { (soft + napi + gw) * 1e3 / c.seconds }
         }),
         escalation: m(&|c| c.escalation.unwrap_or(f64::NAN)),
     })
@@ -107,14 +117,16 @@ fn pct(ratio: f64) -> String {
 
 pub fn one_line(c: &Cell) -> String {
     format!(
-        "success {} p99 {}/{} ms, offered {:.0} pps, dropped {}, softirq {:.2} s, gatewayd {:.2} s, escalation {}",
+        "success {} p99 {}/{} ms, offered {:.0} pps, dropped {}, softirq {:.2} s, NAPI thread {} s, gatewayd {:.2} s, ring refused {}, escalation {}",
         pct(c.success()),
         ms(c.keep_alive.p99),
         ms(c.new_conn.p99),
         c.offered as f64 / c.seconds,
         c.dropped.map_or("–".to_owned(), |d| d.to_string()),
         c.softirq,
+        c.napi.map_or("–".to_owned(), |n| num(n, 2)),
         c.gatewayd,
+        c.napi.map_or("–".to_owned(), |_| c.ring_refused.to_string()),
         c.escalation.map_or("–".to_owned(), |e| format!("{e:.2} s")),
     )
 }
@@ -167,12 +179,17 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
         Feed::Xdp => {
             "The raw floods (`syn-spoofed`, `syn-one`, `udp`, `rotating`) reach `fl-gw` as a NIC's receive ring \
              would deliver them (`--feed xdp`): a generator XDP program (xtask/floodgen), run by `BPF_PROG_RUN` \
-             with `BPF_F_TEST_XDP_LIVE_FRAMES` in `fl-atk`, writes each frame's source (checksums valid) and \
-             redirects it to `fl-atk`'s veth end, whose `ndo_xdp_xmit` queues the frame on the gateway end's \
-             NAPI ring (GRO is on there, so the ring exists whatever the defence). The guard's native XDP \
-             runs on that frame itself, with no skb and no copy; for the kernel, nftables and TC, veth \
-             builds the skb from the frame, as a NIC driver does from its DMA buffer. The gateway's \
-             receive runs in softirq on the generator's CPU, as a NIC's would on its interrupt's."
+             with `BPF_F_TEST_XDP_LIVE_FRAMES` in `fl-atk` in bursts of 64 frames (at most 256 when behind), \
+             writes each frame's source (checksums valid) and redirects it to `fl-atk`'s veth end, whose \
+             `ndo_xdp_xmit` queues the frame on the gateway end's 256-frame ring (GRO is on there, so the ring \
+             exists whatever the defence). That ring is drained by `fl-a0`'s threaded NAPI \
+             (`napi/fl-a0-<id>`, a kernel thread pinned to CPU 0, as a NIC queue's interrupt is pinned to \
+             one CPU, at the default SCHED_OTHER, as ksoftirqd runs a NIC's softirq under load); the generator \
+             and `fl-atk`'s receive of the answers (RPS) run on CPU 1, so the rate offered does not depend \
+             on the defence. The guard's native XDP runs on the frame itself, with no skb and no copy; for \
+             the kernel, nftables and TC, veth builds the skb from the frame in that thread, as a NIC driver \
+             does from its DMA buffer. Frames the ring refused (full) are counted apart (veth's \
+             `xdp_xmit_errors`) and are not in the offered count."
         }
         Feed::Skb => {
             "The raw floods come from xtask's AF_PACKET sender (`--feed skb`): the sender builds an skb per \
@@ -201,8 +218,10 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
          SYN-ACKs (redirected out of the gateway's veth end) and the kernel's go through `fl-atk`'s receive path to \
          its netdev ingress drop (about 15 % of the softirq under the TC guard and `syn-spoofed`; bench/README.md). \
          CPU is the softirq time of all CPUs \
-         (`/proc/stat`) and gatewayd's own CPU time, minus what the same defence used without an attack over \
-         the same time, per million offered packets; per dropped packet it is the same extra CPU divided by \
+         (`/proc/stat`), with the XDP feed the gateway's NAPI thread's run time (`/proc/<pid>/schedstat`: it \
+         runs in process context, so `/proc/stat` books it as system time, not softirq) and gatewayd's own CPU \
+         time, each minus what the same defence used without an attack over the same time, per million offered \
+         packets (the generator's own CPU is the wire's and is not counted); per dropped packet it is the same extra CPU divided by \
          the packets dropped; extra CPU ms / s is the same extra CPU per second of the attack window. Escalation is the time from the start of the HTTP or connection flood until the \
          guard's deny list dropped a flooder's packet."
     ));
@@ -219,7 +238,9 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
                 s.p99_new.cell(),
                 num(s.offered_pps, 0),
                 num(s.dropped_pps, 0),
+                num(s.refused_pps, 0),
                 num(s.softirq_per_m, 0),
+                num(s.napi_per_m, 0),
                 num(s.gatewayd_per_m, 0),
                 num(s.cpu_per_dropped_us, 2),
                 num(s.extra_cpu_ms_per_s, 0),
@@ -236,7 +257,9 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
             "p99 new conn ms (samples)",
             "attack pps offered",
             "dropped pps",
+            "ring refused pps",
             "softirq ms / M pkts",
+            "NAPI thread ms / M pkts",
             "gatewayd ms / M pkts",
             "CPU µs / dropped pkt",
             "extra CPU ms / s",
@@ -248,7 +271,7 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
     r.paragraph(
         "Goal: with the guard, legitimate success ≥ 99 % and p99 (the worse of the two clients) within 2× of no \
          attack, for every attack this machine can generate, at lower CPU per dropped packet \
-         than nftables. For the paced raw-packet floods the CPU column compares softirq + gatewayd CPU per million \
+         than nftables. For the paced raw-packet floods the CPU column compares softirq + NAPI thread + gatewayd CPU per million \
          *offered* attack packets (what the flood costs the host, whatever each defence drops: nftables' \
          per-source meters drop nothing of a spoofed flood, so per dropped packet would compare with nothing). \
          For the closed-loop attacks (`connections`, `http`) the defence itself decides how many packets the \
@@ -285,7 +308,9 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
                 c.units.to_string(),
                 c.dropped.map_or("–".to_owned(), |d| d.to_string()),
                 c.listen_drops.to_string(),
+                c.napi.map_or("–".to_owned(), |_| c.ring_refused.to_string()),
                 num(c.softirq, 2),
+                c.napi.map_or("–".to_owned(), |n| num(n, 2)),
                 num(c.gatewayd, 2),
                 num(c.seconds, 2),
             ]
@@ -303,7 +328,9 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
             "attack units sent",
             "dropped",
             "listen drops",
+            "ring refused",
             "softirq s",
+            "NAPI thread s",
             "gatewayd s",
             "window s",
         ],
@@ -335,7 +362,7 @@ fn goal_rows(cells: &[Cell], attacks: &[Attack], defences: &[Defence]) -> Vec<Ve
             let (cost, unit): (fn(&Summary) -> f64, &str) = if attack.is_closed_loop() {
                 (|s| s.extra_cpu_ms_per_s, "ms / s")
             } else {
-                (|s| s.softirq_per_m + s.gatewayd_per_m, "ms / M pkts")
+                (|s| s.softirq_per_m + s.napi_per_m.max(0.0) + s.gatewayd_per_m, "ms / M pkts")
             };
             let nft = summarise(cells, attack, Defence::Nftables).map_or(f64::NAN, |n| cost(&n));
             let mine = cost(&s);
@@ -380,6 +407,8 @@ mod tests {
             escalation: None,
             colocation: Default::default(),
             listen_drops: 0,
+            napi: None,
+            ring_refused: 0,
         }
     }
 

@@ -37,6 +37,10 @@ pub const GW_CLIENT_IF: &str = "fl-c0";
 pub const GW_ATTACK_IF: &str = "fl-a0";
 pub const CLIENT_IF: &str = "fl-c1";
 pub const ATTACK_IF: &str = "fl-a1";
+/// A veth pair inside fl-atk that carries nothing: the XDP feed's generator is attached to it
+/// so that it stays in the kernel's XDP dispatcher between runs (`feed.rs`).
+pub const ANCHOR_IF: &str = "fl-g0";
+const ANCHOR_PEER: &str = "fl-g1";
 
 pub const GW_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 71, 0, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 71, 0, 2);
@@ -101,9 +105,10 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// `feed`: with the XDP feed, the generator is built and fl-a0 gets GRO on (veth's NAPI
+    /// `feed`: with the XDP feed, the generator is built, fl-a0 gets GRO on (veth's NAPI
     /// receive ring exists then with or without an XDP program attached, and `ndo_xdp_xmit`
-    /// frames need it: `feed.rs`).
+    /// frames need it: `feed.rs`) and a threaded NAPI (`napi.rs`), and fl-atk an idle veth pair
+    /// that keeps the generator in the XDP dispatcher.
     pub fn create(feed: Feed) -> Result<Self> {
         let generator = match feed {
             Feed::Xdp => Some(Object::build()?),
@@ -150,6 +155,9 @@ impl Topology {
         if feed == Feed::Xdp {
             capture(in_ns(GW_NS, "ethtool").args(["-K", GW_ATTACK_IF, "gro", "on"]))
                 .context("GRO on the gateway's attack veth end (its NAPI ring takes the XDP feed's frames)")?;
+            super::napi::setup()?;
+            ip(&["-n", ATTACK_NS, "link", "add", ANCHOR_IF, "type", "veth", "peer", "name", ANCHOR_PEER])
+                .context("the XDP feed's dispatcher anchor veth")?;
         }
         super::answers::attach_client_receiver()?;
         topo.gw_attack_mac = mac(GW_NS, GW_ATTACK_IF)?;
