@@ -60,11 +60,13 @@ pub struct Flags {
     /// flood: only these defences (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub defences: Vec<Defence>,
-    /// flood: how the raw floods reach the gateway's veth end: `xdp` (the default: XDP frames
-    /// through veth's ndo_xdp_xmit onto the gateway end's ring, drained by its NAPI thread
-    /// pinned to CPU 0, as a NIC's receive queue is) or `skb` (the AF_PACKET sender: veth's
-    /// native XDP copies each skb first). bench/README.md, "The XDP feed".
-    #[arg(long, value_enum, default_value_t = feed::Feed::Xdp)]
+    /// flood: how the raw floods reach the gateway's veth end: `skb` (the default, written to
+    /// results/flood.md: the AF_PACKET sender at nice 19; veth's native XDP copies each skb
+    /// first, which a NIC would not) or `xdp` (written to results/flood-xdp-feed.md: XDP frames
+    /// through veth's ndo_xdp_xmit onto the gateway end's ring, drained by its NAPI thread pinned
+    /// to CPU 0, as a NIC's receive queue is; that thread competes with gatewayd in scheduler
+    /// slices, where a NIC's softirq runs in short bursts). bench/README.md, "The XDP feed".
+    #[arg(long, value_enum, default_value_t = feed::Feed::Skb)]
     pub feed: feed::Feed,
 }
 

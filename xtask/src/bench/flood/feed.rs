@@ -42,9 +42,9 @@ use crate::{cmd::workspace_root, deps::NIGHTLY};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Feed {
     /// XDP frames through veth's `ndo_xdp_xmit` (BPF_PROG_RUN live frames): like a NIC's ring.
-    #[default]
     Xdp,
     /// skbs from an AF_PACKET socket (veth's native XDP copies each one).
+    #[default]
     Skb,
 }
 

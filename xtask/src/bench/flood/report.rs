@@ -340,7 +340,12 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
     r.code("nft", &subject::nft_ruleset());
     r.heading("gatewayd's configuration (guard-xdp; guard-tc differs in `mode`, the others have no `[xdp]`)");
     r.code("toml", &subject::gatewayd_config(Defence::GuardXdp));
-    r.write("flood")
+    // Each feed has its own file: the skb feed is where the clients' p99 is judged, the XDP feed
+    // where CPU per packet is (bench/README.md, "The XDP feed").
+    r.write(match flags.feed {
+        Feed::Skb => "flood",
+        Feed::Xdp => "flood-xdp-feed",
+    })
 }
 
 fn goal_rows(cells: &[Cell], attacks: &[Attack], defences: &[Defence]) -> Vec<Vec<String>> {
