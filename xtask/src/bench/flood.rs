@@ -65,7 +65,10 @@ pub struct Flags {
     /// first, which a NIC would not) or `xdp` (written to results/flood-xdp-feed.md: XDP frames
     /// through veth's ndo_xdp_xmit onto the gateway end's ring, drained by its NAPI thread pinned
     /// to CPU 0, as a NIC's receive queue is; that thread competes with gatewayd in scheduler
-    /// slices, where a NIC's softirq runs in short bursts). bench/README.md, "The XDP feed".
+    /// slices, where a NIC's softirq runs in short bursts) or `xdp-softirq` (written to
+    /// results/flood-xdp-softirq-feed.md: the same frames, received in softirq at the end of each
+    /// burst on the generator's CPU, which floats at nice 19 as the AF_PACKET sender does).
+    /// bench/README.md, "The XDP feed".
     #[arg(long, value_enum, default_value_t = feed::Feed::Skb)]
     pub feed: feed::Feed,
 }
@@ -99,7 +102,7 @@ pub struct Cell {
     pub napi: Option<f64>,
     /// Frames the gateway's NAPI ring refused (full) during the cell: made by the XDP feed's
     /// generator but never offered to the defence (not in `offered`).
-    pub ring_refused: u64,
+    pub ring_refused: Option<u64>,
 }
 
 impl Cell {
@@ -163,12 +166,9 @@ fn run_cell(
     let listen_drops_before = topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?;
     let softirq_before = softirq_seconds()?;
     let gatewayd_before = tree.cpu_time()?;
-    let napi = match flags.feed {
-        feed::Feed::Xdp => Some(napi::Thread::pinned()?),
-        feed::Feed::Skb => None,
-    };
+    let napi = if flags.feed.threaded() { Some(napi::Thread::pinned()?) } else { None };
     let napi_before = napi.map(|t| t.cpu_seconds()).transpose()?.unwrap_or(0.0);
-    let refused_before = if napi.is_some() { napi::ring_refused()? } else { 0 };
+    let refused_before = if flags.feed.frames() { napi::ring_refused()? } else { 0 };
     let colocation = colocation::Probe::start()?;
     let start = Instant::now();
     let running = attack::start(attack, topo, flags.attack_pps, duration + LEAD + Duration::from_secs(5))?;
@@ -186,7 +186,8 @@ fn run_cell(
         topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?.saturating_sub(listen_drops_before);
     let gatewayd = tree.cpu_time()?.saturating_sub(gatewayd_before).as_secs_f64();
     let napi_seconds = napi.map(|t| t.cpu_seconds()).transpose()?.map(|after| after - napi_before);
-    let ring_refused = if napi.is_some() { napi::ring_refused()?.saturating_sub(refused_before) } else { 0 };
+    let ring_refused =
+        if flags.feed.frames() { Some(napi::ring_refused()?.saturating_sub(refused_before)) } else { None };
     let dropped = match (dropped_before, up.dropped()?) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
         _ => None,

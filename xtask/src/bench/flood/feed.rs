@@ -41,8 +41,13 @@ use crate::{cmd::workspace_root, deps::NIGHTLY};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Feed {
-    /// XDP frames through veth's `ndo_xdp_xmit` (BPF_PROG_RUN live frames): like a NIC's ring.
+    /// XDP frames through veth's `ndo_xdp_xmit` (BPF_PROG_RUN live frames): like a NIC's ring,
+    /// drained by a threaded NAPI pinned to one CPU (`napi.rs`).
     Xdp,
+    /// The same frames, drained by veth's NAPI in softirq on the generator's CPU at the end of
+    /// each run, as a NIC's interrupt raises it: the skb feed's timing without its copy.
+    #[value(name = "xdp-softirq")]
+    XdpSoftirq,
     /// skbs from an AF_PACKET socket (veth's native XDP copies each one).
     #[default]
     Skb,
@@ -52,8 +57,19 @@ impl Feed {
     pub fn label(self) -> &'static str {
         match self {
             Feed::Xdp => "xdp",
+            Feed::XdpSoftirq => "xdp-softirq",
             Feed::Skb => "skb",
         }
+    }
+
+    /// Whether the floods arrive as XDP frames from the generator (not AF_PACKET skbs).
+    pub fn frames(self) -> bool {
+        matches!(self, Feed::Xdp | Feed::XdpSoftirq)
+    }
+
+    /// Whether the gateway end's NAPI runs in a pinned kernel thread (`napi.rs`).
+    pub fn threaded(self) -> bool {
+        self == Feed::Xdp
     }
 }
 
@@ -135,10 +151,16 @@ impl Generator {
     /// A run is one NAPI batch (64 frames: 0.43 ms of a 150k pps flood), so that the flood
     /// reaches the gateway's ring as the short bursts a NIC's interrupt moderation would hand
     /// its NAPI. While the generator is more than a run behind its schedule, runs double in size,
-    /// up to the ring's 256 frames. The thread runs on the attacker's CPU (`napi.rs`).
-    pub fn run(mut self, pps: u64, deadline: Instant, stop: &AtomicBool) -> Result<u64> {
+    /// up to the ring's 256 frames. With a threaded NAPI the thread runs on the attacker's CPU
+    /// (`napi.rs`); without, it floats at nice 19 as the AF_PACKET sender does (`attack.rs`), and
+    /// the gateway's receive of each run is the softirq at the run's end, on its CPU.
+    pub fn run(mut self, feed: Feed, pps: u64, deadline: Instant, stop: &AtomicBool) -> Result<u64> {
         let program: &mut Xdp = self.ebpf.program_mut("floodgen").context("no floodgen program")?.try_into()?;
-        super::napi::pin_current(super::napi::attacker_cpu())?;
+        if feed.threaded() {
+            super::napi::pin_current(super::napi::attacker_cpu())?;
+        } else {
+            super::attack::yield_to_the_host()?;
+        }
         let pps = pps.max(1);
         let base = NAPI_BATCH;
         let mut per_run = base;

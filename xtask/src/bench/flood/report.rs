@@ -91,7 +91,7 @@ fn summarise(cells: &[Cell], attack: Attack, defence: Defence) -> Option<Summary
         softirq_per_m: m(&|c| per_m(extra(c).0, c)),
         napi_per_m: m(&|c| if c.napi.is_some() { per_m(extra(c).1, c) } else { f64::NAN }),
         gatewayd_per_m: m(&|c| per_m(extra(c).2, c)),
-        refused_pps: m(&|c| if c.napi.is_some() { c.ring_refused as f64 / c.seconds } else { f64::NAN }),
+        refused_pps: m(&|c| c.ring_refused.map_or(f64::NAN, |r| r as f64 / c.seconds)),
         cpu_per_dropped_us: m(&|c| match c.dropped {
             Some(d) if d > 0 => {
                 let (soft, napi, gw) = extra(c);
@@ -126,7 +126,7 @@ pub fn one_line(c: &Cell) -> String {
         c.softirq,
         c.napi.map_or("–".to_owned(), |n| num(n, 2)),
         c.gatewayd,
-        c.napi.map_or("–".to_owned(), |_| c.ring_refused.to_string()),
+        c.ring_refused.map_or("–".to_owned(), |r| r.to_string()),
         c.escalation.map_or("–".to_owned(), |e| format!("{e:.2} s")),
     )
 }
@@ -190,6 +190,19 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
              the kernel, nftables and TC, veth builds the skb from the frame in that thread, as a NIC driver \
              does from its DMA buffer. Frames the ring refused (full) are counted apart (veth's \
              `xdp_xmit_errors`) and are not in the offered count."
+        }
+        Feed::XdpSoftirq => {
+            "The raw floods (`syn-spoofed`, `syn-one`, `udp`, `rotating`) reach `fl-gw` as XDP frames \
+             (`--feed xdp-softirq`): a generator XDP program (xtask/floodgen), run by `BPF_PROG_RUN` with \
+             `BPF_F_TEST_XDP_LIVE_FRAMES` in `fl-atk` in bursts of 64 frames (at most 256 when behind), writes \
+             each frame's source (checksums valid) and redirects it to `fl-atk`'s veth end, whose \
+             `ndo_xdp_xmit` queues the frame on the gateway end's 256-frame ring (GRO is on there, so the ring \
+             exists whatever the defence). The gateway end's NAPI drains the ring in softirq at the end of each \
+             burst, on the generator's CPU, as a NIC's interrupt raises it on the CPU it lands on; the \
+             generator floats at nice 19, as the AF_PACKET sender does. The guard's native XDP runs on the \
+             frame itself, with no skb and no copy; for the kernel, nftables and TC, veth builds the skb from \
+             the frame, as a NIC driver does from its DMA buffer. Frames the ring refused (full) are counted \
+             apart (veth's `xdp_xmit_errors`) and are not in the offered count."
         }
         Feed::Skb => {
             "The raw floods come from xtask's AF_PACKET sender (`--feed skb`): the sender builds an skb per \
@@ -308,7 +321,7 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
                 c.units.to_string(),
                 c.dropped.map_or("–".to_owned(), |d| d.to_string()),
                 c.listen_drops.to_string(),
-                c.napi.map_or("–".to_owned(), |_| c.ring_refused.to_string()),
+                c.ring_refused.map_or("–".to_owned(), |r| r.to_string()),
                 num(c.softirq, 2),
                 c.napi.map_or("–".to_owned(), |n| num(n, 2)),
                 num(c.gatewayd, 2),
@@ -342,9 +355,9 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
     r.code("toml", &subject::gatewayd_config(Defence::GuardXdp));
     // Each feed has its own file: the skb feed is where the clients' p99 is judged, the XDP feed
     // where CPU per packet is (bench/README.md, "The XDP feed").
-    r.write(match flags.feed {
-        Feed::Skb => "flood",
-        Feed::Xdp => "flood-xdp-feed",
+    r.write(&match flags.feed {
+        Feed::Skb => "flood".to_owned(),
+        other => format!("flood-{}-feed", other.label()),
     })
 }
 
@@ -413,7 +426,7 @@ mod tests {
             colocation: Default::default(),
             listen_drops: 0,
             napi: None,
-            ring_refused: 0,
+            ring_refused: None,
         }
     }
 

@@ -97,6 +97,8 @@ pub fn is_spoofed(addr: std::net::IpAddr) -> bool {
 }
 
 pub struct Topology {
+    /// How the raw floods reach the gateway (`feed.rs`).
+    pub feed: Feed,
     /// The XDP feed's generator program, when the raw floods arrive that way (`feed.rs`).
     pub generator: Option<Object>,
     /// The gateway's MAC on the attack link (destination of the raw frames).
@@ -107,16 +109,13 @@ pub struct Topology {
 impl Topology {
     /// `feed`: with the XDP feed, the generator is built, fl-a0 gets GRO on (veth's NAPI
     /// receive ring exists then with or without an XDP program attached, and `ndo_xdp_xmit`
-    /// frames need it: `feed.rs`) and a threaded NAPI (`napi.rs`), and fl-atk an idle veth pair
+    /// frames need it: `feed.rs`), threaded unless `xdp-softirq` (`napi.rs`), and fl-atk an idle veth pair
     /// that keeps the generator in the XDP dispatcher.
     pub fn create(feed: Feed) -> Result<Self> {
-        let generator = match feed {
-            Feed::Xdp => Some(Object::build()?),
-            Feed::Skb => None,
-        };
+        let generator = if feed.frames() { Some(Object::build()?) } else { None };
         remove_namespaces();
         // From here on, a failure removes what was made (drop).
-        let mut topo = Topology { generator, gw_attack_mac: [0; 6], attack_mac: [0; 6] };
+        let mut topo = Topology { feed, generator, gw_attack_mac: [0; 6], attack_mac: [0; 6] };
         for ns in [GW_NS, CLIENT_NS, ATTACK_NS] {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -152,10 +151,12 @@ impl Topology {
             sysctl(GW_NS, key, "0")?;
         }
         sysctl(GW_NS, &format!("net.ipv4.conf.{GW_ATTACK_IF}.rp_filter"), "0")?;
-        if feed == Feed::Xdp {
+        if feed.frames() {
             capture(in_ns(GW_NS, "ethtool").args(["-K", GW_ATTACK_IF, "gro", "on"]))
                 .context("GRO on the gateway's attack veth end (its NAPI ring takes the XDP feed's frames)")?;
-            super::napi::setup()?;
+            if feed.threaded() {
+                super::napi::setup()?;
+            }
             ip(&["-n", ATTACK_NS, "link", "add", ANCHOR_IF, "type", "veth", "peer", "name", ANCHOR_PEER])
                 .context("the XDP feed's dispatcher anchor veth")?;
         }
