@@ -60,16 +60,15 @@ pub struct Flags {
     /// flood: only these defences (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub defences: Vec<Defence>,
-    /// flood: how the raw floods reach the gateway's veth end: `skb` (the default, written to
-    /// results/flood.md: the AF_PACKET sender at nice 19; veth's native XDP copies each skb
-    /// first, which a NIC would not) or `xdp` (written to results/flood-xdp-feed.md: XDP frames
-    /// through veth's ndo_xdp_xmit onto the gateway end's ring, drained by its NAPI thread pinned
-    /// to CPU 0, as a NIC's receive queue is; that thread competes with gatewayd in scheduler
-    /// slices, where a NIC's softirq runs in short bursts) or `xdp-softirq` (written to
-    /// results/flood-xdp-softirq-feed.md: the same frames, received in softirq at the end of each
-    /// burst on the generator's CPU, which floats at nice 19 as the AF_PACKET sender does).
+    /// flood: how the raw floods reach the gateway's veth end: `xdp-softirq` (the default,
+    /// written to results/flood.md: XDP frames through veth's ndo_xdp_xmit onto the gateway end's
+    /// ring, received in softirq at the end of each burst on the generator's CPU, which floats at
+    /// nice 19: a NIC's delivery and timing), `skb` (results/flood-skb-feed.md: the AF_PACKET
+    /// sender at nice 19; veth's native XDP copies each skb first, which a NIC would not) or `xdp`
+    /// (results/flood-xdp-feed.md: the same frames drained by a NAPI thread pinned to CPU 0, which
+    /// competes with gatewayd in scheduler slices, where a NIC's softirq runs in short bursts).
     /// bench/README.md, "The XDP feed".
-    #[arg(long, value_enum, default_value_t = feed::Feed::Skb)]
+    #[arg(long, value_enum, default_value_t = feed::Feed::XdpSoftirq)]
     pub feed: feed::Feed,
 }
 

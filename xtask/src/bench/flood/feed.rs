@@ -1,6 +1,6 @@
 //! How the raw floods reach the gateway's veth end.
 //!
-//! - `xdp` (the default): as a NIC's receive ring would deliver them. xtask/floodgen's XDP
+//! - `xdp-softirq` (the default) and `xdp`: as a NIC's receive ring would deliver them. xtask/floodgen's XDP
 //!   program runs under `BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (what xdp-tools'
 //!   xdp-trafgen does) in the attacker's namespace: the kernel runs it on page-pool frames made
 //!   from one template, the program writes each frame's source (the attack's scheme, checksums
@@ -8,9 +8,10 @@
 //!   `fl-a0`'s receive ring. `fl-a0`'s NAPI then runs native XDP on the frame itself (no skb, no
 //!   copy), or builds the skb from it for the stack, nftables and TC (as a NIC driver does from
 //!   its DMA buffer). veth only has that NAPI ring while an XDP program is attached or GRO is on:
-//!   `Topology::create` turns GRO on at `fl-a0`, so every defence gets the same delivery. The
-//!   NAPI is threaded and pinned to its own CPU, the generator to the other (`napi.rs`), so the
-//!   receive no longer runs inside the generator's syscall.
+//!   `Topology::create` turns GRO on at `fl-a0`, so every defence gets the same delivery. With
+//!   `xdp-softirq` that NAPI runs in softirq when each run ends, on the generator's CPU (the
+//!   generator floats at nice 19), as a NIC's interrupt raises it; with `xdp` it is threaded and
+//!   pinned to its own CPU, the generator to the other (`napi.rs`).
 //! - `skb`: xtask's AF_PACKET sender (`attack.rs`): the sender builds an skb per frame, and
 //!   veth's native XDP copies each one into a page-pool page first (bench/README.md).
 //!
@@ -47,9 +48,9 @@ pub enum Feed {
     /// The same frames, drained by veth's NAPI in softirq on the generator's CPU at the end of
     /// each run, as a NIC's interrupt raises it: the skb feed's timing without its copy.
     #[value(name = "xdp-softirq")]
+    #[default]
     XdpSoftirq,
     /// skbs from an AF_PACKET socket (veth's native XDP copies each one).
-    #[default]
     Skb,
 }
 

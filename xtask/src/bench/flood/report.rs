@@ -353,11 +353,11 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
     r.code("nft", &subject::nft_ruleset());
     r.heading("gatewayd's configuration (guard-xdp; guard-tc differs in `mode`, the others have no `[xdp]`)");
     r.code("toml", &subject::gatewayd_config(Defence::GuardXdp));
-    // Each feed has its own file: the skb feed is where the clients' p99 is judged, the XDP feed
-    // where CPU per packet is (bench/README.md, "The XDP feed").
-    r.write(&match flags.feed {
-        Feed::Skb => "flood".to_owned(),
-        other => format!("flood-{}-feed", other.label()),
+    // Each feed has its own file; the default's is the report (bench/README.md, "The XDP feed").
+    r.write(&if flags.feed == Feed::default() {
+        "flood".to_owned()
+    } else {
+        format!("flood-{}-feed", flags.feed.label())
     })
 }
 
