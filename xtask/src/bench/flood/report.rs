@@ -231,7 +231,8 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
          SYN-ACKs (redirected out of the gateway's veth end) and the kernel's go through `fl-atk`'s receive path to \
          its netdev ingress drop (about 15 % of the softirq under the TC guard and `syn-spoofed`; bench/README.md). \
          CPU is the softirq time of all CPUs \
-         (`/proc/stat`), with the XDP feed the gateway's NAPI thread's run time (`/proc/<pid>/schedstat`: it \
+         (`/proc/stat`; with `--feed xdp-softirq` and `skb` that includes the gateway's receive of the flood), \
+         with `--feed xdp` the gateway's NAPI thread's run time (`/proc/<pid>/schedstat`: it \
          runs in process context, so `/proc/stat` books it as system time, not softirq) and gatewayd's own CPU \
          time, each minus what the same defence used without an attack over the same time, per million offered \
          packets (the generator's own CPU is the wire's and is not counted); per dropped packet it is the same extra CPU divided by \
