@@ -4,7 +4,6 @@
 //! verifier could not bound.
 #![no_std]
 
-/// Which spoofed sources a flood draws (the `FEED_SCHEME` entry of the generator's config).
 /// The frame layout the AF_PACKET sender builds and the XDP program rewrites: one definition
 /// for both.
 pub mod frame {
@@ -17,6 +16,7 @@ pub mod frame {
     pub const PROTO_UDP: u8 = 17;
 }
 
+/// Which spoofed sources a flood draws (the `FEED_SCHEME` entry of the generator's config).
 pub mod scheme {
     /// 2^16 IPv4 and 2^16 IPv6 sources, in a scrambled order (`syn-spoofed`).
     pub const POOL: u64 = 0;

@@ -39,12 +39,18 @@ impl CpuPlan {
     /// Pins the calling thread (and so every thread and child it starts later) to the load
     /// CPUs: xtask's own clients (idle connections, readiness probes) stay off the subject's.
     pub fn pin_self_to_load(&self) -> Result<()> {
-        let mut set = CpuSet::new();
-        for &cpu in &self.load.0 {
-            set.set(cpu).with_context(|| format!("CPU {cpu} out of range"))?;
-        }
-        sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")
+        pin(0, &self.load.0)
     }
+}
+
+/// Pins thread `tid` (0: the calling thread) to `cpus`.
+pub fn pin(tid: u32, cpus: &[usize]) -> Result<()> {
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu).with_context(|| format!("CPU {cpu} out of range"))?;
+    }
+    let pid = i32::try_from(tid).context("thread id")?;
+    sched_setaffinity(Pid::from_raw(pid), &set).with_context(|| format!("sched_setaffinity of thread {tid}"))
 }
 
 /// CPU numbers, printed the way `taskset -c` reads them (`0,2,3`).

@@ -158,7 +158,7 @@ impl Generator {
     pub fn run(mut self, feed: Feed, pps: u64, deadline: Instant, stop: &AtomicBool) -> Result<u64> {
         let program: &mut Xdp = self.ebpf.program_mut("floodgen").context("no floodgen program")?.try_into()?;
         if feed.threaded() {
-            super::napi::pin_current(super::napi::attacker_cpu())?;
+            crate::bench::cpus::pin(0, &[super::napi::attacker_cpu()])?;
         } else {
             super::attack::yield_to_the_host()?;
         }

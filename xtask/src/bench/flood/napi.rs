@@ -19,13 +19,9 @@
 use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, bail};
-use nix::{
-    sched::{CpuSet, sched_setaffinity},
-    unistd::Pid,
-};
 
 use super::topology::{ATTACK_IF, ATTACK_NS, GW_ATTACK_IF, GW_NS, in_ns};
-use crate::cmd::capture;
+use crate::{bench::cpus, cmd::capture};
 
 /// The CPU `fl-a0`'s NAPI thread is pinned to, as a NIC queue's interrupt is (`smp_affinity`):
 /// one queue, one CPU, whatever else runs there (gatewayd and the clients float over both).
@@ -57,13 +53,6 @@ fn write_sysfs(ns: &str, path: &str, value: &str) -> Result<()> {
     capture(in_ns(ns, "sh").args(["-c", &format!("echo {value} > {path}")])).map(drop)
 }
 
-/// Pins the calling thread to `cpu`.
-pub fn pin_current(cpu: usize) -> Result<()> {
-    let mut set = CpuSet::new();
-    set.set(cpu).context("CPU number")?;
-    sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")
-}
-
 /// `fl-a0`'s NAPI kthread.
 #[derive(Debug, Clone, Copy)]
 pub struct Thread(u32);
@@ -88,9 +77,7 @@ impl Thread {
             }
         }
         let pid = found.with_context(|| format!("no {prefix}* kthread (threaded NAPI off?)"))?;
-        let mut set = CpuSet::new();
-        set.set(NAPI_CPU).context("CPU number")?;
-        sched_setaffinity(Pid::from_raw(i32::try_from(pid)?), &set).context("pinning the NAPI thread")?;
+        cpus::pin(pid, &[NAPI_CPU]).context("pinning the NAPI thread")?;
         Ok(Thread(pid))
     }
 

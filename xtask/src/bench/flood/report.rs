@@ -131,6 +131,32 @@ pub fn one_line(c: &Cell) -> String {
     )
 }
 
+/// How the XDP feeds deliver the raw floods: the same generator and ring, drained by a NAPI
+/// thread (`xdp`) or in softirq at the end of each burst (`xdp-softirq`).
+fn xdp_feed_text(feed: Feed) -> String {
+    let drain = if feed.threaded() {
+        "That ring is drained by `fl-a0`'s threaded NAPI (`napi/fl-a0-<id>`, a kernel thread pinned to CPU 0, as \
+         a NIC queue's interrupt is pinned to one CPU, at the default SCHED_OTHER, as ksoftirqd runs a NIC's \
+         softirq under load); the generator and `fl-atk`'s receive of the answers (RPS) run on CPU 1, so the \
+         rate offered does not depend on the defence."
+    } else {
+        "The gateway end's NAPI drains the ring in softirq at the end of each burst, on the generator's CPU, \
+         as a NIC's interrupt raises it on the CPU it lands on; the generator floats at nice 19, as the \
+         AF_PACKET sender does."
+    };
+    format!(
+        "The raw floods (`syn-spoofed`, `syn-one`, `udp`, `rotating`) reach `fl-gw` as XDP frames (`--feed {}`): \
+         a generator XDP program (xtask/floodgen), run by `BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` in \
+         `fl-atk` in bursts of 64 frames (at most 256 when behind), writes each frame's source (checksums \
+         valid) and redirects it to `fl-atk`'s veth end, whose `ndo_xdp_xmit` queues the frame on the gateway \
+         end's 256-frame ring (GRO is on there, so the ring exists whatever the defence). {drain} The guard's \
+         native XDP runs on the frame itself, with no skb and no copy; for the kernel, nftables and TC, veth \
+         builds the skb from the frame, as a NIC driver does from its DMA buffer. Frames the ring refused \
+         (full) are counted apart (veth's `xdp_xmit_errors`) and are not in the offered count.",
+        feed.label()
+    )
+}
+
 pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathBuf> {
     let flags = &opts.flood;
     let machine = Machine::read();
@@ -175,42 +201,14 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
          and one that opens a connection per request (`--disable-keepalive`), 8 connections each, 3 s \
          timeout per request, `--latency-correction`.",
     );
-    r.paragraph(match flags.feed {
-        Feed::Xdp => {
-            "The raw floods (`syn-spoofed`, `syn-one`, `udp`, `rotating`) reach `fl-gw` as a NIC's receive ring \
-             would deliver them (`--feed xdp`): a generator XDP program (xtask/floodgen), run by `BPF_PROG_RUN` \
-             with `BPF_F_TEST_XDP_LIVE_FRAMES` in `fl-atk` in bursts of 64 frames (at most 256 when behind), \
-             writes each frame's source (checksums valid) and redirects it to `fl-atk`'s veth end, whose \
-             `ndo_xdp_xmit` queues the frame on the gateway end's 256-frame ring (GRO is on there, so the ring \
-             exists whatever the defence). That ring is drained by `fl-a0`'s threaded NAPI \
-             (`napi/fl-a0-<id>`, a kernel thread pinned to CPU 0, as a NIC queue's interrupt is pinned to \
-             one CPU, at the default SCHED_OTHER, as ksoftirqd runs a NIC's softirq under load); the generator \
-             and `fl-atk`'s receive of the answers (RPS) run on CPU 1, so the rate offered does not depend \
-             on the defence. The guard's native XDP runs on the frame itself, with no skb and no copy; for \
-             the kernel, nftables and TC, veth builds the skb from the frame in that thread, as a NIC driver \
-             does from its DMA buffer. Frames the ring refused (full) are counted apart (veth's \
-             `xdp_xmit_errors`) and are not in the offered count."
-        }
-        Feed::XdpSoftirq => {
-            "The raw floods (`syn-spoofed`, `syn-one`, `udp`, `rotating`) reach `fl-gw` as XDP frames \
-             (`--feed xdp-softirq`): a generator XDP program (xtask/floodgen), run by `BPF_PROG_RUN` with \
-             `BPF_F_TEST_XDP_LIVE_FRAMES` in `fl-atk` in bursts of 64 frames (at most 256 when behind), writes \
-             each frame's source (checksums valid) and redirects it to `fl-atk`'s veth end, whose \
-             `ndo_xdp_xmit` queues the frame on the gateway end's 256-frame ring (GRO is on there, so the ring \
-             exists whatever the defence). The gateway end's NAPI drains the ring in softirq at the end of each \
-             burst, on the generator's CPU, as a NIC's interrupt raises it on the CPU it lands on; the \
-             generator floats at nice 19, as the AF_PACKET sender does. The guard's native XDP runs on the \
-             frame itself, with no skb and no copy; for the kernel, nftables and TC, veth builds the skb from \
-             the frame, as a NIC driver does from its DMA buffer. Frames the ring refused (full) are counted \
-             apart (veth's `xdp_xmit_errors`) and are not in the offered count."
-        }
-        Feed::Skb => {
-            "The raw floods come from xtask's AF_PACKET sender (`--feed skb`): the sender builds an skb per \
-             frame, and veth's native XDP copies each one into a page-pool page before the guard sees it \
-             (`skb_pp_cow_data`), which a NIC would not (bench/README.md). The sender runs at nice 19: it \
-             stands in for machines elsewhere, so the clients and gatewayd do not wait for a CPU behind its \
-             frame building and sends (bench/README.md)."
-        }
+    r.paragraph(&match flags.feed {
+        Feed::Xdp | Feed::XdpSoftirq => xdp_feed_text(flags.feed),
+        Feed::Skb => "The raw floods come from xtask's AF_PACKET sender (`--feed skb`): the sender builds an skb \
+                      per frame, and veth's native XDP copies each one into a page-pool page before the guard \
+                      sees it (`skb_pp_cow_data`), which a NIC would not (bench/README.md). The sender runs at \
+                      nice 19: it stands in for machines elsewhere, so the clients and gatewayd do not wait for a \
+                      CPU behind its frame building and sends (bench/README.md)."
+            .to_owned(),
     });
     let rows: Vec<Vec<String>> = Attack::ALL
         .iter()
