@@ -17,6 +17,7 @@ mod feed;
 mod legit;
 mod napi;
 mod packet;
+mod receive;
 mod report;
 pub mod steering;
 mod subject;
@@ -28,6 +29,7 @@ use anyhow::{Context as _, Result};
 
 use self::{
     attack::Attack,
+    feed::Feed,
     legit::{LegitResult, Oha},
     subject::{Defence, Up},
     topology::{ATTACK_IF, ATTACK_NS, GW_NS, Topology},
@@ -102,6 +104,10 @@ pub struct Cell {
     /// Frames the gateway's NAPI ring refused (full) during the cell: made by the XDP feed's
     /// generator but never offered to the defence (not in `offered`).
     pub ring_refused: Option<u64>,
+    /// CPU seconds of the gateway's receive in softirq, measured exactly (`receive.rs`): with
+    /// `--feed xdp-softirq`, for the raw floods and the no-attack baseline (ksoftirqd's alone);
+    /// `None` otherwise.
+    pub receive: Option<f64>,
 }
 
 impl Cell {
@@ -126,13 +132,25 @@ pub fn run(opts: &Options) -> Result<()> {
     let defences = if flags.defences.is_empty() { Defence::ALL.to_vec() } else { flags.defences.clone() };
     let dir = run_dir("flood")?;
     let topo = Topology::create(flags.feed)?;
+    // The generator's own CPU per frame of each raw flood, taken off its thread's run time to
+    // leave the gateway's receive (`receive.rs`); only where that receive runs in its softirq.
+    let mut costs = Vec::new();
+    if flags.feed == Feed::XdpSoftirq {
+        for &attack in &attacks {
+            if let Some(cost) = attack::generator_cost(attack, &topo, flags.attack_pps, GENERATOR_COST_WINDOW)? {
+                eprintln!("xtask: flood: the generator alone costs {:.0} ns per {} frame", cost * 1e9, attack.label());
+                costs.push((attack, cost));
+            }
+        }
+    }
     let mut cells = Vec::new();
     for rep in 0..opts.reps {
         for &attack in &attacks {
             for &defence in &defences {
                 eprintln!("xtask: flood rep {} {} under {}", rep + 1, defence.label(), attack.label());
                 let tag = format!("{}-{}-{rep}", defence.label(), attack.label());
-                let cell = run_cell(&topo, defence, attack, flags, duration, &dir, &tag)
+                let cost = costs.iter().find(|(a, _)| *a == attack).map(|(_, c)| *c);
+                let cell = run_cell(&topo, defence, attack, flags, duration, cost, &dir, &tag)
                     .with_context(|| format!("cell {tag} (logs in {})", dir.display()))?;
                 eprintln!("xtask:   {}", report::one_line(&cell));
                 cells.push(cell);
@@ -149,12 +167,17 @@ pub fn run(opts: &Options) -> Result<()> {
 /// on is the hard case: a guard must let a source it has never seen through).
 const LEAD: Duration = Duration::from_millis(500);
 
+/// How long the generator runs alone to measure its own cost per frame (per raw flood).
+const GENERATOR_COST_WINDOW: Duration = Duration::from_secs(2);
+
+#[allow(clippy::too_many_arguments)]
 fn run_cell(
     topo: &Topology,
     defence: Defence,
     attack: Attack,
     flags: &Flags,
     duration: Duration,
+    generator_cost: Option<f64>,
     dir: &std::path::Path,
     tag: &str,
 ) -> Result<Cell> {
@@ -164,6 +187,7 @@ fn run_cell(
     let tx_before = topology::tx_packets(ATTACK_NS, ATTACK_IF)?;
     let listen_drops_before = topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?;
     let softirq_before = softirq_seconds()?;
+    let ksoftirqd_before = receive::ksoftirqd_cpu()?;
     let gatewayd_before = tree.cpu_time()?;
     let napi = if flags.feed.threaded() { Some(napi::Thread::pinned()?) } else { None };
     let napi_before = napi.map(|t| t.cpu_seconds()).transpose()?.unwrap_or(0.0);
@@ -177,10 +201,17 @@ fn run_cell(
     let keep_alive = Oha::start(flags.legit_rate, duration, true, &dir.join(format!("oha-{tag}-keep-alive.db")))?;
     let new_conn = Oha::start(flags.legit_new_rate, duration, false, &dir.join(format!("oha-{tag}-new.db")))?;
     let (keep_alive, new_conn) = (keep_alive.wait()?, new_conn.wait()?);
-    let units = running.stop()?;
+    let stopped = running.stop()?;
+    let units = stopped.units;
     let seconds = start.elapsed().as_secs_f64();
     let offered = topology::tx_packets(ATTACK_NS, ATTACK_IF)?.saturating_sub(tx_before);
     let softirq = softirq_seconds()? - softirq_before;
+    let ksoftirqd = receive::ksoftirqd_cpu()? - ksoftirqd_before;
+    let receive = match (flags.feed, attack, stopped.generator_cpu, generator_cost) {
+        (Feed::XdpSoftirq, Attack::None, ..) => Some(ksoftirqd.max(0.0)),
+        (Feed::XdpSoftirq, _, Some(cpu), Some(cost)) => Some(receive::exact(cpu, units, cost, ksoftirqd)),
+        _ => None,
+    };
     let listen_drops =
         topology::proc_net_counter(GW_NS, "netstat", "TcpExt", "ListenDrops")?.saturating_sub(listen_drops_before);
     let gatewayd = tree.cpu_time()?.saturating_sub(gatewayd_before).as_secs_f64();
@@ -210,6 +241,7 @@ fn run_cell(
         listen_drops,
         napi: napi_seconds,
         ring_refused,
+        receive,
     })
 }
 

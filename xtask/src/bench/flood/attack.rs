@@ -10,7 +10,7 @@ use std::{
     net::{IpAddr, SocketAddr, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -102,18 +102,62 @@ impl Attack {
 pub struct Running {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<u64>>>,
+    /// The XDP generator's thread's run time (`None` until a generator has finished).
+    generator_cpu: Arc<Mutex<Option<f64>>>,
+}
+
+/// What a stopped attack sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopped {
+    /// Units sent: frames, handshakes or requests.
+    pub units: u64,
+    /// Seconds the XDP generator's thread ran (`None` without one: AF_PACKET sender, or an
+    /// attack of real sockets). With `--feed xdp-softirq` it includes the gateway's receive.
+    pub generator_cpu: Option<f64>,
 }
 
 impl Running {
-    /// Stops the threads; returns how many units (frames, handshakes, requests) they sent.
-    pub fn stop(self) -> Result<u64> {
+    /// Stops the threads; returns what they sent.
+    pub fn stop(self) -> Result<Stopped> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut total = 0;
+        let mut units = 0;
         for thread in self.threads {
-            total += thread.join().map_err(|_| anyhow::anyhow!("an attack thread panicked"))??;
+            units += thread.join().map_err(|_| anyhow::anyhow!("an attack thread panicked"))??;
         }
-        Ok(total)
+        let generator_cpu = *self.generator_cpu.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(Stopped { units, generator_cpu })
     }
+}
+
+/// The frames of a raw flood: whose sources, and what they carry (`None`: not a raw flood).
+fn raw_frames(attack: Attack) -> Option<(Scheme, Payload)> {
+    match attack {
+        Attack::SynSpoofed => Some((Scheme::Pool, Payload::Syn)),
+        Attack::SynOne => Some((Scheme::One, Payload::Syn)),
+        Attack::Udp => Some((Scheme::Few16, Payload::Udp(64))),
+        Attack::Rotating => Some((Scheme::Rotating, Payload::Syn)),
+        Attack::None | Attack::Connections | Attack::Http => None,
+    }
+}
+
+/// The XDP generator's own CPU per frame of `attack`'s frames, in seconds (`None`: not a raw
+/// flood, or no generator in this topology). The same runs at the same pace as in a cell, for
+/// `window`, redirected to the dispatcher anchor veth, which is down: each frame is freed as
+/// the redirect fails, so the thread's run time is the frame making alone (`receive.rs`).
+pub fn generator_cost(attack: Attack, topo: &Topology, pps: u64, window: Duration) -> Result<Option<f64>> {
+    let (Some((scheme, payload)), Some(object)) = (raw_frames(attack), topo.generator.clone()) else {
+        return Ok(None);
+    };
+    let link = Link { src_mac: topo.attack_mac, dst_mac: topo.gw_attack_mac };
+    let how = topo.feed;
+    let fed = topology::run_in(ATTACK_NS, move || {
+        let generator = feed::Generator::load_to(&object, link, scheme.code(), payload, topology::ANCHOR_IF)?;
+        generator.run(how, pps, Instant::now() + window, &AtomicBool::new(false))
+    })?;
+    if fed.frames == 0 {
+        bail!("the generator made no frames while measuring its own cost for {}", attack.label());
+    }
+    Ok(Some(fed.cpu / fed.frames as f64))
 }
 
 /// Starts `attack`; it ends by itself after `limit` at the latest.
@@ -121,12 +165,14 @@ impl Running {
 /// sender (`--feed skb`).
 pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Result<Running> {
     let stop = Arc::new(AtomicBool::new(false));
+    let generator_cpu = Arc::new(Mutex::new(None));
     let deadline = Instant::now() + limit;
     let link = Link { src_mac: topo.attack_mac, dst_mac: topo.gw_attack_mac };
     let mut threads = Vec::new();
     let raw = |scheme: Scheme, payload: Payload| {
         let stop = stop.clone();
         let how = topo.feed;
+        let cpu = generator_cpu.clone();
         let Some(object) = topo.generator.clone() else {
             return topology::spawn_in(ATTACK_NS, move || raw_flood(link, scheme, payload, pps, deadline, &stop));
         };
@@ -136,7 +182,10 @@ pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Resu
         let thread = topology::spawn_in(ATTACK_NS, move || {
             let generator = feed::Generator::load(&object, link, scheme.code(), payload);
             let _ = ready.send(());
-            generator?.run(how, pps, deadline, &stop)
+            let fed = generator?.run(how, pps, deadline, &stop)?;
+            let mut total = cpu.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *total = Some(total.unwrap_or(0.0) + fed.cpu);
+            Ok(fed.frames)
         })?;
         // A load error comes out of the thread at `stop()`; a closed channel means it ended.
         let _ = loaded.recv();
@@ -144,10 +193,11 @@ pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Resu
     };
     match attack {
         Attack::None => {}
-        Attack::SynSpoofed => threads.push(raw(Scheme::Pool, Payload::Syn)?),
-        Attack::SynOne => threads.push(raw(Scheme::One, Payload::Syn)?),
-        Attack::Udp => threads.push(raw(Scheme::Few16, Payload::Udp(64))?),
-        Attack::Rotating => threads.push(raw(Scheme::Rotating, Payload::Syn)?),
+        Attack::SynSpoofed | Attack::SynOne | Attack::Udp | Attack::Rotating => {
+            if let Some((scheme, payload)) = raw_frames(attack) {
+                threads.push(raw(scheme, payload)?);
+            }
+        }
         Attack::Connections => {
             const THREADS: usize = 4;
             let per_thread = (pps / 4 / THREADS as u64).max(1);
@@ -166,7 +216,7 @@ pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Resu
             }
         }
     }
-    Ok(Running { stop, threads })
+    Ok(Running { stop, threads, generator_cpu })
 }
 
 /// Which spoofed sources a raw flood draws (the definitions are `floodgen`'s, shared with the XDP
@@ -465,7 +515,7 @@ mod tests {
         let run = |attack| -> Result<u64> {
             let running = start(attack, &topo, 5_000, Duration::from_secs(5))?;
             std::thread::sleep(Duration::from_millis(200));
-            running.stop()
+            Ok(running.stop()?.units)
         };
         let (sent, junk) = (run(Attack::SynSpoofed)?, run(Attack::Udp)?);
         assert!(sent > 100 && junk > 100, "sent {sent} SYNs, {junk} datagrams");
@@ -495,7 +545,7 @@ mod tests {
         let run = |attack| -> Result<u64> {
             let running = start(attack, &topo, 20_000, Duration::from_secs(5))?;
             std::thread::sleep(Duration::from_millis(300));
-            running.stop()
+            Ok(running.stop()?.units)
         };
         let (sent, rotating, junk) = (run(Attack::SynSpoofed)?, run(Attack::Rotating)?, run(Attack::Udp)?);
         assert!(sent > 100 && rotating > 100 && junk > 100, "made {sent} + {rotating} SYNs, {junk} datagrams");
@@ -522,8 +572,14 @@ mod tests {
         let rx = topology::rx_packets(ns, topology::GW_ATTACK_IF)?;
         let running = start(Attack::SynSpoofed, &topo, 20_000, Duration::from_secs(5))?;
         std::thread::sleep(Duration::from_millis(300));
-        let sent = running.stop()?;
+        let stopped = running.stop()?;
+        let sent = stopped.units;
         assert!(sent > 100, "made {sent} SYNs");
+        // The receive ran in the generator's softirq: its thread's run time per frame is above
+        // what making the frames alone costs (measured with the frames freed at the redirect).
+        let cpu = stopped.generator_cpu.expect("the generator's run time");
+        let own = generator_cost(Attack::SynSpoofed, &topo, 20_000, Duration::from_millis(300))?.expect("a raw flood");
+        assert!(own > 0.0 && cpu / sent as f64 > own, "{cpu} s for {sent} frames, {own} s per frame alone");
         let received = topology::rx_packets(ns, topology::GW_ATTACK_IF)? - rx;
         assert!(received >= sent, "fl-a0 received {received} of {sent}");
         assert!(snmp(ns, "Tcp", "InSegs") - segs >= sent, "SYNs lost or refused");

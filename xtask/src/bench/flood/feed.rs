@@ -125,9 +125,26 @@ pub struct Generator {
     both: bool,
 }
 
+/// What a generator's runs did.
+#[derive(Debug, Clone, Copy)]
+pub struct Fed {
+    /// Frames the program made (and redirected).
+    pub frames: u64,
+    /// The generator thread's run time over the runs, in seconds: with `xdp-softirq` that
+    /// includes the gateway's receive of the frames (`receive.rs`).
+    pub cpu: f64,
+}
+
 impl Generator {
+    /// A generator whose frames go to the gateway (`fl-a1`, the attacker's veth end).
     pub fn load(object: &Object, link: Link, scheme: u64, payload: Payload) -> Result<Self> {
-        let ifindex = ifindex(ATTACK_IF)?;
+        Self::load_to(object, link, scheme, payload, ATTACK_IF)
+    }
+
+    /// A generator whose frames are redirected to `target` (the dispatcher anchor, which is down:
+    /// each frame is freed at once, so its runs cost the frame making alone; `receive.rs`).
+    pub fn load_to(object: &Object, link: Link, scheme: u64, payload: Payload, target: &str) -> Result<Self> {
+        let ifindex = ifindex(target)?;
         let mut ebpf = Ebpf::load(&object.0).context("loading xtask/floodgen's object")?;
         let mut feed: Array<_, u64> =
             Array::try_from(ebpf.take_map("FEED").context("no FEED map in floodgen")?).context("FEED")?;
@@ -147,7 +164,7 @@ impl Generator {
     }
 
     /// Runs paced to `pps` until `stop` or `deadline`; returns the frames the program made (and
-    /// redirected).
+    /// redirected), and the thread's run time over the runs.
     ///
     /// A run is one NAPI batch (64 frames: 0.43 ms of a 150k pps flood), so that the flood
     /// reaches the gateway's ring as the short bursts a NIC's interrupt moderation would hand
@@ -155,7 +172,7 @@ impl Generator {
     /// up to the ring's 256 frames. With a threaded NAPI the thread runs on the attacker's CPU
     /// (`napi.rs`); without, it floats at nice 19 as the AF_PACKET sender does (`attack.rs`), and
     /// the gateway's receive of each run is the softirq at the run's end, on its CPU.
-    pub fn run(mut self, feed: Feed, pps: u64, deadline: Instant, stop: &AtomicBool) -> Result<u64> {
+    pub fn run(mut self, feed: Feed, pps: u64, deadline: Instant, stop: &AtomicBool) -> Result<Fed> {
         let program: &mut Xdp = self.ebpf.program_mut("floodgen").context("no floodgen program")?.try_into()?;
         if feed.threaded() {
             crate::bench::cpus::pin(0, &[super::napi::attacker_cpu()])?;
@@ -169,6 +186,7 @@ impl Generator {
         // would be a tenth of one.
         // SAFETY: a prctl with integer arguments on the calling thread.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
+        let cpu_before = super::receive::thread_cpu()?;
         let start = Instant::now();
         let mut runs: u64 = 0;
         let mut asked: u64 = 0;
@@ -197,13 +215,14 @@ impl Generator {
                 Err(e) => return Err(e).context("BPF_PROG_RUN (live frames) of floodgen"),
             }
         }
+        let cpu = super::receive::thread_cpu()? - cpu_before;
         let made = self.feed.get(&COUNT_V4, 0)? + self.feed.get(&COUNT_V6, 0)?;
         // Pacing counts whole runs; a run cut short by a signal is not in `asked`, and made all
         // of its frames only if it finished them (checked below for the rest).
         if made < asked {
             bail!("floodgen made {made} frames of {asked} asked for (the program refused a template?)");
         }
-        Ok(made)
+        Ok(Fed { frames: made, cpu })
     }
 }
 

@@ -85,13 +85,8 @@ impl Thread {
     pub fn cpu_seconds(self) -> Result<f64> {
         let path = format!("/proc/{}/schedstat", self.0);
         let text = fs::read_to_string(Path::new(&path)).with_context(|| format!("cannot read {path}"))?;
-        parse_schedstat(&text).with_context(|| format!("{path}: {text}"))
+        super::receive::parse_schedstat(&text).with_context(|| format!("{path}: {text}"))
     }
-}
-
-/// The first field of /proc/PID/schedstat: time spent running, in nanoseconds.
-fn parse_schedstat(text: &str) -> Option<f64> {
-    Some(text.split_whitespace().next()?.parse::<u64>().ok()? as f64 / 1e9)
 }
 
 /// Frames `fl-a1`'s `ndo_xdp_xmit` could not queue on `fl-a0`'s ring (full), so far.
@@ -116,9 +111,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_schedstat_and_ring_refusals() {
-        assert_eq!(parse_schedstat("1500000000 1171 2\n"), Some(1.5));
-        assert_eq!(parse_schedstat(""), None);
+    fn reads_ring_refusals() {
         let ethtool = "NIC statistics:\n     peer_ifindex: 2\n     rx_queue_0_xdp_tx_errors: 9\n     \
                        tx_queue_0_xdp_xmit: 100\n     tx_queue_0_xdp_xmit_errors: 7\n";
         assert_eq!(xmit_errors(ethtool), Some(7));

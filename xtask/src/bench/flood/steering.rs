@@ -81,7 +81,7 @@ pub fn run(opts: &Options) -> Result<()> {
             for defence in DEFENCES {
                 eprintln!("xtask: steering rep {} {} under {}", rep + 1, defence.label(), attack.label());
                 let tag = format!("{}-{}-{rep}", defence.label(), attack.label());
-                let cell = run_cell(&topo, defence, attack, flags, duration, &dir, &tag)
+                let cell = run_cell(&topo, defence, attack, flags, duration, None, &dir, &tag)
                     .with_context(|| format!("cell {tag} (logs in {})", dir.display()))?;
                 cells.push(cell);
             }
