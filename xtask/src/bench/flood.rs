@@ -108,6 +108,9 @@ pub struct Cell {
     /// `--feed xdp-softirq`, for the raw floods and the no-attack baseline (ksoftirqd's alone);
     /// `None` otherwise.
     pub receive: Option<f64>,
+    /// Frames per `BPF_PROG_RUN` of the XDP generator (64 while it keeps to its schedule, up to
+    /// 256 when behind); `None` without it.
+    pub frames_per_run: Option<f64>,
 }
 
 impl Cell {
@@ -242,6 +245,7 @@ fn run_cell(
         napi: napi_seconds,
         ring_refused,
         receive,
+        frames_per_run: stopped.generator_runs.filter(|r| *r > 0).map(|r| units as f64 / r as f64),
     })
 }
 

@@ -102,8 +102,8 @@ impl Attack {
 pub struct Running {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<u64>>>,
-    /// The XDP generator's thread's run time (`None` until a generator has finished).
-    generator_cpu: Arc<Mutex<Option<f64>>>,
+    /// The XDP generator's thread's run time and runs (`None` until a generator has finished).
+    generator: Arc<Mutex<Option<(f64, u64)>>>,
 }
 
 /// What a stopped attack sent.
@@ -114,6 +114,8 @@ pub struct Stopped {
     /// Seconds the XDP generator's thread ran (`None` without one: AF_PACKET sender, or an
     /// attack of real sockets). With `--feed xdp-softirq` it includes the gateway's receive.
     pub generator_cpu: Option<f64>,
+    /// The generator's `BPF_PROG_RUN` calls.
+    pub generator_runs: Option<u64>,
 }
 
 impl Running {
@@ -124,8 +126,8 @@ impl Running {
         for thread in self.threads {
             units += thread.join().map_err(|_| anyhow::anyhow!("an attack thread panicked"))??;
         }
-        let generator_cpu = *self.generator_cpu.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(Stopped { units, generator_cpu })
+        let generator = *self.generator.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(Stopped { units, generator_cpu: generator.map(|g| g.0), generator_runs: generator.map(|g| g.1) })
     }
 }
 
@@ -144,6 +146,7 @@ fn raw_frames(attack: Attack) -> Option<(Scheme, Payload)> {
 /// flood, or no generator in this topology). The same runs at the same pace as in a cell, for
 /// `window`, redirected to the dispatcher anchor veth, which is down: each frame is freed as
 /// the redirect fails, so the thread's run time is the frame making alone (`receive.rs`).
+/// The runs are the cells' usual 64 frames; the frames per run of every cell are in the report.
 pub fn generator_cost(attack: Attack, topo: &Topology, pps: u64, window: Duration) -> Result<Option<f64>> {
     let (Some((scheme, payload)), Some(object)) = (raw_frames(attack), topo.generator.clone()) else {
         return Ok(None);
@@ -165,14 +168,14 @@ pub fn generator_cost(attack: Attack, topo: &Topology, pps: u64, window: Duratio
 /// sender (`--feed skb`).
 pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Result<Running> {
     let stop = Arc::new(AtomicBool::new(false));
-    let generator_cpu = Arc::new(Mutex::new(None));
+    let generator = Arc::new(Mutex::new(None));
     let deadline = Instant::now() + limit;
     let link = Link { src_mac: topo.attack_mac, dst_mac: topo.gw_attack_mac };
     let mut threads = Vec::new();
     let raw = |scheme: Scheme, payload: Payload| {
         let stop = stop.clone();
         let how = topo.feed;
-        let cpu = generator_cpu.clone();
+        let totals = generator.clone();
         let Some(object) = topo.generator.clone() else {
             return topology::spawn_in(ATTACK_NS, move || raw_flood(link, scheme, payload, pps, deadline, &stop));
         };
@@ -183,8 +186,9 @@ pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Resu
             let generator = feed::Generator::load(&object, link, scheme.code(), payload);
             let _ = ready.send(());
             let fed = generator?.run(how, pps, deadline, &stop)?;
-            let mut total = cpu.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            *total = Some(total.unwrap_or(0.0) + fed.cpu);
+            let mut total = totals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (cpu, runs) = total.unwrap_or((0.0, 0));
+            *total = Some((cpu + fed.cpu, runs + fed.runs));
             Ok(fed.frames)
         })?;
         // A load error comes out of the thread at `stop()`; a closed channel means it ended.
@@ -216,7 +220,7 @@ pub fn start(attack: Attack, topo: &Topology, pps: u64, limit: Duration) -> Resu
             }
         }
     }
-    Ok(Running { stop, threads, generator_cpu })
+    Ok(Running { stop, threads, generator })
 }
 
 /// Which spoofed sources a raw flood draws (the definitions are `floodgen`'s, shared with the XDP

@@ -133,6 +133,9 @@ pub struct Fed {
     /// The generator thread's run time over the runs, in seconds: with `xdp-softirq` that
     /// includes the gateway's receive of the frames (`receive.rs`).
     pub cpu: f64,
+    /// `BPF_PROG_RUN` calls (each costs a fixed setup besides its frames: a run's share of the
+    /// generator's own cost depends on how many frames it made, 64 while on schedule).
+    pub runs: u64,
 }
 
 impl Generator {
@@ -222,7 +225,7 @@ impl Generator {
         if made < asked {
             bail!("floodgen made {made} frames of {asked} asked for (the program refused a template?)");
         }
-        Ok(Fed { frames: made, cpu })
+        Ok(Fed { frames: made, cpu, runs })
     }
 }
 

@@ -253,7 +253,8 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
          `BPF_PROG_RUN` raises, in the generator's thread, and this kernel (no `CONFIG_IRQ_TIME_ACCOUNTING`) \
          books that softirq to the thread's run time (`CLOCK_THREAD_CPUTIME_ID`, ns); the generator's own \
          frame making, measured before the cells with the same runs redirected to a veth that is down (each \
-         frame freed at once), is taken off, and ksoftirqd's run time added. Otherwise (the closed-loop \
+         frame freed at once; 64-frame runs, as the cells' runs while on schedule: *frames per generator \
+         run* below shows each cell's), is taken off, and ksoftirqd's run time added. Otherwise (the closed-loop \
          attacks, whose receive runs in the attack threads' sends, and the other feeds) it is the softirq time \
          of all CPUs from `/proc/stat`, which this kernel samples at each tick (*softirq, tick-sampled*: a \
          cheap defence's figure is a few hundred ticks per cell and moves by half between reps; shown for \
@@ -352,6 +353,7 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
                 c.ring_refused.map_or("–".to_owned(), |r| r.to_string()),
                 num(c.softirq, 2),
                 c.receive.map_or("–".to_owned(), |r| num(r, 3)),
+                c.frames_per_run.map_or("–".to_owned(), |f| num(f, 1)),
                 c.napi.map_or("–".to_owned(), |n| num(n, 2)),
                 num(c.gatewayd, 2),
                 num(c.seconds, 2),
@@ -373,6 +375,7 @@ pub fn write(cells: &[Cell], opts: &Options, duration: Duration) -> Result<PathB
             "ring refused",
             "softirq s",
             "receive s (exact)",
+            "frames per generator run",
             "NAPI thread s",
             "gatewayd s",
             "window s",
@@ -458,6 +461,7 @@ mod tests {
             napi: None,
             ring_refused: None,
             receive: None,
+            frames_per_run: None,
         }
     }
 
