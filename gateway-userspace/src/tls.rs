@@ -20,6 +20,7 @@ mod metrics;
 pub mod ocsp;
 mod phase;
 pub mod revocation;
+mod rustls_io;
 mod store;
 mod upstream;
 

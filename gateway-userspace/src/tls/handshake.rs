@@ -22,6 +22,7 @@ use super::{
     ClientAuth, ClientCert, ServerTls, TlsInfo, TlsParts,
     client_auth::{self, Failure, classify_io, classify_tls, describe},
     metrics::WorkerTlsMetrics,
+    rustls_io::RustlsIo,
 };
 use crate::request::Proto;
 
@@ -32,7 +33,7 @@ use crate::request::Proto;
 /// connection then holds a socket and a few words, not room for a rustls session it no longer
 /// has (bench/results/tls.md, "kTLS idle memory").
 pub enum TlsIo {
-    Rustls(Box<TlsStream<TcpStream>>),
+    Rustls(Box<RustlsIo>),
     /// In rustls on a stream prepared for kTLS whose suite the kernel cannot take.
     Corked(Box<TlsStream<ktls::CorkStream<TcpStream>>>),
     Kernel(ktls::KtlsStream<TcpStream>),
@@ -114,7 +115,7 @@ pub async fn accept(
 
     let suite = conn.negotiated_cipher_suite();
     let io = match stream {
-        Either::Plain(s) => TlsIo::Rustls(Box::new(s)),
+        Either::Plain(s) => TlsIo::Rustls(Box::new(RustlsIo::new(s))),
         Either::Corked(s) if suite.is_some_and(|s| listener.parts.ktls.is_compatible(s)) => {
             match ktls::config_ktls_server(s).await {
                 Ok(k) => TlsIo::Kernel(k),
@@ -242,7 +243,7 @@ impl TlsIo {
     pub fn park_socket(&self) -> Option<&TcpStream> {
         match self {
             TlsIo::Rustls(s) => {
-                let (socket, conn) = s.get_ref();
+                let (socket, conn) = s.get_ref().get_ref();
                 (conn.wants_read() && !conn.wants_write()).then_some(socket)
             }
             TlsIo::Kernel(s) => Some(s.get_ref()),

@@ -1,7 +1,8 @@
 //! The HTTP/2 server on h2 directly (`listener/conn/h2_serve.rs`, `h2_stream.rs`): flow control
 //! both ways (an upload larger than the server's window, a response larger than the client's),
-//! request trailers, a client's RST_STREAM while the response is awaited, and the fields the
-//! server adds (`date`, `content-length`) or removes (connection-specific ones).
+//! request trailers, a client's RST_STREAM while the response is awaited, the fields the
+//! server adds (`date`, `content-length`) or removes (connection-specific ones), and requests
+//! read together accepted at once (raw frames).
 
 use std::{convert::Infallible, time::Duration};
 
@@ -107,4 +108,91 @@ async fn a_client_reset_drops_the_request_and_the_connection_goes_on() {
     let (response, _) = h2.send_request(http::Request::get("http://h/after").body(()).unwrap(), true).unwrap();
     let resp = tokio::time::timeout(T, response).await.unwrap().unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// A raw HTTP/2 frame (RFC 9113 §4.1).
+fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HEADERS with END_STREAM opening `stream`: `GET http://localhost<path>`.
+fn get_headers(stream: u32, path: &str) -> Vec<u8> {
+    // HPACK: :method GET, :scheme http (static table), :path and :authority literal (names
+    // from the static table, not indexed).
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    raw_frame(0x1, 0x4 | 0x1, stream, &block)
+}
+
+/// Reads frames until every stream in `streams` has ended (a frame with END_STREAM, after a
+/// response HEADERS frame); the streams in the order they ended.
+async fn responses(conn: &mut tokio::net::TcpStream, streams: &[u32]) -> Vec<u32> {
+    use tokio::io::AsyncReadExt as _;
+    let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 16 * 1024]);
+    let (mut headed, mut ended) = (Vec::new(), Vec::new());
+    loop {
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            assert_ne!(kind, 0x3, "RST_STREAM on stream {stream}");
+            assert_ne!(kind, 0x7, "GOAWAY");
+            if kind == 0x1 {
+                headed.push(stream);
+            }
+            if (kind == 0x0 || kind == 0x1) && flags & 0x1 != 0 {
+                assert!(headed.contains(&stream), "stream {stream} ended without a response head");
+                ended.push(stream);
+            }
+            buf.drain(..9 + len);
+        }
+        if streams.iter().all(|s| ended.contains(s)) {
+            return ended;
+        }
+        let Ok(read) = tokio::time::timeout(T, conn.read(&mut chunk)).await else {
+            panic!("no responses in time for {streams:?}: headed {headed:?}, ended {ended:?}")
+        };
+        let n = read.expect("read");
+        assert!(n > 0, "closed before every response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Requests whose HEADERS arrive in one read are all accepted at once (the connection stops
+/// asking h2 for more streams only once the highest stream id read is accepted): behind a slow
+/// first request, the others are answered without waiting for it. One request alone is
+/// answered too, and the connection keeps accepting after each.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_read_together_or_alone_are_all_answered() {
+    use tokio::io::AsyncWriteExt as _;
+    let u = Upstream::start("u");
+    let gw = Gateway::start(|p| config(p, &u));
+    let mut conn = tokio::net::TcpStream::connect(gw.ports.listen).await.unwrap();
+    let preface = [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], &raw_frame(0x4, 0, 0, &[])].concat();
+    conn.write_all(&[preface, get_headers(1, "/")].concat()).await.unwrap();
+    assert_eq!(responses(&mut conn, &[1]).await, [1]);
+    // Five in one write, the first slow: the other four end first.
+    let batch: Vec<u8> = [(3, "/slow/2000"), (5, "/"), (7, "/"), (9, "/"), (11, "/")]
+        .into_iter()
+        .flat_map(|(s, p)| get_headers(s, p))
+        .collect();
+    conn.write_all(&batch).await.unwrap();
+    let ended = responses(&mut conn, &[3, 5, 7, 9, 11]).await;
+    assert_eq!(ended.last(), Some(&3), "{ended:?}");
+    conn.write_all(&get_headers(13, "/")).await.unwrap();
+    assert_eq!(responses(&mut conn, &[13]).await, [13]);
+    let batch: Vec<u8> = [15, 17, 19].into_iter().flat_map(|s| get_headers(s, "/")).collect();
+    conn.write_all(&batch).await.unwrap();
+    let mut ended = responses(&mut conn, &[15, 17, 19]).await;
+    ended.sort_unstable();
+    assert_eq!(ended, [15, 17, 19]);
 }

@@ -33,9 +33,10 @@ pub(super) async fn drive_h2<I: ClientIo>(
     limits: &Limits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<WatchedIo<I>>, End> {
-    let io = h2_flood::FloodGuard::new(io, conn.clone(), limits.h2_control_frames_per_second);
+    let last_stream = Rc::new(std::cell::Cell::new(0));
+    let io = h2_flood::FloodGuard::new(io, conn.clone(), limits.h2_control_frames_per_second, last_stream.clone());
     let exec = h2_exec::StreamExec::default();
-    let http = h2_serve::H2Conn::new(io, limits, exec.clone(), conn, worker);
+    let http = h2_serve::H2Conn::new(io, limits, exec.clone(), conn, worker, last_stream);
     drive(h2_exec::ServeH2::new(http, exec), conn, Proto::Http2, limits, shutdown, false).await.map(|()| None)
 }
 

@@ -17,6 +17,7 @@
 //! earn nothing (see `Kind::earns_credit`).
 
 use std::{
+    cell::Cell,
     io,
     pin::Pin,
     rc::Rc,
@@ -206,22 +207,23 @@ pub struct FloodGuard<I> {
     inbound: FrameScanner,
     outbound: FrameScanner,
     budget: Budget,
-    /// The highest stream a request was opened on (GOAWAY's last stream id).
-    last_stream: u32,
+    /// The highest stream a request was opened on (GOAWAY's last stream id), shared with the
+    /// connection that accepts the streams (`h2_serve`: whether h2 can have more queued).
+    last_stream: Rc<Cell<u32>>,
     flooded: Option<Kind>,
     /// The client's SETTINGS_HEADER_TABLE_SIZE, rewritten to 0 (`h2_table_size`).
     table_cap: HeaderTableCap,
 }
 
 impl<I> FloodGuard<I> {
-    pub fn new(inner: I, conn: Rc<ConnInfo>, per_second: u32) -> FloodGuard<I> {
+    pub fn new(inner: I, conn: Rc<ConnInfo>, per_second: u32, last_stream: Rc<Cell<u32>>) -> FloodGuard<I> {
         FloodGuard {
             inner,
             conn,
             inbound: FrameScanner::after(PREFACE_LEN),
             outbound: FrameScanner::default(),
             budget: Budget::new(per_second),
-            last_stream: 0,
+            last_stream,
             flooded: None,
             table_cap: HeaderTableCap::default(),
         }
@@ -230,7 +232,7 @@ impl<I> FloodGuard<I> {
     /// Scans bytes the client sent, and rewrites the header table size in the SETTINGS frames
     /// among them; the first kind over budget, if any.
     fn scan_inbound(&mut self, bytes: &mut [u8]) -> Option<Kind> {
-        let (budget, last_stream) = (&mut self.budget, &mut self.last_stream);
+        let (budget, last_stream) = (&mut self.budget, &self.last_stream);
         let mut over = None;
         let now = Instant::now();
         // Where SETTINGS payloads start in `bytes` (rare: no allocation for other frames).
@@ -240,7 +242,7 @@ impl<I> FloodGuard<I> {
                 settings.push((at, head.len));
             }
             if head.kind == HEADERS {
-                *last_stream = (*last_stream).max(head.stream);
+                last_stream.set(last_stream.get().max(head.stream));
                 budget.earn(now);
             } else if let Some(kind) = head.no_request_kind()
                 && budget.spend(kind, now)
@@ -270,7 +272,7 @@ impl<I> FloodGuard<I> {
     fn goaway(&self) -> [u8; 17] {
         let mut frame = [0u8; 17];
         frame[..9].copy_from_slice(&[0, 0, 8, 0x7, 0, 0, 0, 0, 0]);
-        frame[9..13].copy_from_slice(&self.last_stream.to_be_bytes());
+        frame[9..13].copy_from_slice(&self.last_stream.get().to_be_bytes());
         frame[13..].copy_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
         frame
     }
