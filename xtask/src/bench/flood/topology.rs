@@ -38,7 +38,9 @@ pub const GW_ATTACK_IF: &str = "fl-a0";
 pub const CLIENT_IF: &str = "fl-c1";
 pub const ATTACK_IF: &str = "fl-a1";
 /// A veth pair inside fl-atk that carries nothing: the XDP feed's generator is attached to it
-/// so that it stays in the kernel's XDP dispatcher between runs (`feed.rs`).
+/// so that it stays in the kernel's XDP dispatcher between runs (`feed.rs`). It stays down:
+/// frames redirected to it are freed as the redirect fails, which is how the generator's own
+/// cost per frame is measured (`receive.rs`).
 pub const ANCHOR_IF: &str = "fl-g0";
 const ANCHOR_PEER: &str = "fl-g1";
 
